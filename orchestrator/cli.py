@@ -1,0 +1,89 @@
+"""``run_sweep.py``: the command line. Every flag is documented in README.md."""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import warnings
+
+from orchestrator.errors import UserError
+
+DEFAULT_SPACE = os.path.join("search_spaces", "quickstart.yaml")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="run_sweep.py",
+        description="Run a Ray Tune sweep of a distillation / weak-to-strong experiment, logged to MLflow.",
+    )
+    p.add_argument("space", nargs="?", default=None,
+                   help=f"search-space YAML file (default: {DEFAULT_SPACE})")
+    p.add_argument("--address", default=None,
+                   help="Ray cluster address ('auto' on a cluster node); default: start a local Ray")
+    p.add_argument("--num-samples", type=int, default=None, help="override num_samples of the search space")
+    p.add_argument("--mlflow-uri", default=None,
+                   help="MLflow tracking URI (default: sqlite:///<cwd>/mlflow.db, made absolute)")
+    p.add_argument("--storage-path", default=None,
+                   help="where Tune/Train results, checkpoints and caches go: a path or s3://, gs:// URI "
+                        "(default: <cwd>/ray_results)")
+    p.add_argument("--name", default=None, help="sweep name (default: <space name>-<timestamp>)")
+    p.add_argument("--resume", metavar="NAME", default=None,
+                   help="resume the sweep NAME under --storage-path from its last state")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a search-space key, e.g. --set params.epochs=5 (repeatable; VALUE is YAML)")
+    p.add_argument("--dry-run", action="store_true",
+                   help="print the resolved spec and the trial resource plan, run nothing")
+    return p
+
+
+def _quiet_logs() -> None:
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    for name in ("ray", "ray.tune", "ray.train", "mlflow", "mlflow.store.db.utils", "alembic", "optuna"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    os.environ.setdefault("RAY_TRAIN_ENABLE_V2_MIGRATION_WARNINGS", "0")
+    os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    _quiet_logs()
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return _run(args)
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("interrupted; resume with --resume NAME", file=sys.stderr)
+        return 130
+
+
+def _run(args: argparse.Namespace) -> int:
+    from orchestrator.spec import load_spec
+    from orchestrator.sweep import SweepOptions, dry_run, load_resume_spec, run_sweep
+    from orchestrator.tracking import normalise_tracking_uri
+
+    if args.num_samples is not None and args.num_samples < 1:
+        raise UserError(f"--num-samples must be at least 1 (got {args.num_samples})")
+    storage = args.storage_path or os.path.join(os.getcwd(), "ray_results")
+    if "://" not in storage:
+        storage = os.path.abspath(storage)
+    opts = SweepOptions(address=args.address, mlflow_uri=normalise_tracking_uri(args.mlflow_uri),
+                        storage_path=storage, name=args.resume or args.name, resume=bool(args.resume),
+                        overrides=list(args.overrides), num_samples=args.num_samples)
+    if args.resume:
+        if args.space:
+            raise UserError("--resume NAME reads the search space saved with the sweep; do not also pass a file")
+        spec, text = load_resume_spec(opts, args.resume)
+    else:
+        path = args.space or DEFAULT_SPACE
+        spec = load_spec(path, args.overrides, args.num_samples)
+        with open(path) as f:
+            text = f.read()
+    if args.dry_run:
+        print(dry_run(spec, opts))
+        return 0
+    report = run_sweep(spec, text, opts)
+    return 0 if report.best is not None else 1

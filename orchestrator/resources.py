@@ -1,0 +1,158 @@
+"""The trial resource plan: what each kind of trial reserves, how many can run at once, and
+whether the cluster can run them at all.
+
+Tune only accounts for the trial processes themselves. A multi-worker trial's Ray Train worker
+group reserves its own placement group, invisible to Tune, so concurrency must be capped by hand
+or a sweep that fills the cluster with drivers dead-locks silently.
+"""
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+
+from orchestrator.errors import SpecError, SpecIssue
+from orchestrator.spec import SweepSpec
+
+
+# A custom resource for the thin Tune drivers of multi-worker trials. Holding it instead of a CPU
+# means a DDP trial can use every CPU of a small machine for its workers. The local Ray defines
+# it; cluster.yaml gives it to the (non-spot) head node.
+DRIVER_RESOURCE = "TRAIN_DRIVER"
+LOCAL_DRIVER_SLOTS = 64
+FALLBACK_DRIVER_CPUS = 0.01
+
+
+@dataclass
+class ClusterResources:
+    cpus: float
+    gpus: float
+    source: str  # "local machine" or "cluster at <address>"
+    driver_slots: float = LOCAL_DRIVER_SLOTS
+
+    @classmethod
+    def local(cls) -> "ClusterResources":
+        return cls(cpus=float(os.cpu_count() or 1), gpus=float(_local_gpu_count()), source="local machine")
+
+    @classmethod
+    def from_ray(cls, address: str) -> "ClusterResources":
+        import ray
+
+        total = ray.cluster_resources()
+        return cls(cpus=float(total.get("CPU", 0)), gpus=float(total.get("GPU", 0)), source=f"cluster at {address}",
+                   driver_slots=float(total.get(DRIVER_RESOURCE, 0)))
+
+
+def _local_gpu_count() -> int:
+    try:
+        import torch
+
+        return torch.cuda.device_count()
+    except Exception:  # noqa: BLE001 - no usable torch CUDA means no GPUs
+        return 0
+
+
+@dataclass
+class TrialShape:
+    workers: int
+    trial_cpus: float  # what Tune reserves for the trial process
+    trial_gpus: float
+    worker_cpus: float  # what the Train worker group reserves (0 for single-worker trials)
+    worker_gpus: float
+    driver_slot: bool = False  # the trial process holds a TRAIN_DRIVER unit instead of CPU
+
+    @property
+    def total_cpus(self) -> float:
+        return self.trial_cpus + self.worker_cpus
+
+    @property
+    def total_gpus(self) -> float:
+        return self.trial_gpus + self.worker_gpus
+
+    def describe(self) -> str:
+        if self.workers == 1:
+            return f"1 worker: runs in the Tune trial process, {self.trial_cpus:g} CPU, {self.trial_gpus:g} GPU"
+        backend = "nccl" if self.worker_gpus else "gloo"
+        driver = f"1 {DRIVER_RESOURCE}" if self.driver_slot else f"{self.trial_cpus:g} CPU"
+        return (f"{self.workers} workers: Tune driver {driver} + TorchTrainer DDP ({backend}) "
+                f"{self.workers} x ({self.worker_cpus / self.workers:g} CPU, {self.worker_gpus / self.workers:g} GPU)")
+
+
+@dataclass
+class ResourcePlan:
+    shapes: list[TrialShape]
+    cluster: ClusterResources
+    max_concurrent_trials: int | None  # None: Tune's own accounting is enough
+    reason: str
+
+    def lines(self) -> list[str]:
+        out = [f"cluster: {self.cluster.cpus:g} CPU, {self.cluster.gpus:g} GPU ({self.cluster.source})"]
+        out += [f"trial shape: {s.describe()}" for s in self.shapes]
+        limit = "unlimited (Tune's accounting)" if self.max_concurrent_trials is None else str(self.max_concurrent_trials)
+        out.append(f"max concurrent trials: {limit} ({self.reason})")
+        return out
+
+
+def trial_shape(spec: SweepSpec, workers: int, driver_slots: float = LOCAL_DRIVER_SLOTS) -> TrialShape:
+    r = spec.resources
+    if workers == 1:
+        return TrialShape(1, r.cpus_per_worker, r.gpus_per_worker, 0.0, 0.0)
+    use_slot = r.driver_cpus == 0 and driver_slots >= 1
+    driver_cpus = r.driver_cpus or (0.0 if use_slot else FALLBACK_DRIVER_CPUS)
+    return TrialShape(workers, driver_cpus, 0.0, workers * r.cpus_per_worker, workers * r.gpus_per_worker,
+                      driver_slot=use_slot)
+
+
+def trial_resources(spec: SweepSpec, workers: int, driver_slots: float = LOCAL_DRIVER_SLOTS) -> dict[str, float]:
+    shape = trial_shape(spec, workers, driver_slots)
+    res = {"CPU": shape.trial_cpus}
+    if shape.trial_gpus:
+        res["GPU"] = shape.trial_gpus
+    if shape.driver_slot:
+        res[DRIVER_RESOURCE] = 1
+    return res
+
+
+def plan_resources(spec: SweepSpec, cluster: ClusterResources, *, strict: bool = True) -> ResourcePlan:
+    """Check feasibility and pick a safe concurrency. ``strict`` (a fixed-size cluster, such as the
+    local machine) turns a trial that can never fit into an error; an autoscaling cluster only
+    gets a warning in the plan."""
+    shapes = [trial_shape(spec, w, cluster.driver_slots) for w in spec.workers_values()]
+    issues = []
+    for s in shapes:
+        if s.total_gpus > 0 and cluster.gpus == 0:
+            issues.append(SpecIssue("resources.gpus_per_worker", f"GPUs requested but the {cluster.source} has none; "
+                                    "set it to 0 to train on CPU", spec.resources.gpus_per_worker))
+        elif s.total_gpus > cluster.gpus:
+            issues.append(SpecIssue("resources", f"a {s.workers}-worker trial needs {s.total_gpus:g} GPUs but the "
+                                    f"{cluster.source} has {cluster.gpus:g}"))
+        if s.total_cpus > cluster.cpus + 1e-9:
+            issues.append(SpecIssue("resources", f"a {s.workers}-worker trial needs {s.total_cpus:g} CPUs "
+                                    f"({s.workers} x cpus_per_worker {spec.resources.cpus_per_worker:g}"
+                                    f"{' + driver' if s.workers > 1 else ''}) but the {cluster.source} has "
+                                    f"{cluster.cpus:g}; lower workers or cpus_per_worker"))
+    if issues and strict:
+        raise SpecError(spec.source_file, _unique(issues))
+
+    if spec.resources.max_concurrent_trials:
+        return ResourcePlan(shapes, cluster, spec.resources.max_concurrent_trials, "set in resources")
+    if all(s.workers == 1 for s in shapes):
+        return ResourcePlan(shapes, cluster, None, "single-worker trials are fully accounted by Tune")
+    biggest_cpu = max(s.total_cpus for s in shapes)
+    limit = math.floor(cluster.cpus / biggest_cpu) if biggest_cpu else 10**6
+    biggest_gpu = max(s.total_gpus for s in shapes)
+    if biggest_gpu:
+        limit = min(limit, math.floor(cluster.gpus / biggest_gpu))
+    if any(s.driver_slot for s in shapes):
+        limit = min(limit, math.floor(cluster.driver_slots))
+    limit = max(1, limit)
+    return ResourcePlan(shapes, cluster, limit, "multi-worker trials reserve worker groups that Tune cannot see")
+
+
+def _unique(issues: list[SpecIssue]) -> list[SpecIssue]:
+    seen, out = set(), []
+    for i in issues:
+        if (i.key, i.message) not in seen:
+            seen.add((i.key, i.message))
+            out.append(i)
+    return out

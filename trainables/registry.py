@@ -1,0 +1,76 @@
+"""Trainable registry: each experiment family (``distill``, ``w2s_probe``, ...) registers its
+parameter schema, its training loop and an optional preparation step."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Protocol
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from trainables.session import Session
+
+
+class TrialParams(BaseModel):
+    """Parameters every trainable accepts. Unknown keys are an error."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    seed: int = Field(0, ge=0, description="seed for initialisation and batch order")
+    workers: int = Field(1, ge=1, description="DDP workers for this trial (set from resources.workers)")
+
+
+class Cache(Protocol):
+    def get_or_create(self, kind: str, recipe: dict[str, Any], build: Callable[[str], dict | None]) -> Any: ...
+
+
+@dataclass
+class TrialContext:
+    """Sweep-level facts a trial needs besides its parameters. Picklable; shipped to every trial."""
+
+    cache: Cache | None = None
+    checkpoint_every: int = 5
+    sweep_name: str = ""
+    storage_path: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class TrainableDef:
+    name: str
+    params_model: type[TrialParams]
+    train_loop: Callable[[TrialParams, Session, TrialContext], dict[str, Any] | None]
+    metric: str
+    mode: str
+    description: str
+    # Runs once in the sweep driver before any trial, with the fixed (unsearched) parameters and
+    # the names of searched ones: the place to build shared teachers and caches.
+    prepare: Callable[[dict[str, Any], set[str], TrialContext], dict[str, Any] | None] | None = None
+    # Parameter overrides that turn a trial into its no-teacher control (for example KD weight 0).
+    control_overrides: Callable[[dict[str, Any]], dict[str, Any]] | None = None
+    metrics_doc: dict[str, str] = field(default_factory=dict)
+
+
+_TRAINABLES: dict[str, TrainableDef] = {}
+
+
+def register_trainable(defn: TrainableDef) -> TrainableDef:
+    if defn.name in _TRAINABLES:
+        raise ValueError(f"trainable {defn.name!r} registered twice")
+    _TRAINABLES[defn.name] = defn
+    return defn
+
+
+def trainable_names() -> list[str]:
+    _import_builtin()
+    return sorted(_TRAINABLES)
+
+
+def get_trainable(name: str) -> TrainableDef:
+    _import_builtin()
+    if name not in _TRAINABLES:
+        raise KeyError(f"unknown trainable {name!r}; known trainables: {', '.join(sorted(_TRAINABLES))}")
+    return _TRAINABLES[name]
+
+
+def _import_builtin() -> None:
+    from trainables import distill  # noqa: F401
