@@ -9,7 +9,17 @@ import warnings
 
 from orchestrator.errors import UserError
 
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_SPACE = os.path.join("search_spaces", "quickstart.yaml")
+
+
+def resolve_space_path(path: str) -> str:
+    """A relative path is looked up in the working directory first, then in the repository, so
+    `run_sweep.py search_spaces/x.yaml` works from anywhere."""
+    if os.path.isabs(path) or os.path.exists(path):
+        return path
+    in_repo = os.path.join(REPO_ROOT, path)
+    return in_repo if os.path.exists(in_repo) else path
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -78,7 +88,7 @@ def _run(args: argparse.Namespace) -> int:
             raise UserError("--resume NAME reads the search space saved with the sweep; do not also pass a file")
         spec, text = load_resume_spec(opts, args.resume)
     else:
-        path = args.space or DEFAULT_SPACE
+        path = resolve_space_path(args.space or DEFAULT_SPACE)
         spec = load_spec(path, args.overrides, args.num_samples)
         with open(path) as f:
             text = f.read()

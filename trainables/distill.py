@@ -113,8 +113,11 @@ def run_distill(p: DistillParams, session: Session, ctx: TrialContext) -> dict[s
         if p.teacher_mode == "cached":
             teacher = CachedTeacher(torch.load(entry.file("train_logits.pt"), map_location=device))
         else:
-            t_model = create_model(p.teacher.model, num_classes=data.num_classes, input_shape=data.input_shape,
-                                   **p.teacher.model_kwargs)
+            # The teacher's random init is overwritten by its weights; keep it off the global RNG
+            # so the student initialises identically in every teacher mode.
+            with torch.random.fork_rng(devices=[]):
+                t_model = create_model(p.teacher.model, num_classes=data.num_classes,
+                                       input_shape=data.input_shape, **p.teacher.model_kwargs)
             t_model.load_state_dict(torch.load(entry.file("model.pt"), map_location="cpu"))
             teacher = OnlineTeacher(t_model.to(device))
     student = create_model(p.student, num_classes=data.num_classes, input_shape=data.input_shape,

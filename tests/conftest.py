@@ -1,0 +1,22 @@
+import os
+import subprocess
+import sys
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if REPO not in sys.path:
+    sys.path.insert(0, REPO)
+
+
+@pytest.fixture
+def run_cli(tmp_path):
+    """Run ``run_sweep.py`` as a user would, in a scratch working directory."""
+
+    def _run(*args, timeout=900, cwd=None):
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        proc = subprocess.run([sys.executable, os.path.join(REPO, "run_sweep.py"), *args],
+                              cwd=cwd or tmp_path, env=env, capture_output=True, text=True, timeout=timeout)
+        return proc
+
+    return _run

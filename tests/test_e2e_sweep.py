@@ -1,0 +1,101 @@
+"""The quickstart as a user runs it: a real Ray Tune sweep with an ASHA scheduler, a 2-worker DDP
+trial, a cached teacher, MLflow parent/child runs, the best config, and resume without duplicates."""
+import json
+import math
+import os
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+QUICK = ["--set", "num_samples=4", "--set", "control.seeds=2", "--set", "params.teacher.epochs=10"]
+
+
+def mlflow_runs(tmp_path, sweep):
+    import mlflow
+
+    client = mlflow.tracking.MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db")
+    exp = client.get_experiment_by_name("quickstart")
+    return client, client.search_runs([exp.experiment_id], filter_string=f"tags.`w2s.sweep` = '{sweep}'")
+
+
+@pytest.fixture(scope="module")
+def quickstart(tmp_path_factory):
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    tmp = tmp_path_factory.mktemp("quickstart")
+
+    def run(*args):
+        return subprocess.run([sys.executable, os.path.join(REPO, "run_sweep.py"), *args], cwd=tmp,
+                              capture_output=True, text=True, timeout=900)
+
+    first = run("--name", "qs", *QUICK)
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    return tmp, first, run
+
+
+def test_sweep_lands_in_mlflow_with_one_child_per_trial(quickstart):
+    tmp, proc, _ = quickstart
+    client, runs = mlflow_runs(tmp, "qs")
+    parents = [r for r in runs if r.data.tags["w2s.role"] == "parent"]
+    trials = [r for r in runs if r.data.tags["w2s.role"] == "trial"]
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    assert len(trials) == 4
+    assert len({r.data.tags["w2s.trial_id"] for r in trials}) == 4
+    for run in trials:
+        assert run.data.tags["mlflow.parentRunId"] == parents[0].info.run_id
+        assert run.info.status == "FINISHED"
+        history = client.get_metric_history(run.info.run_id, "val_acc")
+        assert len(history) >= 1 and all(0.0 <= m.value <= 1.0 for m in history)
+        assert [m.step for m in history] == list(range(1, len(history) + 1))  # one point per epoch
+        assert 0.0 <= run.data.metrics["test_acc"] <= 1.0
+        assert run.data.params["student"] == "mlp_tiny"
+    # reference runs are children too, tagged by role
+    roles = sorted(r.data.tags["w2s.role"] for r in runs if r.data.tags["w2s.role"] in ("reproduce", "control"))
+    assert roles == ["control", "control", "reproduce", "reproduce"]
+    artifacts = {a.path for a in client.list_artifacts(parents[0].info.run_id)}
+    assert {"best_config.json", "results", "spec"} <= artifacts
+    assert "mlflow ui --backend-store-uri sqlite:///" in proc.stdout
+
+
+def test_a_two_worker_ddp_trial_ran(quickstart):
+    tmp, _, _ = quickstart
+    _, runs = mlflow_runs(tmp, "qs")
+    ddp = [r for r in runs if r.data.tags["w2s.role"] == "trial" and r.data.params.get("workers") == "2"]
+    assert len(ddp) == 1
+    assert ddp[0].data.metrics["epoch"] >= 5 and ddp[0].data.metrics["val_acc"] > 0.5
+    train_runs = os.listdir(tmp / "ray_results" / "qs" / "train_runs")
+    assert len(train_runs) == 1 and train_runs[0].startswith("train-")
+
+
+def test_best_config_is_the_best_trial(quickstart):
+    tmp, proc, _ = quickstart
+    best = json.loads((tmp / "ray_results" / "qs" / "best_config.json").read_text())
+    _, runs = mlflow_runs(tmp, "qs")
+    trial_vals = [r.data.metrics["val_acc"] for r in runs if r.data.tags["w2s.role"] == "trial"]
+    assert math.isclose(best["value"], max(trial_vals), rel_tol=1e-9)
+    assert best["config"]["student"] == "mlp_tiny" and "lr" in best["config"]
+    assert f"best trial {best['trial_id']}" in proc.stdout
+    assert "reference: the best config" in proc.stdout and "its no-teacher control" in proc.stdout
+
+
+def test_second_sweep_reuses_the_cached_teacher(quickstart):
+    tmp, first, run = quickstart
+    assert "teacher_cache_hit=False" in first.stdout
+    second = run("--name", "qs2", *QUICK, "--set", "num_samples=1", "--set", "control.enabled=false",
+                 "--set", "points_to_evaluate=[]")
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert "teacher_cache_hit=True" in second.stdout
+
+
+def test_resume_reuses_parent_and_children(quickstart):
+    tmp, _, run = quickstart
+    _, before = mlflow_runs(tmp, "qs")
+    again = run("--resume", "qs")
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "(resumed)" in again.stdout
+    _, after = mlflow_runs(tmp, "qs")
+    assert sorted(r.info.run_id for r in after) == sorted(r.info.run_id for r in before)

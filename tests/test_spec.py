@@ -1,0 +1,160 @@
+"""Search-space parsing: valid files resolve, malformed ones fail with one exact message each."""
+import glob
+import os
+
+import pytest
+
+from orchestrator.errors import SpecError
+from orchestrator.spec import parse_spec
+from tests.conftest import REPO
+
+BASE = """
+name: t
+trainable: distill
+params:
+  dataset: digits
+  student: mlp_tiny
+  loss: kd
+  epochs: 4
+search:
+  lr: {loguniform: [1e-3, 1e-1]}
+  loss_params.temperature: {choice: [1.0, 4.0]}
+num_samples: 2
+scheduler: {type: asha, grace_period: 1}
+"""
+F = "space.yaml"
+
+
+def error_of(text, overrides=()):
+    with pytest.raises(SpecError) as info:
+        parse_spec(text, F, list(overrides))
+    return str(info.value)
+
+
+def test_base_parses_with_trainable_defaults():
+    spec = parse_spec(BASE, F)
+    assert spec.metric == "val_acc" and spec.mode == "max"
+    assert spec.scheduler.max_t == 4  # taken from params.epochs
+    assert spec.domains["lr"].args == [0.001, 0.1]  # 1e-3 is a float, not YAML 1.1's string
+    assert spec.expected_trials() == 2
+
+
+def test_grid_multiplies_samples():
+    spec = parse_spec(BASE, F, ["search.loss_params.kd_weight={grid: [0.1, 0.5, 0.9]}"])
+    assert spec.expected_trials() == 6
+
+
+MALFORMED = [
+    (["nmu_samples=3"], "space.yaml: nmu_samples: unknown key"),
+    (["params.student=resnet9000"],
+     "space.yaml: params.student: unknown model 'resnet9000'; known models: "),
+    (["params.loss=kdd"], "space.yaml: params.loss: unknown loss 'kdd'; known losses: "),
+    (["params.dataset=imagenet9"], "space.yaml: params.dataset: unknown dataset 'imagenet9'; known datasets: "),
+    (["search.lr={loguniform: [0, 0.1]}"],
+     "space.yaml: search.lr.loguniform: a log-uniform range needs low > 0 (got [0, 0.1])"),
+    (["search.lr={uniform: [0.5, 0.1]}"], "space.yaml: search.lr.uniform: low must be below high (got [0.5, 0.1])"),
+    (["search.lr={logunif: [0.1, 0.5]}"],
+     "space.yaml: search.lr: unknown search kind 'logunif'; use one of choice, grid, uniform, loguniform, "
+     "randint, quniform, qloguniform, qrandint"),
+    (["search.lr=0.1"], "space.yaml: search.lr: a searched parameter is a mapping with exactly one of"),
+    (["search.lr={choice: []}"], "space.yaml: search.lr.choice: needs a non-empty list of values (got [])"),
+    (["search.lr={quniform: [0.1, 0.5]}"], "space.yaml: search.lr.quniform: needs [low, high, step] (got [0.1, 0.5])"),
+    (["search.batch_size={randint: [1.5, 4]}"],
+     "space.yaml: search.batch_size.randint: bounds and step must be integers (got [1.5, 4])"),
+    (["search.loss_params.temperature={choice: [1, -2]}"],
+     "space.yaml: search.loss_params.temperature.choice[1]: input should be greater than 0 for loss 'kd' (got -2)"),
+    (["search.lr={uniform: [-1, 0.1]}"], "space.yaml: search.lr.uniform[low]: input should be greater than 0 (got -1)"),
+    (["params.foo=1"], "space.yaml: params.foo: unknown parameter (known: batch_size, dataset, epochs, loss,"),
+    (["params.loss_params={tempreature: 2}"],
+     "space.yaml: params.loss_params.tempreature: unknown key for loss 'kd' (got 2)"),
+    (["params.epochs=0"], "space.yaml: params.epochs: input should be greater than or equal to 1 (got 0)"),
+    (["params.teacher.epochs=0"],
+     "space.yaml: params.teacher.epochs: input should be greater than or equal to 1 (got 0)"),
+    (["params.optimizer=lion"], "space.yaml: params.optimizer: input should be 'sgd', 'adam' or 'adamw' (got 'lion')"),
+    (["params.lr=0.1"], "space.yaml: search.lr: is also fixed under params; keep one of the two"),
+    (["resources.workers=0"], "space.yaml: resources.workers: input should be greater than or equal to 1 (got 0)"),
+    (["resources.gpus_per_worker=1.5"],
+     "space.yaml: resources.gpus_per_worker: more than one GPU per worker must be a whole number (got 1.5)"),
+    (["search_alg.type=optuna", "search.loss_params.kd_weight={grid: [1, 2]}"],
+     "space.yaml: search.loss_params.kd_weight.grid: the optuna search algorithm cannot run grid search; use "
+     "choice, or search_alg.type: random"),
+    (["search_alg.type=hyperopt"], "space.yaml: search_alg.type: input should be 'random' or 'optuna' (got 'hyperopt')"),
+    (["scheduler.type=pbt"], "space.yaml: scheduler.type: input should be 'fifo' or 'asha' (got 'pbt')"),
+    (["scheduler.grace_period=50"], "space.yaml: scheduler.grace_period: exceeds max_t (4) (got 50)"),
+    (["trainable=foo"], "space.yaml: trainable: unknown trainable; known: "),
+    (["metric=val_accc"], "space.yaml: metric: is not reported by trainable 'distill' (reported: "),
+    (["mode=maximise"], "space.yaml: mode: input should be 'max' or 'min' (got 'maximise')"),
+    (["num_samples=0"], "space.yaml: num_samples: input should be greater than or equal to 1 (got 0)"),
+    (["name=bad name!"], "space.yaml: name: string should match pattern"),
+    (["points_to_evaluate=[{workers: 2, lr: -1}]"],
+     "space.yaml: points_to_evaluate[0].lr: input should be greater than 0 (got -1)"),
+    (["params.warmup_epochs=5"], "space.yaml: params: warmup_epochs (5) must be below epochs (4)"),
+    (["time_budget_s=-5"], "space.yaml: time_budget_s: input should be greater than 0 (got -5)"),
+]
+
+
+@pytest.mark.parametrize("overrides,expected", MALFORMED, ids=[m[1].split(": ")[1] + str(i) for i, m in enumerate(MALFORMED)])
+def test_malformed_space_has_exact_error(overrides, expected):
+    message = error_of(BASE, overrides)
+    assert message.startswith(expected), message
+    assert "\n" not in message, f"one clear error expected, got several:\n{message}"
+
+
+@pytest.mark.parametrize("text,expected", [
+    ("a: [", "space.yaml: not valid YAML: line 1, column 5: expected the node content, but found '<stream end>'"),
+    ("- 1\n- 2\n", "space.yaml: the top level must be a mapping of keys (got 'list')"),
+    ("", "space.yaml: the file is empty"),
+    ("name: x\n", "space.yaml: trainable: is required"),
+])
+def test_unparseable_files(text, expected):
+    assert error_of(text) == expected
+
+
+def test_missing_required_searched_value_in_point():
+    msg = error_of(BASE, ["points_to_evaluate=[{momentum: 0.5}]"])
+    assert msg == ("space.yaml: points_to_evaluate[0].momentum: is neither searched nor fixed; add it to search "
+                   "or params so every trial has a value")
+
+
+def test_override_syntax_errors():
+    assert error_of(BASE, ["epochs"]) == "space.yaml: --set: expects key=value (got 'epochs')"
+    assert error_of(BASE, ["bad key=1"]).startswith("space.yaml: --set: the key must be a dotted path")
+
+
+@pytest.mark.parametrize("path", sorted(glob.glob(os.path.join(REPO, "search_spaces", "*.yaml"))),
+                         ids=os.path.basename)
+def test_every_shipped_space_dry_runs(path, run_cli):
+    proc = run_cli(path, "--dry-run", timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "# trial plan" in proc.stdout and "max concurrent trials" in proc.stdout
+
+
+def test_cli_reports_spec_error_with_nonzero_exit(run_cli, tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(BASE.replace("mlp_tiny", "resnet9000"))
+    proc = run_cli(str(bad), "--dry-run", timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.startswith(f"error: {bad}: params.student: unknown model 'resnet9000'")
+    assert "Traceback" not in proc.stderr
+
+
+def test_impossible_resources_fail_before_ray(run_cli, tmp_path):
+    bad = tmp_path / "big.yaml"
+    bad.write_text(BASE + "resources: {workers: 64, cpus_per_worker: 4}\n")
+    proc = run_cli(str(bad), "--dry-run", timeout=120)
+    assert proc.returncode == 2
+    assert "resources: a 64-worker trial needs 256 CPUs (64 x cpus_per_worker 4 + driver) but the local machine" \
+        in proc.stderr
+
+
+def test_gpus_on_a_cpu_machine_fail(run_cli, tmp_path):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")  # the check under test is the no-GPU case
+    bad = tmp_path / "gpu.yaml"
+    bad.write_text(BASE + "resources: {gpus_per_worker: 1}\n")
+    proc = run_cli(str(bad), "--dry-run", timeout=120)
+    assert proc.returncode == 2
+    assert "resources.gpus_per_worker: GPUs requested but the local machine has none; set it to 0 to train on CPU" \
+        in proc.stderr
