@@ -7,6 +7,7 @@ from typing import Any, Callable, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from trainables.registry_base import Registry
 from trainables.session import Session
 
 
@@ -50,27 +51,14 @@ class TrainableDef:
     metrics_doc: dict[str, str] = field(default_factory=dict)
 
 
-_TRAINABLES: dict[str, TrainableDef] = {}
+def _import_builtin() -> None:
+    from trainables import distill  # noqa: F401
+
+
+TRAINABLES: Registry[TrainableDef] = Registry("trainable", _import_builtin)
+trainable_names = TRAINABLES.names
+get_trainable = TRAINABLES.get
 
 
 def register_trainable(defn: TrainableDef) -> TrainableDef:
-    if defn.name in _TRAINABLES:
-        raise ValueError(f"trainable {defn.name!r} registered twice")
-    _TRAINABLES[defn.name] = defn
-    return defn
-
-
-def trainable_names() -> list[str]:
-    _import_builtin()
-    return sorted(_TRAINABLES)
-
-
-def get_trainable(name: str) -> TrainableDef:
-    _import_builtin()
-    if name not in _TRAINABLES:
-        raise KeyError(f"unknown trainable {name!r}; known trainables: {', '.join(sorted(_TRAINABLES))}")
-    return _TRAINABLES[name]
-
-
-def _import_builtin() -> None:
-    from trainables import distill  # noqa: F401
+    return TRAINABLES.register(defn.name, defn)

@@ -4,46 +4,34 @@ with a pydantic model of its hyperparameters, so a search space's ``loss_params`
 """
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Any
 
-from pydantic import AfterValidator, BaseModel, ValidationError
+from pydantic import BaseModel, ValidationError
 
 from trainables.losses.base import DistillLoss, LossInputs, LossParams
+from trainables.registry_base import Registry
 
-_LOSSES: dict[str, tuple[type[DistillLoss], type[LossParams]]] = {}
+
+def _import_builtin() -> None:
+    from trainables.losses import ce, kd  # noqa: F401
+
+
+LOSSES: Registry[tuple[type[DistillLoss], type[LossParams]]] = Registry("loss", _import_builtin, plural="losses")
+loss_names = LOSSES.names
+LossName = LOSSES.name_type()
 
 
 def register_loss(name: str, params: type[LossParams]):
     def wrap(cls: type[DistillLoss]):
-        if name in _LOSSES:
-            raise ValueError(f"loss {name!r} registered twice")
-        _LOSSES[name] = (cls, params)
+        LOSSES.register(name, (cls, params))
         cls.registry_name = name
         return cls
 
     return wrap
 
 
-def loss_names() -> list[str]:
-    _import_builtin()
-    return sorted(_LOSSES)
-
-
 def loss_params_model(name: str) -> type[LossParams]:
-    _import_builtin()
-    if name not in _LOSSES:
-        raise KeyError(f"unknown loss {name!r}; known losses: {', '.join(sorted(_LOSSES))}")
-    return _LOSSES[name][1]
-
-
-def _known_loss(name: str) -> str:
-    if name not in loss_names():
-        raise ValueError(f"unknown loss {name!r}; known losses: {', '.join(loss_names())}")
-    return name
-
-
-# A pydantic field type: a loss name that must be in the registry.
-LossName = Annotated[str, AfterValidator(_known_loss)]
+    return LOSSES.get(name)[1]
 
 
 def validate_loss_params(name: str, params: dict[str, Any] | None) -> LossParams:
@@ -65,15 +53,10 @@ def check_loss_params(name: str, params: dict[str, Any] | None, prefix: str = "l
 def create_loss(name: str, params: dict[str, Any] | BaseModel | None = None, **context: Any) -> DistillLoss:
     """Build a loss. ``context`` carries shapes a loss may need to build heads
     (``num_classes``, ``student_dim``, ``teacher_dim``, ``num_samples``)."""
-    params_model = loss_params_model(name)  # raises a clear KeyError for unknown names
-    cls = _LOSSES[name][0]
+    cls, params_model = LOSSES.get(name)
     validated = params if isinstance(params, params_model) else params_model.model_validate(params or {})
     return cls(validated, **context)
 
 
-def _import_builtin() -> None:
-    from trainables.losses import ce, kd  # noqa: F401
-
-
-__all__ = ["DistillLoss", "LossName", "check_loss_params", "LossInputs", "LossParams", "create_loss", "loss_names",
-           "loss_params_model", "register_loss", "validate_loss_params"]
+__all__ = ["LOSSES", "DistillLoss", "LossInputs", "LossName", "LossParams", "check_loss_params", "create_loss",
+           "loss_names", "loss_params_model", "register_loss", "validate_loss_params"]
