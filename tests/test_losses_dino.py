@@ -150,3 +150,10 @@ def test_distill_cannot_select_the_dino_loss():
     assert "dino" in loss_names() and "dino" not in loss_names("classifier")
     with pytest.raises(pydantic.ValidationError, match="loss 'dino' takes multicrop inputs"):
         DistillParams(loss="dino")
+
+
+def test_dino_computes_in_fp32_under_bf16_autocast():
+    plain = run(dino())[0]["loss"].item()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        mixed = run(dino())[0]["loss"]
+    assert mixed.dtype == torch.float32 and mixed.item() == pytest.approx(plain, rel=1e-6)

@@ -98,16 +98,18 @@ class DINOLoss(nn.Module):
             raise ValueError(f"pairing {p.pairing!r} leaves no (teacher, student) crop pair for "
                              f"{len(x_t)} teacher and {len(x_s)} student crops")
         t_temp = self.teacher_temperature(epoch)
-        log_p_t = torch.log_softmax((x_t - self.teacher_center) / t_temp, dim=-1)
-        p_t = log_p_t.exp()
-        log_p_s = torch.log_softmax((x_s - self.student_center) / p.student_temp, dim=-1)
-        batch = x_s.shape[1]
-        # ce[k, m] = mean over the batch of -Σ_c P_t[k] log P_s[m]: every pair in one matmul.
-        ce_pairs = -(p_t.flatten(1) @ log_p_s.flatten(1).T) / batch
-        h_t = -(p_t * log_p_t).sum(-1).mean(-1)  # per teacher crop
-        weights = mask.to(ce_pairs.device, ce_pairs.dtype) / n_pairs  # a mask, not indexing: no host sync
-        ce = (ce_pairs * weights).sum()
-        kl = ((ce_pairs - h_t[:, None]) * weights).sum()
+        # fp32 throughout: under bf16 autocast the pair matmul below would round a sum over batch x out_dim.
+        with torch.autocast(x_s.device.type, enabled=False):
+            log_p_t = torch.log_softmax((x_t - self.teacher_center) / t_temp, dim=-1)
+            p_t = log_p_t.exp()
+            log_p_s = torch.log_softmax((x_s - self.student_center) / p.student_temp, dim=-1)
+            batch = x_s.shape[1]
+            # ce[k, m] = mean over the batch of -Σ_c P_t[k] log P_s[m]: every pair in one matmul.
+            ce_pairs = -(p_t.flatten(1) @ log_p_s.flatten(1).T) / batch
+            h_t = -(p_t * log_p_t).sum(-1).mean(-1)  # per teacher crop
+            weights = mask.to(ce_pairs.device, ce_pairs.dtype) / n_pairs  # a mask, not indexing: no host sync
+            ce = (ce_pairs * weights).sum()
+            kl = ((ce_pairs - h_t[:, None]) * weights).sum()
         self._update_center(self.teacher_center, x_t, p.teacher_center_momentum)
         self._update_center(self.student_center, x_s.detach(), p.student_center_momentum)
         loss = ce if p.objective == "ce" else kl
