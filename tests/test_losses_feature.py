@@ -23,8 +23,8 @@ CONTEXT = {"student_dim": DS, "teacher_dim": DT, "num_classes": C}
 
 
 def inputs(grad=False, rows=slice(None)):
-    tensors = {k: F.tensor(v[rows], grad) for k, v in
-               dict(student_logits=S_LOGITS, teacher_logits=T_LOGITS, student_features=F_S, teacher_features=F_T).items()}
+    arrays = dict(student_logits=S_LOGITS, teacher_logits=T_LOGITS, student_features=F_S, teacher_features=F_T)
+    tensors = {k: F.tensor(v[rows], grad) for k, v in arrays.items()}
     inp = LossInputs(targets=torch.tensor(Y[rows]), indices=torch.tensor(IDX[rows]), **tensors)
     return inp, tensors
 

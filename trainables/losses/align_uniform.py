@@ -5,7 +5,8 @@
                                                                the teacher's projector trains too)
     align   = mean_i ||u_s,i - u_t,i||_2^α
     unif(U) = log mean_{i<j} exp(-t ||U_i - U_j||_2^2)         (pairs within the batch)
-    L = label_weight·CE + kd_weight·T²·KL + embed_weight·(align_weight·align + unif_weight·(unif(u_s) + unif(u_t))/2)
+    L = label_weight·CE + kd_weight·T²·KL
+      + embed_weight·(align_weight·align + unif_weight·(unif(u_s) + unif(u_t)) / 2)
 
 Defaults are DAPT's (T 4, α 2, t 2, all weights 1, mocov2 projectors to 128-d). Uniformity is a
 mean over the pairs of the (per-rank) batch, so unlike the other terms it depends on batch size.

@@ -14,11 +14,10 @@ from __future__ import annotations
 
 import math
 
-import torch
 from pydantic import Field
 
 from trainables.losses import register_loss
-from trainables.losses.base import (DistillLoss, LossInputs, LossParams, self_training_ce_per_sample,
+from trainables.losses.base import (DistillLoss, LossInputs, LossParams, scalar_like, self_training_ce_per_sample,
                                     soft_cross_entropy)
 from trainables.losses.kd import kd_kl_per_sample
 
@@ -48,4 +47,4 @@ class AugConf(DistillLoss):
         ce = soft_cross_entropy(inputs.student_logits, inputs.targets, p.label_smoothing)
         loss = p.label_weight * ce + p.kd_weight * ((1.0 - alpha) * kd + alpha * self_ce)
         return {"loss": loss, "ce": ce.detach(), "kd": kd.detach(), "self_ce": self_ce.detach(),
-                "alpha": torch.tensor(alpha, device=loss.device)}
+                "alpha": scalar_like(loss, alpha)}

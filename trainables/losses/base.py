@@ -81,6 +81,12 @@ def self_training_ce_per_sample(student_logits: torch.Tensor) -> torch.Tensor:
     return -torch.log_softmax(student_logits.float(), dim=-1).max(dim=-1).values
 
 
+def scalar_like(reference: torch.Tensor, value: float) -> torch.Tensor:
+    """A 0-d tensor on ``reference``'s device for logging a Python number. A fill kernel, not a
+    host-to-device copy (which from pageable memory would wait for the GPU stream every step)."""
+    return torch.full((), value, device=reference.device)
+
+
 def distributed() -> bool:
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 

@@ -30,7 +30,7 @@ from pydantic import Field, field_validator
 from torch import nn
 
 from trainables.losses import register_loss
-from trainables.losses.base import LossParams, all_reduce_mean
+from trainables.losses.base import LossParams, all_reduce_mean, scalar_like
 
 
 class DINOLossParams(LossParams):
@@ -116,4 +116,4 @@ class DINOLoss(nn.Module):
         with torch.no_grad():
             h_s = -(log_p_s.exp() * log_p_s).sum(-1).mean()
         return {"loss": loss, "ce": ce.detach(), "kl": kl.detach(), "teacher_entropy": h_t.mean(),
-                "student_entropy": h_s, "teacher_temp": torch.tensor(t_temp, device=loss.device)}
+                "student_entropy": h_s, "teacher_temp": scalar_like(loss, t_temp)}

@@ -21,7 +21,8 @@ import torch
 from pydantic import Field
 
 from trainables.losses import register_loss
-from trainables.losses.base import DistillLoss, LossInputs, LossParams, hard_labels, soft_cross_entropy
+from trainables.losses.base import (DistillLoss, LossInputs, LossParams, hard_labels, scalar_like,
+                                    soft_cross_entropy)
 
 
 class DKDParams(LossParams):
@@ -76,4 +77,4 @@ class DKD(DistillLoss):
         ce = soft_cross_entropy(inputs.student_logits, inputs.targets, p.label_smoothing)
         loss = p.label_weight * ce + warm * (p.alpha * tckd + p.beta * nckd)
         return {"loss": loss, "ce": ce.detach(), "tckd": tckd.detach(), "nckd": nckd.detach(),
-                "dkd_warmup": torch.tensor(warm, device=loss.device)}
+                "dkd_warmup": scalar_like(loss, warm)}
