@@ -1,7 +1,6 @@
 """Every classifier loss trains through `run_distill` in both teacher modes with identical losses;
 teacher features are cached once; a loss's own parameters and state stay in step under DDP."""
 import math
-import os
 import socket
 
 import pytest
@@ -17,6 +16,15 @@ from trainables.session import LocalSession
 FAST_TEACHER = {"model": "mlp", "epochs": 8, "lr": 0.1}
 # Small enough for CPU tests; every other parameter keeps the loss's default.
 TEST_PARAMS = {"crd": {"nce_k": 64}}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models train faster on one thread, and a second one only contends on a shared CPU."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
@@ -58,40 +66,11 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _ddp_rank(rank: int, world: int, port: int, out_dir: str) -> None:
-    import torch.distributed as dist
-    from torch.nn.parallel import DistributedDataParallel
-
-    from trainables.classifier_loop import CachedTeacher, OptimConfig, train_classifier
-    from trainables.data import load_dataset
-    from trainables.losses import create_loss
-    from trainables.models import create_model
-
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank, world_size=world)
-
-    class GlooSession(LocalSession):
-        def prepare_model(self, model):
-            return DistributedDataParallel(model)
-
-    session = GlooSession(torch.device("cpu"))
-    session.rank, session.world_size = rank, world
-    data = load_dataset("synthetic", seed=0, train_size=256, val_size=32, test_size=32)
-    torch.manual_seed(0)
-    student = create_model("mlp_tiny", num_classes=data.num_classes, input_shape=data.input_shape)
-    teacher = CachedTeacher(torch.randn(256, data.num_classes), torch.randn(256, 12))
-    torch.manual_seed(100 + rank)  # ranks build different projectors and banks: rank 0's must win
-    loss = create_loss("crd", {"projector": "mocov2", "embed_dim": 8, "nce_k": 16}, student_dim=32, teacher_dim=12,
-                       num_samples=256, train_labels=data.train_y)
-    train_classifier(model=student, data=data, loss_fn=loss, session=session, seed=0, teacher=teacher,
-                     optim=OptimConfig(epochs=1, batch_size=32, lr=0.1))
-    torch.save({k: v.clone() for k, v in loss.state_dict().items()}, os.path.join(out_dir, f"rank{rank}.pt"))
-    dist.destroy_process_group()
-
-
+@pytest.mark.slow  # two spawned ranks: ~10 s of CPU, mostly importing torch
 def test_loss_parameters_and_memory_stay_in_step_under_ddp(tmp_path):
-    mp.spawn(_ddp_rank, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+    from ddp_loss_worker import run_rank
+
+    mp.spawn(run_rank, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
     r0, r1 = (torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1))
     assert r0.keys() == r1.keys() and {"memory_s", "z_s", "student_projector.0.weight"} <= set(r0)
     for key in r0:
