@@ -20,19 +20,27 @@ from trainables.session import Session, check_finite
 
 
 class TeacherSignal(Protocol):
-    """Teacher outputs for a batch of training samples."""
+    """Teacher outputs for a batch of training samples: logits, and penultimate features when
+    ``features`` is asked for (feature-based losses)."""
 
-    def logits(self, indices: torch.Tensor, x: torch.Tensor) -> torch.Tensor: ...
+    def outputs(self, indices: torch.Tensor, x: torch.Tensor,
+                features: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]: ...
 
 
 class CachedTeacher:
-    """Teacher logits computed once on the un-augmented training set and looked up by index."""
+    """Teacher logits (and features) computed once on the un-augmented training set, looked up by index."""
 
-    def __init__(self, train_logits: torch.Tensor):
+    def __init__(self, train_logits: torch.Tensor, train_features: torch.Tensor | None = None):
         self.train_logits = train_logits
+        self.train_features = train_features
 
     def logits(self, indices, x):
         return self.train_logits[indices]
+
+    def outputs(self, indices, x, features=False):
+        if features and self.train_features is None:
+            raise RuntimeError("this loss needs teacher features, but the cached teacher has none")
+        return self.train_logits[indices], (self.train_features[indices] if features else None)
 
 
 class OnlineTeacher:
@@ -41,10 +49,57 @@ class OnlineTeacher:
     def __init__(self, model: nn.Module):
         self.model = model.eval().requires_grad_(False)
 
-    @torch.no_grad()
     def logits(self, indices, x):
+        return self.outputs(indices, x)[0]
+
+    @torch.no_grad()
+    def outputs(self, indices, x, features=False):
         with autocast(x.device):
-            return self.model(x).float()
+            if features:
+                logits, feats = self.model(x, return_features=True)
+                return logits.float(), feats.float()
+            return self.model(x).float(), None
+
+
+@torch.no_grad()
+def predict_features(model: nn.Module, x: torch.Tensor, batch_size: int = 1024) -> torch.Tensor:
+    """Penultimate features of ``model`` (eval mode) on ``x``, as float32 on ``x``'s device."""
+    was_training = model.training
+    model.eval()
+    outs = []
+    for start in range(0, len(x), batch_size):
+        with autocast(x.device):
+            outs.append(model(x[start:start + batch_size], return_features=True)[1].float())
+    model.train(was_training)
+    return torch.cat(outs)
+
+
+class LossModuleSync:
+    """Keeps a loss's own learnable parts (projectors, connectors) in step across DDP ranks: rank
+    0's parameters and buffers are broadcast once, and gradients are averaged after every backward,
+    which is what DDP does for the student. Losses that keep state updated in ``forward`` (CRD's
+    memory banks, DINO's centres) synchronise that state themselves. A no-op on one process."""
+
+    def __init__(self, loss_fn: nn.Module, session: Session):
+        self.session = session
+        self.params = [p for p in loss_fn.parameters() if p.requires_grad]
+        self.active = session.distributed
+        if self.active:
+            import torch.distributed as dist
+
+            for tensor in loss_fn.state_dict().values():
+                dist.broadcast(tensor, src=0)
+
+    def average_gradients(self) -> None:
+        if not (self.active and self.params):
+            return
+        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in self.params]
+        flat = self.session.all_reduce_sum(torch.cat([g.reshape(-1) for g in grads]))
+        flat /= self.session.world_size
+        offset = 0
+        for p in self.params:
+            p.grad = flat[offset:offset + p.numel()].view_as(p)
+            offset += p.numel()
 
 
 @dataclass
@@ -69,6 +124,7 @@ def train_classifier(*, model: nn.Module, data: DatasetSplits, loss_fn: DistillL
     device = session.device
     model = session.prepare_model(model)
     loss_fn = loss_fn.to(device)
+    loss_sync = LossModuleSync(loss_fn, session)
     optimizer = build_optimizer(optim.optimizer, list(model.parameters()) + list(loss_fn.parameters()),
                                 optim.lr, optim.weight_decay, optim.momentum, device)
     n_train = len(data.train_y)
@@ -97,12 +153,15 @@ def train_classifier(*, model: nn.Module, data: DatasetSplits, loss_fn: DistillL
                     s_logits, s_feats = model(xb, return_features=True)
                 else:
                     s_logits, s_feats = model(xb), None
-                t_logits = teacher.logits(idx, xb) if (teacher is not None and loss_fn.needs_teacher) else None
+                t_logits = t_feats = None
+                if teacher is not None and loss_fn.needs_teacher:
+                    t_logits, t_feats = teacher.outputs(idx, xb, features=loss_fn.needs_features)
                 out = loss_fn(LossInputs(student_logits=s_logits.float(), targets=yb, teacher_logits=t_logits,
-                                         student_features=s_feats, indices=idx, epoch=epoch,
-                                         num_epochs=optim.epochs, progress=epoch / optim.epochs))
+                                         student_features=s_feats, teacher_features=t_feats, indices=idx,
+                                         epoch=epoch, num_epochs=optim.epochs, progress=epoch / optim.epochs))
             optimizer.zero_grad(set_to_none=True)
             out["loss"].backward()
+            loss_sync.average_gradients()
             optimizer.step()
             scheduler.step()
             for key, value in out.items():

@@ -14,11 +14,12 @@ from typing import Any, Literal
 import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from trainables.classifier_loop import CachedTeacher, OnlineTeacher, OptimConfig, train_classifier
+from trainables.classifier_loop import (CachedTeacher, OnlineTeacher, OptimConfig, TeacherSignal, predict_features,
+                                        train_classifier)
 from trainables.data import DatasetName, load_dataset
 from trainables.engine import predict_logits, seed_everything
-from trainables.losses import LossName, check_loss_params, create_loss
-from trainables.models import ModelName, create_model
+from trainables.losses import LossName, check_loss_params, create_loss, loss_class
+from trainables.models import Classifier, ModelName, create_model
 from trainables.registry import TrainableDef, TrialContext, TrialParams, register_trainable
 from trainables.session import LocalSession, Session, default_device
 
@@ -102,26 +103,67 @@ def load_teacher(p: DistillParams, ctx: TrialContext, device: torch.device):
     return entry
 
 
+def teacher_model(p: DistillParams, entry, data) -> Classifier:
+    """The trained teacher rebuilt from its cache entry, on the CPU."""
+    # The teacher's random init is overwritten by its weights; keep it off the global RNG
+    # so the student initialises identically in every teacher mode.
+    with torch.random.fork_rng(devices=[]):
+        t_model = create_model(p.teacher.model, num_classes=data.num_classes,
+                               input_shape=data.input_shape, **p.teacher.model_kwargs)
+    t_model.load_state_dict(torch.load(entry.file("model.pt"), map_location="cpu"))
+    return t_model
+
+
+def cached_teacher_features(p: DistillParams, ctx: TrialContext, entry, data, device: torch.device) -> torch.Tensor:
+    """The teacher's penultimate features on the (un-augmented) training set, computed once.
+
+    A cache entry of their own, derived from the teacher's: the teacher recipe and its cache key
+    stay as they are, and teachers cached before feature losses existed serve them too."""
+    recipe = {"teacher": teacher_recipe(p), "outputs": "train_features"}
+
+    def build(out_dir: str) -> dict[str, Any]:
+        feats = predict_features(teacher_model(p, entry, data).to(data.train_x.device), data.train_x)
+        torch.save(feats.cpu(), os.path.join(out_dir, "train_features.pt"))
+        return {"num_samples": feats.shape[0], "num_features": feats.shape[1]}
+
+    features = ctx.cache.get_or_create("teacher_features", recipe, build)
+    return torch.load(features.file("train_features.pt"), map_location=device)
+
+
+def teacher_signal(p: DistillParams, ctx: TrialContext, entry, data, loss_cls,
+                   device: torch.device) -> tuple[TeacherSignal | None, dict[str, Any]]:
+    """The teacher's per-batch outputs, and the loss context that describes the teacher
+    (``teacher_dim`` for feature losses, ``teacher_head`` for losses that reuse its classifier)."""
+    if not loss_cls.needs_teacher:
+        return None, {}
+    wants_features = loss_cls.needs_features
+    t_model = None
+    if p.teacher_mode == "online" or loss_cls.needs_teacher_head:
+        t_model = teacher_model(p, entry, data)
+    context: dict[str, Any] = {"teacher_head": t_model.head} if loss_cls.needs_teacher_head else {}
+    if p.teacher_mode == "online":
+        if wants_features:
+            context["teacher_dim"] = t_model.num_features
+        return OnlineTeacher(t_model.to(device)), context
+    features = cached_teacher_features(p, ctx, entry, data, device) if wants_features else None
+    if features is not None:
+        context["teacher_dim"] = features.shape[1]
+    logits = torch.load(entry.file("train_logits.pt"), map_location=device)
+    return CachedTeacher(logits, features), context
+
+
 def run_distill(p: DistillParams, session: Session, ctx: TrialContext) -> dict[str, Any]:
     device = session.device
     entry = load_teacher(p, ctx, device)
     data = load_dataset(p.dataset, seed=p.split_seed).to(device)
     seed_everything(p.seed)
-    loss_fn = create_loss(p.loss, p.loss_params, num_classes=data.num_classes)
-    teacher = None
-    if loss_fn.needs_teacher:
-        if p.teacher_mode == "cached":
-            teacher = CachedTeacher(torch.load(entry.file("train_logits.pt"), map_location=device))
-        else:
-            # The teacher's random init is overwritten by its weights; keep it off the global RNG
-            # so the student initialises identically in every teacher mode.
-            with torch.random.fork_rng(devices=[]):
-                t_model = create_model(p.teacher.model, num_classes=data.num_classes,
-                                       input_shape=data.input_shape, **p.teacher.model_kwargs)
-            t_model.load_state_dict(torch.load(entry.file("model.pt"), map_location="cpu"))
-            teacher = OnlineTeacher(t_model.to(device))
+    teacher, teacher_context = teacher_signal(p, ctx, entry, data, loss_class(p.loss), device)
     student = create_model(p.student, num_classes=data.num_classes, input_shape=data.input_shape,
                            **p.student_kwargs)
+    # Built after the student, so a loss's own random init (projectors, memory banks) leaves the
+    # student's init the same for every loss, the no-teacher control included.
+    loss_fn = create_loss(p.loss, p.loss_params, num_classes=data.num_classes, student_dim=student.num_features,
+                          num_samples=len(data.train_y), train_labels=data.train_y, **teacher_context)
     return train_classifier(
         model=student, data=data, loss_fn=loss_fn, session=session, seed=p.seed, teacher=teacher,
         checkpoint_every=ctx.checkpoint_every,

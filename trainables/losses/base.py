@@ -1,9 +1,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
+import torch.distributed as dist
 from pydantic import BaseModel, ConfigDict
 from torch import nn
 
@@ -19,6 +20,8 @@ class LossInputs:
     """Everything a loss may look at for one batch.
 
     ``targets`` holds int64 class labels (N,) or a probability vector per sample (N, C).
+    ``student_features`` / ``teacher_features`` are penultimate (pooled) features, filled in only
+    for losses with ``needs_features``. ``indices`` are the samples' positions in the training set.
     ``progress`` is the fraction of training done, in [0, 1], for losses with schedules.
     """
 
@@ -34,17 +37,29 @@ class LossInputs:
 
 
 class DistillLoss(nn.Module):
-    """A training objective. ``forward`` returns a dict holding at least ``"loss"``; other entries
-    are detached components for logging. Losses with learnable parts (projectors, memory banks)
-    are modules whose parameters join the student's optimizer."""
+    """A classifier training objective. ``forward`` returns a dict holding at least ``"loss"``;
+    other entries are detached components for logging. Losses with learnable parts (projectors,
+    connectors) are modules whose parameters join the student's optimizer; the training loop
+    averages their gradients across DDP ranks.
+
+    Losses are built by :func:`trainables.losses.create_loss` with searchable ``params`` and the
+    trainable's non-searchable ``context`` (shapes, dataset size, train labels, teacher head)."""
 
     registry_name: ClassVar[str] = ""
     needs_teacher: ClassVar[bool] = True
     needs_features: ClassVar[bool] = False
+    # The frozen teacher classifier (``context["teacher_head"]``), e.g. for SRRL.
+    needs_teacher_head: ClassVar[bool] = False
 
-    def __init__(self, params: LossParams, **context):
+    def __init__(self, params: LossParams, **context: Any):
         super().__init__()
         self.params = params
+
+    def require(self, context: dict[str, Any], key: str) -> Any:
+        value = context.get(key)
+        if value is None:
+            raise ValueError(f"loss {self.registry_name!r} needs {key!r} from the trainable, which did not pass it")
+        return value
 
     def forward(self, inputs: LossInputs) -> dict[str, torch.Tensor]:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -53,3 +68,42 @@ class DistillLoss(nn.Module):
 def soft_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, label_smoothing: float = 0.0) -> torch.Tensor:
     """Mean cross-entropy against hard labels (N,) or probability targets (N, C)."""
     return nn.functional.cross_entropy(logits, targets, label_smoothing=label_smoothing)
+
+
+def hard_labels(targets: torch.Tensor) -> torch.Tensor:
+    """Class indices from int labels (N,) or probability targets (N, C) (their argmax)."""
+    return targets if targets.dim() == 1 else targets.argmax(dim=-1)
+
+
+def self_training_ce_per_sample(student_logits: torch.Tensor) -> torch.Tensor:
+    """CE(z_s, argmax z_s) per sample: the student against its own top-1 (argmax carries no
+    gradient; the gradient sharpens the student toward its current prediction)."""
+    return -torch.log_softmax(student_logits.float(), dim=-1).max(dim=-1).values
+
+
+def scalar_like(reference: torch.Tensor, value: float) -> torch.Tensor:
+    """A 0-d tensor on ``reference``'s device for logging a Python number. A fill kernel, not a
+    host-to-device copy (which from pageable memory would wait for the GPU stream every step)."""
+    return torch.full((), value, device=reference.device)
+
+
+def distributed() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def all_gather_cat(tensor: torch.Tensor) -> torch.Tensor:
+    """Concatenate ``tensor`` (same shape on every rank) over DDP ranks; itself when not distributed."""
+    if not distributed():
+        return tensor
+    parts = [torch.empty_like(tensor) for _ in range(dist.get_world_size())]
+    dist.all_gather(parts, tensor.contiguous())
+    return torch.cat(parts)
+
+
+def all_reduce_mean(tensor: torch.Tensor) -> torch.Tensor:
+    """Mean of ``tensor`` over DDP ranks (a new tensor); itself when not distributed."""
+    if not distributed():
+        return tensor
+    out = tensor.clone()
+    dist.all_reduce(out, op=dist.ReduceOp.SUM)
+    return out / dist.get_world_size()

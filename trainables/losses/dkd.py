@@ -1,0 +1,80 @@
+"""Decoupled knowledge distillation (Zhao et al., CVPR 2022).
+
+At temperature T, with p = softmax(z / T) and y the ground-truth class, the KD loss splits into
+
+    TCKD = KL(b_t || b_s),        b = [p_y, 1 - p_y]                          (target vs the rest)
+    NCKD = KL(p̂_t || p̂_s),       p̂ = softmax over the non-target logits z_{c≠y} / T
+    KD   = TCKD + (1 - p_t,y) * NCKD
+
+and DKD reweights the two parts independently, freeing NCKD from the (1 - p_t,y) factor that
+suppresses it on samples the teacher is sure of:
+
+    L = label_weight * CE(z_s, y) + w(e) * T^2 * mean_i (alpha * TCKD_i + beta * NCKD_i)
+    w(e) = min((e + 1) / warmup_epochs, 1)   (e 0-based; mdistiller's min(epoch / warmup, 1) with 1-based epochs)
+
+Defaults are mdistiller's CIFAR-100 ones (alpha 1, beta 8, T 4, 20 warm-up epochs). Soft targets
+(mixup, weak labels) use their argmax as y.
+"""
+from __future__ import annotations
+
+import torch
+from pydantic import Field
+
+from trainables.losses import register_loss
+from trainables.losses.base import (DistillLoss, LossInputs, LossParams, hard_labels, scalar_like,
+                                    soft_cross_entropy)
+
+
+class DKDParams(LossParams):
+    temperature: float = Field(4.0, gt=0.0)
+    alpha: float = Field(1.0, ge=0.0, description="weight of the target-class term TCKD")
+    beta: float = Field(8.0, ge=0.0, description="weight of the non-target-class term NCKD")
+    label_weight: float = Field(1.0, ge=0.0)
+    warmup_epochs: int = Field(20, ge=0, description="linear warm-up of the DKD term; 0 = none")
+    label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)
+
+
+def dkd_terms(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor,
+              temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-sample (TCKD, NCKD) at temperature T, without the T^2 factor. The teacher is detached."""
+    zs = student_logits.float() / temperature
+    zt = teacher_logits.detach().float() / temperature
+    n, c = zs.shape
+    if c < 2:
+        raise ValueError("DKD needs at least two classes")
+    target = torch.nn.functional.one_hot(labels, c).bool()
+
+    def binary_log_probs(z: torch.Tensor) -> torch.Tensor:
+        lse_all = torch.logsumexp(z, dim=-1)
+        log_p_target = z.gather(1, labels[:, None]).squeeze(1) - lse_all
+        log_p_rest = torch.logsumexp(z.masked_fill(target, float("-inf")), dim=-1) - lse_all
+        return torch.stack([log_p_target, log_p_rest], dim=-1)
+
+    def non_target_log_probs(z: torch.Tensor) -> torch.Tensor:
+        return torch.log_softmax(z[~target].view(n, c - 1), dim=-1)
+
+    def kl(log_p_t: torch.Tensor, log_p_s: torch.Tensor) -> torch.Tensor:
+        return (log_p_t.exp() * (log_p_t - log_p_s)).sum(dim=-1)
+
+    tckd = kl(binary_log_probs(zt), binary_log_probs(zs))
+    nckd = kl(non_target_log_probs(zt), non_target_log_probs(zs))
+    return tckd, nckd
+
+
+def dkd_warmup(epoch: int, warmup_epochs: int) -> float:
+    return 1.0 if warmup_epochs == 0 else min((epoch + 1) / warmup_epochs, 1.0)
+
+
+@register_loss("dkd", DKDParams)
+class DKD(DistillLoss):
+    def forward(self, inputs: LossInputs):
+        p = self.params
+        tckd, nckd = dkd_terms(inputs.student_logits, inputs.teacher_logits, hard_labels(inputs.targets),
+                               p.temperature)
+        t2 = p.temperature ** 2
+        tckd, nckd = t2 * tckd.mean(), t2 * nckd.mean()
+        warm = dkd_warmup(inputs.epoch, p.warmup_epochs)
+        ce = soft_cross_entropy(inputs.student_logits, inputs.targets, p.label_smoothing)
+        loss = p.label_weight * ce + warm * (p.alpha * tckd + p.beta * nckd)
+        return {"loss": loss, "ce": ce.detach(), "tckd": tckd.detach(), "nckd": nckd.detach(),
+                "dkd_warmup": scalar_like(loss, warm)}
