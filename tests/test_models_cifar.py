@@ -5,6 +5,8 @@ import torch
 
 from trainables.models import Classifier, create_model, is_known_model
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 # Published parameter counts (millions, 100 classes), peers-perf.md B.2; MobileNetV2 / ShuffleNets
 # as usually quoted for the RepDistiller versions.
 PUBLISHED_M = {"resnet32x4": 7.42, "resnet8x4": 1.23, "vgg13": 9.46, "vgg8": 3.96, "wrn_40_2": 2.25,
@@ -14,15 +16,6 @@ FEATURES = {"resnet8": 64, "resnet14": 64, "resnet20": 64, "resnet32": 64, "resn
             "resnet110": 64, "resnet8x4": 256, "resnet32x4": 256, "wrn_16_1": 64, "wrn_16_2": 128, "wrn_40_1": 64,
             "wrn_40_2": 128, "vgg8": 512, "vgg11": 512, "vgg13": 512, "vgg16": 512, "vgg19": 512,
             "mobilenetv2": 1280, "shufflenetv1": 960, "shufflenetv2": 1024}
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    # Two threads on a shared 2-core machine spin against other processes; one is several times faster.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.mark.parametrize("name", sorted(FEATURES))

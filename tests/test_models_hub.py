@@ -10,13 +10,7 @@ from pydantic import BaseModel, ValidationError
 from trainables.models import ModelName, create_model, is_known_model
 from trainables.models.hub import ALIASES, PretrainedUnavailable
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 class Spec(BaseModel):

@@ -1,24 +1,21 @@
 """Teacher preparation modes (fr / lp / ft / pt): the recipe is content-addressed and reused,
 LP leaves the backbone untouched, FT changes it with a higher head lr."""
+import os
+import time
+
 import pytest
 import torch
 
 from orchestrator.cache import ArtifactCache
-from trainables.distill import DistillParams, load_data, run_distill, teacher_recipe
+from trainables.distill import DistillParams, load_data, load_teacher, run_distill, teacher_recipe
 from trainables.engine import head_lr_groups, predict_logits
 from trainables.registry import TrialContext
 from trainables.session import LocalSession
 from trainables.teacher import INIT_DEFAULTS, TeacherRecipe, load_teacher_model
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 CPU = torch.device("cpu")
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
@@ -26,9 +23,7 @@ def backbone(tmp_path_factory):
     """A 'pretrained' backbone: a cnn_small trained briefly from scratch (fr), saved as a checkpoint."""
     tmp = tmp_path_factory.mktemp("backbone")
     ctx = TrialContext(cache=ArtifactCache(str(tmp / "cache")))
-    params = DistillParams(teacher={"model": "cnn_small", "epochs": 3, "lr": 0.1}, epochs=1)
-    run_distill(params, LocalSession(CPU), ctx)
-    entry = ctx.cache.get_or_create("teacher", teacher_recipe(params), None)
+    entry = load_teacher(DistillParams(teacher={"model": "cnn_small", "epochs": 3, "lr": 0.1}), ctx, CPU)
     return entry.file("model.pt"), torch.load(entry.file("model.pt"))
 
 
@@ -109,3 +104,15 @@ def test_head_lr_groups():
     assert len(groups) == 2 and groups[1]["lr"] == pytest.approx(1e-3)
     assert {id(p) for p in groups[1]["params"]} == {id(p) for p in model.head.parameters()}
     assert len(head_lr_groups(model, 1e-4, 1.0)) == 1
+
+
+def test_a_checkpoint_enters_the_key_by_content(tmp_path):
+    from trainables.teacher import recipe_fields
+
+    path = tmp_path / "backbone.pt"
+    torch.save({"w": torch.zeros(3)}, path)
+    first = recipe_fields(TeacherRecipe(model="cnn_small", init="lp", checkpoint=str(path)))
+    torch.save({"w": torch.ones(3)}, path)
+    os.utime(path, ns=(time.time_ns(), time.time_ns() + 10**9))  # a new mtime even on coarse clocks
+    second = recipe_fields(TeacherRecipe(model="cnn_small", init="lp", checkpoint=str(path)))
+    assert first["checkpoint"] == second["checkpoint"] and first["checkpoint_sha256"] != second["checkpoint_sha256"]

@@ -12,13 +12,7 @@ from trainables.models import create_model
 from trainables.registry import TrialContext
 from trainables.session import LocalSession
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_uniform_indices_follow_the_paper():

@@ -17,6 +17,7 @@ hashed, so spelling a default out explicitly names the same cached teacher.
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 import os
 from typing import Any, Literal
@@ -97,9 +98,8 @@ class TeacherRecipe(BaseModel):
 
 @functools.lru_cache(maxsize=64)
 def _file_digest(path: str, size: int, mtime_ns: int) -> str:
-    from orchestrator.cache import sha256_file
-
-    return sha256_file(path)
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def recipe_fields(t: TeacherRecipe) -> dict[str, Any]:

@@ -151,6 +151,45 @@ def download_lock(root: str) -> Iterator[None]:
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
+@dataclass(frozen=True)
+class TorchvisionFiles:
+    """A dataset that torchvision can download, kept as ``files`` under ``<data_root>/<folder>``."""
+
+    name: str
+    folder: str
+    files: tuple[str, ...]
+    torchvision_class: str
+    url: str
+
+    def path(self, data_root: str | None) -> str:
+        return os.path.join(resolve_root(data_root), self.folder)
+
+    def missing(self, data_root: str | None) -> list[str]:
+        return [f for f in self.files if not os.path.isfile(os.path.join(self.path(data_root), f))]
+
+    def available(self, data_root: str | None = None, download: bool = False, **_: object) -> None:
+        if not download and self.missing(data_root):
+            raise missing_dataset(self.name, self.path(data_root), ", ".join(self.files))
+
+    def fetch(self, data_root: str | None = None, download: bool = False, **_: object) -> None:
+        if not download or not self.missing(data_root):
+            return
+        import torchvision.datasets
+
+        root = resolve_root(data_root)
+        with download_lock(root):
+            if self.missing(data_root):
+                cls = getattr(torchvision.datasets, self.torchvision_class)
+                download_or_explain(self.name, self.url, self.path(data_root),
+                                    lambda: cls(root, train=True, download=True))
+
+    def ensure(self, data_root: str | None, download: bool) -> str:
+        """The folder holding the files, after downloading them if allowed."""
+        self.fetch(data_root, download)
+        self.available(data_root)
+        return self.path(data_root)
+
+
 def download_or_explain(name: str, url: str, looked_in: str, download: Callable[[], object]) -> None:
     """Run ``download``; no network becomes :class:`DatasetUnavailable` at once (no retry loop)."""
     host = urlparse(url).hostname or url

@@ -15,62 +15,31 @@ import numpy as np
 import torch
 
 from trainables.data import register_dataset
-from trainables.data.base import (DatasetSplits, download_lock, download_or_explain, holdout_splits,
-                                  missing_dataset, normalize_uint8, resolve_root)
+from trainables.data.base import DatasetSplits, TorchvisionFiles, holdout_splits, normalize_uint8
 
 
 @dataclass(frozen=True)
 class CifarFormat:
-    name: str
-    folder: str
+    source: TorchvisionFiles
     train_files: tuple[str, ...]
     test_files: tuple[str, ...]
     num_classes: int
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
-    url: str
-    torchvision_class: str
 
 
-CIFAR10 = CifarFormat("cifar10", "cifar-10-batches-py", tuple(f"data_batch_{i}" for i in range(1, 6)), ("test_batch",),
-                      10, (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616),
-                      "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz", "CIFAR10")
-CIFAR100 = CifarFormat("cifar100", "cifar-100-python", ("train",), ("test",), 100,
-                       (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762),
-                       "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz", "CIFAR100")
+def _cifar(name: str, folder: str, train: tuple[str, ...], test: tuple[str, ...], num_classes: int, mean, std,
+           url: str, torchvision_class: str) -> CifarFormat:
+    return CifarFormat(TorchvisionFiles(name, folder, train + test, torchvision_class, url), train, test,
+                       num_classes, mean, std)
 
 
-def _folder(fmt: CifarFormat, data_root: str | None) -> str:
-    return os.path.join(resolve_root(data_root), fmt.folder)
-
-
-def _missing(fmt: CifarFormat, data_root: str | None) -> list[str]:
-    folder = _folder(fmt, data_root)
-    return [f for f in fmt.train_files + fmt.test_files if not os.path.isfile(os.path.join(folder, f))]
-
-
-def _available(fmt: CifarFormat):
-    def available(data_root: str | None = None, download: bool = False, **_: object) -> None:
-        if not download and _missing(fmt, data_root):
-            raise missing_dataset(fmt.name, _folder(fmt, data_root), ", ".join(fmt.train_files + fmt.test_files))
-
-    return available
-
-
-def _fetch(fmt: CifarFormat):
-    def fetch(data_root: str | None = None, download: bool = False, **_: object) -> None:
-        if not download or not _missing(fmt, data_root):
-            return
-        import torchvision.datasets
-
-        root = resolve_root(data_root)
-        with download_lock(root):
-            if _missing(fmt, data_root):
-                cls = getattr(torchvision.datasets, fmt.torchvision_class)
-                download_or_explain(fmt.name, fmt.url, _folder(fmt, data_root),
-                                    lambda: cls(root, train=True, download=True))
-
-    return fetch
+CIFAR10 = _cifar("cifar10", "cifar-10-batches-py", tuple(f"data_batch_{i}" for i in range(1, 6)), ("test_batch",),
+                 10, (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616),
+                 "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz", "CIFAR10")
+CIFAR100 = _cifar("cifar100", "cifar-100-python", ("train",), ("test",), 100,
+                  (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762),
+                  "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz", "CIFAR100")
 
 
 def read_batches(folder: str, files: tuple[str, ...], label_key: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -87,21 +56,19 @@ def read_batches(folder: str, files: tuple[str, ...], label_key: str) -> tuple[t
 def _loader(fmt: CifarFormat):
     def load(seed: int = 0, data_root: str | None = None, download: bool = False,
              val_fraction: float = 0.1, label_key: str = "fine_labels") -> DatasetSplits:
-        _fetch(fmt)(data_root, download)
-        _available(fmt)(data_root, download=False)
-        folder = _folder(fmt, data_root)
+        folder = fmt.source.ensure(data_root, download)
         train_u8, train_y = read_batches(folder, fmt.train_files, label_key)
         test_u8, test_y = read_batches(folder, fmt.test_files, label_key)
         num_classes = fmt.num_classes if label_key == "fine_labels" else int(train_y.max()) + 1
-        return holdout_splits(fmt.name, normalize_uint8(train_u8, fmt.mean, fmt.std), train_y,
+        return holdout_splits(fmt.source.name, normalize_uint8(train_u8, fmt.mean, fmt.std), train_y,
                               normalize_uint8(test_u8, fmt.mean, fmt.std), test_y, val_fraction, seed,
                               num_classes, fmt.mean, fmt.std, {"source": folder, "label_key": label_key})
 
-    load.__doc__ = (f"{fmt.name}: the official training set split into train/val by ``val_fraction``; the "
-                    f"official test set as test. ``label_key`` ``coarse_labels`` gives CIFAR-100's 20 "
+    load.__doc__ = (f"{fmt.source.name}: the official training set split into train/val by ``val_fraction``; "
+                    f"the official test set as test. ``label_key`` ``coarse_labels`` gives CIFAR-100's 20 "
                     f"super-classes.")
     return load
 
 
 for _fmt in (CIFAR10, CIFAR100):
-    register_dataset(_fmt.name, available=_available(_fmt), fetch=_fetch(_fmt))(_loader(_fmt))
+    register_dataset(_fmt.source.name, available=_fmt.source.available, fetch=_fmt.source.fetch)(_loader(_fmt))
