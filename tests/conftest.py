@@ -20,3 +20,15 @@ def run_cli(tmp_path):
         return proc
 
     return _run
+
+
+@pytest.fixture
+def one_torch_thread():
+    """One intra-op thread: on a small shared CPU, two threads spin against other processes and
+    run model tests several times slower."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

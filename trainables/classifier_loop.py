@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from trainables.data import DatasetSplits
-from trainables.engine import (autocast, build_optimizer, build_scheduler, epoch_batches, evaluate,
+from trainables.engine import (autocast, build_optimizer, build_scheduler, epoch_batches, evaluate, head_lr_groups,
                                steps_per_epoch, unwrap)
 from trainables.losses import DistillLoss, LossInputs
 from trainables.session import Session, check_finite
@@ -112,6 +112,7 @@ class OptimConfig:
     momentum: float = 0.9
     schedule: str = "cosine"
     warmup_epochs: int = 0
+    head_lr_mult: float = 1.0  # the head's lr is lr * head_lr_mult (teacher fine-tuning)
 
 
 def train_classifier(*, model: nn.Module, data: DatasetSplits, loss_fn: DistillLoss, optim: OptimConfig,
@@ -125,8 +126,8 @@ def train_classifier(*, model: nn.Module, data: DatasetSplits, loss_fn: DistillL
     model = session.prepare_model(model)
     loss_fn = loss_fn.to(device)
     loss_sync = LossModuleSync(loss_fn, session)
-    optimizer = build_optimizer(optim.optimizer, list(model.parameters()) + list(loss_fn.parameters()),
-                                optim.lr, optim.weight_decay, optim.momentum, device)
+    params = head_lr_groups(model, optim.lr, optim.head_lr_mult, extra=loss_fn.parameters())
+    optimizer = build_optimizer(optim.optimizer, params, optim.lr, optim.weight_decay, optim.momentum, device)
     n_train = len(data.train_y)
     per_epoch = steps_per_epoch(n_train, optim.batch_size, session.world_size)
     scheduler = build_scheduler(optim.schedule, optimizer, per_epoch * optim.epochs,

@@ -4,51 +4,43 @@ The teacher is content-addressed in the sweep's artifact cache by its full recip
 architecture, optimisation, seed), so it is trained once and shared by every trial and by later
 sweeps that name the same recipe. With ``teacher_mode: cached`` its logits on the (un-augmented)
 training set are stored with it, and student trials never run a teacher forward pass.
+
+How the teacher gets its weights (scratch, linear probe, fine-tune, pretrained) is in
+:mod:`trainables.teacher`; how the student starts (``student_init``) in :mod:`trainables.init`.
 """
 from __future__ import annotations
 
-import json
-import os
 from typing import Any, Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, field_validator, model_validator
+
+import os
 
 from trainables.classifier_loop import (CachedTeacher, OnlineTeacher, OptimConfig, TeacherSignal, predict_features,
                                         train_classifier)
-from trainables.data import DatasetName, load_dataset
-from trainables.engine import predict_logits, seed_everything
+from trainables.data import (DatasetName, DatasetSplits, DatasetUnavailable, check_dataset, load_dataset,
+                             prepare_dataset)
+from trainables.engine import seed_everything
+from trainables.init import WeightSelectionConfig, check_student_init, init_student
 from trainables.losses import LossName, check_loss_params, create_loss, loss_class
-from trainables.models import Classifier, ModelName, create_model
+from trainables.models import Classifier, ModelName
 from trainables.registry import TrainableDef, TrialContext, TrialParams, register_trainable
-from trainables.session import LocalSession, Session, default_device
-
-Optimizer = Literal["sgd", "adam", "adamw"]
-Schedule = Literal["cosine", "constant"]
-
-
-class TeacherRecipe(BaseModel):
-    """How to train the teacher. Everything here goes into the teacher's cache key."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    model: ModelName = "cnn"
-    model_kwargs: dict[str, Any] = Field(default_factory=dict)
-    epochs: int = Field(30, ge=1)
-    batch_size: int = Field(64, ge=1)
-    optimizer: Optimizer = "sgd"
-    lr: float = Field(0.05, gt=0)
-    weight_decay: float = Field(5e-4, ge=0)
-    seed: int = Field(0, ge=0)
+from trainables.session import Session, default_device
+from trainables.teacher import Optimizer, Schedule, TeacherRecipe, build_teacher, load_teacher_model, recipe_fields
 
 
 class DistillParams(TrialParams):
     dataset: DatasetName = "digits"
+    dataset_kwargs: dict[str, Any] = Field(default_factory=dict,
+                                           description="the dataset's parameters (data_root, download, …)")
     split_seed: int = Field(0, ge=0, description="seed of the train/val/test split")
     teacher: TeacherRecipe = Field(default_factory=TeacherRecipe)
     teacher_mode: Literal["cached", "online"] = "cached"
     student: ModelName = "mlp"
     student_kwargs: dict[str, Any] = Field(default_factory=dict)
+    student_init: str = Field("random", description="random | pretrained | weight_selection | a checkpoint file")
+    weight_selection: WeightSelectionConfig = Field(default_factory=WeightSelectionConfig)
     loss: LossName = "kd"
     loss_params: dict[str, Any] = Field(default_factory=dict)
     epochs: int = Field(20, ge=1)
@@ -60,58 +52,43 @@ class DistillParams(TrialParams):
     schedule: Schedule = "cosine"
     warmup_epochs: int = Field(0, ge=0)
 
+    @field_validator("dataset_kwargs")
+    @classmethod
+    def _dataset_kwargs_fit(cls, v: dict[str, Any], info) -> dict[str, Any]:
+        if "dataset" in info.data:
+            try:
+                check_dataset(info.data["dataset"], **v)
+            except DatasetUnavailable as exc:
+                raise ValueError(str(exc)) from None
+        return v
+
     @model_validator(mode="after")
     def _loss_params_fit_loss(self):
         check_loss_params(self.loss, self.loss_params)
+        check_student_init(self.student_init, self.student, self.student_kwargs)
         if self.warmup_epochs >= self.epochs:
             raise ValueError(f"warmup_epochs ({self.warmup_epochs}) must be below epochs ({self.epochs})")
         return self
 
 
 def teacher_recipe(p: DistillParams) -> dict[str, Any]:
-    return {"dataset": p.dataset, "split_seed": p.split_seed, **p.teacher.model_dump()}
+    # ``download`` says how to get the data, not what the data is: it stays out of the key.
+    data_kwargs = {k: v for k, v in p.dataset_kwargs.items() if k != "download"}
+    return {"dataset": p.dataset, "split_seed": p.split_seed, "dataset_kwargs": data_kwargs,
+            **recipe_fields(p.teacher)}
 
 
-def build_teacher(recipe: dict[str, Any], out_dir: str, device: torch.device | None = None) -> dict[str, Any]:
-    """Train a teacher with cross-entropy and write ``model.pt`` and ``train_logits.pt``."""
-    device = device or default_device()
-    t = TeacherRecipe.model_validate({k: v for k, v in recipe.items() if k not in ("dataset", "split_seed")})
-    data = load_dataset(recipe["dataset"], seed=recipe["split_seed"]).to(device)
-    seed_everything(t.seed)
-    model = create_model(t.model, num_classes=data.num_classes, input_shape=data.input_shape, **t.model_kwargs)
-    session = LocalSession(device)
-    final = train_classifier(
-        model=model, data=data, loss_fn=create_loss("ce"), session=session, seed=t.seed,
-        optim=OptimConfig(epochs=t.epochs, batch_size=t.batch_size, lr=t.lr, optimizer=t.optimizer,
-                          weight_decay=t.weight_decay))
-    model = model.cpu()
-    torch.save(model.state_dict(), os.path.join(out_dir, "model.pt"))
-    logits = predict_logits(model, data.train_x.cpu())
-    torch.save(logits, os.path.join(out_dir, "train_logits.pt"))
-    meta = {"val_acc": final["val_acc"], "test_acc": final["test_acc"], "train_loss": final["train_loss"],
-            "model": t.model, "num_classes": data.num_classes, "input_shape": list(data.input_shape)}
-    with open(os.path.join(out_dir, "teacher.json"), "w") as f:
-        json.dump(meta, f, indent=1)
-    return meta
+def load_data(p: DistillParams) -> DatasetSplits:
+    return load_dataset(p.dataset, seed=p.split_seed, **p.dataset_kwargs)
 
 
 def load_teacher(p: DistillParams, ctx: TrialContext, device: torch.device):
     recipe = teacher_recipe(p)
     if ctx.cache is None:
         raise RuntimeError("the distill trainable needs an artifact cache for its teacher")
-    entry = ctx.cache.get_or_create("teacher", recipe, lambda d: build_teacher(recipe, d))
+    download = bool(p.dataset_kwargs.get("download", False))
+    entry = ctx.cache.get_or_create("teacher", recipe, lambda d: build_teacher(recipe, d, download=download))
     return entry
-
-
-def teacher_model(p: DistillParams, entry, data) -> Classifier:
-    """The trained teacher rebuilt from its cache entry, on the CPU."""
-    # The teacher's random init is overwritten by its weights; keep it off the global RNG
-    # so the student initialises identically in every teacher mode.
-    with torch.random.fork_rng(devices=[]):
-        t_model = create_model(p.teacher.model, num_classes=data.num_classes,
-                               input_shape=data.input_shape, **p.teacher.model_kwargs)
-    t_model.load_state_dict(torch.load(entry.file("model.pt"), map_location="cpu"))
-    return t_model
 
 
 def cached_teacher_features(p: DistillParams, ctx: TrialContext, entry, data, device: torch.device) -> torch.Tensor:
@@ -122,7 +99,7 @@ def cached_teacher_features(p: DistillParams, ctx: TrialContext, entry, data, de
     recipe = {"teacher": teacher_recipe(p), "outputs": "train_features"}
 
     def build(out_dir: str) -> dict[str, Any]:
-        feats = predict_features(teacher_model(p, entry, data).to(data.train_x.device), data.train_x)
+        feats = predict_features(load_teacher_model(p.teacher, entry, data, data.train_x.device), data.train_x)
         torch.save(feats.cpu(), os.path.join(out_dir, "train_features.pt"))
         return {"num_samples": feats.shape[0], "num_features": feats.shape[1]}
 
@@ -139,7 +116,7 @@ def teacher_signal(p: DistillParams, ctx: TrialContext, entry, data, loss_cls,
     wants_features = loss_cls.needs_features
     t_model = None
     if p.teacher_mode == "online" or loss_cls.needs_teacher_head:
-        t_model = teacher_model(p, entry, data)
+        t_model = load_teacher_model(p.teacher, entry, data, torch.device("cpu"))
     context: dict[str, Any] = {"teacher_head": t_model.head} if loss_cls.needs_teacher_head else {}
     if p.teacher_mode == "online":
         if wants_features:
@@ -152,14 +129,22 @@ def teacher_signal(p: DistillParams, ctx: TrialContext, entry, data, loss_cls,
     return CachedTeacher(logits, features), context
 
 
+def build_student(p: DistillParams, data: DatasetSplits, entry) -> Classifier:
+    """The student per ``student_init``, reading inputs normalised as ``data`` is."""
+    student = init_student(p.student, p.student_kwargs, p.student_init, p.weight_selection,
+                           num_classes=data.num_classes, input_shape=data.input_shape,
+                           teacher=lambda: load_teacher_model(p.teacher, entry, data, torch.device("cpu")))
+    student.adapt_input(data.mean, data.std)
+    return student
+
+
 def run_distill(p: DistillParams, session: Session, ctx: TrialContext) -> dict[str, Any]:
     device = session.device
     entry = load_teacher(p, ctx, device)
-    data = load_dataset(p.dataset, seed=p.split_seed).to(device)
+    data = load_data(p).to(device)
     seed_everything(p.seed)
     teacher, teacher_context = teacher_signal(p, ctx, entry, data, loss_class(p.loss), device)
-    student = create_model(p.student, num_classes=data.num_classes, input_shape=data.input_shape,
-                           **p.student_kwargs)
+    student = build_student(p, data, entry)
     # Built after the student, so a loss's own random init (projectors, memory banks) leaves the
     # student's init the same for every loss, the no-teacher control included.
     loss_fn = create_loss(p.loss, p.loss_params, num_classes=data.num_classes, student_dim=student.num_features,
@@ -176,11 +161,16 @@ def run_distill(p: DistillParams, session: Session, ctx: TrialContext) -> dict[s
 def prepare_distill(fixed: dict[str, Any], searched: set[str], ctx: TrialContext) -> dict[str, Any] | None:
     """Train the teacher once, up front, unless its recipe is itself searched (then the first
     trial that needs each recipe builds it, under the cache's lock)."""
-    teacher_keys = {"dataset", "split_seed"} | {k for k in searched if k == "teacher" or k.startswith("teacher.")}
+    if "dataset" not in searched and not any(k.startswith("dataset_kwargs") for k in searched):
+        # Download once here rather than in every trial.
+        data = DistillParams.model_validate({k: v for k, v in fixed.items() if k in ("dataset", "dataset_kwargs")})
+        prepare_dataset(data.dataset, **data.dataset_kwargs)
+    teacher_keys = {"dataset", "split_seed"} | {k for k in searched
+                                                if k == "teacher" or k.startswith(("teacher.", "dataset_kwargs"))}
     if teacher_keys & searched:
         return None
     defaults = DistillParams.model_validate({k: v for k, v in fixed.items()
-                                             if k in ("dataset", "split_seed", "teacher")})
+                                             if k in ("dataset", "dataset_kwargs", "split_seed", "teacher")})
     entry = load_teacher(defaults, ctx, default_device())
     return {"teacher_key": entry.key, "teacher_cache_hit": entry.hit, **{f"teacher_{k}": v
             for k, v in entry.meta.items() if k in ("val_acc", "test_acc")}}

@@ -25,9 +25,27 @@ def unwrap(model: nn.Module) -> nn.Module:
     return model.module if hasattr(model, "module") else model
 
 
+def head_lr_groups(model: nn.Module, lr: float, head_lr_mult: float, extra=()) -> list[dict]:
+    """Parameter groups with the model's ``head`` at ``lr * head_lr_mult`` (fine-tuning a
+    pretrained body under a new head); ``extra`` (loss parameters) joins the body group."""
+    head = getattr(unwrap(model), "head", None)
+    head_ids = {id(p) for p in head.parameters()} if (head is not None and head_lr_mult != 1.0) else set()
+    body = [p for p in model.parameters() if id(p) not in head_ids] + list(extra)
+    groups = [{"params": body}]
+    if head_ids:
+        groups.append({"params": [p for p in head.parameters()], "lr": lr * head_lr_mult})
+    return groups
+
+
 def build_optimizer(name: str, params, lr: float, weight_decay: float = 0.0, momentum: float = 0.9,
                     device: torch.device | None = None) -> torch.optim.Optimizer:
-    params = [p for p in params if p.requires_grad]
+    """``params``: parameters, or parameter groups (dicts) as torch optimisers take them."""
+    params = list(params)
+    if params and isinstance(params[0], dict):
+        params = [{**g, "params": [p for p in g["params"] if p.requires_grad]} for g in params]
+        params = [g for g in params if g["params"]]
+    else:
+        params = [p for p in params if p.requires_grad]
     fused = {"fused": True} if device is not None and device.type == "cuda" else {}
     if name == "sgd":
         return torch.optim.SGD(params, lr=lr, momentum=momentum, nesterov=momentum > 0,

@@ -1,17 +1,27 @@
 from __future__ import annotations
 
+from typing import Sequence
+
 import torch
 from torch import nn
+
+Norm = tuple[tuple[float, ...], tuple[float, ...]]
 
 
 class Classifier(nn.Module):
     """A backbone producing a pooled feature vector, followed by a linear head.
 
     Subclasses implement :meth:`forward_features` and set ``self.head`` and ``num_features``.
+
+    ``input_norm`` is the ``(mean, std)`` the weights expect their inputs normalised with, when the
+    weights were learnt elsewhere (pretrained, or a checkpoint); ``None`` means "whatever the data
+    it is trained on uses". :meth:`adapt_input` makes :meth:`forward` accept inputs normalised
+    differently; :meth:`forward_features` always takes model-normalised input.
     """
 
     num_features: int
     head: nn.Module
+    input_norm: Norm | None = None
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -20,6 +30,50 @@ class Classifier(nn.Module):
         return self.head(features)
 
     def forward(self, x: torch.Tensor, return_features: bool = False):
+        scale = getattr(self, "input_scale", None)
+        if scale is not None:
+            x = torch.addcmul(self.input_shift, x, scale)
         features = self.forward_features(x)
         logits = self.forward_head(features)
         return (logits, features) if return_features else logits
+
+    def adapt_input(self, data_mean: Sequence[float], data_std: Sequence[float]) -> bool:
+        """Convert inputs normalised with the data's ``(mean, std)`` to ``self.input_norm`` inside
+        :meth:`forward`: ``x_model = x * std_d / std_m + (mean_d - mean_m) / std_m`` per channel.
+
+        Returns whether a conversion was installed (none is needed when the statistics agree or the
+        model has no expectation). The factors are non-persistent buffers: they follow the model
+        across devices but stay out of its state dict and checkpoints.
+        """
+        if self.input_norm is None:
+            if getattr(self, "input_scale", None) is not None:
+                self.register_buffer("input_scale", None, persistent=False)
+            return False
+        model_mean, model_std = (torch.tensor(v, dtype=torch.float32) for v in self.input_norm)
+        data_mean_t = torch.tensor(tuple(data_mean), dtype=torch.float32)
+        data_std_t = torch.tensor(tuple(data_std), dtype=torch.float32)
+        if len(data_mean_t) == 1 and len(model_mean) > 1:
+            # Grey-scale data into an RGB-pretrained model whose first layer was collapsed to one
+            # channel (timm's in_chans=1): the channel-averaged statistics are the best single fit.
+            model_mean, model_std = model_mean.mean(0, keepdim=True), model_std.mean(0, keepdim=True)
+        if len(model_mean) != len(data_mean_t):
+            raise ValueError(f"input normalisation has {len(model_mean)} channels in the model and "
+                             f"{len(data_mean_t)} in the data")
+        scale = data_std_t / model_std
+        shift = (data_mean_t - model_mean) / model_std
+        needed = not (torch.allclose(scale, torch.ones_like(scale)) and torch.allclose(shift, torch.zeros_like(shift)))
+        self.register_buffer("input_scale", scale.view(1, -1, 1, 1) if needed else None, persistent=False)
+        self.register_buffer("input_shift", shift.view(1, -1, 1, 1) if needed else None, persistent=False)
+        return needed
+
+
+def head_state_keys(model: nn.Module) -> set[str]:
+    """The state-dict keys that belong to ``model.head`` (however deep the head sits)."""
+    head = getattr(model, "head", None)
+    if head is None:
+        return set()
+    for name, module in model.named_modules():
+        if module is head:
+            prefix = f"{name}." if name else ""
+            return {prefix + k for k in head.state_dict()}
+    return set()

@@ -1,0 +1,70 @@
+"""MobileNetV2 for CIFAR as in RepDistiller's ``mobile_half`` (the distillation benchmarks'
+"MobileNetV2"): width multiplier 0.5, expansion 6, a stride-2 stem, the second stage at stride 1
+instead of 2 (overall stride 16: 32 px inputs end at 2x2), and a 1x1 conv to 1280 channels.
+
+Unlike torchvision's version, every inverted residual keeps its 1x1 expansion conv, even with
+expansion 1.
+"""
+from __future__ import annotations
+
+from torch import nn
+from torch.nn import functional as F
+
+from trainables.models import register_model
+from trainables.models.base import Classifier
+from trainables.models.cifar_resnet import conv_bn
+
+# (expansion, channels, blocks, stride of the first block); expansion None means "the model's T".
+STAGES = ((1, 16, 1, 1), (None, 24, 2, 1), (None, 32, 3, 2), (None, 64, 4, 2), (None, 96, 3, 1),
+          (None, 160, 3, 2), (None, 320, 1, 1))
+
+
+class InvertedResidual(nn.Module):
+    def __init__(self, cin: int, cout: int, stride: int, expansion: int):
+        super().__init__()
+        hidden = cin * expansion
+        self.residual = stride == 1 and cin == cout
+        self.body = nn.Sequential(
+            conv_bn(cin, hidden, 1), nn.ReLU(inplace=True),
+            conv_bn(hidden, hidden, 3, stride, groups=hidden), nn.ReLU(inplace=True),
+            conv_bn(hidden, cout, 1),
+        )
+
+    def forward(self, x):
+        out = self.body(x)
+        return x + out if self.residual else out
+
+
+class CifarMobileNetV2(Classifier):
+    def __init__(self, num_classes: int, input_shape: tuple[int, ...], width_mult: float = 0.5,
+                 expansion: int = 6, last_channels: int = 1280):
+        super().__init__()
+        cin = int(32 * width_mult)
+        self.stem = nn.Sequential(conv_bn(input_shape[0], cin, 3, 2), nn.ReLU(inplace=True))
+        stages = []
+        for t, c, n, s in STAGES:
+            cout = int(c * width_mult)
+            blocks = []
+            for b in range(n):
+                blocks.append(InvertedResidual(cin, cout, s if b == 0 else 1, expansion if t is None else t))
+                cin = cout
+            stages.append(nn.Sequential(*blocks))
+        self.stages = nn.Sequential(*stages)
+        self.last_conv = nn.Sequential(conv_bn(cin, last_channels, 1), nn.ReLU(inplace=True))
+        self.num_features = last_channels
+        self.head = nn.Linear(last_channels, num_classes)
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out")
+            elif isinstance(m, nn.Linear):
+                nn.init.normal_(m.weight, 0, 0.01)
+                nn.init.zeros_(m.bias)
+
+    def forward_features(self, x):
+        x = self.last_conv(self.stages(self.stem(x)))
+        return F.adaptive_avg_pool2d(x, 1).flatten(1)
+
+
+@register_model("mobilenetv2")
+def mobilenetv2(num_classes: int, input_shape: tuple[int, ...], width_mult: float = 0.5, **_: object):
+    return CifarMobileNetV2(num_classes, input_shape, width_mult=width_mult)
