@@ -13,7 +13,7 @@ from trainables.registry_base import Registry
 
 
 def _import_builtin() -> None:
-    from trainables.losses import ce, kd  # noqa: F401
+    from trainables.losses import auxconf, ce, kd  # noqa: F401
 
 
 LOSSES: Registry[tuple[type[DistillLoss], type[LossParams]]] = Registry("loss", _import_builtin, plural="losses")
