@@ -8,7 +8,8 @@ probe, as the seed does.
     .venv/bin/python bench/probe_sweep.py                   # 10k x 2048 features, 100 classes, K=64
     .venv/bin/python bench/probe_sweep.py --dim 384 --classes 10 --epochs 5
 
-Prints both times and their ratio and appends a JSON line to bench/results/probe_sweep.jsonl.
+Prints both times (CPU time of this process, the ratio that counts, and wall time, which other
+load on a shared machine inflates) and appends a JSON line to bench/results/probe_sweep.jsonl.
 """
 from __future__ import annotations
 
@@ -118,6 +119,13 @@ def run_vectorised(data, configs, classes, batch_size) -> dict:
     return {"trainings": len(specs), "accs": accs}
 
 
+def timed(fn, *args):
+    """(result, wall seconds, CPU seconds of this process)."""
+    wall, cpu = time.perf_counter(), time.process_time()
+    out = fn(*args)
+    return out, time.perf_counter() - wall, time.process_time() - cpu
+
+
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=10_000, help="samples (train + test)")
@@ -127,7 +135,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--epochs", type=int, default=10)
     ap.add_argument("--batch-size", type=int, default=100)
     ap.add_argument("--test-fraction", type=float, default=0.2)
-    ap.add_argument("--threads", type=int, default=torch.get_num_threads())
+    ap.add_argument("--threads", type=int, default=1,
+                    help="torch threads for both sides (1: CPU time is exact and immune to other load)")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
 
@@ -138,26 +147,25 @@ def main(argv=None) -> dict:
     print(f"{len(configs)} probe configs, {n_train} x {args.dim} train features, {args.classes} classes, "
           f"{args.epochs} epochs, batch {args.batch_size}, {args.threads} threads")
 
-    t0 = time.perf_counter()
-    vec = run_vectorised(data, configs, args.classes, args.batch_size)
-    t_vec = time.perf_counter() - t0
-    print(f"  vectorised: {t_vec:8.1f} s  ({vec['trainings']} probes in one batched computation)")
-    t0 = time.perf_counter()
-    loop = run_looped(data, configs, args.classes, args.batch_size)
-    t_loop = time.perf_counter() - t0
-    print(f"  looped:     {t_loop:8.1f} s  ({loop['trainings']} seed-style trainings, one per loop)")
+    vec, wall_vec, cpu_vec = timed(run_vectorised, data, configs, args.classes, args.batch_size)
+    print(f"  vectorised: {wall_vec:8.1f} s wall, {cpu_vec:8.1f} s CPU  ({vec['trainings']} probes, one batched loop)")
+    loop, wall_loop, cpu_loop = timed(run_looped, data, configs, args.classes, args.batch_size)
+    print(f"  looped:     {wall_loop:8.1f} s wall, {cpu_loop:8.1f} s CPU  ({loop['trainings']} seed-style trainings)")
     steps = args.epochs * math.ceil(n_train / args.batch_size)
-    per_vec = t_vec / (vec["trainings"] * steps) * 1e3
-    per_loop = t_loop / (loop["trainings"] * steps) * 1e3
+    per_vec = cpu_vec / (vec["trainings"] * steps) * 1e3
+    per_loop = cpu_loop / (loop["trainings"] * steps) * 1e3
     gap = max(abs(a - b) for pair in zip(vec["accs"], loop["accs"]) for a, b in zip(*pair))
-    ratio = t_loop / t_vec
-    print(f"  speed-up: {ratio:.1f}x  (per probe-step {per_loop:.2f} ms looped vs {per_vec:.2f} ms vectorised, "
-          f"{per_loop / per_vec:.1f}x; identical probes trained once: {loop['trainings']} -> {vec['trainings']})")
+    ratio, wall_ratio = cpu_loop / cpu_vec, wall_loop / wall_vec
+    print(f"  speed-up: {ratio:.1f}x CPU time ({wall_ratio:.1f}x wall)")
+    print(f"    per probe-step: {per_loop:.2f} ms looped vs {per_vec:.2f} ms vectorised ({per_loop / per_vec:.1f}x); "
+          f"identical probes trained once: {loop['trainings']} -> {vec['trainings']} "
+          f"({loop['trainings'] / vec['trainings']:.2f}x)")
     print(f"  largest test-accuracy difference between the two (different batch orders and inits): {gap:.4f}")
     record = {"bench": "probe_sweep", "time": time.strftime("%Y-%m-%dT%H:%M:%S"), "n_train": n_train,
               "dim": args.dim, "classes": args.classes, "k": len(configs), "epochs": args.epochs,
-              "batch_size": args.batch_size, "threads": args.threads, "vectorised_s": round(t_vec, 3),
-              "looped_s": round(t_loop, 3), "ratio": round(ratio, 2), "probes_vectorised": vec["trainings"],
+              "batch_size": args.batch_size, "threads": args.threads, "vectorised_cpu_s": round(cpu_vec, 3),
+              "looped_cpu_s": round(cpu_loop, 3), "ratio": round(ratio, 2), "vectorised_wall_s": round(wall_vec, 3),
+              "looped_wall_s": round(wall_loop, 3), "wall_ratio": round(wall_ratio, 2), "probes_vectorised": vec["trainings"],
               "trainings_looped": loop["trainings"], "per_probe_step_ratio": round(per_loop / per_vec, 2),
               "max_test_acc_gap": round(gap, 4), "torch": torch.__version__, "cpu": platform.processor() or
               platform.machine(), "load_avg_1m": round(os.getloadavg()[0], 2)}
