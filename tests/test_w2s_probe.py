@@ -132,3 +132,13 @@ def test_splits_are_disjoint_and_follow_the_seed_permutation():
 def test_bad_params_are_named(change, message):
     with pytest.raises(ValueError, match=message.replace(".", r"\.")):
         W2SProbeParams.model_validate({**FAST, **change})
+
+
+def test_a_missing_image_folder_is_a_clear_error(tmp_path):
+    from trainables.data import DatasetUnavailable
+
+    params = {"dataset": "imagenet", "dataset_kwargs": {"data_root": str(tmp_path / "imagenet"), "split": "val"},
+              "pretrain_split": {"weak": 0, "strong": 0}, "weak": {"model": "linear"}, "strong": {"model": "mlp"}}
+    with pytest.raises(DatasetUnavailable, match=r"no images under .*imagenet/val/<class>/ and no "
+                                                 r"ILSVRC2012_devkit_t12\.tar\.gz"):
+        prepare_w2s(params, set(), TrialContext(cache=FeatureStore(str(tmp_path / "cache"))))

@@ -225,6 +225,9 @@ def model_recipe(source: ModelSource, role: str, p: FeatureParams, data_identity
     """Everything that determines the model's weights."""
     recipe = {"model": source.model, "model_kwargs": source.model_kwargs,
               "checkpoint_sha256": file_sha256(source.checkpoint) if source.checkpoint else None}
+    kwarg_checkpoint = source.model_kwargs.get("checkpoint")
+    if isinstance(kwarg_checkpoint, str):  # a wrapper's own checkpoint kwarg: key on its content too
+        recipe["model_kwargs_checkpoint_sha256"] = file_sha256(kwarg_checkpoint)
     if source.train is not None:
         recipe["trained_on"] = {"data": data_identity, "role": role, "split_seed": p.split_seed,
                                 "pretrain_split": p.pretrain_split.model_dump(), **source.train.model_dump()}
