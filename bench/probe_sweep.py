@@ -27,8 +27,8 @@ from torch import nn
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from trainables.linear_probe import ProbeSpec, train_probes  # noqa: E402
-from trainables.losses import LossInputs, create_loss  # noqa: E402
+from trainables.linear_probe import ProbeSpec, reference_loss, train_probes  # noqa: E402
+from trainables.losses import create_loss  # noqa: E402
 from trainables.w2s_probe import ProbeConfig, probe_plan  # noqa: E402
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "probe_sweep.jsonl")
@@ -68,11 +68,8 @@ def seed_style_logreg(x_train, y_train, evals, spec: ProbeSpec, classes: int, ba
         for xb, yb in loader:
             optimizer.zero_grad()
             pred = model(xb)
-            if spec.aux_coef > 0:
-                loss = aux(LossInputs(student_logits=pred, targets=yb, teacher_logits=yb.log(),
-                                      progress=step / total))["loss"]
-            else:
-                loss = nn.functional.cross_entropy(pred, yb)
+            loss = reference_loss(aux, pred, yb, spec, step / total) if yb.dim() > 1 else \
+                nn.functional.cross_entropy(pred, yb)
             loss.backward()
             optimizer.step()
             schedule.step()

@@ -260,13 +260,25 @@ def train_probes(x: torch.Tensor, targets: dict[str, torch.Tensor], specs: list[
         chunks = remaining
 
 
+def reference_loss(aux: nn.Module, logits: torch.Tensor, target: torch.Tensor, spec: ProbeSpec,
+                   progress: float) -> torch.Tensor:
+    """One probe's loss the ordinary way, with autograd: cross-entropy against probability
+    targets, or the registered ``auxconf`` loss (``aux``) with the targets as its teacher."""
+    if spec.aux_coef > 0:
+        from trainables.losses import LossInputs
+
+        return aux(LossInputs(student_logits=logits, targets=target.argmax(-1), teacher_logits=target.log(),
+                              progress=progress))["loss"]
+    return nn.functional.cross_entropy(logits, target)
+
+
 def train_probe_reference(x: torch.Tensor, target: torch.Tensor, spec: ProbeSpec, *, num_classes: int,
                           batch_size: int, seed: int) -> tuple[nn.Linear, list[float]]:
     """One probe trained the ordinary way, with the same init and batch order as
     :func:`train_probes`: ``nn.Linear``, ``torch.optim.Adam``, a per-step cosine ``LambdaLR`` and
     autograd through ``F.cross_entropy`` or the registered ``auxconf`` loss. Returns the probe and
     its mean training loss per epoch."""
-    from trainables.losses import LossInputs, create_loss
+    from trainables.losses import create_loss
 
     n, dim = x.shape
     probe = nn.Linear(dim, num_classes)
@@ -290,11 +302,7 @@ def train_probe_reference(x: torch.Tensor, target: torch.Tensor, spec: ProbeSpec
             idx = perm[s * batch_size:(s + 1) * batch_size]
             z = probe(x[idx])
             soft = probs[idx] * (1 - spec.label_smoothing) + spec.label_smoothing / num_classes
-            if spec.aux_coef > 0:
-                loss = aux(LossInputs(student_logits=z, targets=target[idx], teacher_logits=soft.log(),
-                                      progress=t / total))["loss"]
-            else:
-                loss = nn.functional.cross_entropy(z, soft)
+            loss = reference_loss(aux, z, soft, spec, t / total)
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
