@@ -17,6 +17,11 @@ class TrialRow:
     metrics: dict[str, Any]
     status: str
     error: str | None = None
+    probe: int | None = None  # the configuration's index inside a vectorised trial
+
+    @property
+    def label(self) -> str:
+        return self.trial_id if self.probe is None else f"{self.trial_id}/p{self.probe}"
 
 
 @dataclass
@@ -53,21 +58,26 @@ def searched_keys(spec: SweepSpec) -> list[str]:
 
 
 def rows_from_results(spec: SweepSpec, results) -> list[TrialRow]:
+    from orchestrator.vectorized import expand_result, trainable_fields
+
     keys = searched_keys(spec)
+    fields = trainable_fields(spec)
     rows = []
     for result in results:
         config = unpack_config(result.config or {})
         metrics = dict(result.metrics or {})
-        params = {k: get_dotted(config, k) for k in keys}
-        budget = config.get("epochs")
-        if result.error is not None:
-            status = "error"
-        elif isinstance(budget, int) and metrics.get("epoch", budget) < budget:
-            status = "stopped_early"
-        else:
-            status = "completed"
-        rows.append(TrialRow(trial_id=metrics.get("trial_id", "?"), params=params, metrics=metrics,
-                             status=status, error=str(result.error).splitlines()[0] if result.error else None))
+        error = str(result.error).splitlines()[0] if result.error else None
+        # A vectorised trial gives one row per configuration it trained; any other trial one row.
+        for probe, cfg, m in expand_result(config, metrics, fields) or [(None, config, metrics)]:
+            budget = cfg.get("epochs")
+            if error is not None:
+                status = "error"
+            elif isinstance(budget, int) and m.get("epoch", budget) < budget:
+                status = "stopped_early"
+            else:
+                status = "completed"
+            rows.append(TrialRow(trial_id=m.get("trial_id", "?"), params={k: get_dotted(cfg, k) for k in keys},
+                                 metrics=m, status=status, error=error, probe=probe))
     return rows
 
 
@@ -92,7 +102,7 @@ def format_table(rows: list[TrialRow], metric: str, extra_metrics: list[str], ke
     headers = ["trial", *keys, metric, *[m for m in extra_metrics if m != metric], "epochs", "status"]
     body = []
     for r in rows:
-        body.append([r.trial_id, *[_fmt(r.params.get(k)) for k in keys], _fmt(r.metrics.get(metric, "-")),
+        body.append([r.label, *[_fmt(r.params.get(k)) for k in keys], _fmt(r.metrics.get(metric, "-")),
                      *[_fmt(r.metrics.get(m, "-")) for m in extra_metrics if m != metric],
                      _fmt(r.metrics.get("epoch", "-")), r.status])
     widths = [max(len(str(x)) for x in col) for col in zip(headers, *body)]

@@ -204,6 +204,8 @@ class SweepSpec(_Strict):
     # Filled in by load_spec, not by the file.
     source_file: str | None = Field(None, exclude=True)
     domains: dict[str, Domain] = Field(default_factory=dict, exclude=True)
+    # Searched keys that vary inside a vectorised trial rather than across trials.
+    vectorized_keys: list[str] = Field(default_factory=list, exclude=True)
 
     @property
     def experiment_name(self) -> str:
@@ -226,7 +228,7 @@ class SweepSpec(_Strict):
         return sorted(values)
 
     def expected_trials(self) -> int:
-        grid = math.prod(d.grid_size for d in self.domains.values()) if self.domains else 1
+        grid = math.prod(d.grid_size for k, d in self.domains.items() if k not in self.vectorized_keys)
         return grid * self.num_samples
 
     def resolved_dict(self) -> dict[str, Any]:
@@ -383,6 +385,9 @@ def parse_spec(text: str, file: str | None = None, overrides: list[str] | None =
         if get_dotted(spec.params, key) is not None:
             issues.append(SpecIssue(f"search.{key}", "is also fixed under params; keep one of the two"))
     spec.domains = domains
+    from orchestrator.vectorized import check_spec as check_vectorized
+
+    issues += check_vectorized(spec)
     if spec.search_alg.type == "optuna":
         for key, d in domains.items():
             if d.kind == "grid":

@@ -9,13 +9,16 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from orchestrator.cache import ArtifactCache, resolve_filesystem
+from orchestrator.cache import resolve_filesystem
+from orchestrator.feature_store import FeatureStore
 from orchestrator.errors import UserError
 from orchestrator.progress import ProgressPrinter
 from orchestrator.report import SweepReport, compare, format_table, pick_best, rows_from_results, searched_keys
 from orchestrator.resources import DRIVER_RESOURCE, ClusterResources, ResourcePlan, plan_resources
 from orchestrator.spec import SweepSpec, parse_spec, spec_to_yaml
 from orchestrator.tracking import MLflowTrialCallback, Tracker, check_tracking_uri, flatten
+from orchestrator.vectorized import VectorizedMLflowCallback, plan_lines, row_config, trainable_fields
+from orchestrator.w2s_report import W2S_COLUMNS, pgr_summary
 from trainables.registry import TrialContext, get_trainable
 from trainables.runner import CASE_KEY, unpack_config
 
@@ -184,7 +187,7 @@ def run_sweep(spec: SweepSpec, spec_text: str, opts: SweepOptions) -> SweepRepor
 
     parent_id, reused = tracker.parent_run(name, spec.resolved_dict(), spec_text)
     say(f"  MLflow: experiment {spec.experiment_name!r}, parent run {parent_id}{' (resumed)' if reused else ''}")
-    cache = ArtifactCache(join(opts.storage_path, "cache"))
+    cache = FeatureStore(join(opts.storage_path, "cache"))
     ctx = TrialContext(cache=cache, checkpoint_every=spec.checkpoint.every, sweep_name=name,
                        storage_path=opts.storage_path)
     status = "FAILED"
@@ -195,7 +198,8 @@ def run_sweep(spec: SweepSpec, spec_text: str, opts: SweepOptions) -> SweepRepor
             say(f"  prepared in {time.time() - t0:.1f}s: " + ", ".join(f"{k}={v}" for k, v in prepared.items()))
             tracker.log_params(parent_id, {f"prepared.{k}": v for k, v in prepared.items()})
 
-        callbacks = [MLflowTrialCallback(opts.mlflow_uri, spec.experiment_name, parent_id, name),
+        callbacks = [VectorizedMLflowCallback(opts.mlflow_uri, spec.experiment_name, parent_id, name,
+                                              fields=trainable_fields(spec)),
                      ProgressPrinter(spec.metric, spec.mode, spec.expected_trials())]
         if restoring:
             say(f"  resuming from {out_dir}")
@@ -214,7 +218,7 @@ def run_sweep(spec: SweepSpec, spec_text: str, opts: SweepOptions) -> SweepRepor
         best_config = None
         if best is not None:
             best_result = next(r for r in results if (r.metrics or {}).get("trial_id") == best.trial_id)
-            best_config = unpack_config(best_result.config)
+            best_config = row_config(spec, unpack_config(best_result.config), best.probe)
         if best_config is not None and spec.control.enabled:
             report.comparison = run_reference(spec, best_config, name, opts, ctx, plan, parent_id)
         finish_report(spec, report, best_config, name, opts, tracker, parent_id, prepared, time.time() - t_start)
@@ -261,7 +265,7 @@ def finish_report(spec: SweepSpec, report: SweepReport, best_config: dict[str, A
     import io
 
     keys = searched_keys(spec)
-    extra = [m for m in ("test_acc", "teacher_test_acc") if any(m in r.metrics for r in report.rows)]
+    extra = [m for m in ("test_acc", "teacher_test_acc", *W2S_COLUMNS) if any(m in r.metrics for r in report.rows)]
     table = format_table(report.rows, spec.metric, extra, keys)
     say("")
     say(table)
@@ -274,7 +278,7 @@ def finish_report(spec: SweepSpec, report: SweepReport, best_config: dict[str, A
     writer = csv.writer(buf)
     writer.writerow(["trial_id", "status", *keys, *metric_keys, "error"])
     for r in report.rows:
-        writer.writerow([r.trial_id, r.status, *[r.params.get(k) for k in keys],
+        writer.writerow([r.label, r.status, *[r.params.get(k) for k in keys],
                          *[r.metrics.get(k) for k in metric_keys], r.error or ""])
     write_text(join(out_dir, "results.csv"), buf.getvalue())
     tracker.client.log_text(parent_id, buf.getvalue(), "results/results.csv")
@@ -287,11 +291,11 @@ def finish_report(spec: SweepSpec, report: SweepReport, best_config: dict[str, A
         say("no trial produced the metric; see the errors above")
     else:
         best = report.best
-        say(f"best trial {best.trial_id}: {spec.metric} = {best.metrics[spec.metric]:.4f}"
+        say(f"best trial {best.label}: {spec.metric} = {best.metrics[spec.metric]:.4f}"
             + (f", test_acc = {best.metrics['test_acc']:.4f}" if "test_acc" in best.metrics else ""))
         say("best config: " + json.dumps(best_config, sort_keys=True))
         best_path = join(out_dir, "best_config.json")
-        payload = {"sweep": name, "trial_id": best.trial_id, "metric": spec.metric, "mode": spec.mode,
+        payload = {"sweep": name, "trial_id": best.trial_id, "probe": best.probe, "metric": spec.metric, "mode": spec.mode,
                    "value": best.metrics[spec.metric], "config": best_config,
                    "metrics": {k: v for k, v in best.metrics.items() if isinstance(v, (int, float))}}
         write_text(best_path, json.dumps(payload, indent=2, sort_keys=True))
@@ -301,6 +305,10 @@ def finish_report(spec: SweepSpec, report: SweepReport, best_config: dict[str, A
         if "test_acc" in best.metrics:
             summary["best_test_acc"] = float(best.metrics["test_acc"])
         say(f"best config written to {best_path}")
+    w2s_lines, w2s_metrics = pgr_summary(report.rows, report.best)
+    for line in w2s_lines:
+        say(line)
+    summary.update(w2s_metrics)
     if report.comparison is not None:
         comp = report.comparison
         say("")
@@ -347,6 +355,7 @@ def dry_run(spec: SweepSpec, opts: SweepOptions) -> str:
     for key, d in spec.domains.items():
         lines.append(f"  search {key}: {d.describe()}")
     param_space(spec)
+    lines += plan_lines(spec)
     if cluster is not None:
         plan = plan_resources(spec, cluster)
         lines += plan.lines()

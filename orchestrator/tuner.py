@@ -14,9 +14,13 @@ from trainables.runner import ExecutionConfig, tune_entry, unpack_config
 def param_space(spec: SweepSpec) -> dict[str, Any]:
     from ray import tune
 
+    from orchestrator.vectorized import probe_space
+
     space = spec.fixed_config()
     for key, domain in spec.domains.items():
-        set_dotted(space, key, domain.to_tune())
+        if key not in spec.vectorized_keys:
+            set_dotted(space, key, domain.to_tune())
+    space.update(probe_space(spec))  # per-configuration domains of vectorised trials
     # A fixed value that points_to_evaluate overrides (such as workers) must be a domain, or Tune
     # warns that the point disagrees with the constant.
     for point in spec.points_to_evaluate:

@@ -49,10 +49,13 @@ class TrainableDef:
     # Parameter overrides that turn a trial into its no-teacher control (for example KD weight 0).
     control_overrides: Callable[[dict[str, Any]], dict[str, Any]] | None = None
     metrics_doc: dict[str, str] = field(default_factory=dict)
+    # Parameters one trial can train several values of at once as one batched computation
+    # (``params.vectorize``; see trainables/vectorize.py). Empty: one configuration per trial.
+    vectorized_keys: tuple[str, ...] = ()
 
 
 def _import_builtin() -> None:
-    from trainables import distill  # noqa: F401
+    from trainables import distill, w2s_probe  # noqa: F401
 
 
 TRAINABLES: Registry[TrainableDef] = Registry("trainable", _import_builtin)

@@ -29,8 +29,8 @@ class LossEntry:
 
 
 def _import_builtin() -> None:
-    from trainables.losses import (adaptconf, align_uniform, augconf, ce, crd, dino, dkd, kd,  # noqa: F401
-                                   srrl)
+    from trainables.losses import (adaptconf, align_uniform, augconf, auxconf, ce, crd, dino,  # noqa: F401
+                                   dkd, kd, srrl)
 
 
 LOSSES: Registry[LossEntry] = Registry("loss", _import_builtin, plural="losses")

@@ -1,0 +1,73 @@
+"""Vectorised trials: one Tune trial that trains several configurations of the cheap part of an
+experiment (for example K linear probes on one set of cached features) as one batched
+computation.
+
+A trainable opts in by naming its per-configuration parameters (``TrainableDef.vectorized_keys``)
+and accepting the three keys below. With ``vectorize: K`` in a sweep's params the orchestrator
+builds each trial's config as
+
+    probes:     [K dicts]            the sampled values of the searched per-configuration keys
+    probe_grid: {key: [values]}      the ``grid`` values of searched per-configuration keys
+
+and the trial trains every (entry of ``probes``) x (combination of ``probe_grid``), in the order of
+:func:`expand_configs`, which the orchestrator also uses to turn the trial's per-configuration
+results back into one row and one MLflow run each.
+"""
+from __future__ import annotations
+
+import copy
+import itertools
+from typing import Any, Iterable
+
+VECTORIZE_KEY = "vectorize"
+PROBES_KEY = "probes"
+GRID_KEY = "probe_grid"
+RESULTS_KEY = "probes"  # a vectorised trial's report holds one metrics dict per configuration here
+
+
+def deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    out = copy.deepcopy(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def set_dotted(cfg: dict[str, Any], dotted: str, value: Any) -> None:
+    *parents, leaf = dotted.split(".")
+    for part in parents:
+        cfg = cfg.setdefault(part, {})
+    cfg[leaf] = value
+
+
+def is_vectorized(config: dict[str, Any]) -> bool:
+    return isinstance(config.get(PROBES_KEY), list) or isinstance(config.get(GRID_KEY), dict)
+
+
+def expand_configs(config: dict[str, Any], fields: Iterable[str]) -> list[dict[str, Any]]:
+    """The per-configuration parameter dicts of a trial config, in training and reporting order:
+    for each ``probes`` entry, for each ``probe_grid`` combination (last key fastest). The values
+    of ``fields`` fixed at the top level of ``config`` are the defaults of every entry."""
+    base = {k: copy.deepcopy(config[k]) for k in fields if k in config}
+    if not is_vectorized(config):
+        return [base]
+    slots = config.get(PROBES_KEY) or [{}]
+    grid = config.get(GRID_KEY) or {}
+    combos = list(itertools.product(*grid.values())) if grid else [()]
+    out = []
+    for slot in slots:
+        for combo in combos:
+            entry = deep_merge(base, slot)
+            for key, value in zip(grid, combo):
+                set_dotted(entry, key, value)
+            out.append(entry)
+    return out
+
+
+def single_config(config: dict[str, Any], fields: Iterable[str], index: int) -> dict[str, Any]:
+    """A stand-alone (not vectorised) trial config that trains configuration ``index`` of ``config``."""
+    chosen = expand_configs(config, fields)[index]
+    out = {k: v for k, v in copy.deepcopy(config).items() if k not in (PROBES_KEY, GRID_KEY, VECTORIZE_KEY)}
+    return deep_merge(out, chosen)
