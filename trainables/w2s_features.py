@@ -27,7 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from trainables.classifier_loop import OptimConfig, train_classifier
 from trainables.data import DatasetSplits, load_dataset, split_indices
-from trainables.data.image_folder import FOLDER_DATASETS, is_folder_dataset, open_folder_dataset
+from trainables.data.streamed import FOLDER_DATASETS, is_folder_dataset, open_folder_dataset
 from trainables.engine import autocast, seed_everything
 from trainables.losses import create_loss
 from trainables.models import ModelName, create_model

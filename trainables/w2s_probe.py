@@ -29,7 +29,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from trainables.data import DATASETS
-from trainables.data.image_folder import is_folder_dataset
+from trainables.data.streamed import is_folder_dataset
 from trainables.linear_probe import ProbeSpec, train_probes
 from trainables.losses import check_loss_params, validate_loss_params
 from trainables.registry import TrainableDef, TrialContext, TrialParams, register_trainable
