@@ -15,7 +15,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from trainables.classifier_loop import CachedTeacher, OnlineTeacher, OptimConfig, train_classifier
-from trainables.data import DatasetName, load_dataset
+from trainables.data import DatasetName, dataset_problem, load_dataset
 from trainables.engine import predict_logits, seed_everything
 from trainables.losses import LossName, check_loss_params, create_loss
 from trainables.models import ModelName, create_model
@@ -140,8 +140,14 @@ def prepare_distill(fixed: dict[str, Any], searched: set[str], ctx: TrialContext
     defaults = DistillParams.model_validate({k: v for k, v in fixed.items()
                                              if k in ("dataset", "split_seed", "teacher")})
     entry = load_teacher(defaults, ctx, default_device())
-    return {"teacher_key": entry.key, "teacher_cache_hit": entry.hit, **{f"teacher_{k}": v
+    return {"teacher_cache_id": entry.key, "teacher_cache_hit": entry.hit, **{f"teacher_{k}": v
             for k, v in entry.meta.items() if k in ("val_acc", "test_acc")}}
+
+
+def check_distill_inputs(p: DistillParams) -> list[tuple[str, str]]:
+    """Before Ray starts: the dataset must be on disk (or downloadable)."""
+    problem = dataset_problem(p.dataset)
+    return [("dataset", f"dataset {p.dataset!r} is not available: {problem}")] if problem else []
 
 
 def distill_control(config: dict[str, Any]) -> dict[str, Any]:
@@ -158,6 +164,7 @@ register_trainable(TrainableDef(
     description="Teacher (trained once, cached) to student distillation with a registered loss.",
     prepare=prepare_distill,
     control_overrides=distill_control,
+    check_available=check_distill_inputs,
     metrics_doc={
         "val_acc": "student top-1 on the validation split (last epoch)",
         "test_acc": "student top-1 on the test split (last epoch)",

@@ -49,6 +49,10 @@ class TrainableDef:
     # Parameter overrides that turn a trial into its no-teacher control (for example KD weight 0).
     control_overrides: Callable[[dict[str, Any]], dict[str, Any]] | None = None
     metrics_doc: dict[str, str] = field(default_factory=dict)
+    # Runs in the driver before Ray starts, once per distinct candidate trial: what the trial needs
+    # that is missing or unreadable (dataset files, a checkpoint to start from), as
+    # (parameter key, problem and what to do) pairs. See orchestrator/preflight.py.
+    check_available: Callable[[TrialParams], list[tuple[str, str]]] | None = None
 
 
 def _import_builtin() -> None:

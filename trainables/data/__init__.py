@@ -26,5 +26,25 @@ def load_dataset(name: str, **kwargs) -> DatasetSplits:
     return DATASETS.get(name)(**kwargs)
 
 
-__all__ = ["DATASETS", "DatasetName", "DatasetSplits", "DatasetUnavailable", "dataset_names", "load_dataset",
-           "register_dataset", "split_indices"]
+# Optional per-dataset availability checks: ``check(**kwargs) -> None | "what is missing and what to
+# do"``. Cheap (look for files, never download); run by trainables' ``check_available`` hooks in
+# the driver before Ray starts. A dataset without one is assumed available.
+_AVAILABILITY: dict[str, Callable[..., str | None]] = {}
+
+
+def register_dataset_check(name: str):
+    def wrap(check: Callable[..., str | None]):
+        _AVAILABILITY[name] = check
+        return check
+
+    return wrap
+
+
+def dataset_problem(name: str, **kwargs) -> str | None:
+    DATASETS.get(name)  # loads the built-in and plugin modules, which register their checks
+    check = _AVAILABILITY.get(name)
+    return check(**kwargs) if check else None
+
+
+__all__ = ["DATASETS", "DatasetName", "DatasetSplits", "DatasetUnavailable", "dataset_names", "dataset_problem",
+           "load_dataset", "register_dataset", "register_dataset_check", "split_indices"]
