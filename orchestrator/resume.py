@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import socket
 import time
@@ -141,13 +142,34 @@ def sweep_callbacks(storage_path: str, sweep: str) -> list[Callback]:
     return [Heartbeat(), FinishedLedger(storage_path, sweep)]
 
 
+class _StaleCheckpointNoise(logging.Filter):
+    """After a restore, Tune's snapshot can list checkpoints that the killed run had already
+    deleted (``num_to_keep``); Tune then logs a traceback when it fails to delete them again.
+    Nothing is lost (the newer checkpoints exist), so that becomes one line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, FileNotFoundError) and "Error handling checkpoint" in str(record.msg):
+            record.msg, record.args, record.exc_info, record.exc_text = (
+                "a restored trial's experiment state listed an old checkpoint the crashed run had already "
+                "deleted (%s); nothing is lost", (exc,), None, None)
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+        return True
+
+
 def fit_watched(tuner, spec, name: str):
     """``tuner.fit()`` under the watchdog; a stalled or interrupted fit raises instead of letting
     the sweep go on to report a half-run experiment."""
     from orchestrator.watchdog import watchdog_for
 
-    with watchdog_for(spec, name) as dog:
-        results = tuner.fit()
+    noise = _StaleCheckpointNoise()
+    tune_log = logging.getLogger("ray.tune.execution.tune_controller")
+    tune_log.addFilter(noise)
+    try:
+        with watchdog_for(spec, name) as dog:
+            results = tuner.fit()
+    finally:
+        tune_log.removeFilter(noise)
     dog.raise_if_aborted()
     if tune_was_interrupted(results):
         raise SweepInterrupted(f"interrupted; the sweep's state is saved: resume it with --resume {name}")

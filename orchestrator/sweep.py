@@ -13,8 +13,10 @@ from orchestrator.cache import ArtifactCache, resolve_filesystem
 from orchestrator.errors import UserError
 from orchestrator import preflight, resume
 from orchestrator.disk import disk_usage
+from orchestrator.local_ray import prepare_local_ray, publish_address
 from orchestrator.progress import ProgressPrinter
 from orchestrator.report import SweepReport, compare, format_table, pick_best, rows_from_results, searched_keys
+from orchestrator.secrets import redact
 from orchestrator.resources import DRIVER_RESOURCE, ClusterResources, ResourcePlan, plan_resources
 from orchestrator.spec import SweepSpec, parse_spec, spec_to_yaml
 from orchestrator.tracking import MLflowTrialCallback, Tracker, check_tracking_uri, flatten
@@ -110,9 +112,11 @@ def start_ray(address: str | None) -> ClusterResources:
                      logging_config=quiet, log_to_driver=True)
             return ClusterResources.from_ray(address)
         local = ClusterResources.local()
+        own_tmp = prepare_local_ray()
         ray.init(num_cpus=int(local.cpus), num_gpus=int(local.gpus), runtime_env={"env_vars": env},
                  resources={DRIVER_RESOURCE: local.driver_slots},
                  logging_level=logging.WARNING, logging_config=quiet, log_to_driver=True)
+        publish_address(own_tmp)
         return local
     except ConnectionError as exc:
         raise UserError(f"--address {address}: no Ray cluster answers there ({exc}). Start one with "
@@ -307,7 +311,7 @@ def finish_report(spec: SweepSpec, report: SweepReport, best_config: dict[str, A
         best = report.best
         say(f"best trial {best.trial_id}: {spec.metric} = {best.metrics[spec.metric]:.4f}"
             + (f", test_acc = {best.metrics['test_acc']:.4f}" if "test_acc" in best.metrics else ""))
-        say("best config: " + json.dumps(best_config, sort_keys=True))
+        say("best config: " + json.dumps(redact(best_config), sort_keys=True))  # logs are often shared
         best_path = join(out_dir, "best_config.json")
         payload = {"sweep": name, "trial_id": best.trial_id, "metric": spec.metric, "mode": spec.mode,
                    "value": best.metrics[spec.metric], "config": best_config,

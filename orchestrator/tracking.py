@@ -287,6 +287,9 @@ class MLflowTrialCallback(_tune_callback_base()):
         run_id = self._runs.get(trial.trial_id)
         if run_id:
             return run_id
+        from trainables.runner import CASE_KEY
+
+        case = trial.config.get(CASE_KEY, {})
         existing = self.tracker.find_runs(**{TAG_SWEEP: self.sweep, TAG_TRIAL: trial.trial_id})
         if existing:
             run_id = existing[0].info.run_id
@@ -295,9 +298,6 @@ class MLflowTrialCallback(_tune_callback_base()):
             if history:
                 self._logged_step[trial.trial_id] = max(m.step for m in history)
         else:
-            from trainables.runner import CASE_KEY
-
-            case = trial.config.get(CASE_KEY, {})
             role = case.get("role", self.role)
             name = f"{role}-{case['seed']}" if case else trial.trial_id
             run = self.tracker.client.create_run(
@@ -305,8 +305,8 @@ class MLflowTrialCallback(_tune_callback_base()):
                 tags={PARENT_TAG: self.parent_run_id, TAG_SWEEP: self.sweep, TAG_ROLE: role,
                       TAG_TRIAL: trial.trial_id})
             run_id = run.info.run_id
-            config = case.get("config", trial.config)
-            self.tracker.log_params(run_id, flatten(config))
+        # Also on a found run: a driver killed between creating it and logging them left it without.
+        self.tracker.log_params(run_id, flatten(case.get("config", trial.config)))
         self._runs[trial.trial_id] = run_id
         return run_id
 

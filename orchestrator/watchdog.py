@@ -74,8 +74,14 @@ class Diagnosis:
 
 
 def fmt_resources(res: dict[str, float]) -> str:
-    shown = {k: v for k, v in sorted(res.items()) if v and not k.startswith(("node:", "bundle_group_"))}
-    return "{" + ", ".join(f"{k}: {v:g}" for k, v in shown.items()) + "}"
+    """Logical resources as Ray names them, without the per-placement-group and per-node entries
+    Ray derives from them (``CPU_group_<id>``, ``node:<ip>``); memory in GiB."""
+    parts = []
+    for key, value in sorted(res.items()):
+        if not value or key.startswith("node:") or "_group_" in key:
+            continue
+        parts.append(f"{key}: {value / 2**30:.1f} GiB" if "memory" in key else f"{key}: {value:g}")
+    return "{" + ", ".join(parts) + "}"
 
 
 def _sum(dicts) -> dict[str, float]:
@@ -142,8 +148,9 @@ def diagnose(view: ClusterView, running: list[str], pending: list[str], stalled_
         held = _sum(p.demand for p in idle)
         cause = (f"leaked placement groups: {len(idle)} placement group(s) hold {fmt_resources(held)} that no live "
                  "actor uses, and a worker group waits for those resources. Ray Train leaks the worker groups of "
-                 "trials stopped early when its cleaner cannot reach the State API (ray[default] missing); "
-                 "placement groups created by other scripts on the same Ray hold resources the same way")
+                 "trials stopped early when its cleaner cannot reach the State API (ray[default] missing, or "
+                 "several Ray instances on one machine with no RAY_ADDRESS); placement groups created by other "
+                 "scripts on the same Ray hold resources the same way")
         advice = ("remove them (ray.util.remove_placement_group) or restart Ray (`ray stop`, or let this local "
                   f"Ray end with the sweep), make sure ray[default] is installed; then {resume_hint}")
     elif waiting:
@@ -198,7 +205,7 @@ class Watchdog:
     def check(self) -> None:
         now = self.clock()
         stalled_for = now - self.last_progress
-        if not self.timeout_s or not self.observed or not (self.running or self.pending) \
+        if self.aborted or not self.timeout_s or not self.observed or not (self.running or self.pending) \
                 or stalled_for < self.timeout_s:
             return
         if self.last_alarm is None or now - self.last_alarm >= self.timeout_s:

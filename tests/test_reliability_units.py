@@ -254,3 +254,24 @@ def test_rows_label_diverged_trials_and_the_best_pick_skips_them():
     assert [r.status for r in rows] == ["completed", "diverged"] and "val_acc" not in rows[1].metrics
     assert pick_best(rows, "val_acc", "max").trial_id == "a"
     assert pick_best(rows[1:], "val_acc", "max") is None
+
+
+def test_child_runs_of_trials_lost_in_a_crash_are_archived(tmp_path):
+    from orchestrator.resume import archive_lost_runs
+    from orchestrator.tracking import Tracker
+
+    tracker = Tracker(f"sqlite:///{tmp_path}/mlflow.db", "e")
+    tracker.ensure_experiment()
+    parent, _ = tracker.parent_run("s", {}, None)
+    ids = {}
+    for trial, status in (("t_kept", "RUNNING"), ("t_lost", "RUNNING"), ("t_done", "FINISHED")):
+        run = tracker.client.create_run(tracker.experiment_id, tags={"w2s.sweep": "s", "w2s.role": "trial",
+                                                                     "w2s.trial_id": trial, "mlflow.parentRunId": parent})
+        ids[trial] = run.info.run_id
+        if status != "RUNNING":
+            tracker.finish(run.info.run_id, status)
+    assert archive_lost_runs(tracker, "s", {"t_kept"}) == ["t_lost"]
+    lost = tracker.client.get_run(ids["t_lost"])
+    assert lost.info.lifecycle_stage == "deleted" and lost.info.status == "KILLED"
+    assert lost.data.tags["w2s.outcome"] == "lost_in_crash"
+    assert {r.data.tags["w2s.trial_id"] for r in tracker.find_runs(**{"w2s.role": "trial"})} == {"t_kept", "t_done"}

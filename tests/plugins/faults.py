@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import time
+import warnings
 from typing import Any
 
 import torch
@@ -37,20 +38,22 @@ LEAK_NAME = "w2s-test-leaked-pg"
 
 def trial_label() -> str:
     """The Tune trial id, from a Tune trial or from a Train worker of one (its run is train-<id>)."""
-    try:
-        from ray import tune
+    with warnings.catch_warnings():  # each context warns when asked from the other kind of process
+        warnings.simplefilter("ignore")
+        try:
+            from ray import tune
 
-        trial_id = tune.get_context().get_trial_id()
-        if trial_id:
-            return trial_id
-    except Exception:  # noqa: BLE001
-        pass
-    try:
-        import ray.train
+            trial_id = tune.get_context().get_trial_id()
+            if trial_id:
+                return trial_id
+        except Exception:  # noqa: BLE001
+            pass
+        try:
+            import ray.train
 
-        return ray.train.get_context().get_experiment_name().removeprefix("train-")
-    except Exception:  # noqa: BLE001
-        return "local"
+            return ray.train.get_context().get_experiment_name().removeprefix("train-")
+        except Exception:  # noqa: BLE001
+            return "local"
 
 
 def _rank() -> int:
@@ -79,12 +82,12 @@ class FaultyCE(DistillLoss):
         if p.trace:
             with open(p.trace, "a") as f:
                 f.write(f"{trial_label()} {_rank()} {epoch} {os.getpid()}\n")
+        if p.sleep_s:
+            time.sleep(p.sleep_s)  # before an exit too: lets Train register the previous epoch's checkpoint
         if p.exit_at_epoch == epoch and _rank() == p.exit_rank and p.marker and not os.path.exists(p.marker):
             with open(p.marker, "w") as f:
                 f.write(f"{trial_label()} rank {_rank()} pid {os.getpid()} exited at epoch {epoch}\n")
             os._exit(1)
-        if p.sleep_s:
-            time.sleep(p.sleep_s)
 
     def forward(self, inputs: LossInputs):
         if inputs.epoch != self._epoch:
