@@ -13,8 +13,8 @@ from orchestrator.tracking import RedactingClient
 from orchestrator.watchdog import ClusterView, PlacementGroupInfo, Watchdog, diagnose
 from trainables.ledger import finished_result, record_finished
 from trainables.runner import diverged_result
-from trainables.session import (CHECKPOINT_FILE, TrialDiverged, check_finite, restore_local, save_state,
-                                state_file_problem)
+from trainables.session import (CHECKPOINT_FILE, LocalSession, TrialDiverged, check_finite, restore_local,
+                                save_state, state_file_problem)
 
 # --- secrets ---------------------------------------------------------------------------------
 
@@ -157,32 +157,32 @@ def test_diverged_result_ranks_last_for_searchers():
     assert diverged_result(exc, "val_loss", "min")["val_loss"] == math.inf
 
 
-def test_check_finite_agrees_across_ranks(tmp_path):
-    """Two gloo ranks, a NaN on rank 1 only: both must raise, or rank 0 would hang in the next collective."""
-    import torch.multiprocessing as mp
+class TwoRanks(LocalSession):
+    """One rank of a two-rank group, without processes: ``all_reduce_sum`` adds what the other
+    rank contributes, as a SUM all-reduce would."""
 
-    mp.spawn(_two_rank_check, args=(str(tmp_path),), nprocs=2, join=True)
-    assert sorted(os.listdir(tmp_path)) == ["rank0", "rank1"]
-    assert (tmp_path / "rank0").read_text() == "loss became non-finite on another rank at epoch 3"
-    assert (tmp_path / "rank1").read_text() == "loss became nan at epoch 3"
+    def __init__(self, other_rank_bad: bool):
+        super().__init__(torch.device("cpu"))
+        self.rank, self.world_size, self.other = 0, 2, float(other_rank_bad)
+
+    @property
+    def distributed(self) -> bool:
+        return True
+
+    def all_reduce_sum(self, tensor):
+        return tensor + self.other
 
 
-def _two_rank_check(rank: int, out: str) -> None:
-    import torch.distributed as dist
-
-    from trainables.session import LocalSession
-
-    dist.init_process_group("gloo", init_method=f"file://{out}/.rendezvous", rank=rank, world_size=2)
-    session = LocalSession(torch.device("cpu"))
-    session.rank, session.world_size = rank, 2
-    try:
-        check_finite(torch.tensor(float("nan") if rank == 1 else 1.0), "epoch 3", session, 3)
-    except TrialDiverged as exc:
-        assert exc.epoch == 3
-        with open(os.path.join(out, f"rank{rank}"), "w") as f:
-            f.write(str(exc))
-    finally:
-        dist.destroy_process_group()
+def test_check_finite_agrees_across_ranks():
+    """A NaN on one rank only: every rank must stop, or the others would hang in the next collective."""
+    check_finite(torch.tensor(1.0), "epoch 3", TwoRanks(other_rank_bad=False), 3)  # all finite: no stop
+    with pytest.raises(TrialDiverged) as info:
+        check_finite(torch.tensor(1.0), "epoch 3", TwoRanks(other_rank_bad=True), 3)
+    assert str(info.value) == "loss became non-finite on another rank at epoch 3" and info.value.epoch == 3
+    with pytest.raises(TrialDiverged, match="loss became nan at epoch 3"):
+        check_finite(torch.tensor(float("nan")), "epoch 3", TwoRanks(other_rank_bad=False), 3)
+    with pytest.raises(TrialDiverged, match="loss became inf at epoch 1"):
+        check_finite(torch.tensor(float("inf")), "epoch 1")  # single process
 
 
 def test_ledger_round_trip_keeps_infinities_and_drops_tune_bookkeeping(tmp_path):

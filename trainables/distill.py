@@ -15,7 +15,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from trainables.classifier_loop import CachedTeacher, OnlineTeacher, OptimConfig, train_classifier
-from trainables.data import DatasetName, dataset_problem, load_dataset
+from trainables.data import DatasetName, dataset_issues, load_dataset
 from trainables.engine import predict_logits, seed_everything
 from trainables.losses import LossName, check_loss_params, create_loss
 from trainables.models import ModelName, create_model
@@ -146,8 +146,7 @@ def prepare_distill(fixed: dict[str, Any], searched: set[str], ctx: TrialContext
 
 def check_distill_inputs(p: DistillParams) -> list[tuple[str, str]]:
     """Before Ray starts: the dataset must be on disk (or downloadable)."""
-    problem = dataset_problem(p.dataset)
-    return [("dataset", f"dataset {p.dataset!r} is not available: {problem}")] if problem else []
+    return dataset_issues("dataset", p.dataset)
 
 
 def distill_control(config: dict[str, Any]) -> dict[str, Any]:

@@ -24,7 +24,7 @@ import torch
 from pydantic import Field, model_validator
 
 from trainables.classifier_loop import OptimConfig, train_classifier
-from trainables.data import DatasetName, DatasetUnavailable, dataset_problem, load_dataset, register_dataset
+from trainables.data import DatasetName, DatasetUnavailable, dataset_issues, load_dataset, register_dataset
 from trainables.data import register_dataset_check
 from trainables.engine import seed_everything
 from trainables.losses import check_loss_params, create_loss, register_loss
@@ -148,10 +148,7 @@ def prepare_faulty(fixed: dict[str, Any], searched: set[str], ctx: TrialContext)
 
 
 def check_faulty_inputs(p: FaultyTrialParams) -> list[tuple[str, str]]:
-    problems = []
-    problem = dataset_problem(p.dataset)
-    if problem:
-        problems.append(("dataset", f"dataset {p.dataset!r} is not available: {problem}"))
+    problems = dataset_issues("dataset", p.dataset)
     if p.init_from:
         problem = state_file_problem(p.init_from)
         if problem:

@@ -46,5 +46,12 @@ def dataset_problem(name: str, **kwargs) -> str | None:
     return check(**kwargs) if check else None
 
 
-__all__ = ["DATASETS", "DatasetName", "DatasetSplits", "DatasetUnavailable", "dataset_names", "dataset_problem",
+def dataset_issues(param: str, name: str, **kwargs) -> list[tuple[str, str]]:
+    """For a trainable's ``check_available``: [(param, problem)] if dataset ``name`` is missing."""
+    problem = dataset_problem(name, **kwargs)
+    return [(param, f"dataset {name!r} is not available: {problem}")] if problem else []
+
+
+__all__ = ["DATASETS", "DatasetName", "DatasetSplits", "DatasetUnavailable", "dataset_issues", "dataset_names",
+           "dataset_problem",
            "load_dataset", "register_dataset", "register_dataset_check", "split_indices"]
