@@ -8,6 +8,7 @@ import sys
 import warnings
 
 from orchestrator.errors import UserError
+from trainables.plugins import PluginError
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_SPACE = os.path.join("search_spaces", "quickstart.yaml")
@@ -65,9 +66,36 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code
+    except PluginError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return UserError.exit_code
     except KeyboardInterrupt:
         print("interrupted; resume with --resume NAME", file=sys.stderr)
         return 130
+    except Exception as exc:  # noqa: BLE001 - the last resort: one line, the traceback in a file
+        print(f"error: {unexpected_error(exc)}", file=sys.stderr)
+        return INTERNAL_ERROR
+
+
+INTERNAL_ERROR = 4
+
+
+def unexpected_error(exc: BaseException) -> str:
+    """One line for an error nobody anticipated, with the full traceback saved to a file."""
+    import tempfile
+    import time
+    import traceback
+
+    path = os.path.join(tempfile.gettempdir(), f"w2s-sweep-error-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log")
+    try:
+        with open(path, "w") as f:
+            traceback.print_exception(exc, file=f)
+        where = f"full traceback in {path}"
+    except OSError:
+        where = "no traceback file could be written"
+    first = (str(exc).strip().splitlines() or [""])[0][:300]
+    return (f"unexpected {type(exc).__name__}: {first} ({where}). If trials had started, the sweep's state is "
+            "saved: resume it with --resume NAME; if it happens again, report it with that file")
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -95,5 +123,16 @@ def _run(args: argparse.Namespace) -> int:
     if args.dry_run:
         print(dry_run(spec, opts))
         return 0
+    if args.name and not args.resume:
+        from orchestrator.resume import action_for_name
+
+        action = action_for_name(storage, args.name, spec)
+        if action == "finished":
+            print(f"sweep {args.name} already finished: its results are in {storage}/{args.name}. Nothing to do; use "
+                  f"another --name to run it again, or --resume {args.name} to rebuild its report")
+            return 0
+        if action == "resume":
+            print(f"sweep {args.name} exists and did not finish: resuming it (another --name starts afresh)")
+            opts.resume = True
     report = run_sweep(spec, text, opts)
     return 0 if report.best is not None else 1

@@ -31,7 +31,7 @@ class ProgressPrinter(Callback):
         self.done += 1
         last = self._last.get(trial.trial_id) or trial.last_result or {}
         value = last.get(self.metric)
-        if isinstance(value, (int, float)) and not math.isnan(value):
+        if isinstance(value, (int, float)) and math.isfinite(value):
             better = self.best is None or (value > self.best[0] if self.mode == "max" else value < self.best[0])
             if better:
                 self.best = (float(value), trial.trial_id)
@@ -50,8 +50,11 @@ class ProgressPrinter(Callback):
         from trainables.runner import unpack_config
 
         budget = unpack_config(trial.config).get(self.budget_key)
-        epoch = (self._last.get(trial.trial_id) or {}).get("epoch")
+        last = self._last.get(trial.trial_id) or {}
+        epoch = last.get("epoch")
         outcome = "stopped early" if isinstance(budget, int) and isinstance(epoch, int) and epoch < budget else "completed"
+        if last.get("diverged"):
+            outcome = f"DIVERGED ({last.get('divergence', 'loss not finite')})"
         self._finish(trials, trial, outcome)
 
     def on_trial_error(self, iteration, trials, trial, **info):

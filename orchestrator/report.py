@@ -72,6 +72,9 @@ def rows_from_results(spec: SweepSpec, results) -> list[TrialRow]:
             budget = cfg.get("epochs")
             if error is not None:
                 status = "error"
+            elif m.get("diverged"):
+                status = "diverged"  # trainables.runner.diverged_result: excluded from the best pick
+                m.pop(spec.metric, None)  # its -inf/+inf is a rank-last sentinel for the searcher, not a value
             elif isinstance(budget, int) and m.get("epoch", budget) < budget:
                 status = "stopped_early"
             else:
@@ -82,7 +85,8 @@ def rows_from_results(spec: SweepSpec, results) -> list[TrialRow]:
 
 
 def pick_best(rows: list[TrialRow], metric: str, mode: str) -> TrialRow | None:
-    scored = [r for r in rows if isinstance(r.metrics.get(metric), (int, float)) and not math.isnan(r.metrics[metric])]
+    scored = [r for r in rows if r.status != "diverged" and isinstance(r.metrics.get(metric), (int, float))
+              and math.isfinite(r.metrics[metric])]
     if not scored:
         return None
     # Ties on the search metric (common on small validation sets) go to the longer-trained trial.

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from orchestrator.errors import SpecError, SpecIssue
 from orchestrator.spec import SweepSpec
@@ -29,6 +29,9 @@ class ClusterResources:
     gpus: float
     source: str  # "local machine" or "cluster at <address>"
     driver_slots: float = LOCAL_DRIVER_SLOTS
+    # The most GPUs the cluster can ever have, from its autoscaler config; None when unknown
+    # (a cluster without an autoscaler config may still grow, so it only gets a warning).
+    max_gpus: float | None = None
 
     @classmethod
     def local(cls) -> "ClusterResources":
@@ -40,7 +43,17 @@ class ClusterResources:
 
         total = ray.cluster_resources()
         return cls(cpus=float(total.get("CPU", 0)), gpus=float(total.get("GPU", 0)), source=f"cluster at {address}",
-                   driver_slots=float(total.get(DRIVER_RESOURCE, 0)))
+                   driver_slots=float(total.get(DRIVER_RESOURCE, 0)), max_gpus=_autoscaler_max("GPU"))
+
+
+def _autoscaler_max(resource: str) -> float | None:
+    try:
+        from ray._private.state import state  # the same private call Ray Train makes before a worker group starts
+
+        limits = state.get_max_resources_from_cluster_config()
+    except Exception:  # noqa: BLE001 - an older or unusual cluster: unknown
+        return None
+    return None if limits is None else float(limits.get(resource, 0))
 
 
 def _local_gpu_count() -> int:
@@ -84,12 +97,14 @@ class ResourcePlan:
     cluster: ClusterResources
     max_concurrent_trials: int | None  # None: Tune's own accounting is enough
     reason: str
+    warnings: list[str] = field(default_factory=list)
 
     def lines(self) -> list[str]:
         out = [f"cluster: {self.cluster.cpus:g} CPU, {self.cluster.gpus:g} GPU ({self.cluster.source})"]
         out += [f"trial shape: {s.describe()}" for s in self.shapes]
         limit = "unlimited (Tune's accounting)" if self.max_concurrent_trials is None else str(self.max_concurrent_trials)
         out.append(f"max concurrent trials: {limit} ({self.reason})")
+        out += [f"warning: {w}" for w in self.warnings]
         return out
 
 
@@ -121,8 +136,9 @@ def plan_resources(spec: SweepSpec, cluster: ClusterResources, *, strict: bool =
     issues = []
     for s in shapes:
         if s.total_gpus > 0 and cluster.gpus == 0:
-            issues.append(SpecIssue("resources.gpus_per_worker", f"GPUs requested but the {cluster.source} has none; "
-                                    "set it to 0 to train on CPU", spec.resources.gpus_per_worker))
+            why = " (nor can its autoscaler add any)" if cluster.max_gpus == 0 else ""
+            issues.append(SpecIssue("resources.gpus_per_worker", f"GPUs requested but the {cluster.source} has "
+                                    f"none{why}; set it to 0 to train on CPU", spec.resources.gpus_per_worker))
         elif s.total_gpus > cluster.gpus:
             issues.append(SpecIssue("resources", f"a {s.workers}-worker trial needs {s.total_gpus:g} GPUs but the "
                                     f"{cluster.source} has {cluster.gpus:g}"))
@@ -131,13 +147,15 @@ def plan_resources(spec: SweepSpec, cluster: ClusterResources, *, strict: bool =
                                     f"({s.workers} x cpus_per_worker {spec.resources.cpus_per_worker:g}"
                                     f"{' + driver' if s.workers > 1 else ''}) but the {cluster.source} has "
                                     f"{cluster.cpus:g}; lower workers or cpus_per_worker"))
-    if issues and strict:
-        raise SpecError(spec.source_file, _unique(issues))
+    never = [i for i in issues if i.key == "resources.gpus_per_worker" and cluster.max_gpus == 0]
+    if issues and (strict or never):
+        raise SpecError(spec.source_file, _unique(never or issues))
+    warnings = [f"{i.key}: {i.message}" for i in _unique(issues)]
 
     if spec.resources.max_concurrent_trials:
-        return ResourcePlan(shapes, cluster, spec.resources.max_concurrent_trials, "set in resources")
+        return ResourcePlan(shapes, cluster, spec.resources.max_concurrent_trials, "set in resources", warnings)
     if all(s.workers == 1 for s in shapes):
-        return ResourcePlan(shapes, cluster, None, "single-worker trials are fully accounted by Tune")
+        return ResourcePlan(shapes, cluster, None, "single-worker trials are fully accounted by Tune", warnings)
     biggest_cpu = max(s.total_cpus for s in shapes)
     limit = math.floor(cluster.cpus / biggest_cpu) if biggest_cpu else 10**6
     biggest_gpu = max(s.total_gpus for s in shapes)
@@ -146,7 +164,8 @@ def plan_resources(spec: SweepSpec, cluster: ClusterResources, *, strict: bool =
     if any(s.driver_slot for s in shapes):
         limit = min(limit, math.floor(cluster.driver_slots))
     limit = max(1, limit)
-    return ResourcePlan(shapes, cluster, limit, "multi-worker trials reserve worker groups that Tune cannot see")
+    return ResourcePlan(shapes, cluster, limit, "multi-worker trials reserve worker groups that Tune cannot see",
+                        warnings)
 
 
 def _unique(issues: list[SpecIssue]) -> list[SpecIssue]:

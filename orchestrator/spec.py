@@ -12,7 +12,7 @@ import re
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from orchestrator.errors import MISSING, SpecError, SpecIssue
 
@@ -181,6 +181,19 @@ class FailureSpec(_Strict):
     max_failures: int = Field(0, ge=0, description="retries of a failed trial (from its last checkpoint)")
 
 
+class WatchdogSpec(_Strict):
+    timeout_s: float = Field(900.0, ge=0, description="warn, with the likely cause, when no trial has made "
+                             "progress for this long while trials run or wait (0: off)")
+    abort_after_s: float | None = Field(None, gt=0, description="then stop the sweep (resumable) after this long "
+                                        "without progress")
+
+    @model_validator(mode="after")
+    def _abort_after_timeout(self):
+        if self.abort_after_s is not None and self.abort_after_s < self.timeout_s:
+            raise ValueError(f"abort_after_s ({self.abort_after_s:g}) must be at least timeout_s ({self.timeout_s:g})")
+        return self
+
+
 class SweepSpec(_Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,80}$")
     description: str = ""
@@ -200,6 +213,7 @@ class SweepSpec(_Strict):
     checkpoint: CheckpointSpec = Field(default_factory=CheckpointSpec)
     control: ControlSpec = Field(default_factory=ControlSpec)
     failure: FailureSpec = Field(default_factory=FailureSpec)
+    watchdog: WatchdogSpec = Field(default_factory=WatchdogSpec)
 
     # Filled in by load_spec, not by the file.
     source_file: str | None = Field(None, exclude=True)

@@ -12,13 +12,19 @@ from typing import Any
 from orchestrator.cache import resolve_filesystem
 from orchestrator.feature_store import FeatureStore
 from orchestrator.errors import UserError
+from orchestrator import preflight, resume
+from orchestrator.disk import disk_usage
+from orchestrator.local_ray import prepare_local_ray, publish_address
 from orchestrator.progress import ProgressPrinter
 from orchestrator.report import SweepReport, compare, format_table, pick_best, rows_from_results, searched_keys
+from orchestrator.secrets import redact
 from orchestrator.resources import DRIVER_RESOURCE, ClusterResources, ResourcePlan, plan_resources
 from orchestrator.spec import SweepSpec, parse_spec, spec_to_yaml
 from orchestrator.tracking import MLflowTrialCallback, Tracker, check_tracking_uri, flatten
 from orchestrator.vectorized import VectorizedMLflowCallback, plan_lines, row_config, trainable_fields
 from orchestrator.w2s_report import W2S_COLUMNS, pgr_summary
+from orchestrator.watchdog import SweepStalled
+from trainables.plugins import PLUGINS_ENV
 from trainables.registry import TrialContext, get_trainable
 from trainables.runner import CASE_KEY, unpack_config
 
@@ -98,6 +104,8 @@ def start_ray(address: str | None) -> ClusterResources:
            "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": os.environ["RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"],
            "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": os.environ.get("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "1"),
            "PYTHONWARNINGS": "ignore::DeprecationWarning"}
+    if os.environ.get(PLUGINS_ENV):
+        env[PLUGINS_ENV] = os.environ[PLUGINS_ENV]  # workers must register the same plugin entries
     quiet = ray.LoggingConfig(log_level="ERROR")
     if ray.is_initialized():
         return ClusterResources.from_ray(address or "local") if address else ClusterResources.local()
@@ -107,9 +115,11 @@ def start_ray(address: str | None) -> ClusterResources:
                      logging_config=quiet, log_to_driver=True)
             return ClusterResources.from_ray(address)
         local = ClusterResources.local()
+        own_tmp = prepare_local_ray()
         ray.init(num_cpus=int(local.cpus), num_gpus=int(local.gpus), runtime_env={"env_vars": env},
                  resources={DRIVER_RESOURCE: local.driver_slots},
                  logging_level=logging.WARNING, logging_config=quiet, log_to_driver=True)
+        publish_address(own_tmp)
         return local
     except ConnectionError as exc:
         raise UserError(f"--address {address}: no Ray cluster answers there ({exc}). Start one with "
@@ -165,6 +175,7 @@ def run_sweep(spec: SweepSpec, spec_text: str, opts: SweepOptions) -> SweepRepor
     name = opts.name or f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     check_tracking_uri(opts.mlflow_uri)
     check_storage(opts.storage_path)
+    preflight.run_all(spec, sweep_dir(opts, name), name, opts.resume)
     tracker = Tracker(opts.mlflow_uri, spec.experiment_name)
     try:
         tracker.ensure_experiment()
@@ -184,13 +195,14 @@ def run_sweep(spec: SweepSpec, spec_text: str, opts: SweepOptions) -> SweepRepor
     write_text(join(out_dir, SPEC_FILE), spec_text)
     write_text(join(out_dir, SPEC_OVERRIDES), json.dumps({"overrides": opts.overrides,
                                                           "num_samples": opts.num_samples}))
+    resume.write_status(out_dir, "running")
 
     parent_id, reused = tracker.parent_run(name, spec.resolved_dict(), spec_text)
     say(f"  MLflow: experiment {spec.experiment_name!r}, parent run {parent_id}{' (resumed)' if reused else ''}")
     cache = FeatureStore(join(opts.storage_path, "cache"))
     ctx = TrialContext(cache=cache, checkpoint_every=spec.checkpoint.every, sweep_name=name,
                        storage_path=opts.storage_path)
-    status = "FAILED"
+    status, state = "FAILED", "failed"
     try:
         t0 = time.time()
         prepared = run_prepare(spec, ctx)
@@ -200,7 +212,8 @@ def run_sweep(spec: SweepSpec, spec_text: str, opts: SweepOptions) -> SweepRepor
 
         callbacks = [VectorizedMLflowCallback(opts.mlflow_uri, spec.experiment_name, parent_id, name,
                                               fields=trainable_fields(spec)),
-                     ProgressPrinter(spec.metric, spec.mode, spec.expected_trials())]
+                     ProgressPrinter(spec.metric, spec.mode, spec.expected_trials()),
+                     *resume.sweep_callbacks(opts.storage_path, name)]
         if restoring:
             say(f"  resuming from {out_dir}")
             tuner = tuner_mod.restore_tuner(spec, path=out_dir, storage_path=opts.storage_path, name=name, ctx=ctx,
@@ -209,10 +222,14 @@ def run_sweep(spec: SweepSpec, spec_text: str, opts: SweepOptions) -> SweepRepor
             tuner = tuner_mod.build_tuner(spec, name=name, storage_path=opts.storage_path, ctx=ctx, plan=plan,
                                           callbacks=callbacks)
         t0 = time.time()
-        results = tuner.fit()
+        results = resume.fit_watched(tuner, spec, name)
         say(f"  tuner finished in {time.time() - t0:.1f}s")
 
         rows = rows_from_results(spec, results)
+        if restoring:
+            lost = resume.archive_lost_runs(tracker, name, {r.trial_id for r in rows})
+            if lost:
+                say(f"  archived {len(lost)} MLflow child run(s) of trials lost in the crash: {', '.join(lost)}")
         best = pick_best(rows, spec.metric, spec.mode)
         report = SweepReport(rows=rows, metric=spec.metric, mode=spec.mode, best=best)
         best_config = None
@@ -224,8 +241,13 @@ def run_sweep(spec: SweepSpec, spec_text: str, opts: SweepOptions) -> SweepRepor
         finish_report(spec, report, best_config, name, opts, tracker, parent_id, prepared, time.time() - t_start)
         status = "FINISHED"
         return report
+    except (resume.SweepInterrupted, SweepStalled) as exc:
+        status = "KILLED"
+        state = "stalled" if isinstance(exc, SweepStalled) else "interrupted"
+        raise
     finally:
         tracker.finish(parent_id, status)
+        resume.write_status(out_dir, state if status == "KILLED" else status.lower())
 
 
 def run_reference(spec: SweepSpec, best_config: dict[str, Any], name: str, opts: SweepOptions,
@@ -238,7 +260,7 @@ def run_reference(spec: SweepSpec, best_config: dict[str, Any], name: str, opts:
     ref_name = f"{name}-reference"
     say(f"  reference runs: best config and its no-teacher control, {spec.control.seeds} seeds each")
     callbacks = [MLflowTrialCallback(opts.mlflow_uri, spec.experiment_name, parent_id, name, role="reference"),
-                 ProgressPrinter("test_acc", "max", len(cases))]
+                 ProgressPrinter("test_acc", "max", len(cases)), *resume.sweep_callbacks(opts.storage_path, name)]
     ref_dir = join(opts.storage_path, ref_name)
     if opts.resume and tune.Tuner.can_restore(ref_dir):
         tuner = tuner_mod.restore_tuner(spec, path=ref_dir, storage_path=opts.storage_path, name=ref_name, ctx=ctx,
@@ -247,7 +269,7 @@ def run_reference(spec: SweepSpec, best_config: dict[str, Any], name: str, opts:
         ref_plan = plan_resources(spec, plan.cluster, strict=False)
         tuner = tuner_mod.build_tuner(spec, name=ref_name, storage_path=opts.storage_path, ctx=ctx, plan=ref_plan,
                                       callbacks=callbacks, space={CASE_KEY: tune.grid_search(cases)}, reference=True)
-    results = tuner.fit()
+    results = resume.fit_watched(tuner, spec, name)
     metric = "test_acc"
     values: dict[str, list[float]] = {"reproduce": [], "control": []}
     for r in results:
@@ -284,7 +306,7 @@ def finish_report(spec: SweepSpec, report: SweepReport, best_config: dict[str, A
     tracker.client.log_text(parent_id, buf.getvalue(), "results/results.csv")
     tracker.client.log_text(parent_id, table, "results/results_table.txt")
 
-    counts = {s: sum(r.status == s for r in report.rows) for s in ("completed", "stopped_early", "error")}
+    counts = {s: sum(r.status == s for r in report.rows) for s in ("completed", "stopped_early", "diverged", "error")}
     summary: dict[str, float] = {"trials": float(len(report.rows)), "sweep_time_s": elapsed,
                                  **{f"trials_{k}": float(v) for k, v in counts.items()}}
     if report.best is None:
@@ -293,7 +315,7 @@ def finish_report(spec: SweepSpec, report: SweepReport, best_config: dict[str, A
         best = report.best
         say(f"best trial {best.label}: {spec.metric} = {best.metrics[spec.metric]:.4f}"
             + (f", test_acc = {best.metrics['test_acc']:.4f}" if "test_acc" in best.metrics else ""))
-        say("best config: " + json.dumps(best_config, sort_keys=True))
+        say("best config: " + json.dumps(redact(best_config), sort_keys=True))  # logs are often shared
         best_path = join(out_dir, "best_config.json")
         payload = {"sweep": name, "trial_id": best.trial_id, "probe": best.probe, "metric": spec.metric, "mode": spec.mode,
                    "value": best.metrics[spec.metric], "config": best_config,
@@ -316,8 +338,11 @@ def finish_report(spec: SweepSpec, report: SweepReport, best_config: dict[str, A
         summary["reference_best_mean"] = comp.best_mean
         summary["reference_control_mean"] = comp.control_mean
         tracker.client.set_tag(parent_id, "w2s.reference_verdict", comp.verdict[:5000])
+    usage = disk_usage([out_dir, f"{out_dir}-reference"], join(opts.storage_path, "cache"))
+    summary.update(usage.metrics())
     tracker.log_metrics(parent_id, {k: v for k, v in summary.items() if v == v})
     say("")
+    say(usage.line())
     say(f"results: {out_dir}  ({len(report.rows)} trials, {elapsed:.0f}s)")
     say(f"browse:  {mlflow_ui_command(opts.mlflow_uri)}")
 
@@ -356,6 +381,8 @@ def dry_run(spec: SweepSpec, opts: SweepOptions) -> str:
         lines.append(f"  search {key}: {d.describe()}")
     param_space(spec)
     lines += plan_lines(spec)
+    preflight.check_trials_possible(spec)
+    preflight.check_inputs_available(spec)
     if cluster is not None:
         plan = plan_resources(spec, cluster)
         lines += plan.lines()

@@ -4,6 +4,9 @@ All writes happen in the sweep driver process (a Tune callback), so a sqlite sto
 writer and trials never fall back to a throw-away per-trial ``mlflow.db`` under Ray's temp dir.
 Runs are found again by tags (``w2s.sweep``, ``w2s.role``, ``w2s.trial_id``), which is what makes a
 resumed sweep reuse its parent and child runs instead of duplicating them.
+
+Every write goes through :class:`RedactingClient`, which drops credential-like parameters, tags and
+dict keys (:mod:`orchestrator.secrets`) whoever the caller is.
 """
 from __future__ import annotations
 
@@ -15,6 +18,7 @@ from typing import Any
 from urllib.parse import urlparse
 
 from orchestrator.errors import UserError
+from orchestrator.secrets import filter_params, is_secret_key, redact, redact_yaml_text
 
 log = logging.getLogger(__name__)
 
@@ -22,6 +26,8 @@ TAG_SWEEP = "w2s.sweep"
 TAG_ROLE = "w2s.role"  # parent | trial | reproduce | control
 TAG_TRIAL = "w2s.trial_id"
 TAG_OUTCOME = "w2s.outcome"
+TAG_DIVERGENCE = "w2s.divergence"
+DIVERGED = "diverged"  # the result key set by trainables.runner.diverged_result
 PARENT_TAG = "mlflow.parentRunId"
 
 # Tune's own bookkeeping fields: not metrics of the experiment.
@@ -115,6 +121,45 @@ def numeric_metrics(result: dict[str, Any]) -> dict[str, float]:
     return out
 
 
+_warned_secret_keys: set[str] = set()
+
+
+class RedactingClient:
+    """An ``MlflowClient`` whose writes never carry credential-like keys: params and tags with such
+    names are dropped, logged dicts are redacted, logged YAML text has their values blanked."""
+
+    def __init__(self, client):
+        self._client = client
+
+    def __getattr__(self, name):
+        return getattr(self._client, name)
+
+    def create_run(self, experiment_id, *args, tags=None, **kwargs):
+        return self._client.create_run(experiment_id, *args, tags=redact(tags) if tags else tags, **kwargs)
+
+    def log_param(self, run_id, key, value, *args, **kwargs):
+        if not is_secret_key(key):
+            return self._client.log_param(run_id, key, value, *args, **kwargs)
+        return None
+
+    def set_tag(self, run_id, key, value, *args, **kwargs):
+        if not is_secret_key(key):
+            self._client.set_tag(run_id, key, value, *args, **kwargs)
+
+    def log_batch(self, run_id, metrics=(), params=(), tags=(), **kwargs):
+        params = [p for p in params if not is_secret_key(p.key)]
+        tags = [t for t in tags if not is_secret_key(t.key)]
+        return self._client.log_batch(run_id, metrics=metrics, params=params, tags=tags, **kwargs)
+
+    def log_dict(self, run_id, dictionary, artifact_file, *args, **kwargs):
+        return self._client.log_dict(run_id, redact(dictionary), artifact_file, *args, **kwargs)
+
+    def log_text(self, run_id, text, artifact_file, *args, **kwargs):
+        if str(artifact_file).endswith((".yaml", ".yml")):
+            text = redact_yaml_text(text)
+        return self._client.log_text(run_id, text, artifact_file, *args, **kwargs)
+
+
 class Tracker:
     """Driver-side MLflow access for one sweep."""
 
@@ -129,7 +174,7 @@ class Tracker:
         if self._client is None:
             from mlflow.tracking import MlflowClient
 
-            self._client = MlflowClient(tracking_uri=self.uri)
+            self._client = RedactingClient(MlflowClient(tracking_uri=self.uri))
         return self._client
 
     def ensure_experiment(self) -> str:
@@ -174,6 +219,11 @@ class Tracker:
     def log_params(self, run_id: str, params: dict[str, Any]) -> None:
         from mlflow.entities import Param
 
+        params, dropped = filter_params(params)
+        new = sorted(set(dropped) - _warned_secret_keys)
+        if new:
+            _warned_secret_keys.update(new)
+            log.warning("not logged to MLflow, the names look like credentials: %s", ", ".join(new))
         items = [Param(k[:250], _param_value(v)) for k, v in params.items()]
         for start in range(0, len(items), 100):
             try:
@@ -214,11 +264,17 @@ class MLflowTrialCallback(_tune_callback_base()):
         self._tracker: Tracker | None = None
         self._runs: dict[str, str] = {}
         self._last: dict[str, dict[str, Any]] = {}
+        # Highest step logged per trial. A trial resumed from a checkpoint (after a worker loss or a
+        # driver crash) re-reports the epochs after that checkpoint; they are not logged twice.
+        self._logged_step: dict[str, int] = {}
 
     def __getstate__(self):
         state = self.__dict__.copy()
         state["_tracker"] = None
         return state
+
+    def __setstate__(self, state):
+        self.__dict__.update({"_logged_step": {}, **state})
 
     @property
     def tracker(self) -> Tracker:
@@ -231,14 +287,17 @@ class MLflowTrialCallback(_tune_callback_base()):
         run_id = self._runs.get(trial.trial_id)
         if run_id:
             return run_id
+        from trainables.runner import CASE_KEY
+
+        case = trial.config.get(CASE_KEY, {})
         existing = self.tracker.find_runs(**{TAG_SWEEP: self.sweep, TAG_TRIAL: trial.trial_id})
         if existing:
             run_id = existing[0].info.run_id
             self.tracker.client.update_run(run_id, status="RUNNING")
+            history = self.tracker.client.get_metric_history(run_id, "epoch")
+            if history:
+                self._logged_step[trial.trial_id] = max(m.step for m in history)
         else:
-            from trainables.runner import CASE_KEY
-
-            case = trial.config.get(CASE_KEY, {})
             role = case.get("role", self.role)
             name = f"{role}-{case['seed']}" if case else trial.trial_id
             run = self.tracker.client.create_run(
@@ -246,8 +305,8 @@ class MLflowTrialCallback(_tune_callback_base()):
                 tags={PARENT_TAG: self.parent_run_id, TAG_SWEEP: self.sweep, TAG_ROLE: role,
                       TAG_TRIAL: trial.trial_id})
             run_id = run.info.run_id
-            config = case.get("config", trial.config)
-            self.tracker.log_params(run_id, flatten(config))
+        # Also on a found run: a driver killed between creating it and logging them left it without.
+        self.tracker.log_params(run_id, flatten(case.get("config", trial.config)))
         self._runs[trial.trial_id] = run_id
         return run_id
 
@@ -256,11 +315,19 @@ class MLflowTrialCallback(_tune_callback_base()):
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         run_id = self._run_for(trial)
+        self._last[trial.trial_id] = result
         step = int(result.get("epoch", result.get("training_iteration", 0)))
+        if result.get(DIVERGED):
+            # The sweep metric on this report is a rank-last sentinel for the searcher, not a measurement.
+            self.tracker.log_metrics(run_id, {DIVERGED: 1.0}, step)
+            self.tracker.client.set_tag(run_id, TAG_DIVERGENCE, str(result.get("divergence", ""))[:5000])
+            return
+        if step <= self._logged_step.get(trial.trial_id, -1):
+            return
+        self._logged_step[trial.trial_id] = step
         metrics = numeric_metrics(result)
         metrics["trial_time_s"] = float(result.get("time_total_s", 0.0))
         self.tracker.log_metrics(run_id, metrics, step)
-        self._last[trial.trial_id] = result
 
     def _close(self, trial, status: str, outcome: str) -> None:
         run_id = self._run_for(trial)
@@ -271,6 +338,9 @@ class MLflowTrialCallback(_tune_callback_base()):
         last = self._last.get(trial.trial_id) or trial.last_result or {}
         from trainables.runner import unpack_config
 
+        if last.get(DIVERGED):
+            self._close(trial, "FAILED", "diverged")
+            return
         budget = unpack_config(trial.config).get(self.budget_key)
         done = last.get("epoch")
         outcome = "stopped_early" if isinstance(budget, int) and isinstance(done, (int, float)) and done < budget \

@@ -8,7 +8,7 @@ from typing import Any
 from orchestrator.resources import ResourcePlan, trial_resources
 from orchestrator.spec import SweepSpec, get_dotted, set_dotted
 from trainables.registry import TrialContext
-from trainables.runner import ExecutionConfig, tune_entry, unpack_config
+from trainables.runner import ExecutionConfig, checkpoint_retention, tune_entry, unpack_config
 
 
 def param_space(spec: SweepSpec) -> dict[str, Any]:
@@ -130,7 +130,7 @@ def execution_config(spec: SweepSpec, train_storage_path: str) -> ExecutionConfi
     return ExecutionConfig(cpus_per_worker=spec.resources.cpus_per_worker,
                            gpus_per_worker=spec.resources.gpus_per_worker,
                            train_storage_path=train_storage_path, checkpoint_keep=spec.checkpoint.keep,
-                           worker_max_failures=spec.failure.max_failures)
+                           worker_max_failures=spec.failure.max_failures, metric=spec.metric, mode=spec.mode)
 
 
 def trainable(spec: SweepSpec, ctx: TrialContext, execution: ExecutionConfig, driver_slots: float):
@@ -168,7 +168,7 @@ def build_tuner(spec: SweepSpec, *, name: str, storage_path: str, ctx: TrialCont
         name=name, storage_path=storage_path, callbacks=callbacks,
         stop=None if reference else stopper(spec),
         failure_config=tune.FailureConfig(max_failures=spec.failure.max_failures),
-        checkpoint_config=tune.CheckpointConfig(num_to_keep=spec.checkpoint.keep),
+        checkpoint_config=tune.CheckpointConfig(**checkpoint_retention(execution)),
         verbose=0,
     )
     return tune.Tuner(trainable(spec, ctx, execution, plan.cluster.driver_slots),

@@ -169,7 +169,7 @@ def train_classifier(*, model: nn.Module, data: DatasetSplits, loss_fn: DistillL
                 sums[key] = sums.get(key, 0.0) + value.detach()
             steps += 1
         train_stats = {f"train_{k}": v / max(steps, 1) for k, v in sums.items()}
-        check_finite(train_stats["train_loss"], f"epoch {epoch + 1}")  # the epoch's one host sync
+        check_finite(train_stats["train_loss"], f"epoch {epoch + 1}", session, epoch + 1)  # one host sync
         val = evaluate(model, data.val_x, data.val_y, session)
         test = evaluate(model, data.test_x, data.test_y, session)
         if val["acc"] > state["best_val_acc"]:

@@ -10,17 +10,16 @@ How the teacher gets its weights (scratch, linear probe, fine-tune, pretrained) 
 """
 from __future__ import annotations
 
+import os
 from typing import Any, Literal
 
 import torch
 from pydantic import Field, field_validator, model_validator
 
-import os
-
 from trainables.classifier_loop import (CachedTeacher, OnlineTeacher, OptimConfig, TeacherSignal, predict_features,
                                         train_classifier)
-from trainables.data import (DatasetName, DatasetSplits, DatasetUnavailable, check_dataset, load_dataset,
-                             prepare_dataset)
+from trainables.data import (DatasetName, DatasetSplits, DatasetUnavailable, check_dataset, dataset_issues,
+                             load_dataset, prepare_dataset)
 from trainables.engine import seed_everything
 from trainables.init import WeightSelectionConfig, check_student_init, init_student
 from trainables.losses import LossName, check_loss_params, create_loss, loss_class
@@ -172,8 +171,13 @@ def prepare_distill(fixed: dict[str, Any], searched: set[str], ctx: TrialContext
     defaults = DistillParams.model_validate({k: v for k, v in fixed.items()
                                              if k in ("dataset", "dataset_kwargs", "split_seed", "teacher")})
     entry = load_teacher(defaults, ctx, default_device())
-    return {"teacher_key": entry.key, "teacher_cache_hit": entry.hit, **{f"teacher_{k}": v
+    return {"teacher_cache_id": entry.key, "teacher_cache_hit": entry.hit, **{f"teacher_{k}": v
             for k, v in entry.meta.items() if k in ("val_acc", "test_acc")}}
+
+
+def check_distill_inputs(p: DistillParams) -> list[tuple[str, str]]:
+    """Before Ray starts: the dataset must be on disk (or downloadable)."""
+    return dataset_issues("dataset", p.dataset, **p.dataset_kwargs)
 
 
 def distill_control(config: dict[str, Any]) -> dict[str, Any]:
@@ -190,6 +194,7 @@ register_trainable(TrainableDef(
     description="Teacher (trained once, cached) to student distillation with a registered loss.",
     prepare=prepare_distill,
     control_overrides=distill_control,
+    check_available=check_distill_inputs,
     metrics_doc={
         "val_acc": "student top-1 on the validation split (last epoch)",
         "test_acc": "student top-1 on the test split (last epoch)",

@@ -52,6 +52,10 @@ class TrainableDef:
     # Parameters one trial can train several values of at once as one batched computation
     # (``params.vectorize``; see trainables/vectorize.py). Empty: one configuration per trial.
     vectorized_keys: tuple[str, ...] = ()
+    # Runs in the driver before Ray starts, once per distinct candidate trial: what the trial needs
+    # that is missing or unreadable (dataset files, a checkpoint to start from), as
+    # (parameter key, problem and what to do) pairs. See orchestrator/preflight.py.
+    check_available: Callable[[TrialParams], list[tuple[str, str]]] | None = None
 
 
 def _import_builtin() -> None:

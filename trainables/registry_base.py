@@ -10,7 +10,8 @@ T = TypeVar("T")
 
 class Registry(Generic[T]):
     """Entries register on import of their module; ``loader`` imports the built-in modules the
-    first time the registry is read, which keeps ``import trainables.x`` cheap."""
+    first time the registry is read, which keeps ``import trainables.x`` cheap. The modules named
+    in ``W2S_PLUGINS`` are imported then too (see :mod:`trainables.plugins`)."""
 
     def __init__(self, kind: str, loader: Callable[[], None], plural: str | None = None):
         self.kind = kind
@@ -32,6 +33,9 @@ class Registry(Generic[T]):
         if not self._loaded:
             self._loaded = True
             self._loader()
+            from trainables.plugins import load_plugins
+
+            load_plugins()  # W2S_PLUGINS: user modules that register more entries
 
     def names(self) -> list[str]:
         self._load()

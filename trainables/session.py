@@ -19,10 +19,21 @@ import torch
 import torch.distributed as dist
 
 CHECKPOINT_FILE = "state.pt"
+CORRUPT_SUFFIX = ".corrupt"  # a checkpoint folder renamed so, as the resume check advises, is skipped
 
 
 class TrialDiverged(RuntimeError):
-    """The loss became NaN or infinite; the trial cannot continue."""
+    """The loss became NaN or infinite; the trial cannot continue. The runner turns it into a
+    final ``diverged`` report (see :func:`trainables.runner.diverged_result`), not a trial error,
+    so Tune neither retries it nor counts it as a failure of the sweep."""
+
+    def __init__(self, message: str, epoch: int | None = None):
+        super().__init__(message)
+        self.epoch = epoch
+
+
+# Result key set to 1.0 on a trial's last report when its loss diverged.
+DIVERGED = "diverged"
 
 
 def save_state(directory: str, state: dict[str, Any]) -> None:
@@ -37,6 +48,57 @@ def load_state(directory: str) -> dict[str, Any]:
         return torch.load(path, map_location="cpu", weights_only=False)
     except Exception as exc:  # noqa: BLE001 - any unpickling failure means a corrupt checkpoint
         raise RuntimeError(f"checkpoint {path} is unreadable or corrupt ({type(exc).__name__}: {exc})") from exc
+
+
+def state_file_problem(path: str) -> str | None:
+    """None if ``path`` is a readable ``torch.save`` file, else what is wrong with it. Checks the
+    zip container and every member's CRC, which catches truncation and bit rot without unpickling
+    (or trusting) the contents. For checks before Ray starts (resume, a checkpoint to start from)."""
+    import zipfile
+
+    if not os.path.exists(path):
+        return "does not exist"
+    if os.path.isdir(path):
+        return "is a directory, not a checkpoint file"
+    if os.path.getsize(path) == 0:
+        return "is empty"
+    try:
+        with zipfile.ZipFile(path) as zf:
+            bad = zf.testzip()
+    except (zipfile.BadZipFile, OSError) as exc:
+        return f"is not a readable torch checkpoint ({exc})"
+    if bad is not None:
+        return f"is corrupt (checksum mismatch in {bad})"
+    return None
+
+
+def restore_local(directory: str) -> dict[str, Any] | None:
+    """Load the checkpoint in ``directory``. If it is gone (the user moved a corrupt checkpoint
+    aside, as the resume check tells them to), fall back to the newest other checkpoint of the
+    same trial, or to a fresh start, and say so."""
+    if os.path.exists(os.path.join(directory, CHECKPOINT_FILE)):
+        return load_state(directory)
+    parent = os.path.dirname(directory.rstrip("/"))
+    siblings = sorted(d for d in (os.listdir(parent) if os.path.isdir(parent) else [])
+                      if d.startswith("checkpoint_") and not d.endswith(CORRUPT_SUFFIX)
+                      and os.path.exists(os.path.join(parent, d, CHECKPOINT_FILE)))
+    if siblings:
+        print(f"checkpoint {directory} is missing; resuming from {siblings[-1]} instead", flush=True)
+        return load_state(os.path.join(parent, siblings[-1]))
+    print(f"checkpoint {directory} is missing and the trial has no other; it starts over", flush=True)
+    return None
+
+
+def restore_checkpoint(ckpt) -> dict[str, Any] | None:
+    """The state in a Tune/Train ``Checkpoint`` (None for no checkpoint)."""
+    if ckpt is None:
+        return None
+    import pyarrow.fs as pafs
+
+    if isinstance(ckpt.filesystem, pafs.LocalFileSystem):
+        return restore_local(ckpt.path)
+    with ckpt.as_directory() as d:
+        return load_state(d)
 
 
 class Session:
@@ -129,11 +191,7 @@ class TuneSession(Session):
     def restore(self):
         from ray import tune
 
-        ckpt = tune.get_checkpoint()
-        if ckpt is None:
-            return None
-        with ckpt.as_directory() as d:
-            return load_state(d)
+        return restore_checkpoint(tune.get_checkpoint())
 
 
 class TrainSession(Session):
@@ -169,16 +227,19 @@ class TrainSession(Session):
     def restore(self):
         import ray.train
 
-        ckpt = ray.train.get_checkpoint()
-        if ckpt is None:
-            return None
-        with ckpt.as_directory() as d:
-            return load_state(d)
+        return restore_checkpoint(ray.train.get_checkpoint())
 
 
-def check_finite(loss: torch.Tensor, where: str) -> None:
-    """Raise :class:`TrialDiverged` if ``loss`` is not finite. Costs one host sync, so call it
-    once per epoch on an accumulated value, not every step."""
+def check_finite(loss: torch.Tensor, where: str, session: Session | None = None, epoch: int | None = None) -> None:
+    """Raise :class:`TrialDiverged` if ``loss`` is not finite on this rank or, with a distributed
+    ``session``, on any rank, so that every rank stops at the same epoch (a rank that went on alone
+    would wait forever in the next collective). Costs one host sync, so call it once per epoch on
+    an accumulated value, not every step."""
+    loss = torch.as_tensor(loss)
     value = float(loss)
+    if session is not None and session.distributed:
+        bad = torch.tensor([0.0 if math.isfinite(value) else 1.0], device=session.device)
+        if float(session.all_reduce_sum(bad)) > 0 and math.isfinite(value):
+            raise TrialDiverged(f"loss became non-finite on another rank at {where}", epoch)
     if not math.isfinite(value):
-        raise TrialDiverged(f"loss became {value} at {where}")
+        raise TrialDiverged(f"loss became {value} at {where}", epoch)

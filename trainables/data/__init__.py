@@ -66,5 +66,21 @@ def prepare_dataset(name: str, **kwargs: Any) -> None:
     check_dataset(name, **kwargs)
 
 
-__all__ = ["DATASETS", "DatasetName", "DatasetSplits", "DatasetUnavailable", "check_dataset", "dataset_names",
-           "load_dataset", "prepare_dataset", "register_dataset", "split_indices"]
+def dataset_problem(name: str, **kwargs: Any) -> str | None:
+    """What is missing for dataset ``name`` (and what to do), or None when it can be loaded."""
+    try:
+        check_dataset(name, **kwargs)
+    except DatasetUnavailable as exc:
+        return str(exc)
+    return None
+
+
+def dataset_issues(param: str, name: str, **kwargs: Any) -> list[tuple[str, str]]:
+    """For a trainable's ``check_available``: [(param, problem)] if dataset ``name`` is missing."""
+    problem = dataset_problem(name, **kwargs)
+    return [(param, f"dataset {name!r} is not available: {problem}")] if problem else []
+
+
+__all__ = ["DATASETS", "DatasetName", "DatasetSplits", "DatasetUnavailable", "check_dataset", "dataset_issues",
+           "dataset_names", "dataset_problem", "load_dataset", "prepare_dataset", "register_dataset",
+           "split_indices"]

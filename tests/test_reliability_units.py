@@ -1,0 +1,277 @@
+"""Reliability building blocks without Ray: credential filtering, the watchdog's diagnosis and
+abort, the finished-trials ledger, divergence reports, checkpoint fallbacks, disk usage."""
+import json
+import math
+import os
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from orchestrator.secrets import filter_params, is_secret_key, redact, redact_yaml_text
+from orchestrator.tracking import RedactingClient
+from orchestrator.watchdog import ClusterView, PlacementGroupInfo, Watchdog, diagnose
+from trainables.ledger import finished_result, record_finished
+from trainables.runner import diverged_result
+from trainables.session import (CHECKPOINT_FILE, LocalSession, TrialDiverged, check_finite, restore_local,
+                                save_state, state_file_problem)
+
+# --- secrets ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("key", ["AWS_SECRET_ACCESS_KEY", "hf_token", "db.password", "api_key", "MLFLOW_TRACKING_TOKEN",
+                                 "student_kwargs.auth", "client_secret", "loss_params.private_key", "passwd"])
+def test_credential_like_keys_are_secret(key):
+    assert is_secret_key(key)
+
+
+@pytest.mark.parametrize("key", ["lr", "loss_params.kd_weight", "checkpoint.keep", "tokenizer", "author",
+                                 "teacher_cache_id", "monkey"])
+def test_ordinary_keys_are_not(key):
+    assert not is_secret_key(key)
+
+
+def test_params_dicts_and_yaml_are_redacted():
+    kept, dropped = filter_params({"lr": 0.1, "api_token": "abc", "x.db_password": "p"})
+    assert kept == {"lr": 0.1} and sorted(dropped) == ["api_token", "x.db_password"]
+    assert redact({"a": 1, "nested": {"hf_token": "t", "b": [{"SECRET": 1, "c": 2}]}}) == \
+        {"a": 1, "nested": {"b": [{"c": 2}]}}
+    text = "params:\n  api_token: abc123  # mine\n  lr: 0.1\n  kw: {hf_token: xyz, lr: 2}\n"
+    assert redact_yaml_text(text) == \
+        "params:\n  api_token: [redacted]  # mine\n  lr: 0.1\n  kw: {hf_token: [redacted], lr: 2}\n"
+
+
+def test_every_mlflow_write_path_is_filtered():
+    calls = []
+
+    class Fake:
+        def __getattr__(self, name):
+            return lambda *a, **k: calls.append((name, a, k))
+
+    from mlflow.entities import Param, RunTag
+
+    client = RedactingClient(Fake())
+    client.log_param("r", "api_key", "v")
+    client.set_tag("r", "w2s.token", "v")
+    client.log_param("r", "lr", 0.1)
+    client.log_batch("r", params=[Param("lr", "1"), Param("password", "p")], tags=[RunTag("SECRET_X", "s")])
+    client.log_dict("r", {"cfg": {"api_token": "t", "lr": 1}}, "best.json")
+    client.log_text("r", "api_token: t\n", "spec/space.yaml")
+    client.create_run("e", tags={"w2s.sweep": "s", "my_secret": "x"})
+    blob = json.dumps([c[1:] for c in calls], default=str)
+    assert '"t"' not in blob and "my_secret" not in blob and "'p'" not in blob
+    names = [c[0] for c in calls]
+    assert names == ["log_param", "log_batch", "log_dict", "log_text", "create_run"]
+    assert calls[1][2]["params"] == [Param("lr", "1")] and calls[1][2]["tags"] == []
+
+
+# --- watchdog --------------------------------------------------------------------------------
+
+TOTAL = {"CPU": 2.0, "TRAIN_DRIVER": 64.0}
+
+
+def view(pgs, used, available=None):
+    return ClusterView(pgs, used, TOTAL, available or {"CPU": 1.0})
+
+
+def test_diagnosis_names_a_leaked_placement_group():
+    pgs = [PlacementGroupInfo("aa" * 14, "w2s-test-leaked-pg", "CREATED", {"CPU": 1.0}),
+           PlacementGroupInfo("bb" * 14, "", "CREATED", {"TRAIN_DRIVER": 1.0}),
+           PlacementGroupInfo("cc" * 14, "", "PENDING", {"CPU": 2.0})]
+    d = diagnose(view(pgs, used={"bb" * 14}), ["t_00000"], [], 31.0, 30, "resume with X")
+    text = d.render()
+    assert text.startswith("watchdog: no trial has made progress for 31s (watchdog.timeout_s 30) while 1 trial(s) "
+                           "run (t_00000)")
+    assert d.cause.startswith("leaked placement groups: 1 placement group(s) hold {CPU: 1}")
+    assert "'w2s-test-leaked-pg'" in text and "waiting placement groups: cccccccccccc {CPU: 2}" in text
+    assert d.advice.endswith("then resume with X")
+
+
+def test_diagnosis_names_resources_the_cluster_lacks():
+    pgs = [PlacementGroupInfo("dd" * 14, "", "PENDING", {"CPU": 2.0, "GPU": 1.0})]
+    d = diagnose(view(pgs, used=set()), ["t"], ["u"], 50, 30, "R")
+    assert d.cause.startswith("a placement group needs {GPU: 1} but the whole cluster has {}")
+
+
+def test_diagnosis_without_waiting_placement_groups_suspects_the_training_loop():
+    d = diagnose(view([], used=set()), ["t"], [], 50, 30, "R")
+    assert "report nothing although their resources are in place" in d.cause
+    assert "raise watchdog.timeout_s" in d.advice
+    d = diagnose(view([PlacementGroupInfo("ee" * 14, "", "PENDING", {"CPU": 1.0})], used=set()), ["t"], [], 50, 30, "R")
+    assert d.cause.startswith("a worker group waits for resources that running trials hold")
+
+
+def test_watchdog_warns_repeats_and_aborts(monkeypatch):
+    import orchestrator.watchdog as wd
+
+    now = [0.0]
+    said, interrupts = [], []
+    monkeypatch.setattr(wd, "_interrupt_tune", lambda: interrupts.append(now[0]))
+    dog = Watchdog(10, 25, "resume with R", say=said.append, clock=lambda: now[0],
+                   inspect=lambda: view([], used=set()))
+    dog.check()
+    assert said == []  # Tune has not stepped yet: nothing is known to be running
+    dog.observe([SimpleNamespace(trial_id="t1", status="RUNNING")])
+    for t in (5, 9.9):
+        now[0] = t
+        dog.check()
+    assert said == []
+    now[0] = 10
+    dog.check()
+    now[0] = 15
+    dog.check()  # the same stall is not reported twice within timeout_s
+    assert len(said) == 1 and said[0].startswith("watchdog: no trial has made progress for 10s")
+    now[0] = 20
+    dog.check()
+    assert len(said) == 2 and not interrupts
+    now[0] = 25
+    dog.check()
+    assert interrupts == [25] and "stopping the sweep after 25s" in said[-1]
+    with pytest.raises(wd.SweepStalled) as info:
+        dog.raise_if_aborted()
+    assert info.value.exit_code == 3 and "the watchdog stopped the sweep: the running trials report nothing" in str(info.value)
+
+
+def test_progress_resets_the_watchdog():
+    now = [0.0]
+    said = []
+    dog = Watchdog(10, None, "R", say=said.append, clock=lambda: now[0], inspect=lambda: view([], set()))
+    dog.observe([SimpleNamespace(trial_id="t1", status="RUNNING")])
+    for t in range(0, 40, 5):
+        now[0] = t
+        dog.beat()
+        dog.check()
+    dog.observe([SimpleNamespace(trial_id="t1", status="TERMINATED")])
+    now[0] = 100
+    dog.check()  # nothing running or pending: an idle Tune is not a stall
+    assert said == []
+
+
+# --- divergence, ledger, checkpoints ------------------------------------------------------------
+
+
+def test_diverged_result_ranks_last_for_searchers():
+    exc = TrialDiverged("loss became nan at epoch 3", epoch=3)
+    assert diverged_result(exc, "val_acc", "max") == {"diverged": 1.0, "epoch": 3, "val_acc": -math.inf,
+                                                      "divergence": "loss became nan at epoch 3"}
+    assert diverged_result(exc, "val_loss", "min")["val_loss"] == math.inf
+
+
+class TwoRanks(LocalSession):
+    """One rank of a two-rank group, without processes: ``all_reduce_sum`` adds what the other
+    rank contributes, as a SUM all-reduce would."""
+
+    def __init__(self, other_rank_bad: bool):
+        super().__init__(torch.device("cpu"))
+        self.rank, self.world_size, self.other = 0, 2, float(other_rank_bad)
+
+    @property
+    def distributed(self) -> bool:
+        return True
+
+    def all_reduce_sum(self, tensor):
+        return tensor + self.other
+
+
+def test_check_finite_agrees_across_ranks():
+    """A NaN on one rank only: every rank must stop, or the others would hang in the next collective."""
+    check_finite(torch.tensor(1.0), "epoch 3", TwoRanks(other_rank_bad=False), 3)  # all finite: no stop
+    with pytest.raises(TrialDiverged) as info:
+        check_finite(torch.tensor(1.0), "epoch 3", TwoRanks(other_rank_bad=True), 3)
+    assert str(info.value) == "loss became non-finite on another rank at epoch 3" and info.value.epoch == 3
+    with pytest.raises(TrialDiverged, match="loss became nan at epoch 3"):
+        check_finite(torch.tensor(float("nan")), "epoch 3", TwoRanks(other_rank_bad=False), 3)
+    with pytest.raises(TrialDiverged, match="loss became inf at epoch 1"):
+        check_finite(torch.tensor(float("inf")), "epoch 1")  # single process
+
+
+def test_ledger_round_trip_keeps_infinities_and_drops_tune_bookkeeping(tmp_path):
+    d = str(tmp_path / "finished")
+    assert finished_result(d, "t1") is None
+    record_finished(d, "t1", {"val_acc": -math.inf, "epoch": 3, "diverged": 1.0, "training_iteration": 3,
+                              "trial_id": "t1", "config": {"lr": 1}, "divergence": "nan"}, "diverged")
+    assert finished_result(d, "t1") == {"val_acc": -math.inf, "epoch": 3, "diverged": 1.0, "divergence": "nan"}
+    (tmp_path / "finished" / "t2.json").write_text("{not json")
+    assert finished_result(d, "t2") is None  # unreadable: the trial resumes from its checkpoint instead
+
+
+def test_state_file_problems(tmp_path):
+    good = tmp_path / "good.pt"
+    torch.save({"w": torch.arange(1000.0)}, good)
+    assert state_file_problem(str(good)) is None
+    assert state_file_problem(str(tmp_path / "missing.pt")) == "does not exist"
+    (tmp_path / "empty.pt").write_bytes(b"")
+    assert state_file_problem(str(tmp_path / "empty.pt")) == "is empty"
+    data = good.read_bytes()
+    (tmp_path / "cut.pt").write_bytes(data[: len(data) // 2])
+    assert state_file_problem(str(tmp_path / "cut.pt")).startswith("is not a readable torch checkpoint")
+    flipped = bytearray(data)
+    flipped[len(data) // 3] ^= 0xFF  # inside the tensor payload: only the CRC notices
+    (tmp_path / "rot.pt").write_bytes(bytes(flipped))
+    assert state_file_problem(str(tmp_path / "rot.pt")).startswith("is corrupt (checksum mismatch in ")
+
+
+def test_a_checkpoint_moved_aside_falls_back_to_the_previous_one(tmp_path, capsys):
+    trial = tmp_path / "trial"
+    for i in (1, 2):
+        (trial / f"checkpoint_00000{i}").mkdir(parents=True)
+        save_state(str(trial / f"checkpoint_00000{i}"), {"epoch": i})
+    os.rename(trial / "checkpoint_000002", trial / "checkpoint_000002.corrupt")
+    assert restore_local(str(trial / "checkpoint_000002")) == {"epoch": 1}
+    assert "resuming from checkpoint_000001 instead" in capsys.readouterr().out
+    os.remove(trial / "checkpoint_000001" / CHECKPOINT_FILE)
+    assert restore_local(str(trial / "checkpoint_000002")) is None
+
+
+def test_disk_usage_separates_checkpoints_from_results(tmp_path):
+    from orchestrator.disk import disk_usage
+
+    sweep = tmp_path / "s"
+    (sweep / "trial_a" / "checkpoint_000001").mkdir(parents=True)
+    (sweep / "trial_a" / "checkpoint_000001" / "state.pt").write_bytes(b"x" * 1000)
+    (sweep / "train_runs" / "train-b" / "checkpoint_2026-01-01_00-00-00.1").mkdir(parents=True)
+    (sweep / "train_runs" / "train-b" / "checkpoint_2026-01-01_00-00-00.1" / "state.pt").write_bytes(b"x" * 500)
+    (sweep / "trial_a" / "result.json").write_bytes(b"x" * 30)
+    (tmp_path / "cache" / "teacher").mkdir(parents=True)
+    (tmp_path / "cache" / "teacher" / "model.pt").write_bytes(b"x" * 70)
+    usage = disk_usage([str(sweep), str(tmp_path / "absent")], str(tmp_path / "cache"))
+    assert (usage.checkpoint_bytes, usage.checkpoints, usage.other_bytes, usage.cache_bytes) == (1500, 2, 30, 70)
+    assert usage.line() == "disk: 1.5 KB in 2 checkpoints, 30 B of results and logs, 70 B of cache"
+
+
+def test_rows_label_diverged_trials_and_the_best_pick_skips_them():
+    from orchestrator.report import pick_best, rows_from_results
+    from orchestrator.spec import parse_spec
+    from tests.test_spec import BASE
+
+    spec = parse_spec(BASE)
+
+    def result(tid, **m):
+        return SimpleNamespace(config={"lr": 0.1, "epochs": 4}, metrics={"trial_id": tid, **m}, error=None)
+
+    rows = rows_from_results(spec, [result("a", val_acc=0.5, epoch=4),
+                                    result("b", val_acc=-math.inf, epoch=2, diverged=1.0)])
+    assert [r.status for r in rows] == ["completed", "diverged"] and "val_acc" not in rows[1].metrics
+    assert pick_best(rows, "val_acc", "max").trial_id == "a"
+    assert pick_best(rows[1:], "val_acc", "max") is None
+
+
+def test_child_runs_of_trials_lost_in_a_crash_are_archived(tmp_path):
+    from orchestrator.resume import archive_lost_runs
+    from orchestrator.tracking import Tracker
+
+    tracker = Tracker(f"sqlite:///{tmp_path}/mlflow.db", "e")
+    tracker.ensure_experiment()
+    parent, _ = tracker.parent_run("s", {}, None)
+    ids = {}
+    for trial, status in (("t_kept", "RUNNING"), ("t_lost", "RUNNING"), ("t_done", "FINISHED")):
+        run = tracker.client.create_run(tracker.experiment_id, tags={"w2s.sweep": "s", "w2s.role": "trial",
+                                                                     "w2s.trial_id": trial, "mlflow.parentRunId": parent})
+        ids[trial] = run.info.run_id
+        if status != "RUNNING":
+            tracker.finish(run.info.run_id, status)
+    assert archive_lost_runs(tracker, "s", {"t_kept"}) == ["t_lost"]
+    lost = tracker.client.get_run(ids["t_lost"])
+    assert lost.info.lifecycle_stage == "deleted" and lost.info.status == "KILLED"
+    assert lost.data.tags["w2s.outcome"] == "lost_in_crash"
+    assert {r.data.tags["w2s.trial_id"] for r in tracker.find_runs(**{"w2s.role": "trial"})} == {"t_kept", "t_done"}
