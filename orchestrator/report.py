@@ -17,6 +17,10 @@ class TrialRow:
     metrics: dict[str, Any]
     status: str
     error: str | None = None
+    duration_s: float | None = None
+    config: dict[str, Any] = field(default_factory=dict)
+    # One dict of numeric metrics per report (epoch), for learning curves.
+    history: list[dict[str, float]] = field(default_factory=list)
 
 
 @dataclass
@@ -52,6 +56,28 @@ def searched_keys(spec: SweepSpec) -> list[str]:
     return keys
 
 
+def trial_status(config: dict[str, Any], metrics: dict[str, Any], errored: bool, budget_key: str = "epochs") -> str:
+    """completed | stopped_early | error | not_run. Other modules may add statuses (for example
+    ``diverged``); everything that reads a status treats it as an open set of labels."""
+    if errored:
+        return "error"
+    if "epoch" not in metrics and "training_iteration" not in metrics:
+        return "not_run"
+    budget = config.get(budget_key)
+    if isinstance(budget, int) and metrics.get("epoch", budget) < budget:
+        return "stopped_early"
+    return "completed"
+
+
+def numeric_history(frame) -> list[dict[str, float]]:
+    """Per-report numeric metrics from a Tune ``metrics_dataframe`` (None when nothing was reported)."""
+    from orchestrator.tracking import numeric_metrics
+
+    if frame is None or len(frame) == 0:
+        return []
+    return [numeric_metrics(rec) for rec in frame.to_dict("records")]
+
+
 def rows_from_results(spec: SweepSpec, results) -> list[TrialRow]:
     keys = searched_keys(spec)
     rows = []
@@ -59,16 +85,20 @@ def rows_from_results(spec: SweepSpec, results) -> list[TrialRow]:
         config = unpack_config(result.config or {})
         metrics = dict(result.metrics or {})
         params = {k: get_dotted(config, k) for k in keys}
-        budget = config.get("epochs")
-        if result.error is not None:
-            status = "error"
-        elif isinstance(budget, int) and metrics.get("epoch", budget) < budget:
-            status = "stopped_early"
-        else:
-            status = "completed"
-        rows.append(TrialRow(trial_id=metrics.get("trial_id", "?"), params=params, metrics=metrics,
-                             status=status, error=str(result.error).splitlines()[0] if result.error else None))
+        status = trial_status(config, metrics, result.error is not None)
+        duration = metrics.get("time_total_s")
+        rows.append(TrialRow(trial_id=metrics.get("trial_id") or _trial_id_from_path(result), params=params,
+                             metrics=metrics, status=status,
+                             error=str(result.error).splitlines()[0] if result.error else None,
+                             duration_s=float(duration) if isinstance(duration, (int, float)) else None,
+                             config=config, history=numeric_history(getattr(result, "metrics_dataframe", None))))
     return rows
+
+
+def _trial_id_from_path(result) -> str:
+    # A trial that never reported has no trial_id metric; its folder is trial_<id> (tuner._dirname).
+    base = str(getattr(result, "path", "") or "").rstrip("/").rsplit("/", 1)[-1]
+    return base.removeprefix("trial_") or "?"
 
 
 def pick_best(rows: list[TrialRow], metric: str, mode: str) -> TrialRow | None:
@@ -80,7 +110,7 @@ def pick_best(rows: list[TrialRow], metric: str, mode: str) -> TrialRow | None:
     return max(scored, key=lambda r: (sign * r.metrics[metric], r.metrics.get("epoch", 0)))
 
 
-def _fmt(value: Any) -> str:
+def fmt(value: Any) -> str:
     if isinstance(value, float):
         if value != 0 and (abs(value) < 1e-3 or abs(value) >= 1e4):
             return f"{value:.3g}"
@@ -89,14 +119,20 @@ def _fmt(value: Any) -> str:
 
 
 def format_table(rows: list[TrialRow], metric: str, extra_metrics: list[str], keys: list[str]) -> str:
-    headers = ["trial", *keys, metric, *[m for m in extra_metrics if m != metric], "epochs", "status"]
+    headers = ["trial", *keys, metric, *[m for m in extra_metrics if m != metric], "epochs", "time", "status"]
     body = []
     for r in rows:
-        body.append([r.trial_id, *[_fmt(r.params.get(k)) for k in keys], _fmt(r.metrics.get(metric, "-")),
-                     *[_fmt(r.metrics.get(m, "-")) for m in extra_metrics if m != metric],
-                     _fmt(r.metrics.get("epoch", "-")), r.status])
+        body.append([r.trial_id, *[fmt(r.params.get(k)) for k in keys], fmt(r.metrics.get(metric, "-")),
+                     *[fmt(r.metrics.get(m, "-")) for m in extra_metrics if m != metric],
+                     fmt(r.metrics.get("epoch", "-")),
+                     f"{r.duration_s:.0f}s" if r.duration_s is not None else "-", r.status])
+    return render_table(headers, body)
+
+
+def render_table(headers: list[str], body: list[list[Any]]) -> str:
+    """Left-aligned columns, a dashed rule under the headers."""
     widths = [max(len(str(x)) for x in col) for col in zip(headers, *body)]
-    line = lambda cells: "  ".join(str(c).ljust(w) for c, w in zip(cells, widths))  # noqa: E731
+    line = lambda cells: "  ".join(str(c).ljust(w) for c, w in zip(cells, widths)).rstrip()  # noqa: E731
     return "\n".join([line(headers), line(["-" * w for w in widths]), *[line(b) for b in body]])
 
 
@@ -116,3 +152,16 @@ def compare(metric: str, best_values: list[float], control_values: list[float], 
     comp.verdict = (f"the best config {direction} {label}: {metric} {comp.best_mean:.4f} ± {sd_b:.4f} vs "
                     f"{comp.control_mean:.4f} ± {sd_c:.4f} over {n_b} seeds ({diff:+.4f}, {noise})")
     return comp
+
+
+def reference_comparison(results, metric: str = "test_acc") -> Comparison:
+    """Best config vs its no-teacher control, from the reference runs' results (roles in the case)."""
+    from trainables.runner import CASE_KEY
+
+    values: dict[str, list[float]] = {"reproduce": [], "control": []}
+    for r in results:
+        case = (r.config or {}).get(CASE_KEY, {})
+        value = (r.metrics or {}).get(metric)
+        if r.error is None and isinstance(value, (int, float)) and case.get("role") in values:
+            values[case["role"]].append(float(value))
+    return compare(metric, values["reproduce"], values["control"], "its no-teacher control")
