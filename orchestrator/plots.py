@@ -154,17 +154,20 @@ def _curve_label(row: TrialRow, keys: list[str]) -> str:
 
 def learning_curves(rows: list[TrialRow], metric: str, mode: str, keys: list[str], top: int = 5):
     """The metric (and the training loss, when reported) per epoch: the top trials in colour, the
-    rest in grey."""
-    with_history = [r for r in rows if any(metric in h for h in r.history)]
-    if not with_history:
+    rest in grey. A metric reported only at the end (PGR, say) ranks the trials; the curves then
+    show the first per-epoch accuracy there is."""
+    curve = next((m for m in (metric, "val_acc", "w2s_acc", "test_acc")
+                  if any(m in h for r in rows for h in r.history)), None)
+    if curve is None:
         return None
+    with_history = [r for r in rows if any(curve in h for h in r.history)]
     ranked = sorted((r for r in with_history if isinstance(r.metrics.get(metric), (int, float))
                      and math.isfinite(r.metrics[metric])),
                     key=lambda r: r.metrics[metric], reverse=(mode == "max"))
     leaders = ranked[:top]
     secondary = next((m for m in ("train_loss", "val_loss", "loss") if any(m in h for r in rows for h in r.history)),
                      None)
-    panels = [metric] + ([secondary] if secondary else [])
+    panels = [curve] + ([secondary] if secondary else [])
     fig, axes = _figure(1, len(panels), f"learning curves: top {len(leaders)} of {len(with_history)} trials by {metric}")
     colors = [f"C{i}" for i in range(10)]
     for ax, name in zip(axes.flat, panels):
@@ -262,6 +265,13 @@ def w2s_map(frame, keys: list[str], log_keys: set[str]):
     points = ax.scatter(x[ok], y[ok], c=pgr[ok], cmap="RdYlGn", vmin=-lim, vmax=lim, s=70, edgecolors="black",
                         linewidths=0.5)
     fig.colorbar(points, ax=ax, label="PGR")
+    cells: dict[tuple[float, float], list[float]] = {}
+    for xi, yi, pi in zip(x[ok], y[ok], pgr[ok]):
+        cells.setdefault((float(xi), float(yi)), []).append(float(pi))
+    if len(cells) <= 40:  # mean PGR per grid cell (over seeds), where it stays legible
+        for (xi, yi), values in cells.items():
+            ax.annotate(f"{np.mean(values):.2f}", (xi, yi), textcoords="offset points", xytext=(0, 8),
+                        ha="center", fontsize=8)
     for name, setter, values in ((kx, ax.set_xscale, x), (ky, ax.set_yscale, y)):
         if name in log_keys and ok.any() and np.nanmin(values[ok]) > 0:
             setter("log")
