@@ -283,11 +283,23 @@ def w2s_map(frame, keys: list[str], log_keys: set[str]):
 
 def sweep_figures(frame, rows: list[TrialRow], metric: str, mode: str, keys: list[str],
                   log_keys: set[str]) -> dict[str, Any]:
-    """file name -> figure, for every plot this sweep has data for."""
-    figures = {
-        "metric_vs_params.png": metric_vs_params(frame, metric, mode, keys, log_keys),
-        "learning_curves.png": learning_curves(rows, metric, mode, keys),
-        "w2s_pgr.png": w2s_plot(frame, metric, mode, keys, log_keys),
-        "w2s_pgr_map.png": w2s_map(frame, keys, log_keys),
+    """file name -> figure, for every plot this sweep has data for. A plot that fails is left out
+    with a warning: a report must not lose a finished sweep's results over a figure."""
+    import logging
+
+    builders = {
+        "metric_vs_params.png": lambda: metric_vs_params(frame, metric, mode, keys, log_keys),
+        "learning_curves.png": lambda: learning_curves(rows, metric, mode, keys),
+        "w2s_pgr.png": lambda: w2s_plot(frame, metric, mode, keys, log_keys),
+        "w2s_pgr_map.png": lambda: w2s_map(frame, keys, log_keys),
     }
-    return {name: fig for name, fig in figures.items() if fig is not None}
+    figures = {}
+    for name, build in builders.items():
+        try:
+            fig = build()
+        except Exception as exc:  # noqa: BLE001
+            logging.getLogger("w2s").warning("plot %s skipped: %s: %s", name, type(exc).__name__, exc)
+            continue
+        if fig is not None:
+            figures[name] = fig
+    return figures

@@ -159,20 +159,14 @@ def summary_records(entries: list[MethodEntry], leading: dict[str, Any] | None =
     return records
 
 
-def format_summary(entries: list[MethodEntry], leading: list[tuple[str, Any]] | None = None) -> str:
-    """Text table; ``leading`` adds constant columns per entry (compare uses the sweep name)."""
+def format_summary(entries: list[MethodEntry]) -> str:
     if not entries:
         return "(no trial produced the metric)"
     group_cols = list(dict.fromkeys(c for e in entries for c in e.group))
     hyper = list(dict.fromkeys(k for e in entries for k in e.hyperparams))
     top1, metric = entries[0].top1_metric, entries[0].metric
-    lead_names = [name for name, _ in (leading or [])]
-    headers = [*lead_names, *group_cols, f"top-1 ({top1}) mean ± std", f"{metric} mean", "configs",
-               *hyper]
-    body = []
-    for i, e in enumerate(entries):
-        lead = [values[i] for _, values in (leading or [])]
-        body.append([*lead, *[e.group.get(c, "-") for c in group_cols],
-                     mean_std(e.top1_mean, e.top1_std, e.seeds), fmt(e.metric_mean), e.configs_tried,
-                     *[fmt(e.hyperparams.get(k, "-")) for k in hyper]])
+    headers = [*group_cols, f"top-1 ({top1}) mean ± std", f"{metric} mean", "configs", *hyper]
+    body = [[*[e.group.get(c, "-") for c in group_cols], mean_std(e.top1_mean, e.top1_std, e.seeds),
+             fmt(e.metric_mean), e.configs_tried, *[fmt(e.hyperparams.get(k, "-")) for k in hyper]]
+            for e in entries]
     return render_table(headers, body)

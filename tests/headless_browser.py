@@ -142,10 +142,10 @@ class Browser:
         raise TimeoutError(f"never true: {expression[:200]}")
 
     def click_text(self, text: str, selector: str = "span, div, a, button") -> None:
-        """Click the innermost element whose whole text is ``text``, once it is rendered."""
+        """Click the element that holds ``text`` as its own text, once it is rendered."""
         self.wait_for(f"""(() => {{
             const el = [...document.querySelectorAll({json.dumps(selector)})].find(e =>
-                e.textContent.trim() === {json.dumps(text)} && e.children.length === 0);
+                [...e.childNodes].some(n => n.nodeType === 3 && n.textContent.trim() === {json.dumps(text)}));
             if (!el) return false;
             el.click();
             return true;

@@ -72,7 +72,7 @@ def server_sweep(tmp_path_factory):
     finally:
         os.killpg(server.pid, signal.SIGTERM)  # the server and its uvicorn workers: our own group
         try:
-            server.wait(timeout=20)
+            server.wait(timeout=5)
         except subprocess.TimeoutExpired:
             os.killpg(server.pid, signal.SIGKILL)
             server.wait()
@@ -130,7 +130,7 @@ def test_mlflow_ui_shows_experiment_parent_and_child_runs(server_sweep):
     _, exp, parent, children = runs_of(url, "ui")
     child_names = [c.info.run_name for c in children]
     os.makedirs(ARTIFACTS, exist_ok=True)
-    with Browser(timeout_s=60) as browser:
+    with Browser(timeout_s=90) as browser:
         browser.send("Emulation.setDeviceMetricsOverride", width=1600, height=1000, deviceScaleFactor=1, mobile=False)
         browser.goto(f"{url}/#/experiments/{exp.experiment_id}/runs")
         # Child runs are folded under their parent: unfold it as a user would, once it is listed.
@@ -180,17 +180,21 @@ def test_best_config_reproduces_the_best_trial(server_sweep, rerun):
         json.dump({"best": best["value"], "rerun": again["value"], "diff": again["value"] - best["value"]}, f)
 
 
-def test_report_and_compare_rebuild_from_storage(server_sweep, rerun):
-    tmp, _, _, run = server_sweep
+def test_report_and_compare_rebuild_from_storage(server_sweep, rerun, capsys):
+    from orchestrator.cli import main
+
+    tmp, url, _, _ = server_sweep
+    where = ["--mlflow-uri", url, "--storage-path", str(tmp / "ray_results")]
     out = tmp / "ray_results" / "ui"
     for name in ("results.parquet", "results.csv"):
         (out / name).unlink()
-    report = run("report", "ui")
-    assert report.returncode == 0, report.stdout[-3000:] + report.stderr[-3000:]
+    assert main(["report", "ui", *where]) == 0
+    report = capsys.readouterr().out
     assert (out / "results.parquet").exists() and (out / "plots" / "learning_curves.png").exists()
-    assert "best trial" in report.stdout and "logged on MLflow parent run" in report.stdout
-    both = run("compare", "ui", "ui-best")
-    assert both.returncode == 0, both.stdout[-3000:] + both.stderr[-3000:]
-    lines = [line for line in both.stdout.splitlines() if line.startswith(("ui ", "ui-best "))]
-    assert len(lines) == 2, both.stdout
+    assert "from Tune results in" in report and "best trial" in report
+    assert "logged on MLflow parent run" in report
+    assert main(["compare", "ui", "ui-best", *where]) == 0
+    both = capsys.readouterr().out
+    lines = [line for line in both.splitlines() if line.startswith(("ui ", "ui-best "))]
+    assert len(lines) == 2, both
     assert (tmp / "ray_results" / "comparisons" / "ui__ui-best" / "comparison.csv").exists()
