@@ -31,4 +31,4 @@ dry-run-all: install
 	@for f in search_spaces/*.yaml; do $(PY) run_sweep.py $$f --dry-run > /dev/null && echo "ok  $$f" || exit 1; done
 
 clean:
-	rm -rf ray_results mlflow.db mlartifacts .pytest_cache
+	rm -rf ray_results mlflow.db mlartifacts .pytest_cache test-artifacts

@@ -23,21 +23,26 @@ def resolve_space_path(path: str) -> str:
     return in_repo if os.path.exists(in_repo) else path
 
 
+SUBCOMMANDS = ("report", "compare")
+EPILOG = """reports of stored sweeps (no training; rebuilt from --storage-path and MLflow):
+  run_sweep.py report NAME [--storage-path P] [--mlflow-uri U]
+      results table, plots, summary and best_config.yaml of sweep NAME, logged on its MLflow parent run
+  run_sweep.py compare NAME NAME [...] [--storage-path P] [--mlflow-uri U]
+      sweeps side by side: best configuration per method, top-1 mean ± std over seeds"""
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="run_sweep.py",
         description="Run a Ray Tune sweep of a distillation / weak-to-strong experiment, logged to MLflow.",
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("space", nargs="?", default=None,
                    help=f"search-space YAML file (default: {DEFAULT_SPACE})")
     p.add_argument("--address", default=None,
                    help="Ray cluster address ('auto' on a cluster node); default: start a local Ray")
     p.add_argument("--num-samples", type=int, default=None, help="override num_samples of the search space")
-    p.add_argument("--mlflow-uri", default=None,
-                   help="MLflow tracking URI (default: sqlite:///<cwd>/mlflow.db, made absolute)")
-    p.add_argument("--storage-path", default=None,
-                   help="where Tune/Train results, checkpoints and caches go: a path or s3://, gs:// URI "
-                        "(default: <cwd>/ray_results)")
+    _add_location_flags(p)
     p.add_argument("--name", default=None, help="sweep name (default: <space name>-<timestamp>)")
     p.add_argument("--resume", metavar="NAME", default=None,
                    help="resume the sweep NAME under --storage-path from its last state")
@@ -46,6 +51,55 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dry-run", action="store_true",
                    help="print the resolved spec and the trial resource plan, run nothing")
     return p
+
+
+def _add_location_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--mlflow-uri", default=None,
+                   help="MLflow tracking URI (default: sqlite:///<cwd>/mlflow.db, made absolute)")
+    p.add_argument("--storage-path", default=None,
+                   help="where Tune/Train results, checkpoints and caches go: a path or s3://, gs:// URI "
+                        "(default: <cwd>/ray_results)")
+
+
+def build_report_parser(command: str) -> argparse.ArgumentParser:
+    if command == "report":
+        p = argparse.ArgumentParser(prog="run_sweep.py report",
+                                    description="Rebuild the report of a stored sweep (finished, interrupted or "
+                                                "resumed): results table (Parquet, CSV, text), plots, seed-style "
+                                                "summary and best_config.yaml, written to <storage-path>/NAME/ and "
+                                                "logged on the sweep's MLflow parent run.")
+        p.add_argument("name", metavar="NAME", help="the sweep's name (its folder under --storage-path)")
+    else:
+        p = argparse.ArgumentParser(prog="run_sweep.py compare",
+                                    description="Compare stored sweeps side by side: the best configuration per "
+                                                "method in each, top-1 mean ± std over seeds when seeds were swept; "
+                                                "writes <storage-path>/comparisons/A__B/comparison.csv and .png.")
+        p.add_argument("names", metavar="NAME", nargs="+", help="two or more sweep names")
+    _add_location_flags(p)
+    return p
+
+
+def _storage(path: str | None) -> str:
+    storage = path or os.path.join(os.getcwd(), "ray_results")
+    return storage if "://" in storage else os.path.abspath(storage)
+
+
+def _run_report(command: str, argv: list[str]) -> int:
+    from orchestrator.tracking import normalise_tracking_uri
+
+    args = build_report_parser(command).parse_args(argv)
+    uri = normalise_tracking_uri(args.mlflow_uri)
+    if command == "report":
+        from orchestrator.reporting import report_sweep
+
+        report_sweep(args.name, _storage(args.storage_path), uri)
+        return 0
+    if len(args.names) < 2:
+        raise UserError("compare needs at least two sweep names")
+    from orchestrator.compare import compare_sweeps
+
+    compare_sweeps(args.names, _storage(args.storage_path), uri)
+    return 0
 
 
 def _quiet_logs() -> None:
@@ -58,11 +112,14 @@ def _quiet_logs() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    # `report` and `compare` are subcommands; anything else is a search-space path as before.
+    command = argv[0] if argv and argv[0] in SUBCOMMANDS else None
+    args = None if command else build_parser().parse_args(argv)
     _quiet_logs()
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
-        return _run(args)
+        return _run_report(command, argv[1:]) if command else _run(args)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code
@@ -105,9 +162,7 @@ def _run(args: argparse.Namespace) -> int:
 
     if args.num_samples is not None and args.num_samples < 1:
         raise UserError(f"--num-samples must be at least 1 (got {args.num_samples})")
-    storage = args.storage_path or os.path.join(os.getcwd(), "ray_results")
-    if "://" not in storage:
-        storage = os.path.abspath(storage)
+    storage = _storage(args.storage_path)
     opts = SweepOptions(address=args.address, mlflow_uri=normalise_tracking_uri(args.mlflow_uri),
                         storage_path=storage, name=args.resume or args.name, resume=bool(args.resume),
                         overrides=list(args.overrides), num_samples=args.num_samples)

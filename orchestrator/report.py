@@ -18,6 +18,10 @@ class TrialRow:
     status: str
     error: str | None = None
     probe: int | None = None  # the configuration's index inside a vectorised trial
+    duration_s: float | None = None
+    config: dict[str, Any] = field(default_factory=dict)
+    # One dict of numeric metrics per report (epoch), for learning curves.
+    history: list[dict[str, float]] = field(default_factory=list)
 
     @property
     def label(self) -> str:
@@ -57,6 +61,30 @@ def searched_keys(spec: SweepSpec) -> list[str]:
     return keys
 
 
+def trial_status(config: dict[str, Any], metrics: dict[str, Any], errored: bool, budget_key: str = "epochs") -> str:
+    """completed | stopped_early | diverged | error | not_run; everything that reads a status
+    treats it as an open set of labels."""
+    if errored:
+        return "error"
+    if metrics.get("diverged"):
+        return "diverged"  # trainables.runner.diverged_result: excluded from the best pick
+    if "epoch" not in metrics and "training_iteration" not in metrics:
+        return "not_run"
+    budget = config.get(budget_key)
+    if isinstance(budget, int) and metrics.get("epoch", budget) < budget:
+        return "stopped_early"
+    return "completed"
+
+
+def numeric_history(frame) -> list[dict[str, float]]:
+    """Per-report numeric metrics from a Tune ``metrics_dataframe`` (None when nothing was reported)."""
+    from orchestrator.tracking import numeric_metrics
+
+    if frame is None or len(frame) == 0:
+        return []
+    return [numeric_metrics(rec) for rec in frame.to_dict("records")]
+
+
 def rows_from_results(spec: SweepSpec, results) -> list[TrialRow]:
     from orchestrator.vectorized import expand_result, trainable_fields
 
@@ -67,21 +95,24 @@ def rows_from_results(spec: SweepSpec, results) -> list[TrialRow]:
         config = unpack_config(result.config or {})
         metrics = dict(result.metrics or {})
         error = str(result.error).splitlines()[0] if result.error else None
+        duration = metrics.get("time_total_s")
+        history = numeric_history(getattr(result, "metrics_dataframe", None))
         # A vectorised trial gives one row per configuration it trained; any other trial one row.
         for probe, cfg, m in expand_result(config, metrics, fields) or [(None, config, metrics)]:
-            budget = cfg.get("epochs")
-            if error is not None:
-                status = "error"
-            elif m.get("diverged"):
-                status = "diverged"  # trainables.runner.diverged_result: excluded from the best pick
+            status = trial_status(cfg, m, error is not None)
+            if status == "diverged":
                 m.pop(spec.metric, None)  # its -inf/+inf is a rank-last sentinel for the searcher, not a value
-            elif isinstance(budget, int) and m.get("epoch", budget) < budget:
-                status = "stopped_early"
-            else:
-                status = "completed"
-            rows.append(TrialRow(trial_id=m.get("trial_id", "?"), params={k: get_dotted(cfg, k) for k in keys},
-                                 metrics=m, status=status, error=error, probe=probe))
+            rows.append(TrialRow(trial_id=m.get("trial_id") or _trial_id_from_path(result),
+                                 params={k: get_dotted(cfg, k) for k in keys}, metrics=m, status=status, error=error,
+                                 probe=probe, duration_s=float(duration) if isinstance(duration, (int, float)) else None,
+                                 config=cfg, history=history if probe is None else []))
     return rows
+
+
+def _trial_id_from_path(result) -> str:
+    # A trial that never reported has no trial_id metric; its folder is trial_<id> (tuner._dirname).
+    base = str(getattr(result, "path", "") or "").rstrip("/").rsplit("/", 1)[-1]
+    return base.removeprefix("trial_") or "?"
 
 
 def pick_best(rows: list[TrialRow], metric: str, mode: str) -> TrialRow | None:
@@ -94,7 +125,7 @@ def pick_best(rows: list[TrialRow], metric: str, mode: str) -> TrialRow | None:
     return max(scored, key=lambda r: (sign * r.metrics[metric], r.metrics.get("epoch", 0)))
 
 
-def _fmt(value: Any) -> str:
+def fmt(value: Any) -> str:
     if isinstance(value, float):
         if value != 0 and (abs(value) < 1e-3 or abs(value) >= 1e4):
             return f"{value:.3g}"
@@ -103,14 +134,20 @@ def _fmt(value: Any) -> str:
 
 
 def format_table(rows: list[TrialRow], metric: str, extra_metrics: list[str], keys: list[str]) -> str:
-    headers = ["trial", *keys, metric, *[m for m in extra_metrics if m != metric], "epochs", "status"]
+    headers = ["trial", *keys, metric, *[m for m in extra_metrics if m != metric], "epochs", "time", "status"]
     body = []
     for r in rows:
-        body.append([r.label, *[_fmt(r.params.get(k)) for k in keys], _fmt(r.metrics.get(metric, "-")),
-                     *[_fmt(r.metrics.get(m, "-")) for m in extra_metrics if m != metric],
-                     _fmt(r.metrics.get("epoch", "-")), r.status])
+        body.append([r.label, *[fmt(r.params.get(k)) for k in keys], fmt(r.metrics.get(metric, "-")),
+                     *[fmt(r.metrics.get(m, "-")) for m in extra_metrics if m != metric],
+                     fmt(r.metrics.get("epoch", "-")),
+                     f"{r.duration_s:.0f}s" if r.duration_s is not None else "-", r.status])
+    return render_table(headers, body)
+
+
+def render_table(headers: list[str], body: list[list[Any]]) -> str:
+    """Left-aligned columns, a dashed rule under the headers."""
     widths = [max(len(str(x)) for x in col) for col in zip(headers, *body)]
-    line = lambda cells: "  ".join(str(c).ljust(w) for c, w in zip(cells, widths))  # noqa: E731
+    line = lambda cells: "  ".join(str(c).ljust(w) for c, w in zip(cells, widths)).rstrip()  # noqa: E731
     return "\n".join([line(headers), line(["-" * w for w in widths]), *[line(b) for b in body]])
 
 
@@ -130,3 +167,16 @@ def compare(metric: str, best_values: list[float], control_values: list[float], 
     comp.verdict = (f"the best config {direction} {label}: {metric} {comp.best_mean:.4f} ± {sd_b:.4f} vs "
                     f"{comp.control_mean:.4f} ± {sd_c:.4f} over {n_b} seeds ({diff:+.4f}, {noise})")
     return comp
+
+
+def reference_comparison(results, metric: str = "test_acc") -> Comparison:
+    """Best config vs its no-teacher control, from the reference runs' results (roles in the case)."""
+    from trainables.runner import CASE_KEY
+
+    values: dict[str, list[float]] = {"reproduce": [], "control": []}
+    for r in results:
+        case = (r.config or {}).get(CASE_KEY, {})
+        value = (r.metrics or {}).get(metric)
+        if r.error is None and isinstance(value, (int, float)) and case.get("role") in values:
+            values[case["role"]].append(float(value))
+    return compare(metric, values["reproduce"], values["control"], "its no-teacher control")

@@ -12,14 +12,17 @@ from typing import Any
 from orchestrator.cache import resolve_filesystem
 from orchestrator.feature_store import FeatureStore
 from orchestrator.errors import UserError
-from orchestrator import preflight, resume
+from orchestrator import preflight, reporting, resume
 from orchestrator.disk import disk_usage
 from orchestrator.local_ray import prepare_local_ray, publish_address
 from orchestrator.progress import ProgressPrinter
-from orchestrator.report import SweepReport, compare, format_table, pick_best, rows_from_results, searched_keys
+from orchestrator.report import (SweepReport, format_table, pick_best, reference_comparison, rows_from_results,
+                                 searched_keys)
+from orchestrator.results_table import status_counts
 from orchestrator.secrets import redact
 from orchestrator.resources import DRIVER_RESOURCE, ClusterResources, ResourcePlan, plan_resources
 from orchestrator.spec import SweepSpec, parse_spec, spec_to_yaml
+from orchestrator.storage import join, read_text, write_text
 from orchestrator.tracking import MLflowTrialCallback, Tracker, check_tracking_uri, flatten
 from orchestrator.vectorized import VectorizedMLflowCallback, plan_lines, row_config, trainable_fields
 from orchestrator.w2s_report import W2S_COLUMNS, pgr_summary
@@ -52,27 +55,6 @@ def say(msg: str = "") -> None:
 
 def is_uri(path: str) -> bool:
     return "://" in path
-
-
-def join(base: str, *parts: str) -> str:
-    return "/".join([base.rstrip("/"), *parts])
-
-
-def write_text(uri: str, text: str) -> None:
-    fs, path = resolve_filesystem(uri)
-    fs.create_dir(os.path.dirname(path), recursive=True)
-    with fs.open_output_stream(path) as f:
-        f.write(text.encode())
-
-
-def read_text(uri: str) -> str | None:
-    import pyarrow.fs as pafs
-
-    fs, path = resolve_filesystem(uri)
-    if fs.get_file_info(path).type == pafs.FileType.NotFound:
-        return None
-    with fs.open_input_stream(path) as f:
-        return f.read().decode()
 
 
 def check_storage(storage_path: str) -> None:
@@ -212,7 +194,7 @@ def run_sweep(spec: SweepSpec, spec_text: str, opts: SweepOptions) -> SweepRepor
 
         callbacks = [VectorizedMLflowCallback(opts.mlflow_uri, spec.experiment_name, parent_id, name,
                                               fields=trainable_fields(spec)),
-                     ProgressPrinter(spec.metric, spec.mode, spec.expected_trials()),
+                     ProgressPrinter(spec.metric, spec.mode, spec.expected_trials(), keys=searched_keys(spec)),
                      *resume.sweep_callbacks(opts.storage_path, name)]
         if restoring:
             say(f"  resuming from {out_dir}")
@@ -269,23 +251,12 @@ def run_reference(spec: SweepSpec, best_config: dict[str, Any], name: str, opts:
         ref_plan = plan_resources(spec, plan.cluster, strict=False)
         tuner = tuner_mod.build_tuner(spec, name=ref_name, storage_path=opts.storage_path, ctx=ctx, plan=ref_plan,
                                       callbacks=callbacks, space={CASE_KEY: tune.grid_search(cases)}, reference=True)
-    results = resume.fit_watched(tuner, spec, name)
-    metric = "test_acc"
-    values: dict[str, list[float]] = {"reproduce": [], "control": []}
-    for r in results:
-        case = (r.config or {}).get(CASE_KEY, {})
-        value = (r.metrics or {}).get(metric)
-        if r.error is None and isinstance(value, (int, float)):
-            values[case.get("role", "?")].append(float(value))
-    return compare(metric, values["reproduce"], values["control"], "its no-teacher control")
+    return reference_comparison(resume.fit_watched(tuner, spec, name))
 
 
 def finish_report(spec: SweepSpec, report: SweepReport, best_config: dict[str, Any] | None, name: str,
                   opts: SweepOptions, tracker: Tracker, parent_id: str, prepared: dict[str, Any],
                   elapsed: float) -> None:
-    import csv
-    import io
-
     keys = searched_keys(spec)
     extra = [m for m in ("test_acc", "teacher_test_acc", *W2S_COLUMNS) if any(m in r.metrics for r in report.rows)]
     table = format_table(report.rows, spec.metric, extra, keys)
@@ -293,20 +264,11 @@ def finish_report(spec: SweepSpec, report: SweepReport, best_config: dict[str, A
     say(table)
     say("")
     out_dir = sweep_dir(opts, name)
+    published = reporting.publish(spec, report.rows, report.best, best_config, name, out_dir, tracker, parent_id,
+                                  table)
 
-    buf = io.StringIO()
-    metric_keys = sorted({k for r in report.rows for k, v in r.metrics.items() if isinstance(v, (int, float))
-                          and k not in ("pid", "timestamp")})
-    writer = csv.writer(buf)
-    writer.writerow(["trial_id", "status", *keys, *metric_keys, "error"])
-    for r in report.rows:
-        writer.writerow([r.label, r.status, *[r.params.get(k) for k in keys],
-                         *[r.metrics.get(k) for k in metric_keys], r.error or ""])
-    write_text(join(out_dir, "results.csv"), buf.getvalue())
-    tracker.client.log_text(parent_id, buf.getvalue(), "results/results.csv")
-    tracker.client.log_text(parent_id, table, "results/results_table.txt")
-
-    counts = {s: sum(r.status == s for r in report.rows) for s in ("completed", "stopped_early", "diverged", "error")}
+    counts = {"completed": 0, "stopped_early": 0, "diverged": 0, "error": 0,
+              **status_counts(r.status for r in report.rows)}
     summary: dict[str, float] = {"trials": float(len(report.rows)), "sweep_time_s": elapsed,
                                  **{f"trials_{k}": float(v) for k, v in counts.items()}}
     if report.best is None:
@@ -341,6 +303,7 @@ def finish_report(spec: SweepSpec, report: SweepReport, best_config: dict[str, A
     usage = disk_usage([out_dir, f"{out_dir}-reference"], join(opts.storage_path, "cache"))
     summary.update(usage.metrics())
     tracker.log_metrics(parent_id, {k: v for k, v in summary.items() if v == v})
+    reporting.print_outcome(say, spec, None, published, None)
     say("")
     say(usage.line())
     say(f"results: {out_dir}  ({len(report.rows)} trials, {elapsed:.0f}s)")

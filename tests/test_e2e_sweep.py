@@ -82,6 +82,18 @@ def test_best_config_is_the_best_trial(quickstart):
     assert "reference: the best config" in proc.stdout and "its no-teacher control" in proc.stdout
 
 
+def test_parent_run_holds_the_report(quickstart):
+    tmp, proc, _ = quickstart
+    client, runs = mlflow_runs(tmp, "qs")
+    parent = next(r for r in runs if r.data.tags["w2s.role"] == "parent")
+    listed = {a.path for folder in ("", "results", "plots") for a in client.list_artifacts(parent.info.run_id, folder)}
+    assert {"best_config.json", "best_config.yaml", "results/results.parquet", "results/results.csv",
+            "results/results_table.txt", "plots/metric_vs_params.png", "plots/learning_curves.png"} <= listed
+    for name in ("results.parquet", "results.csv", "best_config.yaml", "plots/metric_vs_params.png"):
+        assert (tmp / "ray_results" / "qs" / name).stat().st_size > 0
+    assert "  finished 4 trials (" in proc.stdout
+
+
 def test_second_sweep_reuses_the_cached_teacher(quickstart):
     tmp, first, run = quickstart
     assert "teacher_cache_hit=False" in first.stdout
