@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from orchestrator.cache import ArtifactCache, resolve_filesystem
+from orchestrator.cluster import check_cluster_locations, origin_note, worker_runtime_env
 from orchestrator.errors import UserError
 from orchestrator.progress import ProgressPrinter
 from orchestrator.report import SweepReport, compare, format_table, pick_best, rows_from_results, searched_keys
@@ -35,6 +36,7 @@ class SweepOptions:
     overrides: list[str] = field(default_factory=list)
     num_samples: int | None = None
     quiet: bool = False
+    origins: dict[str, str] = field(default_factory=dict)  # where mlflow_uri / storage_path came from
 
 
 def say(msg: str = "") -> None:
@@ -100,8 +102,8 @@ def start_ray(address: str | None) -> ClusterResources:
         return ClusterResources.from_ray(address or "local") if address else ClusterResources.local()
     try:
         if address:
-            ray.init(address=address, runtime_env={"env_vars": env}, logging_level=logging.WARNING,
-                     logging_config=quiet, log_to_driver=True)
+            ray.init(address=address, runtime_env=worker_runtime_env(env, address, REPO_ROOT),
+                     logging_level=logging.WARNING, logging_config=quiet, log_to_driver=True)
             return ClusterResources.from_ray(address)
         local = ClusterResources.local()
         ray.init(num_cpus=int(local.cpus), num_gpus=int(local.gpus), runtime_env={"env_vars": env},
@@ -169,6 +171,8 @@ def run_sweep(spec: SweepSpec, spec_text: str, opts: SweepOptions) -> SweepRepor
         raise UserError(f"MLflow at {opts.mlflow_uri} refused the experiment {spec.experiment_name!r}: {exc}") from None
 
     cluster = start_ray(opts.address)
+    if opts.address:
+        check_cluster_locations(opts.mlflow_uri, opts.storage_path)
     plan = plan_resources(spec, cluster, strict=not opts.address)
     say(f"sweep {name}: {spec.expected_trials()} trials of {spec.trainable!r}, metric {spec.metric} ({spec.mode})")
     for line in plan.lines():
@@ -352,6 +356,6 @@ def dry_run(spec: SweepSpec, opts: SweepOptions) -> str:
         lines += plan.lines()
     else:
         lines.append(f"cluster at {opts.address}: resources are checked when the sweep connects")
-    lines.append(f"mlflow: {opts.mlflow_uri}")
-    lines.append(f"storage: {opts.storage_path}")
+    lines.append(f"mlflow: {opts.mlflow_uri}{origin_note(opts.origins, 'mlflow')}")
+    lines.append(f"storage: {opts.storage_path}{origin_note(opts.origins, 'storage')}")
     return "\n".join(lines)
