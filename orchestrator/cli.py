@@ -57,6 +57,9 @@ def _quiet_logs() -> None:
         logging.getLogger(name).setLevel(logging.WARNING)
     os.environ.setdefault("RAY_TRAIN_ENABLE_V2_MIGRATION_WARNINGS", "0")
     os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")
+    # With an http tracking server MLflow prints a "View run" link for every finished run; the
+    # sweep prints its own summary and the UI address.
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
 
 
 def main(argv: list[str] | None = None) -> int:

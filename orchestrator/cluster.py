@@ -128,6 +128,16 @@ def worker_runtime_env(env_vars: dict[str, str], address: str | None, repo_root:
             "py_modules": code_packages(repo_root)}
 
 
+def connection_error_message(address: str, exc: Exception) -> str:
+    """Ray reports a refused token and an absent cluster alike; say what to check for both."""
+    message = (f"--address {address}: no Ray cluster answers there, or it refused this client ({exc}). "
+               "Start one with `ray start --head` or `ray up cluster.yaml`, or omit --address for a local Ray")
+    if os.environ.get("RAY_AUTH_MODE", "").lower() != "token":
+        message += (". A cluster with token authentication (cluster.yaml's) needs RAY_AUTH_MODE=token here, and "
+                    "its token in RAY_AUTH_TOKEN or ~/.ray/auth_token")
+    return message
+
+
 # -- shared locations -----------------------------------------------------------------------------
 def filesystem_type(path: str, mounts: str | None = None) -> str:
     """Type of the filesystem holding ``path`` (longest mount-point prefix in /proc/mounts)."""

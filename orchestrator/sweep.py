@@ -10,7 +10,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from orchestrator.cache import ArtifactCache, resolve_filesystem
-from orchestrator.cluster import check_cluster_locations, origin_note, worker_runtime_env
+from orchestrator.cluster import (check_cluster_locations, connection_error_message, origin_note,
+                                  worker_runtime_env)
 from orchestrator.errors import UserError
 from orchestrator.progress import ProgressPrinter
 from orchestrator.report import SweepReport, compare, format_table, pick_best, rows_from_results, searched_keys
@@ -111,8 +112,7 @@ def start_ray(address: str | None) -> ClusterResources:
                  logging_level=logging.WARNING, logging_config=quiet, log_to_driver=True)
         return local
     except ConnectionError as exc:
-        raise UserError(f"--address {address}: no Ray cluster answers there ({exc}). Start one with "
-                        "`ray start --head` or `ray up cluster.yaml`, or omit --address for a local Ray") from None
+        raise UserError(connection_error_message(address, exc)) from None
 
 
 def run_prepare(spec: SweepSpec, ctx: TrialContext) -> dict[str, Any]:
