@@ -40,7 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("space", nargs="?", default=None,
                    help=f"search-space YAML file (default: {DEFAULT_SPACE})")
     p.add_argument("--address", default=None,
-                   help="Ray cluster address ('auto' on a cluster node); default: start a local Ray")
+                   help="Ray cluster address ('auto' on a cluster node; default $RAY_ADDRESS if set, as in "
+                        "`ray job submit`); otherwise start a local Ray")
     p.add_argument("--num-samples", type=int, default=None, help="override num_samples of the search space")
     _add_location_flags(p)
     p.add_argument("--name", default=None, help="sweep name (default: <space name>-<timestamp>)")
@@ -55,10 +56,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _add_location_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--mlflow-uri", default=None,
-                   help="MLflow tracking URI (default: sqlite:///<cwd>/mlflow.db, made absolute)")
+                   help="MLflow tracking URI (default: with --address the cluster's server, from $W2S_MLFLOW_URI "
+                        "or ~/.w2s/cluster.env; otherwise sqlite:///<cwd>/mlflow.db, made absolute)")
     p.add_argument("--storage-path", default=None,
                    help="where Tune/Train results, checkpoints and caches go: a path or s3://, gs:// URI "
-                        "(default: <cwd>/ray_results)")
+                        "(default: with --address the cluster's bucket, from $W2S_STORAGE_PATH or "
+                        "~/.w2s/cluster.env; otherwise <cwd>/ray_results)")
 
 
 def build_report_parser(command: str) -> argparse.ArgumentParser:
@@ -109,6 +112,9 @@ def _quiet_logs() -> None:
         logging.getLogger(name).setLevel(logging.WARNING)
     os.environ.setdefault("RAY_TRAIN_ENABLE_V2_MIGRATION_WARNINGS", "0")
     os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")
+    # With an http tracking server MLflow prints a "View run" link for every finished run; the
+    # sweep prints its own summary and the UI address.
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -156,16 +162,18 @@ def unexpected_error(exc: BaseException) -> str:
 
 
 def _run(args: argparse.Namespace) -> int:
+    from orchestrator.cluster import resolve_locations
     from orchestrator.spec import load_spec
     from orchestrator.sweep import SweepOptions, dry_run, load_resume_spec, run_sweep
-    from orchestrator.tracking import normalise_tracking_uri
 
     if args.num_samples is not None and args.num_samples < 1:
         raise UserError(f"--num-samples must be at least 1 (got {args.num_samples})")
-    storage = _storage(args.storage_path)
-    opts = SweepOptions(address=args.address, mlflow_uri=normalise_tracking_uri(args.mlflow_uri),
-                        storage_path=storage, name=args.resume or args.name, resume=bool(args.resume),
-                        overrides=list(args.overrides), num_samples=args.num_samples)
+    # Inside `ray job submit` Ray sets RAY_ADDRESS: the job runs on that cluster.
+    address = args.address or os.environ.get("RAY_ADDRESS") or None
+    where = resolve_locations(args.mlflow_uri, args.storage_path, address)
+    opts = SweepOptions(address=address, mlflow_uri=where.mlflow_uri, storage_path=where.storage_path,
+                        name=args.resume or args.name, resume=bool(args.resume),
+                        overrides=list(args.overrides), num_samples=args.num_samples, origins=where.origins)
     if args.resume:
         if args.space:
             raise UserError("--resume NAME reads the search space saved with the sweep; do not also pass a file")
@@ -181,9 +189,9 @@ def _run(args: argparse.Namespace) -> int:
     if args.name and not args.resume:
         from orchestrator.resume import action_for_name
 
-        action = action_for_name(storage, args.name, spec)
+        action = action_for_name(opts.storage_path, args.name, spec)
         if action == "finished":
-            print(f"sweep {args.name} already finished: its results are in {storage}/{args.name}. Nothing to do; use "
+            print(f"sweep {args.name} already finished: its results are in {opts.storage_path}/{args.name}. Nothing to do; use "
                   f"another --name to run it again, or --resume {args.name} to rebuild its report")
             return 0
         if action == "resume":

@@ -11,6 +11,8 @@ from typing import Any
 
 from orchestrator.cache import resolve_filesystem
 from orchestrator.feature_store import FeatureStore
+from orchestrator.cluster import (check_cluster_locations, connection_error_message, origin_note,
+                                  worker_runtime_env)
 from orchestrator.errors import UserError
 from orchestrator import preflight, reporting, resume
 from orchestrator.disk import disk_usage
@@ -47,6 +49,7 @@ class SweepOptions:
     overrides: list[str] = field(default_factory=list)
     num_samples: int | None = None
     quiet: bool = False
+    origins: dict[str, str] = field(default_factory=dict)  # where mlflow_uri / storage_path came from
 
 
 def say(msg: str = "") -> None:
@@ -93,8 +96,8 @@ def start_ray(address: str | None) -> ClusterResources:
         return ClusterResources.from_ray(address or "local") if address else ClusterResources.local()
     try:
         if address:
-            ray.init(address=address, runtime_env={"env_vars": env}, logging_level=logging.WARNING,
-                     logging_config=quiet, log_to_driver=True)
+            ray.init(address=address, runtime_env=worker_runtime_env(env, address, REPO_ROOT),
+                     logging_level=logging.WARNING, logging_config=quiet, log_to_driver=True)
             return ClusterResources.from_ray(address)
         local = ClusterResources.local()
         own_tmp = prepare_local_ray()
@@ -104,8 +107,7 @@ def start_ray(address: str | None) -> ClusterResources:
         publish_address(own_tmp)
         return local
     except ConnectionError as exc:
-        raise UserError(f"--address {address}: no Ray cluster answers there ({exc}). Start one with "
-                        "`ray start --head` or `ray up cluster.yaml`, or omit --address for a local Ray") from None
+        raise UserError(connection_error_message(address, exc)) from None
 
 
 def run_prepare(spec: SweepSpec, ctx: TrialContext) -> dict[str, Any]:
@@ -165,6 +167,8 @@ def run_sweep(spec: SweepSpec, spec_text: str, opts: SweepOptions) -> SweepRepor
         raise UserError(f"MLflow at {opts.mlflow_uri} refused the experiment {spec.experiment_name!r}: {exc}") from None
 
     cluster = start_ray(opts.address)
+    if opts.address:
+        check_cluster_locations(opts.mlflow_uri, opts.storage_path)
     plan = plan_resources(spec, cluster, strict=not opts.address)
     say(f"sweep {name}: {spec.expected_trials()} trials of {spec.trainable!r}, metric {spec.metric} ({spec.mode})")
     for line in plan.lines():
@@ -351,6 +355,6 @@ def dry_run(spec: SweepSpec, opts: SweepOptions) -> str:
         lines += plan.lines()
     else:
         lines.append(f"cluster at {opts.address}: resources are checked when the sweep connects")
-    lines.append(f"mlflow: {opts.mlflow_uri}")
-    lines.append(f"storage: {opts.storage_path}")
+    lines.append(f"mlflow: {opts.mlflow_uri}{origin_note(opts.origins, 'mlflow')}")
+    lines.append(f"storage: {opts.storage_path}{origin_note(opts.origins, 'storage')}")
     return "\n".join(lines)
