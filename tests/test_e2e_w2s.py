@@ -77,10 +77,11 @@ def test_the_parent_holds_the_w2s_table_and_summary(sweeps):
     assert {"weak_acc", "w2s_acc", "strong_acc", "pgr"} <= set(header)
     assert sum("/p" in line for line in table.splitlines()) == CONFIGS
     rows = list(csv.DictReader(io.StringIO(open(client.download_artifacts(run_id, "results/results.csv")).read())))
-    assert len(rows) == CONFIGS and all(r["pgr"] != "" and r["weak_acc"] != "" for r in rows)
+    # PGR is undefined (empty in the CSV) where the strong ceiling does not beat the weak teacher.
+    assert len(rows) == CONFIGS and all("pgr" in r and r["weak_acc"] != "" and r["w2s_acc"] != "" for r in rows)
     summary = parent[0].data.metrics
     assert summary["w2s_configurations"] == CONFIGS
-    valid = [float(r["pgr"]) for r in rows if not math.isnan(float(r["pgr"]))]
+    valid = [float(r["pgr"]) for r in rows if r["pgr"] not in ("", "nan") and not math.isnan(float(r["pgr"]))]
     if valid:
         assert summary["w2s_median_pgr"] == pytest.approx(sorted(valid)[len(valid) // 2] if len(valid) % 2 else
                                                           sum(sorted(valid)[len(valid) // 2 - 1:len(valid) // 2 + 1]) / 2)

@@ -242,7 +242,7 @@ def test_a_client_without_the_token_is_refused(cluster):
     env["HOME"] = os.path.join(cluster.tmp, "no-token-home")  # no ~/.ray/auth_token to fall back on
     env["RAY_NUM_REDIS_GET_RETRIES"] = "3"  # Ray retries a refused connection about 20 times, 1 s apart
     proc = subprocess.run([sys.executable, os.path.join(REPO, "run_sweep.py"), "--address", cluster.address,
-                           *SWEEP[:2], "--set", "num_samples=1"],
+                           "--name", "mn-no-token", "--set", "num_samples=1"],
                           cwd=cluster.tmp, env=env, capture_output=True, text=True, timeout=180)
     assert proc.returncode == 2, proc.stdout[-2000:] + proc.stderr[-2000:]
     assert "InvalidAuthToken" in proc.stderr  # Ray's own log line: the GCS turned the client away
