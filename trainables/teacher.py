@@ -25,7 +25,7 @@ from typing import Any, Literal
 import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from trainables.classifier_loop import OptimConfig, train_classifier
+from trainables.classifier_loop import OptimConfig, predict_features, train_classifier
 from trainables.data import DatasetSplits, load_dataset
 from trainables.engine import evaluate, predict_logits, seed_everything, unwrap
 from trainables.losses import create_loss
@@ -131,15 +131,6 @@ class _HeadProbe(Classifier):
 
     def forward_features(self, x):
         return x
-
-
-@torch.no_grad()
-def predict_features(model: torch.nn.Module, x, batch_size: int = 256) -> torch.Tensor:
-    model.eval()
-    device = next(unwrap(model).parameters()).device
-    outs = [unwrap(model)(x[s:s + batch_size].to(device), return_features=True)[1].float()
-            for s in range(0, len(x), batch_size)]
-    return torch.cat(outs)
 
 
 def linear_probe(model: Classifier, data: DatasetSplits, t: TeacherRecipe, session) -> dict[str, Any]:
