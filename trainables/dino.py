@@ -102,7 +102,7 @@ class DinoParams(TrialParams):
     teacher_eval: bool = Field(False, description="run the teacher in eval mode on training batches")
     teacher_init_seed: int = Field(0, ge=0)
     student_init: Literal["teacher", "random"] = "teacher"
-    student_init_seed: int | None = Field(None, ge=0, description="random student init; None = seed")
+    student_init_seed: int | None = Field(None, ge=0, description="random student init; None = continue the teacher's stream")
     supervised: bool = Field(False, description="replace the teacher by (noisy) one-hot labels")
     label_noise: float = Field(0.0, ge=0.0, le=1.0)
     logit_noise: float = Field(0.0, ge=0.0)
@@ -204,20 +204,24 @@ class DINOModel(nn.Module):
         return self.head(self.encoder(x))
 
 
-def build_dino_model(p: DinoParams, data: DatasetSplits, init_seed: int) -> DINOModel:
-    torch.manual_seed(init_seed)
+def build_dino_model(p: DinoParams, data: DatasetSplits, init_seed: int | None) -> DINOModel:
+    """``init_seed`` None: continue the global generator's stream where it is."""
+    if init_seed is not None:
+        torch.manual_seed(init_seed)
     encoder = create_model(p.encoder, num_classes=data.num_classes, input_shape=data.input_shape, **p.encoder_kwargs)
     encoder.adapt_input(data.mean, data.std)
     return DINOModel(encoder, DINOHead(encoder.num_features, p.head))
 
 
 def init_student_teacher(p: DinoParams, data: DatasetSplits) -> tuple[DINOModel, DINOModel]:
-    """The teacher from ``teacher_init_seed``; the student a copy of it, or its own random init."""
+    """The teacher from ``teacher_init_seed``; the student a copy of it, or its own random init:
+    from ``student_init_seed``, or (None) the next draws of the teacher's stream, as dinopl does,
+    so it never repeats the teacher's init by accident of equal seeds."""
     teacher = build_dino_model(p, data, p.teacher_init_seed)
     if p.student_init == "teacher":
         student = copy.deepcopy(teacher)
     else:
-        student = build_dino_model(p, data, p.seed if p.student_init_seed is None else p.student_init_seed)
+        student = build_dino_model(p, data, p.student_init_seed)
     teacher.requires_grad_(False)
     return student, teacher
 
