@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from trainables.data import load_dataset
-from trainables.dino import (DinoParams, NormalizedLinear, copy_student, ema_momentum, ema_update,
-                             init_student_teacher, knn_accuracy, random_resized_crops, train_dino)
+from trainables.dino import (DinoParams, NormalizedLinear, copy_student, ema_momentum, ema_update, forward_crops,
+                             init_student_teacher, knn_accuracy, multicrop, random_resized_crops, train_dino)
 from trainables.losses import create_loss
 from trainables.session import LocalSession
 
@@ -200,3 +200,16 @@ def test_supervised_mode_trains_against_labels(digits, one_torch_thread):
     _, session = run(digits, supervised=True, label_noise=0.2, logit_noise=0.1, label_logit=5.0, epochs=1)
     h = session.history[-1]
     assert math.isfinite(h["train_loss"]) and 0.0 <= h["knn_acc"] <= 1.0
+
+
+def test_crops_of_two_sizes_go_through_one_call(digits):
+    p = DinoParams.model_validate({**TINY, "encoder": "cnn_small",
+                                   "crops": {"global_crops": 2, "local_crops": 3, "local_size": 4}})
+    student, _ = init_student_teacher(p, digits)
+    student.eval()
+    globals_, locals_ = multicrop(digits.train_x[:5], p.crops)
+    assert [c.shape[-1] for c in globals_ + locals_] == [8, 8, 4, 4, 4]
+    outs = forward_crops(student, globals_ + locals_)
+    assert len(outs) == 5 and all(o.shape == (5, 64) for o in outs)
+    for crop, out in zip(globals_ + locals_, outs):
+        torch.testing.assert_close(out, student(crop), rtol=1e-4, atol=1e-5)

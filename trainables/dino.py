@@ -200,8 +200,19 @@ class DINOModel(nn.Module):
         self.encoder = encoder
         self.head = head
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.encoder(x))
+    def forward(self, x: torch.Tensor | list[torch.Tensor]) -> torch.Tensor:
+        """One image batch, or a list of crops of one batch: each run of same-size crops goes
+        through the encoder as one batch, the head runs once, and the outputs come back stacked
+        crop after crop. One call per step, so DDP sees a single forward before its backward."""
+        if isinstance(x, torch.Tensor):
+            return self.head(self.encoder(x))
+        groups: list[list[torch.Tensor]] = []
+        for crop in x:
+            if groups and groups[-1][0].shape[-2:] == crop.shape[-2:]:
+                groups[-1].append(crop)
+            else:
+                groups.append([crop])
+        return self.head(torch.cat([self.encoder(torch.cat(g)) for g in groups]))
 
 
 def build_dino_model(p: DinoParams, data: DatasetSplits, init_seed: int | None) -> DINOModel:
@@ -261,10 +272,8 @@ def multicrop(x: torch.Tensor, cfg: CropConfig) -> tuple[list[torch.Tensor], lis
 
 
 def forward_crops(model: nn.Module, crops: list[torch.Tensor]) -> list[torch.Tensor]:
-    """Head outputs per crop; crops of one size go through the model as one batch."""
-    if not crops:
-        return []
-    return list(model(torch.cat(crops)).chunk(len(crops)))
+    """Head outputs per crop, from one model call."""
+    return list(model(crops).chunk(len(crops)))
 
 
 # -------------------------------------------------------------------------------------------- probes
@@ -401,7 +410,7 @@ def train_dino(p: DinoParams, data: DatasetSplits, session: Session, checkpoint_
             else:
                 with torch.no_grad():
                     t_out = forward_crops(teacher, globals_)
-            s_out = forward_crops(student, globals_) + forward_crops(student, locals_)
+            s_out = forward_crops(student, globals_ + locals_)
             out = loss_fn(s_out, t_out, epoch=epoch)
             optimizer.zero_grad(set_to_none=True)
             out["loss"].backward()
