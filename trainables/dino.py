@@ -27,14 +27,14 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from torch import nn
 
 from trainables.classifier_loop import predict_features
-from trainables.data import DatasetName, DatasetSplits, DatasetUnavailable, check_dataset, dataset_issues, \
-    load_dataset, prepare_dataset
+from trainables.data import DatasetSplits, dataset_issues, load_dataset
+from trainables.dataset_params import DatasetParams, prepare_fixed_dataset
 from trainables.engine import build_optimizer, build_scheduler, epoch_batches, seed_everything, steps_per_epoch, \
     unwrap
 from trainables.linear_probe import ProbeSpec, train_probes
 from trainables.losses import check_loss_params, create_loss
 from trainables.models import ModelName, create_model
-from trainables.registry import TrainableDef, TrialContext, TrialParams, register_trainable
+from trainables.registry import TrainableDef, TrialContext, register_trainable
 from trainables.session import Session, check_finite
 
 
@@ -85,11 +85,7 @@ class CropConfig(_Strict):
         return v
 
 
-class DinoParams(TrialParams):
-    dataset: DatasetName = "digits"
-    dataset_kwargs: dict[str, Any] = Field(default_factory=dict,
-                                           description="the dataset's parameters (data_root, download, …)")
-    split_seed: int = Field(0, ge=0)
+class DinoParams(DatasetParams):
     encoder: ModelName = "cnn"
     encoder_kwargs: dict[str, Any] = Field(default_factory=dict)
     head: HeadConfig = Field(default_factory=HeadConfig)
@@ -124,16 +120,6 @@ class DinoParams(TrialParams):
     probe_lr: float = Field(1e-3, gt=0)
     probe_weight_decay: float = Field(0.0, ge=0)
     probe_batch_size: int = Field(256, ge=1)
-
-    @field_validator("dataset_kwargs")
-    @classmethod
-    def _dataset_kwargs_fit(cls, v: dict[str, Any], info) -> dict[str, Any]:
-        if "dataset" in info.data:
-            try:
-                check_dataset(info.data["dataset"], **v)
-            except DatasetUnavailable as exc:
-                raise ValueError(str(exc)) from None
-        return v
 
     @model_validator(mode="after")
     def _consistent(self):
@@ -453,10 +439,7 @@ def run_dino(p: DinoParams, session: Session, ctx: TrialContext) -> dict[str, An
 
 
 def prepare_dino(fixed: dict[str, Any], searched: set[str], ctx: TrialContext) -> dict[str, Any] | None:
-    """Download the data once, in the driver, rather than in every trial."""
-    if "dataset" not in searched and not any(k.startswith("dataset_kwargs") for k in searched):
-        data = DinoParams.model_validate({k: v for k, v in fixed.items() if k in ("dataset", "dataset_kwargs")})
-        prepare_dataset(data.dataset, **data.dataset_kwargs)
+    prepare_fixed_dataset(DinoParams, fixed, searched)
     return None
 
 
