@@ -213,3 +213,32 @@ def test_crops_of_two_sizes_go_through_one_call(digits):
     assert len(outs) == 5 and all(o.shape == (5, 64) for o in outs)
     for crop, out in zip(globals_ + locals_, outs):
         torch.testing.assert_close(out, student(crop), rtol=1e-4, atol=1e-5)
+
+
+class StopAfter(LocalSession):
+    """Saves checkpoints to disk and dies after ``epochs`` reports, as a preempted trial would."""
+
+    def __init__(self, directory, epochs):
+        super().__init__(torch.device("cpu"), checkpoint_dir=directory)
+        self.stop_after = epochs
+
+    def report(self, metrics, checkpoint=None):
+        super().report(metrics, checkpoint)
+        if len(self.history) == self.stop_after:
+            raise KeyboardInterrupt
+
+
+def test_resume_from_a_checkpoint_ends_where_an_uninterrupted_run_does(digits, tmp_path, one_torch_thread):
+    p = DinoParams.model_validate({**TINY, "epochs": 3, "teacher_mode": "ema"})
+    whole = RecordingSession()
+    train_dino(p, digits, whole, checkpoint_every=1)
+    with pytest.raises(KeyboardInterrupt):
+        train_dino(p, digits, StopAfter(str(tmp_path), 2), checkpoint_every=1)
+    resumed = RecordingSession()
+    resumed.checkpoint_dir = str(tmp_path)
+    train_dino(p, digits, resumed, checkpoint_every=1)
+    assert [h["epoch"] for h in resumed.history] == [3]
+    final, expected = resumed.states[-1], whole.states[-1]
+    for part in ("student", "teacher", "loss_fn"):
+        for key, value in expected[part].items():
+            torch.testing.assert_close(final[part][key], value, rtol=1e-5, atol=1e-6)
