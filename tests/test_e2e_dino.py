@@ -59,6 +59,7 @@ def test_best_config_is_the_best_knn_trial(sweep):
     best = json.loads((tmp / "ray_results" / "rt" / "best_config.json").read_text())
     client = mlflow.tracking.MlflowClient(tracking_uri=f"sqlite:///{tmp}/mlflow.db")
     exp = client.get_experiment_by_name("random_teacher_digits")
-    runs = client.search_runs([exp.experiment_id], filter_string="tags.`w2s.role` = 'trial' and tags.`w2s.sweep` = 'rt'")
+    runs = client.search_runs([exp.experiment_id],
+                              filter_string="tags.`w2s.role` = 'trial' and tags.`w2s.sweep` = 'rt'")
     assert math.isclose(best["value"], max(r.data.metrics["knn_acc"] for r in runs), rel_tol=1e-9)
     assert best["config"]["teacher_mode"] == "no_update"

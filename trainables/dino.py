@@ -98,7 +98,8 @@ class DinoParams(DatasetParams):
     teacher_eval: bool = Field(False, description="run the teacher in eval mode on training batches")
     teacher_init_seed: int = Field(0, ge=0)
     student_init: Literal["teacher", "random"] = "teacher"
-    student_init_seed: int | None = Field(None, ge=0, description="random student init; None = continue the teacher's stream")
+    student_init_seed: int | None = Field(None, ge=0,
+                                          description="random student init; None = continue the teacher's stream")
     supervised: bool = Field(False, description="replace the teacher by (noisy) one-hot labels")
     label_noise: float = Field(0.0, ge=0.0, le=1.0)
     logit_noise: float = Field(0.0, ge=0.0)
@@ -283,8 +284,9 @@ def knn_accuracy(train_x: torch.Tensor, train_y: torch.Tensor, query_x: torch.Te
     return float(correct) / max(len(query), 1)
 
 
-def linear_probe_accuracy(train_x: torch.Tensor, train_y: torch.Tensor, evals: dict[str, tuple[torch.Tensor, torch.Tensor]],
-                          *, num_classes: int, p: DinoParams) -> dict[str, float]:
+def linear_probe_accuracy(train_x: torch.Tensor, train_y: torch.Tensor,
+                          evals: dict[str, tuple[torch.Tensor, torch.Tensor]], *, num_classes: int,
+                          p: DinoParams) -> dict[str, float]:
     """A softmax-regression probe on standardised features (the vectorised probe code, one probe)."""
     mean, std = train_x.mean(0, keepdim=True), train_x.std(0, keepdim=True).clamp_min(1e-6)
     views = []
