@@ -242,3 +242,18 @@ def test_resume_from_a_checkpoint_ends_where_an_uninterrupted_run_does(digits, t
     for part in ("student", "teacher", "loss_fn"):
         for key, value in expected[part].items():
             torch.testing.assert_close(final[part][key], value, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("encoder,kwargs", [("cnn_small", {}), ("resnet8", {}), ("vgg8", {}),
+                                            ("vit_tiny", {"patch_size": 4, "depth": 2})])
+def test_registry_encoders_feed_the_head_with_every_parameter_used(encoder, kwargs):
+    p = DinoParams.model_validate({**TINY, "encoder": encoder, "encoder_kwargs": kwargs})
+
+    class Shape:  # a 3x32x32 dataset's description
+        num_classes, input_shape, mean, std = 10, (3, 32, 32), (0.5,) * 3, (0.25,) * 3
+
+    student, _ = init_student_teacher(p, Shape)
+    x = torch.randn(2, 3, 32, 32)
+    assert student.encoder(x).shape == (2, student.encoder.num_features)  # features, not class logits
+    forward_crops(student, [x, x])[0].sum().backward()
+    assert [n for n, q in student.named_parameters() if q.grad is None] == []  # what DDP needs

@@ -178,12 +178,22 @@ class DINOHead(nn.Module):
         return self.last_layer(x)
 
 
+def remove_class_head(encoder: nn.Module) -> None:
+    """Make ``encoder(x)`` return its penultimate features: timm models through their own
+    ``reset_classifier(0)`` (their wrapper's ``head`` is a view of it), others by an identity head."""
+    inner = getattr(encoder, "model", None)
+    if inner is not None and hasattr(inner, "reset_classifier"):
+        inner.reset_classifier(0)
+    else:
+        encoder.head = nn.Identity()
+
+
 class DINOModel(nn.Module):
     """Encoder (a registry classifier with its class head removed) + DINO head."""
 
     def __init__(self, encoder: nn.Module, head: DINOHead):
         super().__init__()
-        encoder.head = nn.Identity()  # unused otherwise: DDP would wait for its gradients
+        remove_class_head(encoder)  # unused otherwise: DDP would wait for its gradients
         self.encoder = encoder
         self.head = head
 
