@@ -29,8 +29,8 @@ from torch import nn
 from trainables.classifier_loop import predict_features
 from trainables.data import DatasetSplits, dataset_issues, load_dataset
 from trainables.dataset_params import DatasetParams, prepare_fixed_dataset
-from trainables.engine import build_optimizer, build_scheduler, epoch_batches, seed_everything, steps_per_epoch, \
-    unwrap
+from trainables.engine import (autocast, build_optimizer, build_scheduler, epoch_batches, seed_everything,
+                               steps_per_epoch, unwrap)
 from trainables.linear_probe import ProbeSpec, train_probes
 from trainables.losses import check_loss_params, create_loss
 from trainables.models import ModelName, create_model
@@ -402,13 +402,14 @@ def train_dino(p: DinoParams, data: DatasetSplits, session: Session, checkpoint_
         steps = 0
         for idx in epoch_batches(n_train, p.batch_size, epoch, p.seed, session, device, drop_last=True):
             globals_, locals_ = multicrop(data.train_x[idx], p.crops)
-            if p.supervised:
-                target = supervised_targets(data.train_y[idx], p.head.out_dim, data.num_classes, p)
-                t_out = [target] * len(globals_)
-            else:
-                with torch.no_grad():
-                    t_out = forward_crops(teacher, globals_)
-            s_out = forward_crops(student, globals_ + locals_)
+            with autocast(device):  # bf16 on CUDA; the loss computes in fp32
+                if p.supervised:
+                    target = supervised_targets(data.train_y[idx], p.head.out_dim, data.num_classes, p)
+                    t_out = [target] * len(globals_)
+                else:
+                    with torch.no_grad():
+                        t_out = forward_crops(teacher, globals_)
+                s_out = forward_crops(student, globals_ + locals_)
             out = loss_fn(s_out, t_out, epoch=epoch)
             optimizer.zero_grad(set_to_none=True)
             out["loss"].backward()
