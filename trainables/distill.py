@@ -14,26 +14,22 @@ import os
 from typing import Any, Literal
 
 import torch
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, model_validator
 
 from trainables.classifier_loop import (CachedTeacher, OnlineTeacher, OptimConfig, TeacherSignal, predict_features,
                                         train_classifier)
-from trainables.data import (DatasetName, DatasetSplits, DatasetUnavailable, check_dataset, dataset_issues,
-                             load_dataset, prepare_dataset)
+from trainables.data import DatasetSplits, dataset_issues, load_dataset
+from trainables.dataset_params import DatasetParams, prepare_fixed_dataset
 from trainables.engine import seed_everything
 from trainables.init import WeightSelectionConfig, check_student_init, init_student
 from trainables.losses import LossName, check_loss_params, create_loss, loss_class
 from trainables.models import Classifier, ModelName
-from trainables.registry import TrainableDef, TrialContext, TrialParams, register_trainable
+from trainables.registry import TrainableDef, TrialContext, register_trainable
 from trainables.session import Session, default_device
 from trainables.teacher import Optimizer, Schedule, TeacherRecipe, build_teacher, load_teacher_model, recipe_fields
 
 
-class DistillParams(TrialParams):
-    dataset: DatasetName = "digits"
-    dataset_kwargs: dict[str, Any] = Field(default_factory=dict,
-                                           description="the dataset's parameters (data_root, download, …)")
-    split_seed: int = Field(0, ge=0, description="seed of the train/val/test split")
+class DistillParams(DatasetParams):
     teacher: TeacherRecipe = Field(default_factory=TeacherRecipe)
     teacher_mode: Literal["cached", "online"] = "cached"
     student: ModelName = "mlp"
@@ -50,16 +46,6 @@ class DistillParams(TrialParams):
     momentum: float = Field(0.9, ge=0, lt=1)
     schedule: Schedule = "cosine"
     warmup_epochs: int = Field(0, ge=0)
-
-    @field_validator("dataset_kwargs")
-    @classmethod
-    def _dataset_kwargs_fit(cls, v: dict[str, Any], info) -> dict[str, Any]:
-        if "dataset" in info.data:
-            try:
-                check_dataset(info.data["dataset"], **v)
-            except DatasetUnavailable as exc:
-                raise ValueError(str(exc)) from None
-        return v
 
     @model_validator(mode="after")
     def _loss_params_fit_loss(self):
@@ -160,10 +146,7 @@ def run_distill(p: DistillParams, session: Session, ctx: TrialContext) -> dict[s
 def prepare_distill(fixed: dict[str, Any], searched: set[str], ctx: TrialContext) -> dict[str, Any] | None:
     """Train the teacher once, up front, unless its recipe is itself searched (then the first
     trial that needs each recipe builds it, under the cache's lock)."""
-    if "dataset" not in searched and not any(k.startswith("dataset_kwargs") for k in searched):
-        # Download once here rather than in every trial.
-        data = DistillParams.model_validate({k: v for k, v in fixed.items() if k in ("dataset", "dataset_kwargs")})
-        prepare_dataset(data.dataset, **data.dataset_kwargs)
+    prepare_fixed_dataset(DistillParams, fixed, searched)
     teacher_keys = {"dataset", "split_seed"} | {k for k in searched
                                                 if k == "teacher" or k.startswith(("teacher.", "dataset_kwargs"))}
     if teacher_keys & searched:

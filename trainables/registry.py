@@ -59,7 +59,7 @@ class TrainableDef:
 
 
 def _import_builtin() -> None:
-    from trainables import distill, w2s_probe  # noqa: F401
+    from trainables import dino, distill, w2s_probe  # noqa: F401
 
 
 TRAINABLES: Registry[TrainableDef] = Registry("trainable", _import_builtin)

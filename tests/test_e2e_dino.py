@@ -1,0 +1,65 @@
+"""The random-teacher digits sweep as a user runs it (shortened): a Tune grid over teacher
+temperature and student initialisation, one MLflow child run per trial with probe metrics per
+epoch and the random teacher's own, and the best config written."""
+import json
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import REPO
+
+pytestmark = pytest.mark.slow
+
+SPACE = "search_spaces/random_teacher_digits.yaml"
+FAST = ["--name", "rt", "--set", "params.epochs=4", "--set", "params.warmup_epochs=1",
+        "--set", "params.probe_every=2", "--set", "params.probe_epochs=5"]
+PROBES = ("knn_acc", "test_knn_acc", "linear_acc", "test_linear_acc")
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("random_teacher")
+    proc = subprocess.run([sys.executable, os.path.join(REPO, "run_sweep.py"), SPACE, *FAST],
+                          cwd=tmp, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return tmp, proc
+
+
+def test_grid_over_teacher_temperature_and_student_init_lands_in_mlflow(sweep):
+    import mlflow
+
+    tmp, _ = sweep
+    client = mlflow.tracking.MlflowClient(tracking_uri=f"sqlite:///{tmp}/mlflow.db")
+    exp = client.get_experiment_by_name("random_teacher_digits")
+    runs = client.search_runs([exp.experiment_id], filter_string="tags.`w2s.sweep` = 'rt'")
+    parent = [r for r in runs if r.data.tags["w2s.role"] == "parent"]
+    trials = [r for r in runs if r.data.tags["w2s.role"] == "trial"]
+    assert len(parent) == 1 and parent[0].info.status == "FINISHED"
+    grid = {(r.data.params["loss_params.teacher_temp"], r.data.params["student_init"]) for r in trials}
+    assert grid == {("0.05", "teacher"), ("0.05", "random"), ("0.1", "teacher"), ("0.1", "random")}
+    for run in trials:
+        assert run.info.status == "FINISHED" and run.data.tags["mlflow.parentRunId"] == parent[0].info.run_id
+        m = run.data.metrics
+        for key in PROBES + tuple(f"teacher_{k}" for k in PROBES):
+            assert 0.0 <= m[key] <= 1.0, key
+        assert math.isfinite(m["train_loss"]) and m["epoch"] == 4
+        history = client.get_metric_history(run.info.run_id, "knn_acc")
+        assert [h.step for h in history] == [1, 2, 3, 4]
+        # All trials share teacher_init_seed 0: the same random teacher, probed the same way.
+        assert m["teacher_knn_acc"] == trials[0].data.metrics["teacher_knn_acc"]
+
+
+def test_best_config_is_the_best_knn_trial(sweep):
+    import mlflow
+
+    tmp, _ = sweep
+    best = json.loads((tmp / "ray_results" / "rt" / "best_config.json").read_text())
+    client = mlflow.tracking.MlflowClient(tracking_uri=f"sqlite:///{tmp}/mlflow.db")
+    exp = client.get_experiment_by_name("random_teacher_digits")
+    runs = client.search_runs([exp.experiment_id],
+                              filter_string="tags.`w2s.role` = 'trial' and tags.`w2s.sweep` = 'rt'")
+    assert math.isclose(best["value"], max(r.data.metrics["knn_acc"] for r in runs), rel_tol=1e-9)
+    assert best["config"]["teacher_mode"] == "no_update"
