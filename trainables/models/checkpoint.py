@@ -42,7 +42,7 @@ def check_checkpoint_path(path: str) -> str:
 
 
 def read_state_dict(path: str) -> dict[str, torch.Tensor]:
-    path = os.path.expanduser(path)
+    path = resolve_checkpoint_path(path)
     if path.endswith(".safetensors"):
         from safetensors.torch import load_file
 
