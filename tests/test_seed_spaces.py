@@ -103,5 +103,9 @@ def test_small_seed_variant_runs(name, tmp_path):
     best = json.loads((tmp_path / "ray_results" / "s" / "best_config.json").read_text())
     assert best["metric"] == "val_acc" and 0.0 <= best["metrics"]["val_acc"] <= 1.0
     assert best["metrics"]["val_acc"] == max(r.data.metrics["val_acc"] for r in trials)
-    print(f"\n{name}: {elapsed:.0f}s, best {json.dumps(best['config'], sort_keys=True)} "
-          f"val_acc {best['metrics']['val_acc']:.4f} test_acc {best['metrics'].get('test_acc', float('nan')):.4f}")
+    print(f"\n{name}: {elapsed:.0f}s; best val_acc {best['metrics']['val_acc']:.4f} "
+          f"test_acc {best['metrics'].get('test_acc', float('nan')):.4f}")
+    for run in trials:
+        searched = {k: run.data.params.get(k) for k in spec.domains}
+        print(f"  {searched} val_acc {run.data.metrics['val_acc']:.4f} test_acc {run.data.metrics['test_acc']:.4f} "
+              f"teacher_test_acc {run.data.metrics['teacher_test_acc']:.4f}")
