@@ -106,6 +106,7 @@ def test_small_seed_variant_runs(name, tmp_path):
     print(f"\n{name}: {elapsed:.0f}s; best val_acc {best['metrics']['val_acc']:.4f} "
           f"test_acc {best['metrics'].get('test_acc', float('nan')):.4f}")
     for run in trials:
-        searched = {k: run.data.params.get(k) for k in spec.domains}
+        searched = {p: v for p, v in sorted(run.data.params.items())  # a searched recipe shows as its init
+                    if any(p in (k, f"{k}.init") for k in spec.domains)}
         print(f"  {searched} val_acc {run.data.metrics['val_acc']:.4f} test_acc {run.data.metrics['test_acc']:.4f} "
               f"teacher_test_acc {run.data.metrics['teacher_test_acc']:.4f}")
