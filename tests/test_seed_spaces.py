@@ -80,6 +80,29 @@ def test_relative_checkpoint_resolves_from_the_repository_root(tmp_path, monkeyp
         TeacherRecipe(model="cnn", init="lp", checkpoint="nowhere/w.pt")
 
 
+def test_a_point_setting_a_mapping_is_refused_before_ray():
+    from orchestrator.errors import SpecError
+    from orchestrator.spec import parse_spec
+
+    text = """
+name: t
+trainable: distill
+params: {dataset: digits, student: mlp_tiny, loss_params: {}}
+search:
+  teacher: {choice: [{model: cnn, epochs: 2}, {model: cnn_small, epochs: 2}]}
+  loss: {choice: [kd, crd]}
+points_to_evaluate:
+  - {teacher: {model: cnn, epochs: 2}, loss: kd}
+  - {loss: crd, loss_params: {nce_k: 16}}
+num_samples: 2
+"""
+    with pytest.raises(SpecError) as info:
+        parse_spec(text, "space.yaml")
+    message = str(info.value)
+    assert "points_to_evaluate[0].teacher: a point cannot set a mapping" in message
+    assert "points_to_evaluate[1].loss_params: a point cannot set a mapping" in message
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(SMALL))
 def test_small_seed_variant_runs(name, tmp_path):
