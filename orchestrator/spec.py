@@ -460,6 +460,13 @@ def parse_spec(text: str, file: str | None = None, overrides: list[str] | None =
             return None
 
         issues += _trial_param_issues(defn.params_model, cfg, from_point)
+        # Ray Tune applies a point leaf by leaf onto the param space and fails on a mapping value
+        # (after Ray has started): ask for dotted scalar keys instead.
+        for k, value in point.items():
+            if isinstance(value, dict):
+                issues.append(SpecIssue(f"points_to_evaluate[{i}].{k}", "a point cannot set a mapping; set "
+                                        "its fields with dotted keys (teacher.model: vgg8), each searched, or "
+                                        "search the mappings with grid"))
         unknown = [k for k in point if k not in domains and k != "workers" and get_dotted(spec.params, k) is None
                    and k.split(".")[0] in defn.params_model.model_fields]
         for k in unknown:

@@ -14,18 +14,35 @@ CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors")
 _WRAPPER_KEYS = ("model", "state_dict", "module", "model_state_dict")
 
 
-def check_checkpoint_path(path: str) -> str:
-    """Validation-time check: an existing file with a known suffix."""
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def resolve_checkpoint_path(path: str) -> str:
+    """An absolute path: a relative one is looked up in the working directory, then in the
+    repository root (shipped assets such as ``search_spaces/assets/``). Trials run in their own
+    working directory, so the path the driver validated must not depend on it."""
     path = os.path.expanduser(path)
+    if os.path.isabs(path):
+        return path
+    for base in (os.getcwd(), REPO_ROOT):
+        candidate = os.path.join(base, path)
+        if os.path.isfile(candidate):
+            return candidate
+    return os.path.abspath(path)
+
+
+def check_checkpoint_path(path: str) -> str:
+    """Validation-time check: an existing file with a known suffix; returns its absolute path."""
     if not path.endswith(CHECKPOINT_SUFFIXES):
         raise ValueError(f"checkpoint {path!r} must end in one of {', '.join(CHECKPOINT_SUFFIXES)}")
-    if not os.path.isfile(path):
+    resolved = resolve_checkpoint_path(path)
+    if not os.path.isfile(resolved):
         raise ValueError(f"checkpoint file {path!r} does not exist")
-    return path
+    return resolved
 
 
 def read_state_dict(path: str) -> dict[str, torch.Tensor]:
-    path = os.path.expanduser(path)
+    path = resolve_checkpoint_path(path)
     if path.endswith(".safetensors"):
         from safetensors.torch import load_file
 

@@ -1,0 +1,135 @@
+"""The seed-experiment spaces: every full space parses with the authors' names and paths and
+validates its trials (stand-in files where it reads an image folder), and every small variant runs
+end to end here (slow)."""
+import json
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+
+from orchestrator.spec import load_spec
+from tests.conftest import REPO
+from tests.seed_data import local_data_overrides
+
+SPACES = os.path.join(REPO, "search_spaces")
+
+# file: (expected trials, what of the authors' set-up the file must name)
+FULL = {
+    "superalignment_cifar100.yaml": (27, {"dataset": "cifar100", "data_root": "/cache/data/cifar",
+                                          "pairs": {("resnet20", "resnet56"), ("vgg8", "vgg13"),
+                                                    ("shufflenetv1", "resnet32x4")},
+                                          "losses": {"kd", "augconf", "adaptconf"}}),
+    "dapt_mit_indoor.yaml": (24, {"dataset": "imagefolder", "data_root": "/data/mit_indoor",
+                                  "inits": {"fr", "lp", "ft"}, "losses": {"kd", "align_uniform", "crd", "srrl"}}),
+    "weight_selection_vit_cifar100.yaml": (6, {"dataset": "imagefolder", "data_root": "/path/to/data/cifar100",
+                                               "student": "vit_tiny",
+                                               "source": "timm:vit_small_patch16_224.augreg_in21k"}),
+    "weight_selection_convnext_cifar100.yaml": (6, {"dataset": "imagefolder", "data_root": "/path/to/data/cifar100",
+                                                    "student": "convnext_femto", "source": "timm:convnext_tiny.fb_in22k"}),
+}
+SMALL = {"superalignment_digits.yaml": 3, "dapt_digits.yaml": 6, "weight_selection_digits.yaml": 2}
+
+
+@pytest.mark.parametrize("name", sorted(FULL))
+def test_full_seed_space_parses_with_the_authors_setup(name, tmp_path):
+    path = os.path.join(SPACES, name)
+    trials, want = FULL[name]
+    spec = load_spec(path, local_data_overrides(path, str(tmp_path)))
+    assert spec.expected_trials() == trials
+    with open(path) as f:
+        params = __import__("yaml").safe_load(f)["params"]
+    assert params["dataset"] == want["dataset"] and params["dataset_kwargs"]["data_root"] == want["data_root"]
+    assert spec.resources.gpus_per_worker == 0  # dry-runs anywhere; the header says how to ask for GPUs
+    if "pairs" in want:
+        points = spec.points_to_evaluate
+        assert {(p["teacher.model"], p["student"]) for p in points} == want["pairs"]
+        assert {p["loss"] for p in points} == want["losses"]
+        assert len({(p["teacher.model"], p["student"], p["loss"]) for p in points}) == len(points) == spec.num_samples
+    if "inits" in want:
+        assert {t["init"] for t in spec.domains["teacher"].args} == want["inits"]
+        assert set(spec.domains["loss"].args) == want["losses"]
+    if "source" in want:
+        assert spec.params["student"] == want["student"] and spec.params["teacher"]["model"] == want["source"]
+        assert spec.params["weight_selection"]["source"] == "teacher"
+        assert set(spec.domains["student_init"].args) == {"weight_selection", "random"}
+
+
+def test_every_full_seed_space_names_its_small_variant():
+    for name in FULL:
+        with open(os.path.join(SPACES, name)) as f:
+            header = f.read().split("\nname:")[0]
+        small = [s for s in SMALL if f"search_spaces/{s}" in header]
+        assert small, f"{name} names no small variant in its header"
+
+
+def test_relative_checkpoint_resolves_from_the_repository_root(tmp_path, monkeypatch):
+    from trainables.teacher import TeacherRecipe
+
+    monkeypatch.chdir(tmp_path)  # a trial's own working directory
+    recipe = TeacherRecipe(model="cnn", init="lp", checkpoint="search_spaces/assets/digits_cnn_backbone.pt")
+    assert recipe.checkpoint == os.path.join(REPO, "search_spaces", "assets", "digits_cnn_backbone.pt")
+    (tmp_path / "search_spaces" / "assets").mkdir(parents=True)
+    local = tmp_path / "search_spaces" / "assets" / "digits_cnn_backbone.pt"
+    local.write_bytes(b"x")
+    # The working directory comes first.
+    assert TeacherRecipe(model="cnn", init="lp", checkpoint="search_spaces/assets/digits_cnn_backbone.pt"
+                         ).checkpoint == str(local)
+    with pytest.raises(ValueError, match="does not exist"):
+        TeacherRecipe(model="cnn", init="lp", checkpoint="nowhere/w.pt")
+
+
+def test_a_point_setting_a_mapping_is_refused_before_ray():
+    from orchestrator.errors import SpecError
+    from orchestrator.spec import parse_spec
+
+    text = """
+name: t
+trainable: distill
+params: {dataset: digits, student: mlp_tiny, loss_params: {}}
+search:
+  teacher: {choice: [{model: cnn, epochs: 2}, {model: cnn_small, epochs: 2}]}
+  loss: {choice: [kd, crd]}
+points_to_evaluate:
+  - {teacher: {model: cnn, epochs: 2}, loss: kd}
+  - {loss: crd, loss_params: {nce_k: 16}}
+num_samples: 2
+"""
+    with pytest.raises(SpecError) as info:
+        parse_spec(text, "space.yaml")
+    message = str(info.value)
+    assert "points_to_evaluate[0].teacher: a point cannot set a mapping" in message
+    assert "points_to_evaluate[1].loss_params: a point cannot set a mapping" in message
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(SMALL))
+def test_small_seed_variant_runs(name, tmp_path):
+    import mlflow
+
+    t0 = time.time()
+    proc = subprocess.run([sys.executable, os.path.join(REPO, "run_sweep.py"), os.path.join(SPACES, name),
+                           "--name", "s"], cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    elapsed = time.time() - t0
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    spec = load_spec(os.path.join(SPACES, name))
+    client = mlflow.tracking.MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db")
+    exp = client.get_experiment_by_name(spec.experiment_name)
+    runs = client.search_runs([exp.experiment_id], filter_string="tags.`w2s.sweep` = 's'")
+    trials = [r for r in runs if r.data.tags["w2s.role"] == "trial"]
+    assert len(trials) == SMALL[name] == spec.expected_trials()
+    for run in trials:
+        assert run.info.status == "FINISHED"
+        for key in ("val_acc", "test_acc", "teacher_test_acc"):
+            assert 0.0 <= run.data.metrics[key] <= 1.0
+    best = json.loads((tmp_path / "ray_results" / "s" / "best_config.json").read_text())
+    assert best["metric"] == "val_acc" and 0.0 <= best["metrics"]["val_acc"] <= 1.0
+    assert best["metrics"]["val_acc"] == max(r.data.metrics["val_acc"] for r in trials)
+    print(f"\n{name}: {elapsed:.0f}s; best val_acc {best['metrics']['val_acc']:.4f} "
+          f"test_acc {best['metrics'].get('test_acc', float('nan')):.4f}")
+    for run in trials:
+        searched = {p: v for p, v in sorted(run.data.params.items())  # a searched recipe shows as its init
+                    if any(p in (k, f"{k}.init") for k in spec.domains)}
+        print(f"  {searched} val_acc {run.data.metrics['val_acc']:.4f} test_acc {run.data.metrics['test_acc']:.4f} "
+              f"teacher_test_acc {run.data.metrics['teacher_test_acc']:.4f}")
