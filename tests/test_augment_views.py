@@ -146,16 +146,23 @@ def test_cached_sampled_and_online_teacher_give_identical_losses_on_identical_vi
         torch.testing.assert_close(losses["cached"], losses["online"], atol=1e-6, rtol=1e-5)
 
 
-FAST_TEACHER = {"model": "cnn_small", "epochs": 2, "lr": 0.05}
+FAST_TEACHER = {"model": "mlp", "epochs": 2, "lr": 0.05}
 
 
-def test_augmented_distill_runs_in_every_mode_and_shares_the_view_cache(tmp_path):
-    torch.set_num_threads(1)
+@pytest.fixture
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny models: a second thread only contends on a shared CPU
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_augmented_distill_runs_in_every_mode_and_shares_the_view_cache(tmp_path, one_thread):
     ctx = TrialContext(cache=ArtifactCache(str(tmp_path / "cache")), checkpoint_every=0)
     finals = {}
     for mode, seed in (("cached", 0), ("sampled_views", 0), ("sampled_views", 1), ("online", 0)):
         session = LocalSession(CPU)
-        params = DistillParams(teacher=FAST_TEACHER, student="cnn_small", epochs=2, augment="flip_crop",
+        params = DistillParams(teacher=FAST_TEACHER, student="mlp_tiny", epochs=2, augment="flip_crop",
                                crop_pad=1, teacher_views=2, teacher_mode=mode, seed=seed)
         finals[(mode, seed)] = run_distill(params, session, ctx)
         assert [h["epoch"] for h in session.history] == [1, 2]
