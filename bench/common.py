@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import statistics
 import sys
 import time
 from typing import Any, Callable
@@ -45,14 +46,14 @@ def timed(fn: Callable[[], Any], device: torch.device) -> float:
     return clock() - start
 
 
-def best_of(variants: dict[str, Callable[[], Any]], device: torch.device, rounds: int) -> dict[str, float]:
-    """The fastest of ``rounds`` runs of each variant, interleaved (a, b, c, a, b, c, ...) so that
+def median_of(variants: dict[str, Callable[[], Any]], device: torch.device, rounds: int) -> dict[str, float]:
+    """The median of ``rounds`` runs of each variant, interleaved (a, b, c, a, b, c, ...) so that
     slow phases of a shared machine hit every variant alike."""
-    best = {name: float("inf") for name in variants}
+    times: dict[str, list[float]] = {name: [] for name in variants}
     for _ in range(rounds):
         for name, fn in variants.items():
-            best[name] = min(best[name], timed(fn, device))
-    return best
+            times[name].append(timed(fn, device))
+    return {name: statistics.median(t) for name, t in times.items()}
 
 
 def record(name: str, device: torch.device, args: dict[str, Any], figures: dict[str, Any],

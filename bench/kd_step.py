@@ -22,7 +22,7 @@ import copy
 import torch
 import torch.nn.functional as F
 
-from common import best_of, pick_device, record, synthetic_images  # noqa: E402  (sets sys.path)
+from common import median_of, pick_device, record, synthetic_images  # noqa: E402  (sets sys.path)
 from trainables.classifier_loop import CachedTeacher, OnlineTeacher, OptimConfig, train_classifier  # noqa: E402
 from trainables.data import DatasetSplits  # noqa: E402
 from trainables.engine import autocast, build_optimizer, epoch_batches, predict_logits  # noqa: E402
@@ -68,7 +68,7 @@ def main() -> None:
     ap.add_argument("--train-size", type=int, default=256)
     ap.add_argument("--batch-size", type=int, default=128)
     ap.add_argument("--epochs", type=int, default=1, help="epochs per timed run")
-    ap.add_argument("--rounds", type=int, default=3, help="timed runs per variant (the fastest counts)")
+    ap.add_argument("--rounds", type=int, default=3, help="timed runs per variant (the median counts)")
     ap.add_argument("--device", default="auto")
     args = ap.parse_args()
     device = pick_device(args.device)
@@ -89,7 +89,7 @@ def main() -> None:
     images = args.train_size * args.epochs
     for run in variants.values():
         run(copy.deepcopy(student0), 1)  # warm-up: allocator, cuDNN autotuning, first-call costs
-    seconds = best_of({name: (lambda run=run: run(copy.deepcopy(student0), args.epochs))
+    seconds = median_of({name: (lambda run=run: run(copy.deepcopy(student0), args.epochs))
                        for name, run in variants.items()}, device, args.rounds)
     figures = {f"{name}_images_per_s": images / s for name, s in seconds.items()}
     print(f"kd_step on {device}: student {args.student}, teacher {args.teacher}, {shape}, batch {args.batch_size}")
