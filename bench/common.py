@@ -72,6 +72,15 @@ def record(name: str, device: torch.device, args: dict[str, Any], figures: dict[
     return line
 
 
+def add_size_args(ap, *, image_size: int, train_size: int, batch_size: int, classes: int = 10) -> None:
+    """The flags every on-device benchmark takes: the synthetic data's size, the batch, the device."""
+    ap.add_argument("--image-size", type=int, default=image_size)
+    ap.add_argument("--classes", type=int, default=classes)
+    ap.add_argument("--train-size", type=int, default=train_size)
+    ap.add_argument("--batch-size", type=int, default=batch_size)
+    ap.add_argument("--device", default="auto", help="auto (cuda when available), cpu, cuda, cuda:1, ...")
+
+
 def synthetic_images(n: int, image_size: int, classes: int, device: torch.device, seed: int = 0):
     """CIFAR-shaped (3 x S x S) normalised images and labels, already on the device."""
     gen = torch.Generator().manual_seed(seed)

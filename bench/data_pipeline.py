@@ -19,7 +19,7 @@ import argparse
 import torch
 import torch.nn.functional as F
 
-from common import median_of, pick_device, record, synthetic_images  # noqa: E402  (sets sys.path)
+from common import add_size_args, median_of, pick_device, record, synthetic_images  # noqa: E402  (sets sys.path)
 from trainables.data.augment import Augment  # noqa: E402
 from trainables.engine import autocast, build_optimizer, epoch_batches  # noqa: E402
 from trainables.models import create_model  # noqa: E402
@@ -30,13 +30,9 @@ from trainables.views import RandomViews  # noqa: E402
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--model", default="cnn_small")
-    ap.add_argument("--image-size", type=int, default=16)
-    ap.add_argument("--classes", type=int, default=10)
-    ap.add_argument("--train-size", type=int, default=256)
-    ap.add_argument("--batch-size", type=int, default=128)
     ap.add_argument("--augment", default="flip_crop", choices=["flip_crop", "rrc_flip"])
     ap.add_argument("--rounds", type=int, default=5)
-    ap.add_argument("--device", default="auto")
+    add_size_args(ap, image_size=16, train_size=256, batch_size=128)
     args = ap.parse_args()
     device = pick_device(args.device)
     shape = (3, args.image_size, args.image_size)

@@ -22,7 +22,7 @@ import copy
 import torch
 import torch.nn.functional as F
 
-from common import median_of, pick_device, record, synthetic_images  # noqa: E402  (sets sys.path)
+from common import add_size_args, median_of, pick_device, record, synthetic_images  # noqa: E402  (sets sys.path)
 from trainables.classifier_loop import CachedTeacher, OnlineTeacher, OptimConfig, train_classifier  # noqa: E402
 from trainables.data import DatasetSplits  # noqa: E402
 from trainables.engine import autocast, build_optimizer, epoch_batches, predict_logits  # noqa: E402
@@ -63,13 +63,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--student", default="cnn_small")
     ap.add_argument("--teacher", default="cnn")
-    ap.add_argument("--image-size", type=int, default=16)
-    ap.add_argument("--classes", type=int, default=10)
-    ap.add_argument("--train-size", type=int, default=256)
-    ap.add_argument("--batch-size", type=int, default=128)
     ap.add_argument("--epochs", type=int, default=1, help="epochs per timed run")
     ap.add_argument("--rounds", type=int, default=3, help="timed runs per variant (the median counts)")
-    ap.add_argument("--device", default="auto")
+    add_size_args(ap, image_size=16, train_size=256, batch_size=128)
     args = ap.parse_args()
     device = pick_device(args.device)
     shape = (3, args.image_size, args.image_size)

@@ -97,8 +97,8 @@ def loop_seconds(n: int) -> float:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--single", type=int, default=5, help="single-worker trials (first one not counted)")
-    ap.add_argument("--ddp", type=int, default=3, help="2-worker DDP trials (first one not counted)")
+    ap.add_argument("--single", type=int, default=4, help="single-worker trials (first one not counted)")
+    ap.add_argument("--ddp", type=int, default=2, help="2-worker DDP trials (first one not counted)")
     args = ap.parse_args()
     total, ends = run_sweep_trials(args.single, args.ddp)
     loop = loop_seconds(args.single) / args.single

@@ -23,7 +23,7 @@ import tempfile
 
 import torch
 
-from common import pick_device, record, synthetic_images, timed  # noqa: E402  (sets sys.path)
+from common import add_size_args, pick_device, record, synthetic_images, timed  # noqa: E402  (sets sys.path)
 from orchestrator.cache import ArtifactCache  # noqa: E402
 from trainables.classifier_loop import CachedTeacher, OnlineTeacher, OptimConfig, train_classifier  # noqa: E402
 from trainables.data import DatasetSplits  # noqa: E402
@@ -39,14 +39,10 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--student", default="cnn_small")
     ap.add_argument("--teacher", default="cnn")
-    ap.add_argument("--image-size", type=int, default=12)
-    ap.add_argument("--classes", type=int, default=10)
-    ap.add_argument("--train-size", type=int, default=96)
-    ap.add_argument("--batch-size", type=int, default=48)
     ap.add_argument("--epochs", type=int, default=2)
     ap.add_argument("--views", type=int, default=2, help="K cached augmented views per image")
     ap.add_argument("--trials", type=int, default=16)
-    ap.add_argument("--device", default="auto")
+    add_size_args(ap, image_size=12, train_size=96, batch_size=48)
     args = ap.parse_args()
     device = pick_device(args.device)
     shape = (3, args.image_size, args.image_size)
