@@ -8,7 +8,9 @@ Goal: c/a >= 0.95 (the loader costs at most 5% of the step).
         --batch-size 512 --augment rrc_flip                                   # GPU size
 
 On the CPU the loader's tensor ops share the cores with the step, so c/a there is a lower bound
-of what a GPU shows (where the loader's kernels are small beside the step's). Figures are per
+of what a GPU shows (where the loader's kernels are small beside the step's); the run also prints
+a/(a+b time), the c/a that loader and step in series give, which load swings on a shared machine
+disturb less than the measured c/a. Figures are per
 second of CPU time on the CPU, of wall time on a GPU. Appends a JSON line to
 bench/results/data_pipeline.jsonl.
 """
@@ -81,7 +83,10 @@ def main() -> None:
     print(f"data_pipeline on {device}: {args.model}, {shape}, batch {args.batch_size}, augment {args.augment}")
     record("data_pipeline", device, vars(args), figures,
            {"loader_and_step_over_step": seconds["step_only"] / seconds["loader_and_step"],
-            "loader_over_step_throughput": seconds["step_only"] / seconds["loader_only"]})
+            "loader_over_step_throughput": seconds["step_only"] / seconds["loader_only"],
+            # Loader and step in series on the same cores (the CPU case): what c/a would be without
+            # noise. A shared machine's load swings move the measured c/a far more than the loader does.
+            "serial_estimate_over_step": seconds["step_only"] / (seconds["step_only"] + seconds["loader_only"])})
 
 
 if __name__ == "__main__":
