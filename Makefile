@@ -8,7 +8,7 @@ REQ_HASH := $(shell sha1sum requirements.txt | cut -c1-12)
 STAMP    := $(VENV)/.installed-$(REQ_HASH)
 SPACE    ?= search_spaces/quickstart.yaml
 
-.PHONY: install run test test-fast dry-run-all clean
+.PHONY: install run test test-fast dry-run-all clean bench bench-kd-step bench-sweep-amortisation bench-overhead bench-data-pipeline
 
 $(STAMP): requirements.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -29,6 +29,20 @@ test-fast: install
 
 dry-run-all: install
 	@for f in search_spaces/*.yaml; do $(PY) run_sweep.py $$f --dry-run > /dev/null && echo "ok  $$f" || exit 1; done
+
+bench-kd-step: install
+	$(PY) bench/kd_step.py $(ARGS)
+
+bench-sweep-amortisation: install
+	$(PY) bench/sweep_amortisation.py $(ARGS)
+
+bench-overhead: install
+	$(PY) bench/overhead.py $(ARGS)
+
+bench-data-pipeline: install
+	$(PY) bench/data_pipeline.py $(ARGS)
+
+bench: bench-kd-step bench-sweep-amortisation bench-overhead bench-data-pipeline
 
 clean:
 	rm -rf ray_results mlflow.db mlartifacts .pytest_cache test-artifacts

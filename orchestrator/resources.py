@@ -104,8 +104,66 @@ class ResourcePlan:
         out += [f"trial shape: {s.describe()}" for s in self.shapes]
         limit = "unlimited (Tune's accounting)" if self.max_concurrent_trials is None else str(self.max_concurrent_trials)
         out.append(f"max concurrent trials: {limit} ({self.reason})")
+        out += [packing_line(s, self.cluster, self.max_concurrent_trials) for s in self.shapes]
         out += [f"warning: {w}" for w in self.warnings]
         return out
+
+
+@dataclass
+class Packing:
+    """How trials of one shape fill the cluster: ``per_gpu`` trials share each GPU (fractional
+    ``gpus_per_worker``), or each trial holds ``gpus_per_trial`` whole GPUs; ``concurrent`` trials
+    fit at once, limited by ``limited_by``."""
+
+    per_gpu: int
+    gpus_per_trial: float
+    concurrent: int
+    limited_by: str
+
+
+def packing(shape: TrialShape, cluster: ClusterResources, cap: int | None = None) -> Packing:
+    by_cpu = math.floor(cluster.cpus / shape.total_cpus + 1e-9) if shape.total_cpus else 10**6
+    fits = {"CPUs": by_cpu}
+    per_gpu = 0
+    if shape.total_gpus:
+        per_gpu = math.floor(1 / shape.total_gpus + 1e-9) if shape.total_gpus < 1 else 0
+        fits["GPUs"] = (math.floor(cluster.gpus + 1e-9) * per_gpu if per_gpu
+                        else math.floor(cluster.gpus / shape.total_gpus + 1e-9))
+    if cap is not None:
+        fits["max_concurrent_trials"] = cap
+    limited_by = min(fits, key=fits.get)
+    return Packing(per_gpu, shape.total_gpus, max(fits[limited_by], 0), limited_by)
+
+
+def packing_line(shape: TrialShape, cluster: ClusterResources, cap: int | None = None) -> str:
+    p = packing(shape, cluster, cap)
+    head = f"packing ({shape.workers}-worker trials): "
+    if not shape.total_gpus:
+        where = "on CPU"
+    elif p.per_gpu:
+        where = f"{p.per_gpu} trials share each GPU ({shape.total_gpus:g} GPU each)"
+    else:
+        where = f"each trial holds {shape.total_gpus:g} GPUs"
+    line = f"{head}{where}; {p.concurrent} at once (limited by {p.limited_by})"
+    if shape.total_gpus and cluster.gpus:
+        slots = per_device(shape, cluster, p)
+        line += "; " + ", ".join(f"GPU {g}: {n:g}" for g, n in enumerate(slots) if n) if slots else ""
+    return line
+
+
+def per_device(shape: TrialShape, cluster: ClusterResources, p: Packing) -> list[float]:
+    """Trials (or, for multi-GPU trials, trial shares) on each GPU when ``p.concurrent`` trials run,
+    filling GPUs in order as Ray's packing does."""
+    gpus = math.floor(cluster.gpus + 1e-9)
+    counts = [0.0] * gpus
+    if p.per_gpu:
+        for t in range(p.concurrent):
+            counts[min(t // p.per_gpu, gpus - 1)] += 1
+    else:
+        for t in range(p.concurrent):
+            for g in range(int(t * shape.total_gpus), min(int((t + 1) * shape.total_gpus), gpus)):
+                counts[g] += 1
+    return counts
 
 
 def trial_shape(spec: SweepSpec, workers: int, driver_slots: float = LOCAL_DRIVER_SLOTS) -> TrialShape:
@@ -147,6 +205,10 @@ def plan_resources(spec: SweepSpec, cluster: ClusterResources, *, strict: bool =
                                     f"({s.workers} x cpus_per_worker {spec.resources.cpus_per_worker:g}"
                                     f"{' + driver' if s.workers > 1 else ''}) but the {cluster.source} has "
                                     f"{cluster.cpus:g}; lower workers or cpus_per_worker"))
+    if any(s.workers > 1 and 0 < s.worker_gpus / s.workers < 1 for s in shapes):
+        issues.append(SpecIssue("resources.gpus_per_worker", "DDP workers cannot share a GPU (NCCL needs one "
+                                "device per rank); use a whole number, or workers: 1 to pack small trials",
+                                spec.resources.gpus_per_worker))
     never = [i for i in issues if i.key == "resources.gpus_per_worker" and cluster.max_gpus == 0]
     if issues and (strict or never):
         raise SpecError(spec.source_file, _unique(never or issues))

@@ -64,7 +64,7 @@ MALFORMED = [
     (["search.loss_params.temperature={choice: [1, -2]}"],
      "space.yaml: search.loss_params.temperature.choice[1]: input should be greater than 0 for loss 'kd' (got -2)"),
     (["search.lr={uniform: [-1, 0.1]}"], "space.yaml: search.lr.uniform[low]: input should be greater than 0 (got -1)"),
-    (["params.foo=1"], "space.yaml: params.foo: unknown parameter (known: batch_size, dataset,"),
+    (["params.foo=1"], "space.yaml: params.foo: unknown parameter (known: augment, batch_size, compile, crop_pad, dataset,"),
     (["params.loss_params={tempreature: 2}"],
      "space.yaml: params.loss_params.tempreature: unknown key for loss 'kd' (got 2)"),
     (["params.epochs=0"], "space.yaml: params.epochs: input should be greater than or equal to 1 (got 0)"),

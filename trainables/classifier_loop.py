@@ -17,18 +17,20 @@ from trainables.engine import (autocast, build_optimizer, build_scheduler, epoch
                                steps_per_epoch, unwrap)
 from trainables.losses import DistillLoss, LossInputs
 from trainables.session import Session, check_finite
+from trainables.views import BatchViews, PlainViews
 
 
 class TeacherSignal(Protocol):
     """Teacher outputs for a batch of training samples: logits, and penultimate features when
     ``features`` is asked for (feature-based losses)."""
 
-    def outputs(self, indices: torch.Tensor, x: torch.Tensor,
-                features: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]: ...
+    def outputs(self, indices: torch.Tensor, x: torch.Tensor, features: bool = False,
+                views: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]: ...
 
 
 class CachedTeacher:
-    """Teacher logits (and features) computed once on the un-augmented training set, looked up by index."""
+    """Teacher logits (and features) computed once, looked up by index: (N, classes) for the
+    un-augmented training set, or (K, N, classes) for K fixed views, looked up by (view, index)."""
 
     def __init__(self, train_logits: torch.Tensor, train_features: torch.Tensor | None = None):
         self.train_logits = train_logits
@@ -37,9 +39,13 @@ class CachedTeacher:
     def logits(self, indices, x):
         return self.train_logits[indices]
 
-    def outputs(self, indices, x, features=False):
+    def outputs(self, indices, x, features=False, views=None):
         if features and self.train_features is None:
             raise RuntimeError("this loss needs teacher features, but the cached teacher has none")
+        if self.train_logits.dim() == 3:
+            if views is None:
+                raise RuntimeError("cached teacher logits are per view, but the batch has no view indices")
+            return self.train_logits[views, indices], None
         return self.train_logits[indices], (self.train_features[indices] if features else None)
 
 
@@ -53,7 +59,7 @@ class OnlineTeacher:
         return self.outputs(indices, x)[0]
 
     @torch.no_grad()
-    def outputs(self, indices, x, features=False):
+    def outputs(self, indices, x, features=False, views=None):
         with autocast(x.device):
             if features:
                 logits, feats = self.model(x, return_features=True)
@@ -113,17 +119,26 @@ class OptimConfig:
     schedule: str = "cosine"
     warmup_epochs: int = 0
     head_lr_mult: float = 1.0  # the head's lr is lr * head_lr_mult (teacher fine-tuning)
+    compile: bool = False  # torch.compile the training forward
 
 
 def train_classifier(*, model: nn.Module, data: DatasetSplits, loss_fn: DistillLoss, optim: OptimConfig,
                      session: Session, seed: int, teacher: TeacherSignal | None = None,
-                     checkpoint_every: int = 0, static_metrics: dict[str, Any] | None = None) -> dict[str, Any]:
+                     checkpoint_every: int = 0, static_metrics: dict[str, Any] | None = None,
+                     views: BatchViews | None = None) -> dict[str, Any]:
     """Train ``model`` on ``data`` (already on ``session.device``), reporting every epoch.
 
-    Returns the last reported metrics. Resumes from ``session.restore()`` when a checkpoint exists.
+    ``views`` picks the student's view of each batch (augmentation); default: the images as they
+    are. Returns the last reported metrics. Resumes from ``session.restore()`` when a checkpoint exists.
     """
     device = session.device
+    views = views or PlainViews()
+    # channels_last lets cuDNN pick its fastest (NHWC tensor-core) convolutions; on CPU it only costs.
+    channels_last = device.type == "cuda" and len(data.input_shape) == 3
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
     model = session.prepare_model(model)
+    step_model = torch.compile(model) if optim.compile else model
     loss_fn = loss_fn.to(device)
     loss_sync = LossModuleSync(loss_fn, session)
     params = head_lr_groups(model, optim.lr, optim.head_lr_mult, extra=loss_fn.parameters())
@@ -147,16 +162,20 @@ def train_classifier(*, model: nn.Module, data: DatasetSplits, loss_fn: DistillL
         model.train()
         sums: dict[str, torch.Tensor] = {}
         steps = 0
+        views.start_epoch(epoch)
         for idx in epoch_batches(n_train, optim.batch_size, epoch, seed, session, device):
-            xb, yb = data.train_x[idx], data.train_y[idx]
+            xb, view_ids = views.batch(data.train_x, idx)
+            yb = data.train_y[idx]
+            if channels_last:
+                xb = xb.contiguous(memory_format=torch.channels_last)
             with autocast(device):
                 if loss_fn.needs_features:
-                    s_logits, s_feats = model(xb, return_features=True)
+                    s_logits, s_feats = step_model(xb, return_features=True)
                 else:
-                    s_logits, s_feats = model(xb), None
+                    s_logits, s_feats = step_model(xb), None
                 t_logits = t_feats = None
                 if teacher is not None and loss_fn.needs_teacher:
-                    t_logits, t_feats = teacher.outputs(idx, xb, features=loss_fn.needs_features)
+                    t_logits, t_feats = teacher.outputs(idx, xb, features=loss_fn.needs_features, views=view_ids)
                 out = loss_fn(LossInputs(student_logits=s_logits.float(), targets=yb, teacher_logits=t_logits,
                                          student_features=s_feats, teacher_features=t_feats, indices=idx,
                                          epoch=epoch, num_epochs=optim.epochs, progress=epoch / optim.epochs))

@@ -3,7 +3,9 @@
 The teacher is content-addressed in the sweep's artifact cache by its full recipe (data, split,
 architecture, optimisation, seed), so it is trained once and shared by every trial and by later
 sweeps that name the same recipe. With ``teacher_mode: cached`` its logits on the (un-augmented)
-training set are stored with it, and student trials never run a teacher forward pass.
+training set are stored with it, and student trials never run a teacher forward pass. With
+``augment``, ``cached`` and ``sampled_views`` cache the teacher's logits on K fixed augmented views
+per image instead (see :mod:`trainables.views` for the exact definition of each mode).
 
 How the teacher gets its weights (scratch, linear probe, fine-tune, pretrained) is in
 :mod:`trainables.teacher`; how the student starts (``student_init``) in :mod:`trainables.init`.
@@ -14,12 +16,13 @@ import os
 from typing import Any, Literal
 
 import torch
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from trainables.classifier_loop import (CachedTeacher, OnlineTeacher, OptimConfig, TeacherSignal, predict_features,
                                         train_classifier)
 from trainables.data import DatasetSplits, dataset_issues, load_dataset
 from trainables.dataset_params import DatasetParams, prepare_fixed_dataset
+from trainables.data.augment import Augment, AugmentName
 from trainables.engine import seed_everything
 from trainables.init import WeightSelectionConfig, check_student_init, init_student
 from trainables.losses import LossName, check_loss_params, create_loss, loss_class
@@ -27,11 +30,23 @@ from trainables.models import Classifier, ModelName
 from trainables.registry import TrainableDef, TrialContext, register_trainable
 from trainables.session import Session, default_device
 from trainables.teacher import Optimizer, Schedule, TeacherRecipe, build_teacher, load_teacher_model, recipe_fields
+from trainables.views import BatchViews, FixedViews, PlainViews, RandomViews, teacher_view_logits, view_params
 
 
 class DistillParams(DatasetParams):
     teacher: TeacherRecipe = Field(default_factory=TeacherRecipe)
-    teacher_mode: Literal["cached", "online"] = "cached"
+    teacher_mode: Literal["cached", "online", "sampled_views"] = Field(
+        "cached", description="cached | sampled_views: teacher logits computed once (per view) and looked up; "
+        "online: teacher forward every step")
+    augment: AugmentName = Field("none", description="on-device augmentation of the student's training "
+                                 "batches: none | flip_crop | rrc_flip")
+    crop_pad: int = Field(4, ge=0, le=64, description="flip_crop: pixels of padding before the crop")
+    pad_mode: Literal["reflect", "zeros"] = "reflect"
+    rrc_scale: tuple[float, float] = Field((0.08, 1.0), description="rrc_flip: crop area range (fractions)")
+    teacher_views: int = Field(8, ge=1, le=256, description="cached / sampled_views with augment: fixed "
+                               "augmented views per image whose teacher logits are cached")
+    view_seed: int = Field(0, ge=0, description="seed that regenerates the fixed views (shared by all trials)")
+    compile: bool = Field(False, description="torch.compile the student's training forward")
     student: ModelName = "mlp"
     student_kwargs: dict[str, Any] = Field(default_factory=dict)
     student_init: str = Field("random", description="random | pretrained | weight_selection | a checkpoint file")
@@ -47,9 +62,22 @@ class DistillParams(DatasetParams):
     schedule: Schedule = "cosine"
     warmup_epochs: int = Field(0, ge=0)
 
+    @field_validator("rrc_scale")
+    @classmethod
+    def _scale_range(cls, v: tuple[float, float]) -> tuple[float, float]:
+        if not 0 < v[0] <= v[1] <= 1:
+            raise ValueError("rrc_scale must be (low, high) with 0 < low <= high <= 1")
+        return v
+
     @model_validator(mode="after")
     def _loss_params_fit_loss(self):
         check_loss_params(self.loss, self.loss_params)
+        if self.teacher_mode == "sampled_views" and self.augment == "none":
+            raise ValueError("teacher_mode sampled_views draws among augmented views; set augment "
+                             "(flip_crop or rrc_flip) or use teacher_mode cached")
+        if self.augment != "none" and self.teacher_mode != "online" and loss_class(self.loss).needs_features:
+            raise ValueError(f"loss {self.loss!r} needs teacher features, which are cached for un-augmented "
+                             f"images only; with augment {self.augment!r} use teacher_mode online")
         check_student_init(self.student_init, self.student, self.student_kwargs)
         if self.warmup_epochs >= self.epochs:
             raise ValueError(f"warmup_epochs ({self.warmup_epochs}) must be below epochs ({self.epochs})")
@@ -92,6 +120,47 @@ def cached_teacher_features(p: DistillParams, ctx: TrialContext, entry, data, de
     return torch.load(features.file("train_features.pt"), map_location=device)
 
 
+def augment_of(p: DistillParams) -> Augment:
+    return Augment(p.augment, pad=p.crop_pad, pad_mode=p.pad_mode, scale=tuple(p.rrc_scale))
+
+
+def uses_fixed_views(p: DistillParams) -> bool:
+    return p.augment != "none" and p.teacher_mode != "online"
+
+
+def student_views(p: DistillParams, data: DatasetSplits, device: torch.device) -> BatchViews:
+    """What the student sees each epoch. The no-teacher control (same ``teacher_mode``) sees the
+    same views as the distilled student."""
+    aug = augment_of(p)
+    if not aug.active:
+        return PlainViews()
+    if p.teacher_mode == "online":
+        return RandomViews(aug, p.seed, device)
+    params = view_params(aug, len(data.train_y), data.input_shape, p.teacher_views, p.view_seed)
+    order = "cycle" if p.teacher_mode == "cached" else "sampled"
+    return FixedViews(aug, params, p.teacher_views, order, p.seed, device)
+
+
+def views_recipe(p: DistillParams) -> dict[str, Any]:
+    return {"teacher": teacher_recipe(p), "outputs": "view_logits", "augment": augment_of(p).recipe(),
+            "views": p.teacher_views, "view_seed": p.view_seed}
+
+
+def cached_view_logits(p: DistillParams, ctx: TrialContext, entry, data, device: torch.device) -> torch.Tensor:
+    """The teacher's logits for the K fixed views of every training image, (K, N, classes),
+    computed once per (teacher, augmentation, K, view_seed) and shared by every trial."""
+    def build(out_dir: str) -> dict[str, Any]:
+        aug = augment_of(p)
+        params = view_params(aug, len(data.train_y), data.input_shape, p.teacher_views, p.view_seed)
+        model = load_teacher_model(p.teacher, entry, data, data.train_x.device)
+        logits = teacher_view_logits(model, data.train_x, aug, params)
+        torch.save(logits.cpu(), os.path.join(out_dir, "view_logits.pt"))
+        return {"views": p.teacher_views, "num_samples": logits.shape[1]}
+
+    views = ctx.cache.get_or_create("teacher_views", views_recipe(p), build)
+    return torch.load(views.file("view_logits.pt"), map_location=device)
+
+
 def teacher_signal(p: DistillParams, ctx: TrialContext, entry, data, loss_cls,
                    device: torch.device) -> tuple[TeacherSignal | None, dict[str, Any]]:
     """The teacher's per-batch outputs, and the loss context that describes the teacher
@@ -107,6 +176,8 @@ def teacher_signal(p: DistillParams, ctx: TrialContext, entry, data, loss_cls,
         if wants_features:
             context["teacher_dim"] = t_model.num_features
         return OnlineTeacher(t_model.to(device)), context
+    if uses_fixed_views(p):
+        return CachedTeacher(cached_view_logits(p, ctx, entry, data, device)), context
     features = cached_teacher_features(p, ctx, entry, data, device) if wants_features else None
     if features is not None:
         context["teacher_dim"] = features.shape[1]
@@ -136,11 +207,11 @@ def run_distill(p: DistillParams, session: Session, ctx: TrialContext) -> dict[s
                           num_samples=len(data.train_y), train_labels=data.train_y, **teacher_context)
     return train_classifier(
         model=student, data=data, loss_fn=loss_fn, session=session, seed=p.seed, teacher=teacher,
-        checkpoint_every=ctx.checkpoint_every,
+        checkpoint_every=ctx.checkpoint_every, views=student_views(p, data, device),
         static_metrics={"teacher_test_acc": entry.meta["test_acc"], "teacher_val_acc": entry.meta["val_acc"]},
         optim=OptimConfig(epochs=p.epochs, batch_size=p.batch_size, lr=p.lr, optimizer=p.optimizer,
                           weight_decay=p.weight_decay, momentum=p.momentum, schedule=p.schedule,
-                          warmup_epochs=p.warmup_epochs))
+                          warmup_epochs=p.warmup_epochs, compile=p.compile))
 
 
 def prepare_distill(fixed: dict[str, Any], searched: set[str], ctx: TrialContext) -> dict[str, Any] | None:

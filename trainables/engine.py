@@ -49,7 +49,7 @@ def build_optimizer(name: str, params, lr: float, weight_decay: float = 0.0, mom
     fused = {"fused": True} if device is not None and device.type == "cuda" else {}
     if name == "sgd":
         return torch.optim.SGD(params, lr=lr, momentum=momentum, nesterov=momentum > 0,
-                               weight_decay=weight_decay)
+                               weight_decay=weight_decay, **fused)
     if name == "adam":
         return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay, **fused)
     if name == "adamw":

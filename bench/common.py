@@ -1,0 +1,89 @@
+"""Shared by the benchmarks: device choice, synchronised timing, and the JSON line each run appends
+to ``bench/results/<name>.jsonl`` (device, torch version, figures, ratios)."""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from typing import Any, Callable
+
+import torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+RESULTS_DIR = os.path.join(ROOT, "bench", "results")
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed(fn: Callable[[], Any], device: torch.device) -> float:
+    """Seconds of ``fn()``, with the device drained before and after: wall time on a GPU; on the
+    CPU, this process's CPU time, which other load on a shared machine inflates far less than
+    wall time (the computation is the same either way)."""
+    sync(device)
+    clock = time.perf_counter if device.type == "cuda" else time.process_time
+    start = clock()
+    fn()
+    sync(device)
+    return clock() - start
+
+
+def median_of(variants: dict[str, Callable[[], Any]], device: torch.device, rounds: int) -> dict[str, float]:
+    """The median of ``rounds`` runs of each variant, interleaved (a, b, c, a, b, c, ...) so that
+    slow phases of a shared machine hit every variant alike."""
+    times: dict[str, list[float]] = {name: [] for name in variants}
+    for _ in range(rounds):
+        for name, fn in variants.items():
+            times[name].append(timed(fn, device))
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
+def record(name: str, device: torch.device, args: dict[str, Any], figures: dict[str, Any],
+           ratios: dict[str, float]) -> dict[str, Any]:
+    """Print the figures and ratios and append them as one JSON line to bench/results/<name>.jsonl."""
+    line = {"bench": name, "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "device": device_name(device),
+            "torch": torch.__version__, "host_cpus": os.cpu_count(), "args": args, "figures": figures,
+            "ratios": ratios}
+    for key, value in figures.items():
+        print(f"  {key}: {value:.4g}" if isinstance(value, float) else f"  {key}: {value}")
+    for key, value in ratios.items():
+        print(f"  ratio {key}: {value:.3f}")
+    os.makedirs(RESULTS_DIR, exist_ok=True)
+    with open(os.path.join(RESULTS_DIR, f"{name}.jsonl"), "a") as f:
+        f.write(json.dumps(line) + "\n")
+    return line
+
+
+def add_size_args(ap, *, image_size: int, train_size: int, batch_size: int, classes: int = 10) -> None:
+    """The flags every on-device benchmark takes: the synthetic data's size, the batch, the device."""
+    ap.add_argument("--image-size", type=int, default=image_size)
+    ap.add_argument("--classes", type=int, default=classes)
+    ap.add_argument("--train-size", type=int, default=train_size)
+    ap.add_argument("--batch-size", type=int, default=batch_size)
+    ap.add_argument("--device", default="auto", help="auto (cuda when available), cpu, cuda, cuda:1, ...")
+
+
+def synthetic_images(n: int, image_size: int, classes: int, device: torch.device, seed: int = 0):
+    """CIFAR-shaped (3 x S x S) normalised images and labels, already on the device."""
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, 3, image_size, image_size, generator=gen)
+    y = torch.randint(0, classes, (n,), generator=gen)
+    return x.to(device), y.to(device)

@@ -1,0 +1,99 @@
+"""Student images/s of one KD training step, three ways, measured in the same run:
+
+(a) a bare student train step on synthetic on-device data (the ceiling: forward, CE, backward,
+    optimiser step, nothing else), (b) the distill loop (``train_classifier``) with a cached
+    teacher (logits looked up by index), (c) the same loop with an online teacher (a teacher forward
+    every step). Goal on GPU: b/a >= 0.85.
+
+    .venv/bin/python bench/kd_step.py                                  # CPU size (seconds)
+    .venv/bin/python bench/kd_step.py --student resnet18 --teacher resnet56 --image-size 32 \\
+        --classes 100 --train-size 50000 --batch-size 512              # GPU size (bf16 autocast)
+
+On the CPU the figures are per second of this process's CPU time (robust to other load on a
+shared machine); on a GPU, per wall second.
+
+Appends a JSON line to bench/results/kd_step.jsonl.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+
+import torch
+import torch.nn.functional as F
+
+from common import add_size_args, median_of, pick_device, record, synthetic_images  # noqa: E402  (sets sys.path)
+from trainables.classifier_loop import CachedTeacher, OnlineTeacher, OptimConfig, train_classifier  # noqa: E402
+from trainables.data import DatasetSplits  # noqa: E402
+from trainables.engine import autocast, build_optimizer, epoch_batches, predict_logits  # noqa: E402
+from trainables.losses import create_loss  # noqa: E402
+from trainables.models import create_model  # noqa: E402
+from trainables.session import LocalSession  # noqa: E402
+
+
+def splits(x, y, classes) -> DatasetSplits:
+    few = slice(0, 16)  # evaluation is not what is measured
+    return DatasetSplits("synthetic", x, y, x[few], y[few], x[few], y[few], classes, (0.0,) * 3, (1.0,) * 3)
+
+
+def bare_steps(model, x, y, args, device, epochs):
+    session = LocalSession(device)
+    opt = build_optimizer("sgd", model.parameters(), 0.05, 5e-4, 0.9, device)
+    channels_last = device.type == "cuda"
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    model.train()
+    for epoch in range(epochs):
+        for idx in epoch_batches(len(y), args.batch_size, epoch, 0, session, device):
+            xb = x[idx].contiguous(memory_format=torch.channels_last) if channels_last else x[idx]
+            with autocast(device):
+                loss = F.cross_entropy(model(xb).float(), y[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+
+
+def loop(model, data, teacher, args, device, epochs):
+    loss = create_loss("kd", {"temperature": 4.0}, num_classes=data.num_classes)
+    train_classifier(model=model, data=data, loss_fn=loss, session=LocalSession(device), seed=0, teacher=teacher,
+                     optim=OptimConfig(epochs=epochs, batch_size=args.batch_size, lr=0.05))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--student", default="cnn_small")
+    ap.add_argument("--teacher", default="cnn")
+    ap.add_argument("--epochs", type=int, default=1, help="epochs per timed run")
+    ap.add_argument("--rounds", type=int, default=3, help="timed runs per variant (the median counts)")
+    add_size_args(ap, image_size=16, train_size=256, batch_size=128)
+    args = ap.parse_args()
+    device = pick_device(args.device)
+    shape = (3, args.image_size, args.image_size)
+    x, y = synthetic_images(args.train_size, args.image_size, args.classes, device)
+    data = splits(x, y, args.classes)
+    torch.manual_seed(0)
+    student0 = create_model(args.student, num_classes=args.classes, input_shape=shape).to(device)
+    teacher = create_model(args.teacher, num_classes=args.classes, input_shape=shape).to(device).eval()
+    cached = CachedTeacher(predict_logits(teacher, x))
+    online = OnlineTeacher(teacher)
+
+    variants = {
+        "bare_step": lambda m, e: bare_steps(m, x, y, args, device, e),
+        "kd_cached": lambda m, e: loop(m, data, cached, args, device, e),
+        "kd_online": lambda m, e: loop(m, data, online, args, device, e),
+    }
+    images = args.train_size * args.epochs
+    for run in variants.values():
+        run(copy.deepcopy(student0), 1)  # warm-up: allocator, cuDNN autotuning, first-call costs
+    seconds = median_of({name: (lambda run=run: run(copy.deepcopy(student0), args.epochs))
+                       for name, run in variants.items()}, device, args.rounds)
+    figures = {f"{name}_images_per_s": images / s for name, s in seconds.items()}
+    print(f"kd_step on {device}: student {args.student}, teacher {args.teacher}, {shape}, batch {args.batch_size}")
+    a = figures["bare_step_images_per_s"]
+    record("kd_step", device, vars(args), figures,
+           {"cached_over_bare": figures["kd_cached_images_per_s"] / a,
+            "online_over_bare": figures["kd_online_images_per_s"] / a})
+
+
+if __name__ == "__main__":
+    main()
