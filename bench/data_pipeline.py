@@ -23,10 +23,10 @@ import torch.nn.functional as F
 
 from common import add_size_args, median_of, pick_device, record, synthetic_images  # noqa: E402  (sets sys.path)
 from trainables.data.augment import Augment  # noqa: E402
-from trainables.engine import autocast, build_optimizer, epoch_batches  # noqa: E402
+from trainables.runtime.engine import autocast, build_optimizer, epoch_batches  # noqa: E402
 from trainables.models import create_model  # noqa: E402
-from trainables.session import LocalSession  # noqa: E402
-from trainables.views import RandomViews  # noqa: E402
+from trainables.runtime.session import LocalSession  # noqa: E402
+from trainables.training.views import RandomViews  # noqa: E402
 
 
 def main() -> None:

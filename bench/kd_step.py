@@ -23,12 +23,12 @@ import torch
 import torch.nn.functional as F
 
 from common import add_size_args, median_of, pick_device, record, synthetic_images  # noqa: E402  (sets sys.path)
-from trainables.classifier_loop import CachedTeacher, OnlineTeacher, OptimConfig, train_classifier  # noqa: E402
+from trainables.training.classifier_loop import CachedTeacher, OnlineTeacher, OptimConfig, train_classifier  # noqa: E402
 from trainables.data import DatasetSplits  # noqa: E402
-from trainables.engine import autocast, build_optimizer, epoch_batches, predict_logits  # noqa: E402
+from trainables.runtime.engine import autocast, build_optimizer, epoch_batches, predict_logits  # noqa: E402
 from trainables.losses import create_loss  # noqa: E402
 from trainables.models import create_model  # noqa: E402
-from trainables.session import LocalSession  # noqa: E402
+from trainables.runtime.session import LocalSession  # noqa: E402
 
 
 def splits(x, y, classes) -> DatasetSplits:

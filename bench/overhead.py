@@ -31,7 +31,7 @@ import time
 import torch
 
 from common import ROOT, record  # noqa: E402  (sets sys.path)
-from trainables.session import LocalSession  # noqa: E402
+from trainables.runtime.session import LocalSession  # noqa: E402
 
 SPEC = """name: bench-overhead
 trainable: bench_trivial

@@ -24,15 +24,15 @@ import tempfile
 import torch
 
 from common import add_size_args, pick_device, record, synthetic_images, timed  # noqa: E402  (sets sys.path)
-from orchestrator.cache import ArtifactCache  # noqa: E402
-from trainables.classifier_loop import CachedTeacher, OnlineTeacher, OptimConfig, train_classifier  # noqa: E402
+from orchestrator.store.cache import ArtifactCache  # noqa: E402
+from trainables.training.classifier_loop import CachedTeacher, OnlineTeacher, OptimConfig, train_classifier  # noqa: E402
 from trainables.data import DatasetSplits  # noqa: E402
 from trainables.data.augment import Augment  # noqa: E402
-from trainables.engine import predict_logits  # noqa: E402
+from trainables.runtime.engine import predict_logits  # noqa: E402
 from trainables.losses import create_loss  # noqa: E402
 from trainables.models import create_model  # noqa: E402
-from trainables.session import LocalSession  # noqa: E402
-from trainables.views import FixedViews, RandomViews, teacher_view_logits, view_params  # noqa: E402
+from trainables.runtime.session import LocalSession  # noqa: E402
+from trainables.training.views import FixedViews, RandomViews, teacher_view_logits, view_params  # noqa: E402
 
 
 def main() -> None:

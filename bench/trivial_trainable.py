@@ -6,8 +6,8 @@ from typing import Any
 
 from pydantic import Field
 
-from trainables.registry import TrainableDef, TrialContext, TrialParams, register_trainable
-from trainables.session import Session
+from trainables.runtime.trainable import TrainableDef, TrialContext, TrialParams, register_trainable
+from trainables.runtime.session import Session
 
 
 class TrivialParams(TrialParams):

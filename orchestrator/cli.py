@@ -8,9 +8,9 @@ import sys
 import warnings
 
 from orchestrator.errors import UserError
-from trainables.plugins import PluginError
+from trainables.core.paths import REPO_ROOT
+from trainables.core.plugins import PluginError
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_SPACE = os.path.join("search_spaces", "quickstart.yaml")
 
 
@@ -88,18 +88,18 @@ def _storage(path: str | None) -> str:
 
 
 def _run_report(command: str, argv: list[str]) -> int:
-    from orchestrator.tracking import normalise_tracking_uri
+    from orchestrator.store.tracking import normalise_tracking_uri
 
     args = build_report_parser(command).parse_args(argv)
     uri = normalise_tracking_uri(args.mlflow_uri)
     if command == "report":
-        from orchestrator.reporting import report_sweep
+        from orchestrator.reports.publish import report_sweep
 
         report_sweep(args.name, _storage(args.storage_path), uri)
         return 0
     if len(args.names) < 2:
         raise UserError("compare needs at least two sweep names")
-    from orchestrator.compare import compare_sweeps
+    from orchestrator.reports.compare import compare_sweeps
 
     compare_sweeps(args.names, _storage(args.storage_path), uri)
     return 0
@@ -162,9 +162,9 @@ def unexpected_error(exc: BaseException) -> str:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from orchestrator.cluster import resolve_locations
-    from orchestrator.spec import load_spec
-    from orchestrator.sweep import SweepOptions, dry_run, load_resume_spec, run_sweep
+    from orchestrator.run.cluster import resolve_locations
+    from orchestrator.space.spec import load_spec
+    from orchestrator.run.sweep import SweepOptions, dry_run, load_resume_spec, run_sweep
 
     if args.num_samples is not None and args.num_samples < 1:
         raise UserError(f"--num-samples must be at least 1 (got {args.num_samples})")
@@ -187,7 +187,7 @@ def _run(args: argparse.Namespace) -> int:
         print(dry_run(spec, opts))
         return 0
     if args.name and not args.resume:
-        from orchestrator.resume import action_for_name
+        from orchestrator.run.resume import action_for_name
 
         action = action_for_name(opts.storage_path, args.name, spec)
         if action == "finished":

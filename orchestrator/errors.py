@@ -4,7 +4,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-MISSING = object()  # no value to show
+from trainables.core.config import MISSING
+
+__all__ = ["MISSING", "SpecError", "SpecIssue", "UserError"]
 
 
 @dataclass

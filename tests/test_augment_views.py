@@ -6,15 +6,15 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from orchestrator.cache import ArtifactCache
-from trainables.classifier_loop import CachedTeacher, OnlineTeacher
+from orchestrator.store.cache import ArtifactCache
+from trainables.training.classifier_loop import CachedTeacher, OnlineTeacher
 from trainables.data.augment import Augment, epoch_generator
-from trainables.distill import DistillParams, run_distill
+from trainables.distill.trainable import DistillParams, run_distill
 from trainables.losses import LossInputs, create_loss
 from trainables.models import create_model
-from trainables.registry import TrialContext
-from trainables.session import LocalSession
-from trainables.views import FixedViews, RandomViews, teacher_view_logits, view_params
+from trainables.runtime.trainable import TrialContext
+from trainables.runtime.session import LocalSession
+from trainables.training.views import FixedViews, RandomViews, teacher_view_logits, view_params
 
 CPU = torch.device("cpu")
 SHAPE = (3, 8, 10)  # non-square, so height and width cannot be swapped unnoticed

@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from orchestrator.cache import MANIFEST, ArtifactCache, recipe_key
+from orchestrator.store.cache import MANIFEST, ArtifactCache, recipe_key
 
 
 def write_payload(text):

@@ -10,8 +10,8 @@ import jsonschema
 import pytest
 import yaml
 
-from orchestrator.cluster import DEFAULT_MLFLOW_PORT, resolve_locations, validate_cluster_yaml
-from orchestrator.resources import DRIVER_RESOURCE
+from orchestrator.run.cluster import DEFAULT_MLFLOW_PORT, resolve_locations, validate_cluster_yaml
+from orchestrator.run.resources import DRIVER_RESOURCE
 from tests.conftest import REPO
 
 CONFIGS = {"cluster.yaml": "s3", "cluster-gcp.yaml": "gs"}

@@ -10,10 +10,10 @@ import pytest
 import torch
 
 from trainables.data import load_dataset
-from trainables.dino import (DinoParams, NormalizedLinear, copy_student, ema_momentum, ema_update, forward_crops,
+from trainables.dino.trainable import (DinoParams, NormalizedLinear, copy_student, ema_momentum, ema_update, forward_crops,
                              init_student_teacher, knn_accuracy, multicrop, random_resized_crops, train_dino)
 from trainables.losses import create_loss
-from trainables.session import LocalSession
+from trainables.runtime.session import LocalSession
 
 TINY = {"encoder": "mlp_tiny", "head": {"hidden_dims": [32], "bottleneck_dim": 16, "out_dim": 64},
         "crops": {"global_crops": 1, "global_scale": [1.0, 1.0], "hflip": False},

@@ -7,7 +7,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from orchestrator.feature_store import TABLE_FILE, FeatureStore
+from orchestrator.store.feature_store import TABLE_FILE, FeatureStore
 
 
 def writes(values: np.ndarray, labels: np.ndarray, batch: int = 7, calls: list | None = None):

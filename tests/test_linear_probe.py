@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from trainables.linear_probe import ProbeSpec, train_probe_reference, train_probes
+from trainables.training.linear_probe import ProbeSpec, train_probe_reference, train_probes
 from trainables.losses import LossInputs, create_loss
 from trainables.losses.auxconf import auxconf_coef
-from trainables.w2s_probe import ProbeConfig, best_over, pgr, probe_plan
+from trainables.w2s_probe.trainable import ProbeConfig, best_over, pgr, probe_plan
 
 N, D, C = 240, 12, 5
 

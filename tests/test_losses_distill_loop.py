@@ -7,11 +7,11 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from orchestrator.cache import ArtifactCache
-from trainables.distill import DistillParams, run_distill
+from orchestrator.store.cache import ArtifactCache
+from trainables.distill.trainable import DistillParams, run_distill
 from trainables.losses import loss_names
-from trainables.registry import TrialContext
-from trainables.session import LocalSession
+from trainables.runtime.trainable import TrialContext
+from trainables.runtime.session import LocalSession
 
 FAST_TEACHER = {"model": "mlp", "epochs": 8, "lr": 0.1}
 # Small enough for CPU tests; every other parameter keeps the loss's default.
@@ -94,7 +94,7 @@ search:
 
 def test_a_search_space_cannot_give_distill_the_dino_loss():
     from orchestrator.errors import SpecError
-    from orchestrator.spec import parse_spec
+    from orchestrator.space.spec import parse_spec
 
     with pytest.raises(SpecError) as info:
         parse_spec(SPACE, "space.yaml")

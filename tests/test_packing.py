@@ -2,8 +2,8 @@
 import pytest
 
 from orchestrator.errors import SpecError
-from orchestrator.resources import ClusterResources, packing, plan_resources, trial_resources
-from orchestrator.spec import parse_spec
+from orchestrator.run.resources import ClusterResources, packing, plan_resources, trial_resources
+from orchestrator.space.spec import parse_spec
 from tests.test_spec import BASE
 
 FAKE = ClusterResources(cpus=16, gpus=2, source="fake cluster")

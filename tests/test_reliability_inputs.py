@@ -13,8 +13,8 @@ import torch
 import tests.plugins.faults  # noqa: F401 - registers the `faulty` trainable and `absent_files` dataset
 from orchestrator import cli
 from orchestrator.errors import SpecError
-from orchestrator.resources import ClusterResources, plan_resources
-from orchestrator.spec import parse_spec
+from orchestrator.run.resources import ClusterResources, plan_resources
+from orchestrator.space.spec import parse_spec
 from tests.conftest import REPO
 
 FAULTY = """
@@ -216,12 +216,12 @@ def test_gpus_on_a_cluster_that_cannot_have_any():
 
 
 def test_unexpected_errors_are_one_line_with_the_traceback_in_a_file(sweep, monkeypatch):
-    import orchestrator.sweep
+    import orchestrator.run.sweep
 
     def boom(*a, **k):
         raise RuntimeError("simulated internal failure\nwith a second line")
 
-    monkeypatch.setattr(orchestrator.sweep, "check_storage", boom)
+    monkeypatch.setattr(orchestrator.run.sweep, "check_storage", boom)
     rc, _, err = sweep()
     line = one_error(err)
     assert rc == 4 and line.startswith("error: unexpected RuntimeError: simulated internal failure (full traceback "

@@ -8,12 +8,12 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from orchestrator.secrets import filter_params, is_secret_key, redact, redact_yaml_text
-from orchestrator.tracking import RedactingClient
-from orchestrator.watchdog import ClusterView, PlacementGroupInfo, Watchdog, diagnose
-from trainables.ledger import finished_result, record_finished
-from trainables.runner import diverged_result
-from trainables.session import (CHECKPOINT_FILE, LocalSession, TrialDiverged, check_finite, restore_local,
+from orchestrator.store.secrets import filter_params, is_secret_key, redact, redact_yaml_text
+from orchestrator.store.tracking import RedactingClient
+from orchestrator.run.watchdog import ClusterView, PlacementGroupInfo, Watchdog, diagnose
+from trainables.runtime.ledger import finished_result, record_finished
+from trainables.runtime.runner import diverged_result
+from trainables.runtime.session import (CHECKPOINT_FILE, LocalSession, TrialDiverged, check_finite, restore_local,
                                 save_state, state_file_problem)
 
 # --- secrets ---------------------------------------------------------------------------------
@@ -102,7 +102,7 @@ def test_diagnosis_without_waiting_placement_groups_suspects_the_training_loop()
 
 
 def test_watchdog_warns_repeats_and_aborts(monkeypatch):
-    import orchestrator.watchdog as wd
+    import orchestrator.run.watchdog as wd
 
     now = [0.0]
     said, interrupts = [], []
@@ -224,7 +224,7 @@ def test_a_checkpoint_moved_aside_falls_back_to_the_previous_one(tmp_path, capsy
 
 
 def test_disk_usage_separates_checkpoints_from_results(tmp_path):
-    from orchestrator.disk import disk_usage
+    from orchestrator.store.disk import disk_usage
 
     sweep = tmp_path / "s"
     (sweep / "trial_a" / "checkpoint_000001").mkdir(parents=True)
@@ -240,8 +240,8 @@ def test_disk_usage_separates_checkpoints_from_results(tmp_path):
 
 
 def test_rows_label_diverged_trials_and_the_best_pick_skips_them():
-    from orchestrator.report import pick_best, rows_from_results
-    from orchestrator.spec import parse_spec
+    from orchestrator.reports.rows import pick_best, rows_from_results
+    from orchestrator.space.spec import parse_spec
     from tests.test_spec import BASE
 
     spec = parse_spec(BASE)
@@ -257,8 +257,8 @@ def test_rows_label_diverged_trials_and_the_best_pick_skips_them():
 
 
 def test_child_runs_of_trials_lost_in_a_crash_are_archived(tmp_path):
-    from orchestrator.resume import archive_lost_runs
-    from orchestrator.tracking import Tracker
+    from orchestrator.run.resume import archive_lost_runs
+    from orchestrator.store.tracking import Tracker
 
     tracker = Tracker(f"sqlite:///{tmp_path}/mlflow.db", "e")
     tracker.ensure_experiment()

@@ -7,7 +7,7 @@ import statistics
 import numpy as np
 import pytest
 
-from orchestrator.report import TrialRow, format_table, pick_best
+from orchestrator.reports.rows import TrialRow, format_table, pick_best
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -42,7 +42,7 @@ KEYS = ["loss_params.rate", "loss_params.threshold", "seed"]
 def test_results_frame_round_trips_through_parquet_and_csv():
     import pandas as pd
 
-    from orchestrator.results_table import frame_to_csv, frame_to_parquet, rows_to_frame, status_counts
+    from orchestrator.reports.table import frame_to_csv, frame_to_parquet, rows_to_frame, status_counts
 
     rows = w2s_rows()
     rows[0].params["loss_params.rate"] = "auto"  # mixed types must still store
@@ -75,8 +75,8 @@ def _axes_hlines(ax) -> list[float]:
 
 
 def test_w2s_plots_have_weak_and_strong_reference_lines():
-    from orchestrator.plots import png_bytes, sweep_figures
-    from orchestrator.results_table import rows_to_frame
+    from orchestrator.reports.plots import png_bytes, sweep_figures
+    from orchestrator.reports.table import rows_to_frame
 
     rows = w2s_rows()
     frame = rows_to_frame(rows, KEYS, "pgr")
@@ -104,8 +104,8 @@ def test_w2s_plots_have_weak_and_strong_reference_lines():
 
 
 def test_plots_without_w2s_metrics_skip_the_w2s_figures():
-    from orchestrator.plots import sweep_figures
-    from orchestrator.results_table import rows_to_frame
+    from orchestrator.reports.plots import sweep_figures
+    from orchestrator.reports.table import rows_to_frame
 
     rows = w2s_rows()
     for r in rows:
@@ -134,7 +134,7 @@ def method_rows() -> list[TrialRow]:
 
 
 def test_seed_summary_picks_best_config_per_method_and_averages_seeds():
-    from orchestrator.summary import covers_several, format_summary, summarize
+    from orchestrator.reports.summary import covers_several, format_summary, summarize
 
     rows = method_rows()
     entries = summarize(rows, ["loss", "lr", "seed"], "val_acc", "max")
@@ -157,8 +157,8 @@ def test_seed_summary_picks_best_config_per_method_and_averages_seeds():
 def test_exported_best_config_is_a_valid_fixed_search_space(tmp_path):
     import yaml
 
-    from orchestrator.export import best_space_yaml
-    from orchestrator.spec import load_spec, parse_spec
+    from orchestrator.reports.export import best_space_yaml
+    from orchestrator.space.spec import load_spec, parse_spec
 
     spec = load_spec("search_spaces/quickstart.yaml")
     config = {**spec.fixed_config(), "lr": 0.0421, "loss_params": {"temperature": 4.0, "kd_weight": 0.7},
@@ -186,8 +186,8 @@ class FakeTrial:
 
 
 def test_progress_lines_count_outcomes_and_estimate_eta(capsys, monkeypatch):
-    from orchestrator import progress as progress_mod
-    from orchestrator.progress import ProgressPrinter, estimate_eta
+    from orchestrator.run import progress as progress_mod
+    from orchestrator.run.progress import ProgressPrinter, estimate_eta
 
     assert estimate_eta([], [1.0], 3) is None
     # 2 pending at mean 10s + one running 4s in (6s left), over 1 running trial
@@ -242,10 +242,10 @@ def test_compare_rebuilds_from_mlflow_runs(tmp_path, capsys):
     import pandas as pd
     import yaml
 
-    from orchestrator.compare import compare_sweeps
-    from orchestrator.reporting import load_sweep
-    from orchestrator.spec import parse_spec
-    from orchestrator.tracking import PARENT_TAG, Tracker
+    from orchestrator.reports.compare import compare_sweeps
+    from orchestrator.reports.publish import load_sweep
+    from orchestrator.space.spec import parse_spec
+    from orchestrator.store.tracking import PARENT_TAG, Tracker
 
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     spec = parse_spec(COMPARE_SPACE, "compare.yaml")

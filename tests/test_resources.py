@@ -1,5 +1,5 @@
-from orchestrator.resources import DRIVER_RESOURCE, ClusterResources, plan_resources, trial_resources
-from orchestrator.spec import parse_spec
+from orchestrator.run.resources import DRIVER_RESOURCE, ClusterResources, plan_resources, trial_resources
+from orchestrator.space.spec import parse_spec
 from tests.test_spec import BASE
 
 

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from orchestrator.spec import load_spec
+from orchestrator.space.spec import load_spec
 from tests.conftest import REPO
 from tests.seed_data import local_data_overrides
 
@@ -65,7 +65,7 @@ def test_every_full_seed_space_names_its_small_variant():
 
 
 def test_relative_checkpoint_resolves_from_the_repository_root(tmp_path, monkeypatch):
-    from trainables.teacher import TeacherRecipe
+    from trainables.distill.teacher import TeacherRecipe
 
     monkeypatch.chdir(tmp_path)  # a trial's own working directory
     recipe = TeacherRecipe(model="cnn", init="lp", checkpoint="search_spaces/assets/digits_cnn_backbone.pt")
@@ -82,7 +82,7 @@ def test_relative_checkpoint_resolves_from_the_repository_root(tmp_path, monkeyp
 
 def test_a_point_setting_a_mapping_is_refused_before_ray():
     from orchestrator.errors import SpecError
-    from orchestrator.spec import parse_spec
+    from orchestrator.space.spec import parse_spec
 
     text = """
 name: t

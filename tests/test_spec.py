@@ -5,7 +5,7 @@ import os
 import pytest
 
 from orchestrator.errors import SpecError
-from orchestrator.spec import parse_spec
+from orchestrator.space.spec import parse_spec
 from tests.conftest import REPO
 
 BASE = """

@@ -6,12 +6,12 @@ import time
 import pytest
 import torch
 
-from orchestrator.cache import ArtifactCache
-from trainables.distill import DistillParams, load_data, load_teacher, run_distill, teacher_recipe
-from trainables.engine import head_lr_groups, predict_logits
-from trainables.registry import TrialContext
-from trainables.session import LocalSession
-from trainables.teacher import INIT_DEFAULTS, TeacherRecipe, load_teacher_model
+from orchestrator.store.cache import ArtifactCache
+from trainables.distill.trainable import DistillParams, load_data, load_teacher, run_distill, teacher_recipe
+from trainables.runtime.engine import head_lr_groups, predict_logits
+from trainables.runtime.trainable import TrialContext
+from trainables.runtime.session import LocalSession
+from trainables.distill.teacher import INIT_DEFAULTS, TeacherRecipe, load_teacher_model
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -107,7 +107,7 @@ def test_head_lr_groups():
 
 
 def test_a_checkpoint_enters_the_key_by_content(tmp_path):
-    from trainables.teacher import recipe_fields
+    from trainables.distill.teacher import recipe_fields
 
     path = tmp_path / "backbone.pt"
     torch.save({"w": torch.zeros(3)}, path)

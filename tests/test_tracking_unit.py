@@ -1,7 +1,7 @@
 import pytest
 
 from orchestrator.errors import UserError
-from orchestrator.tracking import check_tracking_uri, normalise_tracking_uri
+from orchestrator.store.tracking import check_tracking_uri, normalise_tracking_uri
 
 
 def test_uris_are_made_absolute(tmp_path):

@@ -1,10 +1,10 @@
 """The shared training loop, without Ray: it learns, caches the teacher, and resumes."""
 import torch
 
-from orchestrator.cache import ArtifactCache
-from trainables.distill import DistillParams, run_distill
-from trainables.registry import TrialContext
-from trainables.session import LocalSession
+from orchestrator.store.cache import ArtifactCache
+from trainables.distill.trainable import DistillParams, run_distill
+from trainables.runtime.trainable import TrialContext
+from trainables.runtime.session import LocalSession
 
 FAST_TEACHER = {"model": "mlp", "epochs": 8, "lr": 0.1}
 

@@ -7,13 +7,13 @@ import pytest
 from ray import tune
 
 from orchestrator.errors import SpecError
-from orchestrator.report import format_table, pick_best, rows_from_results
-from orchestrator.spec import parse_spec
-from orchestrator.tuner import param_space
-from orchestrator.vectorized import configs_per_trial, row_config
-from orchestrator.w2s_report import pgr_summary
-from trainables.vectorize import GRID_KEY, PROBES_KEY, expand_configs
-from trainables.w2s_probe import PROBE_FIELDS
+from orchestrator.reports.rows import format_table, pick_best, rows_from_results
+from orchestrator.space.spec import parse_spec
+from orchestrator.run.tuner import param_space
+from orchestrator.space.vectorized import configs_per_trial, row_config
+from trainables.w2s_probe.report import pgr_summary
+from trainables.runtime.vectorize import GRID_KEY, PROBES_KEY, expand_configs
+from trainables.w2s_probe.trainable import PROBE_FIELDS
 
 SPACE = """
 name: v

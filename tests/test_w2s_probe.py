@@ -6,12 +6,12 @@ import numpy as np
 import pytest
 import torch
 
-from orchestrator.feature_store import FeatureStore
-from trainables.registry import TrialContext
-from trainables.session import LocalSession
-from trainables.vectorize import single_config
-from trainables.w2s_features import make_splits
-from trainables.w2s_probe import PROBE_FIELDS, W2SProbeParams, prepare_w2s, run_w2s_probe
+from orchestrator.store.feature_store import FeatureStore
+from trainables.runtime.trainable import TrialContext
+from trainables.runtime.session import LocalSession
+from trainables.runtime.vectorize import single_config
+from trainables.w2s_probe.features import make_splits
+from trainables.w2s_probe.trainable import PROBE_FIELDS, W2SProbeParams, prepare_w2s, run_w2s_probe
 
 FAST = {"dataset": "digits", "pretrain_split": {"weak": 0.06, "strong": 0.3},
         "weak": {"model": "linear", "train": {"epochs": 2, "lr": 0.05}},

@@ -4,13 +4,13 @@ import numpy as np
 import pytest
 import torch
 
-from orchestrator.cache import ArtifactCache
-from trainables.distill import DistillParams, build_student, load_data, load_teacher, run_distill
+from orchestrator.store.cache import ArtifactCache
+from trainables.distill.trainable import DistillParams, build_student, load_data, load_teacher, run_distill
 from trainables.init import select_weights, uniform_indices
 from trainables.init.weight_selection import IndexSets, select_tensor
 from trainables.models import create_model
-from trainables.registry import TrialContext
-from trainables.session import LocalSession
+from trainables.runtime.trainable import TrialContext
+from trainables.runtime.session import LocalSession
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -16,7 +16,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
 from trainables.data import load_dataset  # noqa: E402
-from trainables.engine import seed_everything  # noqa: E402
+from trainables.runtime.engine import seed_everything  # noqa: E402
 from trainables.models import create_model  # noqa: E402
 
 OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "digits_cnn_backbone.pt")

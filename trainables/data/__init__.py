@@ -15,14 +15,10 @@ import inspect
 from typing import Any, Callable
 
 from trainables.data.base import DatasetSplits, DatasetUnavailable, split_indices
-from trainables.registry_base import Registry
+from trainables.core.registry import Registry, scan
 
 
-def _import_builtin() -> None:
-    from trainables.data import cifar, digits, imagefolder, mnist, synthetic  # noqa: F401
-
-
-DATASETS: Registry[Callable[..., DatasetSplits]] = Registry("dataset", _import_builtin)
+DATASETS: Registry[Callable[..., DatasetSplits]] = Registry("dataset", scan("trainables.data"))
 dataset_names = DATASETS.names
 DatasetName = DATASETS.name_type()
 

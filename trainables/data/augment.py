@@ -4,7 +4,7 @@ Each augmentation is split in two: ``sample(n, shape, generator)`` draws the per
 (crop offsets, flip bits, resized-crop boxes) as small tensors, and ``apply(x, params)`` turns a
 batch of normalised images into their views. Splitting them lets a *view* be stored as its
 parameters alone: the teacher-output cache keeps the teacher's logits for K views per image plus
-the seed that regenerates their parameters, never the images (see :mod:`trainables.views`).
+the seed that regenerates their parameters, never the images (see :mod:`trainables.training.views`).
 
 Kinds (the ``augment`` parameter of ``distill``):
 

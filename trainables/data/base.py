@@ -10,7 +10,7 @@ from urllib.parse import urlparse
 import numpy as np
 import torch
 
-from trainables.offline import offline_mode, reachable
+from trainables.core.offline import offline_mode, reachable
 
 
 class DatasetUnavailable(RuntimeError):

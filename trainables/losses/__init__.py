@@ -16,7 +16,7 @@ from pydantic import AfterValidator, BaseModel, ValidationError
 from torch import nn
 
 from trainables.losses.base import DistillLoss, LossInputs, LossParams
-from trainables.registry_base import Registry
+from trainables.core.registry import Registry, scan
 
 LossInterface = Literal["classifier", "multicrop"]
 
@@ -28,12 +28,7 @@ class LossEntry:
     interface: LossInterface
 
 
-def _import_builtin() -> None:
-    from trainables.losses import (adaptconf, align_uniform, augconf, auxconf, ce, crd, dino,  # noqa: F401
-                                   dkd, kd, srrl)
-
-
-LOSSES: Registry[LossEntry] = Registry("loss", _import_builtin, plural="losses")
+LOSSES: Registry[LossEntry] = Registry("loss", scan("trainables.losses"), plural="losses")
 
 
 def loss_names(interface: LossInterface | None = None) -> list[str]:

@@ -16,15 +16,10 @@ from typing import Annotated, Any, Callable
 from pydantic import AfterValidator
 
 from trainables.models.base import Classifier, Norm
-from trainables.registry_base import Registry
+from trainables.core.registry import Registry, scan
 
 
-def _import_builtin() -> None:
-    from trainables.models import (cifar_resnet, hub, mlp, mobilenetv2, shufflenetv1, shufflenetv2,  # noqa: F401
-                                   small_cnn, vgg, wrn)
-
-
-MODELS: Registry[Callable[..., Classifier]] = Registry("model", _import_builtin)
+MODELS: Registry[Callable[..., Classifier]] = Registry("model", scan("trainables.models"))
 register_model = MODELS.decorator
 model_names = MODELS.names
 INPUT_NORM_CHOICES = ("auto", "data", "pretrained")

@@ -8,13 +8,13 @@ from typing import Any
 import torch
 from torch import nn
 
+from trainables.core.paths import REPO_ROOT
 from trainables.models.base import head_state_keys
 
 CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors")
 _WRAPPER_KEYS = ("model", "state_dict", "module", "model_state_dict")
 
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def resolve_checkpoint_path(path: str) -> str:

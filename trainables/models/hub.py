@@ -28,7 +28,7 @@ from torch import nn
 
 from trainables.models import register_model
 from trainables.models.base import Classifier
-from trainables.offline import offline_mode, reachable
+from trainables.core.offline import offline_mode, reachable
 
 TIMM_PREFIX = "timm:"
 TV_PREFIX = "tv:"

@@ -1,0 +1,279 @@
+"""Sweep reports: the results table (Parquet, CSV, text), plots, the seed-style summary and the
+exported best config, written under ``<storage>/<name>/`` and logged on the sweep's MLflow parent run.
+
+Runs at the end of every sweep (``sweep.finish_report``) and on demand (``run_sweep.py report
+NAME``), when it rebuilds everything from what the sweep stored: the Tune experiment folder (trial
+configs, per-epoch results, errors), or, when that folder is gone, the MLflow child runs.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+from orchestrator.errors import UserError
+from orchestrator.reports.export import best_space_yaml
+from orchestrator.reports.plots import LOG_KINDS, png_bytes, sweep_figures
+from orchestrator.reports.rows import (Comparison, TrialRow, format_table, pick_best, reference_comparison,
+                                 rows_from_results, searched_keys, trial_status)
+from orchestrator.reports.table import frame_to_csv, frame_to_parquet, rows_to_frame
+from orchestrator.space.spec import SweepSpec, get_dotted, parse_spec, set_dotted
+from orchestrator.store.layout import BEST_SPACE_FILE, PLOTS_DIR, read_saved_spec, reference_dir
+from orchestrator.store.storage import join, write_bytes
+from orchestrator.reports.summary import covers_several, format_summary, summarize, summary_records
+from orchestrator.store.tracking import TAG_OUTCOME, TAG_ROLE, TAG_SWEEP, TAG_TRIAL, Tracker
+
+# Tune statuses of trials a sweep had not finished when its state was last saved.
+UNFINISHED = {"RUNNING", "PENDING", "PAUSED"}
+
+
+@dataclass
+class Published:
+    """What a report wrote: local/storage paths, artifact paths on the parent run, and texts."""
+    files: list[str] = field(default_factory=list)
+    artifacts: list[str] = field(default_factory=list)
+    plots: list[str] = field(default_factory=list)
+    summary_text: str | None = None
+
+
+def log_scale_keys(spec: SweepSpec) -> set[str]:
+    return {k for k, d in spec.domains.items() if d.kind in LOG_KINDS}
+
+
+def publish(spec: SweepSpec, rows: list[TrialRow], best: TrialRow | None, best_config: dict[str, Any] | None,
+            sweep: str, out_dir: str, tracker: Tracker | None = None, parent_id: str | None = None,
+            table: str | None = None) -> Published:
+    """Write the results table, the summary, the plots and ``best_config.yaml`` under ``out_dir``
+    and log them on the parent run (when given)."""
+    keys = searched_keys(spec)
+    frame = rows_to_frame(rows, keys, spec.metric)
+    out = Published()
+    blobs: dict[str, bytes] = {
+        "results/results.parquet": frame_to_parquet(frame),
+        "results/results.csv": frame_to_csv(frame).encode(),
+    }
+    if table is not None:
+        blobs["results/results_table.txt"] = table.encode()
+    entries = summarize(rows, keys, spec.metric, spec.mode)
+    if covers_several(entries):
+        import pandas as pd
+
+        out.summary_text = format_summary(entries)
+        blobs["results/summary.txt"] = out.summary_text.encode()
+        blobs["results/summary.csv"] = pd.DataFrame(summary_records(entries)).to_csv(index=False).encode()
+    for fname, fig in sweep_figures(frame, rows, spec.metric, spec.mode, keys, log_scale_keys(spec)).items():
+        blobs[f"{PLOTS_DIR}/{fname}"] = png_bytes(fig)
+        out.plots.append(join(out_dir, PLOTS_DIR, fname))
+    if best is not None and best_config is not None:
+        blobs[BEST_SPACE_FILE] = best_space_yaml(spec, best_config, best, sweep, join(out_dir, BEST_SPACE_FILE)).encode()
+
+    for artifact, data in blobs.items():
+        # results.* sit at the top of the sweep folder (where users look for them); the MLflow
+        # artifact paths group them under results/.
+        local = artifact.removeprefix("results/")
+        path = join(out_dir, local)
+        write_bytes(path, data)
+        out.files.append(path)
+    if tracker is not None and parent_id is not None:
+        log_artifacts(tracker, parent_id, blobs)
+        out.artifacts = sorted(blobs)
+    return out
+
+
+def log_artifacts(tracker: Tracker, run_id: str, blobs: dict[str, bytes]) -> None:
+    """Log files with their artifact paths, one upload per folder."""
+    import tempfile
+
+    by_dir: dict[str, dict[str, bytes]] = {}
+    for artifact, data in blobs.items():
+        folder, _, fname = artifact.rpartition("/")
+        by_dir.setdefault(folder, {})[fname] = data
+    for folder, files in by_dir.items():
+        with tempfile.TemporaryDirectory(prefix="w2s-report-") as tmp:
+            for fname, data in files.items():
+                with open(os.path.join(tmp, fname), "wb") as f:
+                    f.write(data)
+            tracker.client.log_artifacts(run_id, tmp, artifact_path=folder or None)
+
+
+# --------------------------------------------------------------------------------------------
+# Rebuilding a report from what a sweep stored
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class StoredSweep:
+    name: str
+    spec: SweepSpec
+    rows: list[TrialRow]
+    source: str  # where the rows came from: the Tune experiment folder or MLflow
+    comparison: Comparison | None = None
+
+    @property
+    def best(self) -> TrialRow | None:
+        return pick_best(self.rows, self.spec.metric, self.spec.mode)
+
+
+def tune_results(path: str):
+    """(ResultGrid, {trial_id: Tune status}) of a Tune experiment folder, or None when it holds none."""
+    from ray.tune import ExperimentAnalysis, ResultGrid
+
+    try:
+        analysis = ExperimentAnalysis(path)
+    except (ValueError, FileNotFoundError):
+        return None
+    return ResultGrid(analysis), {t.trial_id: t.status for t in analysis.trials}
+
+
+def rows_from_tune(spec: SweepSpec, path: str) -> list[TrialRow] | None:
+    loaded = tune_results(path)
+    if loaded is None:
+        return None
+    grid, states = loaded
+    rows = rows_from_results(spec, grid)
+    for row in rows:
+        if states.get(row.trial_id) in UNFINISHED and row.status != "error":
+            row.status = "unfinished" if row.history else "not_run"
+    return rows
+
+
+def _param_value(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+def find_parent(uri: str, sweep: str, experiment: str | None = None):
+    """The sweep's parent run (tags ``w2s.sweep``, ``w2s.role=parent``) and its Tracker, or (None, None)."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=uri)
+    if experiment:
+        exp = client.get_experiment_by_name(experiment)
+        experiments = [exp] if exp is not None else []
+    else:
+        experiments = client.search_experiments()
+    for exp in experiments:
+        tracker = Tracker(uri, exp.name)
+        tracker.experiment_id = exp.experiment_id
+        runs = tracker.find_runs(**{TAG_SWEEP: sweep, TAG_ROLE: "parent"})
+        if runs:
+            return tracker, runs[0]
+    return None, None
+
+
+def spec_from_mlflow(tracker: Tracker, parent) -> SweepSpec:
+    import tempfile
+
+    import yaml
+
+    with tempfile.TemporaryDirectory() as tmp:
+        local = tracker.client.download_artifacts(parent.info.run_id, "spec/resolved_spec.json", tmp)
+        with open(local) as f:
+            resolved = json.load(f)
+    return parse_spec(yaml.safe_dump(resolved), f"MLflow run {parent.info.run_id}: spec/resolved_spec.json")
+
+
+def rows_from_mlflow(tracker: Tracker, sweep: str, spec: SweepSpec) -> list[TrialRow]:
+    """Trial rows from the sweep's child runs: params, last metrics, per-epoch history of the
+    search metric and the training loss, outcome tag, and the trial's training time."""
+    keys = searched_keys(spec)
+    rows = []
+    for run in tracker.find_runs(**{TAG_SWEEP: sweep, TAG_ROLE: "trial"}):
+        config: dict[str, Any] = {}
+        for key, text in run.data.params.items():
+            set_dotted(config, key, _param_value(text))
+        metrics = dict(run.data.metrics)
+        history: dict[int, dict[str, float]] = {}
+        for name in dict.fromkeys([spec.metric, "train_loss"]):
+            for point in tracker.client.get_metric_history(run.info.run_id, name):
+                history.setdefault(point.step, {"epoch": float(point.step)})[name] = point.value
+        if isinstance(metrics.get("epoch"), float) and metrics["epoch"].is_integer():
+            metrics["epoch"] = int(metrics["epoch"])
+        status = run.data.tags.get(TAG_OUTCOME) or (
+            "unfinished" if run.info.status == "RUNNING" else trial_status(config, metrics, run.info.status == "FAILED"))
+        rows.append(TrialRow(trial_id=run.data.tags.get(TAG_TRIAL, run.info.run_id), status=status,
+                             params={k: get_dotted(config, k) for k in keys}, metrics=metrics, config=config,
+                             duration_s=metrics.get("trial_time_s"),
+                             history=[history[s] for s in sorted(history)]))
+    rows.sort(key=lambda r: r.trial_id)
+    return rows
+
+
+def load_sweep(name: str, storage_path: str, mlflow_uri: str | None) -> StoredSweep:
+    """A finished, interrupted or resumed sweep, from its Tune folder (preferred) or MLflow."""
+    out_dir = join(storage_path, name)
+    saved = read_saved_spec(out_dir)
+    spec = saved.spec if saved else None
+    tracker = parent = None
+    if mlflow_uri and mlflow_store_exists(mlflow_uri):
+        tracker, parent = find_parent(mlflow_uri, name, spec.experiment_name if spec else None)
+    if spec is None and parent is not None:
+        spec = spec_from_mlflow(tracker, parent)
+    if spec is None:
+        raise UserError(f"no sweep named {name!r}: nothing at {out_dir} and no MLflow parent run tagged "
+                        f"w2s.sweep={name} in {mlflow_uri or 'MLflow'} (pass --storage-path / --mlflow-uri)")
+    rows = rows_from_tune(spec, out_dir)
+    source = f"Tune results in {out_dir}"
+    if rows is None and parent is not None:
+        rows, source = rows_from_mlflow(tracker, name, spec), f"MLflow child runs of {parent.info.run_id}"
+    if rows is None:
+        raise UserError(f"sweep {name!r}: no Tune results under {out_dir} and no MLflow runs to rebuild from")
+    comparison = None
+    ref = tune_results(reference_dir(storage_path, name))
+    if ref is not None:
+        comparison = reference_comparison(ref[0])
+    return StoredSweep(name=name, spec=spec, rows=rows, source=source, comparison=comparison)
+
+
+def mlflow_store_exists(uri: str) -> bool:
+    """A report never creates a tracking store: an sqlite file must already exist."""
+    if uri.startswith("sqlite:///"):
+        return os.path.exists(uri[len("sqlite:///"):])
+    return True
+
+
+def report_sweep(name: str, storage_path: str, mlflow_uri: str | None, say=print) -> StoredSweep:
+    """``run_sweep.py report NAME``: rebuild, print, write and log the sweep's report."""
+    sweep = load_sweep(name, storage_path, mlflow_uri)
+    spec, rows = sweep.spec, sweep.rows
+    keys = searched_keys(spec)
+    extra = [m for m in ("test_acc", "teacher_test_acc", "w2s_acc", "pgr") if any(m in r.metrics for r in rows)]
+    table = format_table(rows, spec.metric, extra, keys)
+    say(f"sweep {name}: {len(rows)} trials of {spec.trainable!r}, metric {spec.metric} ({spec.mode}), "
+        f"from {sweep.source}")
+    say("")
+    say(table)
+    tracker = parent_id = None
+    if mlflow_uri and mlflow_store_exists(mlflow_uri):
+        tracker, parent = find_parent(mlflow_uri, name, spec.experiment_name)
+        parent_id = parent.info.run_id if parent is not None else None
+    best = sweep.best
+    out = publish(spec, rows, best, best.config if best else None, name, join(storage_path, name),
+                  tracker, parent_id, table)
+    print_outcome(say, spec, best, out, sweep.comparison)
+    if parent_id:
+        say(f"logged on MLflow parent run {parent_id}: " + ", ".join(out.artifacts))
+    else:
+        say(f"MLflow: no parent run of {name} found at {mlflow_uri}; files written to storage only")
+    return sweep
+
+
+def print_outcome(say, spec: SweepSpec, best: TrialRow | None, out: Published,
+                  comparison: Comparison | None) -> None:
+    if out.summary_text:
+        say("")
+        say("summary (best configuration per method, mean ± std over seeds):")
+        say(out.summary_text)
+    say("")
+    if best is not None:
+        say(f"best trial {best.label}: {spec.metric} = {best.metrics[spec.metric]:.4f}")
+    if comparison is not None:
+        say("reference: " + comparison.verdict)
+    for path in out.plots:
+        say(f"plot: {path}")
+    for path in out.files:
+        if path.endswith(("results.parquet", BEST_SPACE_FILE)):
+            say(f"wrote {path}")

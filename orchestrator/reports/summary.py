@@ -1,0 +1,172 @@
+"""Seed-style summary: one line per (teacher, student, method), the way the seed papers report
+results: top-1 mean ± std over seeds of the best hyperparameters of that method.
+
+Within a method group, trials that differ only in ``seed`` are one configuration; the
+configuration with the best mean search metric is the method's entry, and its top-1 (``test_acc``,
+or ``w2s_acc`` for weak-to-strong probes, else the search metric) is averaged over its seeds.
+"""
+from __future__ import annotations
+
+import math
+import statistics
+from dataclasses import dataclass, field
+from typing import Any
+
+from orchestrator.reports.rows import TrialRow, fmt, render_table
+from orchestrator.space.spec import get_dotted
+
+# Display column -> config keys that can name it, first found wins. ``weak``/``strong`` are the
+# weak-to-strong names for teacher and student.
+IDENTITY_COLUMNS = {
+    "teacher": ("teacher.model", "teacher", "weak.model", "weak", "weak_model"),
+    "student": ("student.model", "student", "strong.model", "strong", "strong_model"),
+    "method": ("method", "loss"),
+}
+TOP1_METRICS = ("test_acc", "w2s_acc")
+SEED_KEY = "seed"
+
+
+@dataclass
+class MethodEntry:
+    group: dict[str, str]
+    metric: str
+    top1_metric: str
+    metric_values: list[float]
+    top1_values: list[float]
+    hyperparams: dict[str, Any]
+    trial_ids: list[str]
+    configs_tried: int
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def seeds(self) -> int:
+        return len(self.top1_values)
+
+    @staticmethod
+    def _mean(values: list[float]) -> float:
+        return statistics.fmean(values) if values else math.nan
+
+    @staticmethod
+    def _std(values: list[float]) -> float:
+        return statistics.stdev(values) if len(values) > 1 else math.nan
+
+    @property
+    def top1_mean(self) -> float:
+        return self._mean(self.top1_values)
+
+    @property
+    def top1_std(self) -> float:
+        return self._std(self.top1_values)
+
+    @property
+    def metric_mean(self) -> float:
+        return self._mean(self.metric_values)
+
+
+def _label(value: Any) -> str:
+    if isinstance(value, dict):
+        return str(value.get("model", value))
+    return str(value)
+
+
+def identity(row: TrialRow) -> dict[str, str]:
+    out = {}
+    for column, candidates in IDENTITY_COLUMNS.items():
+        for key in candidates:
+            value = get_dotted(row.config, key) if row.config else row.params.get(key)
+            if value is None:
+                value = row.params.get(key)
+            if value is not None:
+                out[column] = _label(value)
+                break
+    return out
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def top1_metric(rows: list[TrialRow], metric: str) -> str:
+    return next((m for m in TOP1_METRICS if any(_finite(r.metrics.get(m)) for r in rows)), metric)
+
+
+def method_keys(rows: list[TrialRow], keys: list[str]) -> list[str]:
+    """Searched keys that name a method rather than tune one: non-numeric values (loss names,
+    model names), never the seed."""
+    out = []
+    for key in keys:
+        values = [r.params.get(key) for r in rows if r.params.get(key) is not None]
+        if key != SEED_KEY and values and not all(_finite(v) for v in values):
+            out.append(key)
+    return out
+
+
+def summarize(rows: list[TrialRow], keys: list[str], metric: str, mode: str) -> list[MethodEntry]:
+    """The best configuration of every method group, its seeds pooled."""
+    top1 = top1_metric(rows, metric)
+    by_method = method_keys(rows, keys)
+    tuned = [k for k in keys if k not in by_method and k != SEED_KEY]
+    groups: dict[tuple, dict[tuple, list[TrialRow]]] = {}
+    group_labels: dict[tuple, dict[str, str]] = {}
+    for r in rows:
+        if r.status == "error" or not _finite(r.metrics.get(metric)):
+            continue
+        ident = identity(r)
+        for key in by_method:
+            if key not in {c for cands in IDENTITY_COLUMNS.values() for c in cands}:
+                ident[key] = _label(r.params.get(key))
+        gkey = tuple(sorted(ident.items()))
+        group_labels[gkey] = ident
+        ckey = tuple(repr(r.params.get(k)) for k in tuned)
+        groups.setdefault(gkey, {}).setdefault(ckey, []).append(r)
+    entries = []
+    sign = 1 if mode == "max" else -1
+    for gkey, configs in groups.items():
+        def score(members: list[TrialRow]) -> float:
+            return sign * statistics.fmean(m.metrics[metric] for m in members)
+
+        members = max(configs.values(), key=score)
+        entries.append(MethodEntry(
+            group=group_labels[gkey], metric=metric, top1_metric=top1,
+            metric_values=[float(m.metrics[metric]) for m in members],
+            top1_values=[float(m.metrics[top1]) for m in members if _finite(m.metrics.get(top1))],
+            hyperparams={k: members[0].params.get(k) for k in tuned},
+            trial_ids=[m.trial_id for m in members], configs_tried=len(configs)))
+    entries.sort(key=lambda e: (tuple(e.group.values()), -sign * e.metric_mean))
+    return entries
+
+
+def covers_several(entries: list[MethodEntry]) -> bool:
+    """Worth a seed-style table: several methods/models, or several seeds of one."""
+    return len(entries) > 1 or any(e.seeds > 1 for e in entries)
+
+
+def mean_std(mean: float, std: float, n: int) -> str:
+    if math.isnan(mean):
+        return "-"
+    return f"{mean:.4f} ± {std:.4f} (n={n})" if n > 1 else f"{mean:.4f} (n=1)"
+
+
+def summary_records(entries: list[MethodEntry], leading: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    """Flat records (for a DataFrame or CSV): group columns, top-1 mean/std/n, metric mean, config."""
+    records = []
+    for e in entries:
+        records.append({**(leading or {}), **e.group,
+                        f"{e.top1_metric}_mean": e.top1_mean, f"{e.top1_metric}_std": e.top1_std, "seeds": e.seeds,
+                        f"{e.metric}_mean": e.metric_mean, "configs_tried": e.configs_tried,
+                        **{f"param.{k}": v for k, v in e.hyperparams.items()},
+                        "trial_ids": " ".join(e.trial_ids)})
+    return records
+
+
+def format_summary(entries: list[MethodEntry]) -> str:
+    if not entries:
+        return "(no trial produced the metric)"
+    group_cols = list(dict.fromkeys(c for e in entries for c in e.group))
+    hyper = list(dict.fromkeys(k for e in entries for k in e.hyperparams))
+    top1, metric = entries[0].top1_metric, entries[0].metric
+    headers = [*group_cols, f"top-1 ({top1}) mean ± std", f"{metric} mean", "configs", *hyper]
+    body = [[*[e.group.get(c, "-") for c in group_cols], mean_std(e.top1_mean, e.top1_std, e.seeds),
+             fmt(e.metric_mean), e.configs_tried, *[fmt(e.hyperparams.get(k, "-")) for k in hyper]]
+            for e in entries]
+    return render_table(headers, body)

@@ -1,0 +1,172 @@
+"""Checks that run after the search space parses and before Ray starts, so that a sweep that
+cannot produce anything fails in seconds with one message, not in trial 37 with a traceback.
+
+* :func:`check_trials_possible`: every combination of searched values is a valid trial (spec
+  parsing checks each value on its own), and the time budget, the points to evaluate and the stop
+  target cannot leave the sweep with zero trials that train.
+* :func:`check_inputs_available`: each trainable's ``check_available`` hook (datasets on disk,
+  checkpoint files to start from) for every candidate trial.
+* :func:`check_sweep_checkpoints`: on ``--resume``, every checkpoint the sweep kept is readable.
+"""
+from __future__ import annotations
+
+import copy
+import itertools
+import os
+from typing import Any, Iterator
+
+from pydantic import ValidationError
+
+from orchestrator.errors import SpecError, SpecIssue, UserError
+from orchestrator.space.spec import SweepSpec, set_dotted
+
+MAX_COMBINATIONS = 4096  # product of candidate values checked exhaustively; above it, a sample
+MIN_TIME_BUDGET_S = 10.0  # starting Ray's trial actors alone takes seconds
+BOUNDED_01 = ("acc", "accuracy", "top1", "top5")  # metric name endings known to lie in [0, 1]
+
+
+# --------------------------------------------------------------------------------------------
+# Candidate trial configs
+# --------------------------------------------------------------------------------------------
+
+
+def _combinations(spec: SweepSpec) -> Iterator[dict[str, Any]]:
+    keys = list(spec.domains)
+    values = [spec.domains[k].candidates() for k in keys]
+    for combo in itertools.islice(itertools.product(*values), MAX_COMBINATIONS):
+        yield dict(zip(keys, combo))
+
+
+def candidate_configs(spec: SweepSpec) -> Iterator[tuple[str, dict[str, Any]]]:
+    """(where, trial config) for every combination of searched candidate values (listed values,
+    range bounds) and every point to evaluate."""
+    fixed = spec.fixed_config()
+    for combo in _combinations(spec):
+        cfg = copy.deepcopy(fixed)
+        for key, value in combo.items():
+            set_dotted(cfg, key, value)
+        yield ", ".join(f"{k}={v!r}" for k, v in combo.items()) or "params", cfg
+    first = next(_combinations(spec), {})
+    for i, point in enumerate(spec.points_to_evaluate):
+        cfg = copy.deepcopy(fixed)
+        for key, value in {**first, **point}.items():
+            set_dotted(cfg, key, value)
+        yield f"points_to_evaluate[{i}]", cfg
+
+
+def _problem(exc: ValidationError) -> str:
+    err = exc.errors()[0]
+    loc = ".".join(str(p) for p in err["loc"])
+    msg = err["msg"].removeprefix("Value error, ")
+    return f"{loc}: {msg}" if loc else msg
+
+
+# --------------------------------------------------------------------------------------------
+# Checks
+# --------------------------------------------------------------------------------------------
+
+
+def check_trials_possible(spec: SweepSpec) -> None:
+    from trainables.runtime.trainable import get_trainable
+
+    model = get_trainable(spec.trainable).params_model
+    file = spec.source_file
+    issues: list[SpecIssue] = []
+
+    if len(spec.domains) > 1:
+        # Spec parsing validates each searched value with the others at their first value; a
+        # combination of two valid values can still be an invalid trial that would crash mid-sweep.
+        total, invalid = 0, []
+        for where, cfg in candidate_configs(spec):
+            if where.startswith("points_to_evaluate"):
+                continue
+            total += 1
+            try:
+                model.model_validate(cfg)
+            except ValidationError as exc:
+                invalid.append(f"{where}: {_problem(exc)}")
+        if invalid:
+            issues.append(SpecIssue("search", f"{len(invalid)} of {total} combinations of searched values are invalid "
+                                    f"trials, e.g. {invalid[0]}; narrow the ranges so that they fit together"))
+
+    if spec.time_budget_s is not None and spec.time_budget_s < MIN_TIME_BUDGET_S:
+        issues.append(SpecIssue("time_budget_s", f"is too short for any trial to report (starting trials alone "
+                                f"takes seconds); use at least {MIN_TIME_BUDGET_S:g}", spec.time_budget_s))
+    n_points = len(spec.points_to_evaluate)
+    if n_points > spec.num_samples:
+        issues.append(SpecIssue("num_samples", f"is below the {n_points} points_to_evaluate: each point takes one "
+                                f"sample, so set num_samples to at least {n_points}", spec.num_samples))
+    issues += _stop_target_issues(spec)
+    if issues:
+        raise SpecError(file, issues)
+
+
+def _stop_target_issues(spec: SweepSpec) -> list[SpecIssue]:
+    target = spec.stop.target
+    if target is None or not str(spec.metric).lower().endswith(BOUNDED_01):
+        return []
+    if (spec.mode == "max" and target <= 0.0) or (spec.mode == "min" and target >= 1.0):
+        return [SpecIssue("stop.target", f"is met by every trial's first report ({spec.metric} lies in [0, 1]), so "
+                          "every trial would stop after one epoch: zero trials would train", target)]
+    if not 0.0 <= target <= 1.0:
+        return [SpecIssue("stop.target", f"can never be reached: {spec.metric} lies in [0, 1]"
+                          + (f" (did you mean {target / 100:g}?)" if 1 < target <= 100 else ""), target)]
+    return []
+
+
+def check_inputs_available(spec: SweepSpec) -> None:
+    """Run the trainable's ``check_available`` hook on each distinct candidate trial."""
+    from trainables.runtime.trainable import get_trainable
+
+    defn = get_trainable(spec.trainable)
+    if defn.check_available is None:
+        return
+    issues: list[SpecIssue] = []
+    seen: set[tuple[str, str]] = set()
+    for where, cfg in candidate_configs(spec):
+        try:
+            params = defn.params_model.model_validate(cfg)
+        except ValidationError:
+            continue  # reported by check_trials_possible
+        for key, problem in defn.check_available(params):
+            if (key, problem) in seen:
+                continue
+            seen.add((key, problem))
+            spec_key = f"search.{key}" if key in spec.domains else f"params.{key}"
+            issues.append(SpecIssue(spec_key, problem))
+    if issues:
+        raise SpecError(spec.source_file, issues)
+
+
+def check_sweep_checkpoints(out_dir: str) -> None:
+    """Before resuming: every ``state.pt`` the sweep kept must be readable. Local storage only
+    (on object stores a corrupt checkpoint surfaces when its trial restores it)."""
+    if "://" in out_dir or not os.path.isdir(out_dir):
+        return
+    from trainables.runtime.session import CHECKPOINT_FILE, CORRUPT_SUFFIX, state_file_problem
+
+    problems = []
+    for root, _dirs, files in os.walk(out_dir):
+        base = os.path.basename(root)
+        if CHECKPOINT_FILE in files and base.startswith("checkpoint_") and not base.endswith(CORRUPT_SUFFIX):
+            path = os.path.join(root, CHECKPOINT_FILE)
+            problem = state_file_problem(path)
+            if problem:
+                problems.append((root, problem))
+    if problems:
+        root, problem = problems[0]
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        raise UserError(f"checkpoint {os.path.join(root, CHECKPOINT_FILE)} {problem}{more}. Resuming would fail in "
+                        f"that trial. Move the checkpoint folder aside (mv {root} {root}{CORRUPT_SUFFIX}) and resume again: "
+                        "the trial then goes on from its previous checkpoint, or starts over if it has none")
+
+
+def run_all(spec: SweepSpec, out_dir: str, name: str, resuming: bool) -> None:
+    """Every check above, in the order a user would fix them."""
+    check_trials_possible(spec)
+    check_inputs_available(spec)
+    if resuming:
+        from orchestrator.run.resume import check_not_running
+
+        check_not_running(out_dir, name)
+        check_sweep_checkpoints(out_dir)

@@ -1,0 +1,356 @@
+"""Run a sweep end to end: checks, Ray, preparation, the Tuner, reference runs, the report."""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from orchestrator.store.cache import resolve_filesystem
+from orchestrator.store.feature_store import FeatureStore
+from orchestrator.run.cluster import (check_cluster_locations, connection_error_message, origin_note,
+                                  worker_runtime_env)
+from orchestrator.errors import UserError
+from orchestrator.reports import publish as reporting
+from orchestrator.run import preflight, resume
+from orchestrator.store.disk import disk_usage
+from orchestrator.run.local_ray import prepare_local_ray, publish_address
+from orchestrator.run.progress import ProgressPrinter
+from orchestrator.reports.rows import (SweepReport, format_table, pick_best, reference_comparison, rows_from_results,
+                                 searched_keys)
+from orchestrator.reports.table import status_counts
+from orchestrator.store.secrets import redact
+from orchestrator.run.resources import DRIVER_RESOURCE, ClusterResources, ResourcePlan, plan_resources
+from orchestrator.space.spec import SweepSpec, parse_spec, spec_to_yaml
+from orchestrator.store import layout
+from orchestrator.store.storage import join, write_text
+from orchestrator.store.tracking import MLflowTrialCallback, Tracker, check_tracking_uri, flatten
+from orchestrator.space.vectorized import plan_lines, row_config, trainable_fields
+from orchestrator.store.vectorized_tracking import VectorizedMLflowCallback
+from trainables.w2s_probe.report import W2S_COLUMNS, pgr_summary
+from orchestrator.run.watchdog import SweepStalled
+from trainables.core.paths import REPO_ROOT
+from trainables.core.plugins import PLUGINS_ENV
+from trainables.runtime.trainable import TrialContext, get_trainable
+from trainables.runtime.runner import CASE_KEY, unpack_config
+
+log = logging.getLogger("w2s")
+
+
+@dataclass
+class SweepOptions:
+    address: str | None = None
+    mlflow_uri: str = ""
+    storage_path: str = ""
+    name: str | None = None
+    resume: bool = False
+    overrides: list[str] = field(default_factory=list)
+    num_samples: int | None = None
+    quiet: bool = False
+    origins: dict[str, str] = field(default_factory=dict)  # where mlflow_uri / storage_path came from
+
+
+def say(msg: str = "") -> None:
+    print(msg, flush=True)
+
+
+def is_uri(path: str) -> bool:
+    return "://" in path
+
+
+def check_storage(storage_path: str) -> None:
+    """The storage path must be writable before any trial starts."""
+    probe = join(storage_path, f".w2s-write-test-{os.getpid()}")
+    try:
+        write_text(probe, "ok")
+        fs, path = resolve_filesystem(probe)
+        fs.delete_file(path)
+    except Exception as exc:  # noqa: BLE001 - any failure here means trials could not save
+        raise UserError(f"--storage-path {storage_path} is not writable ({type(exc).__name__}: {exc})") from None
+
+
+def sweep_dir(opts: SweepOptions, name: str) -> str:
+    return layout.sweep_dir(opts.storage_path, name)
+
+
+def start_ray(address: str | None) -> ClusterResources:
+    import ray
+
+    os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")  # faster Train teardown
+    os.environ.setdefault("RAY_DEDUP_LOGS", "1")
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # with verbose=0: our own progress lines only
+    if not address:
+        # Spot preemption does not happen on a local machine; the watcher only adds log noise.
+        os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
+    env = {"PYTHONPATH": REPO_ROOT + (os.pathsep + os.environ["PYTHONPATH"] if os.environ.get("PYTHONPATH") else ""),
+           "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": os.environ["RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"],
+           "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": os.environ.get("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "1"),
+           "PYTHONWARNINGS": "ignore::DeprecationWarning"}
+    if os.environ.get(PLUGINS_ENV):
+        env[PLUGINS_ENV] = os.environ[PLUGINS_ENV]  # workers must register the same plugin entries
+    quiet = ray.LoggingConfig(log_level="ERROR")
+    if ray.is_initialized():
+        return ClusterResources.from_ray(address or "local") if address else ClusterResources.local()
+    try:
+        if address:
+            ray.init(address=address, runtime_env=worker_runtime_env(env, address, REPO_ROOT),
+                     logging_level=logging.WARNING, logging_config=quiet, log_to_driver=True)
+            return ClusterResources.from_ray(address)
+        local = ClusterResources.local()
+        own_tmp = prepare_local_ray()
+        ray.init(num_cpus=int(local.cpus), num_gpus=int(local.gpus), runtime_env={"env_vars": env},
+                 resources={DRIVER_RESOURCE: local.driver_slots},
+                 logging_level=logging.WARNING, logging_config=quiet, log_to_driver=True)
+        publish_address(own_tmp)
+        return local
+    except ConnectionError as exc:
+        raise UserError(connection_error_message(address, exc)) from None
+
+
+def run_prepare(spec: SweepSpec, ctx: TrialContext) -> dict[str, Any]:
+    """The trainable's one-off preparation (for example training the shared teacher), as a Ray
+    task holding one worker's resources, so it runs where trials could run."""
+    import ray
+
+    defn = get_trainable(spec.trainable)
+    if defn.prepare is None:
+        return {}
+    searched = set(spec.domains) | {k for p in spec.points_to_evaluate for k in p}
+    task = ray.remote(num_cpus=spec.resources.cpus_per_worker,
+                      num_gpus=spec.resources.gpus_per_worker)(_prepare_task)
+    return ray.get(task.remote(spec.trainable, spec.fixed_config(), searched, ctx)) or {}
+
+
+def _prepare_task(trainable: str, fixed: dict[str, Any], searched: set[str], ctx: TrialContext):
+    import torch
+
+    torch.set_num_threads(max(1, int(os.environ.get("OMP_NUM_THREADS", "1"))))
+    return get_trainable(trainable).prepare(fixed, searched, ctx)
+
+
+def reference_cases(spec: SweepSpec, best_config: dict[str, Any]) -> list[dict[str, Any]]:
+    """Re-runs of the best config and of its no-teacher control over several seeds."""
+    defn = get_trainable(spec.trainable)
+    config = dict(best_config)
+    if spec.control.workers and spec.control.workers != config.get("workers", 1):
+        # Keep the global batch size when the reference runs use a different worker count.
+        if isinstance(config.get("batch_size"), int):
+            config["batch_size"] = max(1, config["batch_size"] * config.get("workers", 1) // spec.control.workers)
+        config["workers"] = spec.control.workers
+    base_seed = int(config.get("seed", 0))
+    cases = []
+    for i in range(spec.control.seeds):
+        seed = base_seed + i
+        cases.append({"role": "reproduce", "seed": seed, "config": {**config, "seed": seed}})
+        control = {**config, **defn.control_overrides(config), "seed": seed}
+        cases.append({"role": "control", "seed": seed, "config": control})
+    return cases
+
+
+def run_sweep(spec: SweepSpec, spec_text: str, opts: SweepOptions) -> SweepReport:
+    from ray import tune
+
+    from orchestrator.run import tuner as tuner_mod
+
+    t_start = time.time()
+    name = opts.name or f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    check_tracking_uri(opts.mlflow_uri)
+    check_storage(opts.storage_path)
+    preflight.run_all(spec, sweep_dir(opts, name), name, opts.resume)
+    tracker = Tracker(opts.mlflow_uri, spec.experiment_name)
+    try:
+        tracker.ensure_experiment()
+    except Exception as exc:  # noqa: BLE001
+        raise UserError(f"MLflow at {opts.mlflow_uri} refused the experiment {spec.experiment_name!r}: {exc}") from None
+
+    cluster = start_ray(opts.address)
+    if opts.address:
+        check_cluster_locations(opts.mlflow_uri, opts.storage_path)
+    plan = plan_resources(spec, cluster, strict=not opts.address)
+    say(f"sweep {name}: {spec.expected_trials()} trials of {spec.trainable!r}, metric {spec.metric} ({spec.mode})")
+    for line in plan.lines():
+        say(f"  {line}")
+
+    out_dir = sweep_dir(opts, name)
+    restoring = opts.resume and tune.Tuner.can_restore(out_dir)
+    if opts.resume and not restoring:
+        say(f"  nothing to resume at {out_dir}; starting it fresh")
+    layout.save_spec(out_dir, spec_text, opts.overrides, opts.num_samples)
+    resume.write_status(out_dir, "running")
+
+    parent_id, reused = tracker.parent_run(name, spec.resolved_dict(), spec_text)
+    say(f"  MLflow: experiment {spec.experiment_name!r}, parent run {parent_id}{' (resumed)' if reused else ''}")
+    cache = FeatureStore(layout.cache_dir(opts.storage_path))
+    ctx = TrialContext(cache=cache, checkpoint_every=spec.checkpoint.every, sweep_name=name,
+                       storage_path=opts.storage_path)
+    status, state = "FAILED", "failed"
+    try:
+        t0 = time.time()
+        prepared = run_prepare(spec, ctx)
+        if prepared:
+            say(f"  prepared in {time.time() - t0:.1f}s: " + ", ".join(f"{k}={v}" for k, v in prepared.items()))
+            tracker.log_params(parent_id, {f"prepared.{k}": v for k, v in prepared.items()})
+
+        callbacks = [VectorizedMLflowCallback(opts.mlflow_uri, spec.experiment_name, parent_id, name,
+                                              fields=trainable_fields(spec)),
+                     ProgressPrinter(spec.metric, spec.mode, spec.expected_trials(), keys=searched_keys(spec)),
+                     *resume.sweep_callbacks(opts.storage_path, name)]
+        if restoring:
+            say(f"  resuming from {out_dir}")
+            tuner = tuner_mod.restore_tuner(spec, path=out_dir, storage_path=opts.storage_path, name=name, ctx=ctx,
+                                            plan=plan)
+        else:
+            tuner = tuner_mod.build_tuner(spec, name=name, storage_path=opts.storage_path, ctx=ctx, plan=plan,
+                                          callbacks=callbacks)
+        t0 = time.time()
+        results = resume.fit_watched(tuner, spec, name)
+        say(f"  tuner finished in {time.time() - t0:.1f}s")
+
+        rows = rows_from_results(spec, results)
+        if restoring:
+            lost = resume.archive_lost_runs(tracker, name, {r.trial_id for r in rows})
+            if lost:
+                say(f"  archived {len(lost)} MLflow child run(s) of trials lost in the crash: {', '.join(lost)}")
+        best = pick_best(rows, spec.metric, spec.mode)
+        report = SweepReport(rows=rows, metric=spec.metric, mode=spec.mode, best=best)
+        best_config = None
+        if best is not None:
+            best_result = next(r for r in results if (r.metrics or {}).get("trial_id") == best.trial_id)
+            best_config = row_config(spec, unpack_config(best_result.config), best.probe)
+        if best_config is not None and spec.control.enabled:
+            report.comparison = run_reference(spec, best_config, name, opts, ctx, plan, parent_id)
+        finish_report(spec, report, best_config, name, opts, tracker, parent_id, prepared, time.time() - t_start)
+        status = "FINISHED"
+        return report
+    except (resume.SweepInterrupted, SweepStalled) as exc:
+        status = "KILLED"
+        state = "stalled" if isinstance(exc, SweepStalled) else "interrupted"
+        raise
+    finally:
+        tracker.finish(parent_id, status)
+        resume.write_status(out_dir, state if status == "KILLED" else status.lower())
+
+
+def run_reference(spec: SweepSpec, best_config: dict[str, Any], name: str, opts: SweepOptions,
+                  ctx: TrialContext, plan: ResourcePlan, parent_id: str):
+    from ray import tune
+
+    from orchestrator.run import tuner as tuner_mod
+
+    cases = reference_cases(spec, best_config)
+    ref_name = layout.reference_name(name)
+    say(f"  reference runs: best config and its no-teacher control, {spec.control.seeds} seeds each")
+    callbacks = [MLflowTrialCallback(opts.mlflow_uri, spec.experiment_name, parent_id, name, role="reference"),
+                 ProgressPrinter("test_acc", "max", len(cases)), *resume.sweep_callbacks(opts.storage_path, name)]
+    ref_dir = layout.reference_dir(opts.storage_path, name)
+    if opts.resume and tune.Tuner.can_restore(ref_dir):
+        tuner = tuner_mod.restore_tuner(spec, path=ref_dir, storage_path=opts.storage_path, name=ref_name, ctx=ctx,
+                                        plan=plan)
+    else:
+        ref_plan = plan_resources(spec, plan.cluster, strict=False)
+        tuner = tuner_mod.build_tuner(spec, name=ref_name, storage_path=opts.storage_path, ctx=ctx, plan=ref_plan,
+                                      callbacks=callbacks, space={CASE_KEY: tune.grid_search(cases)}, reference=True)
+    return reference_comparison(resume.fit_watched(tuner, spec, name))
+
+
+def finish_report(spec: SweepSpec, report: SweepReport, best_config: dict[str, Any] | None, name: str,
+                  opts: SweepOptions, tracker: Tracker, parent_id: str, prepared: dict[str, Any],
+                  elapsed: float) -> None:
+    keys = searched_keys(spec)
+    extra = [m for m in ("test_acc", "teacher_test_acc", *W2S_COLUMNS) if any(m in r.metrics for r in report.rows)]
+    table = format_table(report.rows, spec.metric, extra, keys)
+    say("")
+    say(table)
+    say("")
+    out_dir = sweep_dir(opts, name)
+    published = reporting.publish(spec, report.rows, report.best, best_config, name, out_dir, tracker, parent_id,
+                                  table)
+
+    counts = {"completed": 0, "stopped_early": 0, "diverged": 0, "error": 0,
+              **status_counts(r.status for r in report.rows)}
+    summary: dict[str, float] = {"trials": float(len(report.rows)), "sweep_time_s": elapsed,
+                                 **{f"trials_{k}": float(v) for k, v in counts.items()}}
+    if report.best is None:
+        say("no trial produced the metric; see the errors above")
+    else:
+        best = report.best
+        say(f"best trial {best.label}: {spec.metric} = {best.metrics[spec.metric]:.4f}"
+            + (f", test_acc = {best.metrics['test_acc']:.4f}" if "test_acc" in best.metrics else ""))
+        say("best config: " + json.dumps(redact(best_config), sort_keys=True))  # logs are often shared
+        best_path = join(out_dir, layout.BEST_CONFIG_FILE)
+        payload = {"sweep": name, "trial_id": best.trial_id, "probe": best.probe, "metric": spec.metric, "mode": spec.mode,
+                   "value": best.metrics[spec.metric], "config": best_config,
+                   "metrics": {k: v for k, v in best.metrics.items() if isinstance(v, (int, float))}}
+        write_text(best_path, json.dumps(payload, indent=2, sort_keys=True))
+        tracker.client.log_dict(parent_id, payload, layout.BEST_CONFIG_FILE)
+        tracker.log_params(parent_id, {f"best.{k}": v for k, v in flatten(best_config).items()})
+        summary[f"best_{spec.metric}"] = float(best.metrics[spec.metric])
+        if "test_acc" in best.metrics:
+            summary["best_test_acc"] = float(best.metrics["test_acc"])
+        say(f"best config written to {best_path}")
+    w2s_lines, w2s_metrics = pgr_summary(report.rows, report.best)
+    for line in w2s_lines:
+        say(line)
+    summary.update(w2s_metrics)
+    if report.comparison is not None:
+        comp = report.comparison
+        say("")
+        say("reference: " + comp.verdict)
+        summary["reference_best_mean"] = comp.best_mean
+        summary["reference_control_mean"] = comp.control_mean
+        tracker.client.set_tag(parent_id, "w2s.reference_verdict", comp.verdict[:5000])
+    usage = disk_usage([out_dir, layout.reference_dir(opts.storage_path, name)], layout.cache_dir(opts.storage_path))
+    summary.update(usage.metrics())
+    tracker.log_metrics(parent_id, {k: v for k, v in summary.items() if v == v})
+    reporting.print_outcome(say, spec, None, published, None)
+    say("")
+    say(usage.line())
+    say(f"results: {out_dir}  ({len(report.rows)} trials, {elapsed:.0f}s)")
+    say(f"browse:  {mlflow_ui_command(opts.mlflow_uri)}")
+
+
+def mlflow_ui_command(uri: str) -> str:
+    exe = os.path.join(os.path.dirname(sys.executable), "mlflow")
+    exe = exe if os.path.exists(exe) else "mlflow"
+    if uri.startswith(("http://", "https://")):
+        return f"open {uri} in a browser"
+    return f"{exe} ui --backend-store-uri {uri} --port 5000"
+
+
+def load_resume_spec(opts: SweepOptions, name: str) -> tuple[SweepSpec, str]:
+    out_dir = sweep_dir(opts, name)
+    saved = layout.read_saved_spec(out_dir, opts.overrides, opts.num_samples)
+    if saved is None:
+        raise UserError(f"--resume {name}: no sweep of that name under {opts.storage_path} "
+                        f"(looked for {join(out_dir, layout.SPEC_FILE)})")
+    opts.overrides = saved.overrides
+    return saved.spec, saved.text
+
+
+def dry_run(spec: SweepSpec, opts: SweepOptions) -> str:
+    from orchestrator.run.tuner import param_space  # noqa: F401 - builds Tune domains: proves the space is valid
+
+    cluster = ClusterResources.local() if not opts.address else None
+    lines = ["# resolved search space", spec_to_yaml(spec).rstrip(), "", "# trial plan"]
+    lines.append(f"trainable: {spec.trainable}  metric: {spec.metric} ({spec.mode})")
+    lines.append(f"trials: {spec.expected_trials()} (num_samples {spec.num_samples}"
+                 + (f" x grid {spec.expected_trials() // spec.num_samples}" if spec.expected_trials() != spec.num_samples else "")
+                 + f"), first {len(spec.points_to_evaluate)} from points_to_evaluate")
+    for key, d in spec.domains.items():
+        lines.append(f"  search {key}: {d.describe()}")
+    param_space(spec)
+    lines += plan_lines(spec)
+    preflight.check_trials_possible(spec)
+    preflight.check_inputs_available(spec)
+    if cluster is not None:
+        plan = plan_resources(spec, cluster)
+        lines += plan.lines()
+    else:
+        lines.append(f"cluster at {opts.address}: resources are checked when the sweep connects")
+    lines.append(f"mlflow: {opts.mlflow_uri}{origin_note(opts.origins, 'mlflow')}")
+    lines.append(f"storage: {opts.storage_path}{origin_note(opts.origins, 'storage')}")
+    return "\n".join(lines)

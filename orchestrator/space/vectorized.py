@@ -1,0 +1,126 @@
+"""Vectorised trials (``params.vectorize: K``) in the orchestrator.
+
+A trainable that names per-configuration parameters (``TrainableDef.vectorized_keys``, e.g. the
+probe lr, weight decay, epochs and loss options of ``w2s_probe``) can train many configurations in
+one trial as one batched computation. With ``vectorize: K``:
+
+* **Search space.** Searched per-configuration keys leave the trial level: each trial gets K
+  independent samples of the sampled ones (``probes``, a list Tune resolves) and the values of the
+  ``grid`` ones (``probe_grid``), and trains K x prod(grid sizes) configurations. Trial-level keys
+  are searched as usual. (With no sampled per-configuration key, K identical samples would be
+  pointless, so a trial trains each grid combination once.)
+* **Results.** The trial reports one metrics dict per configuration under ``probes``; the table,
+  ``results.csv``, the best config and MLflow (one child run per configuration, tag ``w2s.probe``)
+  get one row each, so Tune's K results look like K trials everywhere a user reads them.
+* **Scheduling.** Schedulers and stoppers need one number per trial: a vectorised trial's
+  top-level metrics are the best over its configurations (max; min for losses), so ASHA keeps a
+  trial while any of its configurations is promising.
+
+Random search only: Optuna proposes one configuration per trial.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from orchestrator.errors import SpecIssue
+from orchestrator.space.spec import SweepSpec, set_dotted
+from trainables.runtime.vectorize import GRID_KEY, PROBES_KEY, RESULTS_KEY, VECTORIZE_KEY, is_vectorized, \
+    single_config
+
+
+
+def trainable_fields(spec: SweepSpec) -> tuple[str, ...]:
+    from trainables.runtime.trainable import get_trainable
+
+    return tuple(get_trainable(spec.trainable).vectorized_keys)
+
+
+def vectorize_k(spec: SweepSpec) -> int | None:
+    k = spec.params.get(VECTORIZE_KEY)
+    return int(k) if isinstance(k, int) and not isinstance(k, bool) else None
+
+
+def per_config_keys(spec: SweepSpec) -> list[str]:
+    """Searched keys that vary per configuration inside a trial (empty unless vectorised)."""
+    if vectorize_k(spec) is None:
+        return []
+    fields = set(trainable_fields(spec))
+    return [key for key in spec.domains if key.split(".")[0] in fields]
+
+
+def check_spec(spec: SweepSpec) -> list[SpecIssue]:
+    """Problems with ``vectorize`` in an otherwise parsed spec; sets ``spec.vectorized_keys``."""
+    issues = []
+    if VECTORIZE_KEY in spec.domains:
+        issues.append(SpecIssue(f"search.{VECTORIZE_KEY}", "the number of configurations per trial is fixed; "
+                                "set it under params"))
+    spec.vectorized_keys = per_config_keys(spec)
+    if vectorize_k(spec) is None:
+        return issues
+    if spec.search_alg.type == "optuna":
+        issues.append(SpecIssue("search_alg.type", "vectorised trials (params.vectorize) sample their "
+                                "configurations with random search; Optuna proposes one per trial", "optuna"))
+    for i, point in enumerate(spec.points_to_evaluate):
+        for key in point:
+            if key in spec.vectorized_keys:
+                issues.append(SpecIssue(f"points_to_evaluate[{i}].{key}", "varies per configuration inside a "
+                                        "vectorised trial; fix it under params or drop params.vectorize"))
+    return issues
+
+
+def configs_per_trial(spec: SweepSpec) -> int:
+    k = vectorize_k(spec)
+    if k is None:
+        return 1
+    grid = [spec.domains[key] for key in spec.vectorized_keys if spec.domains[key].kind == "grid"]
+    sampled = len(grid) < len(spec.vectorized_keys)
+    return (k if sampled else 1) * math.prod(d.grid_size for d in grid)
+
+
+def probe_space(spec: SweepSpec) -> dict[str, Any]:
+    """The ``probes`` / ``probe_grid`` part of the Tune param space (empty unless vectorised)."""
+    k = vectorize_k(spec)
+    if k is None or not spec.vectorized_keys:
+        return {}
+    grid = {key: list(spec.domains[key].args) for key in spec.vectorized_keys if spec.domains[key].kind == "grid"}
+    sampled = [key for key in spec.vectorized_keys if key not in grid]
+    slots = []
+    for _ in range(k if sampled else 1):
+        slot: dict[str, Any] = {}
+        for key in sampled:
+            set_dotted(slot, key, spec.domains[key].to_tune())  # a fresh domain: sampled independently
+        slots.append(slot)
+    return {PROBES_KEY: slots, **({GRID_KEY: grid} if grid else {})}
+
+
+def plan_lines(spec: SweepSpec) -> list[str]:
+    if vectorize_k(spec) is None:
+        return []
+    n = configs_per_trial(spec)
+    keys = ", ".join(spec.vectorized_keys) or "none searched"
+    return [f"vectorised: each trial trains {n} configurations as one batched computation "
+            f"({n * spec.expected_trials()} in all; per-configuration keys: {keys})"]
+
+
+# ---------------------------------------------------------------------------------------------
+# Results: one row per configuration
+# ---------------------------------------------------------------------------------------------
+
+
+def expand_result(config: dict[str, Any], metrics: dict[str, Any], fields: tuple[str, ...]) -> \
+        list[tuple[int, dict[str, Any], dict[str, Any]]]:
+    """(index, stand-alone config, metrics) per configuration of a vectorised trial's result;
+    empty for other results."""
+    per_config = metrics.get(RESULTS_KEY)
+    if not fields or not is_vectorized(config) or not isinstance(per_config, list):
+        return []
+    shared = {k: v for k, v in metrics.items() if k not in (RESULTS_KEY,) and k in ("trial_id", "time_total_s")}
+    return [(k, single_config(config, fields, k), {**m, **shared}) for k, m in enumerate(per_config)]
+
+
+def row_config(spec: SweepSpec, config: dict[str, Any], probe: int | None) -> dict[str, Any]:
+    """The stand-alone config of a result row: the trial's, or one configuration of a vectorised trial."""
+    if probe is None:
+        return config
+    return single_config(config, trainable_fields(spec), probe)

@@ -1,0 +1,76 @@
+"""The layout of ``--storage-path``: every file and folder name a sweep writes, in one place, and
+the one reader of a sweep's saved search space (used by ``--resume``, by a second run of the same
+``--name`` and by ``report`` / ``compare``).
+
+    <storage>/cache/                      shared artifacts (teachers, features), by recipe hash
+    <storage>/<name>/                     the sweep: Tune's experiment folder plus
+        w2s_search_space.yaml             the search space as given (before --set)
+        w2s_overrides.json                the --set overrides and --num-samples
+        w2s_status.json                   running | finished | failed | stalled | interrupted
+        best_config.json, best_config.yaml, results.*, summary.*, plots/
+        train_runs/                       Ray Train runs of multi-worker trials
+    <storage>/<name>-reference/           the best config's reference and control runs
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+from orchestrator.space.spec import SweepSpec, parse_spec
+from orchestrator.store.storage import join, read_text, write_text
+
+SPEC_FILE = "w2s_search_space.yaml"
+SPEC_OVERRIDES = "w2s_overrides.json"
+STATUS_FILE = "w2s_status.json"
+BEST_CONFIG_FILE = "best_config.json"
+BEST_SPACE_FILE = "best_config.yaml"
+PLOTS_DIR = "plots"
+TRAIN_RUNS_DIR = "train_runs"
+CACHE_DIR = "cache"
+REFERENCE_SUFFIX = "-reference"
+
+
+def sweep_dir(storage_path: str, name: str) -> str:
+    return join(storage_path, name)
+
+
+def reference_name(name: str) -> str:
+    return name + REFERENCE_SUFFIX
+
+
+def reference_dir(storage_path: str, name: str) -> str:
+    return join(storage_path, reference_name(name))
+
+
+def cache_dir(storage_path: str) -> str:
+    return join(storage_path, CACHE_DIR)
+
+
+def train_runs_dir(storage_path: str, name: str) -> str:
+    return join(storage_path, name, TRAIN_RUNS_DIR)
+
+
+def save_spec(out_dir: str, text: str, overrides: list[str], num_samples: int | None) -> None:
+    """What ``SavedSpec`` reads back: the file as given and the command line's changes to it."""
+    write_text(join(out_dir, SPEC_FILE), text)
+    write_text(join(out_dir, SPEC_OVERRIDES), json.dumps({"overrides": overrides, "num_samples": num_samples}))
+
+
+@dataclass
+class SavedSpec:
+    spec: SweepSpec
+    text: str  # the search-space file as given
+    overrides: list[str]  # saved overrides followed by the extra ones
+
+
+def read_saved_spec(out_dir: str, extra_overrides: list[str] | None = None,
+                    num_samples: int | None = None) -> SavedSpec | None:
+    """The spec a sweep was started with (its saved file and overrides, then ``extra_overrides``
+    and ``num_samples`` when given), or None when ``out_dir`` holds no sweep."""
+    text = read_text(join(out_dir, SPEC_FILE))
+    if text is None:
+        return None
+    saved = json.loads(read_text(join(out_dir, SPEC_OVERRIDES)) or "{}")
+    overrides = saved.get("overrides", []) + list(extra_overrides or [])
+    spec = parse_spec(text, join(out_dir, SPEC_FILE), overrides, num_samples or saved.get("num_samples"))
+    return SavedSpec(spec, text, overrides)

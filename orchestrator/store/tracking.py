@@ -1,0 +1,351 @@
+"""MLflow tracking: one parent run per sweep, one nested child run per trial.
+
+All writes happen in the sweep driver process (a Tune callback), so a sqlite store has a single
+writer and trials never fall back to a throw-away per-trial ``mlflow.db`` under Ray's temp dir.
+Runs are found again by tags (``w2s.sweep``, ``w2s.role``, ``w2s.trial_id``), which is what makes a
+resumed sweep reuse its parent and child runs instead of duplicating them.
+
+Every write goes through :class:`RedactingClient`, which drops credential-like parameters, tags and
+dict keys (:mod:`orchestrator.store.secrets`) whoever the caller is.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from typing import Any
+from urllib.parse import urlparse
+
+from orchestrator.errors import UserError
+from orchestrator.store.secrets import filter_params, is_secret_key, redact, redact_yaml_text
+
+log = logging.getLogger(__name__)
+
+TAG_SWEEP = "w2s.sweep"
+TAG_ROLE = "w2s.role"  # parent | trial | reproduce | control
+TAG_TRIAL = "w2s.trial_id"
+TAG_OUTCOME = "w2s.outcome"
+TAG_DIVERGENCE = "w2s.divergence"
+DIVERGED = "diverged"  # the result key set by trainables.runtime.runner.diverged_result
+PARENT_TAG = "mlflow.parentRunId"
+
+# Tune's own bookkeeping fields: not metrics of the experiment.
+TUNE_BOOKKEEPING = {
+    "training_iteration", "time_this_iter_s", "timestamp", "pid", "hostname", "node_ip",
+    "time_since_restore", "iterations_since_restore", "done", "trial_id", "date", "experiment_tag",
+    "config", "checkpoint_dir_name", "should_checkpoint", "checkpoint_path", "timesteps_total",
+    "episodes_total", "timesteps_since_restore", "time_total_s",
+}
+
+
+def default_tracking_uri(cwd: str | None = None) -> str:
+    return "sqlite:///" + os.path.abspath(os.path.join(cwd or os.getcwd(), "mlflow.db"))
+
+
+def normalise_tracking_uri(uri: str | None, cwd: str | None = None) -> str:
+    """An absolute tracking URI. Relative sqlite paths and bare ``.db`` paths become absolute,
+    because Ray trials run in other working directories."""
+    if not uri:
+        return default_tracking_uri(cwd)
+    parsed = urlparse(uri)
+    if parsed.scheme in ("http", "https", "databricks", "postgresql", "mysql", "mssql"):
+        return uri
+    if parsed.scheme == "sqlite":
+        path = uri[len("sqlite:///"):]
+        if not path.startswith("/"):
+            path = os.path.abspath(os.path.join(cwd or os.getcwd(), path))
+        return "sqlite:///" + path
+    if parsed.scheme in ("", "file") and uri.endswith(".db"):
+        return "sqlite:///" + os.path.abspath(uri.removeprefix("file://"))
+    raise UserError(f"--mlflow-uri {uri!r}: use an sqlite:///path/to/mlflow.db file or an http(s):// MLflow "
+                    "server (MLflow 3.13+ refuses the ./mlruns file store)")
+
+
+def artifact_root_for(uri: str) -> str | None:
+    if uri.startswith("sqlite:///"):
+        db = uri[len("sqlite:///"):]
+        return "file://" + os.path.join(os.path.dirname(db), "mlartifacts")
+    return None
+
+
+def check_tracking_uri(uri: str, timeout_s: float = 5.0) -> None:
+    """Fail fast, before Ray starts, when the tracking store cannot be reached or written."""
+    parsed = urlparse(uri)
+    if parsed.scheme in ("http", "https"):
+        import urllib.error
+        import urllib.request
+
+        try:
+            with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout_s) as resp:  # noqa: S310
+                if resp.status >= 400:
+                    raise OSError(f"HTTP {resp.status}")
+        except (OSError, urllib.error.URLError) as exc:
+            reason = getattr(exc, "reason", exc)
+            raise UserError(f"the MLflow server at {uri} is unreachable ({reason}). Start it (for example "
+                            f"`mlflow server --host 127.0.0.1 --port {parsed.port or 5000}`), open the SSH port "
+                            "forward to the head node, or pass --mlflow-uri sqlite:///ABS/PATH/mlflow.db") from None
+    elif parsed.scheme == "sqlite":
+        db = uri[len("sqlite:///"):]
+        directory = os.path.dirname(db) or "."
+        if not os.path.isdir(directory):
+            raise UserError(f"--mlflow-uri {uri}: the directory {directory} does not exist")
+        if not os.access(directory, os.W_OK) or (os.path.exists(db) and not os.access(db, os.W_OK)):
+            raise UserError(f"--mlflow-uri {uri}: {db} is not writable")
+
+
+def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in d.items():
+        full = f"{prefix}.{key}" if prefix else str(key)
+        if isinstance(value, dict) and value:
+            out.update(flatten(value, full))
+        else:
+            out[full] = value
+    return out
+
+
+def _param_value(v: Any) -> str:
+    text = v if isinstance(v, str) else json.dumps(v, default=str)
+    return text[:6000]
+
+
+def numeric_metrics(result: dict[str, Any]) -> dict[str, float]:
+    out = {}
+    for key, value in result.items():
+        if key in TUNE_BOOKKEEPING or key.startswith("config/"):
+            continue
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            continue
+        out[key] = float(value)
+    return out
+
+
+_warned_secret_keys: set[str] = set()
+
+
+class RedactingClient:
+    """An ``MlflowClient`` whose writes never carry credential-like keys: params and tags with such
+    names are dropped, logged dicts are redacted, logged YAML text has their values blanked."""
+
+    def __init__(self, client):
+        self._client = client
+
+    def __getattr__(self, name):
+        return getattr(self._client, name)
+
+    def create_run(self, experiment_id, *args, tags=None, **kwargs):
+        return self._client.create_run(experiment_id, *args, tags=redact(tags) if tags else tags, **kwargs)
+
+    def log_param(self, run_id, key, value, *args, **kwargs):
+        if not is_secret_key(key):
+            return self._client.log_param(run_id, key, value, *args, **kwargs)
+        return None
+
+    def set_tag(self, run_id, key, value, *args, **kwargs):
+        if not is_secret_key(key):
+            self._client.set_tag(run_id, key, value, *args, **kwargs)
+
+    def log_batch(self, run_id, metrics=(), params=(), tags=(), **kwargs):
+        params = [p for p in params if not is_secret_key(p.key)]
+        tags = [t for t in tags if not is_secret_key(t.key)]
+        return self._client.log_batch(run_id, metrics=metrics, params=params, tags=tags, **kwargs)
+
+    def log_dict(self, run_id, dictionary, artifact_file, *args, **kwargs):
+        return self._client.log_dict(run_id, redact(dictionary), artifact_file, *args, **kwargs)
+
+    def log_text(self, run_id, text, artifact_file, *args, **kwargs):
+        if str(artifact_file).endswith((".yaml", ".yml")):
+            text = redact_yaml_text(text)
+        return self._client.log_text(run_id, text, artifact_file, *args, **kwargs)
+
+
+class Tracker:
+    """Driver-side MLflow access for one sweep."""
+
+    def __init__(self, uri: str, experiment: str):
+        self.uri = uri
+        self.experiment_name = experiment
+        self._client = None
+        self.experiment_id: str | None = None
+
+    @property
+    def client(self):
+        if self._client is None:
+            from mlflow.tracking import MlflowClient
+
+            self._client = RedactingClient(MlflowClient(tracking_uri=self.uri))
+        return self._client
+
+    def ensure_experiment(self) -> str:
+        exp = self.client.get_experiment_by_name(self.experiment_name)
+        if exp is None:
+            artifact_root = artifact_root_for(self.uri)
+            location = f"{artifact_root}/{self.experiment_name}" if artifact_root else None
+            try:
+                self.experiment_id = self.client.create_experiment(self.experiment_name, artifact_location=location)
+            except Exception:  # noqa: BLE001 - lost a creation race: read it back
+                exp = self.client.get_experiment_by_name(self.experiment_name)
+                if exp is None:
+                    raise
+                self.experiment_id = exp.experiment_id
+        else:
+            if exp.lifecycle_stage == "deleted":
+                self.client.restore_experiment(exp.experiment_id)
+            self.experiment_id = exp.experiment_id
+        return self.experiment_id
+
+    def find_runs(self, **tags: str) -> list:
+        flt = " and ".join(f"tags.`{k}` = '{v}'" for k, v in tags.items())
+        return self.client.search_runs([self.experiment_id], filter_string=flt, max_results=10_000)
+
+    def parent_run(self, sweep: str, spec_dict: dict[str, Any], spec_text: str | None) -> tuple[str, bool]:
+        """(run id, reused) of the sweep's parent run; reused on resume."""
+        existing = self.find_runs(**{TAG_SWEEP: sweep, TAG_ROLE: "parent"})
+        if existing:
+            run_id = existing[0].info.run_id
+            self.client.update_run(run_id, status="RUNNING")
+            return run_id, True
+        run = self.client.create_run(self.experiment_id, run_name=sweep,
+                                     tags={TAG_SWEEP: sweep, TAG_ROLE: "parent"})
+        run_id = run.info.run_id
+        self.log_params(run_id, flatten({k: v for k, v in spec_dict.items() if k not in ("search",)}, "spec"))
+        self.log_params(run_id, {f"spec.search.{k}": v for k, v in spec_dict.get("search", {}).items()})
+        self.client.log_dict(run_id, spec_dict, "spec/resolved_spec.json")
+        if spec_text is not None:
+            self.client.log_text(run_id, spec_text, "spec/search_space.yaml")
+        return run_id, False
+
+    def log_params(self, run_id: str, params: dict[str, Any]) -> None:
+        from mlflow.entities import Param
+
+        params, dropped = filter_params(params)
+        new = sorted(set(dropped) - _warned_secret_keys)
+        if new:
+            _warned_secret_keys.update(new)
+            log.warning("not logged to MLflow, the names look like credentials: %s", ", ".join(new))
+        items = [Param(k[:250], _param_value(v)) for k, v in params.items()]
+        for start in range(0, len(items), 100):
+            try:
+                self.client.log_batch(run_id, params=items[start:start + 100])
+            except Exception as exc:  # noqa: BLE001 - a resumed run already holds these params
+                log.debug("params not re-logged on %s: %s", run_id, exc)
+
+    def log_metrics(self, run_id: str, metrics: dict[str, float], step: int | None = None) -> None:
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        items = [Metric(k[:250], float(v), now, int(step or 0)) for k, v in metrics.items()]
+        for start in range(0, len(items), 500):
+            self.client.log_batch(run_id, metrics=items[start:start + 500])
+
+    def finish(self, run_id: str, status: str = "FINISHED") -> None:
+        self.client.set_terminated(run_id, status=status)
+
+
+def _tune_callback_base():
+    from ray.tune import Callback
+
+    return Callback
+
+
+class MLflowTrialCallback(_tune_callback_base()):
+    """Creates (or, on resume, finds) the child run of each trial and logs its params, per-epoch
+    metrics, and outcome. Runs in the Tune driver; pickled with the experiment state for restore."""
+
+    def __init__(self, uri: str, experiment: str, parent_run_id: str, sweep: str, role: str = "trial",
+                 budget_key: str = "epochs"):
+        self.uri = uri
+        self.experiment = experiment
+        self.parent_run_id = parent_run_id
+        self.sweep = sweep
+        self.role = role
+        self.budget_key = budget_key
+        self._tracker: Tracker | None = None
+        self._runs: dict[str, str] = {}
+        self._last: dict[str, dict[str, Any]] = {}
+        # Highest step logged per trial. A trial resumed from a checkpoint (after a worker loss or a
+        # driver crash) re-reports the epochs after that checkpoint; they are not logged twice.
+        self._logged_step: dict[str, int] = {}
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state["_tracker"] = None
+        return state
+
+    def __setstate__(self, state):
+        self.__dict__.update({"_logged_step": {}, **state})
+
+    @property
+    def tracker(self) -> Tracker:
+        if self._tracker is None:
+            self._tracker = Tracker(self.uri, self.experiment)
+            self._tracker.ensure_experiment()
+        return self._tracker
+
+    def _run_for(self, trial) -> str:
+        run_id = self._runs.get(trial.trial_id)
+        if run_id:
+            return run_id
+        from trainables.runtime.runner import CASE_KEY
+
+        case = trial.config.get(CASE_KEY, {})
+        existing = self.tracker.find_runs(**{TAG_SWEEP: self.sweep, TAG_TRIAL: trial.trial_id})
+        if existing:
+            run_id = existing[0].info.run_id
+            self.tracker.client.update_run(run_id, status="RUNNING")
+            history = self.tracker.client.get_metric_history(run_id, "epoch")
+            if history:
+                self._logged_step[trial.trial_id] = max(m.step for m in history)
+        else:
+            role = case.get("role", self.role)
+            name = f"{role}-{case['seed']}" if case else trial.trial_id
+            run = self.tracker.client.create_run(
+                self.tracker.experiment_id, run_name=f"{self.sweep}/{name}",
+                tags={PARENT_TAG: self.parent_run_id, TAG_SWEEP: self.sweep, TAG_ROLE: role,
+                      TAG_TRIAL: trial.trial_id})
+            run_id = run.info.run_id
+        # Also on a found run: a driver killed between creating it and logging them left it without.
+        self.tracker.log_params(run_id, flatten(case.get("config", trial.config)))
+        self._runs[trial.trial_id] = run_id
+        return run_id
+
+    def on_trial_start(self, iteration, trials, trial, **info):
+        self._run_for(trial)
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        run_id = self._run_for(trial)
+        self._last[trial.trial_id] = result
+        step = int(result.get("epoch", result.get("training_iteration", 0)))
+        if result.get(DIVERGED):
+            # The sweep metric on this report is a rank-last sentinel for the searcher, not a measurement.
+            self.tracker.log_metrics(run_id, {DIVERGED: 1.0}, step)
+            self.tracker.client.set_tag(run_id, TAG_DIVERGENCE, str(result.get("divergence", ""))[:5000])
+            return
+        if step <= self._logged_step.get(trial.trial_id, -1):
+            return
+        self._logged_step[trial.trial_id] = step
+        metrics = numeric_metrics(result)
+        metrics["trial_time_s"] = float(result.get("time_total_s", 0.0))
+        self.tracker.log_metrics(run_id, metrics, step)
+
+    def _close(self, trial, status: str, outcome: str) -> None:
+        run_id = self._run_for(trial)
+        self.tracker.client.set_tag(run_id, TAG_OUTCOME, outcome)
+        self.tracker.finish(run_id, status)
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        last = self._last.get(trial.trial_id) or trial.last_result or {}
+        from trainables.runtime.runner import unpack_config
+
+        if last.get(DIVERGED):
+            self._close(trial, "FAILED", "diverged")
+            return
+        budget = unpack_config(trial.config).get(self.budget_key)
+        done = last.get("epoch")
+        outcome = "stopped_early" if isinstance(budget, int) and isinstance(done, (int, float)) and done < budget \
+            else "completed"
+        self._close(trial, "FINISHED", outcome)
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        self._close(trial, "FAILED", "error")

@@ -1,0 +1,78 @@
+"""Config helpers every layer shares: the strict pydantic base, dotted keys, and pydantic errors
+turned into the project's one-line ``key: problem`` form."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+MISSING = object()  # "no value to show" in an error, as opposed to a value that is None
+
+
+class StrictModel(BaseModel):
+    """A parameter model that refuses unknown keys: a misspelt key is an error, never ignored."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+def set_dotted(cfg: dict[str, Any], dotted: str, value: Any) -> None:
+    """``cfg['a']['b'] = value`` for ``a.b``, creating (or replacing non-mapping) parents."""
+    *parents, leaf = dotted.split(".")
+    node = cfg
+    for part in parents:
+        if not isinstance(node.get(part), dict):
+            node[part] = {}
+        node = node[part]
+    node[leaf] = value
+
+
+def get_dotted(cfg: dict[str, Any], dotted: str, default: Any = None) -> Any:
+    node: Any = cfg
+    for part in dotted.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return default
+        node = node[part]
+    return node
+
+
+def loc_to_key(loc: tuple[Any, ...]) -> str:
+    """A pydantic error location as the dotted key a user wrote: ``('a', 0, 'b')`` -> ``a[0].b``."""
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+@dataclass
+class Problem:
+    """One pydantic error in user terms: the dotted key, what is wrong, the offending value."""
+
+    key: str
+    message: str
+    value: Any = MISSING
+    kind: str = ""  # pydantic's error type (extra_forbidden, missing, ...)
+
+
+def problems(exc: ValidationError, prefix: str = "") -> list[Problem]:
+    """Every error of ``exc``, keys prefixed with ``prefix``; unknown and missing keys get the
+    project's wording ("unknown key", "is required")."""
+    out = []
+    for err in exc.errors():
+        loc = loc_to_key(tuple(err["loc"]))
+        key = f"{prefix}.{loc}" if prefix and loc else (prefix or loc)
+        msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            out.append(Problem(key, "unknown key", kind=err["type"]))
+        elif err["type"] == "missing":
+            out.append(Problem(key, "is required", kind=err["type"]))
+        else:
+            out.append(Problem(key, msg[:1].lower() + msg[1:], err.get("input", MISSING), err["type"]))
+    return out
+
+
+def first_problem(exc: ValidationError, prefix: str = "") -> str:
+    """The first error of ``exc`` as one line, ``key: problem``: for a validator that re-raises a
+    nested model's error as its own ValueError."""
+    p = problems(exc, prefix)[0]
+    return f"{p.key}: {p.message}" if p.key else p.message

@@ -1,0 +1,187 @@
+"""Teacher preparation for the ``distill`` trainable: how the teacher gets its weights.
+
+``init`` follows DAPT (Farhat & Chen 2024):
+
+* ``fr``: from scratch, every parameter trained with cross-entropy.
+* ``lp``: linear probe. The backbone (``pretrained: true`` or ``checkpoint``) is frozen, its
+  features are computed once (backbone in eval mode, so BatchNorm statistics stay the backbone's,
+  unlike DAPT's code, which lets them drift in epoch 0) and only the head is trained on them.
+* ``ft``: fine-tune everything from the pretrained backbone, the head at ``head_lr_mult`` times
+  the body's lr (DAPT: AdamW, body 1e-4, head 1e-3).
+* ``pt``: the pretrained backbone with a new, *untrained* head (DAPT's ``pt``; its logits are
+  random, so pair it with a feature loss or ``head: pretrained``).
+
+Optimiser settings left unset take the mode's defaults (:data:`INIT_DEFAULTS`) before the recipe is
+hashed, so spelling a default out explicitly names the same cached teacher.
+"""
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import os
+from typing import Any, Literal
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from trainables.training.classifier_loop import OptimConfig, predict_features, train_classifier
+from trainables.data import DatasetSplits, load_dataset
+from trainables.runtime.engine import evaluate, predict_logits, seed_everything, unwrap
+from trainables.losses import create_loss
+from trainables.models import Classifier, ModelName, create_model, supports_pretrained
+from trainables.models.checkpoint import check_checkpoint_path
+from trainables.runtime.session import LocalSession, default_device
+
+Optimizer = Literal["sgd", "adam", "adamw"]
+Schedule = Literal["cosine", "constant"]
+TeacherInit = Literal["fr", "lp", "ft", "pt"]
+
+INIT_DEFAULTS: dict[str, dict[str, Any]] = {
+    # fr keeps this project's long-standing defaults; DAPT's own FR is adamw / 1e-3 / 0.01 / constant.
+    "fr": {"optimizer": "sgd", "lr": 0.05, "weight_decay": 5e-4, "schedule": "cosine", "head_lr_mult": 1.0},
+    "lp": {"optimizer": "adamw", "lr": 1e-3, "weight_decay": 0.01, "schedule": "constant", "head_lr_mult": 1.0},
+    "ft": {"optimizer": "adamw", "lr": 1e-4, "weight_decay": 5e-4, "schedule": "constant", "head_lr_mult": 10.0},
+    "pt": {"optimizer": "adamw", "lr": 1e-3, "weight_decay": 0.01, "schedule": "constant", "head_lr_mult": 1.0},
+}
+WEIGHT_KWARGS = ("pretrained", "checkpoint")
+
+
+class TeacherRecipe(BaseModel):
+    """How to make the teacher. Everything here goes into the teacher's cache key."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: ModelName = "cnn"
+    model_kwargs: dict[str, Any] = Field(default_factory=dict)
+    init: TeacherInit = "fr"
+    pretrained: bool = Field(False, description="backbone from the library's pretrained weights (lp/ft/pt)")
+    checkpoint: str | None = Field(None, description="backbone from a weights file (lp/ft/pt)")
+    epochs: int = Field(30, ge=1)
+    batch_size: int = Field(64, ge=1)
+    optimizer: Optimizer | None = None
+    lr: float | None = Field(None, gt=0)
+    weight_decay: float | None = Field(None, ge=0)
+    schedule: Schedule | None = None
+    head_lr_mult: float | None = Field(None, gt=0)
+    seed: int = Field(0, ge=0)
+
+    @field_validator("checkpoint")
+    @classmethod
+    def _checkpoint_exists(cls, v: str | None) -> str | None:
+        return None if v is None else check_checkpoint_path(v)
+
+    @model_validator(mode="after")
+    def _init_mode_fits(self):
+        clash = [k for k in WEIGHT_KWARGS if k in self.model_kwargs]
+        if clash:
+            raise ValueError(f"teacher.model_kwargs.{clash[0]}: set teacher.{clash[0]} (with teacher.init) instead")
+        if self.init == "fr":
+            if self.pretrained or self.checkpoint:
+                raise ValueError("teacher.init fr trains from scratch; a pretrained or checkpoint backbone needs "
+                                 "init lp, ft or pt")
+        elif self.pretrained == bool(self.checkpoint):
+            raise ValueError(f"teacher.init {self.init} starts from a backbone: set exactly one of "
+                             f"teacher.pretrained: true or teacher.checkpoint: PATH")
+        elif self.pretrained and not supports_pretrained(self.model):
+            raise ValueError(f"teacher.pretrained: model {self.model!r} has no pretrained weights; use a timm:/tv: "
+                             f"model or teacher.checkpoint")
+        for key, value in INIT_DEFAULTS[self.init].items():
+            if getattr(self, key) is None:
+                setattr(self, key, value)
+        return self
+
+    def optim(self) -> OptimConfig:
+        return OptimConfig(epochs=self.epochs, batch_size=self.batch_size, lr=self.lr, optimizer=self.optimizer,
+                           weight_decay=self.weight_decay, schedule=self.schedule, head_lr_mult=self.head_lr_mult)
+
+
+@functools.lru_cache(maxsize=64)
+def _file_digest(path: str, size: int, mtime_ns: int) -> str:
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def recipe_fields(t: TeacherRecipe) -> dict[str, Any]:
+    """The recipe as cache-key fields. A checkpoint enters by content, not only by path."""
+    fields = t.model_dump()
+    if t.checkpoint:
+        st = os.stat(t.checkpoint)
+        fields["checkpoint_sha256"] = _file_digest(t.checkpoint, st.st_size, st.st_mtime_ns)
+    return fields
+
+
+def create_teacher(t: TeacherRecipe, data: DatasetSplits, with_weights: bool = True) -> Classifier:
+    """The teacher architecture with its starting weights (``with_weights``), reading inputs
+    normalised as ``data`` is."""
+    weights = {"pretrained": t.pretrained, "checkpoint": t.checkpoint} if with_weights and t.init != "fr" else {}
+    model = create_model(t.model, num_classes=data.num_classes, input_shape=data.input_shape,
+                         **weights, **t.model_kwargs)
+    model.adapt_input(data.mean, data.std)
+    return model
+
+
+class _HeadProbe(Classifier):
+    """Trains a head on precomputed features."""
+
+    def __init__(self, head: torch.nn.Module, num_features: int):
+        super().__init__()
+        self.head = head
+        self.num_features = num_features
+
+    def forward_features(self, x):
+        return x
+
+
+def linear_probe(model: Classifier, data: DatasetSplits, t: TeacherRecipe, session) -> dict[str, Any]:
+    """Train ``model.head`` on the frozen backbone's features of the (un-augmented) splits."""
+    feats = {s: predict_features(model, getattr(data, f"{s}_x")) for s in ("train", "val", "test")}
+    probe_data = DatasetSplits(f"{data.name}-features", feats["train"], data.train_y, feats["val"], data.val_y,
+                               feats["test"], data.test_y, data.num_classes, (0.0,), (1.0,))
+    probe = _HeadProbe(model.head, model.num_features)
+    return train_classifier(model=probe, data=probe_data, loss_fn=create_loss("ce"), session=session, seed=t.seed,
+                            optim=t.optim())
+
+
+def build_teacher(recipe: dict[str, Any], out_dir: str, device: torch.device | None = None,
+                  download: bool = False) -> dict[str, Any]:
+    """Prepare the teacher per ``recipe["init"]``; write ``model.pt``, ``train_logits.pt`` (the
+    teacher's logits on the training split) and ``teacher.json``."""
+    device = device or default_device()
+    t = TeacherRecipe.model_validate({k: v for k, v in recipe.items() if k in TeacherRecipe.model_fields})
+    data = load_dataset(recipe["dataset"], seed=recipe["split_seed"], **recipe.get("dataset_kwargs", {}),
+                        **({"download": True} if download else {})).to(device)
+    seed_everything(t.seed)
+    model = create_teacher(t, data).to(device)
+    session = LocalSession(device)
+    if t.init in ("fr", "ft"):
+        final = train_classifier(model=model, data=data, loss_fn=create_loss("ce"), session=session, seed=t.seed,
+                                 optim=t.optim())
+    elif t.init == "lp":
+        final = linear_probe(model, data, t, session)
+    else:
+        final = {"val_acc": evaluate(model, data.val_x, data.val_y, session)["acc"],
+                 "test_acc": evaluate(model, data.test_x, data.test_y, session)["acc"], "train_loss": None}
+    logits = predict_logits(model, data.train_x).cpu()
+    torch.save(logits, os.path.join(out_dir, "train_logits.pt"))
+    torch.save(unwrap(model).cpu().state_dict(), os.path.join(out_dir, "model.pt"))
+    meta = {"val_acc": final["val_acc"], "test_acc": final["test_acc"], "train_loss": final["train_loss"],
+            "model": t.model, "init": t.init, "num_classes": data.num_classes, "logit_dim": int(logits.shape[1]),
+            "input_shape": list(data.input_shape),
+            "input_norm": [list(v) for v in model.input_norm] if model.input_norm else None}
+    with open(os.path.join(out_dir, "teacher.json"), "w") as f:
+        json.dump(meta, f, indent=1)
+    return meta
+
+
+def load_teacher_model(t: TeacherRecipe, entry, data: DatasetSplits, device: torch.device) -> Classifier:
+    """The prepared teacher from its cache entry, on ``device``, reading ``data``'s normalisation."""
+    # The teacher's random init is overwritten by its weights; keep it off the global RNG so the
+    # student initialises identically whether or not a teacher model is built.
+    with torch.random.fork_rng(devices=[]):
+        model = create_teacher(t, data, with_weights=False)
+    model.load_state_dict(torch.load(entry.file("model.pt"), map_location="cpu"))
+    norm = entry.meta.get("input_norm")
+    model.input_norm = (tuple(norm[0]), tuple(norm[1])) if norm else None
+    model.adapt_input(data.mean, data.std)
+    return model.to(device)

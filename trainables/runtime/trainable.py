@@ -1,0 +1,68 @@
+"""Trainable registry: each experiment family (``distill``, ``w2s_probe``, ...) registers its
+parameter schema, its training loop and an optional preparation step."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Protocol
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from trainables.core.registry import Registry, scan
+from trainables.runtime.session import Session
+
+
+class TrialParams(BaseModel):
+    """Parameters every trainable accepts. Unknown keys are an error."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    seed: int = Field(0, ge=0, description="seed for initialisation and batch order")
+    workers: int = Field(1, ge=1, description="DDP workers for this trial (set from resources.workers)")
+
+
+class Cache(Protocol):
+    def get_or_create(self, kind: str, recipe: dict[str, Any], build: Callable[[str], dict | None]) -> Any: ...
+
+
+@dataclass
+class TrialContext:
+    """Sweep-level facts a trial needs besides its parameters. Picklable; shipped to every trial."""
+
+    cache: Cache | None = None
+    checkpoint_every: int = 5
+    sweep_name: str = ""
+    storage_path: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class TrainableDef:
+    name: str
+    params_model: type[TrialParams]
+    train_loop: Callable[[TrialParams, Session, TrialContext], dict[str, Any] | None]
+    metric: str
+    mode: str
+    description: str
+    # Runs once in the sweep driver before any trial, with the fixed (unsearched) parameters and
+    # the names of searched ones: the place to build shared teachers and caches.
+    prepare: Callable[[dict[str, Any], set[str], TrialContext], dict[str, Any] | None] | None = None
+    # Parameter overrides that turn a trial into its no-teacher control (for example KD weight 0).
+    control_overrides: Callable[[dict[str, Any]], dict[str, Any]] | None = None
+    metrics_doc: dict[str, str] = field(default_factory=dict)
+    # Parameters one trial can train several values of at once as one batched computation
+    # (``params.vectorize``; see trainables/runtime/vectorize.py). Empty: one configuration per trial.
+    vectorized_keys: tuple[str, ...] = ()
+    # Runs in the driver before Ray starts, once per distinct candidate trial: what the trial needs
+    # that is missing or unreadable (dataset files, a checkpoint to start from), as
+    # (parameter key, problem and what to do) pairs. See orchestrator/run/preflight.py.
+    check_available: Callable[[TrialParams], list[tuple[str, str]]] | None = None
+
+
+# Built-in families: every ``trainables/<family>/trainable.py``.
+TRAINABLES: Registry[TrainableDef] = Registry("trainable", scan("trainables", "trainable"))
+trainable_names = TRAINABLES.names
+get_trainable = TRAINABLES.get
+
+
+def register_trainable(defn: TrainableDef) -> TrainableDef:
+    return TRAINABLES.register(defn.name, defn)
