@@ -8,7 +8,7 @@ REQ_HASH := $(shell sha1sum requirements.txt | cut -c1-12)
 STAMP    := $(VENV)/.installed-$(REQ_HASH)
 SPACE    ?= search_spaces/quickstart.yaml
 
-.PHONY: install run test test-fast dry-run-all clean bench bench-kd-step bench-sweep-amortisation bench-overhead bench-data-pipeline
+.PHONY: install lint-imports run test test-fast dry-run-all clean bench bench-kd-step bench-sweep-amortisation bench-overhead bench-data-pipeline
 
 $(STAMP): requirements.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -21,7 +21,11 @@ install: $(STAMP)
 run: install
 	$(PY) run_sweep.py $(SPACE) $(ARGS)
 
-test: install
+# The import contract (.importlinter) first: a layer violation fails fast, before the long suite.
+lint-imports: install
+	$(VENV)/bin/lint-imports --no-logo
+
+test: install lint-imports
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 test-fast: install
