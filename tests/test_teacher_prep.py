@@ -8,7 +8,7 @@ import torch
 
 from orchestrator.store.cache import ArtifactCache
 from trainables.distill.trainable import DistillParams, load_data, load_teacher, run_distill, teacher_recipe
-from trainables.runtime.engine import head_lr_groups, predict_logits
+from trainables.runtime.engine import head_lr_groups, predict
 from trainables.runtime.trainable import TrialContext
 from trainables.runtime.session import LocalSession
 from trainables.distill.teacher import INIT_DEFAULTS, TeacherRecipe, load_teacher_model
@@ -77,7 +77,7 @@ def test_online_teacher_reproduces_cached_logits_through_input_conversion(backbo
     data = load_data(params)
     teacher = load_teacher_model(params.teacher, entry, data, CPU)
     assert teacher.input_scale is not None  # digits are normalised with their own statistics
-    assert torch.allclose(predict_logits(teacher, data.train_x), torch.load(entry.file("train_logits.pt")), atol=1e-5)
+    assert torch.allclose(predict(teacher, data.train_x), torch.load(entry.file("train_logits.pt")), atol=1e-5)
 
 
 def test_teacher_recipe_validation_and_mode_defaults():

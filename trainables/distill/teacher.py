@@ -25,9 +25,9 @@ from typing import Any, Literal
 import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from trainables.training.classifier_loop import OptimConfig, predict_features, train_classifier
+from trainables.training.classifier_loop import OptimConfig, train_classifier
 from trainables.data import DatasetSplits, load_dataset
-from trainables.runtime.engine import evaluate, predict_logits, seed_everything, unwrap
+from trainables.runtime.engine import evaluate, predict, seed_everything, unwrap
 from trainables.losses import create_loss
 from trainables.models import Classifier, ModelName, create_model, supports_pretrained
 from trainables.models.checkpoint import check_checkpoint_path
@@ -135,7 +135,7 @@ class _HeadProbe(Classifier):
 
 def linear_probe(model: Classifier, data: DatasetSplits, t: TeacherRecipe, session) -> dict[str, Any]:
     """Train ``model.head`` on the frozen backbone's features of the (un-augmented) splits."""
-    feats = {s: predict_features(model, getattr(data, f"{s}_x")) for s in ("train", "val", "test")}
+    feats = {s: predict(model, getattr(data, f"{s}_x"), features=True) for s in ("train", "val", "test")}
     probe_data = DatasetSplits(f"{data.name}-features", feats["train"], data.train_y, feats["val"], data.val_y,
                                feats["test"], data.test_y, data.num_classes, (0.0,), (1.0,))
     probe = _HeadProbe(model.head, model.num_features)
@@ -162,7 +162,7 @@ def build_teacher(recipe: dict[str, Any], out_dir: str, device: torch.device | N
     else:
         final = {"val_acc": evaluate(model, data.val_x, data.val_y, session)["acc"],
                  "test_acc": evaluate(model, data.test_x, data.test_y, session)["acc"], "train_loss": None}
-    logits = predict_logits(model, data.train_x).cpu()
+    logits = predict(model, data.train_x).cpu()
     torch.save(logits, os.path.join(out_dir, "train_logits.pt"))
     torch.save(unwrap(model).cpu().state_dict(), os.path.join(out_dir, "model.pt"))
     meta = {"val_acc": final["val_acc"], "test_acc": final["test_acc"], "train_loss": final["train_loss"],

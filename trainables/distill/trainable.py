@@ -18,12 +18,12 @@ from typing import Any, Literal
 import torch
 from pydantic import Field, field_validator, model_validator
 
-from trainables.training.classifier_loop import (CachedTeacher, OnlineTeacher, OptimConfig, TeacherSignal, predict_features,
-                                        train_classifier)
+from trainables.training.classifier_loop import (CachedTeacher, OnlineTeacher, OptimConfig, TeacherSignal,
+                                                 train_classifier)
 from trainables.data import DatasetSplits, dataset_issues, load_dataset
 from trainables.training.dataset_params import DatasetParams, prepare_fixed_dataset
 from trainables.data.augment import Augment, AugmentName
-from trainables.runtime.engine import seed_everything
+from trainables.runtime.engine import predict, seed_everything
 from trainables.init import WeightSelectionConfig, check_student_init, init_student
 from trainables.losses import LossName, check_loss_params, create_loss, loss_class
 from trainables.models import Classifier, ModelName
@@ -112,7 +112,7 @@ def cached_teacher_features(p: DistillParams, ctx: TrialContext, entry, data, de
     recipe = {"teacher": teacher_recipe(p), "outputs": "train_features"}
 
     def build(out_dir: str) -> dict[str, Any]:
-        feats = predict_features(load_teacher_model(p.teacher, entry, data, data.train_x.device), data.train_x)
+        feats = predict(load_teacher_model(p.teacher, entry, data, data.train_x.device), data.train_x, features=True)
         torch.save(feats.cpu(), os.path.join(out_dir, "train_features.pt"))
         return {"num_samples": feats.shape[0], "num_features": feats.shape[1]}
 
