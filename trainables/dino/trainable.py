@@ -23,9 +23,10 @@ from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 from torch import nn
 
+from trainables.core.config import StrictModel
 from trainables.data import DatasetSplits, dataset_issues, load_dataset
 from trainables.training.dataset_params import DatasetParams, prepare_fixed_dataset
 from trainables.runtime.engine import (autocast, build_optimizer, build_scheduler, epoch_batches, predict,
@@ -38,11 +39,7 @@ from trainables.runtime.trainable import TrainableDef, TrialContext, register_tr
 from trainables.runtime.session import Session
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class HeadConfig(_Strict):
+class HeadConfig(StrictModel):
     """DINO head: MLP (Linear [+BN] + activation per hidden layer), then the l2 bottleneck
     Linear(hidden -> bottleneck) -> L2-normalise -> weight-normalised Linear(bottleneck -> out_dim,
     no bias). ``bottleneck_dim`` 0 replaces the bottleneck with a plain Linear(hidden -> out_dim)."""
@@ -63,7 +60,7 @@ class HeadConfig(_Strict):
         return v
 
 
-class CropConfig(_Strict):
+class CropConfig(StrictModel):
     """Multi-crop views, made on the device: per image, a random resized crop (area fraction in
     ``scale``, aspect ratio in 3/4..4/3) resized to ``size`` px (None: the image size), then a
     horizontal flip with probability 0.5 when ``hflip``. The teacher sees the global crops, the

@@ -16,15 +16,15 @@ hashed, so spelling a default out explicitly names the same cached teacher.
 """
 from __future__ import annotations
 
-import functools
-import hashlib
 import json
 import os
 from typing import Any, Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
+from trainables.core.config import StrictModel
+from trainables.core.digest import file_digest
 from trainables.training.classifier_loop import OptimConfig, train_classifier
 from trainables.data import DatasetSplits, load_dataset
 from trainables.runtime.engine import evaluate, predict, seed_everything, unwrap
@@ -47,10 +47,8 @@ INIT_DEFAULTS: dict[str, dict[str, Any]] = {
 WEIGHT_KWARGS = ("pretrained", "checkpoint")
 
 
-class TeacherRecipe(BaseModel):
+class TeacherRecipe(StrictModel):
     """How to make the teacher. Everything here goes into the teacher's cache key."""
-
-    model_config = ConfigDict(extra="forbid")
 
     model: ModelName = "cnn"
     model_kwargs: dict[str, Any] = Field(default_factory=dict)
@@ -96,18 +94,11 @@ class TeacherRecipe(BaseModel):
                            weight_decay=self.weight_decay, schedule=self.schedule, head_lr_mult=self.head_lr_mult)
 
 
-@functools.lru_cache(maxsize=64)
-def _file_digest(path: str, size: int, mtime_ns: int) -> str:
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
-
-
 def recipe_fields(t: TeacherRecipe) -> dict[str, Any]:
     """The recipe as cache-key fields. A checkpoint enters by content, not only by path."""
     fields = t.model_dump()
     if t.checkpoint:
-        st = os.stat(t.checkpoint)
-        fields["checkpoint_sha256"] = _file_digest(t.checkpoint, st.st_size, st.st_mtime_ns)
+        fields["checkpoint_sha256"] = file_digest(t.checkpoint)
     return fields
 
 
