@@ -84,10 +84,10 @@ def run_epochs(session: Session, state: Checkpointed, epochs: int,
     """Resume ``state`` from ``session.restore()`` if there is a checkpoint, then for each epoch
     left (0-based ``epoch`` from ``state.progress["epoch"]`` to ``epochs - 1``):
 
-    1. ``train_epoch(epoch)``: the epoch's mean training statistics, which must include
-       ``train_loss``; a non-finite loss (on any rank) raises :class:`TrialDiverged` — the one host
-       sync of the epoch's training;
-    2. ``epoch_metrics(epoch, stats)`` (``stats`` as floats): the metrics to report;
+    1. ``train_epoch(epoch)``: the epoch's mean training statistics (device tensors: its steps
+       need no host sync), which must include ``train_loss``; a non-finite loss (on any rank)
+       raises :class:`TrialDiverged`;
+    2. ``epoch_metrics(epoch, stats)``, with the statistics read back as floats: the metrics to report;
     3. ``progress["epoch"] = epoch + 1``, then ``session.report`` with a checkpoint of ``state``
        (rank 0 only) when :func:`wants_checkpoint`.
 
