@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from common import add_size_args, median_of, pick_device, record, synthetic_images  # noqa: E402  (sets sys.path)
 from trainables.training.classifier_loop import CachedTeacher, OnlineTeacher, OptimConfig, train_classifier  # noqa: E402
 from trainables.data import DatasetSplits  # noqa: E402
-from trainables.runtime.engine import autocast, build_optimizer, epoch_batches, predict_logits  # noqa: E402
+from trainables.runtime.engine import autocast, build_optimizer, epoch_batches, predict  # noqa: E402
 from trainables.losses import create_loss  # noqa: E402
 from trainables.models import create_model  # noqa: E402
 from trainables.runtime.session import LocalSession  # noqa: E402
@@ -74,7 +74,7 @@ def main() -> None:
     torch.manual_seed(0)
     student0 = create_model(args.student, num_classes=args.classes, input_shape=shape).to(device)
     teacher = create_model(args.teacher, num_classes=args.classes, input_shape=shape).to(device).eval()
-    cached = CachedTeacher(predict_logits(teacher, x))
+    cached = CachedTeacher(predict(teacher, x))
     online = OnlineTeacher(teacher)
 
     variants = {

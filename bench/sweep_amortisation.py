@@ -28,7 +28,7 @@ from orchestrator.store.cache import ArtifactCache  # noqa: E402
 from trainables.training.classifier_loop import CachedTeacher, OnlineTeacher, OptimConfig, train_classifier  # noqa: E402
 from trainables.data import DatasetSplits  # noqa: E402
 from trainables.data.augment import Augment  # noqa: E402
-from trainables.runtime.engine import predict_logits  # noqa: E402
+from trainables.runtime.engine import predict  # noqa: E402
 from trainables.losses import create_loss  # noqa: E402
 from trainables.models import create_model  # noqa: E402
 from trainables.runtime.session import LocalSession  # noqa: E402
@@ -76,7 +76,7 @@ def main() -> None:
         trial(seed, CachedTeacher(logits), FixedViews(aug, params, args.views, "sampled", seed, device))
 
     trial(0, OnlineTeacher(teacher), RandomViews(aug, 0, device))  # warm-up
-    teacher_fwd = timed(lambda: predict_logits(teacher, x, args.batch_size), device)
+    teacher_fwd = timed(lambda: predict(teacher, x, args.batch_size), device)
     student_epoch = timed(lambda: trial(0, None, None), device) / args.epochs
     # The two sweeps' trials alternate (cached trial i, online trial i, ...) so that slow phases of
     # a shared machine hit both sweeps alike; each sweep's time is the sum of its trials'.

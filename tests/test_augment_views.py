@@ -158,7 +158,7 @@ def one_thread():
 
 
 def test_augmented_distill_runs_in_every_mode_and_shares_the_view_cache(tmp_path, one_thread):
-    ctx = TrialContext(cache=ArtifactCache(str(tmp_path / "cache")), checkpoint_every=0)
+    ctx = TrialContext(artifacts=ArtifactCache(str(tmp_path / "cache")), checkpoint_every=0)
     finals = {}
     for mode, seed in (("cached", 0), ("sampled_views", 0), ("sampled_views", 1), ("online", 0)):
         session = LocalSession(CPU)

@@ -29,7 +29,7 @@ def one_thread():
 
 @pytest.fixture(scope="module")
 def ctx(tmp_path_factory):
-    return TrialContext(cache=ArtifactCache(str(tmp_path_factory.mktemp("cache"))), checkpoint_every=0)
+    return TrialContext(artifacts=ArtifactCache(str(tmp_path_factory.mktemp("cache"))), checkpoint_every=0)
 
 
 @pytest.mark.parametrize("loss", loss_names("classifier"))
@@ -54,7 +54,7 @@ def test_teacher_features_are_a_cache_entry_built_once(ctx):
     for loss in ("align_uniform", "srrl"):
         run_distill(DistillParams(teacher=FAST_TEACHER, student="mlp_tiny", epochs=1, loss=loss),
                     LocalSession(torch.device("cpu")), ctx)
-    builds = [b.split("/")[0] for b in ctx.cache.stats.builds]
+    builds = [b.split("/")[0] for b in ctx.artifacts.stats.builds]
     assert builds.count("teacher") == 1 and builds.count("teacher_features") == 1
 
 

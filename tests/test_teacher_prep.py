@@ -8,7 +8,7 @@ import torch
 
 from orchestrator.store.cache import ArtifactCache
 from trainables.distill.trainable import DistillParams, load_data, load_teacher, run_distill, teacher_recipe
-from trainables.runtime.engine import head_lr_groups, predict_logits
+from trainables.runtime.engine import head_lr_groups, predict
 from trainables.runtime.trainable import TrialContext
 from trainables.runtime.session import LocalSession
 from trainables.distill.teacher import INIT_DEFAULTS, TeacherRecipe, load_teacher_model
@@ -22,20 +22,20 @@ CPU = torch.device("cpu")
 def backbone(tmp_path_factory):
     """A 'pretrained' backbone: a cnn_small trained briefly from scratch (fr), saved as a checkpoint."""
     tmp = tmp_path_factory.mktemp("backbone")
-    ctx = TrialContext(cache=ArtifactCache(str(tmp / "cache")))
-    entry = load_teacher(DistillParams(teacher={"model": "cnn_small", "epochs": 3, "lr": 0.1}), ctx, CPU)
+    ctx = TrialContext(artifacts=ArtifactCache(str(tmp / "cache")))
+    entry = load_teacher(DistillParams(teacher={"model": "cnn_small", "epochs": 3, "lr": 0.1}), ctx)
     return entry.file("model.pt"), torch.load(entry.file("model.pt"))
 
 
 def prepared(params, ctx):
     run_distill(params, LocalSession(CPU), ctx)
-    entry = ctx.cache.get_or_create("teacher", teacher_recipe(params), None)
+    entry = ctx.artifacts.get_or_create("teacher", teacher_recipe(params), None)
     return entry, torch.load(entry.file("model.pt"))
 
 
 def test_lp_freezes_the_backbone_ft_changes_it_and_recipes_are_reused(backbone, tmp_path):
     path, start = backbone
-    ctx = TrialContext(cache=ArtifactCache(str(tmp_path / "cache")))
+    ctx = TrialContext(artifacts=ArtifactCache(str(tmp_path / "cache")))
     states = {}
     for init in ("lp", "ft", "pt"):
         params = DistillParams(teacher={"model": "cnn_small", "init": init, "checkpoint": path, "epochs": 2},
@@ -47,17 +47,17 @@ def test_lp_freezes_the_backbone_ft_changes_it_and_recipes_are_reused(backbone, 
     assert not torch.equal(states["lp"]["head.weight"], start["head.weight"])
     assert not all(torch.equal(states["ft"][k], start[k]) for k in body)
     assert all(torch.equal(states["pt"][k], start[k]) for k in body)
-    misses = ctx.cache.stats.misses
+    misses = ctx.artifacts.stats.misses
     # A second trial naming the same recipe (another student seed) reuses the prepared teacher.
     again = DistillParams(teacher={"model": "cnn_small", "init": "lp", "checkpoint": path, "epochs": 2},
                           student="mlp_tiny", epochs=1, seed=1)
     run_distill(again, LocalSession(CPU), ctx)
-    assert ctx.cache.stats.misses == misses and ctx.cache.stats.hits >= 1
+    assert ctx.artifacts.stats.misses == misses and ctx.artifacts.stats.hits >= 1
 
 
 def test_lp_on_a_trained_backbone_learns(backbone, tmp_path):
     path, _ = backbone
-    ctx = TrialContext(cache=ArtifactCache(str(tmp_path / "cache")))
+    ctx = TrialContext(artifacts=ArtifactCache(str(tmp_path / "cache")))
     params = DistillParams(teacher={"model": "cnn_small", "init": "lp", "checkpoint": path, "epochs": 10, "lr": 0.01},
                            student="mlp_tiny", epochs=1)
     entry, _ = prepared(params, ctx)
@@ -68,7 +68,7 @@ def test_online_teacher_reproduces_cached_logits_through_input_conversion(backbo
     """A backbone that expects other input statistics than the data's: the prepared teacher, loaded
     again for online use, gives exactly the cached logits."""
     path, _ = backbone
-    ctx = TrialContext(cache=ArtifactCache(str(tmp_path / "cache")))
+    ctx = TrialContext(artifacts=ArtifactCache(str(tmp_path / "cache")))
     params = DistillParams(teacher={"model": "cnn_small", "init": "lp", "checkpoint": path, "epochs": 1,
                                     "model_kwargs": {"input_norm": {"mean": [0.3], "std": [2.0]}}},
                            student="mlp_tiny", epochs=1, teacher_mode="online")
@@ -77,7 +77,7 @@ def test_online_teacher_reproduces_cached_logits_through_input_conversion(backbo
     data = load_data(params)
     teacher = load_teacher_model(params.teacher, entry, data, CPU)
     assert teacher.input_scale is not None  # digits are normalised with their own statistics
-    assert torch.allclose(predict_logits(teacher, data.train_x), torch.load(entry.file("train_logits.pt")), atol=1e-5)
+    assert torch.allclose(predict(teacher, data.train_x), torch.load(entry.file("train_logits.pt")), atol=1e-5)
 
 
 def test_teacher_recipe_validation_and_mode_defaults():

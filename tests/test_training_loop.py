@@ -10,7 +10,7 @@ FAST_TEACHER = {"model": "mlp", "epochs": 8, "lr": 0.1}
 
 
 def ctx_for(tmp_path, every=0):
-    return TrialContext(cache=ArtifactCache(str(tmp_path / "cache")), checkpoint_every=every)
+    return TrialContext(artifacts=ArtifactCache(str(tmp_path / "cache")), checkpoint_every=every)
 
 
 def test_distill_learns_and_reports_every_epoch(tmp_path):
@@ -27,9 +27,9 @@ def test_teacher_is_trained_once_per_recipe(tmp_path):
     ctx = ctx_for(tmp_path)
     for seed in (0, 1):
         run_distill(DistillParams(teacher=FAST_TEACHER, epochs=1, seed=seed), LocalSession(torch.device("cpu")), ctx)
-    assert ctx.cache.stats.misses == 1 and ctx.cache.stats.hits == 1
+    assert ctx.artifacts.stats.misses == 1 and ctx.artifacts.stats.hits == 1
     run_distill(DistillParams(teacher={**FAST_TEACHER, "epochs": 9}, epochs=1), LocalSession(torch.device("cpu")), ctx)
-    assert ctx.cache.stats.misses == 2  # a different recipe is a different teacher
+    assert ctx.artifacts.stats.misses == 2  # a different recipe is a different teacher
 
 
 def test_online_and_cached_teacher_give_the_same_run(tmp_path):

@@ -42,19 +42,19 @@ class ForwardCounter:
 
 def run(params: dict, root: str):
     session = LocalSession(torch.device("cpu"))
-    final = run_w2s_probe(W2SProbeParams.model_validate(params), session, TrialContext(cache=FeatureStore(root)))
+    final = run_w2s_probe(W2SProbeParams.model_validate(params), session, TrialContext(artifacts=FeatureStore(root)))
     return final, session
 
 
 def test_a_second_sweep_over_the_same_data_runs_no_forward_pass(cache_root):
     with ForwardCounter() as first:
-        prepared = prepare_w2s(FAST, set(), TrialContext(cache=FeatureStore(cache_root)))
+        prepared = prepare_w2s(FAST, set(), TrialContext(artifacts=FeatureStore(cache_root)))
     assert prepared["feature_passes"] == 2 and prepared["model_trainings"] == 2
     assert not prepared["weak_cache_hit"] and not prepared["strong_cache_hit"]
     assert first.calls > 0
     # The next sweep: new store objects (new processes, maybe other nodes), the same storage.
     with ForwardCounter() as second:
-        again = prepare_w2s(FAST, set(), TrialContext(cache=FeatureStore(cache_root)))
+        again = prepare_w2s(FAST, set(), TrialContext(artifacts=FeatureStore(cache_root)))
         final, _ = run(FAST, cache_root)
     assert second.calls == 0
     assert again["feature_passes"] == 0 and again["weak_cache_hit"] and again["strong_cache_hit"]
@@ -63,14 +63,14 @@ def test_a_second_sweep_over_the_same_data_runs_no_forward_pass(cache_root):
 
 
 def test_a_changed_recipe_recomputes_only_what_it_changes(cache_root):
-    prepare_w2s(FAST, set(), TrialContext(cache=FeatureStore(cache_root)))
+    prepare_w2s(FAST, set(), TrialContext(artifacts=FeatureStore(cache_root)))
     changed = {**FAST, "strong": {"model": "mlp", "train": {"epochs": 4, "lr": 0.05}}}
-    info = prepare_w2s(changed, set(), TrialContext(cache=FeatureStore(cache_root)))
+    info = prepare_w2s(changed, set(), TrialContext(artifacts=FeatureStore(cache_root)))
     assert info["weak_cache_hit"] and not info["strong_cache_hit"]
     assert info["feature_passes"] == 1 and info["model_trainings"] == 1
     # A searched strong model is left to the trials; the fixed weak teacher is still made up front.
-    assert set(prepare_w2s(FAST, {"strong"}, TrialContext(cache=FeatureStore(cache_root)))) >= {"weak_key"}
-    assert prepare_w2s(FAST, {"split_seed"}, TrialContext(cache=FeatureStore(cache_root))) is None
+    assert set(prepare_w2s(FAST, {"strong"}, TrialContext(artifacts=FeatureStore(cache_root)))) >= {"weak_key"}
+    assert prepare_w2s(FAST, {"split_seed"}, TrialContext(artifacts=FeatureStore(cache_root))) is None
 
 
 def test_every_epoch_reports_weak_w2s_strong_and_pgr(cache_root):
@@ -141,4 +141,4 @@ def test_a_missing_image_folder_is_a_clear_error(tmp_path):
               "pretrain_split": {"weak": 0, "strong": 0}, "weak": {"model": "linear"}, "strong": {"model": "mlp"}}
     with pytest.raises(DatasetUnavailable, match=r"no images under .*imagenet/val/<class>/ and no "
                                                  r"ILSVRC2012_devkit_t12\.tar\.gz"):
-        prepare_w2s(params, set(), TrialContext(cache=FeatureStore(str(tmp_path / "cache"))))
+        prepare_w2s(params, set(), TrialContext(artifacts=FeatureStore(str(tmp_path / "cache"))))

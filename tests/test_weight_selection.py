@@ -95,9 +95,9 @@ FAST_TEACHER = {"model": "cnn", "epochs": 2, "lr": 0.1}
 
 
 def test_student_init_weight_selection_from_the_trained_teacher(tmp_path):
-    ctx = TrialContext(cache=ArtifactCache(str(tmp_path / "cache")))
+    ctx = TrialContext(artifacts=ArtifactCache(str(tmp_path / "cache")))
     params = DistillParams(teacher=FAST_TEACHER, student="cnn_small", student_init="weight_selection", epochs=1)
-    entry = load_teacher(params, ctx, torch.device("cpu"))
+    entry = load_teacher(params, ctx)
     data = load_data(params)
     torch.manual_seed(0)
     student = build_student(params, data, entry)
@@ -116,9 +116,9 @@ def test_student_init_from_a_checkpoint_and_validation(tmp_path):
     path = tmp_path / "student.pt"
     reference = create_model("mlp_tiny", num_classes=10, input_shape=(1, 8, 8))
     torch.save({"state_dict": reference.state_dict()}, path)
-    ctx = TrialContext(cache=ArtifactCache(str(tmp_path / "cache")))
+    ctx = TrialContext(artifacts=ArtifactCache(str(tmp_path / "cache")))
     params = DistillParams(teacher=FAST_TEACHER, student="mlp_tiny", student_init=str(path), epochs=1)
-    student = build_student(params, load_data(params), load_teacher(params, ctx, torch.device("cpu")))
+    student = build_student(params, load_data(params), load_teacher(params, ctx))
     assert all(torch.equal(student.state_dict()[k], v) for k, v in reference.state_dict().items())
     with pytest.raises(ValueError, match="student_init: pretrained needs a model with pretrained weights"):
         DistillParams(student="resnet20", student_init="pretrained")

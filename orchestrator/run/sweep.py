@@ -185,7 +185,7 @@ def run_sweep(spec: SweepSpec, spec_text: str, opts: SweepOptions) -> SweepRepor
     parent_id, reused = tracker.parent_run(name, spec.resolved_dict(), spec_text)
     say(f"  MLflow: experiment {spec.experiment_name!r}, parent run {parent_id}{' (resumed)' if reused else ''}")
     cache = FeatureStore(layout.cache_dir(opts.storage_path))
-    ctx = TrialContext(cache=cache, checkpoint_every=spec.checkpoint.every, sweep_name=name,
+    ctx = TrialContext(artifacts=cache, checkpoint_every=spec.checkpoint.every, sweep_name=name,
                        storage_path=opts.storage_path)
     status, state = "FAILED", "failed"
     try:

@@ -9,7 +9,7 @@ never sees a half-written table), the SHA-256 check on every read (a corrupt tab
 logged as a warning and recomputed) and one builder per key across processes and nodes, with the
 entry living under the sweep's storage path (a local path, ``s3://`` or ``gs://``).
 
-Trials get the store as ``TrialContext.cache`` and call :meth:`FeatureStore.get_or_create_table`;
+Trials get the store as ``TrialContext.artifacts`` and call :meth:`FeatureStore.get_or_create_table`;
 they never import this module.
 """
 from __future__ import annotations

@@ -23,26 +23,23 @@ from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 from torch import nn
 
-from trainables.training.classifier_loop import predict_features
+from trainables.core.config import StrictModel
 from trainables.data import DatasetSplits, dataset_issues, load_dataset
 from trainables.training.dataset_params import DatasetParams, prepare_fixed_dataset
-from trainables.runtime.engine import (autocast, build_optimizer, build_scheduler, epoch_batches, seed_everything,
-                               steps_per_epoch, unwrap)
+from trainables.runtime.engine import (autocast, build_optimizer, build_scheduler, epoch_batches, predict,
+                                       seed_everything, steps_per_epoch, unwrap)
 from trainables.training.linear_probe import ProbeSpec, train_probes
 from trainables.losses import check_loss_params, create_loss
 from trainables.models import ModelName, create_model
+from trainables.runtime.epochs import Checkpointed, EpochMeans, run_epochs
 from trainables.runtime.trainable import TrainableDef, TrialContext, register_trainable
-from trainables.runtime.session import Session, check_finite
+from trainables.runtime.session import Session
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class HeadConfig(_Strict):
+class HeadConfig(StrictModel):
     """DINO head: MLP (Linear [+BN] + activation per hidden layer), then the l2 bottleneck
     Linear(hidden -> bottleneck) -> L2-normalise -> weight-normalised Linear(bottleneck -> out_dim,
     no bias). ``bottleneck_dim`` 0 replaces the bottleneck with a plain Linear(hidden -> out_dim)."""
@@ -63,7 +60,7 @@ class HeadConfig(_Strict):
         return v
 
 
-class CropConfig(_Strict):
+class CropConfig(StrictModel):
     """Multi-crop views, made on the device: per image, a random resized crop (area fraction in
     ``scale``, aspect ratio in 3/4..4/3) resized to ``size`` px (None: the image size), then a
     horizontal flip with probability 0.5 when ``hflip``. The teacher sees the global crops, the
@@ -310,7 +307,7 @@ def linear_probe_accuracy(train_x: torch.Tensor, train_y: torch.Tensor,
 
 def probe_encoder(encoder: nn.Module, data: DatasetSplits, p: DinoParams) -> dict[str, float]:
     """kNN and linear-probe accuracy of ``encoder``'s features: fit on train, scored on val and test."""
-    feats = {split: predict_features(encoder, getattr(data, f"{split}_x")) for split in ("train", "val", "test")}
+    feats = {split: predict(encoder, getattr(data, f"{split}_x"), features=True) for split in ("train", "val", "test")}
     ys = {split: getattr(data, f"{split}_y") for split in ("train", "val", "test")}
     out = {}
     for split, prefix in (("val", ""), ("test", "test_")):
@@ -368,82 +365,86 @@ def weight_decay_groups(model: nn.Module, weight_decay: float) -> list[dict]:
 
 def train_dino(p: DinoParams, data: DatasetSplits, session: Session, checkpoint_every: int = 0) -> dict[str, Any]:
     """Train on ``data`` (already on ``session.device``), reporting every epoch; returns the last metrics."""
-    device = session.device
-    seed_everything(p.seed)
-    student, teacher = init_student_teacher(p, data)
-    teacher = teacher.to(device)
-    teacher_probe = {f"teacher_{k}": v for k, v in probe_encoder(teacher.encoder, data, p).items()}
-    probe = probe_encoder(student.encoder.to(device), data, p)
-    student = session.prepare_model(student)
-    loss_fn = create_loss("dino", p.loss_params, out_dim=p.head.out_dim).to(device)
-    optimizer = build_optimizer(p.optimizer, weight_decay_groups(student, p.weight_decay), p.lr, p.weight_decay,
-                                p.momentum, device)
-    n_train = len(data.train_y)
-    per_epoch = steps_per_epoch(n_train, p.batch_size, session.world_size, drop_last=True)
-    total_steps = per_epoch * p.epochs
-    scheduler = build_scheduler(p.schedule, optimizer, total_steps, per_epoch * p.warmup_epochs)
-    last_layer = unwrap(student).head.last_layer
-    state = {"epoch": 0, "step": 0}
-    restored = session.restore()
-    if restored is not None:
-        unwrap(student).load_state_dict(restored["student"])
-        teacher.load_state_dict(restored["teacher"])
-        loss_fn.load_state_dict(restored["loss_fn"])
-        optimizer.load_state_dict(restored["optimizer"])
-        scheduler.load_state_dict(restored["scheduler"])
-        state.update(restored["progress"])
-        probe = restored["probe"]
+    run = DinoRun(p, data, session)
+    return run_epochs(session, run.checkpointed(), p.epochs, run.train_epoch, run.epoch_metrics, checkpoint_every)
 
-    metrics: dict[str, Any] = {}
-    for epoch in range(state["epoch"], p.epochs):
-        student.train()
-        teacher.train(not p.teacher_eval)
-        sums: dict[str, torch.Tensor] = {}
-        steps = 0
-        for idx in epoch_batches(n_train, p.batch_size, epoch, p.seed, session, device, drop_last=True):
-            globals_, locals_ = multicrop(data.train_x[idx], p.crops)
-            with autocast(device):  # bf16 on CUDA; the loss computes in fp32
-                if p.supervised:
-                    target = supervised_targets(data.train_y[idx], p.head.out_dim, data.num_classes, p)
-                    t_out = [target] * len(globals_)
-                else:
-                    with torch.no_grad():
-                        t_out = forward_crops(teacher, globals_)
-                s_out = forward_crops(student, globals_ + locals_)
-            out = loss_fn(s_out, t_out, epoch=epoch)
-            optimizer.zero_grad(set_to_none=True)
-            out["loss"].backward()
-            if epoch < p.freeze_last_layer_epochs:
-                for param in last_layer.parameters():
-                    param.grad = None
-            if p.clip_grad > 0:
-                torch.nn.utils.clip_grad_norm_(student.parameters(), p.clip_grad, foreach=True)
-            optimizer.step()
-            scheduler.step()
-            if p.teacher_mode == "ema":
-                ema_update(teacher, unwrap(student), ema_momentum(p, state["step"], total_steps))
-            state["step"] += 1
-            for key, value in out.items():
-                sums[key] = sums.get(key, 0.0) + value.detach()
-            steps += 1
+
+class DinoRun:
+    """The parts of one :func:`train_dino` call: student and teacher (and the teacher's probe, once),
+    loss, optimiser and schedule, one training step, one epoch, and the metrics reported after it."""
+
+    def __init__(self, p: DinoParams, data: DatasetSplits, session: Session):
+        self.p, self.data, self.session = p, data, session
+        self.device = device = session.device
+        seed_everything(p.seed)
+        student, teacher = init_student_teacher(p, data)
+        self.teacher = teacher.to(device)
+        self.teacher_probe = {f"teacher_{k}": v for k, v in probe_encoder(teacher.encoder, data, p).items()}
+        self.probe = probe_encoder(student.encoder.to(device), data, p)
+        self.student = session.prepare_model(student)
+        self.loss_fn = create_loss("dino", p.loss_params, out_dim=p.head.out_dim).to(device)
+        self.optimizer = build_optimizer(p.optimizer, weight_decay_groups(self.student, p.weight_decay), p.lr,
+                                         p.weight_decay, p.momentum, device)
+        self.n_train = len(data.train_y)
+        per_epoch = steps_per_epoch(self.n_train, p.batch_size, session.world_size, drop_last=True)
+        self.total_steps = per_epoch * p.epochs
+        self.scheduler = build_scheduler(p.schedule, self.optimizer, self.total_steps, per_epoch * p.warmup_epochs)
+        self.last_layer = unwrap(self.student).head.last_layer
+        self.progress = {"epoch": 0, "step": 0}
+
+    def checkpointed(self) -> Checkpointed:
+        return Checkpointed({"student": unwrap(self.student), "teacher": self.teacher, "loss_fn": self.loss_fn,
+                             "optimizer": self.optimizer, "scheduler": self.scheduler},
+                            self.progress, records={"probe": self.probe})
+
+    def train_epoch(self, epoch: int) -> dict[str, torch.Tensor]:
+        p = self.p
+        self.student.train()
+        self.teacher.train(not p.teacher_eval)
+        means = EpochMeans()
+        for idx in epoch_batches(self.n_train, p.batch_size, epoch, p.seed, self.session, self.device,
+                                 drop_last=True):
+            means.add(self.step(epoch, idx))
         if p.teacher_mode == "prev_epoch" and (epoch + 1) % p.teacher_update_every == 0:
-            copy_student(teacher, unwrap(student))
-        train_stats = {f"train_{k}": v / max(steps, 1) for k, v in sums.items()}
-        check_finite(train_stats["train_loss"], f"epoch {epoch + 1}", session, epoch + 1)  # the one host sync
-        last = epoch + 1 == p.epochs
-        if last or (epoch + 1) % p.probe_every == 0:
-            probe = probe_encoder(unwrap(student).encoder, data, p)
-        state["epoch"] = epoch + 1
-        metrics = {"epoch": epoch + 1, **{k: float(v) for k, v in train_stats.items()},
-                   "lr": optimizer.param_groups[0]["lr"], **probe, **teacher_probe}
-        wants_ckpt = last or (checkpoint_every > 0 and (epoch + 1) % checkpoint_every == 0)
-        checkpoint = None
-        if wants_ckpt and session.is_main:
-            checkpoint = {"student": unwrap(student).state_dict(), "teacher": teacher.state_dict(),
-                          "loss_fn": loss_fn.state_dict(), "optimizer": optimizer.state_dict(),
-                          "scheduler": scheduler.state_dict(), "progress": dict(state), "probe": dict(probe)}
-        session.report(metrics, checkpoint=checkpoint)
-    return metrics
+            copy_student(self.teacher, unwrap(self.student))
+        return means.means()
+
+    def step(self, epoch: int, idx: torch.Tensor) -> dict[str, torch.Tensor]:
+        p = self.p
+        globals_, locals_ = multicrop(self.data.train_x[idx], p.crops)
+        with autocast(self.device):  # bf16 on CUDA; the loss computes in fp32
+            t_out = self.teacher_outputs(idx, globals_)
+            s_out = forward_crops(self.student, globals_ + locals_)
+        out = self.loss_fn(s_out, t_out, epoch=epoch)
+        self.optimizer.zero_grad(set_to_none=True)
+        out["loss"].backward()
+        if epoch < p.freeze_last_layer_epochs:
+            for param in self.last_layer.parameters():
+                param.grad = None
+        if p.clip_grad > 0:
+            torch.nn.utils.clip_grad_norm_(self.student.parameters(), p.clip_grad, foreach=True)
+        self.optimizer.step()
+        self.scheduler.step()
+        if p.teacher_mode == "ema":
+            ema_update(self.teacher, unwrap(self.student), ema_momentum(p, self.progress["step"], self.total_steps))
+        self.progress["step"] += 1
+        return out
+
+    def teacher_outputs(self, idx: torch.Tensor, globals_: list[torch.Tensor]) -> list[torch.Tensor]:
+        """What the student matches on each global crop: the teacher's head outputs, or (supervised)
+        the same noisy one-hot targets for every crop."""
+        p = self.p
+        if p.supervised:
+            target = supervised_targets(self.data.train_y[idx], p.head.out_dim, self.data.num_classes, p)
+            return [target] * len(globals_)
+        with torch.no_grad():
+            return forward_crops(self.teacher, globals_)
+
+    def epoch_metrics(self, epoch: int, train_stats: dict[str, float]) -> dict[str, Any]:
+        if epoch + 1 == self.p.epochs or (epoch + 1) % self.p.probe_every == 0:
+            self.probe.update(probe_encoder(unwrap(self.student).encoder, self.data, self.p))  # the same keys
+        return {"epoch": epoch + 1, **train_stats, "lr": self.optimizer.param_groups[0]["lr"], **self.probe,
+                **self.teacher_probe}
 
 
 def run_dino(p: DinoParams, session: Session, ctx: TrialContext) -> dict[str, Any]:

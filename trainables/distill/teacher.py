@@ -16,18 +16,18 @@ hashed, so spelling a default out explicitly names the same cached teacher.
 """
 from __future__ import annotations
 
-import functools
-import hashlib
 import json
 import os
 from typing import Any, Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
-from trainables.training.classifier_loop import OptimConfig, predict_features, train_classifier
+from trainables.core.config import StrictModel
+from trainables.core.digest import file_digest
+from trainables.training.classifier_loop import OptimConfig, train_classifier
 from trainables.data import DatasetSplits, load_dataset
-from trainables.runtime.engine import evaluate, predict_logits, seed_everything, unwrap
+from trainables.runtime.engine import evaluate, predict, seed_everything, unwrap
 from trainables.losses import create_loss
 from trainables.models import Classifier, ModelName, create_model, supports_pretrained
 from trainables.models.checkpoint import check_checkpoint_path
@@ -47,10 +47,8 @@ INIT_DEFAULTS: dict[str, dict[str, Any]] = {
 WEIGHT_KWARGS = ("pretrained", "checkpoint")
 
 
-class TeacherRecipe(BaseModel):
+class TeacherRecipe(StrictModel):
     """How to make the teacher. Everything here goes into the teacher's cache key."""
-
-    model_config = ConfigDict(extra="forbid")
 
     model: ModelName = "cnn"
     model_kwargs: dict[str, Any] = Field(default_factory=dict)
@@ -96,18 +94,11 @@ class TeacherRecipe(BaseModel):
                            weight_decay=self.weight_decay, schedule=self.schedule, head_lr_mult=self.head_lr_mult)
 
 
-@functools.lru_cache(maxsize=64)
-def _file_digest(path: str, size: int, mtime_ns: int) -> str:
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
-
-
 def recipe_fields(t: TeacherRecipe) -> dict[str, Any]:
     """The recipe as cache-key fields. A checkpoint enters by content, not only by path."""
     fields = t.model_dump()
     if t.checkpoint:
-        st = os.stat(t.checkpoint)
-        fields["checkpoint_sha256"] = _file_digest(t.checkpoint, st.st_size, st.st_mtime_ns)
+        fields["checkpoint_sha256"] = file_digest(t.checkpoint)
     return fields
 
 
@@ -135,7 +126,7 @@ class _HeadProbe(Classifier):
 
 def linear_probe(model: Classifier, data: DatasetSplits, t: TeacherRecipe, session) -> dict[str, Any]:
     """Train ``model.head`` on the frozen backbone's features of the (un-augmented) splits."""
-    feats = {s: predict_features(model, getattr(data, f"{s}_x")) for s in ("train", "val", "test")}
+    feats = {s: predict(model, getattr(data, f"{s}_x"), features=True) for s in ("train", "val", "test")}
     probe_data = DatasetSplits(f"{data.name}-features", feats["train"], data.train_y, feats["val"], data.val_y,
                                feats["test"], data.test_y, data.num_classes, (0.0,), (1.0,))
     probe = _HeadProbe(model.head, model.num_features)
@@ -162,7 +153,7 @@ def build_teacher(recipe: dict[str, Any], out_dir: str, device: torch.device | N
     else:
         final = {"val_acc": evaluate(model, data.val_x, data.val_y, session)["acc"],
                  "test_acc": evaluate(model, data.test_x, data.test_y, session)["acc"], "train_loss": None}
-    logits = predict_logits(model, data.train_x).cpu()
+    logits = predict(model, data.train_x).cpu()
     torch.save(logits, os.path.join(out_dir, "train_logits.pt"))
     torch.save(unwrap(model).cpu().state_dict(), os.path.join(out_dir, "model.pt"))
     meta = {"val_acc": final["val_acc"], "test_acc": final["test_acc"], "train_loss": final["train_loss"],

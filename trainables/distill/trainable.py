@@ -18,17 +18,17 @@ from typing import Any, Literal
 import torch
 from pydantic import Field, field_validator, model_validator
 
-from trainables.training.classifier_loop import (CachedTeacher, OnlineTeacher, OptimConfig, TeacherSignal, predict_features,
-                                        train_classifier)
+from trainables.training.classifier_loop import (CachedTeacher, OnlineTeacher, OptimConfig, TeacherSignal,
+                                                 train_classifier)
 from trainables.data import DatasetSplits, dataset_issues, load_dataset
 from trainables.training.dataset_params import DatasetParams, prepare_fixed_dataset
 from trainables.data.augment import Augment, AugmentName
-from trainables.runtime.engine import seed_everything
+from trainables.runtime.engine import predict, seed_everything
 from trainables.init import WeightSelectionConfig, check_student_init, init_student
 from trainables.losses import LossName, check_loss_params, create_loss, loss_class
 from trainables.models import Classifier, ModelName
 from trainables.runtime.trainable import TrainableDef, TrialContext, register_trainable
-from trainables.runtime.session import Session, default_device
+from trainables.runtime.session import Session
 from trainables.distill.teacher import Optimizer, Schedule, TeacherRecipe, build_teacher, load_teacher_model, recipe_fields
 from trainables.training.views import BatchViews, FixedViews, PlainViews, RandomViews, teacher_view_logits, view_params
 
@@ -95,12 +95,12 @@ def load_data(p: DistillParams) -> DatasetSplits:
     return load_dataset(p.dataset, seed=p.split_seed, **p.dataset_kwargs)
 
 
-def load_teacher(p: DistillParams, ctx: TrialContext, device: torch.device):
+def load_teacher(p: DistillParams, ctx: TrialContext):
     recipe = teacher_recipe(p)
-    if ctx.cache is None:
-        raise RuntimeError("the distill trainable needs an artifact cache for its teacher")
+    if ctx.artifacts is None:
+        raise RuntimeError("the distill trainable needs an artifact store (TrialContext.artifacts) for its teacher")
     download = bool(p.dataset_kwargs.get("download", False))
-    entry = ctx.cache.get_or_create("teacher", recipe, lambda d: build_teacher(recipe, d, download=download))
+    entry = ctx.artifacts.get_or_create("teacher", recipe, lambda d: build_teacher(recipe, d, download=download))
     return entry
 
 
@@ -112,11 +112,11 @@ def cached_teacher_features(p: DistillParams, ctx: TrialContext, entry, data, de
     recipe = {"teacher": teacher_recipe(p), "outputs": "train_features"}
 
     def build(out_dir: str) -> dict[str, Any]:
-        feats = predict_features(load_teacher_model(p.teacher, entry, data, data.train_x.device), data.train_x)
+        feats = predict(load_teacher_model(p.teacher, entry, data, data.train_x.device), data.train_x, features=True)
         torch.save(feats.cpu(), os.path.join(out_dir, "train_features.pt"))
         return {"num_samples": feats.shape[0], "num_features": feats.shape[1]}
 
-    features = ctx.cache.get_or_create("teacher_features", recipe, build)
+    features = ctx.artifacts.get_or_create("teacher_features", recipe, build)
     return torch.load(features.file("train_features.pt"), map_location=device)
 
 
@@ -157,7 +157,7 @@ def cached_view_logits(p: DistillParams, ctx: TrialContext, entry, data, device:
         torch.save(logits.cpu(), os.path.join(out_dir, "view_logits.pt"))
         return {"views": p.teacher_views, "num_samples": logits.shape[1]}
 
-    views = ctx.cache.get_or_create("teacher_views", views_recipe(p), build)
+    views = ctx.artifacts.get_or_create("teacher_views", views_recipe(p), build)
     return torch.load(views.file("view_logits.pt"), map_location=device)
 
 
@@ -196,7 +196,7 @@ def build_student(p: DistillParams, data: DatasetSplits, entry) -> Classifier:
 
 def run_distill(p: DistillParams, session: Session, ctx: TrialContext) -> dict[str, Any]:
     device = session.device
-    entry = load_teacher(p, ctx, device)
+    entry = load_teacher(p, ctx)
     data = load_data(p).to(device)
     seed_everything(p.seed)
     teacher, teacher_context = teacher_signal(p, ctx, entry, data, loss_class(p.loss), device)
@@ -224,7 +224,7 @@ def prepare_distill(fixed: dict[str, Any], searched: set[str], ctx: TrialContext
         return None
     defaults = DistillParams.model_validate({k: v for k, v in fixed.items()
                                              if k in ("dataset", "dataset_kwargs", "split_seed", "teacher")})
-    entry = load_teacher(defaults, ctx, default_device())
+    entry = load_teacher(defaults, ctx)
     return {"teacher_cache_id": entry.key, "teacher_cache_hit": entry.hit, **{f"teacher_{k}": v
             for k, v in entry.meta.items() if k in ("val_acc", "test_acc")}}
 

@@ -16,8 +16,9 @@ from __future__ import annotations
 from typing import Any, Callable
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import Field, field_validator
 
+from trainables.core.config import StrictModel
 from trainables.init.weight_selection import SelectionMethod, apply_weight_selection
 from trainables.models import Classifier, check_model_name, create_model, supports_pretrained
 from trainables.models.checkpoint import check_checkpoint_path, load_checkpoint
@@ -25,10 +26,8 @@ from trainables.models.checkpoint import check_checkpoint_path, load_checkpoint
 STUDENT_INIT_KEYWORDS = ("random", "pretrained", "weight_selection")
 
 
-class WeightSelectionConfig(BaseModel):
+class WeightSelectionConfig(StrictModel):
     """Where weight selection takes its weights from, and how it picks them."""
-
-    model_config = ConfigDict(extra="forbid")
 
     source: str = Field("teacher", description="'teacher' (the trained teacher) or a model name")
     source_kwargs: dict[str, Any] = Field(default_factory=dict,

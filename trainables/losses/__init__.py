@@ -16,6 +16,7 @@ from pydantic import AfterValidator, BaseModel, ValidationError
 from torch import nn
 
 from trainables.losses.base import DistillLoss, LossInputs, LossParams
+from trainables.core.config import first_problem
 from trainables.core.registry import Registry, scan
 
 LossInterface = Literal["classifier", "multicrop"]
@@ -80,10 +81,8 @@ def check_loss_params(name: str, params: dict[str, Any] | None, prefix: str = "l
     try:
         validate_loss_params(name, params)
     except ValidationError as exc:
-        err = exc.errors()[0]
-        loc = ".".join(str(p) for p in err["loc"])
-        msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"].removeprefix("Value error, ")
-        raise ValueError(f"{prefix}.{loc}: {msg} for loss {name!r}" if loc else f"{prefix}: {msg}") from None
+        located = bool(exc.errors()[0]["loc"])
+        raise ValueError(first_problem(exc, prefix) + (f" for loss {name!r}" if located else "")) from None
 
 
 def create_loss(name: str, params: dict[str, Any] | BaseModel | None = None, **context: Any) -> nn.Module:

@@ -103,15 +103,21 @@ def autocast(device: torch.device, enabled: bool = True):
 
 
 @torch.no_grad()
-def predict_logits(model: nn.Module, x: torch.Tensor, batch_size: int = 1024) -> torch.Tensor:
+def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 1024, features: bool = False) -> torch.Tensor:
+    """``model``'s logits on ``x``, or with ``features`` its penultimate features (the
+    ``model(x, return_features=True)`` path, input conversion included), as float32 on the model's
+    device. Batched, without gradients, under :func:`autocast`, in eval mode (the model's mode is
+    put back afterwards)."""
+    net = unwrap(model)
     was_training = model.training
     model.eval()
-    device = next(unwrap(model).parameters()).device
+    device = next(net.parameters()).device
     outs = []
     for start in range(0, len(x), batch_size):
         xb = x[start:start + batch_size].to(device, non_blocking=True)
         with autocast(device):
-            outs.append(unwrap(model)(xb).float())
+            out = net(xb, return_features=True)[1] if features else net(xb)
+        outs.append(out.float())
     model.train(was_training)
     return torch.cat(outs) if outs else torch.empty(0)
 
@@ -123,7 +129,7 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, session: Sessio
     all-reduced, so every rank returns the same full-split numbers."""
     if session.world_size > 1:
         x, y = x[session.rank::session.world_size], y[session.rank::session.world_size]
-    logits = predict_logits(model, x, batch_size)
+    logits = predict(model, x, batch_size)
     y = y.to(logits.device)
     sums = torch.stack([
         (logits.argmax(-1) == y).sum().float(),

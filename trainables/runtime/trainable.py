@@ -5,22 +5,24 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Callable, Protocol
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
+from trainables.core.config import StrictModel
 from trainables.core.registry import Registry, scan
 from trainables.runtime.session import Session
 
 
-class TrialParams(BaseModel):
+class TrialParams(StrictModel):
     """Parameters every trainable accepts. Unknown keys are an error."""
-
-    model_config = ConfigDict(extra="forbid")
 
     seed: int = Field(0, ge=0, description="seed for initialisation and batch order")
     workers: int = Field(1, ge=1, description="DDP workers for this trial (set from resources.workers)")
 
 
-class Cache(Protocol):
+class ArtifactStore(Protocol):
+    """The sweep's content-addressed store of built artifacts (teachers, cached outputs, feature
+    tables): ``orchestrator.store.feature_store.FeatureStore``, an ``ArtifactCache`` in tests."""
+
     def get_or_create(self, kind: str, recipe: dict[str, Any], build: Callable[[str], dict | None]) -> Any: ...
 
 
@@ -28,11 +30,10 @@ class Cache(Protocol):
 class TrialContext:
     """Sweep-level facts a trial needs besides its parameters. Picklable; shipped to every trial."""
 
-    cache: Cache | None = None
+    artifacts: ArtifactStore | None = None
     checkpoint_every: int = 5
     sweep_name: str = ""
     storage_path: str = ""
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,8 @@ import copy
 import itertools
 from typing import Any, Iterable
 
+from trainables.core.config import set_dotted
+
 VECTORIZE_KEY = "vectorize"
 PROBES_KEY = "probes"
 GRID_KEY = "probe_grid"
@@ -33,13 +35,6 @@ def deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
         else:
             out[key] = copy.deepcopy(value)
     return out
-
-
-def set_dotted(cfg: dict[str, Any], dotted: str, value: Any) -> None:
-    *parents, leaf = dotted.split(".")
-    for part in parents:
-        cfg = cfg.setdefault(part, {})
-    cfg[leaf] = value
 
 
 def is_vectorized(config: dict[str, Any]) -> bool:

@@ -13,10 +13,11 @@ import torch
 from torch import nn
 
 from trainables.data import DatasetSplits
-from trainables.runtime.engine import (autocast, build_optimizer, build_scheduler, epoch_batches, evaluate, head_lr_groups,
-                               steps_per_epoch, unwrap)
+from trainables.runtime.engine import (autocast, build_optimizer, build_scheduler, epoch_batches, evaluate,
+                                       head_lr_groups, steps_per_epoch, unwrap)
+from trainables.runtime.epochs import Checkpointed, EpochMeans, run_epochs
 from trainables.losses import DistillLoss, LossInputs
-from trainables.runtime.session import Session, check_finite
+from trainables.runtime.session import Session
 from trainables.training.views import BatchViews, PlainViews
 
 
@@ -65,19 +66,6 @@ class OnlineTeacher:
                 logits, feats = self.model(x, return_features=True)
                 return logits.float(), feats.float()
             return self.model(x).float(), None
-
-
-@torch.no_grad()
-def predict_features(model: nn.Module, x: torch.Tensor, batch_size: int = 1024) -> torch.Tensor:
-    """Penultimate features of ``model`` (eval mode) on ``x``, as float32 on ``x``'s device."""
-    was_training = model.training
-    model.eval()
-    outs = []
-    for start in range(0, len(x), batch_size):
-        with autocast(x.device):
-            outs.append(model(x[start:start + batch_size], return_features=True)[1].float())
-    model.train(was_training)
-    return torch.cat(outs)
 
 
 class LossModuleSync:
@@ -131,87 +119,91 @@ def train_classifier(*, model: nn.Module, data: DatasetSplits, loss_fn: DistillL
     ``views`` picks the student's view of each batch (augmentation); default: the images as they
     are. Returns the last reported metrics. Resumes from ``session.restore()`` when a checkpoint exists.
     """
-    device = session.device
-    views = views or PlainViews()
-    # channels_last lets cuDNN pick its fastest (NHWC tensor-core) convolutions; on CPU it only costs.
-    channels_last = device.type == "cuda" and len(data.input_shape) == 3
-    if channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    model = session.prepare_model(model)
-    step_model = torch.compile(model) if optim.compile else model
-    loss_fn = loss_fn.to(device)
-    loss_sync = LossModuleSync(loss_fn, session)
-    params = head_lr_groups(model, optim.lr, optim.head_lr_mult, extra=loss_fn.parameters())
-    optimizer = build_optimizer(optim.optimizer, params, optim.lr, optim.weight_decay, optim.momentum, device)
-    n_train = len(data.train_y)
-    per_epoch = steps_per_epoch(n_train, optim.batch_size, session.world_size)
-    scheduler = build_scheduler(optim.schedule, optimizer, per_epoch * optim.epochs,
-                                per_epoch * optim.warmup_epochs)
-    state = {"epoch": 0, "best_val_acc": -1.0, "test_acc_at_best_val": 0.0, "best_epoch": 0}
-    restored = session.restore()
-    if restored is not None:
-        unwrap(model).load_state_dict(restored["model"])
-        if restored.get("loss_fn"):
-            loss_fn.load_state_dict(restored["loss_fn"])
-        optimizer.load_state_dict(restored["optimizer"])
-        scheduler.load_state_dict(restored["scheduler"])
-        state.update(restored["progress"])
+    run = ClassifierRun(model, data, loss_fn, optim, session, seed, teacher, views or PlainViews(),
+                        static_metrics or {})
+    return run_epochs(session, run.checkpointed(), optim.epochs, run.train_epoch, run.epoch_metrics,
+                      checkpoint_every)
 
-    metrics: dict[str, Any] = {}
-    for epoch in range(state["epoch"], optim.epochs):
-        model.train()
-        sums: dict[str, torch.Tensor] = {}
-        steps = 0
-        views.start_epoch(epoch)
-        for idx in epoch_batches(n_train, optim.batch_size, epoch, seed, session, device):
-            xb, view_ids = views.batch(data.train_x, idx)
-            yb = data.train_y[idx]
-            if channels_last:
-                xb = xb.contiguous(memory_format=torch.channels_last)
-            with autocast(device):
-                if loss_fn.needs_features:
-                    s_logits, s_feats = step_model(xb, return_features=True)
-                else:
-                    s_logits, s_feats = step_model(xb), None
-                t_logits = t_feats = None
-                if teacher is not None and loss_fn.needs_teacher:
-                    t_logits, t_feats = teacher.outputs(idx, xb, features=loss_fn.needs_features, views=view_ids)
-                out = loss_fn(LossInputs(student_logits=s_logits.float(), targets=yb, teacher_logits=t_logits,
-                                         student_features=s_feats, teacher_features=t_feats, indices=idx,
-                                         epoch=epoch, num_epochs=optim.epochs, progress=epoch / optim.epochs))
-            optimizer.zero_grad(set_to_none=True)
-            out["loss"].backward()
-            loss_sync.average_gradients()
-            optimizer.step()
-            scheduler.step()
-            for key, value in out.items():
-                sums[key] = sums.get(key, 0.0) + value.detach()
-            steps += 1
-        train_stats = {f"train_{k}": v / max(steps, 1) for k, v in sums.items()}
-        check_finite(train_stats["train_loss"], f"epoch {epoch + 1}", session, epoch + 1)  # one host sync
-        val = evaluate(model, data.val_x, data.val_y, session)
-        test = evaluate(model, data.test_x, data.test_y, session)
-        if val["acc"] > state["best_val_acc"]:
-            state.update(best_val_acc=val["acc"], test_acc_at_best_val=test["acc"], best_epoch=epoch + 1)
-        state["epoch"] = epoch + 1
-        metrics = {
-            "epoch": epoch + 1,
-            **{k: float(v) for k, v in train_stats.items()},
+
+class ClassifierRun:
+    """The parts of one :func:`train_classifier` call: the prepared model, loss, optimiser and
+    schedule, one training step, one epoch, and the metrics reported after it."""
+
+    def __init__(self, model: nn.Module, data: DatasetSplits, loss_fn: DistillLoss, optim: OptimConfig,
+                 session: Session, seed: int, teacher: TeacherSignal | None, views: BatchViews,
+                 static_metrics: dict[str, Any]):
+        self.data, self.optim, self.session, self.seed = data, optim, session, seed
+        self.teacher, self.views, self.static_metrics = teacher, views, static_metrics
+        self.device = device = session.device
+        # channels_last lets cuDNN pick its fastest (NHWC tensor-core) convolutions; on CPU it only costs.
+        self.channels_last = device.type == "cuda" and len(data.input_shape) == 3
+        if self.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        self.model = session.prepare_model(model)
+        self.step_model = torch.compile(self.model) if optim.compile else self.model
+        self.loss_fn = loss_fn.to(device)
+        self.loss_sync = LossModuleSync(self.loss_fn, session)
+        params = head_lr_groups(self.model, optim.lr, optim.head_lr_mult, extra=self.loss_fn.parameters())
+        self.optimizer = build_optimizer(optim.optimizer, params, optim.lr, optim.weight_decay, optim.momentum,
+                                         device)
+        self.n_train = len(data.train_y)
+        per_epoch = steps_per_epoch(self.n_train, optim.batch_size, session.world_size)
+        self.scheduler = build_scheduler(optim.schedule, self.optimizer, per_epoch * optim.epochs,
+                                         per_epoch * optim.warmup_epochs)
+        self.progress = {"epoch": 0, "best_val_acc": -1.0, "test_acc_at_best_val": 0.0, "best_epoch": 0}
+
+    def checkpointed(self) -> Checkpointed:
+        return Checkpointed({"model": unwrap(self.model), "loss_fn": self.loss_fn, "optimizer": self.optimizer,
+                             "scheduler": self.scheduler}, self.progress, optional=("loss_fn",))
+
+    def train_epoch(self, epoch: int) -> dict[str, torch.Tensor]:
+        self.model.train()
+        means = EpochMeans()
+        self.views.start_epoch(epoch)
+        for idx in epoch_batches(self.n_train, self.optim.batch_size, epoch, self.seed, self.session, self.device):
+            means.add(self.step(epoch, idx))
+        return means.means()
+
+    def step(self, epoch: int, idx: torch.Tensor) -> dict[str, torch.Tensor]:
+        xb, view_ids = self.views.batch(self.data.train_x, idx)
+        yb = self.data.train_y[idx]
+        if self.channels_last:
+            xb = xb.contiguous(memory_format=torch.channels_last)
+        with autocast(self.device):
+            out = self.loss_fn(self.loss_inputs(epoch, idx, xb, yb, view_ids))
+        self.optimizer.zero_grad(set_to_none=True)
+        out["loss"].backward()
+        self.loss_sync.average_gradients()
+        self.optimizer.step()
+        self.scheduler.step()
+        return out
+
+    def loss_inputs(self, epoch: int, idx: torch.Tensor, xb: torch.Tensor, yb: torch.Tensor,
+                    view_ids: torch.Tensor | None) -> LossInputs:
+        """The student's forward on the batch and the teacher's outputs for it (under autocast)."""
+        loss_fn = self.loss_fn
+        if loss_fn.needs_features:
+            s_logits, s_feats = self.step_model(xb, return_features=True)
+        else:
+            s_logits, s_feats = self.step_model(xb), None
+        t_logits = t_feats = None
+        if self.teacher is not None and loss_fn.needs_teacher:
+            t_logits, t_feats = self.teacher.outputs(idx, xb, features=loss_fn.needs_features, views=view_ids)
+        epochs = self.optim.epochs
+        return LossInputs(student_logits=s_logits.float(), targets=yb, teacher_logits=t_logits,
+                          student_features=s_feats, teacher_features=t_feats, indices=idx,
+                          epoch=epoch, num_epochs=epochs, progress=epoch / epochs)
+
+    def epoch_metrics(self, epoch: int, train_stats: dict[str, float]) -> dict[str, Any]:
+        data, progress = self.data, self.progress
+        val = evaluate(self.model, data.val_x, data.val_y, self.session)
+        test = evaluate(self.model, data.test_x, data.test_y, self.session)
+        if val["acc"] > progress["best_val_acc"]:
+            progress.update(best_val_acc=val["acc"], test_acc_at_best_val=test["acc"], best_epoch=epoch + 1)
+        return {
+            "epoch": epoch + 1, **train_stats,
             "val_acc": val["acc"], "val_loss": val["loss"], "test_acc": test["acc"], "test_loss": test["loss"],
-            "best_val_acc": state["best_val_acc"], "test_acc_at_best_val": state["test_acc_at_best_val"],
-            "lr": optimizer.param_groups[0]["lr"],
-            **(static_metrics or {}),
+            "best_val_acc": progress["best_val_acc"], "test_acc_at_best_val": progress["test_acc_at_best_val"],
+            "lr": self.optimizer.param_groups[0]["lr"],
+            **self.static_metrics,
         }
-        last = epoch + 1 == optim.epochs
-        wants_ckpt = last or (checkpoint_every > 0 and (epoch + 1) % checkpoint_every == 0)
-        checkpoint = None
-        if wants_ckpt and session.is_main:
-            checkpoint = {
-                "model": unwrap(model).state_dict(),
-                "loss_fn": loss_fn.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(),
-                "progress": dict(state),
-            }
-        session.report(metrics, checkpoint=checkpoint)
-    return metrics

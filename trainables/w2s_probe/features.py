@@ -1,7 +1,7 @@
 """The cached inputs of a weak-to-strong probe: weak-teacher logits and strong-model embeddings
 of every image of a dataset, plus the splits the probes use.
 
-Both are tables in the sweep's feature store (``TrialContext.cache``), keyed by a content hash of
+Both are tables in the sweep's feature store (``TrialContext.artifacts``), keyed by a content hash of
 (dataset, transform, model, weights). "Weights" is the model name and kwargs (``pretrained``), the
 SHA-256 of a ``checkpoint`` file, and, for a model trained here, its full training recipe
 including the slice of the dataset it trained on. A model trained here is itself a cache entry.
@@ -16,15 +16,16 @@ last ``n_val`` are held out for validation) and test (the rest).
 """
 from __future__ import annotations
 
-import hashlib
 import os
 from dataclasses import dataclass, field
 from typing import Any, Iterator, Literal, Protocol
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 
+from trainables.core.config import StrictModel
+from trainables.core.digest import file_digest
 from trainables.training.classifier_loop import OptimConfig, train_classifier
 from trainables.data import DatasetSplits, load_dataset, split_indices
 from trainables.data.streamed import FOLDER_DATASETS, is_folder_dataset, open_folder_dataset
@@ -36,11 +37,7 @@ from trainables.runtime.session import LocalSession
 COUNTS = {"feature_passes": 0, "model_trainings": 0}
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class ModelTraining(_Strict):
+class ModelTraining(StrictModel):
     """Train the model here with cross-entropy on its own slice of the dataset."""
 
     epochs: int = Field(30, ge=1)
@@ -51,7 +48,7 @@ class ModelTraining(_Strict):
     seed: int = Field(0, ge=0)
 
 
-class ModelSource(_Strict):
+class ModelSource(StrictModel):
     """Where a weak teacher or a strong backbone comes from: a registered model, optionally with
     weights from ``model_kwargs`` (e.g. ``pretrained: true``) or a ``checkpoint`` state dict, and
     optionally trained here (``train``) on its slice of the dataset."""
@@ -62,7 +59,7 @@ class ModelSource(_Strict):
     train: ModelTraining | None = None
 
 
-class PretrainSplit(_Strict):
+class PretrainSplit(StrictModel):
     weak: float = Field(0.0, ge=0.0, lt=1.0, description="fraction of the dataset the weak teacher trains on")
     strong: float = Field(0.0, ge=0.0, lt=1.0, description="fraction the strong backbone trains on")
 
@@ -87,7 +84,7 @@ class FeatureParams(Protocol):
 
 
 class TableCache(Protocol):
-    """What a trial needs of ``TrialContext.cache`` (``orchestrator.store.feature_store.FeatureStore``)."""
+    """What a trial needs of ``TrialContext.artifacts`` (``orchestrator.store.feature_store.FeatureStore``)."""
 
     def get_or_create(self, kind: str, recipe: dict, build) -> Any: ...
 
@@ -203,31 +200,13 @@ def make_splits(labels: np.ndarray, p: FeatureParams) -> Splits:
 # Models and cached passes
 # ---------------------------------------------------------------------------------------------
 
-_DIGESTS: dict[tuple[str, int, float], str] = {}
-
-
-def file_sha256(path: str) -> str:
-    path = os.path.abspath(os.path.expanduser(path))
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"checkpoint {path} does not exist")
-    stat = os.stat(path)
-    memo = (path, stat.st_size, stat.st_mtime)
-    if memo not in _DIGESTS:
-        h = hashlib.sha256()
-        with open(path, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                h.update(chunk)
-        _DIGESTS[memo] = h.hexdigest()
-    return _DIGESTS[memo]
-
-
 def model_recipe(source: ModelSource, role: str, p: FeatureParams, data_identity: dict[str, Any]) -> dict[str, Any]:
     """Everything that determines the model's weights."""
     recipe = {"model": source.model, "model_kwargs": source.model_kwargs,
-              "checkpoint_sha256": file_sha256(source.checkpoint) if source.checkpoint else None}
+              "checkpoint_sha256": file_digest(source.checkpoint) if source.checkpoint else None}
     kwarg_checkpoint = source.model_kwargs.get("checkpoint")
     if isinstance(kwarg_checkpoint, str):  # a wrapper's own checkpoint kwarg: key on its content too
-        recipe["model_kwargs_checkpoint_sha256"] = file_sha256(kwarg_checkpoint)
+        recipe["model_kwargs_checkpoint_sha256"] = file_digest(kwarg_checkpoint)
     if source.train is not None:
         recipe["trained_on"] = {"data": data_identity, "role": role, "split_seed": p.split_seed,
                                 "pretrain_split": p.pretrain_split.model_dump(), **source.train.model_dump()}
@@ -335,7 +314,7 @@ class W2SInputs:
 
 def _cached_entries(p: FeatureParams, cache: TableCache | None, device: torch.device, roles: tuple[str, ...]):
     if cache is None or not hasattr(cache, "get_or_create_table"):
-        raise RuntimeError("w2s_probe needs the sweep's feature store as TrialContext.cache "
+        raise RuntimeError("w2s_probe needs the sweep's feature store as TrialContext.artifacts "
                            "(orchestrator.store.feature_store.FeatureStore)")
     data = ImageData(p.dataset, p.dataset_kwargs, p.feature_batch_size, p.feature_workers)
     before = dict(COUNTS)

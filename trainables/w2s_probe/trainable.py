@@ -26,8 +26,9 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
+from trainables.core.config import StrictModel, first_problem
 from trainables.data import DATASETS
 from trainables.data.streamed import is_folder_dataset
 from trainables.training.linear_probe import ProbeSpec, train_probes
@@ -41,10 +42,8 @@ from trainables.w2s_probe.features import (ModelSource, ModelTraining, PretrainS
 PROBE_FIELDS = ("lr", "weight_decay", "epochs", "w2s_labels", "w2s_loss", "loss_params")
 
 
-class ProbeConfig(BaseModel):
+class ProbeConfig(StrictModel):
     """The parameters of one probe configuration: what a vectorised trial varies."""
-
-    model_config = ConfigDict(extra="forbid")
 
     lr: float = Field(1e-3, gt=0, le=10, description="Adam learning rate (cosine to 0 per step)")
     weight_decay: float = Field(0.0, ge=0, description="Adam (L2) weight decay")
@@ -105,8 +104,7 @@ class W2SProbeParams(TrialParams, ProbeConfig):
             try:
                 ProbeConfig.model_validate(cfg)
             except ValidationError as exc:
-                err = exc.errors()[0]
-                raise ValueError(f"probe configuration {i}: {'.'.join(map(str, err['loc']))}: {err['msg']}") from None
+                raise ValueError(f"probe configuration {i}: {first_problem(exc)}") from None
         return self
 
     @property
@@ -196,7 +194,7 @@ class ProbeScorer:
 
 def run_w2s_probe(p: W2SProbeParams, session: Session, ctx: TrialContext) -> dict[str, Any]:
     device = session.device
-    inputs = load_inputs(p, ctx.cache, device)
+    inputs = load_inputs(p, ctx.artifacts, device)
     configs = p.probe_configs()
     plans = [probe_plan(c) for c in configs]
     specs = list(dict.fromkeys(s for plan in plans for s in (plan.w2s, plan.strong)))  # each distinct probe once
@@ -234,7 +232,7 @@ def prepare_w2s(fixed: dict[str, Any], searched: set[str], ctx: TrialContext) ->
     if not roles:
         return None
     p = W2SProbeParams.model_validate({k: v for k, v in fixed.items() if k not in ("probes", "probe_grid")})
-    return prepare_inputs(p, ctx.cache, default_device(), roles)
+    return prepare_inputs(p, ctx.artifacts, default_device(), roles)
 
 
 def _metric_docs() -> dict[str, str]:
