@@ -34,7 +34,7 @@ from trainables.runtime.engine import (autocast, build_optimizer, build_schedule
 from trainables.training.linear_probe import ProbeSpec, train_probes
 from trainables.losses import check_loss_params, create_loss
 from trainables.models import ModelName, create_model
-from trainables.runtime.trainable import TrainableDef, TrialContext, register_trainable
+from trainables.runtime.trainable import TrialContext, register_trainable
 from trainables.runtime.session import Session, check_finite
 
 
@@ -460,10 +460,9 @@ def check_dino_inputs(p: DinoParams) -> list[tuple[str, str]]:
     return dataset_issues("dataset", p.dataset, **p.dataset_kwargs)
 
 
-register_trainable(TrainableDef(
-    name="dino",
-    params_model=DinoParams,
-    train_loop=run_dino,
+register_trainable(
+    "dino",
+    params=DinoParams,
     metric="knn_acc",
     mode="max",
     description="DINO self-distillation (ema / prev_epoch / random no_update teacher) with kNN and linear probes.",
@@ -479,4 +478,4 @@ register_trainable(TrainableDef(
         "teacher_linear_acc": "linear-probe accuracy of the teacher's features at the start",
         "train_loss": "mean DINO loss of the epoch (and train_ce, train_kl, entropies, train_teacher_temp)",
     },
-))
+)(run_dino)

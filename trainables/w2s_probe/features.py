@@ -27,7 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from trainables.training.classifier_loop import OptimConfig, train_classifier
 from trainables.data import DatasetSplits, load_dataset, split_indices
-from trainables.data.streamed import FOLDER_DATASETS, is_folder_dataset, open_folder_dataset
+from trainables.data.streamed import folder_dataset, is_folder_dataset, open_folder_dataset
 from trainables.runtime.engine import autocast, seed_everything
 from trainables.losses import create_loss
 from trainables.models import ModelName, create_model
@@ -105,8 +105,8 @@ class ImageData:
         self.batch_size, self.workers = batch_size, workers
         self._memory: tuple[torch.Tensor, torch.Tensor] | None = None
         self._folder = None
-        if is_folder_dataset(name):
-            spec = FOLDER_DATASETS[name]
+        spec = folder_dataset(name)
+        if spec is not None:
             self.num_classes, self.input_shape, self.transform = spec.num_classes, spec.input_shape, spec.transform
         else:
             x, y = self._tensors()
