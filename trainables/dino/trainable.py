@@ -33,7 +33,8 @@ from trainables.runtime.engine import (autocast, build_optimizer, build_schedule
                                steps_per_epoch, unwrap)
 from trainables.training.linear_probe import ProbeSpec, train_probes
 from trainables.losses import check_loss_params, create_loss
-from trainables.models import ModelName, create_model
+from trainables.core.registry import kwargs_validator
+from trainables.models import ModelName, check_model_kwargs, create_model
 from trainables.runtime.trainable import TrialContext, register_trainable
 from trainables.runtime.session import Session, check_finite
 
@@ -121,6 +122,8 @@ class DinoParams(DatasetParams):
     probe_lr: float = Field(1e-3, gt=0)
     probe_weight_decay: float = Field(0.0, ge=0)
     probe_batch_size: int = Field(256, ge=1)
+
+    _encoder_kwargs_fit = kwargs_validator("encoder", "encoder_kwargs", check_model_kwargs)
 
     @model_validator(mode="after")
     def _consistent(self):

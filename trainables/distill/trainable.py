@@ -26,7 +26,8 @@ from trainables.data.augment import Augment, AugmentName
 from trainables.runtime.engine import seed_everything
 from trainables.init import WeightSelectionConfig, check_student_init, init_student
 from trainables.losses import LossName, check_loss_params, create_loss, loss_class
-from trainables.models import Classifier, ModelName
+from trainables.core.registry import kwargs_validator
+from trainables.models import Classifier, ModelName, check_model_kwargs
 from trainables.runtime.trainable import TrialContext, register_trainable
 from trainables.runtime.session import Session, default_device
 from trainables.distill.teacher import Optimizer, Schedule, TeacherRecipe, build_teacher, load_teacher_model, recipe_fields
@@ -61,6 +62,8 @@ class DistillParams(DatasetParams):
     momentum: float = Field(0.9, ge=0, lt=1)
     schedule: Schedule = "cosine"
     warmup_epochs: int = Field(0, ge=0)
+
+    _student_kwargs_fit = kwargs_validator("student", "student_kwargs", check_model_kwargs)
 
     @field_validator("rrc_scale")
     @classmethod

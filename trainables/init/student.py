@@ -18,11 +18,19 @@ from typing import Any, Callable
 import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from trainables.core.registry import kwargs_validator
 from trainables.init.weight_selection import SelectionMethod, apply_weight_selection
-from trainables.models import Classifier, check_model_name, create_model, supports_pretrained
+from trainables.models import Classifier, check_model_kwargs, check_model_name, create_model, supports_pretrained
 from trainables.models.checkpoint import check_checkpoint_path, load_checkpoint
 
 STUDENT_INIT_KEYWORDS = ("random", "pretrained", "weight_selection")
+
+
+def _check_source(source: str, kwargs: dict[str, Any]) -> None:
+    if source != "teacher":
+        check_model_kwargs(source, kwargs)
+    elif kwargs:
+        raise ValueError("the teacher is built by teacher.*; source_kwargs are for a source named by its model")
 
 
 class WeightSelectionConfig(BaseModel):
@@ -41,6 +49,8 @@ class WeightSelectionConfig(BaseModel):
     @classmethod
     def _source_is_a_model(cls, v: str) -> str:
         return v if v == "teacher" else check_model_name(v)
+
+    _source_kwargs_fit = kwargs_validator("source", "source_kwargs", _check_source)
 
 
 def check_student_init(value: str, student: str, student_kwargs: dict[str, Any]) -> str:

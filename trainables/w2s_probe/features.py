@@ -30,7 +30,8 @@ from trainables.data import DatasetSplits, load_dataset, split_indices
 from trainables.data.streamed import folder_dataset, is_folder_dataset, open_folder_dataset
 from trainables.runtime.engine import autocast, seed_everything
 from trainables.losses import create_loss
-from trainables.models import ModelName, create_model
+from trainables.core.registry import kwargs_validator
+from trainables.models import ModelName, check_model_kwargs, create_model
 from trainables.runtime.session import LocalSession
 
 COUNTS = {"feature_passes": 0, "model_trainings": 0}
@@ -60,6 +61,8 @@ class ModelSource(_Strict):
     model_kwargs: dict[str, Any] = Field(default_factory=dict)
     checkpoint: str | None = Field(None, description="a state-dict file (or a trial checkpoint with a 'model' entry)")
     train: ModelTraining | None = None
+
+    _model_kwargs_fit = kwargs_validator("model", "model_kwargs", check_model_kwargs)
 
 
 class PretrainSplit(_Strict):

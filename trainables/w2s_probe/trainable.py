@@ -28,7 +28,8 @@ from typing import Any, Literal
 import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from trainables.data import AnyDatasetName
+from trainables.core.registry import kwargs_validator
+from trainables.data import DATASETS, AnyDatasetName
 from trainables.data.streamed import is_folder_dataset
 from trainables.training.linear_probe import ProbeSpec, train_probes
 from trainables.losses import check_loss_params, validate_loss_params
@@ -82,6 +83,8 @@ class W2SProbeParams(TrialParams, ProbeConfig):
     vectorize: int | None = Field(None, ge=1, le=4096, description="probe configurations sampled per trial")
     probes: list[dict[str, Any]] | None = None
     probe_grid: dict[str, list[Any]] | None = None
+
+    _dataset_kwargs_fit = kwargs_validator("dataset", "dataset_kwargs", DATASETS.check_kwargs)
 
     @model_validator(mode="after")
     def _consistent(self):
