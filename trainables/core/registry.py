@@ -22,7 +22,7 @@ framework passes itself (``num_classes``, ``seed``, ...). So an unknown keyword 
 names it and the accepted ones (:meth:`Registry.check_kwargs`), raised when the search space is
 parsed, before Ray starts (:func:`kwargs_validator` wires it into a trainable's parameters). A
 signature with ``**kwargs`` hands them on to something else (timm, torchvision) and must come with
-``check=``, which rejects what that library would not accept.
+``forwarded=``, which rejects what that library would not accept.
 
 **Prefix providers.** A name ending in ``:`` registers a provider: ``timm:`` makes every
 ``timm:<arch>`` a model. Its ``names`` option says why an ``<arch>`` is not one (None when it is),
@@ -138,19 +138,20 @@ class Entry:
     obj: Callable[..., Any]
     # A pydantic model of the parameters (unknown keys forbidden); None: obj's signature is the contract.
     params: type[BaseModel] | None = None
-    # For a signature with **kwargs, which obj hands on: check(what, kwargs, accepted) raises
+    # For a signature with **kwargs, which obj hands on: forwarded(what, kwargs, accepted) raises
     # UnknownKeywords for the handed-on ``kwargs`` the receiver does not take.
-    check: Callable[[str, dict[str, Any], list[str]], None] | None = None
+    forwarded: Callable[[str, dict[str, Any], list[str]], None] | None = None
     # For a prefix provider (a name ending in ':'): names(rest) says why ``<prefix><rest>`` names
     # none of its entries, or returns None when it does.
     names: Callable[[str], str | None] | None = None
 
     def resolve(self, name: str) -> "Entry":
-        """This provider's entry for ``name``: its ``obj`` and ``check`` take the rest of the name
-        first."""
+        """This provider's entry for ``name``: its ``obj`` and ``forwarded`` take the rest of the
+        name first."""
         rest = name[len(self.name):]
-        check = functools.partial(self.check, rest) if self.check is not None else None
-        return dataclasses.replace(self, name=name, obj=functools.partial(self.obj, rest), check=check, names=None)
+        forwarded = functools.partial(self.forwarded, rest) if self.forwarded is not None else None
+        return dataclasses.replace(self, name=name, obj=functools.partial(self.obj, rest), forwarded=forwarded,
+                                   names=None)
 
 
 def _record_options(record: Callable[..., Any]) -> tuple[list[str], bool]:
@@ -198,17 +199,17 @@ class Registry(Generic[E]):
     def _add(self, name: str, obj: Any, options: dict[str, Any]) -> None:
         if name in self._entries or name in self._providers:
             raise ValueError(f"{self.kind} {name!r} registered twice")
+        entry = self._record(name=name, obj=obj, **options)
         params = options.get("params")
         if params is not None:
             if not (isinstance(params, type) and issubclass(params, BaseModel)
                     and params.model_config.get("extra") == "forbid"):
                 raise TypeError(f"register_{self.kind}({name!r}): params must be a pydantic model that forbids "
                                 f"unknown keys (model_config extra='forbid'), got {params!r}")
-        elif signature_keywords(obj)[1] and options.get("check") is None:
+        elif signature_keywords(obj)[1] and options.get("forwarded") is None:
             raise TypeError(f"register_{self.kind}({name!r}): {getattr(obj, '__name__', obj)} takes **kwargs, so "
                             f"any keyword would pass; list its parameters, or give params= (a pydantic model of "
-                            f"them) or check= (what rejects the keywords it hands on)")
-        entry = self._record(name=name, obj=obj, **options)
+                            f"them) or forwarded= (what rejects the keywords it hands on)")
         (self._providers if name.endswith(":") else self._entries)[name] = entry
 
     def _load(self) -> None:
@@ -283,7 +284,7 @@ class Registry(Generic[E]):
 
     def accepted(self, name: str) -> list[str]:
         """The keywords entry ``name`` takes from a user (its params model's fields, or its
-        signature less :attr:`fixed`); with ``check``, it takes what that lets through too."""
+        signature less :attr:`fixed`); with ``forwarded``, it takes what that lets through too."""
         entry = self.get(name)
         if entry.params is not None:
             return list(entry.params.model_fields)
@@ -296,7 +297,7 @@ class Registry(Generic[E]):
         accepted = self.accepted(name) + list(extra)
         rest = {k: v for k, v in kwargs.items() if k not in accepted}
         fixed = [k for k in rest if k in self.fixed]  # never handed on: the framework sets them
-        if fixed or (rest and entry.check is None):
+        if fixed or (rest and entry.forwarded is None):
             raise UnknownKeywords(f"{self.kind} {name!r}", fixed or rest, accepted)
         if rest:
-            entry.check(f"{self.kind} {name!r}", rest, accepted)
+            entry.forwarded(f"{self.kind} {name!r}", rest, accepted)

@@ -257,7 +257,7 @@ def _check_head(head: str) -> None:
         raise ValueError(f"head must be one of {', '.join(HEAD_CHOICES)}, got {head!r}")
 
 
-@register_model(TIMM_PREFIX, names=timm_name_problem, pretrained=True, check=check_timm_kwargs)
+@register_model(TIMM_PREFIX, names=timm_name_problem, pretrained=True, forwarded=check_timm_kwargs)
 def create_timm(arch: str, display: str | None = None, defaults: dict[str, Any] | None = None, /, *,
                 num_classes: int, input_shape: tuple[int, ...], pretrained: bool = False, head: str = "new",
                 **kwargs) -> TimmClassifier:
@@ -318,7 +318,7 @@ def _tv_norm(weights) -> tuple[tuple[float, ...], tuple[float, ...]] | None:
     return tuple(transform.mean), tuple(transform.std)
 
 
-@register_model(TV_PREFIX, names=tv_name_problem, pretrained=True, check=check_tv_kwargs)
+@register_model(TV_PREFIX, names=tv_name_problem, pretrained=True, forwarded=check_tv_kwargs)
 def create_torchvision(arch: str, display: str | None = None, pretrained_url: str | None = None, /, *,
                        num_classes: int, input_shape: tuple[int, ...], pretrained: bool = False,
                        head: str = "new", weights: str | None = None, **kwargs) -> TorchvisionClassifier:
@@ -367,13 +367,13 @@ def create_torchvision(arch: str, display: str | None = None, pretrained_url: st
 for _alias, _target in ALIASES.items():
     _prefix, _arch = _target.split(":", 1)
     if _prefix + ":" == TIMM_PREFIX:
-        register_model(_alias, pretrained=True, check=functools.partial(check_timm_kwargs, _arch))(
+        register_model(_alias, pretrained=True, forwarded=functools.partial(check_timm_kwargs, _arch))(
             functools.partial(create_timm, _arch, _alias, ALIAS_DEFAULTS.get(_alias)))
     else:
-        register_model(_alias, pretrained=True, check=functools.partial(check_tv_kwargs, _arch))(
+        register_model(_alias, pretrained=True, forwarded=functools.partial(check_tv_kwargs, _arch))(
             functools.partial(create_torchvision, _arch, _alias))
 
 # torchvision's ResNet-50 with DINO's self-supervised weights (facebookresearch/dino), the same
 # checkpoint ``torch.hub.load('facebookresearch/dino:main', 'dino_resnet50')`` fetches.
-register_model("dino_resnet50", pretrained=True, check=functools.partial(check_tv_kwargs, "resnet50"))(
+register_model("dino_resnet50", pretrained=True, forwarded=functools.partial(check_tv_kwargs, "resnet50"))(
     functools.partial(create_torchvision, "resnet50", "dino_resnet50", DINO_RESNET50_URL))
