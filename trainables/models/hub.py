@@ -94,30 +94,26 @@ def tv_name_problem(arch: str) -> str | None:
     return None
 
 
-_REFUSALS: dict[str, str | None] = {}
-
-
-def _library_refusal(key: str, build: Callable[[], Any]) -> str | None:
-    """The library's TypeError for keywords it does not take, found by building the model on the
-    meta device (no memory, no weights), or None. Anything else that goes wrong there shows when
-    the model is really built. Remembered per model and keywords."""
-    if key not in _REFUSALS:
-        refusal = None
-        try:
-            with torch.device("meta"):
-                build()
-        except TypeError as exc:
-            refusal = str(exc) if "keyword argument" in str(exc) else None
-        except Exception:  # noqa: BLE001 - not a keyword problem: the real build will say
-            pass
-        _REFUSALS[key] = refusal
-    return _REFUSALS[key]
+_REFUSALS: dict[str, str | None] = {}  # the library's complaint per (library, model, keywords)
 
 
 def _refuse(library: str, arch: str, build: Callable[..., Any], what: str, kwargs: dict[str, Any],
             accepted: list[str]) -> None:
+    """Ask the library whether it takes ``kwargs`` by building the model on the meta device (no
+    memory, no weights): its TypeError about a keyword becomes :class:`UnknownKeywords`; anything
+    else that goes wrong there shows when the model is really built."""
     key = json.dumps([library, arch, kwargs], sort_keys=True, default=repr)
-    refusal = _library_refusal(key, functools.partial(build, **kwargs))
+    if key not in _REFUSALS:
+        _REFUSALS[key] = None
+        try:
+            with torch.device("meta"):
+                build(**kwargs)
+        except TypeError as exc:
+            if "keyword argument" in str(exc):
+                _REFUSALS[key] = str(exc)
+        except Exception:  # noqa: BLE001 - not a keyword problem: the real build will say
+            pass
+    refusal = _REFUSALS[key]
     if refusal:
         named = re.search(r"keyword argument '(\w+)'", refusal)
         raise UnknownKeywords(what, [named.group(1)] if named else kwargs, accepted,
