@@ -6,7 +6,7 @@ from typing import Any
 
 from pydantic import Field
 
-from trainables.runtime.trainable import TrainableDef, TrialContext, TrialParams, register_trainable
+from trainables.runtime.trainable import TrialContext, TrialParams, register_trainable
 from trainables.runtime.session import Session
 
 
@@ -15,6 +15,9 @@ class TrivialParams(TrialParams):
     epochs: int = Field(1, ge=1)
 
 
+@register_trainable("bench_trivial", params=TrivialParams, metric="score", mode="max",
+                    description="Reports its parameter and stops (orchestration overhead benchmark).",
+                    metrics_doc={"score": "the parameter x"})
 def run_trivial(p: TrivialParams, session: Session, ctx: TrialContext) -> dict[str, Any]:
     metrics: dict[str, Any] = {}
     for epoch in range(p.epochs):
@@ -22,9 +25,3 @@ def run_trivial(p: TrivialParams, session: Session, ctx: TrialContext) -> dict[s
         session.report(metrics)
     return metrics
 
-
-register_trainable(TrainableDef(
-    name="bench_trivial", params_model=TrivialParams, train_loop=run_trivial, metric="score", mode="max",
-    description="Reports its parameter and stops (orchestration overhead benchmark).",
-    metrics_doc={"score": "the parameter x"},
-))

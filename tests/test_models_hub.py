@@ -24,7 +24,7 @@ def test_prefixed_names_validate_against_the_libraries():
     for name, problem in [("timm:resnet_nope", "timm has no model 'resnet_nope'"),
                           ("timm:vit_small_patch16_224.nope", "no pretrained tag"),
                           ("tv:resnet_nope", "torchvision has no classification model"),
-                          ("resnet_nope", "or any timm / torchvision model as timm:<name>")]:
+                          ("resnet_nope", "; or timm:<name> / tv:<name>")]:
         with pytest.raises(ValidationError, match=problem):
             Spec(model=name)
         assert not is_known_model(name)

@@ -66,7 +66,8 @@ MALFORMED = [
     (["search.lr={uniform: [-1, 0.1]}"], "space.yaml: search.lr.uniform[low]: input should be greater than 0 (got -1)"),
     (["params.foo=1"], "space.yaml: params.foo: unknown parameter (known: augment, batch_size, compile, crop_pad, dataset,"),
     (["params.loss_params={tempreature: 2}"],
-     "space.yaml: params.loss_params.tempreature: unknown key for loss 'kd' (got 2)"),
+     "space.yaml: params.loss_params.tempreature: loss 'kd' has no parameter(s) tempreature; accepted: kd_weight, "
+     "label_smoothing, label_weight, temperature (got 2)"),
     (["params.epochs=0"], "space.yaml: params.epochs: input should be greater than or equal to 1 (got 0)"),
     (["params.teacher.epochs=0"],
      "space.yaml: params.teacher.epochs: input should be greater than or equal to 1 (got 0)"),

@@ -29,7 +29,7 @@ from trainables.runtime.engine import seed_everything
 from trainables.losses import check_loss_params, create_loss, register_loss
 from trainables.losses.base import DistillLoss, LossInputs, LossParams, soft_cross_entropy
 from trainables.models import create_model
-from trainables.runtime.trainable import TrainableDef, TrialContext, TrialParams, register_trainable
+from trainables.runtime.trainable import TrialContext, TrialParams, register_trainable
 from trainables.runtime.session import Session, state_file_problem
 
 LEAK_NAME = "w2s-test-leaked-pg"
@@ -68,7 +68,7 @@ class FaultyParams(LossParams):
     trace: str = Field("", description="file to append '<trial> <rank> <epoch> <pid>' to at every epoch start")
 
 
-@register_loss("faulty", FaultyParams)
+@register_loss("faulty", params=FaultyParams)
 class FaultyCE(DistillLoss):
     needs_teacher = False
 
@@ -156,10 +156,9 @@ def check_faulty_inputs(p: FaultyTrialParams) -> list[tuple[str, str]]:
     return problems
 
 
-register_trainable(TrainableDef(
-    name="faulty",
-    params_model=FaultyTrialParams,
-    train_loop=run_faulty,
+register_trainable(
+    "faulty",
+    params=FaultyTrialParams,
     metric="val_acc",
     mode="max",
     description="Fault injection for tests: NaN, sleeps, process exits, leaked placement groups.",
@@ -167,7 +166,7 @@ register_trainable(TrainableDef(
     check_available=check_faulty_inputs,
     metrics_doc={"val_acc": "top-1 on the validation split", "test_acc": "top-1 on the test split",
                  "train_loss": "mean training loss"},
-))
+)(run_faulty)
 
 
 ABSENT_ROOT_ENV = "W2S_TEST_DATA"
@@ -185,6 +184,6 @@ def absent_files_available(**_: Any) -> None:
 
 
 @register_dataset("absent_files", available=absent_files_available)
-def load_absent_files(**_: Any):
+def load_absent_files():
     absent_files_available()
     raise DatasetUnavailable("absent_files: a test dataset whose files never load")

@@ -4,61 +4,72 @@ Every dataset loads into a :class:`DatasetSplits`: plain tensors for train, val 
 deterministically from a seed. Small datasets are kept as tensors so that a trial can move the
 whole thing onto its device once and never touch a DataLoader.
 
-A loader may register a cheap ``available(**kwargs)`` check, run when parameters are validated
-(before Ray starts), that raises :class:`DatasetUnavailable` when the files are missing and
-``download`` is off; and a ``fetch(**kwargs)`` that downloads them once, in the sweep's preparation
-step rather than in every trial.
+A loader's parameters are its signature (``seed`` aside, which the trainable passes as its
+``split_seed``): an unknown ``dataset_kwargs`` key is an error when the search space is parsed. A
+loader may register a cheap ``available(**kwargs)`` check, run then too (before Ray starts), that
+raises :class:`DatasetUnavailable` when the files are missing and ``download`` is off; and a
+``fetch(**kwargs)`` that downloads them once, in the sweep's preparation step rather than in every
+trial.
+
+A *streamed* dataset (``imagenet``, :mod:`trainables.data.streamed`) is too large for tensors: its
+entry opens it as a torchvision dataset read batch by batch, and only trainables whose parameters
+ask for ``DATASETS.name_type()`` (any interface) rather than :data:`DatasetName` take it.
 """
 from __future__ import annotations
 
-import inspect
+from dataclasses import dataclass
 from typing import Any, Callable
 
-from trainables.data.base import DatasetSplits, DatasetUnavailable, split_indices
-from trainables.core.registry import Registry, scan
+from trainables.data.base import DatasetSplits, DatasetUnavailable, FolderDataset, split_indices
+from trainables.core.registry import Entry, Registry, scan
 
 
-DATASETS: Registry[Callable[..., DatasetSplits]] = Registry("dataset", scan("trainables.data"))
+@dataclass(frozen=True)
+class DatasetEntry(Entry):
+    """A loader (``obj``) with its optional ``available`` check and ``fetch`` step (both called
+    with the loader's keyword arguments), and, for a streamed dataset, what it holds (``stream``)."""
+
+    available: Callable[..., None] | None = None
+    fetch: Callable[..., None] | None = None
+    stream: FolderDataset | None = None
+
+    @property
+    def interface(self) -> str:
+        return "streamed" if self.stream is not None else "in-memory"
+
+
+DATASETS: Registry[DatasetEntry] = Registry("dataset", scan("trainables.data"), record=DatasetEntry,
+                                            fixed=("seed",))
+register_dataset = DATASETS.register
 dataset_names = DATASETS.names
-DatasetName = DATASETS.name_type()
-
-
-def register_dataset(name: str, available: Callable[..., None] | None = None,
-                     fetch: Callable[..., None] | None = None):
-    def deco(loader: Callable[..., DatasetSplits]) -> Callable[..., DatasetSplits]:
-        loader.available = available  # type: ignore[attr-defined]
-        loader.fetch = fetch  # type: ignore[attr-defined]
-        return DATASETS.register(name, loader)
-
-    return deco
+# Datasets that load into DatasetSplits: what every trainable but w2s_probe trains on.
+DatasetName = DATASETS.name_type("in-memory")
+# Any dataset, in memory or streamed (read batch by batch in passes over it).
+AnyDatasetName = DATASETS.name_type()
 
 
 def load_dataset(name: str, **kwargs) -> DatasetSplits:
-    return DATASETS.get(name)(**kwargs)
+    DATASETS.check_kwargs(name, {k: v for k, v in kwargs.items() if k != "seed"})
+    return DATASETS.get(name).obj(**kwargs)
 
 
 def check_dataset(name: str, **kwargs: Any) -> None:
     """Validation-time check, cheap (no decoding, no network): ``kwargs`` are parameters the loader
     has, and the data is on disk unless it may be downloaded. Raises ``ValueError`` for unknown
     parameters and :class:`DatasetUnavailable` for missing data."""
-    loader = DATASETS.get(name)
-    params = inspect.signature(loader).parameters
+    entry = DATASETS.get(name)
     if "seed" in kwargs:
         raise ValueError("the split seed is the trainable's split_seed, not a dataset parameter")
-    if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
-        unknown = sorted(set(kwargs) - set(params))
-        if unknown:
-            known = ", ".join(k for k in params if k != "seed")
-            raise ValueError(f"dataset {name!r} has no parameter(s) {', '.join(unknown)}; known: {known}")
-    if getattr(loader, "available", None) is not None:
-        loader.available(**kwargs)
+    DATASETS.check_kwargs(name, kwargs)
+    if entry.available is not None:
+        entry.available(**kwargs)
 
 
 def prepare_dataset(name: str, **kwargs: Any) -> None:
     """Make the data present (downloading once when allowed), or raise :class:`DatasetUnavailable`."""
-    loader = DATASETS.get(name)
-    if getattr(loader, "fetch", None) is not None:
-        loader.fetch(**kwargs)
+    entry = DATASETS.get(name)
+    if entry.fetch is not None:
+        entry.fetch(**kwargs)
     check_dataset(name, **kwargs)
 
 
@@ -77,6 +88,6 @@ def dataset_issues(param: str, name: str, **kwargs: Any) -> list[tuple[str, str]
     return [(param, f"dataset {name!r} is not available: {problem}")] if problem else []
 
 
-__all__ = ["DATASETS", "DatasetName", "DatasetSplits", "DatasetUnavailable", "check_dataset", "dataset_issues",
-           "dataset_names", "dataset_problem", "load_dataset", "prepare_dataset", "register_dataset",
-           "split_indices"]
+__all__ = ["DATASETS", "AnyDatasetName", "DatasetEntry", "DatasetName", "DatasetSplits", "DatasetUnavailable", "FolderDataset",
+           "check_dataset", "dataset_issues", "dataset_names", "dataset_problem", "load_dataset", "prepare_dataset",
+           "register_dataset", "split_indices"]

@@ -152,6 +152,17 @@ def download_lock(root: str) -> Iterator[None]:
 
 
 @dataclass(frozen=True)
+class FolderDataset:
+    """What a streamed dataset holds (see :mod:`trainables.data.streamed`): known before any file is
+    read, so passes over it can be planned and cached."""
+
+    num_classes: int
+    input_shape: tuple[int, int, int]
+    transform: str  # named, so it can be part of a cache key
+    splits: tuple[str, ...]
+
+
+@dataclass(frozen=True)
 class TorchvisionFiles:
     """A dataset that torchvision can download, kept as ``files`` under ``<data_root>/<folder>``."""
 

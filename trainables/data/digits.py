@@ -10,8 +10,7 @@ from trainables.data.base import DatasetSplits, split_indices
 
 
 @register_dataset("digits")
-def load_digits_splits(seed: int = 0, fractions: tuple[float, float, float] = (0.6, 0.2, 0.2),
-                       **_: object) -> DatasetSplits:
+def load_digits_splits(seed: int = 0, fractions: tuple[float, float, float] = (0.6, 0.2, 0.2)) -> DatasetSplits:
     from sklearn.datasets import load_digits
 
     bunch = load_digits()

@@ -7,34 +7,29 @@ sorted-wnid order, which is torchvision's ImageNet class order) or, if that fold
 official archives in ``data_root`` (``ILSVRC2012_devkit_t12.tar.gz`` and
 ``ILSVRC2012_img_val.tar``) through ``torchvision.datasets.ImageNet``, which unpacks them there
 once. Nothing is downloaded.
+
+A streamed dataset is a dataset entry like any other (``register_dataset(name, stream=...)``),
+whose loader opens it: its parameters (``data_root``, ``split``) are checked the same way.
 """
 from __future__ import annotations
 
+import functools
 import os
-from dataclasses import dataclass
 
-from trainables.data.base import DatasetUnavailable
+from trainables.data import DATASETS, register_dataset
+from trainables.data.base import DatasetUnavailable, FolderDataset
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
-@dataclass(frozen=True)
-class FolderDataset:
-    num_classes: int
-    input_shape: tuple[int, int, int]
-    transform: str  # named, so it can be part of a cache key
-    splits: tuple[str, ...]
-
-
-FOLDER_DATASETS: dict[str, FolderDataset] = {
-    "imagenet": FolderDataset(num_classes=1000, input_shape=(3, 224, 224), transform="resize256-crop224-imagenet-norm",
-                              splits=("val", "train")),
-}
+def folder_dataset(name: str) -> FolderDataset | None:
+    """What streamed dataset ``name`` holds; None for an in-memory (or unknown) dataset."""
+    return DATASETS.get(name).stream if name in DATASETS else None
 
 
 def is_folder_dataset(name: str) -> bool:
-    return name in FOLDER_DATASETS
+    return folder_dataset(name) is not None
 
 
 def eval_transform(name: str):
@@ -50,7 +45,7 @@ def open_folder_dataset(name: str, data_root: str, split: str = "val"):
     """A torchvision dataset yielding (transformed image, label) in a fixed order."""
     from torchvision import datasets
 
-    spec = FOLDER_DATASETS[name]
+    spec = DATASETS.get(name).stream
     root = os.path.abspath(os.path.expanduser(data_root))
     folder = os.path.join(root, split)
     transform = eval_transform(spec.transform)
@@ -66,3 +61,8 @@ def open_folder_dataset(name: str, data_root: str, split: str = "val"):
     if len(data.classes) != spec.num_classes:
         raise DatasetUnavailable(f"{name}: {folder} has {len(data.classes)} class folders, expected {spec.num_classes}")
     return data
+
+
+IMAGENET = FolderDataset(num_classes=1000, input_shape=(3, 224, 224), transform="resize256-crop224-imagenet-norm",
+                         splits=("val", "train"))
+register_dataset("imagenet", stream=IMAGENET)(functools.partial(open_folder_dataset, "imagenet"))

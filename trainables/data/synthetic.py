@@ -14,7 +14,7 @@ from trainables.data.base import DatasetSplits
 @register_dataset("synthetic")
 def load_synthetic(seed: int = 0, num_classes: int = 10, image_size: int = 8, channels: int = 1,
                    train_size: int = 1000, val_size: int = 200, test_size: int = 200,
-                   noise: float = 1.0, **_: object) -> DatasetSplits:
+                   noise: float = 1.0) -> DatasetSplits:
     gen = torch.Generator().manual_seed(seed)
     templates = torch.randn(num_classes, channels, image_size, image_size, generator=gen)
 

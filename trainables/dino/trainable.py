@@ -33,10 +33,17 @@ from trainables.runtime.engine import (autocast, build_optimizer, build_schedule
                                        seed_everything, steps_per_epoch, unwrap)
 from trainables.training.linear_probe import ProbeSpec, train_probes
 from trainables.losses import check_loss_params, create_loss
+<<<<<<< HEAD
 from trainables.models import ModelName, create_model
 from trainables.runtime.epochs import Checkpointed, EpochMeans, run_epochs
 from trainables.runtime.trainable import TrainableDef, TrialContext, register_trainable
 from trainables.runtime.session import Session
+=======
+from trainables.core.registry import kwargs_validator
+from trainables.models import ModelName, check_model_kwargs, create_model
+from trainables.runtime.trainable import TrialContext, register_trainable
+from trainables.runtime.session import Session, check_finite
+>>>>>>> arch-a
 
 
 class HeadConfig(StrictModel):
@@ -118,6 +125,8 @@ class DinoParams(DatasetParams):
     probe_lr: float = Field(1e-3, gt=0)
     probe_weight_decay: float = Field(0.0, ge=0)
     probe_batch_size: int = Field(256, ge=1)
+
+    _encoder_kwargs_fit = kwargs_validator("encoder", "encoder_kwargs", check_model_kwargs)
 
     @model_validator(mode="after")
     def _consistent(self):
@@ -461,10 +470,9 @@ def check_dino_inputs(p: DinoParams) -> list[tuple[str, str]]:
     return dataset_issues("dataset", p.dataset, **p.dataset_kwargs)
 
 
-register_trainable(TrainableDef(
-    name="dino",
-    params_model=DinoParams,
-    train_loop=run_dino,
+register_trainable(
+    "dino",
+    params=DinoParams,
     metric="knn_acc",
     mode="max",
     description="DINO self-distillation (ema / prev_epoch / random no_update teacher) with kNN and linear probes.",
@@ -480,4 +488,4 @@ register_trainable(TrainableDef(
         "teacher_linear_acc": "linear-probe accuracy of the teacher's features at the start",
         "train_loss": "mean DINO loss of the epoch (and train_ce, train_kl, entropies, train_teacher_temp)",
     },
-))
+)(run_dino)

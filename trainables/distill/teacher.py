@@ -29,7 +29,8 @@ from trainables.training.classifier_loop import OptimConfig, train_classifier
 from trainables.data import DatasetSplits, load_dataset
 from trainables.runtime.engine import evaluate, predict, seed_everything, unwrap
 from trainables.losses import create_loss
-from trainables.models import Classifier, ModelName, create_model, supports_pretrained
+from trainables.core.registry import kwargs_validator
+from trainables.models import Classifier, ModelName, check_model_kwargs, create_model, supports_pretrained
 from trainables.models.checkpoint import check_checkpoint_path
 from trainables.runtime.session import LocalSession, default_device
 
@@ -88,6 +89,9 @@ class TeacherRecipe(StrictModel):
             if getattr(self, key) is None:
                 setattr(self, key, value)
         return self
+
+    # After _init_mode_fits, which says where pretrained / checkpoint belong instead.
+    _model_kwargs_fit = kwargs_validator("model", "model_kwargs", check_model_kwargs)
 
     def optim(self) -> OptimConfig:
         return OptimConfig(epochs=self.epochs, batch_size=self.batch_size, lr=self.lr, optimizer=self.optimizer,

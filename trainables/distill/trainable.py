@@ -26,9 +26,16 @@ from trainables.data.augment import Augment, AugmentName
 from trainables.runtime.engine import predict, seed_everything
 from trainables.init import WeightSelectionConfig, check_student_init, init_student
 from trainables.losses import LossName, check_loss_params, create_loss, loss_class
+<<<<<<< HEAD
 from trainables.models import Classifier, ModelName
 from trainables.runtime.trainable import TrainableDef, TrialContext, register_trainable
 from trainables.runtime.session import Session
+=======
+from trainables.core.registry import kwargs_validator
+from trainables.models import Classifier, ModelName, check_model_kwargs
+from trainables.runtime.trainable import TrialContext, register_trainable
+from trainables.runtime.session import Session, default_device
+>>>>>>> arch-a
 from trainables.distill.teacher import Optimizer, Schedule, TeacherRecipe, build_teacher, load_teacher_model, recipe_fields
 from trainables.training.views import BatchViews, FixedViews, PlainViews, RandomViews, teacher_view_logits, view_params
 
@@ -61,6 +68,8 @@ class DistillParams(DatasetParams):
     momentum: float = Field(0.9, ge=0, lt=1)
     schedule: Schedule = "cosine"
     warmup_epochs: int = Field(0, ge=0)
+
+    _student_kwargs_fit = kwargs_validator("student", "student_kwargs", check_model_kwargs)
 
     @field_validator("rrc_scale")
     @classmethod
@@ -239,10 +248,9 @@ def distill_control(config: dict[str, Any]) -> dict[str, Any]:
     return {"loss": "ce", "loss_params": {}}
 
 
-register_trainable(TrainableDef(
-    name="distill",
-    params_model=DistillParams,
-    train_loop=run_distill,
+register_trainable(
+    "distill",
+    params=DistillParams,
     metric="val_acc",
     mode="max",
     description="Teacher (trained once, cached) to student distillation with a registered loss.",
@@ -257,4 +265,4 @@ register_trainable(TrainableDef(
         "teacher_test_acc": "the teacher's test top-1",
         "train_loss": "mean training loss of the epoch (and train_<component> for each loss term)",
     },
-))
+)(run_distill)

@@ -18,15 +18,30 @@ from typing import Any, Callable
 import torch
 from pydantic import Field, field_validator
 
+<<<<<<< HEAD
 from trainables.core.config import StrictModel
+=======
+from trainables.core.registry import kwargs_validator
+>>>>>>> arch-a
 from trainables.init.weight_selection import SelectionMethod, apply_weight_selection
-from trainables.models import Classifier, check_model_name, create_model, supports_pretrained
+from trainables.models import Classifier, check_model_kwargs, check_model_name, create_model, supports_pretrained
 from trainables.models.checkpoint import check_checkpoint_path, load_checkpoint
 
 STUDENT_INIT_KEYWORDS = ("random", "pretrained", "weight_selection")
 
 
+<<<<<<< HEAD
 class WeightSelectionConfig(StrictModel):
+=======
+def _check_source(source: str, kwargs: dict[str, Any]) -> None:
+    if source != "teacher":
+        check_model_kwargs(source, kwargs)
+    elif kwargs:
+        raise ValueError("the teacher is built by teacher.*; source_kwargs are for a source named by its model")
+
+
+class WeightSelectionConfig(BaseModel):
+>>>>>>> arch-a
     """Where weight selection takes its weights from, and how it picks them."""
 
     source: str = Field("teacher", description="'teacher' (the trained teacher) or a model name")
@@ -40,6 +55,8 @@ class WeightSelectionConfig(StrictModel):
     @classmethod
     def _source_is_a_model(cls, v: str) -> str:
         return v if v == "teacher" else check_model_name(v)
+
+    _source_kwargs_fit = kwargs_validator("source", "source_kwargs", _check_source)
 
 
 def check_student_init(value: str, student: str, student_kwargs: dict[str, Any]) -> str:

@@ -10,57 +10,56 @@ head outputs and belong to self-distillation trainables.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ValidationError
+from pydantic import BaseModel, ValidationError
 from torch import nn
 
 from trainables.losses.base import DistillLoss, LossInputs, LossParams
+<<<<<<< HEAD
 from trainables.core.config import first_problem
 from trainables.core.registry import Registry, scan
+=======
+from trainables.core.registry import Entry, Registry, UnknownKeywords, kwargs_problem, scan
+>>>>>>> arch-a
 
 LossInterface = Literal["classifier", "multicrop"]
 
 
 @dataclass(frozen=True)
-class LossEntry:
-    cls: type[nn.Module]
-    params: type[LossParams]
-    interface: LossInterface
+class LossEntry(Entry):
+    """A loss module class (``obj``), its hyperparameter model (``params``, required) and the
+    inputs it consumes (``interface``)."""
+
+    interface: LossInterface = "classifier"
+
+    def __post_init__(self):
+        if self.params is None:
+            raise TypeError(f"register_loss({self.name!r}): a loss needs params= (a LossParams model of its "
+                            f"hyperparameters)")
+        self.obj.registry_name = self.name
+
+    @property
+    def cls(self) -> type[nn.Module]:
+        return self.obj
 
 
-LOSSES: Registry[LossEntry] = Registry("loss", scan("trainables.losses"), plural="losses")
+LOSSES: Registry[LossEntry] = Registry("loss", scan("trainables.losses"), record=LossEntry, plural="losses",
+                                       interface="takes {} inputs")
+register_loss = LOSSES.register
 
 
 def loss_names(interface: LossInterface | None = None) -> list[str]:
-    return [n for n in LOSSES.names() if interface is None or LOSSES.get(n).interface == interface]
+    return LOSSES.names() if interface is None else LOSSES.names(interface=interface)
 
 
 def loss_name_type(interface: LossInterface):
     """A pydantic field type: the name of a registered loss with the given interface."""
-
-    def check(name: str) -> str:
-        LOSSES.check(name)
-        entry = LOSSES.get(name)
-        if entry.interface != interface:
-            raise ValueError(f"loss {name!r} takes {entry.interface} inputs and cannot be used here; "
-                             f"{interface} losses: {', '.join(loss_names(interface))}")
-        return name
-
-    return Annotated[str, AfterValidator(check)]
+    return LOSSES.name_type(interface)
 
 
 # The losses the classifier loop (``distill`` and friends) can drive.
 LossName = loss_name_type("classifier")
-
-
-def register_loss(name: str, params: type[LossParams], interface: LossInterface = "classifier"):
-    def wrap(cls: type[nn.Module]):
-        LOSSES.register(name, LossEntry(cls, params, interface))
-        cls.registry_name = name
-        return cls
-
-    return wrap
 
 
 def loss_class(name: str) -> type[nn.Module]:
@@ -78,6 +77,10 @@ def validate_loss_params(name: str, params: dict[str, Any] | None) -> LossParams
 def check_loss_params(name: str, params: dict[str, Any] | None, prefix: str = "loss_params") -> None:
     """Validate ``params`` for loss ``name`` inside another model's validator: raises a ValueError
     whose message starts with the offending dotted key, e.g. ``loss_params.temperature: ...``."""
+    try:
+        LOSSES.check_kwargs(name, params or {})
+    except UnknownKeywords as exc:
+        raise kwargs_problem(prefix, exc) from None
     try:
         validate_loss_params(name, params)
     except ValidationError as exc:
@@ -97,8 +100,11 @@ def create_loss(name: str, params: dict[str, Any] | BaseModel | None = None, **c
     clash = sorted(set(context) & set(entry.params.model_fields))
     if clash:
         raise ValueError(f"loss {name!r}: {', '.join(clash)} are loss parameters, not trainable context")
-    validated = params if isinstance(params, entry.params) else entry.params.model_validate(params or {})
-    return entry.cls(validated, **context)
+    if not isinstance(params, BaseModel):
+        LOSSES.check_kwargs(name, params or {})
+    if not isinstance(params, entry.params):
+        params = entry.params.model_validate(params or {})
+    return entry.obj(params, **context)
 
 
 __all__ = ["LOSSES", "DistillLoss", "LossEntry", "LossInputs", "LossInterface", "LossName", "LossParams",

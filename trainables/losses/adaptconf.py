@@ -61,7 +61,7 @@ def adaptconf_alpha(student_logits: torch.Tensor, teacher_logits: torch.Tensor, 
         return torch.sigmoid((a - b) / threshold)
 
 
-@register_loss("adaptconf", AdaptConfParams)
+@register_loss("adaptconf", params=AdaptConfParams)
 class AdaptConf(DistillLoss):
     def forward(self, inputs: LossInputs):
         p = self.params

@@ -41,7 +41,7 @@ def uniformity(u: torch.Tensor, t: float) -> torch.Tensor:
     return torch.pdist(u, p=2).pow(2).mul(-t).exp().mean().log()
 
 
-@register_loss("align_uniform", AlignUniformParams)
+@register_loss("align_uniform", params=AlignUniformParams)
 class AlignUniform(DaptLoss):
     def __init__(self, params: AlignUniformParams, **context):
         super().__init__(params, **context)

@@ -37,7 +37,7 @@ def superalignment_ramp(epoch: int, num_epochs: int, rate: float) -> float:
     return epoch / (num_epochs * rate) if epoch < ramp_epochs else 1.0
 
 
-@register_loss("augconf", AugConfParams)
+@register_loss("augconf", params=AugConfParams)
 class AugConf(DistillLoss):
     def forward(self, inputs: LossInputs):
         p = self.params

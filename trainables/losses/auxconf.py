@@ -48,7 +48,7 @@ def auxconf_target(weak_probs: torch.Tensor, student_logits: torch.Tensor,
     return ((1.0 - coef) * weak_probs + coef * hardened).detach()
 
 
-@register_loss("auxconf", AuxConfParams)
+@register_loss("auxconf", params=AuxConfParams)
 class AuxConf(DistillLoss):
     """The teacher is the weak supervisor; the ground-truth ``targets`` are not used."""
 

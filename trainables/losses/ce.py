@@ -11,7 +11,7 @@ class CEParams(LossParams):
     label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)
 
 
-@register_loss("ce", CEParams)
+@register_loss("ce", params=CEParams)
 class CrossEntropy(DistillLoss):
     needs_teacher = False
 

@@ -47,7 +47,7 @@ def nce_loss(scores: torch.Tensor, num_samples: int) -> torch.Tensor:
     return -(log_pos.sum() + log_neg.sum()) / scores.shape[0]
 
 
-@register_loss("crd", CRDParams)
+@register_loss("crd", params=CRDParams)
 class CRD(DaptLoss):
     def __init__(self, params: CRDParams, **context):
         super().__init__(params, **context)

@@ -61,7 +61,7 @@ def pair_mask(n_teacher: int, n_student: int, pairing: str) -> torch.Tensor:
     return torch.ones(n_teacher, n_student, dtype=torch.bool)
 
 
-@register_loss("dino", DINOLossParams, interface="multicrop")
+@register_loss("dino", params=DINOLossParams, interface="multicrop")
 class DINOLoss(nn.Module):
     registry_name = "dino"
 

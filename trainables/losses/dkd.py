@@ -65,7 +65,7 @@ def dkd_warmup(epoch: int, warmup_epochs: int) -> float:
     return 1.0 if warmup_epochs == 0 else min((epoch + 1) / warmup_epochs, 1.0)
 
 
-@register_loss("dkd", DKDParams)
+@register_loss("dkd", params=DKDParams)
 class DKD(DistillLoss):
     def forward(self, inputs: LossInputs):
         p = self.params

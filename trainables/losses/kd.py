@@ -28,7 +28,7 @@ def kd_kl_per_sample(student_logits: torch.Tensor, teacher_logits: torch.Tensor,
     return (temperature ** 2) * (log_p_t.exp() * (log_p_t - log_p_s)).sum(dim=-1)
 
 
-@register_loss("kd", KDParams)
+@register_loss("kd", params=KDParams)
 class KD(DistillLoss):
     def forward(self, inputs: LossInputs):
         p = self.params

@@ -38,7 +38,7 @@ def make_connector(kind: str, student_dim: int, teacher_dim: int) -> nn.Sequenti
     return nn.Sequential(nn.Linear(student_dim, mid), nn.ReLU(), nn.Linear(mid, teacher_dim), nn.ReLU())
 
 
-@register_loss("srrl", SRRLParams)
+@register_loss("srrl", params=SRRLParams)
 class SRRL(DaptLoss):
     needs_teacher_head = True
 

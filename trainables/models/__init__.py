@@ -10,53 +10,57 @@ aliases such as ``vit_tiny``) or ``timm:<name>`` / ``tv:<name>`` for any timm or
 """
 from __future__ import annotations
 
-import functools
-from typing import Annotated, Any, Callable
-
-from pydantic import AfterValidator
+from dataclasses import dataclass
+from typing import Any, Mapping
 
 from trainables.models.base import Classifier, Norm
-from trainables.core.registry import Registry, scan
+from trainables.core.registry import Entry, Registry, scan
 
 
-MODELS: Registry[Callable[..., Classifier]] = Registry("model", scan("trainables.models"))
-register_model = MODELS.decorator
+@dataclass(frozen=True)
+class ModelEntry(Entry):
+    """A model factory (``obj``, called with ``num_classes`` and ``input_shape`` and the model's own
+    keyword arguments) and whether it can load library weights (``pretrained: true``)."""
+
+    pretrained: bool = False
+
+
+MODELS: Registry[ModelEntry] = Registry("model", scan("trainables.models"), record=ModelEntry,
+                                        fixed=("num_classes", "input_shape"))
+register_model = MODELS.register
 model_names = MODELS.names
+check_model_name = MODELS.check
+ModelName = MODELS.name_type()
 INPUT_NORM_CHOICES = ("auto", "data", "pretrained")
-
-
-def check_model_name(name: str) -> str:
-    from trainables.models import hub
-
-    if name in MODELS:
-        return name
-    if hub.is_prefixed(name):
-        problem = hub.check_prefixed_name(name)
-        if problem is None:
-            return name
-        raise ValueError(f"unknown model {name!r}: {problem}")
-    raise ValueError(f"unknown model {name!r}; known models: {', '.join(model_names())}, or any timm / "
-                     f"torchvision model as {hub.TIMM_PREFIX}<name> / {hub.TV_PREFIX}<name>")
-
-
-ModelName = Annotated[str, AfterValidator(check_model_name)]
+CREATE_MODEL_KWARGS = ("checkpoint", "input_norm")  # create_model's own, for every model
 
 
 def is_known_model(name: str) -> bool:
-    try:
-        check_model_name(name)
-    except ValueError:
-        return False
-    return True
+    return name in MODELS
 
 
-def _factory(name: str) -> Callable[..., Classifier]:
-    from trainables.models import hub
+def supports_pretrained(name: str) -> bool:
+    """Whether ``name`` can load library weights (``pretrained: true``)."""
+    return MODELS.get(name).pretrained
 
-    if name not in MODELS and hub.is_prefixed(name):
-        check_model_name(name)
-        return functools.partial(hub.create_prefixed, name)
-    return MODELS.get(name)
+
+def _factory_kwargs(name: str, kwargs: Mapping[str, Any]) -> dict[str, Any]:
+    """``kwargs`` as the factory of ``name`` takes them: ``pretrained`` only where there are
+    weights to load (``pretrained: false`` is accepted, and dropped, for every model)."""
+    kwargs = dict(kwargs)
+    if not MODELS.get(name).pretrained and "pretrained" in kwargs:
+        if kwargs.pop("pretrained"):
+            raise ValueError(f"model {name!r} has no pretrained weights; train it, or pass checkpoint: "
+                             f"/path/to/weights.pt")
+    return kwargs
+
+
+def check_model_kwargs(name: str, kwargs: Mapping[str, Any]) -> None:
+    """Raise ValueError unless ``kwargs`` are keyword arguments ``create_model(name, ...)`` takes:
+    the factory's parameters and :data:`CREATE_MODEL_KWARGS`. A ``timm:``/``tv:`` model (or an
+    alias of one) hands unknown keywords to the library, and the library is asked whether it takes
+    them, on the meta device (:mod:`trainables.models.hub`)."""
+    MODELS.check_kwargs(name, _factory_kwargs(name, kwargs), extra=CREATE_MODEL_KWARGS)
 
 
 def _resolve_norm(model: Classifier, name: str, input_norm: Any) -> Norm | None:
@@ -83,15 +87,6 @@ def _resolve_norm(model: Classifier, name: str, input_norm: Any) -> Norm | None:
     return mean, std
 
 
-def _accepts_pretrained(factory) -> bool:
-    return getattr(getattr(factory, "func", factory), "accepts_pretrained", False)
-
-
-def supports_pretrained(name: str) -> bool:
-    """Whether ``name`` can load library weights (``pretrained: true``)."""
-    return _accepts_pretrained(_factory(name))
-
-
 def create_model(name: str, *, num_classes: int, input_shape: tuple[int, ...], checkpoint: str | None = None,
                  input_norm: Any = "auto", **kwargs) -> Classifier:
     """Build a model by name.
@@ -102,12 +97,9 @@ def create_model(name: str, *, num_classes: int, input_shape: tuple[int, ...], c
     weights come from ``checkpoint``; or ``{mean, std}``), and ``pretrained`` for hub models. The
     rest goes to the model's factory.
     """
-    factory = _factory(name)
-    if kwargs.get("pretrained") and not _accepts_pretrained(factory):
-        raise ValueError(f"model {name!r} has no pretrained weights; train it, or pass checkpoint: /path/to/weights.pt")
-    if not _accepts_pretrained(factory):
-        kwargs.pop("pretrained", None)
-    model = factory(num_classes=num_classes, input_shape=tuple(input_shape), **kwargs)
+    check_model_kwargs(name, kwargs)
+    model = MODELS.get(name).obj(num_classes=num_classes, input_shape=tuple(input_shape),
+                                 **_factory_kwargs(name, kwargs))
     if checkpoint:
         from trainables.models.checkpoint import load_checkpoint
 
@@ -116,5 +108,5 @@ def create_model(name: str, *, num_classes: int, input_shape: tuple[int, ...], c
     return model
 
 
-__all__ = ["MODELS", "Classifier", "ModelName", "check_model_name", "create_model", "is_known_model", "model_names",
-           "register_model", "supports_pretrained"]
+__all__ = ["MODELS", "Classifier", "ModelEntry", "ModelName", "check_model_kwargs", "check_model_name", "create_model",
+           "is_known_model", "model_names", "register_model", "supports_pretrained"]

@@ -58,7 +58,7 @@ class CifarResNet(Classifier):
 
 
 def _register(name: str, depth: int, widths: tuple[int, int, int, int]) -> None:
-    def factory(num_classes: int, input_shape: tuple[int, ...], **_: object) -> CifarResNet:
+    def factory(num_classes: int, input_shape: tuple[int, ...]) -> CifarResNet:
         return CifarResNet(depth, widths, num_classes, input_shape)
 
     register_model(name)(factory)

@@ -13,13 +13,21 @@ Keyword arguments every hub model takes (besides ``num_classes`` and ``input_sha
   ``pretrained`` keeps the library's own classifier, so logits live in its label space (for
   example AlexNet's 1000 ImageNet classes) and ``num_classes`` is ignored.
 * anything else is passed to ``timm.create_model`` / the torchvision builder (``drop_path_rate``,
-  ``dropout``, ``img_size`` …).
+  ``dropout``, ``img_size`` …). Whether the library takes it is checked when the search space is
+  parsed, by building the library model on the meta device (no memory, no weights): an unknown
+  keyword is an error there, naming it, rather than a TypeError in a trial.
+
+``timm:`` and ``tv:`` are prefix providers of the model registry (:mod:`trainables.core.registry`),
+and the aliases are entries of it, so names are checked, listed and built by the registry.
 
 ``in_chans`` and, for fixed-size timm models (ViTs), ``img_size`` follow ``input_shape``.
 """
 from __future__ import annotations
 
+import functools
+import json
 import os
+import re
 from typing import Any, Callable
 from urllib.parse import urlparse
 
@@ -29,6 +37,7 @@ from torch import nn
 from trainables.models import register_model
 from trainables.models.base import Classifier
 from trainables.core.offline import offline_mode, reachable
+from trainables.core.registry import UnknownKeywords
 
 TIMM_PREFIX = "timm:"
 TV_PREFIX = "tv:"
@@ -59,35 +68,71 @@ class PretrainedUnavailable(RuntimeError):
     """Pretrained weights are neither cached locally nor downloadable (offline)."""
 
 
-# --------------------------------------------------------------------------- name checks
+# --------------------------------------------------------------------------- name and keyword checks
 
 
-def check_prefixed_name(name: str) -> str | None:
-    """``None`` when ``name`` is a ``timm:``/``tv:`` name the library has, else why not."""
-    if name.startswith(TIMM_PREFIX):
-        import timm
+def timm_name_problem(arch: str) -> str | None:
+    """``None`` when timm has model ``arch`` (with its pretrained tag, if one follows a dot), else why not."""
+    import timm
 
-        arch = name[len(TIMM_PREFIX):]
-        base = arch.split(".", 1)[0]
-        if not timm.is_model(base):
-            close = timm.list_models(f"*{base[:6]}*")[:8]
-            return f"timm has no model {base!r}" + (f" (similar: {', '.join(close)})" if close else "")
-        if "." in arch and arch not in timm.list_pretrained(arch):
-            tags = timm.list_pretrained(f"{base}.*")[:8]
-            return f"timm has no pretrained tag {arch!r}" + (f" (known: {', '.join(tags)})" if tags else "")
-        return None
-    if name.startswith(TV_PREFIX):
-        from torchvision import models as tvm
-
-        arch = name[len(TV_PREFIX):]
-        if arch not in tvm.list_models(module=tvm):
-            return f"torchvision has no classification model {arch!r}"
-        return None
-    return f"{name!r} has no {TIMM_PREFIX!r} or {TV_PREFIX!r} prefix"
+    base = arch.split(".", 1)[0]
+    if not timm.is_model(base):
+        close = timm.list_models(f"*{base[:6]}*")[:8]
+        return f"timm has no model {base!r}" + (f" (similar: {', '.join(close)})" if close else "")
+    if "." in arch and arch not in timm.list_pretrained(arch):
+        tags = timm.list_pretrained(f"{base}.*")[:8]
+        return f"timm has no pretrained tag {arch!r}" + (f" (known: {', '.join(tags)})" if tags else "")
+    return None
 
 
-def is_prefixed(name: str) -> bool:
-    return name.startswith((TIMM_PREFIX, TV_PREFIX))
+def tv_name_problem(arch: str) -> str | None:
+    """``None`` when torchvision has classification model ``arch``, else why not."""
+    from torchvision import models as tvm
+
+    if arch not in tvm.list_models(module=tvm):
+        return f"torchvision has no classification model {arch!r}"
+    return None
+
+
+_REFUSALS: dict[str, str | None] = {}  # the library's complaint per (library, model, keywords)
+
+
+def _refuse(library: str, arch: str, build: Callable[..., Any], what: str, kwargs: dict[str, Any],
+            accepted: list[str]) -> None:
+    """Ask the library whether it takes ``kwargs`` by building the model on the meta device (no
+    memory, no weights): its TypeError about a keyword becomes :class:`UnknownKeywords`; anything
+    else that goes wrong there shows when the model is really built."""
+    key = json.dumps([library, arch, kwargs], sort_keys=True, default=repr)
+    if key not in _REFUSALS:
+        _REFUSALS[key] = None
+        try:
+            with torch.device("meta"):
+                build(**kwargs)
+        except TypeError as exc:
+            if "keyword argument" in str(exc):
+                _REFUSALS[key] = str(exc)
+        except Exception:  # noqa: BLE001 - not a keyword problem: the real build will say
+            pass
+    refusal = _REFUSALS[key]
+    if refusal:
+        named = re.search(r"keyword argument '(\w+)'", refusal)
+        raise UnknownKeywords(what, [named.group(1)] if named else kwargs, accepted,
+                              more=f"or a keyword {library} takes ({refusal})")
+
+
+def check_timm_kwargs(arch: str, what: str, kwargs: dict[str, Any], accepted: list[str]) -> None:
+    """Raise UnknownKeywords if timm's model ``arch`` does not take ``kwargs``."""
+    import timm
+
+    base = arch.split(".", 1)[0]
+    _refuse("timm", base, functools.partial(timm.create_model, base, pretrained=False), what, kwargs, accepted)
+
+
+def check_tv_kwargs(arch: str, what: str, kwargs: dict[str, Any], accepted: list[str]) -> None:
+    """Raise UnknownKeywords if torchvision's builder of ``arch`` does not take ``kwargs``."""
+    from torchvision import models as tvm
+
+    _refuse("torchvision", arch, functools.partial(tvm.get_model, arch, weights=None), what, kwargs, accepted)
 
 
 # --------------------------------------------------------------------------- offline-safe weights
@@ -208,13 +253,19 @@ def _check_head(head: str) -> None:
         raise ValueError(f"head must be one of {', '.join(HEAD_CHOICES)}, got {head!r}")
 
 
-def create_timm(arch: str, *, num_classes: int, input_shape: tuple[int, ...], pretrained: bool = False,
-                head: str = "new", display_name: str | None = None, **kwargs) -> TimmClassifier:
+@register_model(TIMM_PREFIX, names=timm_name_problem, pretrained=True, forwarded=check_timm_kwargs)
+def create_timm(arch: str, display: str | None = None, defaults: dict[str, Any] | None = None, /, *,
+                num_classes: int, input_shape: tuple[int, ...], pretrained: bool = False, head: str = "new",
+                **kwargs) -> TimmClassifier:
+    """``timm:<arch>``. Positional parameters are the registration's (an alias's name, and keyword
+    ``defaults`` that apply without pretrained weights); keywords are the user's."""
     import timm
     from timm.models import get_pretrained_cfg
 
     _check_head(head)
-    display = display_name or TIMM_PREFIX + arch
+    display = display or TIMM_PREFIX + arch
+    if not pretrained:
+        kwargs = {**(defaults or {}), **kwargs}
     cfg = get_pretrained_cfg(arch)
     cfg = cfg.to_dict() if cfg is not None else {}
     if head == "pretrained":
@@ -263,15 +314,17 @@ def _tv_norm(weights) -> tuple[tuple[float, ...], tuple[float, ...]] | None:
     return tuple(transform.mean), tuple(transform.std)
 
 
-def create_torchvision(arch: str, *, num_classes: int, input_shape: tuple[int, ...], pretrained: bool = False,
-                       head: str = "new", weights: str | None = None, display_name: str | None = None,
-                       pretrained_url: str | None = None, **kwargs) -> TorchvisionClassifier:
-    """``pretrained_url`` loads a backbone-only state dict (no classifier) from a URL instead of
+@register_model(TV_PREFIX, names=tv_name_problem, pretrained=True, forwarded=check_tv_kwargs)
+def create_torchvision(arch: str, display: str | None = None, pretrained_url: str | None = None, /, *,
+                       num_classes: int, input_shape: tuple[int, ...], pretrained: bool = False,
+                       head: str = "new", weights: str | None = None, **kwargs) -> TorchvisionClassifier:
+    """``tv:<arch>``. Positional parameters are the registration's: an alias's name, and
+    ``pretrained_url``, a backbone-only state dict (no classifier) to load from a URL instead of
     torchvision's weights (DINO ResNet-50)."""
     from torchvision import models as tvm
 
     _check_head(head)
-    display = display_name or TV_PREFIX + arch
+    display = display or TV_PREFIX + arch
     if input_shape[0] != 3:
         raise ValueError(f"model {display!r} takes 3-channel images, the data has {input_shape[0]}; "
                          f"use a timm model (timm:<name>, which adapts in_chans) or a 3-channel dataset")
@@ -304,38 +357,19 @@ def create_torchvision(arch: str, *, num_classes: int, input_shape: tuple[int, .
     return model
 
 
-def create_prefixed(name: str, *, num_classes: int, input_shape: tuple[int, ...], **kwargs) -> Classifier:
-    if name.startswith(TIMM_PREFIX):
-        return create_timm(name[len(TIMM_PREFIX):], num_classes=num_classes, input_shape=input_shape, **kwargs)
-    if name.startswith(TV_PREFIX):
-        return create_torchvision(name[len(TV_PREFIX):], num_classes=num_classes, input_shape=input_shape, **kwargs)
-    raise KeyError(name)
-
-
-create_prefixed.accepts_pretrained = True  # type: ignore[attr-defined]
-
-
-def _register_alias(alias: str, target: str) -> None:
-    def factory(num_classes: int, input_shape: tuple[int, ...], **kwargs) -> Classifier:
-        defaults = {} if kwargs.get("pretrained") else ALIAS_DEFAULTS.get(alias, {})
-        return create_prefixed(target, num_classes=num_classes, input_shape=input_shape,
-                               **{"display_name": alias, **defaults, **kwargs})
-
-    factory.accepts_pretrained = True  # type: ignore[attr-defined]
-    factory.target = target  # type: ignore[attr-defined]
-    register_model(alias)(factory)
+# --------------------------------------------------------------------------- aliases
 
 
 for _alias, _target in ALIASES.items():
-    _register_alias(_alias, _target)
+    _prefix, _arch = _target.split(":", 1)
+    if _prefix + ":" == TIMM_PREFIX:
+        register_model(_alias, pretrained=True, forwarded=functools.partial(check_timm_kwargs, _arch))(
+            functools.partial(create_timm, _arch, _alias, ALIAS_DEFAULTS.get(_alias)))
+    else:
+        register_model(_alias, pretrained=True, forwarded=functools.partial(check_tv_kwargs, _arch))(
+            functools.partial(create_torchvision, _arch, _alias))
 
-
-@register_model("dino_resnet50")
-def dino_resnet50(num_classes: int, input_shape: tuple[int, ...], **kwargs) -> Classifier:
-    """torchvision's ResNet-50 with DINO's self-supervised weights (facebookresearch/dino), the
-    same checkpoint ``torch.hub.load('facebookresearch/dino:main', 'dino_resnet50')`` fetches."""
-    return create_torchvision("resnet50", num_classes=num_classes, input_shape=input_shape,
-                              pretrained_url=DINO_RESNET50_URL, **{"display_name": "dino_resnet50", **kwargs})
-
-
-dino_resnet50.accepts_pretrained = True  # type: ignore[attr-defined]
+# torchvision's ResNet-50 with DINO's self-supervised weights (facebookresearch/dino), the same
+# checkpoint ``torch.hub.load('facebookresearch/dino:main', 'dino_resnet50')`` fetches.
+register_model("dino_resnet50", pretrained=True, forwarded=functools.partial(check_tv_kwargs, "resnet50"))(
+    functools.partial(create_torchvision, "resnet50", "dino_resnet50", DINO_RESNET50_URL))

@@ -11,7 +11,7 @@ from trainables.models.base import Classifier
 
 class MLP(Classifier):
     def __init__(self, num_classes: int, input_shape: tuple[int, ...], hidden: tuple[int, ...] = (128,),
-                 dropout: float = 0.0, **_: object):
+                 dropout: float = 0.0):
         super().__init__()
         layers: list[nn.Module] = [nn.Flatten()]
         width = math.prod(input_shape)
@@ -29,20 +29,20 @@ class MLP(Classifier):
 
 
 @register_model("mlp")
-def mlp(num_classes: int, input_shape: tuple[int, ...], hidden=(128,), **kw) -> MLP:
-    return MLP(num_classes, input_shape, hidden=tuple(hidden), **kw)
+def mlp(num_classes: int, input_shape: tuple[int, ...], hidden=(128,), dropout: float = 0.0) -> MLP:
+    return MLP(num_classes, input_shape, hidden=tuple(hidden), dropout=dropout)
 
 
 @register_model("mlp_tiny")
-def mlp_tiny(num_classes: int, input_shape: tuple[int, ...], **kw) -> MLP:
-    return MLP(num_classes, input_shape, hidden=(32,), **kw)
+def mlp_tiny(num_classes: int, input_shape: tuple[int, ...], dropout: float = 0.0) -> MLP:
+    return MLP(num_classes, input_shape, hidden=(32,), dropout=dropout)
 
 
 @register_model("mlp_wide")
-def mlp_wide(num_classes: int, input_shape: tuple[int, ...], **kw) -> MLP:
-    return MLP(num_classes, input_shape, hidden=(512, 256), **kw)
+def mlp_wide(num_classes: int, input_shape: tuple[int, ...], dropout: float = 0.0) -> MLP:
+    return MLP(num_classes, input_shape, hidden=(512, 256), dropout=dropout)
 
 
 @register_model("linear")
-def linear(num_classes: int, input_shape: tuple[int, ...], **kw) -> MLP:
-    return MLP(num_classes, input_shape, hidden=(), **kw)
+def linear(num_classes: int, input_shape: tuple[int, ...], dropout: float = 0.0) -> MLP:
+    return MLP(num_classes, input_shape, hidden=(), dropout=dropout)

@@ -66,5 +66,5 @@ class CifarMobileNetV2(Classifier):
 
 
 @register_model("mobilenetv2")
-def mobilenetv2(num_classes: int, input_shape: tuple[int, ...], width_mult: float = 0.5, **_: object):
+def mobilenetv2(num_classes: int, input_shape: tuple[int, ...], width_mult: float = 0.5):
     return CifarMobileNetV2(num_classes, input_shape, width_mult=width_mult)

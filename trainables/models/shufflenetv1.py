@@ -59,5 +59,5 @@ class ShuffleNetV1(Classifier):
 
 
 @register_model("shufflenetv1")
-def shufflenetv1(num_classes: int, input_shape: tuple[int, ...], **_: object) -> ShuffleNetV1:
+def shufflenetv1(num_classes: int, input_shape: tuple[int, ...]) -> ShuffleNetV1:
     return ShuffleNetV1(num_classes, input_shape)

@@ -63,5 +63,5 @@ class ShuffleNetV2(Classifier):
 
 
 @register_model("shufflenetv2")
-def shufflenetv2(num_classes: int, input_shape: tuple[int, ...], **_: object) -> ShuffleNetV2:
+def shufflenetv2(num_classes: int, input_shape: tuple[int, ...]) -> ShuffleNetV2:
     return ShuffleNetV2(num_classes, input_shape)

@@ -15,7 +15,7 @@ def _conv_bn(cin: int, cout: int) -> nn.Sequential:
 class SmallCNN(Classifier):
     """Two conv stages (the second downsampling) and global average pooling."""
 
-    def __init__(self, num_classes: int, input_shape: tuple[int, ...], width: int = 32, **_: object):
+    def __init__(self, num_classes: int, input_shape: tuple[int, ...], width: int = 32):
         super().__init__()
         channels = input_shape[0]
         self.body = nn.Sequential(
@@ -31,10 +31,10 @@ class SmallCNN(Classifier):
 
 
 @register_model("cnn_small")
-def cnn_small(num_classes: int, input_shape: tuple[int, ...], width: int = 16, **kw) -> SmallCNN:
-    return SmallCNN(num_classes, input_shape, width=width, **kw)
+def cnn_small(num_classes: int, input_shape: tuple[int, ...], width: int = 16) -> SmallCNN:
+    return SmallCNN(num_classes, input_shape, width=width)
 
 
 @register_model("cnn")
-def cnn(num_classes: int, input_shape: tuple[int, ...], width: int = 32, **kw) -> SmallCNN:
-    return SmallCNN(num_classes, input_shape, width=width, **kw)
+def cnn(num_classes: int, input_shape: tuple[int, ...], width: int = 32) -> SmallCNN:
+    return SmallCNN(num_classes, input_shape, width=width)

@@ -53,7 +53,7 @@ class VGG(Classifier):
 
 
 def _register(name: str, cfg: list[list[int]]) -> None:
-    def factory(num_classes: int, input_shape: tuple[int, ...], **_: object) -> VGG:
+    def factory(num_classes: int, input_shape: tuple[int, ...]) -> VGG:
         return VGG(cfg, num_classes, input_shape)
 
     register_model(name)(factory)

@@ -61,7 +61,7 @@ class WideResNet(Classifier):
 
 
 def _register(depth: int, widen: int) -> None:
-    def factory(num_classes: int, input_shape: tuple[int, ...], dropout: float = 0.0, **_: object) -> WideResNet:
+    def factory(num_classes: int, input_shape: tuple[int, ...], dropout: float = 0.0) -> WideResNet:
         return WideResNet(depth, widen, num_classes, input_shape, dropout)
 
     register_model(f"wrn_{depth}_{widen}")(factory)

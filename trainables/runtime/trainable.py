@@ -1,5 +1,11 @@
 """Trainable registry: each experiment family (``distill``, ``w2s_probe``, ...) registers its
-parameter schema, its training loop and an optional preparation step."""
+training loop with its parameter model and an optional preparation step, the way every registry
+registers (:mod:`trainables.core.registry`)::
+
+    register_trainable("distill", params=DistillParams, metric="val_acc", mode="max", ...)(run_distill)
+
+The options are :class:`TrainableDef`'s fields; ``params`` is its ``params_model``, which must
+forbid unknown keys (every :class:`TrialParams` does)."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -59,11 +65,13 @@ class TrainableDef:
     check_available: Callable[[TrialParams], list[tuple[str, str]]] | None = None
 
 
+def _trainable_entry(name: str, obj: Callable[..., Any], *, params: type[TrialParams], **options: Any) -> TrainableDef:
+    """The entry ``register_trainable(name, params=..., **options)(train_loop)`` records."""
+    return TrainableDef(name=name, params_model=params, train_loop=obj, **options)
+
+
 # Built-in families: every ``trainables/<family>/trainable.py``.
-TRAINABLES: Registry[TrainableDef] = Registry("trainable", scan("trainables", "trainable"))
+TRAINABLES: Registry[TrainableDef] = Registry("trainable", scan("trainables", "trainable"), record=_trainable_entry)
+register_trainable = TRAINABLES.register
 trainable_names = TRAINABLES.names
 get_trainable = TRAINABLES.get
-
-
-def register_trainable(defn: TrainableDef) -> TrainableDef:
-    return TRAINABLES.register(defn.name, defn)

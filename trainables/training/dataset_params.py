@@ -4,10 +4,18 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import Field, field_validator
+from pydantic import Field
 
+from trainables.core.registry import kwargs_validator
 from trainables.data import DatasetName, DatasetUnavailable, check_dataset, prepare_dataset
 from trainables.runtime.trainable import TrialParams
+
+
+def _check_dataset(name: str, kwargs: dict[str, Any]) -> None:
+    try:
+        check_dataset(name, **kwargs)
+    except DatasetUnavailable as exc:
+        raise ValueError(str(exc)) from None
 
 
 class DatasetParams(TrialParams):
@@ -16,15 +24,7 @@ class DatasetParams(TrialParams):
                                            description="the dataset's parameters (data_root, download, …)")
     split_seed: int = Field(0, ge=0, description="seed of the train/val/test split")
 
-    @field_validator("dataset_kwargs")
-    @classmethod
-    def _dataset_kwargs_fit(cls, v: dict[str, Any], info) -> dict[str, Any]:
-        if "dataset" in info.data:
-            try:
-                check_dataset(info.data["dataset"], **v)
-            except DatasetUnavailable as exc:
-                raise ValueError(str(exc)) from None
-        return v
+    _dataset_kwargs_fit = kwargs_validator("dataset", "dataset_kwargs", _check_dataset)
 
 
 def prepare_fixed_dataset(params_model: type[DatasetParams], fixed: dict[str, Any], searched: set[str]) -> None:

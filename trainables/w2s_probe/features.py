@@ -28,10 +28,11 @@ from trainables.core.config import StrictModel
 from trainables.core.digest import file_digest
 from trainables.training.classifier_loop import OptimConfig, train_classifier
 from trainables.data import DatasetSplits, load_dataset, split_indices
-from trainables.data.streamed import FOLDER_DATASETS, is_folder_dataset, open_folder_dataset
+from trainables.data.streamed import folder_dataset, is_folder_dataset, open_folder_dataset
 from trainables.runtime.engine import autocast, seed_everything
 from trainables.losses import create_loss
-from trainables.models import ModelName, create_model
+from trainables.core.registry import kwargs_validator
+from trainables.models import ModelName, check_model_kwargs, create_model
 from trainables.runtime.session import LocalSession
 
 COUNTS = {"feature_passes": 0, "model_trainings": 0}
@@ -57,6 +58,8 @@ class ModelSource(StrictModel):
     model_kwargs: dict[str, Any] = Field(default_factory=dict)
     checkpoint: str | None = Field(None, description="a state-dict file (or a trial checkpoint with a 'model' entry)")
     train: ModelTraining | None = None
+
+    _model_kwargs_fit = kwargs_validator("model", "model_kwargs", check_model_kwargs)
 
 
 class PretrainSplit(StrictModel):
@@ -102,8 +105,8 @@ class ImageData:
         self.batch_size, self.workers = batch_size, workers
         self._memory: tuple[torch.Tensor, torch.Tensor] | None = None
         self._folder = None
-        if is_folder_dataset(name):
-            spec = FOLDER_DATASETS[name]
+        spec = folder_dataset(name)
+        if spec is not None:
             self.num_classes, self.input_shape, self.transform = spec.num_classes, spec.input_shape, spec.transform
         else:
             x, y = self._tensors()

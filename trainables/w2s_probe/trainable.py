@@ -26,14 +26,15 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, model_validator
 
 from trainables.core.config import StrictModel, first_problem
-from trainables.data import DATASETS
+from trainables.core.registry import kwargs_validator
+from trainables.data import DATASETS, AnyDatasetName
 from trainables.data.streamed import is_folder_dataset
 from trainables.training.linear_probe import ProbeSpec, train_probes
 from trainables.losses import check_loss_params, validate_loss_params
-from trainables.runtime.trainable import TrainableDef, TrialContext, TrialParams, register_trainable
+from trainables.runtime.trainable import TrialContext, TrialParams, register_trainable
 from trainables.runtime.session import Session, default_device
 from trainables.runtime.vectorize import RESULTS_KEY, expand_configs, is_vectorized
 from trainables.w2s_probe.features import (ModelSource, ModelTraining, PretrainSplit, W2SInputs, load_inputs,
@@ -67,7 +68,7 @@ def _default_strong() -> ModelSource:
 
 
 class W2SProbeParams(TrialParams, ProbeConfig):
-    dataset: str = Field("digits", description="a registered dataset, or a folder dataset such as imagenet")
+    dataset: AnyDatasetName = Field("digits", description="a registered dataset, in memory or streamed (imagenet)")
     dataset_kwargs: dict[str, Any] = Field(default_factory=dict)
     split_seed: int = Field(0, ge=0, description="seed of the role split and of the probe train/test permutation")
     pretrain_split: PretrainSplit = Field(default_factory=lambda: PretrainSplit(weak=0.15, strong=0.35))
@@ -82,12 +83,7 @@ class W2SProbeParams(TrialParams, ProbeConfig):
     probes: list[dict[str, Any]] | None = None
     probe_grid: dict[str, list[Any]] | None = None
 
-    @field_validator("dataset")
-    @classmethod
-    def _known_dataset(cls, name: str) -> str:
-        if name not in DATASETS and not is_folder_dataset(name):
-            raise ValueError(f"unknown dataset {name!r}; known: {', '.join(DATASETS.names())}, imagenet")
-        return name
+    _dataset_kwargs_fit = kwargs_validator("dataset", "dataset_kwargs", DATASETS.check_kwargs)
 
     @model_validator(mode="after")
     def _consistent(self):
@@ -258,14 +254,13 @@ def _metric_docs() -> dict[str, str]:
     return docs
 
 
-register_trainable(TrainableDef(
-    name="w2s_probe",
-    params_model=W2SProbeParams,
-    train_loop=run_w2s_probe,
+register_trainable(
+    "w2s_probe",
+    params=W2SProbeParams,
     metric="w2s_acc",
     mode="max",
     description="Weak-to-strong linear probes on cached embeddings: weak, W2S and strong accuracy and PGR.",
     prepare=prepare_w2s,
     vectorized_keys=PROBE_FIELDS,
     metrics_doc=_metric_docs(),
-))
+)(run_w2s_probe)
