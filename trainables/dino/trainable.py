@@ -33,17 +33,11 @@ from trainables.runtime.engine import (autocast, build_optimizer, build_schedule
                                        seed_everything, steps_per_epoch, unwrap)
 from trainables.training.linear_probe import ProbeSpec, train_probes
 from trainables.losses import check_loss_params, create_loss
-<<<<<<< HEAD
-from trainables.models import ModelName, create_model
-from trainables.runtime.epochs import Checkpointed, EpochMeans, run_epochs
-from trainables.runtime.trainable import TrainableDef, TrialContext, register_trainable
-from trainables.runtime.session import Session
-=======
 from trainables.core.registry import kwargs_validator
 from trainables.models import ModelName, check_model_kwargs, create_model
+from trainables.runtime.epochs import Checkpointed, EpochMeans, run_epochs
 from trainables.runtime.trainable import TrialContext, register_trainable
-from trainables.runtime.session import Session, check_finite
->>>>>>> arch-a
+from trainables.runtime.session import Session
 
 
 class HeadConfig(StrictModel):

@@ -26,16 +26,10 @@ from trainables.data.augment import Augment, AugmentName
 from trainables.runtime.engine import predict, seed_everything
 from trainables.init import WeightSelectionConfig, check_student_init, init_student
 from trainables.losses import LossName, check_loss_params, create_loss, loss_class
-<<<<<<< HEAD
-from trainables.models import Classifier, ModelName
-from trainables.runtime.trainable import TrainableDef, TrialContext, register_trainable
-from trainables.runtime.session import Session
-=======
 from trainables.core.registry import kwargs_validator
 from trainables.models import Classifier, ModelName, check_model_kwargs
 from trainables.runtime.trainable import TrialContext, register_trainable
-from trainables.runtime.session import Session, default_device
->>>>>>> arch-a
+from trainables.runtime.session import Session
 from trainables.distill.teacher import Optimizer, Schedule, TeacherRecipe, build_teacher, load_teacher_model, recipe_fields
 from trainables.training.views import BatchViews, FixedViews, PlainViews, RandomViews, teacher_view_logits, view_params
 

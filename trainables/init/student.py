@@ -18,11 +18,8 @@ from typing import Any, Callable
 import torch
 from pydantic import Field, field_validator
 
-<<<<<<< HEAD
 from trainables.core.config import StrictModel
-=======
 from trainables.core.registry import kwargs_validator
->>>>>>> arch-a
 from trainables.init.weight_selection import SelectionMethod, apply_weight_selection
 from trainables.models import Classifier, check_model_kwargs, check_model_name, create_model, supports_pretrained
 from trainables.models.checkpoint import check_checkpoint_path, load_checkpoint
@@ -30,9 +27,6 @@ from trainables.models.checkpoint import check_checkpoint_path, load_checkpoint
 STUDENT_INIT_KEYWORDS = ("random", "pretrained", "weight_selection")
 
 
-<<<<<<< HEAD
-class WeightSelectionConfig(StrictModel):
-=======
 def _check_source(source: str, kwargs: dict[str, Any]) -> None:
     if source != "teacher":
         check_model_kwargs(source, kwargs)
@@ -40,8 +34,7 @@ def _check_source(source: str, kwargs: dict[str, Any]) -> None:
         raise ValueError("the teacher is built by teacher.*; source_kwargs are for a source named by its model")
 
 
-class WeightSelectionConfig(BaseModel):
->>>>>>> arch-a
+class WeightSelectionConfig(StrictModel):
     """Where weight selection takes its weights from, and how it picks them."""
 
     source: str = Field("teacher", description="'teacher' (the trained teacher) or a model name")

@@ -16,12 +16,8 @@ from pydantic import BaseModel, ValidationError
 from torch import nn
 
 from trainables.losses.base import DistillLoss, LossInputs, LossParams
-<<<<<<< HEAD
 from trainables.core.config import first_problem
-from trainables.core.registry import Registry, scan
-=======
 from trainables.core.registry import Entry, Registry, UnknownKeywords, kwargs_problem, scan
->>>>>>> arch-a
 
 LossInterface = Literal["classifier", "multicrop"]
 
