@@ -7,6 +7,9 @@ cannot produce anything fails in seconds with one message, not in trial 37 with 
 * :func:`check_inputs_available`: each trainable's ``check_available`` hook (datasets on disk,
   checkpoint files to start from) for every candidate trial.
 * :func:`check_sweep_checkpoints`: on ``--resume``, every checkpoint the sweep kept is readable.
+
+The candidate trial configs are those spec parsing checks, in combination
+(:func:`orchestrator.space.candidates.candidates` with ``combine=True``).
 """
 from __future__ import annotations
 
