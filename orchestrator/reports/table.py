@@ -14,7 +14,6 @@ from orchestrator.reports.rows import TrialRow
 from orchestrator.store.tracking import TUNE_BOOKKEEPING
 
 PARAM_PREFIX = "param."
-LEADING = ["trial_id", "status", "duration_s"]
 # Known statuses in display order; any other label (for example ``diverged``) follows them.
 STATUS_ORDER = ["completed", "stopped_early", "diverged", "error", "not_run"]
 

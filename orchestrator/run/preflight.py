@@ -7,63 +7,22 @@ cannot produce anything fails in seconds with one message, not in trial 37 with 
 * :func:`check_inputs_available`: each trainable's ``check_available`` hook (datasets on disk,
   checkpoint files to start from) for every candidate trial.
 * :func:`check_sweep_checkpoints`: on ``--resume``, every checkpoint the sweep kept is readable.
+
+The candidate trial configs are those spec parsing checks, in combination
+(:func:`orchestrator.space.candidates.candidates` with ``combine=True``).
 """
 from __future__ import annotations
 
-import copy
-import itertools
 import os
-from typing import Any, Iterator
 
 from pydantic import ValidationError
 
 from orchestrator.errors import SpecError, SpecIssue, UserError
-from orchestrator.space.spec import SweepSpec, set_dotted
+from orchestrator.space.spec import SweepSpec, candidates
+from trainables.core.config import first_problem
 
-MAX_COMBINATIONS = 4096  # product of candidate values checked exhaustively; above it, a sample
 MIN_TIME_BUDGET_S = 10.0  # starting Ray's trial actors alone takes seconds
 BOUNDED_01 = ("acc", "accuracy", "top1", "top5")  # metric name endings known to lie in [0, 1]
-
-
-# --------------------------------------------------------------------------------------------
-# Candidate trial configs
-# --------------------------------------------------------------------------------------------
-
-
-def _combinations(spec: SweepSpec) -> Iterator[dict[str, Any]]:
-    keys = list(spec.domains)
-    values = [spec.domains[k].candidates() for k in keys]
-    for combo in itertools.islice(itertools.product(*values), MAX_COMBINATIONS):
-        yield dict(zip(keys, combo))
-
-
-def candidate_configs(spec: SweepSpec) -> Iterator[tuple[str, dict[str, Any]]]:
-    """(where, trial config) for every combination of searched candidate values (listed values,
-    range bounds) and every point to evaluate."""
-    fixed = spec.fixed_config()
-    for combo in _combinations(spec):
-        cfg = copy.deepcopy(fixed)
-        for key, value in combo.items():
-            set_dotted(cfg, key, value)
-        yield ", ".join(f"{k}={v!r}" for k, v in combo.items()) or "params", cfg
-    first = next(_combinations(spec), {})
-    for i, point in enumerate(spec.points_to_evaluate):
-        cfg = copy.deepcopy(fixed)
-        for key, value in {**first, **point}.items():
-            set_dotted(cfg, key, value)
-        yield f"points_to_evaluate[{i}]", cfg
-
-
-def _problem(exc: ValidationError) -> str:
-    err = exc.errors()[0]
-    loc = ".".join(str(p) for p in err["loc"])
-    msg = err["msg"].removeprefix("Value error, ")
-    return f"{loc}: {msg}" if loc else msg
-
-
-# --------------------------------------------------------------------------------------------
-# Checks
-# --------------------------------------------------------------------------------------------
 
 
 def check_trials_possible(spec: SweepSpec) -> None:
@@ -77,14 +36,14 @@ def check_trials_possible(spec: SweepSpec) -> None:
         # Spec parsing validates each searched value with the others at their first value; a
         # combination of two valid values can still be an invalid trial that would crash mid-sweep.
         total, invalid = 0, []
-        for where, cfg in candidate_configs(spec):
-            if where.startswith("points_to_evaluate"):
+        for c in candidates(spec, combine=True):
+            if c.kind == "point":
                 continue
             total += 1
             try:
-                model.model_validate(cfg)
+                model.model_validate(c.config)
             except ValidationError as exc:
-                invalid.append(f"{where}: {_problem(exc)}")
+                invalid.append(f"{c.where}: {first_problem(exc)}")
         if invalid:
             issues.append(SpecIssue("search", f"{len(invalid)} of {total} combinations of searched values are invalid "
                                     f"trials, e.g. {invalid[0]}; narrow the ranges so that they fit together"))
@@ -123,9 +82,9 @@ def check_inputs_available(spec: SweepSpec) -> None:
         return
     issues: list[SpecIssue] = []
     seen: set[tuple[str, str]] = set()
-    for where, cfg in candidate_configs(spec):
+    for c in candidates(spec, combine=True):
         try:
-            params = defn.params_model.model_validate(cfg)
+            params = defn.params_model.model_validate(c.config)
         except ValidationError:
             continue  # reported by check_trials_possible
         for key, problem in defn.check_available(params):

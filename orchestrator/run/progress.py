@@ -79,7 +79,7 @@ class ProgressPrinter(Callback):
         print(line, file=sys.stdout, flush=True)
 
     def _params(self, trial) -> str:
-        from orchestrator.space.spec import get_dotted
+        from trainables.core.config import get_dotted
         from trainables.runtime.runner import unpack_config
 
         config = unpack_config(trial.config)

@@ -24,7 +24,7 @@ from orchestrator.reports.rows import (SweepReport, format_table, pick_best, ref
 from orchestrator.reports.table import status_counts
 from orchestrator.store.secrets import redact
 from orchestrator.run.resources import DRIVER_RESOURCE, ClusterResources, ResourcePlan, plan_resources
-from orchestrator.space.spec import SweepSpec, parse_spec, spec_to_yaml
+from orchestrator.space.spec import SweepSpec, spec_to_yaml
 from orchestrator.store import layout
 from orchestrator.store.storage import join, write_text
 from orchestrator.store.tracking import MLflowTrialCallback, Tracker, check_tracking_uri, flatten
@@ -57,16 +57,12 @@ def say(msg: str = "") -> None:
     print(msg, flush=True)
 
 
-def is_uri(path: str) -> bool:
-    return "://" in path
-
-
 def check_storage(storage_path: str) -> None:
     """The storage path must be writable before any trial starts."""
-    probe = join(storage_path, f".w2s-write-test-{os.getpid()}")
+    marker = join(storage_path, f".w2s-write-test-{os.getpid()}")
     try:
-        write_text(probe, "ok")
-        fs, path = resolve_filesystem(probe)
+        write_text(marker, "ok")
+        fs, path = resolve_filesystem(marker)
         fs.delete_file(path)
     except Exception as exc:  # noqa: BLE001 - any failure here means trials could not save
         raise UserError(f"--storage-path {storage_path} is not writable ({type(exc).__name__}: {exc})") from None
@@ -151,13 +147,44 @@ def reference_cases(spec: SweepSpec, best_config: dict[str, Any]) -> list[dict[s
     return cases
 
 
+@dataclass
+class StartedSweep:
+    """What starting a sweep sets up, for the steps after it."""
+
+    name: str
+    out_dir: str
+    tracker: Tracker
+    parent_id: str  # the sweep's MLflow parent run
+    plan: ResourcePlan
+    ctx: TrialContext
+    restoring: bool  # --resume of a sweep Tune can restore
+
+
 def run_sweep(spec: SweepSpec, spec_text: str, opts: SweepOptions) -> SweepReport:
-    from ray import tune
-
-    from orchestrator.run import tuner as tuner_mod
-
+    """Checks, start, the trainable's preparation, the Tuner, the report; the sweep's status
+    (``w2s_status.json`` and the MLflow parent run) says how it ended."""
     t_start = time.time()
     name = opts.name or f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    tracker = check_before_start(spec, opts, name)
+    run = start_sweep(spec, spec_text, opts, name, tracker)
+    status, state = "FAILED", "failed"
+    try:
+        prepared = prepare_sweep(spec, run)
+        results = tune_sweep(spec, opts, run)
+        report = report_sweep(spec, opts, run, results, prepared, t_start)
+        status = "FINISHED"
+        return report
+    except (resume.SweepInterrupted, SweepStalled) as exc:
+        status = "KILLED"
+        state = "stalled" if isinstance(exc, SweepStalled) else "interrupted"
+        raise
+    finally:
+        tracker.finish(run.parent_id, status)
+        resume.write_status(run.out_dir, state if status == "KILLED" else status.lower())
+
+
+def check_before_start(spec: SweepSpec, opts: SweepOptions, name: str) -> Tracker:
+    """Everything that can fail before Ray starts: MLflow, the storage path, the preflight."""
     check_tracking_uri(opts.mlflow_uri)
     check_storage(opts.storage_path)
     preflight.run_all(spec, sweep_dir(opts, name), name, opts.resume)
@@ -166,6 +193,12 @@ def run_sweep(spec: SweepSpec, spec_text: str, opts: SweepOptions) -> SweepRepor
         tracker.ensure_experiment()
     except Exception as exc:  # noqa: BLE001
         raise UserError(f"MLflow at {opts.mlflow_uri} refused the experiment {spec.experiment_name!r}: {exc}") from None
+    return tracker
+
+
+def start_sweep(spec: SweepSpec, spec_text: str, opts: SweepOptions, name: str, tracker: Tracker) -> StartedSweep:
+    """Ray, the resource plan, the sweep folder (saved spec, status ``running``), the parent run."""
+    from ray import tune
 
     cluster = start_ray(opts.address)
     if opts.address:
@@ -184,55 +217,61 @@ def run_sweep(spec: SweepSpec, spec_text: str, opts: SweepOptions) -> SweepRepor
 
     parent_id, reused = tracker.parent_run(name, spec.resolved_dict(), spec_text)
     say(f"  MLflow: experiment {spec.experiment_name!r}, parent run {parent_id}{' (resumed)' if reused else ''}")
-    cache = FeatureStore(layout.cache_dir(opts.storage_path))
-    ctx = TrialContext(artifacts=cache, checkpoint_every=spec.checkpoint.every, sweep_name=name,
-                       storage_path=opts.storage_path)
-    status, state = "FAILED", "failed"
-    try:
-        t0 = time.time()
-        prepared = run_prepare(spec, ctx)
-        if prepared:
-            say(f"  prepared in {time.time() - t0:.1f}s: " + ", ".join(f"{k}={v}" for k, v in prepared.items()))
-            tracker.log_params(parent_id, {f"prepared.{k}": v for k, v in prepared.items()})
+    ctx = TrialContext(artifacts=FeatureStore(layout.cache_dir(opts.storage_path)),
+                       checkpoint_every=spec.checkpoint.every, sweep_name=name, storage_path=opts.storage_path)
+    return StartedSweep(name, out_dir, tracker, parent_id, plan, ctx, restoring)
 
-        callbacks = [VectorizedMLflowCallback(opts.mlflow_uri, spec.experiment_name, parent_id, name,
-                                              fields=trainable_fields(spec)),
-                     ProgressPrinter(spec.metric, spec.mode, spec.expected_trials(), keys=searched_keys(spec)),
-                     *resume.sweep_callbacks(opts.storage_path, name)]
-        if restoring:
-            say(f"  resuming from {out_dir}")
-            tuner = tuner_mod.restore_tuner(spec, path=out_dir, storage_path=opts.storage_path, name=name, ctx=ctx,
-                                            plan=plan)
-        else:
-            tuner = tuner_mod.build_tuner(spec, name=name, storage_path=opts.storage_path, ctx=ctx, plan=plan,
-                                          callbacks=callbacks)
-        t0 = time.time()
-        results = resume.fit_watched(tuner, spec, name)
-        say(f"  tuner finished in {time.time() - t0:.1f}s")
 
-        rows = rows_from_results(spec, results)
-        if restoring:
-            lost = resume.archive_lost_runs(tracker, name, {r.trial_id for r in rows})
-            if lost:
-                say(f"  archived {len(lost)} MLflow child run(s) of trials lost in the crash: {', '.join(lost)}")
-        best = pick_best(rows, spec.metric, spec.mode)
-        report = SweepReport(rows=rows, metric=spec.metric, mode=spec.mode, best=best)
-        best_config = None
-        if best is not None:
-            best_result = next(r for r in results if (r.metrics or {}).get("trial_id") == best.trial_id)
-            best_config = row_config(spec, unpack_config(best_result.config), best.probe)
-        if best_config is not None and spec.control.enabled:
-            report.comparison = run_reference(spec, best_config, name, opts, ctx, plan, parent_id)
-        finish_report(spec, report, best_config, name, opts, tracker, parent_id, prepared, time.time() - t_start)
-        status = "FINISHED"
-        return report
-    except (resume.SweepInterrupted, SweepStalled) as exc:
-        status = "KILLED"
-        state = "stalled" if isinstance(exc, SweepStalled) else "interrupted"
-        raise
-    finally:
-        tracker.finish(parent_id, status)
-        resume.write_status(out_dir, state if status == "KILLED" else status.lower())
+def prepare_sweep(spec: SweepSpec, run: StartedSweep) -> dict[str, Any]:
+    """The trainable's one-off preparation, logged on the parent run."""
+    t0 = time.time()
+    prepared = run_prepare(spec, run.ctx)
+    if prepared:
+        say(f"  prepared in {time.time() - t0:.1f}s: " + ", ".join(f"{k}={v}" for k, v in prepared.items()))
+        run.tracker.log_params(run.parent_id, {f"prepared.{k}": v for k, v in prepared.items()})
+    return prepared
+
+
+def tune_sweep(spec: SweepSpec, opts: SweepOptions, run: StartedSweep):
+    """The sweep's Tuner, new or restored, run to the end under the watchdog."""
+    from orchestrator.run import tuner as tuner_mod
+
+    callbacks = [VectorizedMLflowCallback(opts.mlflow_uri, spec.experiment_name, run.parent_id, run.name,
+                                          fields=trainable_fields(spec)),
+                 ProgressPrinter(spec.metric, spec.mode, spec.expected_trials(), keys=searched_keys(spec)),
+                 *resume.sweep_callbacks(opts.storage_path, run.name)]
+    if run.restoring:
+        say(f"  resuming from {run.out_dir}")
+        tuner = tuner_mod.restore_tuner(spec, path=run.out_dir, storage_path=opts.storage_path, name=run.name,
+                                        ctx=run.ctx, plan=run.plan)
+    else:
+        tuner = tuner_mod.build_tuner(spec, name=run.name, storage_path=opts.storage_path, ctx=run.ctx, plan=run.plan,
+                                      callbacks=callbacks)
+    t0 = time.time()
+    results = resume.fit_watched(tuner, spec, run.name)
+    say(f"  tuner finished in {time.time() - t0:.1f}s")
+    return results
+
+
+def report_sweep(spec: SweepSpec, opts: SweepOptions, run: StartedSweep, results, prepared: dict[str, Any],
+                 t_start: float) -> SweepReport:
+    """Rows and the best trial from Tune's results, the reference runs, the published report."""
+    rows = rows_from_results(spec, results)
+    if run.restoring:
+        lost = resume.archive_lost_runs(run.tracker, run.name, {r.trial_id for r in rows})
+        if lost:
+            say(f"  archived {len(lost)} MLflow child run(s) of trials lost in the crash: {', '.join(lost)}")
+    best = pick_best(rows, spec.metric, spec.mode)
+    report = SweepReport(rows=rows, metric=spec.metric, mode=spec.mode, best=best)
+    best_config = None
+    if best is not None:
+        best_result = next(r for r in results if (r.metrics or {}).get("trial_id") == best.trial_id)
+        best_config = row_config(spec, unpack_config(best_result.config), best.probe)
+    if best_config is not None and spec.control.enabled:
+        report.comparison = run_reference(spec, best_config, run.name, opts, run.ctx, run.plan, run.parent_id)
+    finish_report(spec, report, best_config, run.name, opts, run.tracker, run.parent_id, prepared,
+                  time.time() - t_start)
+    return report
 
 
 def run_reference(spec: SweepSpec, best_config: dict[str, Any], name: str, opts: SweepOptions,

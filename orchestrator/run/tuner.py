@@ -7,7 +7,8 @@ from typing import Any
 
 from orchestrator.store.layout import train_runs_dir
 from orchestrator.run.resources import ResourcePlan, trial_resources
-from orchestrator.space.spec import SweepSpec, get_dotted, set_dotted
+from orchestrator.space.spec import SweepSpec
+from trainables.core.config import get_dotted, set_dotted
 from trainables.runtime.trainable import TrialContext
 from trainables.runtime.runner import ExecutionConfig, checkpoint_retention, tune_entry, unpack_config
 
@@ -48,10 +49,8 @@ def search_algorithm(spec: SweepSpec, max_concurrent: int | None = None):
     if spec.search_alg.type == "optuna":
         from ray.tune.search.optuna import OptunaSearch
 
-        # Optuna takes whole points; complete partial ones with the fixed config.
         if points:
-            base = param_space(spec)
-            points = [_complete_point(base, p, spec) for p in points]
+            points = [_searched_values(p, spec) for p in points]
         return OptunaSearch(points_to_evaluate=points, seed=spec.search_alg.seed)
     from ray.tune.search import BasicVariantGenerator
 
@@ -60,17 +59,13 @@ def search_algorithm(spec: SweepSpec, max_concurrent: int | None = None):
                                  max_concurrent=max_concurrent or 0)
 
 
-def _complete_point(base: dict[str, Any], point: dict[str, Any], spec: SweepSpec) -> dict[str, Any]:
-    flat = {}
-    for key in spec.domains:
-        node: Any = point
-        for part in key.split("."):
-            node = node.get(part) if isinstance(node, dict) else None
-        if node is not None:
-            flat[key] = node
+def _searched_values(point: dict[str, Any], spec: SweepSpec) -> dict[str, Any]:
+    """The searched keys' values of a nested point: Optuna's points name searched parameters only."""
     out: dict[str, Any] = {}
-    for key, value in flat.items():
-        set_dotted(out, key, value)
+    for key in spec.domains:
+        value = get_dotted(point, key)
+        if value is not None:
+            set_dotted(out, key, value)
     return out
 
 

@@ -21,13 +21,14 @@ Random search only: Optuna proposes one configuration per trial.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, field
 from typing import Any
 
 from orchestrator.errors import SpecIssue
-from orchestrator.space.spec import SweepSpec, set_dotted
+from orchestrator.space.model import SweepSpec
+from trainables.core.config import set_dotted
 from trainables.runtime.vectorize import GRID_KEY, PROBES_KEY, RESULTS_KEY, VECTORIZE_KEY, is_vectorized, \
     single_config
-
 
 
 def trainable_fields(spec: SweepSpec) -> tuple[str, ...]:
@@ -41,32 +42,40 @@ def vectorize_k(spec: SweepSpec) -> int | None:
     return int(k) if isinstance(k, int) and not isinstance(k, bool) else None
 
 
-def per_config_keys(spec: SweepSpec) -> list[str]:
-    """Searched keys that vary per configuration inside a trial (empty unless vectorised)."""
+def per_config_keys(spec: SweepSpec, fields: tuple[str, ...]) -> list[str]:
+    """Searched keys that vary per configuration inside a trial (empty unless vectorised);
+    ``fields`` are the trainable's per-configuration parameters."""
     if vectorize_k(spec) is None:
         return []
-    fields = set(trainable_fields(spec))
-    return [key for key in spec.domains if key.split(".")[0] in fields]
+    wanted = set(fields)
+    return [key for key in spec.domains if key.split(".")[0] in wanted]
 
 
-def check_spec(spec: SweepSpec) -> list[SpecIssue]:
-    """Problems with ``vectorize`` in an otherwise parsed spec; sets ``spec.vectorized_keys``."""
+@dataclass
+class VectorizedCheck:
+    keys: list[str]  # what parse_spec stores as spec.vectorized_keys
+    issues: list[SpecIssue] = field(default_factory=list)
+
+
+def check_spec(spec: SweepSpec, fields: tuple[str, ...]) -> VectorizedCheck:
+    """The per-configuration keys of a spec whose domains are parsed, and the problems with
+    ``vectorize`` in it. Reads the spec only; the caller stores the keys."""
+    keys = per_config_keys(spec, fields)
     issues = []
     if VECTORIZE_KEY in spec.domains:
         issues.append(SpecIssue(f"search.{VECTORIZE_KEY}", "the number of configurations per trial is fixed; "
                                 "set it under params"))
-    spec.vectorized_keys = per_config_keys(spec)
     if vectorize_k(spec) is None:
-        return issues
+        return VectorizedCheck(keys, issues)
     if spec.search_alg.type == "optuna":
         issues.append(SpecIssue("search_alg.type", "vectorised trials (params.vectorize) sample their "
                                 "configurations with random search; Optuna proposes one per trial", "optuna"))
     for i, point in enumerate(spec.points_to_evaluate):
         for key in point:
-            if key in spec.vectorized_keys:
+            if key in keys:
                 issues.append(SpecIssue(f"points_to_evaluate[{i}].{key}", "varies per configuration inside a "
                                         "vectorised trial; fix it under params or drop params.vectorize"))
-    return issues
+    return VectorizedCheck(keys, issues)
 
 
 def configs_per_trial(spec: SweepSpec) -> int:

@@ -33,6 +33,8 @@ from typing import Any, Callable, Iterator
 
 import pyarrow.fs as pafs
 
+from trainables.core.digest import sha256_file
+
 log = logging.getLogger(__name__)
 
 CACHE_FORMAT_VERSION = 1
@@ -50,14 +52,6 @@ def canonical_json(obj: Any) -> str:
 def recipe_key(kind: str, recipe: dict[str, Any]) -> str:
     payload = canonical_json({"kind": kind, "format": CACHE_FORMAT_VERSION, "recipe": recipe})
     return hashlib.sha256(payload.encode()).hexdigest()[:32]
-
-
-def sha256_file(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 @dataclass

@@ -19,6 +19,8 @@ from urllib.parse import urlparse
 
 from orchestrator.errors import UserError
 from orchestrator.store.secrets import filter_params, is_secret_key, redact, redact_yaml_text
+from trainables.runtime.ledger import AUTO_FILLED
+from trainables.runtime.session import DIVERGED
 
 log = logging.getLogger(__name__)
 
@@ -27,16 +29,10 @@ TAG_ROLE = "w2s.role"  # parent | trial | reproduce | control
 TAG_TRIAL = "w2s.trial_id"
 TAG_OUTCOME = "w2s.outcome"
 TAG_DIVERGENCE = "w2s.divergence"
-DIVERGED = "diverged"  # the result key set by trainables.runtime.runner.diverged_result
 PARENT_TAG = "mlflow.parentRunId"
 
 # Tune's own bookkeeping fields: not metrics of the experiment.
-TUNE_BOOKKEEPING = {
-    "training_iteration", "time_this_iter_s", "timestamp", "pid", "hostname", "node_ip",
-    "time_since_restore", "iterations_since_restore", "done", "trial_id", "date", "experiment_tag",
-    "config", "checkpoint_dir_name", "should_checkpoint", "checkpoint_path", "timesteps_total",
-    "episodes_total", "timesteps_since_restore", "time_total_s",
-}
+TUNE_BOOKKEEPING = AUTO_FILLED
 
 
 def default_tracking_uri(cwd: str | None = None) -> str:

@@ -18,13 +18,15 @@ from typing import Any
 
 LEDGER_DIR = "finished"
 FLOAT_TAG = "float"
-# Filled in by Tune (or Train's report forwarding) on every result; a replayed report must not set them.
-AUTO_FILLED = {
+# Filled in by Tune (or Train's report forwarding) on every result, the trial's config included; a
+# replayed report must not set them, and they are not metrics of the experiment (the orchestrator's
+# tracking and results table skip them too).
+AUTO_FILLED = frozenset({
     "training_iteration", "time_this_iter_s", "time_total_s", "timestamp", "pid", "hostname", "node_ip",
     "time_since_restore", "iterations_since_restore", "done", "trial_id", "date", "experiment_tag",
     "experiment_id", "checkpoint_dir_name", "should_checkpoint", "checkpoint_path", "timesteps_total",
-    "episodes_total", "timesteps_since_restore",
-}
+    "episodes_total", "timesteps_since_restore", "config",
+})
 
 
 def _fs(uri: str):
@@ -42,7 +44,7 @@ def ledger_dir(storage_path: str, sweep: str) -> str:
 def _jsonable(result: dict[str, Any]) -> dict[str, Any]:
     out = {}
     for key, value in result.items():
-        if key == "config" or key in AUTO_FILLED or isinstance(value, (dict, list)):
+        if key in AUTO_FILLED or isinstance(value, (dict, list)):
             continue
         if isinstance(value, float) and not math.isfinite(value):
             value = {FLOAT_TAG: repr(value)}  # JSON has no spelling for nan and inf
