@@ -35,6 +35,7 @@ from trainables.training.linear_probe import ProbeSpec, train_probes
 from trainables.losses import check_loss_params, create_loss
 from trainables.models import ModelName, create_model
 from trainables.runtime.trainable import TrainableDef, TrialContext, register_trainable
+from trainables.runtime.vocabulary import Vocabulary
 from trainables.runtime.session import Session, check_finite
 
 
@@ -479,4 +480,10 @@ register_trainable(TrainableDef(
         "teacher_linear_acc": "linear-probe accuracy of the teacher's features at the start",
         "train_loss": "mean DINO loss of the epoch (and train_ce, train_kl, entropies, train_teacher_temp)",
     },
+    vocabulary=Vocabulary(
+        headline="knn_acc",
+        table_metrics=("test_knn_acc", "linear_acc", "test_linear_acc", "teacher_knn_acc"),
+        curves=("knn_acc",),
+        loss_curves=("train_loss",),
+    ),
 ))

@@ -28,6 +28,7 @@ from trainables.init import WeightSelectionConfig, check_student_init, init_stud
 from trainables.losses import LossName, check_loss_params, create_loss, loss_class
 from trainables.models import Classifier, ModelName
 from trainables.runtime.trainable import TrainableDef, TrialContext, register_trainable
+from trainables.runtime.vocabulary import Vocabulary
 from trainables.runtime.session import Session, default_device
 from trainables.distill.teacher import Optimizer, Schedule, TeacherRecipe, build_teacher, load_teacher_model, recipe_fields
 from trainables.training.views import BatchViews, FixedViews, PlainViews, RandomViews, teacher_view_logits, view_params
@@ -257,4 +258,15 @@ register_trainable(TrainableDef(
         "teacher_test_acc": "the teacher's test top-1",
         "train_loss": "mean training loss of the epoch (and train_<component> for each loss term)",
     },
+    vocabulary=Vocabulary(
+        headline="test_acc",
+        table_metrics=("test_acc", "teacher_test_acc"),
+        reference_metric="test_acc",
+        control="its no-teacher control",
+        identity={"teacher": ("teacher.model", "teacher"), "student": ("student.model", "student"),
+                  "method": ("method", "loss")},
+        curves=("val_acc", "test_acc"),
+        loss_curves=("train_loss", "val_loss"),
+        per_worker_batch="batch_size",
+    ),
 ))

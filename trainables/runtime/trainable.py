@@ -9,6 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from trainables.core.registry import Registry, scan
 from trainables.runtime.session import Session
+from trainables.runtime.vocabulary import Vocabulary
 
 
 class TrialParams(BaseModel):
@@ -56,6 +57,9 @@ class TrainableDef:
     # that is missing or unreadable (dataset files, a checkpoint to start from), as
     # (parameter key, problem and what to do) pairs. See orchestrator/run/preflight.py.
     check_available: Callable[[TrialParams], list[tuple[str, str]]] | None = None
+    # The names the sweep reports use for this trainable's results (headline metric, table columns,
+    # summary identity, learning curves, family plots); see trainables/runtime/vocabulary.py.
+    vocabulary: Vocabulary = field(default_factory=Vocabulary)
 
 
 # Built-in families: every ``trainables/<family>/trainable.py``.
