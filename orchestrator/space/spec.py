@@ -464,8 +464,9 @@ def parse_spec(text: str, file: str | None = None, overrides: list[str] | None =
         # (after Ray has started): ask for dotted scalar keys instead.
         for k, value in point.items():
             if isinstance(value, dict):
+                example = f"{k}.{next(iter(value), 'field')}: ..."
                 issues.append(SpecIssue(f"points_to_evaluate[{i}].{k}", "a point cannot set a mapping; set "
-                                        "its fields with dotted keys (teacher.model: vgg8), each searched, or "
+                                        f"its fields with dotted keys ({example}), each searched, or "
                                         "search the mappings with grid"))
         unknown = [k for k in point if k not in domains and k != "workers" and get_dotted(spec.params, k) is None
                    and k.split(".")[0] in defn.params_model.model_fields]
