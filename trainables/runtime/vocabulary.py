@@ -13,7 +13,7 @@ that satisfy :class:`ResultRow`, never an orchestrator type.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping, Protocol, Sequence
+from typing import Any, Callable, Mapping, Optional, Protocol, Sequence
 
 
 class ResultRow(Protocol):
@@ -61,7 +61,7 @@ class ReportData:
 # file name (``something.png``) -> figure builder; a builder returns None when it has nothing to show.
 PlotBuilder = Callable[[ReportData], Any]
 # (trial rows, the best row or None) -> (lines to print, metrics for the sweep's MLflow parent run).
-SummaryHook = Callable[[Sequence[ResultRow], "ResultRow | None"], "tuple[list[str], dict[str, float]]"]
+SummaryHook = Callable[[Sequence[ResultRow], Optional[ResultRow]], tuple[list[str], dict[str, float]]]
 
 
 @dataclass(frozen=True)
