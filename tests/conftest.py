@@ -13,8 +13,8 @@ if REPO not in sys.path:
 def run_cli(tmp_path):
     """Run ``run_sweep.py`` as a user would, in a scratch working directory."""
 
-    def _run(*args, timeout=900, cwd=None):
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    def _run(*args, timeout=900, cwd=None, env=None):
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
         proc = subprocess.run([sys.executable, os.path.join(REPO, "run_sweep.py"), *args],
                               cwd=cwd or tmp_path, env=env, capture_output=True, text=True, timeout=timeout)
         return proc

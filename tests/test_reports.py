@@ -24,7 +24,7 @@ def w2s_rows() -> list[TrialRow]:
                 w2s = weak + (strong - weak) * (0.2 + rate) * threshold + rng.normal(0, 0.002)
                 metrics = {"epoch": 10, "weak_acc": weak, "strong_acc": strong, "w2s_acc": w2s,
                            "pgr": (w2s - weak) / (strong - weak), "val_acc": w2s, "trial_id": f"t{i:02d}"}
-                history = [{"epoch": e, "val_acc": w2s * e / 10, "train_loss": 1.0 / e} for e in range(1, 11)]
+                history = [{"epoch": e, "w2s_acc": w2s * e / 10, "train_loss": 1.0 / e} for e in range(1, 11)]
                 rows.append(TrialRow(trial_id=f"t{i:02d}", params={"loss_params.rate": rate,
                                                                   "loss_params.threshold": threshold, "seed": seed},
                                      metrics=metrics, status="completed", duration_s=3.0 + i,
@@ -78,9 +78,11 @@ def test_w2s_plots_have_weak_and_strong_reference_lines():
     from orchestrator.reports.plots import png_bytes, sweep_figures
     from orchestrator.reports.table import rows_to_frame
 
+    from trainables.runtime.trainable import get_trainable
+
     rows = w2s_rows()
     frame = rows_to_frame(rows, KEYS, "pgr")
-    figs = sweep_figures(frame, rows, "pgr", "max", KEYS, set())
+    figs = sweep_figures(frame, rows, "pgr", "max", KEYS, set(), get_trainable("w2s_probe").vocabulary)
     assert set(figs) == {"metric_vs_params.png", "learning_curves.png", "w2s_pgr.png", "w2s_pgr_map.png"}
     fig = figs["w2s_pgr.png"]
     axes = [ax for ax in fig.axes if ax.get_visible()]
@@ -111,7 +113,10 @@ def test_plots_without_w2s_metrics_skip_the_w2s_figures():
     for r in rows:
         for k in ("pgr", "weak_acc"):
             r.metrics.pop(k, None)
-    figs = sweep_figures(rows_to_frame(rows, KEYS, "val_acc"), rows, "val_acc", "max", KEYS, {"loss_params.rate"})
+    from trainables.runtime.trainable import get_trainable
+
+    figs = sweep_figures(rows_to_frame(rows, KEYS, "val_acc"), rows, "val_acc", "max", KEYS, {"loss_params.rate"},
+                         get_trainable("w2s_probe").vocabulary)
     assert set(figs) == {"metric_vs_params.png", "learning_curves.png"}
     curves = figs["learning_curves.png"].axes[0]
     colored = [line for line in curves.get_lines() if line.get_label() and not line.get_label().startswith("_")]
@@ -135,9 +140,11 @@ def method_rows() -> list[TrialRow]:
 
 def test_seed_summary_picks_best_config_per_method_and_averages_seeds():
     from orchestrator.reports.summary import covers_several, format_summary, summarize
+    from trainables.runtime.trainable import get_trainable
 
     rows = method_rows()
-    entries = summarize(rows, ["loss", "lr", "seed"], "val_acc", "max")
+    distill = get_trainable("distill").vocabulary
+    entries = summarize(rows, ["loss", "lr", "seed"], "val_acc", "max", distill)
     assert covers_several(entries)
     by_method = {e.group["method"]: e for e in entries}
     assert set(by_method) == {"kd", "ce"}
@@ -150,7 +157,7 @@ def test_seed_summary_picks_best_config_per_method_and_averages_seeds():
     text = format_summary(entries)
     assert f"{kd_tests.mean():.4f} ± {kd_tests.std(ddof=1):.4f} (n=3)" in text
     # one method, one seed: nothing to summarise
-    single = summarize(rows[:1], ["loss", "lr", "seed"], "val_acc", "max")
+    single = summarize(rows[:1], ["loss", "lr", "seed"], "val_acc", "max", distill)
     assert not covers_several(single)
 
 

@@ -101,6 +101,7 @@ num_samples: 2
     message = str(info.value)
     assert "points_to_evaluate[0].teacher: a point cannot set a mapping" in message
     assert "points_to_evaluate[1].loss_params: a point cannot set a mapping" in message
+    assert "dotted keys (teacher.model: ...)" in message and "dotted keys (loss_params.nce_k: ...)" in message
 
 
 @pytest.mark.slow

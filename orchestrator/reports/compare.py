@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import re
 
-from orchestrator.reports.rows import fmt, render_table, searched_keys
+from orchestrator.reports.rows import fmt, render_table, searched_keys, vocabulary_of
 from orchestrator.reports.publish import StoredSweep, load_sweep
 from orchestrator.store.storage import join, write_bytes
 from orchestrator.reports.summary import MethodEntry, mean_std, summarize, summary_records
@@ -13,7 +13,7 @@ from orchestrator.reports.summary import MethodEntry, mean_std, summarize, summa
 
 def sweep_entries(sweep: StoredSweep) -> list[MethodEntry]:
     spec = sweep.spec
-    return summarize(sweep.rows, searched_keys(spec), spec.metric, spec.mode)
+    return summarize(sweep.rows, searched_keys(spec), spec.metric, spec.mode, vocabulary_of(spec))
 
 
 def comparison_table(sweeps: list[StoredSweep], entries: list[list[MethodEntry]]) -> str:

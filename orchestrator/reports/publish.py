@@ -16,7 +16,7 @@ from orchestrator.errors import UserError
 from orchestrator.reports.export import best_space_yaml
 from orchestrator.reports.plots import LOG_KINDS, png_bytes, sweep_figures
 from orchestrator.reports.rows import (Comparison, TrialRow, format_table, pick_best, reference_comparison,
-                                 rows_from_results, searched_keys, trial_status)
+                                       rows_from_results, searched_keys, trial_status, vocabulary_of)
 from orchestrator.reports.table import frame_to_csv, frame_to_parquet, rows_to_frame
 from orchestrator.space.spec import SweepSpec, get_dotted, parse_spec, set_dotted
 from orchestrator.store.layout import BEST_SPACE_FILE, PLOTS_DIR, read_saved_spec, reference_dir
@@ -41,12 +41,20 @@ def log_scale_keys(spec: SweepSpec) -> set[str]:
     return {k for k, d in spec.domains.items() if d.kind in LOG_KINDS}
 
 
+def results_table(spec: SweepSpec, rows: list[TrialRow]) -> str:
+    """The printed results table: the search metric, then the trainable's table metrics that some
+    trial reports."""
+    extra = vocabulary_of(spec).present_table_metrics([r.metrics for r in rows])
+    return format_table(rows, spec.metric, extra, searched_keys(spec))
+
+
 def publish(spec: SweepSpec, rows: list[TrialRow], best: TrialRow | None, best_config: dict[str, Any] | None,
             sweep: str, out_dir: str, tracker: Tracker | None = None, parent_id: str | None = None,
             table: str | None = None) -> Published:
     """Write the results table, the summary, the plots and ``best_config.yaml`` under ``out_dir``
     and log them on the parent run (when given)."""
     keys = searched_keys(spec)
+    vocab = vocabulary_of(spec)
     frame = rows_to_frame(rows, keys, spec.metric)
     out = Published()
     blobs: dict[str, bytes] = {
@@ -55,14 +63,14 @@ def publish(spec: SweepSpec, rows: list[TrialRow], best: TrialRow | None, best_c
     }
     if table is not None:
         blobs["results/results_table.txt"] = table.encode()
-    entries = summarize(rows, keys, spec.metric, spec.mode)
+    entries = summarize(rows, keys, spec.metric, spec.mode, vocab)
     if covers_several(entries):
         import pandas as pd
 
         out.summary_text = format_summary(entries)
         blobs["results/summary.txt"] = out.summary_text.encode()
         blobs["results/summary.csv"] = pd.DataFrame(summary_records(entries)).to_csv(index=False).encode()
-    for fname, fig in sweep_figures(frame, rows, spec.metric, spec.mode, keys, log_scale_keys(spec)).items():
+    for fname, fig in sweep_figures(frame, rows, spec.metric, spec.mode, keys, log_scale_keys(spec), vocab).items():
         blobs[f"{PLOTS_DIR}/{fname}"] = png_bytes(fig)
         out.plots.append(join(out_dir, PLOTS_DIR, fname))
     if best is not None and best_config is not None:
@@ -178,8 +186,9 @@ def spec_from_mlflow(tracker: Tracker, parent) -> SweepSpec:
 
 def rows_from_mlflow(tracker: Tracker, sweep: str, spec: SweepSpec) -> list[TrialRow]:
     """Trial rows from the sweep's child runs: params, last metrics, per-epoch history of the
-    search metric and the training loss, outcome tag, and the trial's training time."""
+    search metric and of the trainable's learning-curve metrics, outcome tag, and the trial's training time."""
     keys = searched_keys(spec)
+    vocab = vocabulary_of(spec)
     rows = []
     for run in tracker.find_runs(**{TAG_SWEEP: sweep, TAG_ROLE: "trial"}):
         config: dict[str, Any] = {}
@@ -187,7 +196,7 @@ def rows_from_mlflow(tracker: Tracker, sweep: str, spec: SweepSpec) -> list[Tria
             set_dotted(config, key, _param_value(text))
         metrics = dict(run.data.metrics)
         history: dict[int, dict[str, float]] = {}
-        for name in dict.fromkeys([spec.metric, "train_loss"]):
+        for name in dict.fromkeys([spec.metric, *vocab.curves, *vocab.loss_curves]):
             for point in tracker.client.get_metric_history(run.info.run_id, name):
                 history.setdefault(point.step, {"epoch": float(point.step)})[name] = point.value
         if isinstance(metrics.get("epoch"), float) and metrics["epoch"].is_integer():
@@ -224,7 +233,8 @@ def load_sweep(name: str, storage_path: str, mlflow_uri: str | None) -> StoredSw
     comparison = None
     ref = tune_results(reference_dir(storage_path, name))
     if ref is not None:
-        comparison = reference_comparison(ref[0])
+        vocab = vocabulary_of(spec)
+        comparison = reference_comparison(ref[0], vocab.reference_of(spec.metric), vocab.control)
     return StoredSweep(name=name, spec=spec, rows=rows, source=source, comparison=comparison)
 
 
@@ -239,9 +249,7 @@ def report_sweep(name: str, storage_path: str, mlflow_uri: str | None, say=print
     """``run_sweep.py report NAME``: rebuild, print, write and log the sweep's report."""
     sweep = load_sweep(name, storage_path, mlflow_uri)
     spec, rows = sweep.spec, sweep.rows
-    keys = searched_keys(spec)
-    extra = [m for m in ("test_acc", "teacher_test_acc", "w2s_acc", "pgr") if any(m in r.metrics for r in rows)]
-    table = format_table(rows, spec.metric, extra, keys)
+    table = results_table(spec, rows)
     say(f"sweep {name}: {len(rows)} trials of {spec.trainable!r}, metric {spec.metric} ({spec.mode}), "
         f"from {sweep.source}")
     say("")

@@ -8,6 +8,7 @@ from typing import Any
 
 from orchestrator.space.spec import SweepSpec, get_dotted
 from trainables.runtime.runner import unpack_config
+from trainables.runtime.vocabulary import Vocabulary
 
 
 @dataclass
@@ -169,8 +170,9 @@ def compare(metric: str, best_values: list[float], control_values: list[float], 
     return comp
 
 
-def reference_comparison(results, metric: str = "test_acc") -> Comparison:
-    """Best config vs its no-teacher control, from the reference runs' results (roles in the case)."""
+def reference_comparison(results, metric: str, control: str) -> Comparison:
+    """Best config vs its control, from the reference runs' results (roles in the case), on the
+    trainable's reference metric (``Vocabulary.reference_metric``); ``control`` names the control."""
     from trainables.runtime.runner import CASE_KEY
 
     values: dict[str, list[float]] = {"reproduce": [], "control": []}
@@ -179,4 +181,12 @@ def reference_comparison(results, metric: str = "test_acc") -> Comparison:
         value = (r.metrics or {}).get(metric)
         if r.error is None and isinstance(value, (int, float)) and case.get("role") in values:
             values[case["role"]].append(float(value))
-    return compare(metric, values["reproduce"], values["control"], "its no-teacher control")
+    return compare(metric, values["reproduce"], values["control"], control)
+
+
+def vocabulary_of(spec: SweepSpec) -> Vocabulary:
+    """The names the report uses for the sweep's trainable's results (a parsed spec names a
+    registered trainable)."""
+    from trainables.runtime.trainable import get_trainable
+
+    return get_trainable(spec.trainable).vocabulary

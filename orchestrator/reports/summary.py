@@ -1,9 +1,10 @@
-"""Seed-style summary: one line per (teacher, student, method), the way the seed papers report
-results: top-1 mean ± std over seeds of the best hyperparameters of that method.
+"""Seed-style summary: one line per identity group (for example teacher, student, method), the way
+the seed papers report results: top-1 mean ± std over seeds of the best hyperparameters of that method.
 
-Within a method group, trials that differ only in ``seed`` are one configuration; the
-configuration with the best mean search metric is the method's entry, and its top-1 (``test_acc``,
-or ``w2s_acc`` for weak-to-strong probes, else the search metric) is averaged over its seeds.
+Within a group, trials that differ only in ``seed`` are one configuration; the configuration with
+the best mean search metric is the group's entry, and its top-1, the trainable's headline metric
+(``Vocabulary.headline``, else the search metric), is averaged over its seeds. The group columns
+are the trainable's ``Vocabulary.identity`` plus every searched key with text values.
 """
 from __future__ import annotations
 
@@ -14,15 +15,8 @@ from typing import Any
 
 from orchestrator.reports.rows import TrialRow, fmt, render_table
 from orchestrator.space.spec import get_dotted
+from trainables.runtime.vocabulary import Vocabulary
 
-# Display column -> config keys that can name it, first found wins. ``weak``/``strong`` are the
-# weak-to-strong names for teacher and student.
-IDENTITY_COLUMNS = {
-    "teacher": ("teacher.model", "teacher", "weak.model", "weak", "weak_model"),
-    "student": ("student.model", "student", "strong.model", "strong", "strong_model"),
-    "method": ("method", "loss"),
-}
-TOP1_METRICS = ("test_acc", "w2s_acc")
 SEED_KEY = "seed"
 
 
@@ -69,9 +63,9 @@ def _label(value: Any) -> str:
     return str(value)
 
 
-def identity(row: TrialRow) -> dict[str, str]:
+def identity(row: TrialRow, vocabulary: Vocabulary) -> dict[str, str]:
     out = {}
-    for column, candidates in IDENTITY_COLUMNS.items():
+    for column, candidates in vocabulary.identity.items():
         for key in candidates:
             value = get_dotted(row.config, key) if row.config else row.params.get(key)
             if value is None:
@@ -86,8 +80,10 @@ def _finite(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def top1_metric(rows: list[TrialRow], metric: str) -> str:
-    return next((m for m in TOP1_METRICS if any(_finite(r.metrics.get(m)) for r in rows)), metric)
+def top1_metric(rows: list[TrialRow], metric: str, vocabulary: Vocabulary) -> str:
+    """The headline metric when some trial reports it, else the search metric."""
+    headline = vocabulary.headline
+    return headline if headline and any(_finite(r.metrics.get(headline)) for r in rows) else metric
 
 
 def method_keys(rows: list[TrialRow], keys: list[str]) -> list[str]:
@@ -101,9 +97,12 @@ def method_keys(rows: list[TrialRow], keys: list[str]) -> list[str]:
     return out
 
 
-def summarize(rows: list[TrialRow], keys: list[str], metric: str, mode: str) -> list[MethodEntry]:
+def summarize(rows: list[TrialRow], keys: list[str], metric: str, mode: str,
+              vocabulary: Vocabulary | None = None) -> list[MethodEntry]:
     """The best configuration of every method group, its seeds pooled."""
-    top1 = top1_metric(rows, metric)
+    vocab = vocabulary or Vocabulary()
+    top1 = top1_metric(rows, metric, vocab)
+    named = vocab.identity_keys()
     by_method = method_keys(rows, keys)
     tuned = [k for k in keys if k not in by_method and k != SEED_KEY]
     groups: dict[tuple, dict[tuple, list[TrialRow]]] = {}
@@ -111,9 +110,9 @@ def summarize(rows: list[TrialRow], keys: list[str], metric: str, mode: str) -> 
     for r in rows:
         if r.status == "error" or not _finite(r.metrics.get(metric)):
             continue
-        ident = identity(r)
+        ident = identity(r, vocab)
         for key in by_method:
-            if key not in {c for cands in IDENTITY_COLUMNS.values() for c in cands}:
+            if key not in named:
                 ident[key] = _label(r.params.get(key))
         gkey = tuple(sorted(ident.items()))
         group_labels[gkey] = ident

@@ -19,8 +19,8 @@ from orchestrator.run import preflight, resume
 from orchestrator.store.disk import disk_usage
 from orchestrator.run.local_ray import prepare_local_ray, publish_address
 from orchestrator.run.progress import ProgressPrinter
-from orchestrator.reports.rows import (SweepReport, format_table, pick_best, reference_comparison, rows_from_results,
-                                 searched_keys)
+from orchestrator.reports.rows import (SweepReport, pick_best, reference_comparison, rows_from_results, searched_keys,
+                                 vocabulary_of)
 from orchestrator.reports.table import status_counts
 from orchestrator.store.secrets import redact
 from orchestrator.run.resources import DRIVER_RESOURCE, ClusterResources, ResourcePlan, plan_resources
@@ -30,7 +30,6 @@ from orchestrator.store.storage import join, write_text
 from orchestrator.store.tracking import MLflowTrialCallback, Tracker, check_tracking_uri, flatten
 from orchestrator.space.vectorized import plan_lines, row_config, trainable_fields
 from orchestrator.store.vectorized_tracking import VectorizedMLflowCallback
-from trainables.w2s_probe.report import W2S_COLUMNS, pgr_summary
 from orchestrator.run.watchdog import SweepStalled
 from trainables.core.paths import REPO_ROOT
 from trainables.core.plugins import PLUGINS_ENV
@@ -129,13 +128,14 @@ def _prepare_task(trainable: str, fixed: dict[str, Any], searched: set[str], ctx
 
 
 def reference_cases(spec: SweepSpec, best_config: dict[str, Any]) -> list[dict[str, Any]]:
-    """Re-runs of the best config and of its no-teacher control over several seeds."""
+    """Re-runs of the best config and of its control over several seeds."""
     defn = get_trainable(spec.trainable)
     config = dict(best_config)
     if spec.control.workers and spec.control.workers != config.get("workers", 1):
         # Keep the global batch size when the reference runs use a different worker count.
-        if isinstance(config.get("batch_size"), int):
-            config["batch_size"] = max(1, config["batch_size"] * config.get("workers", 1) // spec.control.workers)
+        batch = defn.vocabulary.per_worker_batch
+        if batch and isinstance(config.get(batch), int):
+            config[batch] = max(1, config[batch] * config.get("workers", 1) // spec.control.workers)
         config["workers"] = spec.control.workers
     base_seed = int(config.get("seed", 0))
     cases = []
@@ -282,9 +282,11 @@ def run_reference(spec: SweepSpec, best_config: dict[str, Any], name: str, opts:
 
     cases = reference_cases(spec, best_config)
     ref_name = layout.reference_name(name)
-    say(f"  reference runs: best config and its no-teacher control, {spec.control.seeds} seeds each")
+    vocab = vocabulary_of(spec)
+    metric = vocab.reference_of(spec.metric)
+    say(f"  reference runs: best config and {vocab.control}, {spec.control.seeds} seeds each")
     callbacks = [MLflowTrialCallback(opts.mlflow_uri, spec.experiment_name, parent_id, name, role="reference"),
-                 ProgressPrinter("test_acc", "max", len(cases)), *resume.sweep_callbacks(opts.storage_path, name)]
+                 ProgressPrinter(metric, "max", len(cases)), *resume.sweep_callbacks(opts.storage_path, name)]
     ref_dir = layout.reference_dir(opts.storage_path, name)
     if opts.resume and tune.Tuner.can_restore(ref_dir):
         tuner = tuner_mod.restore_tuner(spec, path=ref_dir, storage_path=opts.storage_path, name=ref_name, ctx=ctx,
@@ -293,15 +295,14 @@ def run_reference(spec: SweepSpec, best_config: dict[str, Any], name: str, opts:
         ref_plan = plan_resources(spec, plan.cluster, strict=False)
         tuner = tuner_mod.build_tuner(spec, name=ref_name, storage_path=opts.storage_path, ctx=ctx, plan=ref_plan,
                                       callbacks=callbacks, space={CASE_KEY: tune.grid_search(cases)}, reference=True)
-    return reference_comparison(resume.fit_watched(tuner, spec, name))
+    return reference_comparison(resume.fit_watched(tuner, spec, name), metric, vocab.control)
 
 
 def finish_report(spec: SweepSpec, report: SweepReport, best_config: dict[str, Any] | None, name: str,
                   opts: SweepOptions, tracker: Tracker, parent_id: str, prepared: dict[str, Any],
                   elapsed: float) -> None:
-    keys = searched_keys(spec)
-    extra = [m for m in ("test_acc", "teacher_test_acc", *W2S_COLUMNS) if any(m in r.metrics for r in report.rows)]
-    table = format_table(report.rows, spec.metric, extra, keys)
+    vocab = vocabulary_of(spec)
+    table = reporting.results_table(spec, report.rows)
     say("")
     say(table)
     say("")
@@ -317,8 +318,10 @@ def finish_report(spec: SweepSpec, report: SweepReport, best_config: dict[str, A
         say("no trial produced the metric; see the errors above")
     else:
         best = report.best
+        headline = vocab.headline_of(spec.metric)
+        shown = headline != spec.metric and isinstance(best.metrics.get(headline), (int, float))
         say(f"best trial {best.label}: {spec.metric} = {best.metrics[spec.metric]:.4f}"
-            + (f", test_acc = {best.metrics['test_acc']:.4f}" if "test_acc" in best.metrics else ""))
+            + (f", {headline} = {best.metrics[headline]:.4f}" if shown else ""))
         say("best config: " + json.dumps(redact(best_config), sort_keys=True))  # logs are often shared
         best_path = join(out_dir, layout.BEST_CONFIG_FILE)
         payload = {"sweep": name, "trial_id": best.trial_id, "probe": best.probe, "metric": spec.metric, "mode": spec.mode,
@@ -328,13 +331,14 @@ def finish_report(spec: SweepSpec, report: SweepReport, best_config: dict[str, A
         tracker.client.log_dict(parent_id, payload, layout.BEST_CONFIG_FILE)
         tracker.log_params(parent_id, {f"best.{k}": v for k, v in flatten(best_config).items()})
         summary[f"best_{spec.metric}"] = float(best.metrics[spec.metric])
-        if "test_acc" in best.metrics:
-            summary["best_test_acc"] = float(best.metrics["test_acc"])
+        if shown:
+            summary[f"best_{headline}"] = float(best.metrics[headline])
         say(f"best config written to {best_path}")
-    w2s_lines, w2s_metrics = pgr_summary(report.rows, report.best)
-    for line in w2s_lines:
-        say(line)
-    summary.update(w2s_metrics)
+    if vocab.summary is not None:
+        family_lines, family_metrics = vocab.summary(report.rows, report.best)
+        for line in family_lines:
+            say(line)
+        summary.update(family_metrics)
     if report.comparison is not None:
         comp = report.comparison
         say("")

@@ -89,7 +89,8 @@ def point_issues(spec: SweepSpec, defn: TrainableDef, i: int) -> list[SpecIssue]
     applies a point leaf by leaf onto the param space), a key no trial has a value for."""
     point = spec.points_to_evaluate[i]
     issues = [SpecIssue(f"points_to_evaluate[{i}].{k}", "a point cannot set a mapping; set its fields with dotted "
-                        "keys (teacher.model: vgg8), each searched, or search the mappings with grid")
+                        f"keys ({k}.{next(iter(value), 'field')}: ...), each searched, or search the mappings "
+                        "with grid")
               for k, value in point.items() if isinstance(value, dict)]
     unknown = [k for k in point if k not in spec.domains and k != "workers" and get_dotted(spec.params, k) is None
                and k.split(".")[0] in defn.params_model.model_fields]

@@ -30,6 +30,7 @@ from trainables.losses import check_loss_params, create_loss, register_loss
 from trainables.losses.base import DistillLoss, LossInputs, LossParams, soft_cross_entropy
 from trainables.models import create_model
 from trainables.runtime.trainable import TrialContext, TrialParams, register_trainable
+from trainables.runtime.vocabulary import Vocabulary
 from trainables.runtime.session import Session, state_file_problem
 
 LEAK_NAME = "w2s-test-leaked-pg"
@@ -166,6 +167,8 @@ register_trainable(
     check_available=check_faulty_inputs,
     metrics_doc={"val_acc": "top-1 on the validation split", "test_acc": "top-1 on the test split",
                  "train_loss": "mean training loss"},
+    vocabulary=Vocabulary(headline="test_acc", table_metrics=("test_acc",), curves=("val_acc",),
+                          loss_curves=("train_loss",)),
 )(run_faulty)
 
 

@@ -38,6 +38,7 @@ from trainables.models import ModelName, check_model_kwargs, create_model
 from trainables.runtime.epochs import Checkpointed, EpochMeans, run_epochs
 from trainables.runtime.trainable import TrialContext, register_trainable
 from trainables.runtime.session import Session
+from trainables.runtime.vocabulary import Vocabulary
 
 
 class HeadConfig(StrictModel):
@@ -482,4 +483,10 @@ register_trainable(
         "teacher_linear_acc": "linear-probe accuracy of the teacher's features at the start",
         "train_loss": "mean DINO loss of the epoch (and train_ce, train_kl, entropies, train_teacher_temp)",
     },
+    vocabulary=Vocabulary(
+        headline="knn_acc",
+        table_metrics=("test_knn_acc", "linear_acc", "test_linear_acc", "teacher_knn_acc"),
+        curves=("knn_acc",),
+        loss_curves=("train_loss",),
+    ),
 )(run_dino)

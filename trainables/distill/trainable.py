@@ -30,6 +30,7 @@ from trainables.core.registry import kwargs_validator
 from trainables.models import Classifier, ModelName, check_model_kwargs
 from trainables.runtime.trainable import TrialContext, register_trainable
 from trainables.runtime.session import Session
+from trainables.runtime.vocabulary import Vocabulary
 from trainables.distill.teacher import Optimizer, Schedule, TeacherRecipe, build_teacher, load_teacher_model, recipe_fields
 from trainables.training.views import BatchViews, FixedViews, PlainViews, RandomViews, teacher_view_logits, view_params
 
@@ -259,4 +260,15 @@ register_trainable(
         "teacher_test_acc": "the teacher's test top-1",
         "train_loss": "mean training loss of the epoch (and train_<component> for each loss term)",
     },
+    vocabulary=Vocabulary(
+        headline="test_acc",
+        table_metrics=("test_acc", "teacher_test_acc"),
+        reference_metric="test_acc",
+        control="its no-teacher control",
+        identity={"teacher": ("teacher.model", "teacher"), "student": ("student.model", "student"),
+                  "method": ("method", "loss")},
+        curves=("val_acc", "test_acc"),
+        loss_curves=("train_loss", "val_loss"),
+        per_worker_batch="batch_size",
+    ),
 )(run_distill)

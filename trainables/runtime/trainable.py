@@ -16,6 +16,7 @@ from pydantic import Field
 from trainables.core.config import StrictModel
 from trainables.core.registry import Registry, scan
 from trainables.runtime.session import Session
+from trainables.runtime.vocabulary import Vocabulary
 
 
 class TrialParams(StrictModel):
@@ -63,6 +64,9 @@ class TrainableDef:
     # that is missing or unreadable (dataset files, a checkpoint to start from), as
     # (parameter key, problem and what to do) pairs. See orchestrator/run/preflight.py.
     check_available: Callable[[TrialParams], list[tuple[str, str]]] | None = None
+    # The names the sweep reports use for this trainable's results (headline metric, table columns,
+    # summary identity, learning curves, family plots); see trainables/runtime/vocabulary.py.
+    vocabulary: Vocabulary = field(default_factory=Vocabulary)
 
 
 def _trainable_entry(name: str, obj: Callable[..., Any], *, params: type[TrialParams], **options: Any) -> TrainableDef:

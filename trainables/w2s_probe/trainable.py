@@ -35,8 +35,10 @@ from trainables.data.streamed import is_folder_dataset
 from trainables.training.linear_probe import ProbeSpec, train_probes
 from trainables.losses import check_loss_params, validate_loss_params
 from trainables.runtime.trainable import TrialContext, TrialParams, register_trainable
+from trainables.runtime.vocabulary import Vocabulary
 from trainables.runtime.session import Session, default_device
 from trainables.runtime.vectorize import RESULTS_KEY, expand_configs, is_vectorized
+from trainables.w2s_probe.report import PLOTS as W2S_PLOTS, W2S_COLUMNS, pgr_summary
 from trainables.w2s_probe.features import (ModelSource, ModelTraining, PretrainSplit, W2SInputs, load_inputs,
                                      prepare_inputs)
 
@@ -263,4 +265,13 @@ register_trainable(
     prepare=prepare_w2s,
     vectorized_keys=PROBE_FIELDS,
     metrics_doc=_metric_docs(),
+    vocabulary=Vocabulary(
+        headline="w2s_acc",
+        table_metrics=W2S_COLUMNS,
+        # The weak model teaches the strong one: the summary's teacher and student columns.
+        identity={"teacher": ("weak.model", "weak", "weak_model"), "student": ("strong.model", "strong", "strong_model")},
+        curves=("w2s_acc",),
+        plots=W2S_PLOTS,
+        summary=pgr_summary,
+    ),
 )(run_w2s_probe)
