@@ -87,3 +87,10 @@ def synthetic_images(n: int, image_size: int, classes: int, device: torch.device
     x = torch.randn(n, 3, image_size, image_size, generator=gen)
     y = torch.randint(0, classes, (n,), generator=gen)
     return x.to(device), y.to(device)
+
+
+def sized_inputs(args):
+    """(device, input shape, x, y) for the size flags of :func:`add_size_args`."""
+    device = pick_device(args.device)
+    x, y = synthetic_images(args.train_size, args.image_size, args.classes, device)
+    return device, (3, args.image_size, args.image_size), x, y

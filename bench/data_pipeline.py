@@ -21,7 +21,7 @@ import argparse
 import torch
 import torch.nn.functional as F
 
-from common import add_size_args, median_of, pick_device, record, synthetic_images  # noqa: E402  (sets sys.path)
+from common import add_size_args, median_of, record, sized_inputs  # noqa: E402  (sets sys.path)
 from trainables.data.augment import Augment  # noqa: E402
 from trainables.runtime.engine import autocast, build_optimizer, epoch_batches  # noqa: E402
 from trainables.models import create_model  # noqa: E402
@@ -36,9 +36,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=5)
     add_size_args(ap, image_size=16, train_size=256, batch_size=128)
     args = ap.parse_args()
-    device = pick_device(args.device)
-    shape = (3, args.image_size, args.image_size)
-    x, y = synthetic_images(args.train_size, args.image_size, args.classes, device)
+    device, shape, x, y = sized_inputs(args)
     torch.manual_seed(0)
     model = create_model(args.model, num_classes=args.classes, input_shape=shape).to(device)
     channels_last = device.type == "cuda"

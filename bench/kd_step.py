@@ -22,7 +22,7 @@ import copy
 import torch
 import torch.nn.functional as F
 
-from common import add_size_args, median_of, pick_device, record, synthetic_images  # noqa: E402  (sets sys.path)
+from common import add_size_args, median_of, record, sized_inputs  # noqa: E402  (sets sys.path)
 from trainables.training.classifier_loop import CachedTeacher, OnlineTeacher, OptimConfig, train_classifier  # noqa: E402
 from trainables.data import DatasetSplits  # noqa: E402
 from trainables.runtime.engine import autocast, build_optimizer, epoch_batches, predict  # noqa: E402
@@ -67,9 +67,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3, help="timed runs per variant (the median counts)")
     add_size_args(ap, image_size=16, train_size=256, batch_size=128)
     args = ap.parse_args()
-    device = pick_device(args.device)
-    shape = (3, args.image_size, args.image_size)
-    x, y = synthetic_images(args.train_size, args.image_size, args.classes, device)
+    device, shape, x, y = sized_inputs(args)
     data = splits(x, y, args.classes)
     torch.manual_seed(0)
     student0 = create_model(args.student, num_classes=args.classes, input_shape=shape).to(device)

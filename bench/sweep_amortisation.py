@@ -23,7 +23,7 @@ import tempfile
 
 import torch
 
-from common import add_size_args, pick_device, record, synthetic_images, timed  # noqa: E402  (sets sys.path)
+from common import add_size_args, record, sized_inputs, timed  # noqa: E402  (sets sys.path)
 from orchestrator.store.cache import ArtifactCache  # noqa: E402
 from trainables.training.classifier_loop import CachedTeacher, OnlineTeacher, OptimConfig, train_classifier  # noqa: E402
 from trainables.data import DatasetSplits  # noqa: E402
@@ -44,9 +44,7 @@ def main() -> None:
     ap.add_argument("--trials", type=int, default=16)
     add_size_args(ap, image_size=12, train_size=192, batch_size=64)
     args = ap.parse_args()
-    device = pick_device(args.device)
-    shape = (3, args.image_size, args.image_size)
-    x, y = synthetic_images(args.train_size, args.image_size, args.classes, device)
+    device, shape, x, y = sized_inputs(args)
     few = slice(0, 16)
     data = DatasetSplits("synthetic", x, y, x[few], y[few], x[few], y[few], args.classes, (0.0,) * 3, (1.0,) * 3)
     torch.manual_seed(0)
