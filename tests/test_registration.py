@@ -195,3 +195,23 @@ def test_quickstart_with_an_unknown_keyword_stops_before_ray(override, bad, acce
     assert "Traceback" not in output, output
     assert elapsed < 30, f"took {elapsed:.0f}s: did Ray start?"
     assert os.listdir(tmp_path) == [], "nothing may be created before the spec is valid (no ray_results/, mlflow.db)"
+
+
+@pytest.mark.parametrize("override,key", [
+    ("params.student_kwargs={widht: 2}", "params.student_kwargs.widht"),
+    # A nested model's check names the key inside the model: the error puts the two together.
+    ("params.teacher.model_kwargs={widht: 2}", "params.teacher.model_kwargs.widht"),
+    ("params.dataset_kwargs={val_fracton: 0.2}", "params.dataset_kwargs.val_fracton"),
+])
+def test_the_error_points_at_the_key_the_user_wrote(override, key):
+    from orchestrator.errors import SpecError
+    from orchestrator.space.spec import load_spec
+
+    with pytest.raises(SpecError) as info:
+        load_spec(QUICKSTART, [override])
+    (issue,) = info.value.issues
+    bad = key.rsplit(".", 1)[1]
+    assert issue.key == key, issue
+    assert issue.message.startswith(("model ", "dataset ")), issue
+    assert f"no parameter(s) {bad}; accepted: " in issue.message
+    assert not isinstance(issue.value, dict), "the offending value, not the whole enclosing mapping"

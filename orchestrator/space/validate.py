@@ -49,15 +49,15 @@ def param_issues(params_model: type[BaseModel], config: dict[str, Any],
 
 
 def _named_key(problem: Problem, config: dict[str, Any]) -> tuple[str, str, Any]:
-    """(parameter key, message, offending value) of a problem, taking the key from the message
-    of a model-level check."""
-    if problem.key:
-        return problem.key, problem.message, problem.value
-    m = _NAMED.match(problem.message)
+    """(parameter key, message, offending value) of a problem. A model-level check names the
+    offending key in its message, relative to the model it checks (``model_kwargs.widht: ...`` from
+    the ``teacher`` model is ``teacher.model_kwargs.widht``)."""
+    m = _NAMED.match(problem.message) if problem.kind in ("", "value_error") else None
     if m is None:
-        return "", problem.message, MISSING
+        return problem.key, problem.message, problem.value if problem.key else MISSING
+    key = f"{problem.key}.{m.group(1)}" if problem.key else m.group(1)
     message = m.group(2)
-    return m.group(1), message[:1].lower() + message[1:], get_dotted(config, m.group(1), MISSING)
+    return key, message[:1].lower() + message[1:], get_dotted(config, key, MISSING)
 
 
 def _describer(c: Candidate, spec: SweepSpec) -> Callable[[str], str | None]:
