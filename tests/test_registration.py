@@ -79,6 +79,13 @@ def test_a_misspelt_registration_option_is_an_error(register, options, accepted)
         register("test_misspelt", **options)
 
 
+def test_a_misspelt_trainable_option_is_an_error(scratch):
+    with pytest.raises(UnknownKeywords, match="register_trainable.'test_misspelt'. has no parameter.s. metrc; "
+                                              "accepted: .*metric.*vocabulary"):
+        register_trainable("test_misspelt", params=TrialParams, metrc="val_acc", mode="max",
+                           description="")(lambda p, session, ctx: None)
+
+
 def test_an_entry_must_declare_its_parameters(scratch):
     with pytest.raises(TypeError, match=r"takes \*\*kwargs, so any keyword would pass"):
         register_model("test_swallows")(lambda num_classes, input_shape, **_: None)

@@ -8,13 +8,13 @@ The options are :class:`TrainableDef`'s fields; ``params`` is its ``params_model
 forbid unknown keys (every :class:`TrialParams` does)."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any, Callable, Protocol
 
 from pydantic import Field
 
 from trainables.core.config import StrictModel
-from trainables.core.registry import Registry, scan
+from trainables.core.registry import Registry, check_keywords, scan
 from trainables.runtime.session import Session
 from trainables.runtime.vocabulary import Vocabulary
 
@@ -70,7 +70,10 @@ class TrainableDef:
 
 
 def _trainable_entry(name: str, obj: Callable[..., Any], *, params: type[TrialParams], **options: Any) -> TrainableDef:
-    """The entry ``register_trainable(name, params=..., **options)(train_loop)`` records."""
+    """The entry ``register_trainable(name, params=..., **options)(train_loop)`` records; a
+    misspelt option is refused with the accepted ones, as every registry refuses them."""
+    accepted = [f.name for f in fields(TrainableDef) if f.name not in ("name", "params_model", "train_loop")]
+    check_keywords(f"register_trainable({name!r})", options, accepted)
     return TrainableDef(name=name, params_model=params, train_loop=obj, **options)
 
 
