@@ -24,7 +24,7 @@ from tests.plugins.toy import TOY_VOCABULARY
 TOY_SPACE = """
 name: toy
 trainable: toy
-params: {epochs: 6, lr: 0.5}
+params: {rounds: 6, lr: 0.5}
 search:
   solver: {grid: [gd, heavy_ball]}
   seed: {grid: [0, 1]}
@@ -178,6 +178,25 @@ def vocabulary_names() -> set[str]:
         keys = {k for ks in vocab.identity.values() for k in ks} | {vocab.per_worker_batch or ""}
         names |= {k for k in keys if "." in k or "_" in k}
     return names
+
+
+def test_the_declared_budget_says_when_a_trial_stopped_early_and_bounds_asha():
+    from orchestrator.errors import SpecError
+    from orchestrator.reports.rows import trial_status
+    from orchestrator.space.spec import parse_spec
+    from trainables.runtime.trainable import get_trainable
+
+    budget = get_trainable("toy").vocabulary.budget
+    assert budget == "rounds"
+    assert trial_status({"rounds": 6}, {"epoch": 3}, False, budget) == "stopped_early"
+    assert trial_status({"rounds": 6}, {"epoch": 6}, False, budget) == "completed"
+    spec = parse_spec(TOY_SPACE.replace("scheduler: {type: fifo}", "scheduler: {type: asha, grace_period: 2}"),
+                      "toy.yaml")
+    assert spec.scheduler.max_t == 6  # params.rounds, the toy's budget
+    with pytest.raises(SpecError, match="scheduler.max_t: is required for asha when params.rounds is not fixed"):
+        parse_spec(TOY_SPACE.replace("scheduler: {type: fifo}", "scheduler: {type: asha}")
+                   .replace("params: {rounds: 6, lr: 0.5}", "params: {lr: 0.5}")
+                   .replace("  seed: {grid: [0, 1]}", "  seed: {grid: [0, 1]}\n  rounds: {choice: [3, 6]}"), "toy.yaml")
 
 
 def test_the_orchestrator_names_no_trainables_metric_or_parameter():

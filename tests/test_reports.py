@@ -203,7 +203,7 @@ def test_progress_lines_count_outcomes_and_estimate_eta(capsys, monkeypatch):
 
     clock = [1000.0]
     monkeypatch.setattr(progress_mod.time, "time", lambda: clock[0])
-    p = ProgressPrinter("val_acc", "max", total=4, keys=["lr"], interval_s=30)
+    p = ProgressPrinter("val_acc", "max", total=4, budget_key="epochs", keys=["lr"], interval_s=30)
     a = FakeTrial("a", {"lr": 0.05, "epochs": 10})
     b = FakeTrial("b", {"lr": 0.2, "epochs": 10})
     trials = [a, b]

@@ -13,7 +13,7 @@ from typing import Any
 
 import yaml
 
-from orchestrator.reports.rows import TrialRow
+from orchestrator.reports.rows import TrialRow, vocabulary_of
 from orchestrator.space.spec import SweepSpec
 from orchestrator.store.layout import BEST_SPACE_FILE
 
@@ -53,7 +53,7 @@ def best_space(spec: SweepSpec, best_config: dict[str, Any], best: TrialRow, swe
     }
     out["resources"].pop("max_concurrent_trials", None)
     stop = {k: v for k, v in raw.get("stop", {}).items() if v is not None}
-    epoch, budget = best.metrics.get("epoch"), params.get("epochs")
+    epoch, budget = best.metrics.get("epoch"), params.get(vocabulary_of(spec).budget)
     if best.status == "stopped_early" and isinstance(epoch, int) and isinstance(budget, int) and epoch < budget:
         stop["max_iterations"] = epoch
     if stop:

@@ -202,7 +202,7 @@ def rows_from_mlflow(tracker: Tracker, sweep: str, spec: SweepSpec) -> list[Tria
         if isinstance(metrics.get("epoch"), float) and metrics["epoch"].is_integer():
             metrics["epoch"] = int(metrics["epoch"])
         status = run.data.tags.get(TAG_OUTCOME) or (
-            "unfinished" if run.info.status == "RUNNING" else trial_status(config, metrics, run.info.status == "FAILED"))
+            "unfinished" if run.info.status == "RUNNING" else trial_status(config, metrics, run.info.status == "FAILED", vocab.budget))
         rows.append(TrialRow(trial_id=run.data.tags.get(TAG_TRIAL, run.info.run_id), status=status,
                              params={k: get_dotted(config, k) for k in keys}, metrics=metrics, config=config,
                              duration_s=metrics.get("trial_time_s"),

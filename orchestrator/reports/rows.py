@@ -62,7 +62,7 @@ def searched_keys(spec: SweepSpec) -> list[str]:
     return keys
 
 
-def trial_status(config: dict[str, Any], metrics: dict[str, Any], errored: bool, budget_key: str = "epochs") -> str:
+def trial_status(config: dict[str, Any], metrics: dict[str, Any], errored: bool, budget_key: str) -> str:
     """completed | stopped_early | diverged | error | not_run; everything that reads a status
     treats it as an open set of labels."""
     if errored:
@@ -91,6 +91,7 @@ def rows_from_results(spec: SweepSpec, results) -> list[TrialRow]:
 
     keys = searched_keys(spec)
     fields = trainable_fields(spec)
+    budget = vocabulary_of(spec).budget
     rows = []
     for result in results:
         config = unpack_config(result.config or {})
@@ -100,7 +101,7 @@ def rows_from_results(spec: SweepSpec, results) -> list[TrialRow]:
         history = numeric_history(getattr(result, "metrics_dataframe", None))
         # A vectorised trial gives one row per configuration it trained; any other trial one row.
         for probe, cfg, m in expand_result(config, metrics, fields) or [(None, config, metrics)]:
-            status = trial_status(cfg, m, error is not None)
+            status = trial_status(cfg, m, error is not None, budget)
             if status == "diverged":
                 m.pop(spec.metric, None)  # its -inf/+inf is a rank-last sentinel for the searcher, not a value
             rows.append(TrialRow(trial_id=m.get("trial_id") or _trial_id_from_path(result),

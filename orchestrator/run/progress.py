@@ -45,7 +45,7 @@ def estimate_eta(durations: list[float], running_elapsed: list[float], pending: 
 
 
 class ProgressPrinter(Callback):
-    def __init__(self, metric: str, mode: str, total: int, budget_key: str = "epochs",
+    def __init__(self, metric: str, mode: str, total: int, budget_key: str,
                  keys: list[str] | None = None, interval_s: float | None = None):
         self.metric, self.mode, self.total, self.budget_key = metric, mode, total, budget_key
         self.keys = list(keys or [])

@@ -236,9 +236,10 @@ def tune_sweep(spec: SweepSpec, opts: SweepOptions, run: StartedSweep):
     """The sweep's Tuner, new or restored, run to the end under the watchdog."""
     from orchestrator.run import tuner as tuner_mod
 
-    callbacks = [VectorizedMLflowCallback(opts.mlflow_uri, spec.experiment_name, run.parent_id, run.name,
+    budget = vocabulary_of(spec).budget
+    callbacks = [VectorizedMLflowCallback(opts.mlflow_uri, spec.experiment_name, run.parent_id, run.name, budget,
                                           fields=trainable_fields(spec)),
-                 ProgressPrinter(spec.metric, spec.mode, spec.expected_trials(), keys=searched_keys(spec)),
+                 ProgressPrinter(spec.metric, spec.mode, spec.expected_trials(), budget, keys=searched_keys(spec)),
                  *resume.sweep_callbacks(opts.storage_path, run.name)]
     if run.restoring:
         say(f"  resuming from {run.out_dir}")
@@ -285,8 +286,9 @@ def run_reference(spec: SweepSpec, best_config: dict[str, Any], name: str, opts:
     vocab = vocabulary_of(spec)
     metric = vocab.reference_of(spec.metric)
     say(f"  reference runs: best config and {vocab.control}, {spec.control.seeds} seeds each")
-    callbacks = [MLflowTrialCallback(opts.mlflow_uri, spec.experiment_name, parent_id, name, role="reference"),
-                 ProgressPrinter(metric, "max", len(cases)), *resume.sweep_callbacks(opts.storage_path, name)]
+    callbacks = [MLflowTrialCallback(opts.mlflow_uri, spec.experiment_name, parent_id, name, vocab.budget,
+                                     role="reference"),
+                 ProgressPrinter(metric, "max", len(cases), vocab.budget), *resume.sweep_callbacks(opts.storage_path, name)]
     ref_dir = layout.reference_dir(opts.storage_path, name)
     if opts.resume and tune.Tuner.can_restore(ref_dir):
         tuner = tuner_mod.restore_tuner(spec, path=ref_dir, storage_path=opts.storage_path, name=ref_name, ctx=ctx,

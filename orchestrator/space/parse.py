@@ -103,14 +103,16 @@ def validate(spec: SweepSpec, defn: TrainableDef) -> list[SpecIssue]:
 
 
 def finish(spec: SweepSpec, defn: TrainableDef, valid: bool) -> list[SpecIssue]:
-    """Stage 5: ASHA's ``max_t`` (default ``params.epochs``; checked only once the parameters are
-    valid), and no control runs for a trainable that has no control."""
+    """Stage 5: ASHA's ``max_t`` (default: the trainable's epoch budget, ``params.epochs`` for the
+    built-ins; checked only once the parameters are valid), and no control runs for a trainable
+    that has no control."""
     issues = []
     if spec.scheduler.type == "asha" and valid:
-        epochs = spec.params.get("epochs")
+        budget = defn.vocabulary.budget
+        epochs = spec.params.get(budget)
         max_t = spec.scheduler.max_t or (epochs if isinstance(epochs, int) else None)
         if max_t is None:
-            issues.append(SpecIssue("scheduler.max_t", "is required for asha when params.epochs is not fixed"))
+            issues.append(SpecIssue("scheduler.max_t", f"is required for asha when params.{budget} is not fixed"))
         elif spec.scheduler.grace_period > max_t:
             issues.append(SpecIssue("scheduler.grace_period", f"exceeds max_t ({max_t})", spec.scheduler.grace_period))
         spec.scheduler.max_t = max_t

@@ -249,8 +249,8 @@ class MLflowTrialCallback(_tune_callback_base()):
     """Creates (or, on resume, finds) the child run of each trial and logs its params, per-epoch
     metrics, and outcome. Runs in the Tune driver; pickled with the experiment state for restore."""
 
-    def __init__(self, uri: str, experiment: str, parent_run_id: str, sweep: str, role: str = "trial",
-                 budget_key: str = "epochs"):
+    def __init__(self, uri: str, experiment: str, parent_run_id: str, sweep: str, budget_key: str,
+                 role: str = "trial"):
         self.uri = uri
         self.experiment = experiment
         self.parent_run_id = parent_run_id

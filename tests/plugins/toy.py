@@ -35,7 +35,7 @@ METRICS = {
 class ToyParams(TrialParams):
     solver: Literal["gd", "heavy_ball"] = Field("gd", description="plain gradient descent or with momentum 0.9")
     lr: float = Field(0.5, gt=0, le=10)
-    epochs: int = Field(6, ge=1, le=200)
+    rounds: int = Field(6, ge=1, le=200, description="gradient steps, one report each (its epoch budget)")
     smoothing: float = Field(0.1, ge=0, lt=1, description="label smoothing of the training targets")
 
 
@@ -71,7 +71,7 @@ def run_toy(p: ToyParams, session: Session, ctx: TrialContext) -> dict[str, Any]
         return float((_probs(w, np.hstack([xs, np.ones((len(xs), 1))])).argmax(1) == ys).mean())
 
     metrics: dict[str, Any] = {}
-    for epoch in range(1, p.epochs + 1):
+    for epoch in range(1, p.rounds + 1):
         probs = _probs(w, x)
         loss = float(-(targets * np.log(probs + 1e-12)).sum(1).mean())
         velocity = momentum * velocity + x.T @ (probs - targets) / len(y)
@@ -109,6 +109,7 @@ TOY_VOCABULARY = Vocabulary(
     curves=("toy_top1",),
     loss_curves=("toy_loss",),
     plots={"toy_scores.png": toy_scores_plot},
+    budget="rounds",  # its own name for the epoch budget
 )
 
 register_trainable(

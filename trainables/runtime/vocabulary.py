@@ -91,6 +91,9 @@ class Vocabulary:
     # A per-worker batch-size parameter: reference runs on another worker count rescale it so the
     # global batch stays the same. None: nothing to rescale.
     per_worker_batch: str | None = None
+    # The parameter that says how many epochs a trial trains (every report carries ``epoch``): a
+    # trial that ends before it was stopped early (ASHA, a stopper), and ASHA's ``max_t`` defaults to it.
+    budget: str = "epochs"
 
     def headline_of(self, metric: str) -> str:
         return self.headline or metric
