@@ -164,7 +164,8 @@ def unexpected_error(exc: BaseException) -> str:
 def _run(args: argparse.Namespace) -> int:
     from orchestrator.run.cluster import resolve_locations
     from orchestrator.space.spec import load_spec
-    from orchestrator.run.sweep import SweepOptions, dry_run, load_resume_spec, run_sweep
+    from orchestrator.run.options import SweepOptions
+    from orchestrator.run.sweep import dry_run, load_resume_spec, run_sweep
 
     if args.num_samples is not None and args.num_samples < 1:
         raise UserError(f"--num-samples must be at least 1 (got {args.num_samples})")

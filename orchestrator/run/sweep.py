@@ -1,4 +1,4 @@
-"""Run a sweep end to end: checks, Ray, preparation, the Tuner, reference runs, the report."""
+"""Run a sweep end to end: checks, Ray, preparation, the Tuner, the reference runs (run/reference.py), the report."""
 from __future__ import annotations
 
 import json
@@ -6,54 +6,37 @@ import logging
 import os
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
-from orchestrator.store.cache import resolve_filesystem
-from orchestrator.store.feature_store import FeatureStore
-from orchestrator.run.cluster import (check_cluster_locations, connection_error_message, origin_note,
-                                  worker_runtime_env)
 from orchestrator.errors import UserError
 from orchestrator.reports import publish as reporting
-from orchestrator.run import preflight, resume
-from orchestrator.store.disk import disk_usage
-from orchestrator.run.local_ray import prepare_local_ray, publish_address
-from orchestrator.run.progress import ProgressPrinter
-from orchestrator.reports.rows import (SweepReport, pick_best, reference_comparison, rows_from_results, searched_keys,
-                                 vocabulary_of)
+from orchestrator.reports.rows import SweepReport, pick_best, rows_from_results, searched_keys, vocabulary_of
 from orchestrator.reports.table import status_counts
-from orchestrator.store.secrets import redact
+from orchestrator.run import preflight, resume
+from orchestrator.run.cluster import check_cluster_locations, connection_error_message, origin_note, worker_runtime_env
+from orchestrator.run.local_ray import prepare_local_ray, publish_address
+from orchestrator.run.options import SweepOptions, say
+from orchestrator.run.progress import ProgressPrinter
+from orchestrator.run.reference import run_reference
 from orchestrator.run.resources import DRIVER_RESOURCE, ClusterResources, ResourcePlan, plan_resources
-from orchestrator.space.spec import SweepSpec, spec_to_yaml
-from orchestrator.store import layout
-from orchestrator.store.storage import join, write_text
-from orchestrator.store.tracking import MLflowTrialCallback, Tracker, check_tracking_uri, flatten
-from orchestrator.space.vectorized import plan_lines, row_config, trainable_fields
-from orchestrator.store.vectorized_tracking import VectorizedMLflowCallback
 from orchestrator.run.watchdog import SweepStalled
+from orchestrator.space.spec import SweepSpec, spec_to_yaml
+from orchestrator.space.vectorized import plan_lines, row_config, trainable_fields
+from orchestrator.store import layout
+from orchestrator.store.cache import resolve_filesystem
+from orchestrator.store.disk import disk_usage
+from orchestrator.store.feature_store import FeatureStore
+from orchestrator.store.secrets import redact
+from orchestrator.store.storage import join, write_text
+from orchestrator.store.tracking import Tracker, check_tracking_uri, flatten
+from orchestrator.store.vectorized_tracking import VectorizedMLflowCallback
 from trainables.core.paths import REPO_ROOT
 from trainables.core.plugins import PLUGINS_ENV
+from trainables.runtime.runner import unpack_config
 from trainables.runtime.trainable import TrialContext, get_trainable
-from trainables.runtime.runner import CASE_KEY, unpack_config
 
 log = logging.getLogger("w2s")
-
-
-@dataclass
-class SweepOptions:
-    address: str | None = None
-    mlflow_uri: str = ""
-    storage_path: str = ""
-    name: str | None = None
-    resume: bool = False
-    overrides: list[str] = field(default_factory=list)
-    num_samples: int | None = None
-    quiet: bool = False
-    origins: dict[str, str] = field(default_factory=dict)  # where mlflow_uri / storage_path came from
-
-
-def say(msg: str = "") -> None:
-    print(msg, flush=True)
 
 
 def check_storage(storage_path: str) -> None:
@@ -125,26 +108,6 @@ def _prepare_task(trainable: str, fixed: dict[str, Any], searched: set[str], ctx
 
     torch.set_num_threads(max(1, int(os.environ.get("OMP_NUM_THREADS", "1"))))
     return get_trainable(trainable).prepare(fixed, searched, ctx)
-
-
-def reference_cases(spec: SweepSpec, best_config: dict[str, Any]) -> list[dict[str, Any]]:
-    """Re-runs of the best config and of its control over several seeds."""
-    defn = get_trainable(spec.trainable)
-    config = dict(best_config)
-    if spec.control.workers and spec.control.workers != config.get("workers", 1):
-        # Keep the global batch size when the reference runs use a different worker count.
-        batch = defn.vocabulary.per_worker_batch
-        if batch and isinstance(config.get(batch), int):
-            config[batch] = max(1, config[batch] * config.get("workers", 1) // spec.control.workers)
-        config["workers"] = spec.control.workers
-    base_seed = int(config.get("seed", 0))
-    cases = []
-    for i in range(spec.control.seeds):
-        seed = base_seed + i
-        cases.append({"role": "reproduce", "seed": seed, "config": {**config, "seed": seed}})
-        control = {**config, **defn.control_overrides(config), "seed": seed}
-        cases.append({"role": "control", "seed": seed, "config": control})
-    return cases
 
 
 @dataclass
@@ -273,31 +236,6 @@ def report_sweep(spec: SweepSpec, opts: SweepOptions, run: StartedSweep, results
     finish_report(spec, report, best_config, run.name, opts, run.tracker, run.parent_id, prepared,
                   time.time() - t_start)
     return report
-
-
-def run_reference(spec: SweepSpec, best_config: dict[str, Any], name: str, opts: SweepOptions,
-                  ctx: TrialContext, plan: ResourcePlan, parent_id: str):
-    from ray import tune
-
-    from orchestrator.run import tuner as tuner_mod
-
-    cases = reference_cases(spec, best_config)
-    ref_name = layout.reference_name(name)
-    vocab = vocabulary_of(spec)
-    metric = vocab.reference_of(spec.metric)
-    say(f"  reference runs: best config and {vocab.control}, {spec.control.seeds} seeds each")
-    callbacks = [MLflowTrialCallback(opts.mlflow_uri, spec.experiment_name, parent_id, name, vocab.budget,
-                                     role="reference"),
-                 ProgressPrinter(metric, "max", len(cases), vocab.budget), *resume.sweep_callbacks(opts.storage_path, name)]
-    ref_dir = layout.reference_dir(opts.storage_path, name)
-    if opts.resume and tune.Tuner.can_restore(ref_dir):
-        tuner = tuner_mod.restore_tuner(spec, path=ref_dir, storage_path=opts.storage_path, name=ref_name, ctx=ctx,
-                                        plan=plan)
-    else:
-        ref_plan = plan_resources(spec, plan.cluster, strict=False)
-        tuner = tuner_mod.build_tuner(spec, name=ref_name, storage_path=opts.storage_path, ctx=ctx, plan=ref_plan,
-                                      callbacks=callbacks, space={CASE_KEY: tune.grid_search(cases)}, reference=True)
-    return reference_comparison(resume.fit_watched(tuner, spec, name), metric, vocab.control)
 
 
 def finish_report(spec: SweepSpec, report: SweepReport, best_config: dict[str, Any] | None, name: str,

@@ -1,0 +1,62 @@
+"""The reference runs after a sweep: the best config and its control (the trainable's
+``control_overrides``, for example no teacher), each over ``control.seeds`` seeds, and the verdict
+that compares them on the trainable's reference metric."""
+from __future__ import annotations
+
+from typing import Any
+
+from orchestrator.reports.rows import Comparison, reference_comparison, vocabulary_of
+from orchestrator.run import resume
+from orchestrator.run.options import SweepOptions, say
+from orchestrator.run.progress import ProgressPrinter
+from orchestrator.run.resources import ResourcePlan, plan_resources
+from orchestrator.space.spec import SweepSpec
+from orchestrator.store import layout
+from orchestrator.store.tracking import MLflowTrialCallback
+from trainables.runtime.runner import CASE_KEY
+from trainables.runtime.trainable import TrialContext, get_trainable
+
+
+def reference_cases(spec: SweepSpec, best_config: dict[str, Any]) -> list[dict[str, Any]]:
+    """Re-runs of the best config and of its control over several seeds."""
+    defn = get_trainable(spec.trainable)
+    config = dict(best_config)
+    if spec.control.workers and spec.control.workers != config.get("workers", 1):
+        # Keep the global batch size when the reference runs use a different worker count.
+        batch = defn.vocabulary.per_worker_batch
+        if batch and isinstance(config.get(batch), int):
+            config[batch] = max(1, config[batch] * config.get("workers", 1) // spec.control.workers)
+        config["workers"] = spec.control.workers
+    base_seed = int(config.get("seed", 0))
+    cases = []
+    for i in range(spec.control.seeds):
+        seed = base_seed + i
+        cases.append({"role": "reproduce", "seed": seed, "config": {**config, "seed": seed}})
+        control = {**config, **defn.control_overrides(config), "seed": seed}
+        cases.append({"role": "control", "seed": seed, "config": control})
+    return cases
+
+
+def run_reference(spec: SweepSpec, best_config: dict[str, Any], name: str, opts: SweepOptions,
+                  ctx: TrialContext, plan: ResourcePlan, parent_id: str) -> Comparison:
+    from ray import tune
+
+    from orchestrator.run import tuner as tuner_mod
+
+    cases = reference_cases(spec, best_config)
+    ref_name = layout.reference_name(name)
+    vocab = vocabulary_of(spec)
+    metric = vocab.reference_of(spec.metric)
+    say(f"  reference runs: best config and {vocab.control}, {spec.control.seeds} seeds each")
+    callbacks = [MLflowTrialCallback(opts.mlflow_uri, spec.experiment_name, parent_id, name, vocab.budget,
+                                     role="reference"),
+                 ProgressPrinter(metric, "max", len(cases), vocab.budget), *resume.sweep_callbacks(opts.storage_path, name)]
+    ref_dir = layout.reference_dir(opts.storage_path, name)
+    if opts.resume and tune.Tuner.can_restore(ref_dir):
+        tuner = tuner_mod.restore_tuner(spec, path=ref_dir, storage_path=opts.storage_path, name=ref_name, ctx=ctx,
+                                        plan=plan)
+    else:
+        ref_plan = plan_resources(spec, plan.cluster, strict=False)
+        tuner = tuner_mod.build_tuner(spec, name=ref_name, storage_path=opts.storage_path, ctx=ctx, plan=ref_plan,
+                                      callbacks=callbacks, space={CASE_KEY: tune.grid_search(cases)}, reference=True)
+    return reference_comparison(resume.fit_watched(tuner, spec, name), metric, vocab.control)
