@@ -29,7 +29,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from trainables.training.linear_probe import ProbeSpec, reference_loss, train_probes  # noqa: E402
 from trainables.losses import create_loss  # noqa: E402
-from trainables.w2s_probe.trainable import ProbeConfig, probe_plan  # noqa: E402
+from trainables.w2s_probe.loop import probe_plan  # noqa: E402
+from trainables.w2s_probe.params import ProbeConfig  # noqa: E402
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "probe_sweep.jsonl")
 

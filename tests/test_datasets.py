@@ -13,7 +13,7 @@ from pydantic import ValidationError
 from trainables.data import check_dataset, load_dataset
 from trainables.data.base import DatasetUnavailable
 from trainables.data.lazy import LazyImages
-from trainables.distill.trainable import DistillParams
+from trainables.distill.params import DistillParams
 
 
 def write_cifar(root, hundred=False, n_train=40, n_test=20, seed=0):

@@ -10,8 +10,11 @@ import pytest
 import torch
 
 from trainables.data import load_dataset
-from trainables.dino.trainable import (DinoParams, NormalizedLinear, copy_student, ema_momentum, ema_update, forward_crops,
-                             init_student_teacher, knn_accuracy, multicrop, random_resized_crops, train_dino)
+from trainables.dino.crops import forward_crops, multicrop, random_resized_crops
+from trainables.dino.loop import copy_student, ema_momentum, ema_update, train_dino
+from trainables.dino.model import NormalizedLinear, init_student_teacher
+from trainables.dino.params import DinoParams
+from trainables.dino.probes import knn_accuracy
 from trainables.losses import create_loss
 from trainables.runtime.session import LocalSession
 

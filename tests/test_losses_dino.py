@@ -145,7 +145,7 @@ def test_center_momentum_accepts_nan_and_rejects_out_of_range():
 
 
 def test_distill_cannot_select_the_dino_loss():
-    from trainables.distill.trainable import DistillParams
+    from trainables.distill.params import DistillParams
 
     assert "dino" in loss_names() and "dino" not in loss_names("classifier")
     with pytest.raises(pydantic.ValidationError, match="loss 'dino' takes multicrop inputs"):

@@ -9,13 +9,13 @@ from pydantic import Field, ValidationError
 
 from trainables.core.registry import UnknownKeywords
 from trainables.data import DATASETS, check_dataset, load_dataset, register_dataset
-from trainables.distill.trainable import DistillParams
+from trainables.distill.params import DistillParams
 from trainables.losses import LOSSES, check_loss_params, create_loss, register_loss
 from trainables.losses.base import DistillLoss, LossInputs, LossParams
 from trainables.models import MODELS, check_model_kwargs, create_model, register_model
 from trainables.models.mlp import MLP
 from trainables.runtime.trainable import TRAINABLES, TrialParams, get_trainable, register_trainable
-from trainables.w2s_probe.trainable import W2SProbeParams
+from trainables.w2s_probe.params import W2SProbeParams
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 QUICKSTART = os.path.join(REPO, "search_spaces", "quickstart.yaml")

@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from orchestrator.store.cache import ArtifactCache
-from trainables.distill.trainable import DistillParams, load_data, load_teacher, run_distill, teacher_recipe
+from trainables.distill.loop import load_data, load_teacher, run_distill, teacher_recipe
+from trainables.distill.params import DistillParams
 from trainables.runtime.engine import head_lr_groups, predict
 from trainables.runtime.trainable import TrialContext
 from trainables.runtime.session import LocalSession

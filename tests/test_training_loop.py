@@ -2,7 +2,8 @@
 import torch
 
 from orchestrator.store.cache import ArtifactCache
-from trainables.distill.trainable import DistillParams, run_distill
+from trainables.distill.loop import run_distill
+from trainables.distill.params import DistillParams
 from trainables.runtime.trainable import TrialContext
 from trainables.runtime.session import LocalSession
 

@@ -13,7 +13,7 @@ from orchestrator.run.tuner import param_space
 from orchestrator.space.vectorized import configs_per_trial, row_config
 from trainables.w2s_probe.report import pgr_summary
 from trainables.runtime.vectorize import GRID_KEY, PROBES_KEY, expand_configs
-from trainables.w2s_probe.trainable import PROBE_FIELDS
+from trainables.w2s_probe.params import PROBE_FIELDS
 
 SPACE = """
 name: v

@@ -11,7 +11,9 @@ from trainables.runtime.trainable import TrialContext
 from trainables.runtime.session import LocalSession
 from trainables.runtime.vectorize import single_config
 from trainables.w2s_probe.features import make_splits
-from trainables.w2s_probe.trainable import PROBE_FIELDS, W2SProbeParams, prepare_w2s, run_w2s_probe
+from trainables.w2s_probe.loop import run_w2s_probe
+from trainables.w2s_probe.params import PROBE_FIELDS, W2SProbeParams
+from trainables.w2s_probe.prepare import prepare_w2s
 
 FAST = {"dataset": "digits", "pretrain_split": {"weak": 0.06, "strong": 0.3},
         "weak": {"model": "linear", "train": {"epochs": 2, "lr": 0.05}},

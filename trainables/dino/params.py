@@ -1,0 +1,106 @@
+"""The ``dino`` family's parameters: the DINO head (:class:`HeadConfig`), the multi-crop views
+(:class:`CropConfig`), and the trial's (:class:`DinoParams`: encoder, teacher mode and updates,
+supervised comparison, optimisation, probes)."""
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from trainables.core.config import StrictModel
+from trainables.training.dataset_params import DatasetParams
+from trainables.losses import check_loss_params
+from trainables.core.registry import kwargs_validator
+from trainables.models import ModelName, check_model_kwargs
+
+
+class HeadConfig(StrictModel):
+    """DINO head: MLP (Linear [+BN] + activation per hidden layer), then the l2 bottleneck
+    Linear(hidden -> bottleneck) -> L2-normalise -> weight-normalised Linear(bottleneck -> out_dim,
+    no bias). ``bottleneck_dim`` 0 replaces the bottleneck with a plain Linear(hidden -> out_dim)."""
+
+    hidden_dims: list[int] = Field(default_factory=lambda: [2048, 2048])
+    bottleneck_dim: int = Field(256, ge=0)
+    out_dim: int = Field(65536, ge=2)
+    activation: Literal["gelu", "relu"] = "gelu"
+    batch_norm: bool = False
+    weight_norm: bool = True
+    init: Literal["trunc_normal", "default"] = "trunc_normal"
+
+    @field_validator("hidden_dims")
+    @classmethod
+    def _positive(cls, v: list[int]) -> list[int]:
+        if any(d < 1 for d in v):
+            raise ValueError("hidden sizes are positive")
+        return v
+
+
+class CropConfig(StrictModel):
+    """Multi-crop views, made on the device: per image, a random resized crop (area fraction in
+    ``scale``, aspect ratio in 3/4..4/3) resized to ``size`` px (None: the image size), then a
+    horizontal flip with probability 0.5 when ``hflip``. The teacher sees the global crops, the
+    student all crops. One global crop at scale [1, 1] without flip is the un-augmented image."""
+
+    global_crops: int = Field(2, ge=1)
+    global_size: int | None = Field(None, ge=1)
+    global_scale: tuple[float, float] = (0.4, 1.0)
+    local_crops: int = Field(0, ge=0)
+    local_size: int | None = Field(None, ge=1)
+    local_scale: tuple[float, float] = (0.05, 0.4)
+    hflip: bool = True
+
+    @field_validator("global_scale", "local_scale")
+    @classmethod
+    def _scale(cls, v: tuple[float, float]) -> tuple[float, float]:
+        if not 0.0 < v[0] <= v[1] <= 1.0:
+            raise ValueError("a crop scale is [min, max] with 0 < min <= max <= 1")
+        return v
+
+
+class DinoParams(DatasetParams):
+    encoder: ModelName = "cnn"
+    encoder_kwargs: dict[str, Any] = Field(default_factory=dict)
+    head: HeadConfig = Field(default_factory=HeadConfig)
+    crops: CropConfig = Field(default_factory=CropConfig)
+    loss_params: dict[str, Any] = Field(default_factory=dict, description="parameters of the dino loss")
+    teacher_mode: Literal["ema", "no_update", "prev_epoch"] = "ema"
+    teacher_momentum: float = Field(0.996, ge=0.0, le=1.0, description="EMA momentum at step 0")
+    teacher_momentum_final: float = Field(1.0, ge=0.0, le=1.0, description="EMA momentum at the last step (cosine)")
+    teacher_update_every: int = Field(1, ge=1, description="prev_epoch: copy the student every this many epochs")
+    teacher_eval: bool = Field(False, description="run the teacher in eval mode on training batches")
+    teacher_init_seed: int = Field(0, ge=0)
+    student_init: Literal["teacher", "random"] = "teacher"
+    student_init_seed: int | None = Field(None, ge=0,
+                                          description="random student init; None = continue the teacher's stream")
+    supervised: bool = Field(False, description="replace the teacher by (noisy) one-hot labels")
+    label_noise: float = Field(0.0, ge=0.0, le=1.0)
+    logit_noise: float = Field(0.0, ge=0.0)
+    label_logit: float = Field(1.0, gt=0.0, description="supervised: the teacher logit of the label class")
+    epochs: int = Field(100, ge=1)
+    batch_size: int = Field(64, ge=1)
+    optimizer: Literal["sgd", "adam", "adamw"] = "adamw"
+    lr: float = Field(5e-4, gt=0, le=10)
+    weight_decay: float = Field(0.04, ge=0)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    schedule: Literal["cosine", "constant"] = "cosine"
+    warmup_epochs: int = Field(10, ge=0)
+    clip_grad: float = Field(3.0, ge=0, description="total gradient-norm clip; 0 = off")
+    freeze_last_layer_epochs: int = Field(1, ge=0)
+    probe_every: int = Field(10, ge=1)
+    knn_k: int = Field(20, ge=1)
+    knn_temperature: float | None = Field(0.07, gt=0, description="None: majority vote")
+    probe_epochs: int = Field(20, ge=1)
+    probe_lr: float = Field(1e-3, gt=0)
+    probe_weight_decay: float = Field(0.0, ge=0)
+    probe_batch_size: int = Field(256, ge=1)
+
+    _encoder_kwargs_fit = kwargs_validator("encoder", "encoder_kwargs", check_model_kwargs)
+
+    @model_validator(mode="after")
+    def _consistent(self):
+        check_loss_params("dino", self.loss_params)
+        if self.warmup_epochs >= self.epochs:
+            raise ValueError(f"warmup_epochs ({self.warmup_epochs}) must be below epochs ({self.epochs})")
+        if self.teacher_momentum_final < self.teacher_momentum:
+            raise ValueError("teacher_momentum_final must be at least teacher_momentum")
+        return self

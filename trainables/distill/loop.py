@@ -1,0 +1,160 @@
+"""The ``distill`` trial: the teacher from the artifact cache, its signal, the student, and the
+shared classifier loop.
+
+The teacher is content-addressed in the sweep's artifact cache by its full recipe (data, split,
+architecture, optimisation, seed), so it is trained once and shared by every trial and by later
+sweeps that name the same recipe. With ``teacher_mode: cached`` its logits on the (un-augmented)
+training set are stored with it, and student trials never run a teacher forward pass. With
+``augment``, ``cached`` and ``sampled_views`` cache the teacher's logits on K fixed augmented views
+per image instead (see :mod:`trainables.training.views` for the exact definition of each mode).
+"""
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import torch
+
+from trainables.training.classifier_loop import (CachedTeacher, OnlineTeacher, OptimConfig, TeacherSignal,
+                                                 train_classifier)
+from trainables.data import DatasetSplits, load_dataset
+from trainables.data.augment import Augment
+from trainables.runtime.engine import predict, seed_everything
+from trainables.init import init_student
+from trainables.losses import create_loss, loss_class
+from trainables.models import Classifier
+from trainables.runtime.trainable import TrialContext
+from trainables.runtime.session import Session
+from trainables.distill.params import DistillParams
+from trainables.distill.teacher import build_teacher, load_teacher_model, recipe_fields
+from trainables.training.views import BatchViews, FixedViews, PlainViews, RandomViews, teacher_view_logits, view_params
+
+
+def teacher_recipe(p: DistillParams) -> dict[str, Any]:
+    # ``download`` says how to get the data, not what the data is: it stays out of the key.
+    data_kwargs = {k: v for k, v in p.dataset_kwargs.items() if k != "download"}
+    return {"dataset": p.dataset, "split_seed": p.split_seed, "dataset_kwargs": data_kwargs,
+            **recipe_fields(p.teacher)}
+
+
+def load_data(p: DistillParams) -> DatasetSplits:
+    return load_dataset(p.dataset, seed=p.split_seed, **p.dataset_kwargs)
+
+
+def load_teacher(p: DistillParams, ctx: TrialContext):
+    recipe = teacher_recipe(p)
+    if ctx.artifacts is None:
+        raise RuntimeError("the distill trainable needs an artifact store (TrialContext.artifacts) for its teacher")
+    download = bool(p.dataset_kwargs.get("download", False))
+    entry = ctx.artifacts.get_or_create("teacher", recipe, lambda d: build_teacher(recipe, d, download=download))
+    return entry
+
+
+def cached_teacher_features(p: DistillParams, ctx: TrialContext, entry, data, device: torch.device) -> torch.Tensor:
+    """The teacher's penultimate features on the (un-augmented) training set, computed once.
+
+    A cache entry of their own, derived from the teacher's: the teacher recipe and its cache key
+    stay as they are, and teachers cached before feature losses existed serve them too."""
+    recipe = {"teacher": teacher_recipe(p), "outputs": "train_features"}
+
+    def build(out_dir: str) -> dict[str, Any]:
+        feats = predict(load_teacher_model(p.teacher, entry, data, data.train_x.device), data.train_x, features=True)
+        torch.save(feats.cpu(), os.path.join(out_dir, "train_features.pt"))
+        return {"num_samples": feats.shape[0], "num_features": feats.shape[1]}
+
+    features = ctx.artifacts.get_or_create("teacher_features", recipe, build)
+    return torch.load(features.file("train_features.pt"), map_location=device)
+
+
+def augment_of(p: DistillParams) -> Augment:
+    return Augment(p.augment, pad=p.crop_pad, pad_mode=p.pad_mode, scale=tuple(p.rrc_scale))
+
+
+def uses_fixed_views(p: DistillParams) -> bool:
+    return p.augment != "none" and p.teacher_mode != "online"
+
+
+def student_views(p: DistillParams, data: DatasetSplits, device: torch.device) -> BatchViews:
+    """What the student sees each epoch. The no-teacher control (same ``teacher_mode``) sees the
+    same views as the distilled student."""
+    aug = augment_of(p)
+    if not aug.active:
+        return PlainViews()
+    if p.teacher_mode == "online":
+        return RandomViews(aug, p.seed, device)
+    params = view_params(aug, len(data.train_y), data.input_shape, p.teacher_views, p.view_seed)
+    order = "cycle" if p.teacher_mode == "cached" else "sampled"
+    return FixedViews(aug, params, p.teacher_views, order, p.seed, device)
+
+
+def views_recipe(p: DistillParams) -> dict[str, Any]:
+    return {"teacher": teacher_recipe(p), "outputs": "view_logits", "augment": augment_of(p).recipe(),
+            "views": p.teacher_views, "view_seed": p.view_seed}
+
+
+def cached_view_logits(p: DistillParams, ctx: TrialContext, entry, data, device: torch.device) -> torch.Tensor:
+    """The teacher's logits for the K fixed views of every training image, (K, N, classes),
+    computed once per (teacher, augmentation, K, view_seed) and shared by every trial."""
+    def build(out_dir: str) -> dict[str, Any]:
+        aug = augment_of(p)
+        params = view_params(aug, len(data.train_y), data.input_shape, p.teacher_views, p.view_seed)
+        model = load_teacher_model(p.teacher, entry, data, data.train_x.device)
+        logits = teacher_view_logits(model, data.train_x, aug, params)
+        torch.save(logits.cpu(), os.path.join(out_dir, "view_logits.pt"))
+        return {"views": p.teacher_views, "num_samples": logits.shape[1]}
+
+    views = ctx.artifacts.get_or_create("teacher_views", views_recipe(p), build)
+    return torch.load(views.file("view_logits.pt"), map_location=device)
+
+
+def teacher_signal(p: DistillParams, ctx: TrialContext, entry, data, loss_cls,
+                   device: torch.device) -> tuple[TeacherSignal | None, dict[str, Any]]:
+    """The teacher's per-batch outputs, and the loss context that describes the teacher
+    (``teacher_dim`` for feature losses, ``teacher_head`` for losses that reuse its classifier)."""
+    if not loss_cls.needs_teacher:
+        return None, {}
+    wants_features = loss_cls.needs_features
+    t_model = None
+    if p.teacher_mode == "online" or loss_cls.needs_teacher_head:
+        t_model = load_teacher_model(p.teacher, entry, data, torch.device("cpu"))
+    context: dict[str, Any] = {"teacher_head": t_model.head} if loss_cls.needs_teacher_head else {}
+    if p.teacher_mode == "online":
+        if wants_features:
+            context["teacher_dim"] = t_model.num_features
+        return OnlineTeacher(t_model.to(device)), context
+    if uses_fixed_views(p):
+        return CachedTeacher(cached_view_logits(p, ctx, entry, data, device)), context
+    features = cached_teacher_features(p, ctx, entry, data, device) if wants_features else None
+    if features is not None:
+        context["teacher_dim"] = features.shape[1]
+    logits = torch.load(entry.file("train_logits.pt"), map_location=device)
+    return CachedTeacher(logits, features), context
+
+
+def build_student(p: DistillParams, data: DatasetSplits, entry) -> Classifier:
+    """The student per ``student_init``, reading inputs normalised as ``data`` is."""
+    student = init_student(p.student, p.student_kwargs, p.student_init, p.weight_selection,
+                           num_classes=data.num_classes, input_shape=data.input_shape,
+                           teacher=lambda: load_teacher_model(p.teacher, entry, data, torch.device("cpu")))
+    student.adapt_input(data.mean, data.std)
+    return student
+
+
+def run_distill(p: DistillParams, session: Session, ctx: TrialContext) -> dict[str, Any]:
+    device = session.device
+    entry = load_teacher(p, ctx)
+    data = load_data(p).to(device)
+    seed_everything(p.seed)
+    teacher, teacher_context = teacher_signal(p, ctx, entry, data, loss_class(p.loss), device)
+    student = build_student(p, data, entry)
+    # Built after the student, so a loss's own random init (projectors, memory banks) leaves the
+    # student's init the same for every loss, the no-teacher control included.
+    loss_fn = create_loss(p.loss, p.loss_params, num_classes=data.num_classes, student_dim=student.num_features,
+                          num_samples=len(data.train_y), train_labels=data.train_y, **teacher_context)
+    return train_classifier(
+        model=student, data=data, loss_fn=loss_fn, session=session, seed=p.seed, teacher=teacher,
+        checkpoint_every=ctx.checkpoint_every, views=student_views(p, data, device),
+        static_metrics={"teacher_test_acc": entry.meta["test_acc"], "teacher_val_acc": entry.meta["val_acc"]},
+        optim=OptimConfig(epochs=p.epochs, batch_size=p.batch_size, lr=p.lr, optimizer=p.optimizer,
+                          weight_decay=p.weight_decay, momentum=p.momentum, schedule=p.schedule,
+                          warmup_epochs=p.warmup_epochs, compile=p.compile))

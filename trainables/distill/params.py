@@ -1,0 +1,69 @@
+"""The ``distill`` family's parameters: the teacher recipe, how the teacher's signal reaches the
+student (``teacher_mode``, augmentation and fixed views), the student and its init, the loss and
+the optimisation."""
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from trainables.training.dataset_params import DatasetParams
+from trainables.data.augment import AugmentName
+from trainables.init import WeightSelectionConfig, check_student_init
+from trainables.losses import LossName, check_loss_params, loss_class
+from trainables.core.registry import kwargs_validator
+from trainables.models import ModelName, check_model_kwargs
+from trainables.distill.teacher import Optimizer, Schedule, TeacherRecipe
+
+
+class DistillParams(DatasetParams):
+    teacher: TeacherRecipe = Field(default_factory=TeacherRecipe)
+    teacher_mode: Literal["cached", "online", "sampled_views"] = Field(
+        "cached", description="cached | sampled_views: teacher logits computed once (per view) and looked up; "
+        "online: teacher forward every step")
+    augment: AugmentName = Field("none", description="on-device augmentation of the student's training "
+                                 "batches: none | flip_crop | rrc_flip")
+    crop_pad: int = Field(4, ge=0, le=64, description="flip_crop: pixels of padding before the crop")
+    pad_mode: Literal["reflect", "zeros"] = "reflect"
+    rrc_scale: tuple[float, float] = Field((0.08, 1.0), description="rrc_flip: crop area range (fractions)")
+    teacher_views: int = Field(8, ge=1, le=256, description="cached / sampled_views with augment: fixed "
+                               "augmented views per image whose teacher logits are cached")
+    view_seed: int = Field(0, ge=0, description="seed that regenerates the fixed views (shared by all trials)")
+    compile: bool = Field(False, description="torch.compile the student's training forward")
+    student: ModelName = "mlp"
+    student_kwargs: dict[str, Any] = Field(default_factory=dict)
+    student_init: str = Field("random", description="random | pretrained | weight_selection | a checkpoint file")
+    weight_selection: WeightSelectionConfig = Field(default_factory=WeightSelectionConfig)
+    loss: LossName = "kd"
+    loss_params: dict[str, Any] = Field(default_factory=dict)
+    epochs: int = Field(20, ge=1)
+    batch_size: int = Field(64, ge=1)
+    optimizer: Optimizer = "sgd"
+    lr: float = Field(0.05, gt=0, le=10)
+    weight_decay: float = Field(5e-4, ge=0)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    schedule: Schedule = "cosine"
+    warmup_epochs: int = Field(0, ge=0)
+
+    _student_kwargs_fit = kwargs_validator("student", "student_kwargs", check_model_kwargs)
+
+    @field_validator("rrc_scale")
+    @classmethod
+    def _scale_range(cls, v: tuple[float, float]) -> tuple[float, float]:
+        if not 0 < v[0] <= v[1] <= 1:
+            raise ValueError("rrc_scale must be (low, high) with 0 < low <= high <= 1")
+        return v
+
+    @model_validator(mode="after")
+    def _loss_params_fit_loss(self):
+        check_loss_params(self.loss, self.loss_params)
+        if self.teacher_mode == "sampled_views" and self.augment == "none":
+            raise ValueError("teacher_mode sampled_views draws among augmented views; set augment "
+                             "(flip_crop or rrc_flip) or use teacher_mode cached")
+        if self.augment != "none" and self.teacher_mode != "online" and loss_class(self.loss).needs_features:
+            raise ValueError(f"loss {self.loss!r} needs teacher features, which are cached for un-augmented "
+                             f"images only; with augment {self.augment!r} use teacher_mode online")
+        check_student_init(self.student_init, self.student, self.student_kwargs)
+        if self.warmup_epochs >= self.epochs:
+            raise ValueError(f"warmup_epochs ({self.warmup_epochs}) must be below epochs ({self.epochs})")
+        return self

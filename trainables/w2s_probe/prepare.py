@@ -1,0 +1,23 @@
+"""The ``w2s_probe`` family's driver-side step: the weak logits and strong embeddings computed
+once, before any trial (:mod:`trainables.w2s_probe.features`)."""
+from __future__ import annotations
+
+from typing import Any
+
+from trainables.runtime.trainable import TrialContext
+from trainables.runtime.session import default_device
+from trainables.w2s_probe.params import W2SProbeParams
+from trainables.w2s_probe.features import prepare_inputs
+
+
+def prepare_w2s(fixed: dict[str, Any], searched: set[str], ctx: TrialContext) -> dict[str, Any] | None:
+    """Compute the weak logits and strong embeddings once, before any trial, unless their recipe
+    is searched (then each trial makes the entry it needs, one builder per recipe)."""
+    roots = {k.split(".")[0] for k in searched}
+    if roots & {"dataset", "dataset_kwargs", "split_seed", "pretrain_split"}:
+        return None
+    roles = tuple(role for role in ("weak", "strong") if role not in roots)
+    if not roles:
+        return None
+    p = W2SProbeParams.model_validate({k: v for k, v in fixed.items() if k not in ("probes", "probe_grid")})
+    return prepare_inputs(p, ctx.artifacts, default_device(), roles)
