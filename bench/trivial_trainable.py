@@ -6,8 +6,8 @@ from typing import Any
 
 from pydantic import Field
 
-from trainables.runtime.trainable import TrialContext, TrialParams, register_trainable
 from trainables.runtime.session import Session
+from trainables.runtime.trainable import TrialContext, TrialParams, register_trainable
 
 
 class TrivialParams(TrialParams):

@@ -6,11 +6,11 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
-from trainables.training.classifier_loop import CachedTeacher, OptimConfig, train_classifier
 from trainables.data.synthetic import load_synthetic
 from trainables.losses import create_loss
 from trainables.models import create_model
 from trainables.runtime.session import LocalSession
+from trainables.training.classifier_loop import CachedTeacher, OptimConfig, train_classifier
 
 
 class GlooSession(LocalSession):

@@ -7,14 +7,14 @@ import torch
 import torch.nn.functional as F
 
 from orchestrator.store.cache import ArtifactCache
-from trainables.training.classifier_loop import CachedTeacher, OnlineTeacher
 from trainables.data.augment import Augment, epoch_generator
 from trainables.distill.loop import run_distill
 from trainables.distill.params import DistillParams
 from trainables.losses import LossInputs, create_loss
 from trainables.models import create_model
-from trainables.runtime.trainable import TrialContext
 from trainables.runtime.session import LocalSession
+from trainables.runtime.trainable import TrialContext
+from trainables.training.classifier_loop import CachedTeacher, OnlineTeacher
 from trainables.training.views import FixedViews, RandomViews, teacher_view_logits, view_params
 
 CPU = torch.device("cpu")

@@ -6,11 +6,11 @@ import os
 import pyarrow.fs as pafs
 import pytest
 
-from orchestrator.store.cache import ArtifactCache, resolve_filesystem
 from orchestrator.cli import main
-from orchestrator.run.cluster import (DEFAULT_MLFLOW_PORT, check_shared_locations, code_packages, filesystem_type,
-                                  read_env_file, resolve_locations, worker_runtime_env)
 from orchestrator.errors import UserError
+from orchestrator.run.cluster import (DEFAULT_MLFLOW_PORT, check_shared_locations, code_packages, filesystem_type,
+                                      read_env_file, resolve_locations, worker_runtime_env)
+from orchestrator.store.cache import ArtifactCache, resolve_filesystem
 from tests.conftest import REPO
 
 CLUSTER_ENV = ("# written by deploy/configure_node.sh\n"

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from trainables.training.linear_probe import ProbeSpec, train_probe_reference, train_probes
 from trainables.losses import LossInputs, create_loss
 from trainables.losses.auxconf import auxconf_coef
+from trainables.training.linear_probe import ProbeSpec, train_probe_reference, train_probes
 from trainables.w2s_probe.loop import best_over, pgr, probe_plan
 from trainables.w2s_probe.params import ProbeConfig
 

@@ -11,8 +11,8 @@ from orchestrator.store.cache import ArtifactCache
 from trainables.distill.loop import run_distill
 from trainables.distill.params import DistillParams
 from trainables.losses import loss_names
-from trainables.runtime.trainable import TrialContext
 from trainables.runtime.session import LocalSession
+from trainables.runtime.trainable import TrialContext
 
 FAST_TEACHER = {"model": "mlp", "epochs": 8, "lr": 0.1}
 # Small enough for CPU tests; every other parameter keeps the loss's default.

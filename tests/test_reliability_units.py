@@ -8,13 +8,13 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+from orchestrator.run.watchdog import ClusterView, PlacementGroupInfo, Watchdog, diagnose
 from orchestrator.store.secrets import filter_params, is_secret_key, redact, redact_yaml_text
 from orchestrator.store.tracking import RedactingClient
-from orchestrator.run.watchdog import ClusterView, PlacementGroupInfo, Watchdog, diagnose
 from trainables.runtime.ledger import finished_result, record_finished
 from trainables.runtime.runner import diverged_result
 from trainables.runtime.session import (CHECKPOINT_FILE, LocalSession, TrialDiverged, check_finite, restore_local,
-                                save_state, state_file_problem)
+                                        save_state, state_file_problem)
 
 # --- secrets ---------------------------------------------------------------------------------
 

@@ -9,10 +9,10 @@ import torch
 from orchestrator.store.cache import ArtifactCache
 from trainables.distill.loop import load_data, load_teacher, run_distill, teacher_recipe
 from trainables.distill.params import DistillParams
-from trainables.runtime.engine import head_lr_groups, predict
-from trainables.runtime.trainable import TrialContext
-from trainables.runtime.session import LocalSession
 from trainables.distill.teacher import INIT_DEFAULTS, TeacherRecipe, load_teacher_model
+from trainables.runtime.engine import head_lr_groups, predict
+from trainables.runtime.session import LocalSession
+from trainables.runtime.trainable import TrialContext
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -8,12 +8,12 @@ from ray import tune
 
 from orchestrator.errors import SpecError
 from orchestrator.reports.rows import format_table, pick_best, rows_from_results
-from orchestrator.space.spec import parse_spec
 from orchestrator.run.tuner import param_space
+from orchestrator.space.spec import parse_spec
 from orchestrator.space.vectorized import configs_per_trial, row_config
-from trainables.w2s_probe.report import pgr_summary
 from trainables.runtime.vectorize import GRID_KEY, PROBES_KEY, expand_configs
 from trainables.w2s_probe.params import PROBE_FIELDS
+from trainables.w2s_probe.report import pgr_summary
 
 SPACE = """
 name: v

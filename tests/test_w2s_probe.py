@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from orchestrator.store.feature_store import FeatureStore
-from trainables.runtime.trainable import TrialContext
 from trainables.runtime.session import LocalSession
+from trainables.runtime.trainable import TrialContext
 from trainables.runtime.vectorize import single_config
 from trainables.w2s_probe.features import make_splits
 from trainables.w2s_probe.loop import run_w2s_probe

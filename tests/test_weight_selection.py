@@ -10,8 +10,8 @@ from trainables.distill.params import DistillParams
 from trainables.init import select_weights, uniform_indices
 from trainables.init.weight_selection import IndexSets, select_tensor
 from trainables.models import create_model
-from trainables.runtime.trainable import TrialContext
 from trainables.runtime.session import LocalSession
+from trainables.runtime.trainable import TrialContext
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

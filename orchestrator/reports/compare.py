@@ -5,10 +5,10 @@ from __future__ import annotations
 import math
 import re
 
-from orchestrator.reports.rows import fmt, render_table, searched_keys, vocabulary_of
 from orchestrator.reports.publish import StoredSweep, load_sweep
-from orchestrator.store.storage import join, write_bytes
+from orchestrator.reports.rows import fmt, render_table, searched_keys, vocabulary_of
 from orchestrator.reports.summary import MethodEntry, mean_std, summarize, summary_records
+from orchestrator.store.storage import join, write_bytes
 
 
 def sweep_entries(sweep: StoredSweep) -> list[MethodEntry]:

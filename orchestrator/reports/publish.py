@@ -17,11 +17,11 @@ from orchestrator.reports.export import best_space_yaml
 from orchestrator.reports.plots import LOG_KINDS, png_bytes, sweep_figures
 from orchestrator.reports.rows import (Comparison, TrialRow, format_table, pick_best, reference_comparison,
                                        rows_from_results, searched_keys, trial_status, vocabulary_of)
+from orchestrator.reports.summary import covers_several, format_summary, summarize, summary_records
 from orchestrator.reports.table import frame_to_csv, frame_to_parquet, rows_to_frame
 from orchestrator.space.spec import SweepSpec, get_dotted, parse_spec, set_dotted
 from orchestrator.store.layout import BEST_SPACE_FILE, PLOTS_DIR, read_saved_spec, reference_dir
 from orchestrator.store.storage import join, write_bytes
-from orchestrator.reports.summary import covers_several, format_summary, summarize, summary_records
 from orchestrator.store.tracking import TAG_OUTCOME, TAG_ROLE, TAG_SWEEP, TAG_TRIAL, Tracker
 
 # Tune statuses of trials a sweep had not finished when its state was last saved.

@@ -5,12 +5,12 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from orchestrator.store.layout import train_runs_dir
 from orchestrator.run.resources import ResourcePlan, trial_resources
 from orchestrator.space.spec import SweepSpec
+from orchestrator.store.layout import train_runs_dir
 from trainables.core.config import get_dotted, set_dotted
-from trainables.runtime.trainable import TrialContext
 from trainables.runtime.runner import ExecutionConfig, checkpoint_retention, tune_entry, unpack_config
+from trainables.runtime.trainable import TrialContext
 
 
 def param_space(spec: SweepSpec) -> dict[str, Any]:

@@ -27,8 +27,7 @@ from typing import Any
 from orchestrator.errors import SpecIssue
 from orchestrator.space.model import SweepSpec
 from trainables.core.config import set_dotted
-from trainables.runtime.vectorize import GRID_KEY, PROBES_KEY, RESULTS_KEY, VECTORIZE_KEY, is_vectorized, \
-    single_config
+from trainables.runtime.vectorize import GRID_KEY, PROBES_KEY, RESULTS_KEY, VECTORIZE_KEY, is_vectorized, single_config
 
 
 def trainable_fields(spec: SweepSpec) -> tuple[str, ...]:

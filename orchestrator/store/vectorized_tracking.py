@@ -6,8 +6,8 @@ from __future__ import annotations
 import logging
 import time
 
-from orchestrator.store.tracking import PARENT_TAG, TAG_OUTCOME, TAG_ROLE, TAG_SWEEP, TAG_TRIAL, MLflowTrialCallback, \
-    flatten, numeric_metrics
+from orchestrator.store.tracking import (PARENT_TAG, TAG_OUTCOME, TAG_ROLE, TAG_SWEEP, TAG_TRIAL, MLflowTrialCallback,
+                                         flatten, numeric_metrics)
 from trainables.runtime.runner import unpack_config
 from trainables.runtime.vectorize import RESULTS_KEY, expand_configs, is_vectorized, single_config
 

@@ -23,15 +23,15 @@ from typing import Any
 import torch
 from pydantic import Field, model_validator
 
-from trainables.training.classifier_loop import OptimConfig, train_classifier
 from trainables.data import DatasetName, DatasetUnavailable, dataset_issues, load_dataset, register_dataset
-from trainables.runtime.engine import seed_everything
 from trainables.losses import check_loss_params, create_loss, register_loss
 from trainables.losses.base import DistillLoss, LossInputs, LossParams, soft_cross_entropy
 from trainables.models import create_model
+from trainables.runtime.engine import seed_everything
+from trainables.runtime.session import Session, state_file_problem
 from trainables.runtime.trainable import TrialContext, TrialParams, register_trainable
 from trainables.runtime.vocabulary import Vocabulary
-from trainables.runtime.session import Session, state_file_problem
+from trainables.training.classifier_loop import OptimConfig, train_classifier
 
 LEAK_NAME = "w2s-test-leaked-pg"
 

@@ -20,8 +20,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from trainables.data.base import DatasetSplits, DatasetUnavailable, FolderDataset, split_indices
 from trainables.core.registry import Entry, Registry, scan
+from trainables.data.base import DatasetSplits, DatasetUnavailable, FolderDataset, split_indices
 
 
 @dataclass(frozen=True)

@@ -15,16 +15,16 @@ import torch.nn.functional as F
 from torch import nn
 
 from trainables.data import DatasetSplits, load_dataset
+from trainables.dino.crops import forward_crops, multicrop
+from trainables.dino.model import init_student_teacher
+from trainables.dino.params import DinoParams
+from trainables.dino.probes import probe_encoder
+from trainables.losses import create_loss
 from trainables.runtime.engine import (autocast, build_optimizer, build_scheduler, epoch_batches, seed_everything,
                                        steps_per_epoch, unwrap)
-from trainables.losses import create_loss
 from trainables.runtime.epochs import Checkpointed, EpochMeans, run_epochs
-from trainables.runtime.trainable import TrialContext
 from trainables.runtime.session import Session
-from trainables.dino.params import DinoParams
-from trainables.dino.model import init_student_teacher
-from trainables.dino.crops import forward_crops, multicrop
-from trainables.dino.probes import probe_encoder
+from trainables.runtime.trainable import TrialContext
 
 
 # ----------------------------------------------------------------------------------- teacher updates

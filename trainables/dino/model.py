@@ -10,8 +10,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from trainables.data import DatasetSplits
-from trainables.models import create_model
 from trainables.dino.params import DinoParams, HeadConfig
+from trainables.models import create_model
 
 
 class NormalizedLinear(nn.Module):

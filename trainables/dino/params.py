@@ -8,10 +8,10 @@ from typing import Any, Literal
 from pydantic import Field, field_validator, model_validator
 
 from trainables.core.config import StrictModel
-from trainables.training.dataset_params import DatasetParams
-from trainables.losses import check_loss_params
 from trainables.core.registry import kwargs_validator
+from trainables.losses import check_loss_params
 from trainables.models import ModelName, check_model_kwargs
+from trainables.training.dataset_params import DatasetParams
 
 
 class HeadConfig(StrictModel):

@@ -4,9 +4,9 @@ from __future__ import annotations
 from typing import Any
 
 from trainables.data import dataset_issues
-from trainables.training.dataset_params import prepare_fixed_dataset
-from trainables.runtime.trainable import TrialContext
 from trainables.dino.params import DinoParams
+from trainables.runtime.trainable import TrialContext
+from trainables.training.dataset_params import prepare_fixed_dataset
 
 
 def prepare_dino(fixed: dict[str, Any], searched: set[str], ctx: TrialContext) -> dict[str, Any] | None:

@@ -6,9 +6,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from trainables.data import DatasetSplits
+from trainables.dino.params import DinoParams
 from trainables.runtime.engine import predict
 from trainables.training.linear_probe import ProbeSpec, train_probes
-from trainables.dino.params import DinoParams
 
 
 @torch.no_grad()

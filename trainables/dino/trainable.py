@@ -18,11 +18,11 @@ report vocabulary.
 """
 from __future__ import annotations
 
+from trainables.dino.loop import run_dino
+from trainables.dino.params import DinoParams
+from trainables.dino.prepare import check_dino_inputs, prepare_dino
 from trainables.runtime.trainable import register_trainable
 from trainables.runtime.vocabulary import Vocabulary
-from trainables.dino.params import DinoParams
-from trainables.dino.loop import run_dino
-from trainables.dino.prepare import check_dino_inputs, prepare_dino
 
 
 register_trainable(

@@ -15,18 +15,18 @@ from typing import Any
 
 import torch
 
-from trainables.training.classifier_loop import (CachedTeacher, OnlineTeacher, OptimConfig, TeacherSignal,
-                                                 train_classifier)
 from trainables.data import DatasetSplits, load_dataset
 from trainables.data.augment import Augment
-from trainables.runtime.engine import predict, seed_everything
+from trainables.distill.params import DistillParams
+from trainables.distill.teacher import build_teacher, load_teacher_model, recipe_fields
 from trainables.init import init_student
 from trainables.losses import create_loss, loss_class
 from trainables.models import Classifier
-from trainables.runtime.trainable import TrialContext
+from trainables.runtime.engine import predict, seed_everything
 from trainables.runtime.session import Session
-from trainables.distill.params import DistillParams
-from trainables.distill.teacher import build_teacher, load_teacher_model, recipe_fields
+from trainables.runtime.trainable import TrialContext
+from trainables.training.classifier_loop import (CachedTeacher, OnlineTeacher, OptimConfig, TeacherSignal,
+                                                 train_classifier)
 from trainables.training.views import BatchViews, FixedViews, PlainViews, RandomViews, teacher_view_logits, view_params
 
 

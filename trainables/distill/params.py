@@ -7,13 +7,13 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from trainables.training.dataset_params import DatasetParams
+from trainables.core.registry import kwargs_validator
 from trainables.data.augment import AugmentName
+from trainables.distill.teacher import Optimizer, Schedule, TeacherRecipe
 from trainables.init import WeightSelectionConfig, check_student_init
 from trainables.losses import LossName, check_loss_params, loss_class
-from trainables.core.registry import kwargs_validator
 from trainables.models import ModelName, check_model_kwargs
-from trainables.distill.teacher import Optimizer, Schedule, TeacherRecipe
+from trainables.training.dataset_params import DatasetParams
 
 
 class DistillParams(DatasetParams):

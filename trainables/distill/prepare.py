@@ -5,10 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 from trainables.data import dataset_issues
-from trainables.training.dataset_params import prepare_fixed_dataset
-from trainables.runtime.trainable import TrialContext
-from trainables.distill.params import DistillParams
 from trainables.distill.loop import load_teacher
+from trainables.distill.params import DistillParams
+from trainables.runtime.trainable import TrialContext
+from trainables.training.dataset_params import prepare_fixed_dataset
 
 
 def prepare_distill(fixed: dict[str, Any], searched: set[str], ctx: TrialContext) -> dict[str, Any] | None:

@@ -25,14 +25,14 @@ from pydantic import Field, field_validator, model_validator
 
 from trainables.core.config import StrictModel
 from trainables.core.digest import file_digest
-from trainables.training.classifier_loop import OptimConfig, train_classifier
-from trainables.data import DatasetSplits, load_dataset
-from trainables.runtime.engine import evaluate, predict, seed_everything, unwrap
-from trainables.losses import create_loss
 from trainables.core.registry import kwargs_validator
+from trainables.data import DatasetSplits, load_dataset
+from trainables.losses import create_loss
 from trainables.models import Classifier, ModelName, check_model_kwargs, create_model, supports_pretrained
 from trainables.models.checkpoint import check_checkpoint_path
+from trainables.runtime.engine import evaluate, predict, seed_everything, unwrap
 from trainables.runtime.session import LocalSession, default_device
+from trainables.training.classifier_loop import OptimConfig, train_classifier
 
 Optimizer = Literal["sgd", "adam", "adamw"]
 Schedule = Literal["cosine", "constant"]

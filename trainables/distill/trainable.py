@@ -11,11 +11,11 @@ from __future__ import annotations
 
 from typing import Any
 
+from trainables.distill.loop import run_distill
+from trainables.distill.params import DistillParams
+from trainables.distill.prepare import check_distill_inputs, prepare_distill
 from trainables.runtime.trainable import register_trainable
 from trainables.runtime.vocabulary import Vocabulary
-from trainables.distill.params import DistillParams
-from trainables.distill.loop import run_distill
-from trainables.distill.prepare import check_distill_inputs, prepare_distill
 
 
 def distill_control(config: dict[str, Any]) -> dict[str, Any]:

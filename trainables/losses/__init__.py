@@ -15,9 +15,9 @@ from typing import Any, Literal
 from pydantic import BaseModel, ValidationError
 from torch import nn
 
-from trainables.losses.base import DistillLoss, LossInputs, LossParams
 from trainables.core.config import first_problem
 from trainables.core.registry import Entry, Registry, UnknownKeywords, kwargs_problem, scan
+from trainables.losses.base import DistillLoss, LossInputs, LossParams
 
 LossInterface = Literal["classifier", "multicrop"]
 

@@ -32,8 +32,7 @@ from pydantic import Field
 
 from trainables.losses import register_loss
 from trainables.losses.augconf import superalignment_ramp
-from trainables.losses.base import (DistillLoss, LossInputs, LossParams, self_training_ce_per_sample,
-                                    soft_cross_entropy)
+from trainables.losses.base import DistillLoss, LossInputs, LossParams, self_training_ce_per_sample, soft_cross_entropy
 from trainables.losses.kd import kd_kl_per_sample
 
 

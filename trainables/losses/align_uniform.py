@@ -17,8 +17,8 @@ import torch
 from pydantic import Field
 
 from trainables.losses import register_loss
-from trainables.losses.dapt import DaptLoss, DaptParams, ProjectorKind, feature_pair, make_projector
 from trainables.losses.base import LossInputs
+from trainables.losses.dapt import DaptLoss, DaptParams, ProjectorKind, feature_pair, make_projector
 
 
 class AlignUniformParams(DaptParams):

@@ -21,8 +21,7 @@ import torch
 from pydantic import Field
 
 from trainables.losses import register_loss
-from trainables.losses.base import (DistillLoss, LossInputs, LossParams, hard_labels, scalar_like,
-                                    soft_cross_entropy)
+from trainables.losses.base import DistillLoss, LossInputs, LossParams, hard_labels, scalar_like, soft_cross_entropy
 
 
 class DKDParams(LossParams):

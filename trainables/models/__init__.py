@@ -13,8 +13,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Mapping
 
-from trainables.models.base import Classifier, Norm
 from trainables.core.registry import Entry, Registry, scan
+from trainables.models.base import Classifier, Norm
 
 
 @dataclass(frozen=True)

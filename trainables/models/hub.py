@@ -34,10 +34,10 @@ from urllib.parse import urlparse
 import torch
 from torch import nn
 
-from trainables.models import register_model
-from trainables.models.base import Classifier
 from trainables.core.offline import offline_mode, reachable
 from trainables.core.registry import UnknownKeywords
+from trainables.models import register_model
+from trainables.models.base import Classifier
 
 TIMM_PREFIX = "timm:"
 TV_PREFIX = "tv:"

@@ -23,8 +23,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from trainables.runtime.ledger import finished_result, ledger_dir
-from trainables.runtime.trainable import TrialContext, get_trainable
 from trainables.runtime.session import DIVERGED, TrialDiverged
+from trainables.runtime.trainable import TrialContext, get_trainable
 
 # Reserved config key used by reference runs (best-config re-runs and no-teacher controls): the
 # real trial config is nested under it, with a role label. Stripped before validation.

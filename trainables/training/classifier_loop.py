@@ -13,10 +13,10 @@ import torch
 from torch import nn
 
 from trainables.data import DatasetSplits
+from trainables.losses import DistillLoss, LossInputs
 from trainables.runtime.engine import (autocast, build_optimizer, build_scheduler, epoch_batches, evaluate,
                                        head_lr_groups, steps_per_epoch, unwrap)
 from trainables.runtime.epochs import Checkpointed, EpochMeans, run_epochs
-from trainables.losses import DistillLoss, LossInputs
 from trainables.runtime.session import Session
 from trainables.training.views import BatchViews, PlainViews
 

@@ -26,14 +26,14 @@ from pydantic import Field, model_validator
 
 from trainables.core.config import StrictModel
 from trainables.core.digest import file_digest
-from trainables.training.classifier_loop import OptimConfig, train_classifier
+from trainables.core.registry import kwargs_validator
 from trainables.data import DatasetSplits, load_dataset, split_indices
 from trainables.data.streamed import folder_dataset, is_folder_dataset, open_folder_dataset
-from trainables.runtime.engine import autocast, seed_everything
 from trainables.losses import create_loss
-from trainables.core.registry import kwargs_validator
 from trainables.models import ModelName, check_model_kwargs, create_model
+from trainables.runtime.engine import autocast, seed_everything
 from trainables.runtime.session import LocalSession
+from trainables.training.classifier_loop import OptimConfig, train_classifier
 
 COUNTS = {"feature_passes": 0, "model_trainings": 0}
 

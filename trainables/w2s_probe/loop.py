@@ -14,13 +14,13 @@ from typing import Any
 
 import torch
 
-from trainables.training.linear_probe import ProbeSpec, train_probes
 from trainables.losses import validate_loss_params
-from trainables.runtime.trainable import TrialContext
 from trainables.runtime.session import Session
+from trainables.runtime.trainable import TrialContext
 from trainables.runtime.vectorize import RESULTS_KEY
-from trainables.w2s_probe.params import ProbeConfig, W2SProbeParams
+from trainables.training.linear_probe import ProbeSpec, train_probes
 from trainables.w2s_probe.features import W2SInputs, load_inputs
+from trainables.w2s_probe.params import ProbeConfig, W2SProbeParams
 
 
 @dataclass(frozen=True)

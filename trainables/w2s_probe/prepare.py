@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from trainables.runtime.trainable import TrialContext
 from trainables.runtime.session import default_device
-from trainables.w2s_probe.params import W2SProbeParams
+from trainables.runtime.trainable import TrialContext
 from trainables.w2s_probe.features import prepare_inputs
+from trainables.w2s_probe.params import W2SProbeParams
 
 
 def prepare_w2s(fixed: dict[str, Any], searched: set[str], ctx: TrialContext) -> dict[str, Any] | None:

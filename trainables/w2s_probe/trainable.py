@@ -23,10 +23,10 @@ from __future__ import annotations
 
 from trainables.runtime.trainable import register_trainable
 from trainables.runtime.vocabulary import Vocabulary
-from trainables.w2s_probe.report import PLOTS as W2S_PLOTS, W2S_COLUMNS, pgr_summary
-from trainables.w2s_probe.params import PROBE_FIELDS, W2SProbeParams
 from trainables.w2s_probe.loop import run_w2s_probe
+from trainables.w2s_probe.params import PROBE_FIELDS, W2SProbeParams
 from trainables.w2s_probe.prepare import prepare_w2s
+from trainables.w2s_probe.report import PLOTS as W2S_PLOTS, W2S_COLUMNS, pgr_summary
 
 
 def _metric_docs() -> dict[str, str]:
