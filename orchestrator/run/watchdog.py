@@ -169,27 +169,29 @@ def diagnose(view: ClusterView, running: list[str], pending: list[str], stalled_
     return Diagnosis(summary, cause, advice, details)
 
 
+@dataclass
 class Watchdog:
     """Run as a context manager around ``Tuner.fit()``."""
 
-    def __init__(self, timeout_s: float, abort_after_s: float | None, resume_hint: str,
-                 say: Callable[[str], None] = print, inspect: Callable[[], ClusterView] = inspect_ray,
-                 clock: Callable[[], float] = time.monotonic):
-        self.timeout_s = timeout_s
-        self.abort_after_s = abort_after_s
-        self.resume_hint = resume_hint
-        self.say = say
-        self.inspect = inspect
-        self.clock = clock
-        self.last_progress = clock()
-        self.last_alarm: float | None = None
-        self.running: list[str] = []
-        self.pending: list[str] = []
-        self.observed = False
-        self.aborted = False
-        self.diagnosis: Diagnosis | None = None
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+    timeout_s: float
+    abort_after_s: float | None
+    resume_hint: str
+    say: Callable[[str], None] = print
+    inspect: Callable[[], ClusterView] = inspect_ray
+    clock: Callable[[], float] = time.monotonic
+    # What the watchdog has seen so far (set by the Heartbeat callback and the watch thread).
+    last_progress: float = field(init=False)
+    last_alarm: float | None = field(init=False, default=None)
+    running: list[str] = field(init=False, default_factory=list)
+    pending: list[str] = field(init=False, default_factory=list)
+    observed: bool = field(init=False, default=False)
+    aborted: bool = field(init=False, default=False)
+    diagnosis: Diagnosis | None = field(init=False, default=None)
+    _stop: threading.Event = field(init=False, default_factory=threading.Event)
+    _thread: threading.Thread | None = field(init=False, default=None)
+
+    def __post_init__(self) -> None:
+        self.last_progress = self.clock()
 
     # -- events from Heartbeat ---------------------------------------------------------------
     def beat(self) -> None:
