@@ -12,7 +12,7 @@ from trainables.data.augment import AugmentName
 from trainables.distill.teacher import Optimizer, Schedule, TeacherRecipe
 from trainables.init import WeightSelectionConfig, check_student_init
 from trainables.losses import LossName, check_loss_params, loss_class
-from trainables.models import ModelName, check_model_kwargs
+from trainables.models import ModelName, check_model_kwargs, predicts_with_untrained_head
 from trainables.training.dataset_params import DatasetParams
 
 
@@ -64,6 +64,11 @@ class DistillParams(DatasetParams):
             raise ValueError(f"loss {self.loss!r} needs teacher features, which are cached for un-augmented "
                              f"images only; with augment {self.augment!r} use teacher_mode online")
         check_student_init(self.student_init, self.student, self.student_kwargs)
+        # A pt teacher keeps its pretrained head as built; a loss that reads its logits needs a trained one.
+        if self.teacher.init == "pt" and loss_class(self.loss).needs_teacher:
+            problem = predicts_with_untrained_head(self.teacher.pretrained, self.teacher.model_kwargs)
+            if problem:
+                raise ValueError(f"teacher.model_kwargs.head: loss {self.loss!r} reads the pt teacher's logits; {problem}")
         if self.warmup_epochs >= self.epochs:
             raise ValueError(f"warmup_epochs ({self.warmup_epochs}) must be below epochs ({self.epochs})")
         return self

@@ -87,6 +87,18 @@ def _resolve_norm(model: Classifier, name: str, input_norm: Any) -> Norm | None:
     return mean, std
 
 
+def predicts_with_untrained_head(pretrained: bool, kwargs: dict[str, Any]) -> str | None:
+    """Why a model used for its *predictions* would predict noise, or None: library weights
+    (``pretrained``) whose ``head`` was left at its default, ``new``, which puts a freshly
+    initialised classifier on the pretrained body (the bug that voided a seed space's weak labels).
+    Writing ``head: new`` explicitly opts in to that untrained classifier."""
+    if not pretrained or "head" in kwargs:
+        return None
+    return ("with pretrained weights and no head given, the classifier is new and untrained, so its predictions "
+            "are noise; set head: pretrained (the library's own classifier and label space), or head: new to "
+            "opt in to an untrained one")
+
+
 def create_model(name: str, *, num_classes: int, input_shape: tuple[int, ...], checkpoint: str | None = None,
                  input_norm: Any = "auto", **kwargs) -> Classifier:
     """Build a model by name.
@@ -109,4 +121,4 @@ def create_model(name: str, *, num_classes: int, input_shape: tuple[int, ...], c
 
 
 __all__ = ["MODELS", "Classifier", "ModelEntry", "ModelName", "check_model_kwargs", "check_model_name", "create_model",
-           "is_known_model", "model_names", "register_model", "supports_pretrained"]
+           "is_known_model", "model_names", "predicts_with_untrained_head", "register_model", "supports_pretrained"]

@@ -12,6 +12,7 @@ from trainables.core.registry import kwargs_validator
 from trainables.data import DATASETS, AnyDatasetName
 from trainables.data.streamed import is_folder_dataset
 from trainables.losses import check_loss_params
+from trainables.models import predicts_with_untrained_head
 from trainables.runtime.trainable import TrialParams
 from trainables.runtime.vectorize import expand_configs, is_vectorized
 from trainables.w2s_probe.features import ModelSource, ModelTraining, PretrainSplit
@@ -72,6 +73,12 @@ class W2SProbeParams(TrialParams, ProbeConfig):
             if (getattr(self, role).train is not None) != has_slice:
                 raise ValueError(f"pretrain_split.{role}: {role}.train and a nonzero pretrain_split.{role} go "
                                  "together (a model trained here needs its own slice, and a slice needs a model)")
+        # The weak model labels the probe pool with its predictions: they must come from a trained classifier.
+        weak = self.weak
+        if weak.train is None and weak.checkpoint is None:
+            problem = predicts_with_untrained_head(bool(weak.model_kwargs.get("pretrained")), weak.model_kwargs)
+            if problem:
+                raise ValueError(f"weak.model_kwargs.head: the weak model labels the pool; {problem}")
         for i, cfg in enumerate(expand_configs(self.model_dump(), PROBE_FIELDS) if self.is_vectorized else []):
             try:
                 ProbeConfig.model_validate(cfg)
