@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import re
 import sys
 import warnings
 
@@ -163,12 +164,17 @@ def unexpected_error(exc: BaseException) -> str:
 
 def _run(args: argparse.Namespace) -> int:
     from orchestrator.run.cluster import resolve_locations
-    from orchestrator.space.spec import load_spec
+    from orchestrator.space.model import NAME_PATTERN
+    from orchestrator.space.parse import parse_spec, read_space_file
     from orchestrator.run.options import SweepOptions
     from orchestrator.run.sweep import dry_run, load_resume_spec, run_sweep
 
     if args.num_samples is not None and args.num_samples < 1:
         raise UserError(f"--num-samples must be at least 1 (got {args.num_samples})")
+    for flag, name in (("--name", args.name), ("--resume", args.resume)):
+        if name is not None and not re.fullmatch(NAME_PATTERN, name):
+            raise UserError(f"{flag}: a sweep name is 1 to 81 letters, digits and _.- starting with a letter or digit "
+                            f"(it names a folder under --storage-path) (got {name!r})")
     # Inside `ray job submit` Ray sets RAY_ADDRESS: the job runs on that cluster.
     address = args.address or os.environ.get("RAY_ADDRESS") or None
     where = resolve_locations(args.mlflow_uri, args.storage_path, address)
@@ -181,9 +187,8 @@ def _run(args: argparse.Namespace) -> int:
         spec, text = load_resume_spec(opts, args.resume)
     else:
         path = resolve_space_path(args.space or DEFAULT_SPACE)
-        spec = load_spec(path, args.overrides, args.num_samples)
-        with open(path) as f:
-            text = f.read()
+        text = read_space_file(path)
+        spec = parse_spec(text, path, args.overrides, args.num_samples)
     if args.dry_run:
         print(dry_run(spec, opts))
         return 0

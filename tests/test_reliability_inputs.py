@@ -239,3 +239,31 @@ def test_the_real_command_prints_one_line_for_a_broken_plugin(tmp_path):
     assert one_error(proc.stderr) == ("error: W2S_PLUGINS: cannot import plugin module 'mylab.not_installed' (No module "
                                       "named 'mylab'); it must be importable from the working directory or "
                                       "PYTHONPATH on every node")
+
+
+def test_a_key_written_twice_is_named_with_both_lines(sweep, tmp_path):
+    rc, _, err = sweep(space=FAULTY + "mode: max\nmode: min\n")
+    assert rc == 2 and "key 'mode' is written twice (lines 8 and 9)" in one_error(err)
+    rc, _, err = sweep(space=FAULTY.replace("params: {epochs: 2}", "params: {epochs: 2, epochs: 3}"))
+    assert rc == 2 and "key 'epochs' is written twice (lines 4 and 4)" in one_error(err)
+    assert os.listdir(tmp_path) == ["space.yaml"]
+
+
+def test_a_binary_search_space_file(sweep, tmp_path):
+    path = tmp_path / "weights.yaml"
+    path.write_bytes(b"\x80\x02}q\x00(X\x05\x00\x00\x00model")  # a pickle, not YAML
+    rc, _, err = sweep(str(path), space=None)
+    assert rc == 2 and "not a text (UTF-8) YAML file" in one_error(err)
+
+
+@pytest.mark.parametrize("flag,name", [("--name", "../escape"), ("--name", "a/b"), ("--name", "x" * 300),
+                                       ("--resume", "a/b"), ("--name", ".hidden")])
+def test_a_sweep_name_that_is_no_folder_name(sweep, tmp_path, flag, name):
+    rc, _, err = sweep(flag, name, space=None if flag == "--resume" else FAULTY)
+    assert rc == 2 and f"{flag}: a sweep name is 1 to 81 letters" in one_error(err)
+    assert not (tmp_path / "ray_results").exists() and not (tmp_path.parent / "escape").exists()
+
+
+def test_integer_ranges_fit_int64(sweep):
+    rc, _, err = sweep("--set", "search.seed={randint: [0, 1e30]}")
+    assert rc == 2 and "search.seed.randint: bounds must fit a 64-bit integer" in one_error(err)

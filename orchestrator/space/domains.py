@@ -58,6 +58,9 @@ class Domain(BaseModel):
         return len(self.args) if self.kind == "grid" else 1
 
 
+INT64_MAX = 2**63 - 1
+
+
 def parse_domain(key: str, raw: Any) -> tuple[Domain | None, list[SpecIssue]]:
     where = f"search.{key}"
     if not isinstance(raw, dict) or len(raw) != 1:
@@ -80,6 +83,9 @@ def parse_domain(key: str, raw: Any) -> tuple[Domain | None, list[SpecIssue]]:
     lo, hi = args[0], args[1]
     if kind in ("randint", "qrandint") and not all(float(x).is_integer() for x in args):
         return None, [SpecIssue(where, "bounds and step must be integers", args)]
+    if kind in ("randint", "qrandint") and not all(-INT64_MAX <= x < INT64_MAX for x in args):
+        # Tune samples integers with numpy's int64 (and ``randint`` adds one to the upper bound).
+        return None, [SpecIssue(where, f"bounds must fit a 64-bit integer (|x| < {INT64_MAX})", args)]
     if lo >= hi:
         return None, [SpecIssue(where, "low must be below high", args)]
     if "log" in kind and lo <= 0:

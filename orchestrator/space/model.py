@@ -13,6 +13,10 @@ from orchestrator.space.domains import Domain
 from trainables.core.config import StrictModel
 
 
+# A sweep name: it names folders and MLflow runs, so no path separators and a bounded length.
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,80}$"
+
+
 class SearchAlgSpec(StrictModel):
     type: Literal["random", "optuna"] = "random"
     seed: int | None = None
@@ -76,7 +80,7 @@ class WatchdogSpec(StrictModel):
 
 
 class SweepSpec(StrictModel):
-    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,80}$")
+    name: str = Field(pattern=NAME_PATTERN)
     description: str = ""
     trainable: str
     experiment: str | None = Field(None, description="MLflow experiment (default: the sweep name)")

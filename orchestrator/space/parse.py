@@ -36,12 +36,23 @@ if TYPE_CHECKING:
 
 
 def load_spec(path: str, overrides: list[str] | None = None, num_samples: int | None = None) -> SweepSpec:
+    return parse_spec(read_space_file(path), path, overrides or [], num_samples)
+
+
+def read_space_file(path: str) -> str:
+    """The search-space file's text: UTF-8, no NUL bytes (a binary file is a user error, not a crash)."""
     try:
-        with open(path) as f:
-            text = f.read()
+        with open(path, "rb") as f:
+            data = f.read()
     except OSError as exc:
         raise SpecError.single(path, "", f"cannot read the search-space file: {exc.strerror}") from None
-    return parse_spec(text, path, overrides or [], num_samples)
+    try:
+        if b"\0" in data:
+            raise UnicodeDecodeError("utf-8", data, data.index(b"\0"), data.index(b"\0") + 1, "NUL byte")
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise SpecError.single(path, "", f"not a text (UTF-8) YAML file: byte {exc.start} is {data[exc.start:exc.start + 1]!r}; "
+                               "is this the search space?") from None
 
 
 def parse_spec(text: str, file: str | None = None, overrides: list[str] | None = None,

@@ -31,13 +31,36 @@ _SpecLoader.add_implicit_resolver(
 )
 
 
+class DuplicateKey(yaml.constructor.ConstructorError):
+    """A key written twice in one mapping: YAML would silently keep the last one."""
+
+
+def _unique_mapping(loader: _SpecLoader, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+    lines: dict[Any, int] = {}
+    for key_node, _ in node.value:
+        if key_node.tag == "tag:yaml.org,2002:merge":
+            continue  # ``<<: *base`` merges are YAML's own way to override keys
+        key = loader.construct_object(key_node, deep=True)
+        line = key_node.start_mark.line + 1
+        if key in lines:
+            raise DuplicateKey(None, None, f"key {key!r} is written twice (lines {lines[key]} and {line}); YAML "
+                               "would keep only the last, so keep one", key_node.start_mark)
+        lines[key] = line
+    return loader.construct_mapping(node, deep=deep)
+
+
+_SpecLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _unique_mapping)
+
+
 def parse_yaml(text: str, file: str | None = None) -> Any:
     try:
         return yaml.load(text, Loader=_SpecLoader)  # noqa: S506 - a SafeLoader subclass
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
-        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
         problem = getattr(exc, "problem", None) or str(exc)
+        if isinstance(exc, DuplicateKey):
+            raise SpecError.single(file, "", problem) from None
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
         raise SpecError.single(file, "", f"not valid YAML: {where}{problem}") from None
 
 
