@@ -11,9 +11,12 @@ MISSING = object()  # "no value to show" in an error, as opposed to a value that
 
 
 class StrictModel(BaseModel):
-    """A parameter model that refuses unknown keys: a misspelt key is an error, never ignored."""
+    """A parameter model that refuses unknown keys (a misspelt key is an error, never ignored) and
+    non-finite floats (a NaN learning rate would otherwise be reported as out of range, or pass a
+    check that NaN compares false against). Loss parameters, where NaN can mean "off", have their
+    own base."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 def set_dotted(cfg: dict[str, Any], dotted: str, value: Any) -> None:
