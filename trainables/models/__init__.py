@@ -112,6 +112,7 @@ def create_model(name: str, *, num_classes: int, input_shape: tuple[int, ...], c
     check_model_kwargs(name, kwargs)
     model = MODELS.get(name).obj(num_classes=num_classes, input_shape=tuple(input_shape),
                                  **_factory_kwargs(name, kwargs))
+    model.registry_name = name
     if checkpoint:
         from trainables.models.checkpoint import load_checkpoint
 

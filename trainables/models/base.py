@@ -1,11 +1,49 @@
 from __future__ import annotations
 
+import functools
+import re
+from dataclasses import dataclass
 from typing import Sequence
 
 import torch
 from torch import nn
 
 Norm = tuple[tuple[float, ...], tuple[float, ...]]
+
+
+_FIELD = re.compile(r"\{(\w+)(-1)?\}")
+
+
+@dataclass(frozen=True)
+class KeyNaming:
+    """Another code base's state-dict key names for a model family, as data: ``table`` has one
+    rule a line, ``their-pattern  our-template``. In a pattern ``{s}`` stands for a number and a
+    final ``*`` for the rest of the key; a template repeats them (``{s-1}``: one less). Rules are
+    tried in order. A model class lists the namings its weights may come in as
+    ``foreign_namings``; :mod:`trainables.models.checkpoint` picks one by key set."""
+
+    name: str
+    table: str
+
+    @functools.cached_property
+    def rules(self) -> tuple[tuple[re.Pattern[str], str], ...]:
+        rules = []
+        for line in filter(None, (line.strip() for line in self.table.splitlines())):
+            theirs, ours = line.split()
+            pattern = _FIELD.sub(lambda m: rf"(?P<{m[1]}>\d+)", re.escape(theirs).replace(r"\{", "{")
+                                 .replace(r"\}", "}")).replace(r"\*", "(?P<rest>.+)")
+            rules.append((re.compile(pattern), ours))
+        return tuple(rules)
+
+    def rename(self, key: str) -> str | None:
+        """``key`` in our naming, or None when no rule matches it."""
+        for pattern, template in self.rules:
+            match = pattern.fullmatch(key)
+            if match:
+                fields = match.groupdict()
+                ours = _FIELD.sub(lambda m: str(int(fields[m[1]]) - (1 if m[2] else 0)), template)
+                return ours.replace("*", fields.get("rest") or "")
+        return None
 
 
 class Classifier(nn.Module):
@@ -22,6 +60,10 @@ class Classifier(nn.Module):
     num_features: int
     head: nn.Module
     input_norm: Norm | None = None
+    # Other code bases' key names these weights may come in (checkpoint files load either way).
+    foreign_namings: tuple[KeyNaming, ...] = ()
+    # The registered name the model was created under (create_model sets it), for messages.
+    registry_name: str | None = None
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
         raise NotImplementedError

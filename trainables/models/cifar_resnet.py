@@ -11,7 +11,18 @@ from torch import nn
 from torch.nn import functional as F
 
 from trainables.models import register_model
-from trainables.models.base import Classifier
+from trainables.models.base import Classifier, KeyNaming
+
+# RepDistiller / mdistiller (the CIFAR distillation zoo): ``conv1``/``bn1`` stem, blocks of
+# ``conv1 bn1 conv2 bn2`` with a ``downsample`` (conv, bn) projection, classifier ``fc``.
+REPDISTILLER_NAMING = KeyNaming("RepDistiller/mdistiller", """
+    conv1.*                         stem.0.0.*
+    bn1.*                           stem.0.1.*
+    layer{s}.{b}.conv{i}.*          layer{s}.{b}.conv{i}.0.*
+    layer{s}.{b}.bn{i}.*            layer{s}.{b}.conv{i}.1.*
+    layer{s}.{b}.downsample.*       layer{s}.{b}.shortcut.*
+    fc.*                            head.*
+""")
 
 
 def conv_bn(cin: int, cout: int, kernel: int = 3, stride: int = 1, groups: int = 1) -> nn.Sequential:
@@ -33,6 +44,8 @@ class BasicBlock(nn.Module):
 
 
 class CifarResNet(Classifier):
+    foreign_namings = (REPDISTILLER_NAMING,)
+
     def __init__(self, depth: int, widths: tuple[int, int, int, int], num_classes: int,
                  input_shape: tuple[int, ...]):
         super().__init__()

@@ -11,12 +11,28 @@ from torch import nn
 from torch.nn import functional as F
 
 from trainables.models import register_model
-from trainables.models.base import Classifier
+from trainables.models.base import Classifier, KeyNaming
 from trainables.models.cifar_resnet import conv_bn
 
 # (expansion, channels, blocks, stride of the first block); expansion None means "the model's T".
 STAGES = ((1, 16, 1, 1), (None, 24, 2, 1), (None, 32, 3, 2), (None, 64, 4, 2), (None, 96, 3, 1),
           (None, 160, 3, 2), (None, 320, 1, 1))
+
+# RepDistiller / mdistiller ``mobile_half``: stem ``conv1`` (conv, bn, relu), stages ``blocks.S``
+# of blocks whose ``conv`` Sequential is flat (pw conv, bn, relu, dw conv, bn, relu, pw conv, bn),
+# ``conv2`` (conv, bn, relu) to 1280 channels and ``classifier.0``. A flat index 3k + j is our
+# ``body.{2k}.{j}`` (k: which conv_bn, j: conv 0 or bn 1).
+REPDISTILLER_NAMING = KeyNaming("RepDistiller/mdistiller", """
+    conv1.*                     stem.0.*
+    blocks.{s}.{b}.conv.0.*     stages.{s}.{b}.body.0.0.*
+    blocks.{s}.{b}.conv.1.*     stages.{s}.{b}.body.0.1.*
+    blocks.{s}.{b}.conv.3.*     stages.{s}.{b}.body.2.0.*
+    blocks.{s}.{b}.conv.4.*     stages.{s}.{b}.body.2.1.*
+    blocks.{s}.{b}.conv.6.*     stages.{s}.{b}.body.4.0.*
+    blocks.{s}.{b}.conv.7.*     stages.{s}.{b}.body.4.1.*
+    conv2.*                     last_conv.0.*
+    classifier.0.*              head.*
+""")
 
 
 class InvertedResidual(nn.Module):
@@ -36,6 +52,8 @@ class InvertedResidual(nn.Module):
 
 
 class CifarMobileNetV2(Classifier):
+    foreign_namings = (REPDISTILLER_NAMING,)
+
     def __init__(self, num_classes: int, input_shape: tuple[int, ...], width_mult: float = 0.5,
                  expansion: int = 6, last_channels: int = 1280):
         super().__init__()

@@ -9,7 +9,17 @@ from torch import nn
 from torch.nn import functional as F
 
 from trainables.models import register_model
-from trainables.models.base import Classifier
+from trainables.models.base import Classifier, KeyNaming
+
+# RepDistiller / mdistiller ``ShuffleV1``: stem ``conv1``/``bn1``, stages ``layer1..3`` of units with
+# ``conv1..3``/``bn1..3``, classifier ``linear``.
+REPDISTILLER_NAMING = KeyNaming("RepDistiller/mdistiller", """
+    conv1.*                     stem.0.0.*
+    bn1.*                       stem.0.1.*
+    layer{s}.{b}.conv{i}.*      stages.{s-1}.{b}.conv{i}.0.*
+    layer{s}.{b}.bn{i}.*        stages.{s-1}.{b}.conv{i}.1.*
+    linear.*                    head.*
+""")
 from trainables.models.cifar_resnet import conv_bn
 
 
@@ -38,6 +48,8 @@ class ShuffleUnit(nn.Module):
 
 
 class ShuffleNetV1(Classifier):
+    foreign_namings = (REPDISTILLER_NAMING,)
+
     def __init__(self, num_classes: int, input_shape: tuple[int, ...], widths=(240, 480, 960),
                  blocks=(4, 8, 4), groups: int = 3, stem: int = 24):
         super().__init__()

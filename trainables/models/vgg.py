@@ -8,7 +8,14 @@ from torch import nn
 from torch.nn import functional as F
 
 from trainables.models import register_model
-from trainables.models.base import Classifier
+from trainables.models.base import Classifier, KeyNaming
+
+# RepDistiller / mdistiller ``vgg*_bn``: groups ``block0..4`` laid out as ours (conv, bn, relu, ...),
+# classifier ``classifier``.
+REPDISTILLER_NAMING = KeyNaming("RepDistiller/mdistiller", """
+    block{g}.*          groups.{g}.*
+    classifier.*        head.*
+""")
 
 CONFIGS: dict[str, list[list[int]]] = {
     "vgg8": [[64], [128], [256], [512], [512]],
@@ -28,6 +35,8 @@ def _group(cin: int, widths: list[int]) -> nn.Sequential:
 
 
 class VGG(Classifier):
+    foreign_namings = (REPDISTILLER_NAMING,)
+
     def __init__(self, cfg: list[list[int]], num_classes: int, input_shape: tuple[int, ...]):
         super().__init__()
         cins = [input_shape[0]] + [g[-1] for g in cfg[:-1]]

@@ -6,7 +6,17 @@ from torch import nn
 from torch.nn import functional as F
 
 from trainables.models import register_model
-from trainables.models.base import Classifier
+from trainables.models.base import Classifier, KeyNaming
+
+# RepDistiller / mdistiller: stem ``conv1``, stages ``block1..3.layer`` of blocks whose projection
+# is ``convShortcut``, final ``bn1``, classifier ``fc``.
+REPDISTILLER_NAMING = KeyNaming("RepDistiller/mdistiller", """
+    conv1.*                                 stem.*
+    block{s}.layer.{b}.convShortcut.*       layer{s}.{b}.shortcut.*
+    block{s}.layer.{b}.*                    layer{s}.{b}.*
+    bn1.*                                   bn.*
+    fc.*                                    head.*
+""")
 
 
 class PreActBlock(nn.Module):
@@ -32,6 +42,8 @@ class PreActBlock(nn.Module):
 
 
 class WideResNet(Classifier):
+    foreign_namings = (REPDISTILLER_NAMING,)
+
     def __init__(self, depth: int, widen: int, num_classes: int, input_shape: tuple[int, ...],
                  dropout: float = 0.0):
         super().__init__()
