@@ -157,4 +157,5 @@ def run_distill(p: DistillParams, session: Session, ctx: TrialContext) -> dict[s
         static_metrics={"teacher_test_acc": entry.meta["test_acc"], "teacher_val_acc": entry.meta["val_acc"]},
         optim=OptimConfig(epochs=p.epochs, batch_size=p.batch_size, lr=p.lr, optimizer=p.optimizer,
                           weight_decay=p.weight_decay, momentum=p.momentum, schedule=p.schedule,
-                          warmup_epochs=p.warmup_epochs, compile=p.compile))
+                          warmup_epochs=p.warmup_epochs, compile=p.compile, ema_decay=p.ema_decay,
+                          **p.recipe_fields()))

@@ -14,9 +14,10 @@ from trainables.init import WeightSelectionConfig, check_student_init
 from trainables.losses import LossName, check_loss_params, loss_class
 from trainables.models import ModelName, check_model_kwargs, predicts_with_untrained_head
 from trainables.training.dataset_params import DatasetParams
+from trainables.training.recipe import RecipeParams
 
 
-class DistillParams(DatasetParams):
+class DistillParams(DatasetParams, RecipeParams):
     teacher: TeacherRecipe = Field(default_factory=TeacherRecipe)
     teacher_mode: Literal["cached", "online", "sampled_views"] = Field(
         "cached", description="cached | sampled_views: teacher logits computed once (per view) and looked up; "
@@ -44,6 +45,8 @@ class DistillParams(DatasetParams):
     momentum: float = Field(0.9, ge=0, lt=1)
     schedule: Schedule = "cosine"
     warmup_epochs: int = Field(0, ge=0)
+    ema_decay: float | None = Field(None, gt=0, lt=1, description="model EMA of the student (timm ModelEmaV3), "
+                                    "updated after every optimiser step; reports ema_val_acc / ema_test_acc")
 
     _student_kwargs_fit = kwargs_validator("student", "student_kwargs", check_model_kwargs)
 
@@ -71,4 +74,5 @@ class DistillParams(DatasetParams):
                 raise ValueError(f"teacher.model_kwargs.head: loss {self.loss!r} reads the pt teacher's logits; {problem}")
         if self.warmup_epochs >= self.epochs:
             raise ValueError(f"warmup_epochs ({self.warmup_epochs}) must be below epochs ({self.epochs})")
+        self.check_recipe(self.lr, self.epochs, self.schedule)
         return self

@@ -23,7 +23,6 @@ from typing import Any, Literal
 import torch
 from pydantic import Field, field_validator, model_validator
 
-from trainables.core.config import StrictModel
 from trainables.core.digest import file_digest
 from trainables.core.registry import kwargs_validator
 from trainables.data import DatasetSplits, load_dataset
@@ -33,9 +32,10 @@ from trainables.models.checkpoint import check_checkpoint_path
 from trainables.runtime.engine import evaluate, predict, seed_everything, unwrap
 from trainables.runtime.session import LocalSession, default_device
 from trainables.training.classifier_loop import OptimConfig, train_classifier
+from trainables.training.recipe import RecipeParams
 
 Optimizer = Literal["sgd", "adam", "adamw"]
-Schedule = Literal["cosine", "constant"]
+Schedule = Literal["cosine", "constant", "step", "multistep"]
 TeacherInit = Literal["fr", "lp", "ft", "pt"]
 
 INIT_DEFAULTS: dict[str, dict[str, Any]] = {
@@ -48,7 +48,7 @@ INIT_DEFAULTS: dict[str, dict[str, Any]] = {
 WEIGHT_KWARGS = ("pretrained", "checkpoint")
 
 
-class TeacherRecipe(StrictModel):
+class TeacherRecipe(RecipeParams):
     """How to make the teacher. Everything here goes into the teacher's cache key."""
 
     model: ModelName = "cnn"
@@ -63,6 +63,7 @@ class TeacherRecipe(StrictModel):
     weight_decay: float | None = Field(None, ge=0)
     schedule: Schedule | None = None
     head_lr_mult: float | None = Field(None, gt=0)
+    warmup_epochs: int = Field(0, ge=0)
     seed: int = Field(0, ge=0)
 
     @field_validator("checkpoint")
@@ -88,6 +89,10 @@ class TeacherRecipe(StrictModel):
         for key, value in INIT_DEFAULTS[self.init].items():
             if getattr(self, key) is None:
                 setattr(self, key, value)
+        if self.warmup_epochs >= self.epochs:
+            raise ValueError(f"teacher.warmup_epochs ({self.warmup_epochs}) must be below teacher.epochs "
+                             f"({self.epochs})")
+        self.check_recipe(self.lr, self.epochs, self.schedule, prefix="teacher.")
         return self
 
     # After _init_mode_fits, which says where pretrained / checkpoint belong instead.
@@ -95,7 +100,8 @@ class TeacherRecipe(StrictModel):
 
     def optim(self) -> OptimConfig:
         return OptimConfig(epochs=self.epochs, batch_size=self.batch_size, lr=self.lr, optimizer=self.optimizer,
-                           weight_decay=self.weight_decay, schedule=self.schedule, head_lr_mult=self.head_lr_mult)
+                           weight_decay=self.weight_decay, schedule=self.schedule, head_lr_mult=self.head_lr_mult,
+                           warmup_epochs=self.warmup_epochs, **self.recipe_fields())
 
 
 def recipe_fields(t: TeacherRecipe) -> dict[str, Any]:

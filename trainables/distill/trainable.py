@@ -39,6 +39,10 @@ register_trainable(
         "test_acc_at_best_val": "test top-1 at the epoch of best validation accuracy",
         "teacher_test_acc": "the teacher's test top-1",
         "train_loss": "mean training loss of the epoch (and train_<component> for each loss term)",
+        "val_top5": "student top-5 on the validation split (more than 5 classes only)",
+        "test_top5": "student top-5 on the test split (more than 5 classes only)",
+        "ema_val_acc": "top-1 of the student's weight EMA on the validation split (with ema_decay)",
+        "ema_test_acc": "top-1 of the student's weight EMA on the test split (with ema_decay)",
     },
     vocabulary=Vocabulary(
         headline="test_acc",

@@ -25,21 +25,45 @@ def unwrap(model: nn.Module) -> nn.Module:
     return model.module if hasattr(model, "module") else model
 
 
-def head_lr_groups(model: nn.Module, lr: float, head_lr_mult: float, extra=()) -> list[dict]:
+def head_lr_groups(model: nn.Module, lr: float, head_lr_mult: float, extra=(),
+                   weight_decay: float | None = None, wd_exclude_1d: bool = True) -> list[dict]:
     """Parameter groups with the model's ``head`` at ``lr * head_lr_mult`` (fine-tuning a
-    pretrained body under a new head); ``extra`` (loss parameters) joins the body group."""
-    head = getattr(unwrap(model), "head", None)
+    pretrained body under a new head); ``extra`` (loss parameters: a module, or parameters) joins
+    the body groups.
+
+    With ``weight_decay`` given, the groups are also split by weight decay with timm's
+    :func:`timm.optim.param_groups_weight_decay`: with ``wd_exclude_1d`` (timm's and the seed
+    authors' default) biases and 1-D parameters (norm scales and shifts) get none, everything
+    else ``weight_decay``; each group then carries its own ``weight_decay``. Body groups come
+    first, so ``param_groups[0]`` holds the body's lr."""
+    from timm.optim import param_groups_weight_decay
+
+    net = unwrap(model)
+    head = getattr(net, "head", None)
     head_ids = {id(p) for p in head.parameters()} if (head is not None and head_lr_mult != 1.0) else set()
-    body = [p for p in model.parameters() if id(p) not in head_ids] + list(extra)
-    groups = [{"params": body}]
-    if head_ids:
-        groups.append({"params": [p for p in head.parameters()], "lr": lr * head_lr_mult})
-    return groups
+    holder = nn.ModuleDict({"model": net})
+    if isinstance(extra, nn.Module):
+        holder["extra"] = extra
+    else:
+        extra = list(extra)
+        if extra:
+            holder["extra"] = nn.ParameterList(extra)
+    if weight_decay is None:
+        groups = [{"params": list(holder.parameters())}]
+    else:
+        groups = param_groups_weight_decay(holder, weight_decay, weight_decay_exclude_1d=wd_exclude_1d)
+    body = [{**g, "params": [p for p in g["params"] if id(p) not in head_ids]} for g in groups]
+    heads = [{**g, "params": [p for p in g["params"] if id(p) in head_ids], "lr": lr * head_lr_mult}
+             for g in groups] if head_ids else []
+    return [g for g in body if g["params"]] + [g for g in heads if g["params"]]
 
 
 def build_optimizer(name: str, params, lr: float, weight_decay: float = 0.0, momentum: float = 0.9,
-                    device: torch.device | None = None) -> torch.optim.Optimizer:
-    """``params``: parameters, or parameter groups (dicts) as torch optimisers take them."""
+                    device: torch.device | None = None, nesterov: bool = True,
+                    betas: tuple[float, float] = (0.9, 0.999)) -> torch.optim.Optimizer:
+    """``params``: parameters, or parameter groups (dicts) as torch optimisers take them (a
+    group's own ``weight_decay`` wins over ``weight_decay``). ``sgd`` uses Nesterov momentum when
+    ``nesterov`` (and ``momentum`` > 0), plain momentum otherwise; ``betas`` are Adam(W)'s."""
     params = list(params)
     if params and isinstance(params[0], dict):
         params = [{**g, "params": [p for p in g["params"] if p.requires_grad]} for g in params]
@@ -48,29 +72,60 @@ def build_optimizer(name: str, params, lr: float, weight_decay: float = 0.0, mom
         params = [p for p in params if p.requires_grad]
     fused = {"fused": True} if device is not None and device.type == "cuda" else {}
     if name == "sgd":
-        return torch.optim.SGD(params, lr=lr, momentum=momentum, nesterov=momentum > 0,
+        return torch.optim.SGD(params, lr=lr, momentum=momentum, nesterov=nesterov and momentum > 0,
                                weight_decay=weight_decay, **fused)
     if name == "adam":
-        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay, **fused)
+        return torch.optim.Adam(params, lr=lr, betas=tuple(betas), weight_decay=weight_decay, **fused)
     if name == "adamw":
-        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, **fused)
+        return torch.optim.AdamW(params, lr=lr, betas=tuple(betas), weight_decay=weight_decay, **fused)
     raise ValueError(f"unknown optimizer {name!r}; known: sgd, adam, adamw")
 
 
+SCHEDULES = ("cosine", "constant", "step", "multistep")
+
+
 def build_scheduler(name: str, optimizer: torch.optim.Optimizer, total_steps: int,
-                    warmup_steps: int = 0) -> torch.optim.lr_scheduler.LRScheduler:
-    """Per-step schedule: ``cosine`` (to 0), ``constant``, each with an optional linear warm-up."""
+                    warmup_steps: int = 0, *, lr: float | None = None, warmup_lr: float = 0.0,
+                    min_lr: float = 0.0, decay_steps: int = 0, milestones: tuple[int, ...] = (),
+                    decay_rate: float = 0.1) -> torch.optim.lr_scheduler.LRScheduler:
+    """Per-step (per optimiser update) schedule, each with an optional linear warm-up.
+
+    With ``t`` the 0-based update and ``W = warmup_steps``, ``T = total_steps``, the lr is
+    ``lr * factor(t)``, where (``warmup_lr`` and ``min_lr`` are absolute, for the body's ``lr``)::
+
+        t < W:       warmup_lr/lr + (1 - warmup_lr/lr) * (t + 1) / W
+        cosine:      m + (1 - m) * (1 + cos(pi * min((t - W) / (T - W), 1))) / 2,  m = min_lr / lr
+        constant:    1
+        step:        decay_rate ** (t // decay_steps)
+        multistep:   decay_rate ** (number of milestones (in updates) <= t)
+
+    so after the last update (``t = T``) cosine sits at ``min_lr``. Other groups (the head at
+    ``head_lr_mult``) follow the same factor of their own lr.
+
+    This stays a :class:`~torch.optim.lr_scheduler.LambdaLR` rather than timm's schedulers: timm's
+    take ``warmup_lr``/``min_lr`` as absolute values for every group (flattening the head's lr
+    multiplier), step through ``step_update(num_updates)`` instead of ``step()``, and checkpoints
+    already hold LambdaLR state, which resumes unchanged.
+    """
     total_steps = max(total_steps, 1)
+    if name not in SCHEDULES:
+        raise ValueError(f"unknown schedule {name!r}; known: {', '.join(SCHEDULES)}")
+    if name == "step" and decay_steps < 1:
+        raise ValueError("schedule step needs decay_steps >= 1")
+    start = warmup_lr / lr if lr else 0.0
+    floor = min_lr / lr if lr else 0.0
 
     def factor(step: int) -> float:
         if warmup_steps and step < warmup_steps:
-            return (step + 1) / warmup_steps
+            return start + (1.0 - start) * (step + 1) / warmup_steps
         if name == "constant":
             return 1.0
         if name == "cosine":
             progress = (step - warmup_steps) / max(total_steps - warmup_steps, 1)
-            return 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
-        raise ValueError(f"unknown schedule {name!r}; known: cosine, constant")
+            return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
+        if name == "step":
+            return decay_rate ** (step // decay_steps)
+        return decay_rate ** sum(step >= m for m in milestones)
 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
@@ -125,17 +180,24 @@ def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 1024, features:
 @torch.no_grad()
 def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, session: Session,
              batch_size: int = 1024) -> dict[str, float]:
-    """Accuracy and mean CE on (x, y). Under DDP each rank scores a strided shard and the sums are
-    all-reduced, so every rank returns the same full-split numbers."""
+    """Accuracy, mean CE and, with more than 5 classes, top-5 accuracy (``top5``) on (x, y). Under
+    DDP each rank scores a strided shard and the sums are all-reduced, so every rank returns the
+    same full-split numbers."""
     if session.world_size > 1:
         x, y = x[session.rank::session.world_size], y[session.rank::session.world_size]
     logits = predict(model, x, batch_size)
     y = y.to(logits.device)
-    sums = torch.stack([
+    parts = [
         (logits.argmax(-1) == y).sum().float(),
         nn.functional.cross_entropy(logits, y, reduction="sum"),
         torch.tensor(float(len(y)), device=logits.device),
-    ])
-    sums = session.all_reduce_sum(sums)
-    correct, loss_sum, count = sums.tolist()
-    return {"acc": correct / max(count, 1.0), "loss": loss_sum / max(count, 1.0)}
+    ]
+    top5 = logits.shape[-1] > 5
+    if top5:
+        parts.append((logits.topk(5, dim=-1).indices == y[:, None]).any(-1).sum().float())
+    sums = session.all_reduce_sum(torch.stack(parts)).tolist()
+    correct, loss_sum, count = sums[:3]
+    out = {"acc": correct / max(count, 1.0), "loss": loss_sum / max(count, 1.0)}
+    if top5:
+        out["top5"] = sums[3] / max(count, 1.0)
+    return out

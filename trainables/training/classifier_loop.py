@@ -6,6 +6,8 @@ are synchronised once per epoch.
 """
 from __future__ import annotations
 
+import contextlib
+import math
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -108,6 +110,19 @@ class OptimConfig:
     warmup_epochs: int = 0
     head_lr_mult: float = 1.0  # the head's lr is lr * head_lr_mult (teacher fine-tuning)
     compile: bool = False  # torch.compile the training forward
+    nesterov: bool = True  # sgd: Nesterov (true) or plain momentum
+    betas: tuple[float, float] = (0.9, 0.999)  # adam / adamw
+    wd_exclude_1d: bool = True  # no weight decay on biases and 1-D (norm) parameters (timm's filter)
+    warmup_lr: float = 0.0  # the linear warm-up starts here
+    min_lr: float = 0.0  # cosine floor
+    decay_epochs: int = 30  # step schedule: decay every this many epochs
+    milestones: tuple[int, ...] = ()  # multistep schedule: decay at these epochs
+    decay_rate: float = 0.1  # step / multistep factor
+    # batch_size is the micro-batch: gradients of accum_steps micro-batches are summed (each loss
+    # weighted by its share of the group's samples) before one optimiser step, so one update sees
+    # batch_size * accum_steps samples per worker, batch_size * accum_steps * workers in all.
+    accum_steps: int = 1
+    ema_decay: float | None = None  # model EMA (timm ModelEmaV3) updated after every optimiser step
 
 
 def train_classifier(*, model: nn.Module, data: DatasetSplits, loss_fn: DistillLoss, optim: OptimConfig,
@@ -143,40 +158,75 @@ class ClassifierRun:
         self.step_model = torch.compile(self.model) if optim.compile else self.model
         self.loss_fn = loss_fn.to(device)
         self.loss_sync = LossModuleSync(self.loss_fn, session)
-        params = head_lr_groups(self.model, optim.lr, optim.head_lr_mult, extra=self.loss_fn.parameters())
+        params = head_lr_groups(self.model, optim.lr, optim.head_lr_mult, extra=self.loss_fn,
+                                weight_decay=optim.weight_decay, wd_exclude_1d=optim.wd_exclude_1d)
         self.optimizer = build_optimizer(optim.optimizer, params, optim.lr, optim.weight_decay, optim.momentum,
-                                         device)
+                                         device, nesterov=optim.nesterov, betas=optim.betas)
         self.n_train = len(data.train_y)
-        per_epoch = steps_per_epoch(self.n_train, optim.batch_size, session.world_size)
+        micro = steps_per_epoch(self.n_train, optim.batch_size, session.world_size)
+        per_epoch = math.ceil(micro / optim.accum_steps)  # optimiser steps; the schedule counts these
         self.scheduler = build_scheduler(optim.schedule, self.optimizer, per_epoch * optim.epochs,
-                                         per_epoch * optim.warmup_epochs)
+                                         per_epoch * optim.warmup_epochs, lr=optim.lr, warmup_lr=optim.warmup_lr,
+                                         min_lr=optim.min_lr, decay_steps=per_epoch * optim.decay_epochs,
+                                         milestones=tuple(per_epoch * m for m in optim.milestones),
+                                         decay_rate=optim.decay_rate)
+        self.ema = None
+        if optim.ema_decay:
+            from timm.utils import ModelEmaV3
+
+            self.ema = ModelEmaV3(unwrap(self.model), decay=optim.ema_decay)
         self.progress = {"epoch": 0, "best_val_acc": -1.0, "test_acc_at_best_val": 0.0, "best_epoch": 0}
 
     def checkpointed(self) -> Checkpointed:
-        return Checkpointed({"model": unwrap(self.model), "loss_fn": self.loss_fn, "optimizer": self.optimizer,
-                             "scheduler": self.scheduler}, self.progress, optional=("loss_fn",))
+        stateful = {"model": unwrap(self.model), "loss_fn": self.loss_fn, "optimizer": self.optimizer,
+                    "scheduler": self.scheduler}
+        if self.ema is not None:
+            stateful["ema"] = self.ema
+        return Checkpointed(stateful, self.progress, optional=("loss_fn", "ema"))
 
     def train_epoch(self, epoch: int) -> dict[str, torch.Tensor]:
         self.model.train()
         means = EpochMeans()
         self.views.start_epoch(epoch)
-        for idx in epoch_batches(self.n_train, self.optim.batch_size, epoch, self.seed, self.session, self.device):
-            means.add(self.step(epoch, idx))
+        batches = list(epoch_batches(self.n_train, self.optim.batch_size, epoch, self.seed, self.session,
+                                     self.device))
+        k = self.optim.accum_steps
+        for start in range(0, len(batches), k):
+            for out in self.step(epoch, batches[start:start + k]):
+                means.add(out)
         return means.means()
 
-    def step(self, epoch: int, idx: torch.Tensor) -> dict[str, torch.Tensor]:
+    def step(self, epoch: int, group: list[torch.Tensor]) -> list[dict[str, torch.Tensor]]:
+        """One optimiser step over the micro-batches in ``group`` (index tensors): their gradients
+        are summed, each micro-batch's loss weighted by its share of the group's samples (sizes are
+        shapes, known on the host: no sync), so a group equals one batch of them all for per-sample
+        mean losses. Returns each micro-batch's loss statistics."""
+        self.optimizer.zero_grad(set_to_none=True)
+        total = sum(len(idx) for idx in group)
+        no_sync = getattr(self.model, "no_sync", None)  # DDP: all-reduce on the last backward only
+        outs = []
+        for i, idx in enumerate(group):
+            last = i == len(group) - 1
+            with contextlib.nullcontext() if last or no_sync is None else no_sync():
+                out = self.forward(epoch, idx)
+                loss = out["loss"] if len(group) == 1 else out["loss"] * (len(idx) / total)
+                loss.backward()
+            outs.append(out)
+        self.loss_sync.average_gradients()
+        self.optimizer.step()
+        self.scheduler.step()
+        if self.ema is not None:
+            self.ema.update(unwrap(self.model))
+        return outs
+
+    def forward(self, epoch: int, idx: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The loss on one (micro-)batch."""
         xb, view_ids = self.views.batch(self.data.train_x, idx)
         yb = self.data.train_y[idx]
         if self.channels_last:
             xb = xb.contiguous(memory_format=torch.channels_last)
         with autocast(self.device):
-            out = self.loss_fn(self.loss_inputs(epoch, idx, xb, yb, view_ids))
-        self.optimizer.zero_grad(set_to_none=True)
-        out["loss"].backward()
-        self.loss_sync.average_gradients()
-        self.optimizer.step()
-        self.scheduler.step()
-        return out
+            return self.loss_fn(self.loss_inputs(epoch, idx, xb, yb, view_ids))
 
     def loss_inputs(self, epoch: int, idx: torch.Tensor, xb: torch.Tensor, yb: torch.Tensor,
                     view_ids: torch.Tensor | None) -> LossInputs:
@@ -200,8 +250,12 @@ class ClassifierRun:
         test = evaluate(self.model, data.test_x, data.test_y, self.session)
         if val["acc"] > progress["best_val_acc"]:
             progress.update(best_val_acc=val["acc"], test_acc_at_best_val=test["acc"], best_epoch=epoch + 1)
+        extra = {f"{split}_top5": r["top5"] for split, r in (("val", val), ("test", test)) if "top5" in r}
+        if self.ema is not None:
+            extra["ema_val_acc"] = evaluate(self.ema.module, data.val_x, data.val_y, self.session)["acc"]
+            extra["ema_test_acc"] = evaluate(self.ema.module, data.test_x, data.test_y, self.session)["acc"]
         return {
-            "epoch": epoch + 1, **train_stats,
+            "epoch": epoch + 1, **train_stats, **extra,
             "val_acc": val["acc"], "val_loss": val["loss"], "test_acc": test["acc"], "test_loss": test["loss"],
             "best_val_acc": progress["best_val_acc"], "test_acc_at_best_val": progress["test_acc_at_best_val"],
             "lr": self.optimizer.param_groups[0]["lr"],

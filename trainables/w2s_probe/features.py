@@ -212,7 +212,10 @@ def model_recipe(source: ModelSource, role: str, p: FeatureParams, data_identity
         recipe["model_kwargs_checkpoint_sha256"] = file_digest(kwarg_checkpoint)
     if source.train is not None:
         recipe["trained_on"] = {"data": data_identity, "role": role, "split_seed": p.split_seed,
-                                "pretrain_split": p.pretrain_split.model_dump(), **source.train.model_dump()}
+                                "pretrain_split": p.pretrain_split.model_dump(), **source.train.model_dump(),
+                                # OptimConfig's default since issue 14 (no decay on biases / norms):
+                                # models trained before it, with decay on every parameter, are not reused.
+                                "wd_exclude_1d": True}
     return recipe
 
 
