@@ -256,3 +256,44 @@ def test_watchdog_names_a_leaked_placement_group_and_stops_the_sweep(tmp_path):
     _, runs = mlflow_runs(tmp_path, "faults-stuck", "stuck")
     (parent,) = [r for r in runs if r.data.tags["w2s.role"] == "parent"]
     assert parent.info.status == "KILLED"
+
+
+INTERRUPT_SPACE = """
+name: faults-interrupt
+trainable: faulty
+params:
+  epochs: 4
+  loss_params: {sleep_s: 0.5}
+search:
+  seed: {grid: [0, 1, 2, 3]}
+resources: {workers: 1, cpus_per_worker: 1, max_concurrent_trials: 1}
+checkpoint: {every: 1, keep: 2}
+control: {enabled: false}
+"""
+
+
+def test_ctrl_c_exits_130_resumable_and_the_same_command_finishes(tmp_path):
+    """Ctrl-C during the trials: Tune's cleanup marks the running trial TERMINATED and the
+    ungenerated ones are in no list, so its results look finished; the sweep must still say
+    interrupted (exit 130, status file), write no report, and finish when run again."""
+    (tmp_path / "space.yaml").write_text(INTERRUPT_SPACE)
+    first = Sweep(tmp_path, "space.yaml", "--name", "ci")
+    wait_for(lambda: re.search(r"\[\s*1/4\] \S+ completed", first.output()), 600, first, "the first trial to end")
+    os.kill(first.proc.pid, signal.SIGINT)
+    rc, out = first.wait()
+    assert rc == 130, out[-3000:]
+    assert "interrupted; the sweep's state is saved: resume it with --resume ci" in out
+    assert "best trial" not in out and "results:" not in out, "an interrupted sweep writes no report"
+    status = json.loads((tmp_path / "ray_results" / "ci" / "w2s_status.json").read_text())
+    assert status["status"] == "interrupted"
+
+    rc, out = Sweep(tmp_path, "space.yaml", "--name", "ci").wait()
+    assert rc == 0, out[-3000:]
+    assert "resuming it" in out and "best trial" in out
+    with open(tmp_path / "ray_results" / "ci" / "results.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert sorted(r["param.seed"] for r in rows) == ["0", "1", "2", "3"]
+    assert all(r["status"] == "completed" for r in rows), rows
+    _, runs = mlflow_runs(tmp_path, "faults-interrupt", "ci")
+    children = [r for r in runs if r.data.tags["w2s.role"] == "trial"]
+    assert sorted(r.data.params["seed"] for r in children) == ["0", "1", "2", "3"]

@@ -275,3 +275,28 @@ def test_child_runs_of_trials_lost_in_a_crash_are_archived(tmp_path):
     assert lost.info.lifecycle_stage == "deleted" and lost.info.status == "KILLED"
     assert lost.data.tags["w2s.outcome"] == "lost_in_crash"
     assert {r.data.tags["w2s.trial_id"] for r in tracker.find_runs(**{"w2s.role": "trial"})} == {"t_kept", "t_done"}
+
+
+def test_sigint_watch_reads_tunes_handler_swap(monkeypatch):
+    """Tune installs its own SIGINT handler for a run and puts the one it found back when Ctrl-C
+    comes (ray.tune.tune._setup_signal_catching): the watch reads that, and afterwards puts the
+    driver's own handler back either way."""
+    import signal
+
+    from orchestrator.run.resume import SigintWatch
+
+    monkeypatch.delenv("TUNE_DISABLE_SIGINT_HANDLER", raising=False)
+    mine = signal.getsignal(signal.SIGINT)
+
+    def tunes(sig, frame):  # what Tune installs for the run
+        pass
+
+    watch = SigintWatch()
+    signal.signal(signal.SIGINT, tunes)  # a run that ended normally leaves Tune's handler in place
+    assert not watch.interrupted()
+    assert signal.getsignal(signal.SIGINT) is mine, "a later Ctrl-C must reach the driver, not Tune's stale flag"
+
+    watch = SigintWatch()
+    signal.signal(signal.SIGINT, tunes)
+    signal.signal(signal.SIGINT, mine)  # Ctrl-C: Tune put the original back
+    assert watch.interrupted()

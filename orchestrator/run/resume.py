@@ -158,15 +158,46 @@ def fit_watched(tuner, spec, name: str):
     noise = _StaleCheckpointNoise()
     tune_log = logging.getLogger("ray.tune.execution.tune_controller")
     tune_log.addFilter(noise)
+    watch = SigintWatch()
     try:
         with watchdog_for(spec, name) as dog:
             results = tuner.fit()
     finally:
         tune_log.removeFilter(noise)
     dog.raise_if_aborted()
-    if tune_was_interrupted(results):
+    if watch.interrupted() or tune_was_interrupted(results):
         raise SweepInterrupted(f"interrupted; the sweep's state is saved: resume it with --resume {name}")
     return results
+
+
+class SigintWatch:
+    """Whether a Ctrl-C (SIGINT) stopped ``Tuner.fit()``. Tune's results cannot say: its cleanup
+    marks the running trials TERMINATED and the ungenerated ones are in no list. But Tune installs
+    its own SIGINT handler for the run and, when the signal comes, puts back the one it found
+    (``ray.tune.tune._setup_signal_catching``); so the handler found before ``fit()`` being in
+    place after it means the run was interrupted. Only where Tune installs one: the main thread,
+    without ``TUNE_DISABLE_SIGINT_HANDLER``."""
+
+    def __init__(self) -> None:
+        import signal
+        import threading
+
+        self.active = (threading.current_thread() is threading.main_thread()
+                       and not int(os.environ.get("TUNE_DISABLE_SIGINT_HANDLER", "0") or 0))
+        self.before = signal.getsignal(signal.SIGINT) if self.active else None
+
+    def interrupted(self) -> bool:
+        """Also puts the handler found before ``fit()`` back: Tune leaves its own in place after a
+        run that was not interrupted, and a Ctrl-C after the run (reference runs, the report) would
+        then only set Tune's stale flag and be lost."""
+        import signal
+
+        if not self.active:
+            return False
+        interrupted = signal.getsignal(signal.SIGINT) is self.before
+        if self.before is not None:  # None: a handler not set from Python, which cannot be put back
+            signal.signal(signal.SIGINT, self.before)
+        return interrupted
 
 
 def action_for_name(storage_path: str, name: str, spec) -> str:
