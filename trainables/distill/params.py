@@ -5,10 +5,9 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, model_validator
 
 from trainables.core.registry import kwargs_validator
-from trainables.data.augment import AugmentName
 from trainables.distill.teacher import Optimizer, Schedule, TeacherRecipe
 from trainables.init import WeightSelectionConfig, check_student_init
 from trainables.losses import LossName, check_loss_params, loss_class
@@ -22,11 +21,6 @@ class DistillParams(DatasetParams, RecipeParams):
     teacher_mode: Literal["cached", "online", "sampled_views"] = Field(
         "cached", description="cached | sampled_views: teacher logits computed once (per view) and looked up; "
         "online: teacher forward every step")
-    augment: AugmentName = Field("none", description="on-device augmentation of the student's training "
-                                 "batches: none | flip_crop | rrc_flip")
-    crop_pad: int = Field(4, ge=0, le=64, description="flip_crop: pixels of padding before the crop")
-    pad_mode: Literal["reflect", "zeros"] = "reflect"
-    rrc_scale: tuple[float, float] = Field((0.08, 1.0), description="rrc_flip: crop area range (fractions)")
     teacher_views: int = Field(8, ge=1, le=256, description="cached / sampled_views with augment: fixed "
                                "augmented views per image whose teacher logits are cached")
     view_seed: int = Field(0, ge=0, description="seed that regenerates the fixed views (shared by all trials)")
@@ -49,13 +43,6 @@ class DistillParams(DatasetParams, RecipeParams):
                                     "updated after every optimiser step; reports ema_val_acc / ema_test_acc")
 
     _student_kwargs_fit = kwargs_validator("student", "student_kwargs", check_model_kwargs)
-
-    @field_validator("rrc_scale")
-    @classmethod
-    def _scale_range(cls, v: tuple[float, float]) -> tuple[float, float]:
-        if not 0 < v[0] <= v[1] <= 1:
-            raise ValueError("rrc_scale must be (low, high) with 0 < low <= high <= 1")
-        return v
 
     @model_validator(mode="after")
     def _loss_params_fit_loss(self):

@@ -1,25 +1,87 @@
-"""The training-recipe keys shared by the student (``distill``) and the teacher recipe: weight-decay
-grouping, SGD's Nesterov flag, Adam's betas, the schedule's warm-up start, floor and step decays,
-and gradient accumulation. Checked at parse time (:meth:`RecipeParams.check_recipe` once ``lr``
-and ``epochs`` are known); they reach the loop as :class:`~trainables.training.classifier_loop.OptimConfig`
-fields (:meth:`RecipeParams.recipe_fields`)."""
+"""The training-recipe keys shared by the student (``distill``) and the teacher recipe
+(``teacher.*``): on-device augmentation, weight-decay grouping, SGD's Nesterov flag, Adam's betas,
+layer-wise lr decay, the schedule's warm-up start, floor and step decays, and gradient
+accumulation. Checked at parse time (:meth:`RecipeParams.check_recipe` once ``lr`` and ``epochs``
+are known); they reach the loop as :class:`~trainables.training.classifier_loop.OptimConfig`
+fields (:meth:`RecipeParams.recipe_fields`) and as a
+:class:`~trainables.training.batch_augment.BatchAugment` (:func:`~trainables.training.batch_augment.batch_augment_of`)."""
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field, field_validator
 
 from trainables.core.config import StrictModel
+from trainables.data.augment import AugmentName
+from trainables.data.policy import AUTO_AUGMENTS
 
-RECIPE_KEYS = ("nesterov", "betas", "wd_exclude_1d", "warmup_lr", "min_lr", "decay_epochs", "milestones",
-               "decay_rate", "accum_steps")
+RECIPE_KEYS = ("nesterov", "betas", "wd_exclude_1d", "layer_decay", "warmup_lr", "min_lr", "decay_epochs",
+               "milestones", "decay_rate", "accum_steps")
+# Augmentation keys whose ops are drawn afresh on every step (no fixed set of views to cache).
+PER_STEP_KEYS = ("auto_augment", "color_jitter", "random_erasing", "mixup_alpha", "cutmix_alpha")
 
 
-class RecipeParams(StrictModel):
+class AugmentParams(StrictModel):
+    """Training-batch augmentation, run on the device in this order: the geometric view
+    (``augment``), then the photometric policy (``auto_augment``, or ``color_jitter`` when there is
+    no policy, as timm does), then ``random_erasing``, then mixup / cutmix (soft targets)."""
+
+    augment: AugmentName = Field("none", description="geometric view: none | flip_crop (pad, random crop, flip) "
+                                 "| rrc_flip (RandomResizedCrop, flip)")
+    crop_pad: int = Field(4, ge=0, le=64, description="flip_crop: pixels of padding before the crop")
+    pad_mode: Literal["reflect", "zeros"] = "reflect"
+    rrc_scale: tuple[float, float] = Field((0.08, 1.0), description="rrc_flip: crop area range (fractions)")
+    rrc_ratio: tuple[float, float] = Field((3 / 4, 4 / 3), description="rrc_flip: crop aspect-ratio range (w/h)")
+    auto_augment: Literal[AUTO_AUGMENTS] = Field(  # type: ignore[valid-type]
+        "none", description="photometric policy (kornia): none | randaugment | autoaugment_cifar10 | "
+        "autoaugment_imagenet | trivialaugment")
+    randaugment_n: int = Field(2, ge=1, le=14, description="randaugment: ops applied per image")
+    randaugment_m: float = Field(9.0, gt=0, lt=10, description="randaugment: magnitude on timm's 0-10 scale "
+                                 "(rand-m9 = 9)")
+    policy_groups: int = Field(8, ge=1, le=512, description="the batch is split into this many groups, each "
+                               "drawing its own policy ops (kornia draws ops per call)")
+    color_jitter: float = Field(0.0, ge=0, le=1, description="brightness / contrast / saturation jitter "
+                                "strength (timm's color_jitter); ignored when auto_augment is set, as in timm")
+    random_erasing: float = Field(0.0, ge=0, le=1, description="probability of erasing one box per image, "
+                                  "filled with per-pixel normal noise (timm's reprob, remode pixel)")
+    mixup_alpha: float = Field(0.0, ge=0, le=10, description="mixup Beta(alpha, alpha); 0 = off")
+    cutmix_alpha: float = Field(0.0, ge=0, le=10, description="cutmix Beta(alpha, alpha); 0 = off")
+    mixup_prob: float = Field(1.0, ge=0, le=1, description="probability a batch is mixed")
+    mixup_switch_prob: float = Field(0.5, ge=0, le=1, description="with both on: probability of cutmix over mixup")
+
+    @field_validator("rrc_scale")
+    @classmethod
+    def _scale_range(cls, v: tuple[float, float]) -> tuple[float, float]:
+        if not 0 < v[0] <= v[1] <= 1:
+            raise ValueError("rrc_scale must be (low, high) with 0 < low <= high <= 1")
+        return v
+
+    @field_validator("rrc_ratio")
+    @classmethod
+    def _ratio_range(cls, v: tuple[float, float]) -> tuple[float, float]:
+        if not 0 < v[0] <= v[1]:
+            raise ValueError("rrc_ratio must be (low, high) with 0 < low <= high")
+        return v
+
+    @property
+    def mixes(self) -> bool:
+        return self.mixup_prob > 0 and (self.mixup_alpha > 0 or self.cutmix_alpha > 0)
+
+    def per_step_ops(self) -> list[str]:
+        """The augmentation keys set here that draw new random ops every step."""
+        active = {"auto_augment": self.auto_augment != "none", "color_jitter": self.color_jitter > 0,
+                  "random_erasing": self.random_erasing > 0, "mixup_alpha": self.mixes and self.mixup_alpha > 0,
+                  "cutmix_alpha": self.mixes and self.cutmix_alpha > 0}
+        return [k for k in PER_STEP_KEYS if active[k]]
+
+
+class RecipeParams(AugmentParams):
     nesterov: bool = Field(True, description="sgd: Nesterov momentum (true) or plain momentum (false)")
     betas: tuple[float, float] = Field((0.9, 0.999), description="adam / adamw: (beta1, beta2)")
     wd_exclude_1d: bool = Field(True, description="no weight decay on biases and 1-D (norm) parameters, as "
                                 "timm and the seed authors; false decays every parameter")
+    layer_decay: float | None = Field(None, gt=0, le=1, description="layer-wise lr decay (timm's "
+                                      "param_groups_layer_decay): layer i of L gets lr * layer_decay^(L - i)")
     warmup_lr: float = Field(0.0, ge=0, description="lr the linear warm-up starts from")
     min_lr: float = Field(0.0, ge=0, description="cosine: the lr it ends at")
     decay_epochs: int = Field(30, ge=1, description="step: decay the lr every this many epochs")
@@ -42,7 +104,7 @@ class RecipeParams(StrictModel):
             raise ValueError(f"milestones must be strictly increasing epochs >= 1, got {v}")
         return v
 
-    def check_recipe(self, lr: float, epochs: int, schedule: str, prefix: str = "") -> None:
+    def check_recipe(self, lr: float, epochs: int, schedule: str, prefix: str = "", batch_size: int = 0) -> None:
         """The checks that need ``lr``, ``epochs`` and ``schedule``; errors name the key (after ``prefix``)."""
         if self.min_lr > lr:
             raise ValueError(f"{prefix}min_lr ({self.min_lr}) must not exceed {prefix}lr ({lr})")
@@ -52,7 +114,10 @@ class RecipeParams(StrictModel):
             raise ValueError(f"{prefix}milestones ({self.milestones}) must lie below {prefix}epochs ({epochs})")
         if schedule == "multistep" and not self.milestones:
             raise ValueError(f"{prefix}schedule multistep needs {prefix}milestones")
+        if self.mixes and batch_size and batch_size % 2:
+            raise ValueError(f"{prefix}batch_size ({batch_size}): mixup / cutmix pairs each image with another "
+                             f"of its batch and needs an even batch_size")
 
     def recipe_fields(self) -> dict[str, Any]:
-        """The keys as :class:`OptimConfig` fields."""
+        """The optimiser and schedule keys as :class:`OptimConfig` fields."""
         return {k: getattr(self, k) for k in RECIPE_KEYS}
