@@ -13,7 +13,10 @@ mixup/cutmix), >= 0.90 for RandAugment + mixup.
 
 The loader is the distill loop's: index the on-device data, the geometric view
 (``RandomViews``), then :class:`~trainables.training.batch_augment.BatchAugment` (kornia policy,
-erasing, timm mixup). The step is bf16 (on CUDA), channels_last, cross-entropy against the
+erasing, timm mixup). It is timmed two ways in the same run: in series with the step, and
+prefetched on a side thread and CUDA stream as the loop runs it on a GPU
+(:mod:`trainables.runtime.prefetch`). On a GPU the run also counts the host syncs the loader makes
+per batch (``torch.cuda.set_sync_debug_mode``). The step is bf16 (on CUDA), channels_last, cross-entropy against the
 (soft) targets, SGD. On the CPU the loader shares the cores with the step, so ratios there are a
 lower bound. Appends one JSON line per recipe to bench/results/augment.jsonl.
 """
@@ -27,6 +30,7 @@ import torch.nn.functional as F
 from common import add_size_args, median_of, record, sized_inputs  # noqa: E402  (sets sys.path)
 from trainables.models import create_model  # noqa: E402
 from trainables.runtime.engine import autocast, build_optimizer, epoch_batches  # noqa: E402
+from trainables.runtime.prefetch import prefetched  # noqa: E402
 from trainables.runtime.session import LocalSession  # noqa: E402
 from trainables.training.batch_augment import batch_augment_of, geometric_of  # noqa: E402
 from trainables.training.recipe import AugmentParams  # noqa: E402
@@ -98,16 +102,45 @@ def main() -> None:
             for xb, targets in batches():
                 step(xb, targets)
 
+        def make(idx):
+            return per_step(views.batch(x, idx)[0], y[idx])
+
+        def both_prefetched():
+            views.start_epoch(0)
+            idxs = list(epoch_batches(len(y), args.batch_size, 0, 0, session, device, drop_last=True))
+            for xb, targets in prefetched(make, idxs, device):
+                step(xb, targets)
+
         loader_only()  # warm-up
         both()
-        seconds = median_of({"step_only": step_only, "loader_only": loader_only, "loader_and_step": both},
-                            device, args.rounds)
+        both_prefetched()
+        seconds = median_of({"step_only": step_only, "loader_only": loader_only, "loader_and_step": both,
+                             "loader_and_step_prefetched": both_prefetched}, device, args.rounds)
         n = len(ready) * args.batch_size
         figures = {f"{k}_images_per_s": n / s for k, s in seconds.items()}
+        figures["host_syncs_per_batch"] = count_syncs(make, y, args.batch_size, device)
         print(f"augment {name} on {device}: {args.model}, {shape}, batch {args.batch_size}")
         record("augment", device, {**vars(args), "recipe": name, "recipe_keys": RECIPES[name]}, figures,
                {"loader_and_step_over_step": seconds["step_only"] / seconds["loader_and_step"],
+                "prefetched_over_step": seconds["step_only"] / seconds["loader_and_step_prefetched"],
                 "serial_estimate_over_step": seconds["step_only"] / (seconds["step_only"] + seconds["loader_only"])})
+
+
+def count_syncs(make, y, batch_size: int, device: torch.device) -> int | None:
+    """Host syncs one loader batch makes (GPU only): torch warns once per syncing call."""
+    if device.type != "cuda":
+        return None
+    import warnings
+
+    idx = torch.arange(batch_size, device=device)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            make(idx)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    return sum("synchroniz" in str(w.message) for w in caught)
 
 
 if __name__ == "__main__":

@@ -235,7 +235,7 @@ def test_mixing_drops_an_odd_last_batch_so_every_batch_pairs_up():
         run = ClassifierRun(cnn(), d, create_loss("ce"), OptimConfig(epochs=1, batch_size=6, lr=0.1),
                             LocalSession(CPU), 0, None, PlainViews(), {}, aug)
         seen = []
-        run.forward = lambda epoch, idx, _seen=seen, _f=run.forward: (_seen.append(len(idx)), _f(epoch, idx))[1]
+        run.forward = lambda epoch, idx, *rest, _seen=seen, _f=run.forward: (_seen.append(len(idx)), _f(epoch, idx, *rest))[1]
         run.train_epoch(0)
         sizes[name] = seen
     assert sum(sizes["plain"]) == n and sizes["plain"][-1] == n % 6

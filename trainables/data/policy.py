@@ -66,26 +66,33 @@ class Photometric:
         object.__setattr__(self, "_policy", policy)
         object.__setattr__(self, "_jitter", jitter)
         object.__setattr__(self, "_erase", erase)
+        object.__setattr__(self, "_stat_cache", {})
 
     @property
     def active(self) -> bool:
         return self._policy is not None or self._jitter is not None or self._erase is not None
 
-    def apply(self, x: torch.Tensor) -> torch.Tensor:
+    def apply(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """The augmented batch. ``generator`` (on ``x``'s device) draws the erasing noise; kornia
+        draws its own parameters from torch's global generator."""
         if not self.active:
             return x
         if self._policy is not None or self._jitter is not None:
             x = self._normalize(self._on_unit_images(self._denormalize(x)))
         if self._erase is not None:
-            x = self._erase_with_noise(x)
+            x = self._erase_with_noise(x, generator)
         return x
 
     # -- pieces ---------------------------------------------------------------------------------
 
     def _stats(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        mean = torch.tensor(self.mean, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
-        std = torch.tensor(self.std, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
-        return mean, std
+        # Made once per device: a tensor built from a Python list is a host-to-device copy that
+        # waits for the stream to drain.
+        key = (x.device, x.dtype)
+        if key not in self._stat_cache:
+            self._stat_cache[key] = tuple(torch.tensor(v, dtype=x.dtype).view(1, -1, 1, 1).to(x.device)
+                                          for v in (self.mean, self.std))
+        return self._stat_cache[key]
 
     def _denormalize(self, x: torch.Tensor) -> torch.Tensor:
         mean, std = self._stats(x)
@@ -106,8 +113,9 @@ class Photometric:
             x = torch.cat([self._policy(s) for s in slices])
         return x.mean(1, keepdim=True) if grey else x
 
-    def _erase_with_noise(self, x: torch.Tensor) -> torch.Tensor:
+    def _erase_with_noise(self, x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
         # kornia erases a box per image with a constant; erasing a tensor of ones marks the box,
         # which is then filled with N(0, 1) noise per pixel and channel as timm's 'pixel' mode does.
         keep = self._erase(torch.ones_like(x[:, :1]))
-        return torch.where(keep > 0.5, x, torch.randn_like(x))
+        noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+        return torch.where(keep > 0.5, x, noise)

@@ -150,7 +150,7 @@ def run_distill(p: DistillParams, session: Session, ctx: TrialContext) -> dict[s
     return train_classifier(
         model=student, data=data, loss_fn=loss_fn, session=session, seed=p.seed, teacher=teacher,
         checkpoint_every=ctx.checkpoint_every, views=student_views(p, data, device),
-        batch_augment=batch_augment_of(p, data.mean, data.std, data.num_classes),
+        batch_augment=batch_augment_of(p, data.mean, data.std, data.num_classes, p.seed),
         static_metrics={"teacher_test_acc": entry.meta["test_acc"], "teacher_val_acc": entry.meta["val_acc"]},
         optim=OptimConfig(epochs=p.epochs, batch_size=p.batch_size, lr=p.lr, optimizer=p.optimizer,
                           weight_decay=p.weight_decay, momentum=p.momentum, schedule=p.schedule,

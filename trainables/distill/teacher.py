@@ -175,7 +175,7 @@ def build_teacher(recipe: dict[str, Any], out_dir: str, device: torch.device | N
     if t.init in ("fr", "ft"):
         final = train_classifier(model=model, data=data, loss_fn=create_loss("ce"), session=session, seed=t.seed,
                                  optim=t.optim(), views=teacher_views(t, device),
-                                 batch_augment=batch_augment_of(t, data.mean, data.std, data.num_classes))
+                                 batch_augment=batch_augment_of(t, data.mean, data.std, data.num_classes, t.seed))
     elif t.init == "lp":
         final = linear_probe(model, data, t, session)
     else:

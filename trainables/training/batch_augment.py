@@ -27,11 +27,15 @@ def geometric_of(p: AugmentParams) -> Augment:
 
 @dataclass
 class BatchAugment:
-    """``(x, y) -> (x', targets)``: identity when nothing is on."""
+    """``(x, y) -> (x', targets)``: identity when nothing is on. Its own device draws (erasing
+    noise) come from a generator seeded with ``seed``, so they stay reproducible when batches are
+    prepared on a side thread (:mod:`trainables.runtime.prefetch`) beside a step drawing dropout."""
 
     photometric: Photometric | None = None
     mixup: object | None = None  # timm.data.Mixup
     num_classes: int = 0
+    seed: int = 0
+    _generator: torch.Generator | None = None
 
     @property
     def mixes(self) -> bool:
@@ -43,13 +47,15 @@ class BatchAugment:
 
     def __call__(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if self.photometric is not None:
-            x = self.photometric.apply(x)
+            if self._generator is None or self._generator.device != x.device:
+                self._generator = torch.Generator(device=x.device).manual_seed(self.seed * 1_000_003 + 17)
+            x = self.photometric.apply(x, self._generator)
         if self.mixup is not None:
             x, y = self.mixup(x, y)  # in place on x (a fresh batch here), soft float targets
         return x, y
 
 
-def batch_augment_of(p: AugmentParams, mean, std, num_classes: int) -> BatchAugment:
+def batch_augment_of(p: AugmentParams, mean, std, num_classes: int, seed: int = 0) -> BatchAugment:
     """The per-step augmentation of recipe ``p`` for data normalised with (``mean``, ``std``)."""
     photometric = Photometric(tuple(mean), tuple(std), p.auto_augment, p.randaugment_n, p.randaugment_m,
                               p.policy_groups, p.color_jitter, p.random_erasing)
@@ -60,4 +66,4 @@ def batch_augment_of(p: AugmentParams, mean, std, num_classes: int) -> BatchAugm
         # Label smoothing stays with the loss (its label_smoothing), which applies it to soft targets too.
         mixup = Mixup(mixup_alpha=p.mixup_alpha, cutmix_alpha=p.cutmix_alpha, prob=p.mixup_prob,
                       switch_prob=p.mixup_switch_prob, mode="batch", label_smoothing=0.0, num_classes=num_classes)
-    return BatchAugment(photometric if photometric.active else None, mixup, num_classes)
+    return BatchAugment(photometric if photometric.active else None, mixup, num_classes, seed)

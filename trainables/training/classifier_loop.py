@@ -19,6 +19,7 @@ from trainables.losses import DistillLoss, LossInputs
 from trainables.runtime.engine import (autocast, build_optimizer, build_scheduler, epoch_batches, evaluate,
                                        head_lr_groups, steps_per_epoch, unwrap)
 from trainables.runtime.epochs import Checkpointed, EpochMeans, run_epochs
+from trainables.runtime.prefetch import prefetched
 from trainables.runtime.session import Session
 from trainables.training.batch_augment import BatchAugment
 from trainables.training.views import BatchViews, PlainViews
@@ -197,17 +198,21 @@ class ClassifierRun:
         self.views.start_epoch(epoch)
         batches = list(epoch_batches(self.n_train, self.optim.batch_size, epoch, self.seed, self.session,
                                      self.device, drop_last=self.drop_last))
+        # Per-step augmentation is host work: prepare batches ahead on a side thread and stream (GPU).
+        prepared = iter(prefetched(self.prepare, batches, self.device, depth=2 if self.batch_augment.active else 0))
         k = self.optim.accum_steps
         for start in range(0, len(batches), k):
-            for out in self.step(epoch, batches[start:start + k]):
+            group = batches[start:start + k]
+            for out in self.step(epoch, group, [next(prepared) for _ in group]):
                 means.add(out)
         return means.means()
 
-    def step(self, epoch: int, group: list[torch.Tensor]) -> list[dict[str, torch.Tensor]]:
-        """One optimiser step over the micro-batches in ``group`` (index tensors): their gradients
-        are summed, each micro-batch's loss weighted by its share of the group's samples (sizes are
-        shapes, known on the host: no sync), so a group equals one batch of them all for per-sample
-        mean losses. Returns each micro-batch's loss statistics."""
+    def step(self, epoch: int, group: list[torch.Tensor], prepared: list[tuple] | None = None) -> list[dict[str, torch.Tensor]]:
+        """One optimiser step over the micro-batches in ``group`` (index tensors; ``prepared``: their
+        :meth:`prepare` outputs, made here when not given): their gradients are summed, each
+        micro-batch's loss weighted by its share of the group's samples (sizes are shapes, known on
+        the host: no sync), so a group equals one batch of them all for per-sample mean losses.
+        Returns each micro-batch's loss statistics."""
         self.optimizer.zero_grad(set_to_none=True)
         total = sum(len(idx) for idx in group)
         no_sync = getattr(self.model, "no_sync", None)  # DDP: all-reduce on the last backward only
@@ -215,7 +220,7 @@ class ClassifierRun:
         for i, idx in enumerate(group):
             last = i == len(group) - 1
             with contextlib.nullcontext() if last or no_sync is None else no_sync():
-                out = self.forward(epoch, idx)
+                out = self.forward(epoch, idx, prepared[i] if prepared is not None else None)
                 loss = out["loss"] if len(group) == 1 else out["loss"] * (len(idx) / total)
                 loss.backward()
             outs.append(out)
@@ -226,12 +231,18 @@ class ClassifierRun:
             self.ema.update(unwrap(self.model))
         return outs
 
-    def forward(self, epoch: int, idx: torch.Tensor) -> dict[str, torch.Tensor]:
-        """The loss on one (micro-)batch."""
+    def prepare(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """The batch a step consumes: the samples' views, the per-step augmentation (soft targets
+        when mixing), the step's memory layout; and the view indices (fixed views) or None."""
         xb, view_ids = self.views.batch(self.data.train_x, idx)
         xb, yb = self.batch_augment(xb, self.data.train_y[idx])
         if self.channels_last:
             xb = xb.contiguous(memory_format=torch.channels_last)
+        return xb, yb, view_ids
+
+    def forward(self, epoch: int, idx: torch.Tensor, prepared: tuple | None = None) -> dict[str, torch.Tensor]:
+        """The loss on one (micro-)batch."""
+        xb, yb, view_ids = prepared if prepared is not None else self.prepare(idx)
         with autocast(self.device):
             return self.loss_fn(self.loss_inputs(epoch, idx, xb, yb, view_ids))
 
