@@ -31,6 +31,13 @@ FULL = {
                                                "source": "timm:vit_small_patch16_224.augreg_in21k"}),
     "weight_selection_convnext_cifar100.yaml": (6, {"dataset": "imagefolder", "data_root": "/path/to/data/cifar100",
                                                     "student": "convnext_femto", "source": "timm:convnext_tiny.fb_in22k"}),
+    "weight_selection_vit_imagenet.yaml": (6, {"dataset": "imagefolder", "data_root": "/path/to/imagenet",
+                                               "student": "vit_tiny",
+                                               "source": "timm:vit_small_patch16_224.augreg_in21k"}),
+    "weight_selection_convnext_imagenet.yaml": (6, {"dataset": "imagefolder", "data_root": "/path/to/imagenet",
+                                                    "student": "convnext_femto", "source": "timm:convnext_tiny.fb_in22k"}),
+    "superalignment_imagenet_kd.yaml": (3, {"dataset": "imagefolder", "data_root": "/cache/data/imagenet"}),
+    "superalignment_imagenet_transfer.yaml": (1, {"dataset": "imagefolder", "data_root": "/cache/data/imagenet"}),
 }
 SMALL = {"superalignment_digits.yaml": 3, "dapt_digits.yaml": 6, "weight_selection_digits.yaml": 2}
 
