@@ -65,7 +65,7 @@ def render_one(recipe: dict) -> str:
     lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in recipe["rows"]:
         differs = r["ours"] != r["authors"]
-        ours = fmt(r["ours"]) + (" ≠" if differs else "")
+        ours = ("searched " if r.get("searched") else "") + fmt(r["ours"]) + (" ≠" if differs else "")
         row = [f"`{r['key']}`"] + ([cell(r.get("column") or "all")] if with_col else [])
         row += [fmt(r["authors"]), cell(r.get("source")), ours, cell(r.get("note"))]
         lines.append("| " + " | ".join(row) + " |")

@@ -5,7 +5,8 @@ where it comes from (a file of their repository), this space's value and, where 
 These tests load each space through the project's own parser, resolve every trial config it can
 produce (the fixed params, each combination of its searched values, each point to evaluate, the
 trainable's defaults filled in) and check every row's ``ours`` against the trials it applies to
-(all of them, or those its ``column`` selects); and that docs/seed_experiments.md holds the tables
+(all of them, or those its ``column`` selects; for a ``searched: true`` row, ``ours`` lists the
+values those trials take between them); and that docs/seed_experiments.md holds the tables
 as ``docs/render_recipes.py`` renders them now."""
 from __future__ import annotations
 
@@ -35,7 +36,7 @@ SEED_SPACES = {
 DISTILL_CORE = {"epochs", "batch_size", "optimizer", "lr", "weight_decay", "schedule", "warmup_epochs", "warmup_lr",
                 "min_lr", "wd_exclude_1d", "accum_steps", "augment", "auto_augment", "color_jitter",
                 "random_erasing", "mixup_alpha", "cutmix_alpha", "loss", "teacher_mode"}
-ROW_KEYS = {"key", "authors", "source", "ours", "note", "column"}
+ROW_KEYS = {"key", "authors", "source", "ours", "note", "column", "searched"}
 
 RECIPES = {load_recipe(p)["space"]: load_recipe(p) for p in recipe_files()}
 
@@ -53,13 +54,12 @@ def trial_configs(space: str, tmp_dir: str) -> list[dict]:
         configs = [with_values(c, p) for c in configs for p in spec.points_to_evaluate]
     out, seen = [], set()
     for config in configs:
-        resolved = model.model_validate(config).model_dump(mode="json")
+        resolved = model.model_validate(config).model_dump()  # python mode keeps NaN (json mode nulls it)
         if isinstance(resolved.get("loss_params"), dict) and isinstance(resolved.get("loss"), str):
             try:  # the loss's defaults filled in (distill); other trainables keep their own model
                 from trainables.losses import validate_loss_params
 
-                resolved["loss_params"] = validate_loss_params(resolved["loss"], resolved["loss_params"]).model_dump(
-                    mode="json")
+                resolved["loss_params"] = validate_loss_params(resolved["loss"], resolved["loss_params"]).model_dump()
             except (KeyError, ValueError):
                 pass
         key = json.dumps(resolved, sort_keys=True, default=str)
@@ -118,6 +118,8 @@ def test_recipe_rows_are_well_formed(space):
         ident = (row["key"], row.get("column"))
         assert ident not in seen, f"{space}: {ident} listed twice"
         seen.add(ident)
+        if row.get("searched"):
+            assert isinstance(row["ours"], list) and len(row["ours"]) > 1, row
         if not same(row["ours"], row["authors"]):
             assert (row.get("note") or "").strip(), f"{space}: {row['key']} differs from the authors without a note"
     keys = {row["key"] for row in recipe["rows"]}
@@ -137,6 +139,13 @@ def test_space_matches_its_recipe_table(space, tmp_path):
     problems = []
     for row in recipe["rows"]:
         chosen = selected(trials, columns[row["column"]]) if row.get("column") else trials
+        if row.get("searched"):  # ours lists the values the space searches: the trials take exactly those
+            got = [get_dotted(t, row["key"], MISSING) for t in chosen]
+            if not (all(any(same(g, o) for o in row["ours"]) for g in got)
+                    and all(any(same(g, o) for g in got) for o in row["ours"])):
+                problems.append(f"{row['key']}: table says searched {row['ours']!r}, the trials take "
+                                f"{sorted({json.dumps(g, default=str) for g in got})}")
+            continue
         for trial in chosen:
             got = get_dotted(trial, row["key"], MISSING)
             if got is MISSING or not same(got, row["ours"]):
