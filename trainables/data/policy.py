@@ -1,5 +1,113 @@
-"""Photometric augmentation policies (kornia), run batched on the device.
-Filled in below."""
+"""Photometric training augmentation run batched on the device, with kornia's ops: RandAugment,
+AutoAugment (CIFAR-10 and ImageNet policies), TrivialAugment, colour jitter, and random erasing.
+
+The data the loops hold is normalised with the dataset's (mean, std), while the policies are
+defined on [0, 1] images: :class:`Photometric` un-normalises a batch, applies the policy, and
+normalises it again. Random erasing then works on the normalised batch, like timm's (which runs
+after ``Normalize``), filling its box with per-pixel N(0, 1) noise (timm's ``remode='pixel'``).
+
+Per-sample randomness: kornia draws one op sequence per call (each op's sign, probability and
+parameters per image). ``groups`` splits the batch into that many slices, each drawing its own ops,
+so a batch mixes op choices as a per-image policy does; slice sizes come from the batch's shape,
+so no host sync. Colour jitter and erasing are drawn per image by kornia itself.
+"""
 from __future__ import annotations
 
+from dataclasses import dataclass
+
+import torch
+
 AUTO_AUGMENTS = ("none", "randaugment", "autoaugment_cifar10", "autoaugment_imagenet", "trivialaugment")
+# kornia's RandAugment magnitude runs over (0, 30) where timm's runs over [0, 10]: m9 is 0.9 of the range.
+KORNIA_M_PER_TIMM_M = 3.0
+
+
+def build_policy(name: str, n: int = 2, m: float = 9.0):
+    """The kornia module of a named policy (None for ``none``)."""
+    if name == "none":
+        return None
+    from kornia.augmentation.auto import AutoAugment, RandAugment, TrivialAugment
+
+    if name == "randaugment":
+        return RandAugment(n=n, m=m * KORNIA_M_PER_TIMM_M)
+    if name == "autoaugment_cifar10":
+        return AutoAugment("cifar10")
+    if name == "autoaugment_imagenet":
+        return AutoAugment("imagenet")
+    if name == "trivialaugment":
+        return TrivialAugment()
+    raise ValueError(f"unknown auto_augment {name!r}; known: {', '.join(AUTO_AUGMENTS)}")
+
+
+@dataclass(frozen=True)
+class Photometric:
+    """The photometric part of a training recipe; ``apply(x)`` maps a normalised batch to its
+    augmented, normalised batch (a no-op when nothing is on)."""
+
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    auto_augment: str = "none"
+    randaugment_n: int = 2
+    randaugment_m: float = 9.0
+    groups: int = 8
+    color_jitter: float = 0.0
+    random_erasing: float = 0.0
+
+    def __post_init__(self):
+        import kornia.augmentation as K
+
+        policy = build_policy(self.auto_augment, self.randaugment_n, self.randaugment_m)
+        # timm drops colour jitter when a policy is set (its auto-augment policies already vary colour).
+        jitter = (K.ColorJitter(self.color_jitter, self.color_jitter, self.color_jitter, 0.0, p=1.0)
+                  if policy is None and self.color_jitter > 0 else None)
+        # timm's RandomErasing defaults: area 2-33 %, aspect 0.3-3.3, one box.
+        erase = K.RandomErasing(scale=(0.02, 1 / 3), ratio=(0.3, 1 / 0.3), value=0.0, p=self.random_erasing) \
+            if self.random_erasing > 0 else None
+        object.__setattr__(self, "_policy", policy)
+        object.__setattr__(self, "_jitter", jitter)
+        object.__setattr__(self, "_erase", erase)
+
+    @property
+    def active(self) -> bool:
+        return self._policy is not None or self._jitter is not None or self._erase is not None
+
+    def apply(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.active:
+            return x
+        if self._policy is not None or self._jitter is not None:
+            x = self._normalize(self._on_unit_images(self._denormalize(x)))
+        if self._erase is not None:
+            x = self._erase_with_noise(x)
+        return x
+
+    # -- pieces ---------------------------------------------------------------------------------
+
+    def _stats(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        mean = torch.tensor(self.mean, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
+        std = torch.tensor(self.std, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
+        return mean, std
+
+    def _denormalize(self, x: torch.Tensor) -> torch.Tensor:
+        mean, std = self._stats(x)
+        return (x * std + mean).clamp_(0.0, 1.0)
+
+    def _normalize(self, x: torch.Tensor) -> torch.Tensor:
+        mean, std = self._stats(x)
+        return (x - mean) / std
+
+    def _on_unit_images(self, x: torch.Tensor) -> torch.Tensor:
+        grey = x.shape[1] == 1
+        if grey:  # the colour ops expect RGB; a grey image stays grey through them
+            x = x.expand(-1, 3, -1, -1)
+        if self._jitter is not None:
+            x = self._jitter(x)
+        if self._policy is not None:
+            slices = torch.tensor_split(x, min(self.groups, x.shape[0]))
+            x = torch.cat([self._policy(s) for s in slices])
+        return x.mean(1, keepdim=True) if grey else x
+
+    def _erase_with_noise(self, x: torch.Tensor) -> torch.Tensor:
+        # kornia erases a box per image with a constant; erasing a tensor of ones marks the box,
+        # which is then filled with N(0, 1) noise per pixel and channel as timm's 'pixel' mode does.
+        keep = self._erase(torch.ones_like(x[:, :1]))
+        return torch.where(keep > 0.5, x, torch.randn_like(x))

@@ -16,7 +16,6 @@ from typing import Any
 import torch
 
 from trainables.data import DatasetSplits, load_dataset
-from trainables.data.augment import Augment
 from trainables.distill.params import DistillParams
 from trainables.distill.teacher import build_teacher, load_teacher_model, recipe_fields
 from trainables.init import init_student
@@ -27,6 +26,7 @@ from trainables.runtime.session import Session
 from trainables.runtime.trainable import TrialContext
 from trainables.training.classifier_loop import (CachedTeacher, OnlineTeacher, OptimConfig, TeacherSignal,
                                                  train_classifier)
+from trainables.training.batch_augment import batch_augment_of, geometric_of
 from trainables.training.views import BatchViews, FixedViews, PlainViews, RandomViews, teacher_view_logits, view_params
 
 
@@ -66,10 +66,6 @@ def cached_teacher_features(p: DistillParams, ctx: TrialContext, entry, data, de
     return torch.load(features.file("train_features.pt"), map_location=device)
 
 
-def augment_of(p: DistillParams) -> Augment:
-    return Augment(p.augment, pad=p.crop_pad, pad_mode=p.pad_mode, scale=tuple(p.rrc_scale))
-
-
 def uses_fixed_views(p: DistillParams) -> bool:
     return p.augment != "none" and p.teacher_mode != "online"
 
@@ -77,7 +73,7 @@ def uses_fixed_views(p: DistillParams) -> bool:
 def student_views(p: DistillParams, data: DatasetSplits, device: torch.device) -> BatchViews:
     """What the student sees each epoch. The no-teacher control (same ``teacher_mode``) sees the
     same views as the distilled student."""
-    aug = augment_of(p)
+    aug = geometric_of(p)
     if not aug.active:
         return PlainViews()
     if p.teacher_mode == "online":
@@ -88,7 +84,7 @@ def student_views(p: DistillParams, data: DatasetSplits, device: torch.device) -
 
 
 def views_recipe(p: DistillParams) -> dict[str, Any]:
-    return {"teacher": teacher_recipe(p), "outputs": "view_logits", "augment": augment_of(p).recipe(),
+    return {"teacher": teacher_recipe(p), "outputs": "view_logits", "augment": geometric_of(p).recipe(),
             "views": p.teacher_views, "view_seed": p.view_seed}
 
 
@@ -96,7 +92,7 @@ def cached_view_logits(p: DistillParams, ctx: TrialContext, entry, data, device:
     """The teacher's logits for the K fixed views of every training image, (K, N, classes),
     computed once per (teacher, augmentation, K, view_seed) and shared by every trial."""
     def build(out_dir: str) -> dict[str, Any]:
-        aug = augment_of(p)
+        aug = geometric_of(p)
         params = view_params(aug, len(data.train_y), data.input_shape, p.teacher_views, p.view_seed)
         model = load_teacher_model(p.teacher, entry, data, data.train_x.device)
         logits = teacher_view_logits(model, data.train_x, aug, params)
@@ -154,6 +150,7 @@ def run_distill(p: DistillParams, session: Session, ctx: TrialContext) -> dict[s
     return train_classifier(
         model=student, data=data, loss_fn=loss_fn, session=session, seed=p.seed, teacher=teacher,
         checkpoint_every=ctx.checkpoint_every, views=student_views(p, data, device),
+        batch_augment=batch_augment_of(p, data.mean, data.std, data.num_classes),
         static_metrics={"teacher_test_acc": entry.meta["test_acc"], "teacher_val_acc": entry.meta["val_acc"]},
         optim=OptimConfig(epochs=p.epochs, batch_size=p.batch_size, lr=p.lr, optimizer=p.optimizer,
                           weight_decay=p.weight_decay, momentum=p.momentum, schedule=p.schedule,

@@ -11,7 +11,7 @@ from trainables.core.registry import kwargs_validator
 from trainables.distill.teacher import Optimizer, Schedule, TeacherRecipe
 from trainables.init import WeightSelectionConfig, check_student_init
 from trainables.losses import LossName, check_loss_params, loss_class
-from trainables.models import ModelName, check_model_kwargs, predicts_with_untrained_head
+from trainables.models import ModelName, check_model_kwargs, predicts_with_untrained_head, supports_layer_decay
 from trainables.training.dataset_params import DatasetParams
 from trainables.training.recipe import RecipeParams
 
@@ -44,6 +44,22 @@ class DistillParams(DatasetParams, RecipeParams):
 
     _student_kwargs_fit = kwargs_validator("student", "student_kwargs", check_model_kwargs)
 
+    def _per_step_ops_fit(self) -> None:
+        """Ops drawn afresh every step have no fixed views whose teacher outputs could be cached;
+        mixing needs a loss that takes soft targets; layer decay needs a model with layer groups."""
+        cls = loss_class(self.loss)
+        per_step = self.per_step_ops()
+        if per_step and cls.needs_teacher and self.teacher_mode != "online":
+            raise ValueError(f"teacher_mode {self.teacher_mode!r}: {per_step[0]} draws new random ops every step, "
+                             f"so the teacher's outputs cannot be cached per view; use teacher_mode online (or "
+                             f"keep only augment {self.augment!r}, whose views can be cached)")
+        if self.mixes and not cls.soft_targets:
+            raise ValueError(f"mixup_alpha / cutmix_alpha: loss {self.loss!r} takes class labels only, and mixing "
+                             f"makes soft targets; accepted: a loss with soft targets or mixup_alpha = cutmix_alpha = 0")
+        if self.layer_decay is not None and not supports_layer_decay(self.student):
+            raise ValueError(f"layer_decay: student {self.student!r} has no layer groups; layer-wise lr decay "
+                             f"needs a timm model (timm:NAME or a timm alias)")
+
     @model_validator(mode="after")
     def _loss_params_fit_loss(self):
         check_loss_params(self.loss, self.loss_params)
@@ -61,5 +77,6 @@ class DistillParams(DatasetParams, RecipeParams):
                 raise ValueError(f"teacher.model_kwargs.head: loss {self.loss!r} reads the pt teacher's logits; {problem}")
         if self.warmup_epochs >= self.epochs:
             raise ValueError(f"warmup_epochs ({self.warmup_epochs}) must be below epochs ({self.epochs})")
-        self.check_recipe(self.lr, self.epochs, self.schedule)
+        self._per_step_ops_fit()
+        self.check_recipe(self.lr, self.epochs, self.schedule, batch_size=self.batch_size)
         return self

@@ -27,12 +27,15 @@ from trainables.core.digest import file_digest
 from trainables.core.registry import kwargs_validator
 from trainables.data import DatasetSplits, load_dataset
 from trainables.losses import create_loss
-from trainables.models import Classifier, ModelName, check_model_kwargs, create_model, supports_pretrained
+from trainables.models import (Classifier, ModelName, check_model_kwargs, create_model, supports_layer_decay,
+                               supports_pretrained)
 from trainables.models.checkpoint import check_checkpoint_path
 from trainables.runtime.engine import evaluate, predict, seed_everything, unwrap
 from trainables.runtime.session import LocalSession, default_device
 from trainables.training.classifier_loop import OptimConfig, train_classifier
+from trainables.training.batch_augment import batch_augment_of, geometric_of
 from trainables.training.recipe import RecipeParams
+from trainables.training.views import BatchViews, PlainViews, RandomViews
 
 Optimizer = Literal["sgd", "adam", "adamw"]
 Schedule = Literal["cosine", "constant", "step", "multistep"]
@@ -86,13 +89,21 @@ class TeacherRecipe(RecipeParams):
         elif self.pretrained and not supports_pretrained(self.model):
             raise ValueError(f"teacher.pretrained: model {self.model!r} has no pretrained weights; use a timm:/tv: "
                              f"model or teacher.checkpoint")
+        if self.init in ("lp", "pt") and (self.augment != "none" or self.per_step_ops()):
+            key = "augment" if self.augment != "none" else self.per_step_ops()[0]
+            raise ValueError(f"teacher.{key}: teacher.init {self.init} " + (
+                "trains only the head, on backbone features computed once from the un-augmented images"
+                if self.init == "lp" else "trains nothing") + "; augmentation applies to init fr and ft")
+        if self.layer_decay is not None and (self.init in ("lp", "pt") or not supports_layer_decay(self.model)):
+            raise ValueError(f"teacher.layer_decay: needs teacher.init fr or ft and a timm model (timm:NAME or a "
+                             f"timm alias), got init {self.init!r} and model {self.model!r}")
         for key, value in INIT_DEFAULTS[self.init].items():
             if getattr(self, key) is None:
                 setattr(self, key, value)
         if self.warmup_epochs >= self.epochs:
             raise ValueError(f"teacher.warmup_epochs ({self.warmup_epochs}) must be below teacher.epochs "
                              f"({self.epochs})")
-        self.check_recipe(self.lr, self.epochs, self.schedule, prefix="teacher.")
+        self.check_recipe(self.lr, self.epochs, self.schedule, prefix="teacher.", batch_size=self.batch_size)
         return self
 
     # After _init_mode_fits, which says where pretrained / checkpoint belong instead.
@@ -144,6 +155,12 @@ def linear_probe(model: Classifier, data: DatasetSplits, t: TeacherRecipe, sessi
                             optim=t.optim())
 
 
+def teacher_views(t: TeacherRecipe, device: torch.device) -> BatchViews:
+    """The teacher trains on a fresh geometric view per image per step (its recipe's ``augment``)."""
+    geometric = geometric_of(t)
+    return RandomViews(geometric, t.seed, device) if geometric.active else PlainViews()
+
+
 def build_teacher(recipe: dict[str, Any], out_dir: str, device: torch.device | None = None,
                   download: bool = False) -> dict[str, Any]:
     """Prepare the teacher per ``recipe["init"]``; write ``model.pt``, ``train_logits.pt`` (the
@@ -157,7 +174,8 @@ def build_teacher(recipe: dict[str, Any], out_dir: str, device: torch.device | N
     session = LocalSession(device)
     if t.init in ("fr", "ft"):
         final = train_classifier(model=model, data=data, loss_fn=create_loss("ce"), session=session, seed=t.seed,
-                                 optim=t.optim())
+                                 optim=t.optim(), views=teacher_views(t, device),
+                                 batch_augment=batch_augment_of(t, data.mean, data.std, data.num_classes))
     elif t.init == "lp":
         final = linear_probe(model, data, t, session)
     else:

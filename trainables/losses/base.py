@@ -50,6 +50,8 @@ class DistillLoss(nn.Module):
     needs_features: ClassVar[bool] = False
     # The frozen teacher classifier (``context["teacher_head"]``), e.g. for SRRL.
     needs_teacher_head: ClassVar[bool] = False
+    # Takes probability targets (N, C) as well as labels (mixup / cutmix produce them).
+    soft_targets: ClassVar[bool] = True
 
     def __init__(self, params: LossParams, **context: Any):
         super().__init__()

@@ -23,6 +23,8 @@ class ModelEntry(Entry):
     keyword arguments) and whether it can load library weights (``pretrained: true``)."""
 
     pretrained: bool = False
+    # timm's layer groups (``group_matcher``) are there: layer-wise lr decay applies.
+    layer_groups: bool = False
 
 
 MODELS: Registry[ModelEntry] = Registry("model", scan("trainables.models"), record=ModelEntry,
@@ -42,6 +44,11 @@ def is_known_model(name: str) -> bool:
 def supports_pretrained(name: str) -> bool:
     """Whether ``name`` can load library weights (``pretrained: true``)."""
     return MODELS.get(name).pretrained
+
+
+def supports_layer_decay(name: str) -> bool:
+    """Whether ``name`` has layer groups for layer-wise lr decay (timm models)."""
+    return MODELS.get(name).layer_groups
 
 
 def _factory_kwargs(name: str, kwargs: Mapping[str, Any]) -> dict[str, Any]:
@@ -122,4 +129,5 @@ def create_model(name: str, *, num_classes: int, input_shape: tuple[int, ...], c
 
 
 __all__ = ["MODELS", "Classifier", "ModelEntry", "ModelName", "check_model_kwargs", "check_model_name", "create_model",
-           "is_known_model", "model_names", "predicts_with_untrained_head", "register_model", "supports_pretrained"]
+           "is_known_model", "model_names", "predicts_with_untrained_head", "register_model", "supports_layer_decay",
+           "supports_pretrained"]

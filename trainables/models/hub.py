@@ -213,6 +213,10 @@ class TimmClassifier(Classifier):
     def forward_head(self, features):
         return self.model.get_classifier()(features)
 
+    def layer_decay_module(self) -> nn.Module:
+        """The module whose ``group_matcher`` orders its layers (timm's layer-decay helpers)."""
+        return self.model
+
     def native_state_dict(self, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """A state dict in timm's own key names -> this wrapper's."""
         return {f"model.{k}": v for k, v in state.items()}
@@ -253,7 +257,7 @@ def _check_head(head: str) -> None:
         raise ValueError(f"head must be one of {', '.join(HEAD_CHOICES)}, got {head!r}")
 
 
-@register_model(TIMM_PREFIX, names=timm_name_problem, pretrained=True, forwarded=check_timm_kwargs)
+@register_model(TIMM_PREFIX, names=timm_name_problem, pretrained=True, layer_groups=True, forwarded=check_timm_kwargs)
 def create_timm(arch: str, display: str | None = None, defaults: dict[str, Any] | None = None, /, *,
                 num_classes: int, input_shape: tuple[int, ...], pretrained: bool = False, head: str = "new",
                 **kwargs) -> TimmClassifier:
@@ -363,7 +367,7 @@ def create_torchvision(arch: str, display: str | None = None, pretrained_url: st
 for _alias, _target in ALIASES.items():
     _prefix, _arch = _target.split(":", 1)
     if _prefix + ":" == TIMM_PREFIX:
-        register_model(_alias, pretrained=True, forwarded=functools.partial(check_timm_kwargs, _arch))(
+        register_model(_alias, pretrained=True, layer_groups=True, forwarded=functools.partial(check_timm_kwargs, _arch))(
             functools.partial(create_timm, _arch, _alias, ALIAS_DEFAULTS.get(_alias)))
     else:
         register_model(_alias, pretrained=True, forwarded=functools.partial(check_tv_kwargs, _arch))(

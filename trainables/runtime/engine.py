@@ -26,7 +26,8 @@ def unwrap(model: nn.Module) -> nn.Module:
 
 
 def head_lr_groups(model: nn.Module, lr: float, head_lr_mult: float, extra=(),
-                   weight_decay: float | None = None, wd_exclude_1d: bool = True) -> list[dict]:
+                   weight_decay: float | None = None, wd_exclude_1d: bool = True,
+                   layer_decay: float | None = None) -> list[dict]:
     """Parameter groups with the model's ``head`` at ``lr * head_lr_mult`` (fine-tuning a
     pretrained body under a new head); ``extra`` (loss parameters: a module, or parameters) joins
     the body groups.
@@ -35,27 +36,57 @@ def head_lr_groups(model: nn.Module, lr: float, head_lr_mult: float, extra=(),
     :func:`timm.optim.param_groups_weight_decay`: with ``wd_exclude_1d`` (timm's and the seed
     authors' default) biases and 1-D parameters (norm scales and shifts) get none, everything
     else ``weight_decay``; each group then carries its own ``weight_decay``. Body groups come
-    first, so ``param_groups[0]`` holds the body's lr."""
+    first, so ``param_groups[0]`` holds the body's lr.
+
+    ``layer_decay`` (timm models: ``layer_decay_module()``) groups the model's parameters with
+    timm's :func:`timm.optim.param_groups_layer_decay` instead, each layer's group at ``lr`` times
+    its ``lr_scale`` (``layer_decay ** (num_layers - layer)``); the loss's parameters keep ``lr``.
+    The groups are ordered from the last layer (the head, scale 1) down, so ``param_groups[0]``
+    holds the full lr."""
     from timm.optim import param_groups_weight_decay
 
     net = unwrap(model)
     head = getattr(net, "head", None)
     head_ids = {id(p) for p in head.parameters()} if (head is not None and head_lr_mult != 1.0) else set()
     holder = nn.ModuleDict({"model": net})
+    extra_module = None
     if isinstance(extra, nn.Module):
-        holder["extra"] = extra
+        extra_module = extra
     else:
         extra = list(extra)
         if extra:
-            holder["extra"] = nn.ParameterList(extra)
-    if weight_decay is None:
+            extra_module = nn.ParameterList(extra)
+    if extra_module is not None:
+        holder["extra"] = extra_module
+    if layer_decay is not None:
+        groups = layer_decay_groups(net, lr, weight_decay or 0.0, wd_exclude_1d, layer_decay)
+        if extra_module is not None and any(p.requires_grad for p in extra_module.parameters()):
+            groups += [{**g, "lr": lr} for g in param_groups_weight_decay(
+                extra_module, weight_decay or 0.0, weight_decay_exclude_1d=wd_exclude_1d)]
+    elif weight_decay is None:
         groups = [{"params": list(holder.parameters())}]
     else:
         groups = param_groups_weight_decay(holder, weight_decay, weight_decay_exclude_1d=wd_exclude_1d)
     body = [{**g, "params": [p for p in g["params"] if id(p) not in head_ids]} for g in groups]
-    heads = [{**g, "params": [p for p in g["params"] if id(p) in head_ids], "lr": lr * head_lr_mult}
+    heads = [{**g, "params": [p for p in g["params"] if id(p) in head_ids], "lr": g.get("lr", lr) * head_lr_mult}
              for g in groups] if head_ids else []
     return [g for g in body if g["params"]] + [g for g in heads if g["params"]]
+
+
+def layer_decay_groups(net: nn.Module, lr: float, weight_decay: float, wd_exclude_1d: bool,
+                       layer_decay: float) -> list[dict]:
+    """timm's layer-decay groups of ``net``, as torch groups with their own ``lr`` (LambdaLR
+    schedules scale each group's initial lr, so the per-layer ratios hold all along)."""
+    from timm.optim import param_groups_layer_decay
+
+    inner = getattr(net, "layer_decay_module", None)
+    if inner is None:
+        raise ValueError(f"layer_decay: {type(net).__name__} has no layer groups (timm models only)")
+    groups = param_groups_layer_decay(inner(), weight_decay, weight_decay_exclude_1d=wd_exclude_1d,
+                                      layer_decay=layer_decay)
+    out = [{"params": list(g["params"]), "weight_decay": g["weight_decay"], "lr": lr * g["lr_scale"]}
+           for g in groups]
+    return sorted(out, key=lambda g: -g["lr"])
 
 
 def build_optimizer(name: str, params, lr: float, weight_decay: float = 0.0, momentum: float = 0.9,

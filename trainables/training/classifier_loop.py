@@ -20,6 +20,7 @@ from trainables.runtime.engine import (autocast, build_optimizer, build_schedule
                                        head_lr_groups, steps_per_epoch, unwrap)
 from trainables.runtime.epochs import Checkpointed, EpochMeans, run_epochs
 from trainables.runtime.session import Session
+from trainables.training.batch_augment import BatchAugment
 from trainables.training.views import BatchViews, PlainViews
 
 
@@ -113,6 +114,7 @@ class OptimConfig:
     nesterov: bool = True  # sgd: Nesterov (true) or plain momentum
     betas: tuple[float, float] = (0.9, 0.999)  # adam / adamw
     wd_exclude_1d: bool = True  # no weight decay on biases and 1-D (norm) parameters (timm's filter)
+    layer_decay: float | None = None  # layer-wise lr decay (timm models)
     warmup_lr: float = 0.0  # the linear warm-up starts here
     min_lr: float = 0.0  # cosine floor
     decay_epochs: int = 30  # step schedule: decay every this many epochs
@@ -128,14 +130,15 @@ class OptimConfig:
 def train_classifier(*, model: nn.Module, data: DatasetSplits, loss_fn: DistillLoss, optim: OptimConfig,
                      session: Session, seed: int, teacher: TeacherSignal | None = None,
                      checkpoint_every: int = 0, static_metrics: dict[str, Any] | None = None,
-                     views: BatchViews | None = None) -> dict[str, Any]:
+                     views: BatchViews | None = None, batch_augment: BatchAugment | None = None) -> dict[str, Any]:
     """Train ``model`` on ``data`` (already on ``session.device``), reporting every epoch.
 
-    ``views`` picks the student's view of each batch (augmentation); default: the images as they
-    are. Returns the last reported metrics. Resumes from ``session.restore()`` when a checkpoint exists.
+    ``views`` picks the student's view of each batch (geometric augmentation); default: the images
+    as they are. ``batch_augment`` then applies the per-step ops (policy, erasing, mixup / cutmix)
+    to the viewed batch. Returns the last reported metrics. Resumes from ``session.restore()`` when a checkpoint exists.
     """
     run = ClassifierRun(model, data, loss_fn, optim, session, seed, teacher, views or PlainViews(),
-                        static_metrics or {})
+                        static_metrics or {}, batch_augment or BatchAugment())
     return run_epochs(session, run.checkpointed(), optim.epochs, run.train_epoch, run.epoch_metrics,
                       checkpoint_every)
 
@@ -146,8 +149,11 @@ class ClassifierRun:
 
     def __init__(self, model: nn.Module, data: DatasetSplits, loss_fn: DistillLoss, optim: OptimConfig,
                  session: Session, seed: int, teacher: TeacherSignal | None, views: BatchViews,
-                 static_metrics: dict[str, Any]):
+                 static_metrics: dict[str, Any], batch_augment: BatchAugment | None = None):
         self.data, self.optim, self.session, self.seed = data, optim, session, seed
+        self.batch_augment = batch_augment or BatchAugment()
+        # Mixing pairs each image with its mirror in the batch: an odd last batch is dropped.
+        self.drop_last = self.batch_augment.mixes
         self.teacher, self.views, self.static_metrics = teacher, views, static_metrics
         self.device = device = session.device
         # channels_last lets cuDNN pick its fastest (NHWC tensor-core) convolutions; on CPU it only costs.
@@ -159,11 +165,12 @@ class ClassifierRun:
         self.loss_fn = loss_fn.to(device)
         self.loss_sync = LossModuleSync(self.loss_fn, session)
         params = head_lr_groups(self.model, optim.lr, optim.head_lr_mult, extra=self.loss_fn,
-                                weight_decay=optim.weight_decay, wd_exclude_1d=optim.wd_exclude_1d)
+                                weight_decay=optim.weight_decay, wd_exclude_1d=optim.wd_exclude_1d,
+                                layer_decay=optim.layer_decay)
         self.optimizer = build_optimizer(optim.optimizer, params, optim.lr, optim.weight_decay, optim.momentum,
                                          device, nesterov=optim.nesterov, betas=optim.betas)
         self.n_train = len(data.train_y)
-        micro = steps_per_epoch(self.n_train, optim.batch_size, session.world_size)
+        micro = steps_per_epoch(self.n_train, optim.batch_size, session.world_size, self.drop_last)
         per_epoch = math.ceil(micro / optim.accum_steps)  # optimiser steps; the schedule counts these
         self.scheduler = build_scheduler(optim.schedule, self.optimizer, per_epoch * optim.epochs,
                                          per_epoch * optim.warmup_epochs, lr=optim.lr, warmup_lr=optim.warmup_lr,
@@ -189,7 +196,7 @@ class ClassifierRun:
         means = EpochMeans()
         self.views.start_epoch(epoch)
         batches = list(epoch_batches(self.n_train, self.optim.batch_size, epoch, self.seed, self.session,
-                                     self.device))
+                                     self.device, drop_last=self.drop_last))
         k = self.optim.accum_steps
         for start in range(0, len(batches), k):
             for out in self.step(epoch, batches[start:start + k]):
@@ -222,7 +229,7 @@ class ClassifierRun:
     def forward(self, epoch: int, idx: torch.Tensor) -> dict[str, torch.Tensor]:
         """The loss on one (micro-)batch."""
         xb, view_ids = self.views.batch(self.data.train_x, idx)
-        yb = self.data.train_y[idx]
+        xb, yb = self.batch_augment(xb, self.data.train_y[idx])
         if self.channels_last:
             xb = xb.contiguous(memory_format=torch.channels_last)
         with autocast(self.device):
