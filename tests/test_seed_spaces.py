@@ -17,10 +17,13 @@ SPACES = os.path.join(REPO, "search_spaces")
 
 # file: (expected trials, what of the authors' set-up the file must name)
 FULL = {
-    "superalignment_cifar100.yaml": (27, {"dataset": "cifar100", "data_root": "/cache/data/cifar",
-                                          "pairs": {("resnet20", "resnet56"), ("vgg8", "vgg13"),
-                                                    ("shufflenetv1", "resnet32x4")},
+    # The README table's cifar_v0 columns (1 and 3) and cifar_v1 columns (2 and 4).
+    "superalignment_cifar100.yaml": (18, {"dataset": "cifar100", "data_root": "/cache/data/cifar",
+                                          "pairs": {("resnet20", "resnet56"), ("shufflenetv1", "resnet32x4")},
                                           "losses": {"kd", "augconf", "adaptconf"}}),
+    "superalignment_cifar100_v1.yaml": (18, {"dataset": "cifar100", "data_root": "/cache/data/cifar",
+                                             "pairs": {("vgg8", "vgg13"), ("shufflenetv1", "resnet32x4")},
+                                             "losses": {"kd", "augconf", "adaptconf"}}),
     "dapt_mit_indoor.yaml": (24, {"dataset": "imagefolder", "data_root": "/data/mit_indoor",
                                   "inits": {"fr", "lp", "ft"}, "losses": {"kd", "align_uniform", "crd", "srrl"}}),
     "weight_selection_vit_cifar100.yaml": (6, {"dataset": "imagefolder", "data_root": "/path/to/data/cifar100",
@@ -28,6 +31,13 @@ FULL = {
                                                "source": "timm:vit_small_patch16_224.augreg_in21k"}),
     "weight_selection_convnext_cifar100.yaml": (6, {"dataset": "imagefolder", "data_root": "/path/to/data/cifar100",
                                                     "student": "convnext_femto", "source": "timm:convnext_tiny.fb_in22k"}),
+    "weight_selection_vit_imagenet.yaml": (6, {"dataset": "imagefolder", "data_root": "/path/to/imagenet",
+                                               "student": "vit_tiny",
+                                               "source": "timm:vit_small_patch16_224.augreg_in21k"}),
+    "weight_selection_convnext_imagenet.yaml": (6, {"dataset": "imagefolder", "data_root": "/path/to/imagenet",
+                                                    "student": "convnext_femto", "source": "timm:convnext_tiny.fb_in22k"}),
+    "superalignment_imagenet_kd.yaml": (3, {"dataset": "imagefolder", "data_root": "/cache/data/imagenet"}),
+    "superalignment_imagenet_transfer.yaml": (1, {"dataset": "imagefolder", "data_root": "/cache/data/imagenet"}),
 }
 SMALL = {"superalignment_digits.yaml": 3, "dapt_digits.yaml": 6, "weight_selection_digits.yaml": 2}
 
