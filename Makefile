@@ -8,7 +8,7 @@ REQ_HASH := $(shell sha1sum requirements.txt | cut -c1-12)
 STAMP    := $(VENV)/.installed-$(REQ_HASH)
 SPACE    ?= search_spaces/quickstart.yaml
 
-.PHONY: install lint-imports run test test-fast dry-run-all clean bench bench-kd-step bench-sweep-amortisation bench-overhead bench-data-pipeline
+.PHONY: install lint-imports run test test-fast dry-run-all clean bench bench-kd-step bench-sweep-amortisation bench-overhead bench-data-pipeline bench-augment
 
 $(STAMP): requirements.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -46,7 +46,10 @@ bench-overhead: install
 bench-data-pipeline: install
 	$(PY) bench/data_pipeline.py $(ARGS)
 
-bench: bench-kd-step bench-sweep-amortisation bench-overhead bench-data-pipeline
+bench-augment: install
+	$(PY) bench/augment.py $(ARGS)
+
+bench: bench-kd-step bench-sweep-amortisation bench-overhead bench-data-pipeline bench-augment
 
 clean:
 	rm -rf ray_results mlflow.db mlartifacts .pytest_cache test-artifacts

@@ -159,3 +159,33 @@ def test_the_doc_holds_the_current_tables():
     with open(DOC) as f:
         doc = f.read()
     assert with_tables(doc, render_all()) == doc, "docs/seed_experiments.md is stale: run docs/render_recipes.py"
+
+
+@pytest.mark.parametrize("space", sorted(SEED_SPACES))
+def test_the_dry_run_recipe_section_lists_every_row_and_marks_the_differences(space):
+    from orchestrator.space.recipe_table import recipe_lines
+
+    lines = recipe_lines(os.path.join(SPACES, f"{space}.yaml"))
+    rows = RECIPES[space]["rows"]
+    assert lines[0].startswith("# recipe (") and len(lines) == len(rows) + 1
+    for row, line in zip(rows, lines[1:]):
+        assert line.startswith(f"  {row['key']}")
+        assert ("  != authors " in line) == (row["ours"] != row["authors"]), line
+
+
+def test_a_dry_run_prints_the_recipe_and_a_space_without_a_table_prints_none(tmp_path):
+    import subprocess
+    import sys
+
+    def dry(space_file: str) -> str:
+        proc = subprocess.run([sys.executable, os.path.join(REPO, "run_sweep.py"), space_file, "--dry-run",
+                               "--storage-path", str(tmp_path / "runs"), "--mlflow-uri", f"sqlite:///{tmp_path}/ml.db"],
+                              capture_output=True, text=True, cwd=REPO, timeout=300)
+        assert proc.returncode == 0, proc.stderr
+        return proc.stdout
+
+    out = dry(os.path.join(SPACES, "superalignment_cifar100_v1.yaml"))
+    recipe = out.split("# recipe (", 1)[1]
+    assert "auto_augment: autoaugment_imagenet  != authors original-mstd0.5" in recipe
+    assert "\n  mixup_alpha: 0.1\n" in recipe
+    assert "# recipe (" not in dry(os.path.join(SPACES, "quickstart.yaml"))

@@ -21,6 +21,7 @@ from orchestrator.run.progress import ProgressPrinter
 from orchestrator.run.reference import run_reference
 from orchestrator.run.resources import DRIVER_RESOURCE, ClusterResources, ResourcePlan, plan_resources
 from orchestrator.run.watchdog import SweepStalled
+from orchestrator.space.recipe_table import recipe_lines
 from orchestrator.space.spec import SweepSpec, spec_to_yaml
 from orchestrator.space.vectorized import plan_lines, row_config, trainable_fields
 from orchestrator.store import layout
@@ -336,4 +337,5 @@ def dry_run(spec: SweepSpec, opts: SweepOptions) -> str:
         lines.append(f"cluster at {opts.address}: resources are checked when the sweep connects")
     lines.append(f"mlflow: {opts.mlflow_uri}{origin_note(opts.origins, 'mlflow')}")
     lines.append(f"storage: {opts.storage_path}{origin_note(opts.origins, 'storage')}")
-    return "\n".join(lines)
+    recipe = recipe_lines(spec.source_file)
+    return "\n".join(lines + ([""] + recipe if recipe else []))
