@@ -50,12 +50,13 @@ class DistillParams(DatasetParams, RecipeParams):
         cls = loss_class(self.loss)
         per_step = self.per_step_ops()
         if per_step and cls.needs_teacher and self.teacher_mode != "online":
-            raise ValueError(f"teacher_mode {self.teacher_mode!r}: {per_step[0]} draws new random ops every step, "
-                             f"so the teacher's outputs cannot be cached per view; use teacher_mode online (or "
-                             f"keep only augment {self.augment!r}, whose views can be cached)")
+            raise ValueError(f"teacher_mode: {per_step[0]} draws new random ops every step, so the teacher's "
+                             f"outputs cannot be cached ({self.teacher_mode!r}); use teacher_mode online, or keep "
+                             f"only the geometric augment, whose views can be cached")
         if self.mixes and not cls.soft_targets:
-            raise ValueError(f"mixup_alpha / cutmix_alpha: loss {self.loss!r} takes class labels only, and mixing "
-                             f"makes soft targets; accepted: a loss with soft targets or mixup_alpha = cutmix_alpha = 0")
+            key = "mixup_alpha" if self.mixup_alpha > 0 else "cutmix_alpha"
+            raise ValueError(f"{key}: loss {self.loss!r} takes class labels only, and mixup / cutmix make soft "
+                             f"targets; use a loss that takes them, or mixup_alpha = cutmix_alpha = 0")
         if self.layer_decay is not None and not supports_layer_decay(self.student):
             raise ValueError(f"layer_decay: student {self.student!r} has no layer groups; layer-wise lr decay "
                              f"needs a timm model (timm:NAME or a timm alias)")

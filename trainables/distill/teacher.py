@@ -91,11 +91,11 @@ class TeacherRecipe(RecipeParams):
                              f"model or teacher.checkpoint")
         if self.init in ("lp", "pt") and (self.augment != "none" or self.per_step_ops()):
             key = "augment" if self.augment != "none" else self.per_step_ops()[0]
-            raise ValueError(f"teacher.{key}: teacher.init {self.init} " + (
+            raise ValueError(f"{key}: teacher.init {self.init} " + (
                 "trains only the head, on backbone features computed once from the un-augmented images"
                 if self.init == "lp" else "trains nothing") + "; augmentation applies to init fr and ft")
         if self.layer_decay is not None and (self.init in ("lp", "pt") or not supports_layer_decay(self.model)):
-            raise ValueError(f"teacher.layer_decay: needs teacher.init fr or ft and a timm model (timm:NAME or a "
+            raise ValueError(f"layer_decay: needs teacher.init fr or ft and a timm model (timm:NAME or a "
                              f"timm alias), got init {self.init!r} and model {self.model!r}")
         for key, value in INIT_DEFAULTS[self.init].items():
             if getattr(self, key) is None:

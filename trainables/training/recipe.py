@@ -115,8 +115,9 @@ class RecipeParams(AugmentParams):
         if schedule == "multistep" and not self.milestones:
             raise ValueError(f"{prefix}schedule multistep needs {prefix}milestones")
         if self.mixes and batch_size and batch_size % 2:
-            raise ValueError(f"{prefix}batch_size ({batch_size}): mixup / cutmix pairs each image with another "
-                             f"of its batch and needs an even batch_size")
+            # the key alone: a nested recipe's location (teacher) is added by the error's path
+            raise ValueError(f"batch_size: mixup / cutmix pairs each image with another of its batch, "
+                             f"so it needs an even batch_size")
 
     def recipe_fields(self) -> dict[str, Any]:
         """The optimiser and schedule keys as :class:`OptimConfig` fields."""
