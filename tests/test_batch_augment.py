@@ -274,3 +274,16 @@ def test_layer_decay_gives_each_timm_layer_group_lr_times_decay_to_its_depth():
     assert sum(len(g["params"]) for g in groups) == len(list(model.parameters()))
     # the same groups timm makes, as torch groups with their own lr
     assert len(groups) == len(param_groups_layer_decay(vit, 0.05, layer_decay=0.5))
+
+
+def test_hflip_sets_the_flip_probability_and_enters_the_view_key_only_off_its_default():
+    from trainables.data.augment import Augment
+
+    gen = torch.Generator().manual_seed(0)
+    for p, lo, hi in ((0.0, 0, 0), (1.0, 4000, 4000), (0.5, 1900, 2100), (0.2, 700, 900)):
+        flips = Augment("rrc_flip", hflip=p).sample(4000, (3, 8, 8), gen)["flip"]
+        assert lo <= int(flips.sum()) <= hi, (p, int(flips.sum()))
+    assert "hflip" not in Augment("flip_crop").recipe() and Augment("flip_crop", hflip=0.0).recipe()["hflip"] == 0.0
+    assert DistillParams(augment="rrc_flip", hflip=0.0, teacher={"augment": "flip_crop", "hflip": 0.0}).hflip == 0.0
+    with pytest.raises(ValueError, match="hflip"):
+        DistillParams(hflip=1.5)

@@ -11,7 +11,7 @@ Kinds (the ``augment`` parameter of ``distill``):
 - ``none``: the images as they are.
 - ``flip_crop``: pad by ``pad`` pixels (``reflect``, or ``zeros`` = the value 0 of the normalised
   data, i.e. the dataset's mean colour), take a random HxW window, flip horizontally with p=0.5
-  (the CIFAR recipe; airbench uses reflect padding).
+  (the CIFAR recipe; airbench uses reflect padding). ``hflip`` sets the flip's probability.
 - ``rrc_flip``: RandomResizedCrop (area ``scale``, aspect ``ratio``, bilinear resize back to HxW)
   then the flip, as the superalignment vision recipe trains its probes' backbones.
 
@@ -73,6 +73,7 @@ class Augment:
     pad_mode: Literal["reflect", "zeros"] = "reflect"
     scale: tuple[float, float] = (0.08, 1.0)
     ratio: tuple[float, float] = (3 / 4, 4 / 3)
+    hflip: float = 0.5  # probability of the horizontal flip (timm's hflip; 0 for digits and text)
 
     def __post_init__(self):
         if self.kind not in AUGMENTS:
@@ -84,10 +85,12 @@ class Augment:
 
     def recipe(self) -> dict:
         """What defines the views (a cache key part)."""
+        # hflip enters the key only when it is not the default, so views cached before it existed keep theirs
+        flip = {} if self.hflip == 0.5 else {"hflip": self.hflip}
         if self.kind == "flip_crop":
-            return {"kind": self.kind, "pad": self.pad, "pad_mode": self.pad_mode}
+            return {"kind": self.kind, "pad": self.pad, "pad_mode": self.pad_mode, **flip}
         if self.kind == "rrc_flip":
-            return {"kind": self.kind, "scale": list(self.scale), "ratio": list(self.ratio)}
+            return {"kind": self.kind, "scale": list(self.scale), "ratio": list(self.ratio), **flip}
         return {"kind": "none"}
 
     def sample(self, n: int, shape: tuple[int, ...], generator: torch.Generator) -> Params:
@@ -95,7 +98,7 @@ class Augment:
         dev = generator.device
         if self.kind == "none":
             return {}
-        flips = torch.rand(n, generator=generator, device=dev) < 0.5
+        flips = torch.rand(n, generator=generator, device=dev) < self.hflip
         h, w = shape[-2], shape[-1]
         if self.kind == "flip_crop":
             dy = torch.randint(0, 2 * self.pad + 1, (n,), generator=generator, device=dev)

@@ -22,7 +22,8 @@ from trainables.training.recipe import AugmentParams
 
 def geometric_of(p: AugmentParams) -> Augment:
     """The geometric view (``augment``) of a recipe."""
-    return Augment(p.augment, pad=p.crop_pad, pad_mode=p.pad_mode, scale=tuple(p.rrc_scale), ratio=tuple(p.rrc_ratio))
+    return Augment(p.augment, pad=p.crop_pad, pad_mode=p.pad_mode, scale=tuple(p.rrc_scale), ratio=tuple(p.rrc_ratio),
+                   hflip=p.hflip)
 
 
 @dataclass

@@ -32,6 +32,8 @@ class AugmentParams(StrictModel):
     pad_mode: Literal["reflect", "zeros"] = "reflect"
     rrc_scale: tuple[float, float] = Field((0.08, 1.0), description="rrc_flip: crop area range (fractions)")
     rrc_ratio: tuple[float, float] = Field((3 / 4, 4 / 3), description="rrc_flip: crop aspect-ratio range (w/h)")
+    hflip: float = Field(0.5, ge=0, le=1, description="flip_crop / rrc_flip: probability of the horizontal flip "
+                         "(timm's hflip; 0 where mirror images change the class, as digits)")
     auto_augment: Literal[AUTO_AUGMENTS] = Field(  # type: ignore[valid-type]
         "none", description="photometric policy (kornia): none | randaugment | autoaugment_cifar10 | "
         "autoaugment_imagenet | trivialaugment")
