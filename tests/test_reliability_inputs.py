@@ -101,19 +101,6 @@ def test_corrupt_checkpoint_to_start_from(sweep, tmp_path):
     assert rc == 2 and f"the checkpoint to start from, {path}, is not a readable torch checkpoint" in one_error(err)
 
 
-def test_corrupt_sweep_checkpoint_on_resume(sweep, tmp_path):
-    out = tmp_path / "ray_results" / "old"
-    ckpt = out / "trial_x_00000" / "checkpoint_000002"
-    ckpt.mkdir(parents=True)
-    (out / "w2s_search_space.yaml").write_text(FAULTY)
-    (out / "w2s_overrides.json").write_text(json.dumps({"overrides": [], "num_samples": None}))
-    (ckpt / "state.pt").write_bytes(b"PK\x03\x04 garbage")
-    rc, _, err = sweep("--resume", "old", space=None)
-    line = one_error(err)
-    assert rc == 2 and line.startswith(f"error: checkpoint {ckpt}/state.pt is not a readable torch checkpoint")
-    assert f"mv {ckpt} {ckpt}.corrupt" in line
-
-
 def test_resume_of_an_unknown_sweep(sweep, tmp_path):
     rc, _, err = sweep("--resume", "never-ran", space=None)
     assert rc == 2 and one_error(err) == (f"error: --resume never-ran: no sweep of that name under {tmp_path}/ray_results "

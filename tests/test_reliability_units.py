@@ -211,16 +211,64 @@ def test_state_file_problems(tmp_path):
     assert state_file_problem(str(tmp_path / "rot.pt")).startswith("is corrupt (checksum mismatch in ")
 
 
-def test_a_checkpoint_moved_aside_falls_back_to_the_previous_one(tmp_path, capsys):
+def test_a_checkpoint_without_readable_state_falls_back_to_the_newest_readable_one(tmp_path, capsys):
+    from trainables.runtime.session import RESTORE_NOTE
+
     trial = tmp_path / "trial"
-    for i in (1, 2):
+    for i in (1, 2, 3):
         (trial / f"checkpoint_00000{i}").mkdir(parents=True)
-        save_state(str(trial / f"checkpoint_00000{i}"), {"epoch": i})
-    os.rename(trial / "checkpoint_000002", trial / "checkpoint_000002.corrupt")
-    assert restore_local(str(trial / "checkpoint_000002")) == {"epoch": 1}
-    assert "resuming from checkpoint_000001 instead" in capsys.readouterr().out
+        save_state(str(trial / f"checkpoint_00000{i}"), {"progress": {"epoch": i}})
+    os.rename(trial / "checkpoint_000003" / CHECKPOINT_FILE, trial / "checkpoint_000003" / "state.pt.corrupt")
+    (trial / "checkpoint_000002" / CHECKPOINT_FILE).write_bytes(b"PK\x03\x04 cut short")  # unreadable too
+    state = restore_local(str(trial / "checkpoint_000003"))
+    note = "checkpoint checkpoint_000003 has no readable state; resumed from checkpoint_000001 (epoch 1)"
+    assert state == {"progress": {"epoch": 1}, RESTORE_NOTE: note}
+    assert note in capsys.readouterr().out
     os.remove(trial / "checkpoint_000001" / CHECKPOINT_FILE)
-    assert restore_local(str(trial / "checkpoint_000002")) is None
+    assert restore_local(str(trial / "checkpoint_000003")) is None
+    assert "has no other; it starts over" in capsys.readouterr().out
+
+
+def test_the_resume_check_sets_corrupt_states_aside_and_names_what_each_trial_resumes_from(tmp_path):
+    from orchestrator.run.preflight import repair_sweep_checkpoints
+
+    sweep = tmp_path / "s"
+    for trial, epochs in (("trial_a", (1, 2)), ("trial_b", (1,)), ("trial_c", (1,))):
+        for e in epochs:
+            (sweep / trial / f"checkpoint_00000{e}").mkdir(parents=True)
+            save_state(str(sweep / trial / f"checkpoint_00000{e}"), {"progress": {"epoch": e}})
+    (sweep / "trial_a" / "checkpoint_000002" / CHECKPOINT_FILE).write_bytes(b"")
+    (sweep / "trial_b" / "checkpoint_000001" / CHECKPOINT_FILE).write_bytes(b"PK\x03\x04 garbage")
+    (sweep / "trial_a" / "result.json").write_text('{"trial_id": "a1", "epoch": 1}\n{"trial_id": "a1", "epoch": 2}\n')
+    notes = repair_sweep_checkpoints(str(sweep))
+    assert notes == [
+        ("a1", "checkpoint trial_a/checkpoint_000002/state.pt is empty: kept as state.pt.corrupt; its trial goes on "
+               "from checkpoint_000001"),
+        (None, "checkpoint trial_b/checkpoint_000001/state.pt is not a readable torch checkpoint (File is not a zip "
+               "file): kept as state.pt.corrupt; its trial has no older checkpoint and starts over")]
+    assert (sweep / "trial_a" / "checkpoint_000002" / "state.pt.corrupt").exists()
+    assert (sweep / "trial_a" / "checkpoint_000002").is_dir()  # Tune's recorded checkpoint folder stays
+    assert (sweep / "trial_c" / "checkpoint_000001" / CHECKPOINT_FILE).exists()
+    assert repair_sweep_checkpoints(str(sweep)) == []  # nothing left to repair
+    # the first epoch after a fallback reports the note once, for the MLflow tag
+    from trainables.runtime.epochs import Checkpointed, run_epochs
+    from trainables.runtime.session import RESTORE_NOTE
+
+    class Session:
+        is_main, history = True, []
+
+        def restore(self):
+            return {"progress": {"epoch": 1}, RESTORE_NOTE: "resumed from checkpoint_000001 (epoch 1)"}
+
+        def report(self, metrics, checkpoint=None):
+            self.history.append(metrics)
+
+        def all_reduce_sum(self, t):
+            return t
+
+    session = Session()
+    run_epochs(session, Checkpointed({}), 3, lambda e: {"train_loss": torch.tensor(1.0)}, lambda e, s: {"epoch": e + 1})
+    assert [h.get(RESTORE_NOTE) for h in session.history] == ["resumed from checkpoint_000001 (epoch 1)", None]
 
 
 def test_disk_usage_separates_checkpoints_from_results(tmp_path):

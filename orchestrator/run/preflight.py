@@ -6,7 +6,7 @@ cannot produce anything fails in seconds with one message, not in trial 37 with 
   target cannot leave the sweep with zero trials that train.
 * :func:`check_inputs_available`: each trainable's ``check_available`` hook (datasets on disk,
   checkpoint files to start from) for every candidate trial.
-* :func:`check_sweep_checkpoints`: on ``--resume``, every checkpoint the sweep kept is readable.
+* :func:`repair_sweep_checkpoints`: on ``--resume``, a corrupt checkpoint is set aside so its trial goes on from the one before.
 
 The candidate trial configs are those spec parsing checks, in combination
 (:func:`orchestrator.space.candidates.candidates` with ``combine=True``).
@@ -97,35 +97,60 @@ def check_inputs_available(spec: SweepSpec) -> None:
         raise SpecError(spec.source_file, issues)
 
 
-def check_sweep_checkpoints(out_dir: str) -> None:
-    """Before resuming: every ``state.pt`` the sweep kept must be readable. Local storage only
-    (on object stores a corrupt checkpoint surfaces when its trial restores it)."""
+def trial_id_of(trial_dir: str) -> str | None:
+    """The Tune trial id of a trial folder (from the last line of its ``result.json``), if known."""
+    import json
+
+    try:
+        with open(os.path.join(trial_dir, "result.json")) as f:
+            lines = [line for line in f if line.strip()]
+        return json.loads(lines[-1]).get("trial_id") if lines else None
+    except (OSError, ValueError):
+        return None
+
+
+def repair_sweep_checkpoints(out_dir: str) -> list[tuple[str | None, str]]:
+    """Before resuming: every ``state.pt`` the sweep kept must be readable (zip container and CRCs,
+    without unpickling). A corrupt one is renamed ``state.pt.corrupt`` in place: its folder stays, so
+    Tune still finds the checkpoint it recorded, and the trial's restore then goes on from the
+    newest readable checkpoint of that trial, or starts over when it has none (see
+    :func:`trainables.runtime.session.restore_local`). Returns (trial id, line) per repaired
+    checkpoint, the line saying which. Local storage only (on object stores a corrupt checkpoint surfaces when its
+    trial restores it)."""
     if "://" in out_dir or not os.path.isdir(out_dir):
-        return
+        return []
     from trainables.runtime.session import CHECKPOINT_FILE, CORRUPT_SUFFIX, state_file_problem
 
-    problems = []
-    for root, _dirs, files in os.walk(out_dir):
+    notes = []
+    for root, _dirs, files in sorted(os.walk(out_dir)):
         base = os.path.basename(root)
         if CHECKPOINT_FILE in files and base.startswith("checkpoint_") and not base.endswith(CORRUPT_SUFFIX):
             path = os.path.join(root, CHECKPOINT_FILE)
             problem = state_file_problem(path)
-            if problem:
-                problems.append((root, problem))
-    if problems:
-        root, problem = problems[0]
-        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
-        raise UserError(f"checkpoint {os.path.join(root, CHECKPOINT_FILE)} {problem}{more}. Resuming would fail in "
-                        f"that trial. Move the checkpoint folder aside (mv {root} {root}{CORRUPT_SUFFIX}) and resume again: "
-                        "the trial then goes on from its previous checkpoint, or starts over if it has none")
+            if not problem:
+                continue
+            os.replace(path, path + CORRUPT_SUFFIX)
+            trial_dir = os.path.dirname(root)
+            older = sorted(d for d in os.listdir(trial_dir) if d.startswith("checkpoint_") and d < base
+                           and os.path.exists(os.path.join(trial_dir, d, CHECKPOINT_FILE))
+                           and not state_file_problem(os.path.join(trial_dir, d, CHECKPOINT_FILE)))
+            then = f"its trial goes on from {older[-1]}" if older else "its trial has no older checkpoint and starts over"
+            notes.append((trial_id_of(trial_dir), f"checkpoint {os.path.relpath(path, out_dir)} {problem}: kept as "
+                                                  f"{CHECKPOINT_FILE}{CORRUPT_SUFFIX}; {then}"))
+    return notes
 
 
-def run_all(spec: SweepSpec, out_dir: str, name: str, resuming: bool) -> None:
-    """Every check above, in the order a user would fix them."""
+def run_all(spec: SweepSpec, out_dir: str, name: str, resuming: bool) -> list[tuple[str | None, str]]:
+    """Every check above, in the order a user would fix them. Returns the checkpoint repairs
+    (trial id, what was done), already printed."""
     check_trials_possible(spec)
     check_inputs_available(spec)
     if resuming:
         from orchestrator.run.resume import check_not_running
 
         check_not_running(out_dir, name)
-        check_sweep_checkpoints(out_dir)
+        repairs = repair_sweep_checkpoints(out_dir)
+        for _, line in repairs:
+            print(line, flush=True)
+        return repairs
+    return []

@@ -151,12 +151,15 @@ def check_before_start(spec: SweepSpec, opts: SweepOptions, name: str) -> Tracke
     """Everything that can fail before Ray starts: MLflow, the storage path, the preflight."""
     check_tracking_uri(opts.mlflow_uri)
     check_storage(opts.storage_path)
-    preflight.run_all(spec, sweep_dir(opts, name), name, opts.resume)
+    repairs = preflight.run_all(spec, sweep_dir(opts, name), name, opts.resume)
     tracker = Tracker(opts.mlflow_uri, spec.experiment_name)
     try:
         tracker.ensure_experiment()
     except Exception as exc:  # noqa: BLE001
         raise UserError(f"MLflow at {opts.mlflow_uri} refused the experiment {spec.experiment_name!r}: {exc}") from None
+    for trial_id, line in repairs:  # the trial's own run says it went back to an older checkpoint
+        if trial_id:
+            tracker.note_checkpoint_repair(name, trial_id, line)
     return tracker
 
 

@@ -29,6 +29,7 @@ TAG_ROLE = "w2s.role"  # parent | trial | reproduce | control
 TAG_TRIAL = "w2s.trial_id"
 TAG_OUTCOME = "w2s.outcome"
 TAG_DIVERGENCE = "w2s.divergence"
+TAG_CHECKPOINT_NOTE = "w2s.checkpoint_note"  # a trial resumed from an older checkpoint than its latest (corrupt)
 PARENT_TAG = "mlflow.parentRunId"
 
 # Tune's own bookkeeping fields: not metrics of the experiment.
@@ -212,6 +213,11 @@ class Tracker:
             self.client.log_text(run_id, spec_text, "spec/search_space.yaml")
         return run_id, False
 
+    def note_checkpoint_repair(self, sweep: str, trial_id: str, note: str) -> None:
+        """Tag the trial's child run (when it has one) with what the resume did to its checkpoint."""
+        for run in self.find_runs(**{TAG_SWEEP: sweep, TAG_TRIAL: trial_id}):
+            self.client.set_tag(run.info.run_id, TAG_CHECKPOINT_NOTE, note[:5000])
+
     def log_params(self, run_id: str, params: dict[str, Any]) -> None:
         from mlflow.entities import Param
 
@@ -313,6 +319,8 @@ class MLflowTrialCallback(_tune_callback_base()):
         run_id = self._run_for(trial)
         self._last[trial.trial_id] = result
         step = int(result.get("epoch", result.get("training_iteration", 0)))
+        if result.get("checkpoint_note"):
+            self.tracker.client.set_tag(run_id, TAG_CHECKPOINT_NOTE, str(result["checkpoint_note"])[:5000])
         if result.get(DIVERGED):
             # The sweep metric on this report is a rank-last sentinel for the searcher, not a measurement.
             self.tracker.log_metrics(run_id, {DIVERGED: 1.0}, step)

@@ -16,7 +16,7 @@ from typing import Any, Callable, Protocol
 
 import torch
 
-from trainables.runtime.session import Session, check_finite
+from trainables.runtime.session import RESTORE_NOTE, Session, check_finite
 
 
 class Stateful(Protocol):
@@ -93,13 +93,17 @@ def run_epochs(session: Session, state: Checkpointed, epochs: int,
 
     Returns the last reported metrics ({} if no epoch was left)."""
     restored = session.restore()
+    note = None
     if restored is not None:
+        note = restored.pop(RESTORE_NOTE, None)
         state.load(restored)
     metrics: dict[str, Any] = {}
     for epoch in range(state.progress["epoch"], epochs):
         stats = train_epoch(epoch)
         check_finite(stats["train_loss"], f"epoch {epoch + 1}", session, epoch + 1)
         metrics = epoch_metrics(epoch, {k: float(v) for k, v in stats.items()})
+        if note:  # once: the first report after resuming from an older checkpoint than Tune's
+            metrics, note = {**metrics, RESTORE_NOTE: note}, None
         state.progress["epoch"] = epoch + 1
         checkpoint = None
         if wants_checkpoint(epoch + 1, epochs, checkpoint_every) and session.is_main:

@@ -72,20 +72,32 @@ def state_file_problem(path: str) -> str | None:
     return None
 
 
+# Key of a restored state saying it is not the checkpoint Tune asked for (the trial's first report
+# carries it, and the MLflow child run gets it as the tag ``w2s.checkpoint_note``).
+RESTORE_NOTE = "checkpoint_note"
+
+
 def restore_local(directory: str) -> dict[str, Any] | None:
-    """Load the checkpoint in ``directory``. If it is gone (the user moved a corrupt checkpoint
-    aside, as the resume check tells them to), fall back to the newest other checkpoint of the
-    same trial, or to a fresh start, and say so."""
+    """Load the checkpoint in ``directory``. If its state is gone (a corrupt ``state.pt`` set aside
+    by the resume check, or a folder moved away), fall back to the newest other readable
+    checkpoint of the same trial, or to a fresh start, and say so (printed, and as
+    :data:`RESTORE_NOTE` in the returned state; None for a fresh start says it by itself)."""
     if os.path.exists(os.path.join(directory, CHECKPOINT_FILE)):
         return load_state(directory)
     parent = os.path.dirname(directory.rstrip("/"))
+    name = os.path.basename(directory.rstrip("/"))
     siblings = sorted(d for d in (os.listdir(parent) if os.path.isdir(parent) else [])
-                      if d.startswith("checkpoint_") and not d.endswith(CORRUPT_SUFFIX)
+                      if d.startswith("checkpoint_") and not d.endswith(CORRUPT_SUFFIX) and d != name
                       and os.path.exists(os.path.join(parent, d, CHECKPOINT_FILE)))
-    if siblings:
-        print(f"checkpoint {directory} is missing; resuming from {siblings[-1]} instead", flush=True)
-        return load_state(os.path.join(parent, siblings[-1]))
-    print(f"checkpoint {directory} is missing and the trial has no other; it starts over", flush=True)
+    for sibling in reversed(siblings):
+        try:
+            state = load_state(os.path.join(parent, sibling))
+        except RuntimeError:
+            continue
+        note = f"checkpoint {name} has no readable state; resumed from {sibling} (epoch {state.get('progress', {}).get('epoch', '?')})"
+        print(note, flush=True)
+        return {**state, RESTORE_NOTE: note}
+    print(f"checkpoint {name} has no readable state and the trial has no other; it starts over", flush=True)
     return None
 
 
