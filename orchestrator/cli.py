@@ -125,6 +125,9 @@ def main(argv: list[str] | None = None) -> int:
     args = None if command else build_parser().parse_args(argv)
     _quiet_logs()
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    from orchestrator.run.resume import term_as_interrupt
+
+    restore_term = term_as_interrupt()
     try:
         return _run_report(command, argv[1:]) if command else _run(args)
     except UserError as exc:
@@ -134,11 +137,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return UserError.exit_code
     except KeyboardInterrupt:
-        print("interrupted; resume with --resume NAME", file=sys.stderr)
+        # After the sweep started, run_sweep turns an interrupt into SweepInterrupted (with its name).
+        print("interrupted before the sweep started; nothing ran: run the same command again", file=sys.stderr)
         return 130
     except Exception as exc:  # noqa: BLE001 - the last resort: one line, the traceback in a file
         print(f"error: {unexpected_error(exc)}", file=sys.stderr)
         return INTERNAL_ERROR
+    finally:
+        restore_term()
 
 
 INTERNAL_ERROR = 4

@@ -255,7 +255,7 @@ def test_the_resume_check_sets_corrupt_states_aside_and_names_what_each_trial_re
     from trainables.runtime.session import RESTORE_NOTE
 
     class Session:
-        is_main, history = True, []
+        is_main, distributed, world_size, history = True, False, 1, []
 
         def restore(self):
             return {"progress": {"epoch": 1}, RESTORE_NOTE: "resumed from checkpoint_000001 (epoch 1)"}

@@ -170,6 +170,29 @@ def fit_watched(tuner, spec, name: str):
     return results
 
 
+def _raise_sigint(signum, frame) -> None:
+    import signal
+
+    signal.raise_signal(signal.SIGINT)
+
+
+def term_as_interrupt():
+    """SIGTERM (``kill``, a scheduler's stop, ``docker stop``) behaves as Ctrl-C: the signal is
+    raised again as SIGINT, which Tune handles during its run (trials stop, state saved) and which
+    is a KeyboardInterrupt elsewhere; either way the sweep ends ``interrupted`` with exit 130,
+    resumable. ``ray.init`` installs Ray's own SIGTERM handler (which aborts the process), so the
+    sweep calls this again after starting Ray. Returns the undo (the CLI also runs in-process, in
+    tests)."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+    before = signal.getsignal(signal.SIGTERM)
+    signal.signal(signal.SIGTERM, _raise_sigint)
+    return lambda: signal.signal(signal.SIGTERM, before) if before is not None else None
+
+
 class SigintWatch:
     """Whether a Ctrl-C (SIGINT) stopped ``Tuner.fit()``. Tune's results cannot say: its cleanup
     marks the running trials TERMINATED and the ungenerated ones are in no list. But Tune installs

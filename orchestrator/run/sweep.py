@@ -78,6 +78,7 @@ def start_ray(address: str | None) -> ClusterResources:
         if address:
             ray.init(address=address, runtime_env=worker_runtime_env(env, address, REPO_ROOT),
                      logging_level=logging.WARNING, logging_config=quiet, log_to_driver=True)
+            resume.term_as_interrupt()  # over the handler ray.init installed
             return ClusterResources.from_ray(address)
         local = ClusterResources.local()
         own_tmp = prepare_local_ray()
@@ -85,6 +86,7 @@ def start_ray(address: str | None) -> ClusterResources:
                  resources={DRIVER_RESOURCE: local.driver_slots},
                  logging_level=logging.WARNING, logging_config=quiet, log_to_driver=True)
         publish_address(own_tmp)
+        resume.term_as_interrupt()  # over the handler ray.init installed
         return local
     except ConnectionError as exc:
         raise UserError(connection_error_message(address, exc)) from None
@@ -142,6 +144,12 @@ def run_sweep(spec: SweepSpec, spec_text: str, opts: SweepOptions) -> SweepRepor
         status = "KILLED"
         state = "stalled" if isinstance(exc, SweepStalled) else "interrupted"
         raise
+    except KeyboardInterrupt:
+        # Ctrl-C (or SIGTERM, which the CLI turns into one) outside Tune's run: preparing, between
+        # phases, in the report. Resumable like an interrupt during the trials.
+        status, state = "KILLED", "interrupted"
+        raise resume.SweepInterrupted(f"interrupted; the sweep's state is saved: resume it with --resume {name} "
+                                      f"(or run the same command again)") from None
     finally:
         tracker.finish(run.parent_id, status)
         resume.write_status(run.out_dir, state if status == "KILLED" else status.lower())

@@ -7,6 +7,7 @@ the one reader of a sweep's saved search space (used by ``--resume``, by a secon
         w2s_search_space.yaml             the search space as given (before --set)
         w2s_overrides.json                the --set overrides and --num-samples
         w2s_status.json                   running | finished | failed | stalled | interrupted
+        w2s_reference_cases.json          the cases the reference runs were started for
         best_config.json, best_config.yaml, results.*, summary.*, plots/
         train_runs/                       Ray Train runs of multi-worker trials
     <storage>/<name>-reference/           the best config's reference and control runs
@@ -28,6 +29,7 @@ PLOTS_DIR = "plots"
 TRAIN_RUNS_DIR = "train_runs"
 CACHE_DIR = "cache"
 REFERENCE_SUFFIX = "-reference"
+REFERENCE_CASES_FILE = "w2s_reference_cases.json"
 
 
 def sweep_dir(storage_path: str, name: str) -> str:
@@ -40,6 +42,10 @@ def reference_name(name: str) -> str:
 
 def reference_dir(storage_path: str, name: str) -> str:
     return join(storage_path, reference_name(name))
+
+
+def reference_cases_file(storage_path: str, name: str) -> str:
+    return join(sweep_dir(storage_path, name), REFERENCE_CASES_FILE)
 
 
 def cache_dir(storage_path: str) -> str:

@@ -157,6 +157,15 @@ def check_faulty_inputs(p: FaultyTrialParams) -> list[tuple[str, str]]:
     return problems
 
 
+REPORT_SLEEP_ENV = "W2S_TEST_REPORT_SLEEP_S"
+
+
+def slow_summary(rows, best):
+    """The report's family summary, sleeping when the test asks (a window to interrupt the report)."""
+    time.sleep(float(os.environ.get(REPORT_SLEEP_ENV, "0") or 0))
+    return [f"faulty summary: {len(rows)} trials"], {}
+
+
 register_trainable(
     "faulty",
     params=FaultyTrialParams,
@@ -168,7 +177,9 @@ register_trainable(
     metrics_doc={"val_acc": "top-1 on the validation split", "test_acc": "top-1 on the test split",
                  "train_loss": "mean training loss"},
     vocabulary=Vocabulary(headline="test_acc", table_metrics=("test_acc",), curves=("val_acc",),
-                          loss_curves=("train_loss",)),
+                          loss_curves=("train_loss",), summary=slow_summary),
+    # a "control" to exercise the reference runs: the same trial at half the lr
+    control_overrides=lambda config: {"lr": config.get("lr", 0.05) / 2},
 )(run_faulty)
 
 
