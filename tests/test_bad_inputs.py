@@ -111,3 +111,37 @@ def test_every_environment_variable_is_documented():
                                       "RAY_ADDRESS_": "x"}])
 def test_accepted_environment_passes(env):
     check_environment(env)
+
+
+def test_an_override_on_resume_that_changes_nothing_is_accepted():
+    from orchestrator.run.options import SweepOptions
+    from orchestrator.run.sweep import load_resume_spec
+
+    opts = SweepOptions(storage_path=str(FIXTURES / "stored"), overrides=["params.epochs=2"], num_samples=2)
+    spec, _ = load_resume_spec(opts, "stored")
+    assert spec.num_samples == 2
+
+
+def test_a_large_sweep_runs_with_yes(tmp_path, monkeypatch):
+    from orchestrator.run import sweep
+
+    called = []
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    monkeypatch.setattr(sweep, "run_sweep", lambda spec, text, opts: called.append(spec.num_samples)
+                        or type("R", (), {"best": object()})())
+    assert cli.main([str(FIXTURES / "53_large_sweep_without_yes.yaml"), "--yes"]) == 0
+    assert called == [10**9]
+
+
+def test_the_address_probe_passes_a_listening_port():
+    import socket
+
+    from orchestrator.run.cluster import probe_address
+
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        probe_address(f"127.0.0.1:{server.getsockname()[1]}")
+        probe_address(f"ray://127.0.0.1:{server.getsockname()[1]}")
+    probe_address("auto")
