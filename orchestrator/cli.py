@@ -25,6 +25,7 @@ def resolve_space_path(path: str) -> str:
 
 
 SUBCOMMANDS = ("report", "compare")
+LARGE_SWEEP_TRIALS = 1000  # more trials than this needs --yes: `num_samples: 1e9` is a typo, not a plan
 EPILOG = """reports of stored sweeps (no training; rebuilt from --storage-path and MLflow):
   run_sweep.py report NAME [--storage-path P] [--mlflow-uri U]
       results table, plots, summary and best_config.yaml of sweep NAME, logged on its MLflow parent run
@@ -52,6 +53,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="override a search-space key, e.g. --set params.epochs=5 (repeatable; VALUE is YAML)")
     p.add_argument("--dry-run", action="store_true",
                    help="print the resolved spec and the trial resource plan, run nothing")
+    p.add_argument("--yes", action="store_true",
+                   help=f"run a sweep of more than {LARGE_SWEEP_TRIALS} trials (refused without it, as a likely typo)")
     return p
 
 
@@ -129,6 +132,9 @@ def main(argv: list[str] | None = None) -> int:
 
     restore_term = term_as_interrupt()
     try:
+        from orchestrator.run.environment import check_environment
+
+        check_environment()
         return _run_report(command, argv[1:]) if command else _run(args)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -168,6 +174,23 @@ def unexpected_error(exc: BaseException) -> str:
             "saved: resume it with --resume NAME; if it happens again, report it with that file")
 
 
+def check_sweep_size(spec) -> None:
+    """A sweep of more than LARGE_SWEEP_TRIALS trials runs only with --yes."""
+    trials = spec.expected_trials()
+    if trials <= LARGE_SWEEP_TRIALS:
+        return
+    grid = trials // spec.num_samples
+    how = f"num_samples {spec.num_samples}" + (f" x grid {grid}" if grid > 1 else "")
+    if spec.time_budget_s:
+        bound = f"time_budget_s ({spec.time_budget_s:g} s) stops it before most of them run"
+    else:
+        bound = "with no time_budget_s it runs until every trial has ended"
+    where = f"{spec.source_file}: " if spec.source_file else ""
+    raise UserError(f"{where}num_samples: this sweep would run {trials:,} trials ({how}; {bound}). "
+                    f"More than {LARGE_SWEEP_TRIALS:,} is usually a typo: lower num_samples (or --num-samples), "
+                    "check it with --dry-run, or pass --yes to run it as it is")
+
+
 def _run(args: argparse.Namespace) -> int:
     from orchestrator.run.cluster import resolve_locations
     from orchestrator.space.model import NAME_PATTERN
@@ -183,6 +206,12 @@ def _run(args: argparse.Namespace) -> int:
                             f"(it names a folder under --storage-path) (got {name!r})")
     # Inside `ray job submit` Ray sets RAY_ADDRESS: the job runs on that cluster.
     address = args.address or os.environ.get("RAY_ADDRESS") or None
+    if address:
+        from orchestrator.run.environment import address_problem
+
+        problem = address_problem(address)
+        if problem:
+            raise UserError(f"{'--address' if args.address else '$RAY_ADDRESS'} {address!r}: {problem}")
     where = resolve_locations(args.mlflow_uri, args.storage_path, address)
     opts = SweepOptions(address=address, mlflow_uri=where.mlflow_uri, storage_path=where.storage_path,
                         name=args.resume or args.name, resume=bool(args.resume),
@@ -198,6 +227,12 @@ def _run(args: argparse.Namespace) -> int:
     if args.dry_run:
         print(dry_run(spec, opts))
         return 0
+    if not args.resume and not args.yes:
+        check_sweep_size(spec)
+    if address:
+        from orchestrator.run.cluster import probe_address
+
+        probe_address(address, "--address" if args.address else "$RAY_ADDRESS")
     if args.name and not args.resume:
         from orchestrator.run.resume import action_for_name
 

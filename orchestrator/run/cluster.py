@@ -138,6 +138,32 @@ def connection_error_message(address: str, exc: Exception) -> str:
     return message
 
 
+PROBE_TIMEOUT_S = 5.0
+
+
+def probe_address(address: str, flag: str = "--address", timeout_s: float = PROBE_TIMEOUT_S) -> None:
+    """Before anything is created (MLflow store, storage folder) and before ``ray.init``, which
+    retries an unreachable address for minutes: one TCP connect to the address's port. ``auto``
+    is left to Ray's own discovery, which fails fast."""
+    import socket
+
+    if address in ("auto", "local"):
+        return
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    host = host.strip("[]")
+    try:
+        with socket.create_connection((host, int(port)), timeout=timeout_s):
+            return
+    except (OSError, ValueError) as exc:
+        reason = "timed out" if isinstance(exc, TimeoutError) else (getattr(exc, "strerror", None) or str(exc))
+    client = address.startswith("ray://")
+    raise UserError(
+        f"{flag} {address}: nothing answers at {host} port {port} ({reason}, after at most {timeout_s:g} s). Check "
+        "that the cluster is up (`ray status` on its head node), that this is the head's "
+        + ("Ray Client address (ray://HEAD:10001)" if client else "GCS address (HEAD:6379 by default; `auto` on a node)")
+        + ", and that the port is open to this machine (firewall, SSH port forward); or omit --address for a local Ray")
+
+
 # -- shared locations -----------------------------------------------------------------------------
 def filesystem_type(path: str, mounts: str | None = None) -> str:
     """Type of the filesystem holding ``path`` (longest mount-point prefix in /proc/mounts)."""

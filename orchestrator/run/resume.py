@@ -66,10 +66,11 @@ def check_not_running(out_dir: str, name: str) -> None:
                         f"--resume {name}")
 
 
-def _first_difference(a: Any, b: Any, prefix: str = "") -> str | None:
+def first_difference(a: Any, b: Any, prefix: str = "") -> str | None:
+    """The first key (dotted) whose value differs, as ``key: old -> new``; None when equal."""
     if isinstance(a, dict) and isinstance(b, dict):
         for key in sorted(set(a) | set(b), key=str):
-            diff = _first_difference(a.get(key), b.get(key), f"{prefix}.{key}" if prefix else str(key))
+            diff = first_difference(a.get(key), b.get(key), f"{prefix}.{key}" if prefix else str(key))
             if diff:
                 return diff
         return None
@@ -79,7 +80,7 @@ def _first_difference(a: Any, b: Any, prefix: str = "") -> str | None:
 def existing_sweep_action(out_dir: str, name: str, spec, saved_spec) -> str:
     """What a new run named like an existing sweep should do: ``resume`` or ``finished``.
     ``saved_spec`` is the existing sweep's resolved spec (None when there is nothing saved)."""
-    diff = _first_difference(saved_spec.resolved_dict(), spec.resolved_dict())
+    diff = first_difference(saved_spec.resolved_dict(), spec.resolved_dict())
     if diff:
         raise UserError(f"--name {name}: a sweep of that name already exists under {os.path.dirname(out_dir)} with a "
                         f"different search space (first difference: {diff}). Resume it as it was with --resume "

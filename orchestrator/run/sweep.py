@@ -43,12 +43,25 @@ log = logging.getLogger("w2s")
 def check_storage(storage_path: str) -> None:
     """The storage path must be writable before any trial starts."""
     marker = join(storage_path, f".w2s-write-test-{os.getpid()}")
+    # Folders this check creates are removed again: a sweep refused later (bad input) leaves nothing.
+    created = []
+    if "://" not in storage_path:
+        folder = os.path.abspath(storage_path)
+        while folder and not os.path.exists(folder):
+            created.append(folder)
+            folder = os.path.dirname(folder)
     try:
         write_text(marker, "ok")
         fs, path = resolve_filesystem(marker)
         fs.delete_file(path)
     except Exception as exc:  # noqa: BLE001 - any failure here means trials could not save
         raise UserError(f"--storage-path {storage_path} is not writable ({type(exc).__name__}: {exc})") from None
+    finally:
+        for folder in created:  # innermost first
+            try:
+                os.rmdir(folder)
+            except OSError:
+                break
 
 
 def sweep_dir(opts: SweepOptions, name: str) -> str:
@@ -157,6 +170,8 @@ def run_sweep(spec: SweepSpec, spec_text: str, opts: SweepOptions) -> SweepRepor
 
 def check_before_start(spec: SweepSpec, opts: SweepOptions, name: str) -> Tracker:
     """Everything that can fail before Ray starts: MLflow, the storage path, the preflight."""
+    if not opts.address:
+        plan_resources(spec, ClusterResources.local(), strict=True)  # a trial this machine cannot hold
     check_tracking_uri(opts.mlflow_uri)
     check_storage(opts.storage_path)
     repairs = preflight.run_all(spec, sweep_dir(opts, name), name, opts.resume)
@@ -322,6 +337,17 @@ def load_resume_spec(opts: SweepOptions, name: str) -> tuple[SweepSpec, str]:
     if saved is None:
         raise UserError(f"--resume {name}: no sweep of that name under {opts.storage_path} "
                         f"(looked for {join(out_dir, layout.SPEC_FILE)})")
+    if opts.overrides or opts.num_samples is not None:
+        # Tune restores every trial, and the searcher, with the configuration it was started with: a
+        # change here would be saved as if it applied, but would not.
+        as_started = layout.read_saved_spec(out_dir).spec
+        diff = resume.first_difference(as_started.resolved_dict(), saved.spec.resolved_dict())
+        if diff:
+            flags = " ".join([*(f"--set {o}" for o in opts.overrides),
+                              *([f"--num-samples {opts.num_samples}"] if opts.num_samples is not None else [])])
+            raise UserError(f"--resume {name}: {flags} would change the sweep ({diff}), "
+                            "but a resumed sweep's trials and searcher keep the configuration they started with. Resume "
+                            f"without it, or start a new sweep with the change (run_sweep.py SPACE --set … --name NEW)")
     opts.overrides = saved.overrides
     return saved.spec, saved.text
 

@@ -69,9 +69,19 @@ def problems(exc: ValidationError, prefix: str = "") -> list[Problem]:
             out.append(Problem(key, "unknown key", kind=err["type"]))
         elif err["type"] == "missing":
             out.append(Problem(key, "is required", kind=err["type"]))
+        elif err["type"] in _BOUNDS and _is_nan(err.get("input")):
+            # NaN compares false against every bound: "must be <= 10 (got nan)" would mislead.
+            out.append(Problem(key, "input should be a finite number", err.get("input"), err["type"]))
         else:
             out.append(Problem(key, msg[:1].lower() + msg[1:], err.get("input", MISSING), err["type"]))
     return out
+
+
+_BOUNDS = ("greater_than", "greater_than_equal", "less_than", "less_than_equal", "multiple_of")
+
+
+def _is_nan(value: Any) -> bool:
+    return isinstance(value, float) and value != value
 
 
 def first_problem(exc: ValidationError, prefix: str = "") -> str:
