@@ -167,7 +167,7 @@ def _run(args: argparse.Namespace) -> int:
     from orchestrator.space.model import NAME_PATTERN
     from orchestrator.space.parse import parse_spec, read_space_file
     from orchestrator.run.options import SweepOptions
-    from orchestrator.run.sweep import dry_run, load_resume_spec, run_sweep
+    from orchestrator.run.sweep import default_name, dry_run, load_resume_spec, sweep_lock
 
     if args.num_samples is not None and args.num_samples < 1:
         raise UserError(f"--num-samples must be at least 1 (got {args.num_samples})")
@@ -192,6 +192,14 @@ def _run(args: argparse.Namespace) -> int:
     if args.dry_run:
         print(dry_run(spec, opts))
         return 0
+    opts.name = opts.name or default_name(spec)
+    with sweep_lock(opts, opts.name):  # one driver per sweep, decided before anything is written
+        return _run_locked(args, opts, spec, text)
+
+
+def _run_locked(args: argparse.Namespace, opts, spec, text: str) -> int:
+    from orchestrator.run.sweep import run_sweep
+
     if args.name and not args.resume:
         from orchestrator.run.resume import action_for_name
 

@@ -120,6 +120,30 @@ def numeric_metrics(result: dict[str, Any]) -> dict[str, float]:
 _warned_secret_keys: set[str] = set()
 
 
+def mlflow_client(uri: str, timeout_s: float = 20.0):
+    """An ``MlflowClient`` for ``uri``. On a brand-new sqlite file, the first client of each
+    process creates and migrates the schema; two processes doing it at once (two drivers started
+    together) make one fail with "table ... already exists" or "database is locked", or see a
+    half-migrated schema. So for sqlite the creation is retried, with a short backoff, until the
+    winner has finished."""
+    from mlflow.tracking import MlflowClient
+
+    if not uri.startswith("sqlite:"):
+        return MlflowClient(tracking_uri=uri)
+    deadline, delay = time.monotonic() + timeout_s, 0.1
+    while True:
+        try:
+            client = MlflowClient(tracking_uri=uri)
+            client._tracking_client.store  # noqa: B018 - the store (and the schema) is built lazily in some versions
+            return client
+        except Exception as exc:  # noqa: BLE001 - sqlalchemy or MlflowException, both wrapping the race
+            if time.monotonic() > deadline:
+                raise
+            log.debug("MLflow store at %s not ready (%s); retrying", uri, str(exc).splitlines()[0] if str(exc) else exc)
+            time.sleep(delay)
+            delay = min(delay * 2, 1.0)
+
+
 class RedactingClient:
     """An ``MlflowClient`` whose writes never carry credential-like keys: params and tags with such
     names are dropped, logged dicts are redacted, logged YAML text has their values blanked."""
@@ -168,28 +192,30 @@ class Tracker:
     @property
     def client(self):
         if self._client is None:
-            from mlflow.tracking import MlflowClient
-
-            self._client = RedactingClient(MlflowClient(tracking_uri=self.uri))
+            self._client = RedactingClient(mlflow_client(self.uri))
         return self._client
 
-    def ensure_experiment(self) -> str:
-        exp = self.client.get_experiment_by_name(self.experiment_name)
-        if exp is None:
+    def ensure_experiment(self, attempts: int = 5) -> str:
+        """The experiment's id, creating it if needed. Two creators at once (two drivers, a driver
+        and ``mlflow ui``) converge on one experiment: the loser of the creation race reads the
+        winner's back."""
+        for attempt in range(attempts):
+            exp = self.client.get_experiment_by_name(self.experiment_name)
+            if exp is not None:
+                if exp.lifecycle_stage == "deleted":
+                    self.client.restore_experiment(exp.experiment_id)
+                self.experiment_id = exp.experiment_id
+                return self.experiment_id
             artifact_root = artifact_root_for(self.uri)
             location = f"{artifact_root}/{self.experiment_name}" if artifact_root else None
             try:
                 self.experiment_id = self.client.create_experiment(self.experiment_name, artifact_location=location)
-            except Exception:  # noqa: BLE001 - lost a creation race: read it back
-                exp = self.client.get_experiment_by_name(self.experiment_name)
-                if exp is None:
+                return self.experiment_id
+            except Exception:  # noqa: BLE001 - lost a creation race (or sqlite was busy): read it back
+                if attempt == attempts - 1:
                     raise
-                self.experiment_id = exp.experiment_id
-        else:
-            if exp.lifecycle_stage == "deleted":
-                self.client.restore_experiment(exp.experiment_id)
-            self.experiment_id = exp.experiment_id
-        return self.experiment_id
+                time.sleep(0.1 * (attempt + 1))
+        raise AssertionError("unreachable")
 
     def find_runs(self, **tags: str) -> list:
         flt = " and ".join(f"tags.`{k}` = '{v}'" for k, v in tags.items())
