@@ -165,9 +165,8 @@ def unexpected_error(exc: BaseException) -> str:
 def _run(args: argparse.Namespace) -> int:
     from orchestrator.run.cluster import resolve_locations
     from orchestrator.space.model import NAME_PATTERN
-    from orchestrator.space.parse import parse_spec, read_space_file
     from orchestrator.run.options import SweepOptions
-    from orchestrator.run.sweep import default_name, dry_run, load_resume_spec, sweep_lock
+    from orchestrator.run.driver_lock import sweep_lock
 
     if args.num_samples is not None and args.num_samples < 1:
         raise UserError(f"--num-samples must be at least 1 (got {args.num_samples})")
@@ -181,6 +180,17 @@ def _run(args: argparse.Namespace) -> int:
     opts = SweepOptions(address=address, mlflow_uri=where.mlflow_uri, storage_path=where.storage_path,
                         name=args.resume or args.name, resume=bool(args.resume),
                         overrides=list(args.overrides), num_samples=args.num_samples, origins=where.origins)
+    if args.dry_run or not opts.name:
+        return _run_spec(args, opts)
+    with sweep_lock(opts, opts.name):  # before torch and Ray are even imported: a second driver is refused at once
+        return _run_spec(args, opts)
+
+
+def _run_spec(args: argparse.Namespace, opts) -> int:
+    from orchestrator.space.parse import parse_spec, read_space_file
+    from orchestrator.run.driver_lock import sweep_lock
+    from orchestrator.run.sweep import default_name, dry_run, load_resume_spec
+
     if args.resume:
         if args.space:
             raise UserError("--resume NAME reads the search space saved with the sweep; do not also pass a file")
@@ -192,7 +202,9 @@ def _run(args: argparse.Namespace) -> int:
     if args.dry_run:
         print(dry_run(spec, opts))
         return 0
-    opts.name = opts.name or default_name(spec)
+    if opts.name:  # locked by the caller
+        return _run_locked(args, opts, spec, text)
+    opts.name = default_name(spec)
     with sweep_lock(opts, opts.name):  # one driver per sweep, decided before anything is written
         return _run_locked(args, opts, spec, text)
 

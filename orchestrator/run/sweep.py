@@ -6,7 +6,6 @@ import logging
 import os
 import sys
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,7 +15,7 @@ from orchestrator.reports.rows import SweepReport, pick_best, rows_from_results,
 from orchestrator.reports.table import status_counts
 from orchestrator.run import preflight, resume
 from orchestrator.run.cluster import check_cluster_locations, connection_error_message, origin_note, worker_runtime_env
-from orchestrator.run.local_ray import clean_up_dead_driver, prepare_local_ray, publish_address, record_local_ray
+from orchestrator.run.local_ray import prepare_local_ray, publish_address, record_local_ray
 from orchestrator.run.options import SweepOptions, say
 from orchestrator.run.progress import ProgressPrinter
 from orchestrator.run.reference import run_reference
@@ -29,7 +28,6 @@ from orchestrator.store import layout
 from orchestrator.store.cache import resolve_filesystem
 from orchestrator.store.disk import disk_usage
 from orchestrator.store.feature_store import FeatureStore
-from orchestrator.store.lock import acquire_sweep_lock
 from orchestrator.store.secrets import redact
 from orchestrator.store.storage import join, write_text
 from orchestrator.store.tracking import Tracker, check_tracking_uri, flatten
@@ -59,24 +57,6 @@ def sweep_dir(opts: SweepOptions, name: str) -> str:
 
 def default_name(spec: SweepSpec) -> str:
     return f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-
-
-@contextmanager
-def sweep_lock(opts: SweepOptions, name: str):
-    """Held around everything a driver does to sweep ``name``, from before its first write to the
-    sweep folder and before Ray starts to its exit (normal, error, Ctrl-C): a second driver on the
-    same sweep is refused at once (exit 2), naming the first. Taking it also cleans up after a
-    SIGKILLed previous driver (its lock, its local Ray's processes and temp dir)."""
-    check_tracking_uri(opts.mlflow_uri)
-    check_storage(opts.storage_path)
-    lock = acquire_sweep_lock(sweep_dir(opts, name), name)
-    try:
-        for line in (lock.took_over(), clean_up_dead_driver(sweep_dir(opts, name))):
-            if line:
-                say(line if line.startswith(" ") else f"  {line}")
-        yield lock
-    finally:
-        lock.release()
 
 
 def start_ray(address: str | None) -> ClusterResources:

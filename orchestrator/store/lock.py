@@ -3,11 +3,11 @@ else of the sweep is written, held until the driver exits.
 
 * Local storage: ``fcntl.flock`` on ``<storage>/<name>/w2s_driver.lock``. The kernel releases it
   when the driver's process ends, however it ends (a SIGKILLed driver included), so a stale lock
-  cannot block a later run; the file keeps the holder's host and PID, so a second driver is
-  refused with them, and a driver that finds the last holder's details still in the file (its
-  holder died without releasing) says it took the lock over. The file is never deleted (deleting a
-  flock file lets two processes lock two different files). Over NFS this relies on the server's
-  lock manager (NFSv4 has one).
+  cannot block a later run; the file holds the holder's host and PID, so a second driver is
+  refused with them. A driver deletes the file when it lets go (after checking, on taking it, that
+  it locked the file that is there, so a deleted file is never locked twice), so a driver that
+  finds the file with a holder's details in it knows that holder died holding it and says it took
+  the lock over. Over NFS this relies on the server's lock manager (NFSv4 has one).
 * Object storage (``s3://``): a conditional write (``If-None-Match: *``) of the lock object through
   boto3; see :func:`_s3_acquire`. Other object stores (``gs://``) get no lock: the ``running``
   status file is the only guard there (docs/reliability.md says so).
@@ -113,32 +113,47 @@ def acquire_sweep_lock(out_dir: str, name: str) -> SweepLock:
 def _local_acquire(out_dir: str, name: str) -> SweepLock:
     import fcntl
 
-    path = os.path.join(os.path.abspath(os.path.expanduser(out_dir)), LOCK_FILE)
-    try:
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)  # not inherited by Ray's processes (PEP 446)
-    except OSError as exc:
-        raise UserError(f"--storage-path {os.path.dirname(os.path.dirname(path))} is not writable "
-                        f"({type(exc).__name__}: {exc})") from None
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        holder = None
-        for _ in range(20):  # the holder writes its details right after locking
-            holder = _parse(os.pread(fd, 4096, 0))
-            if holder:
+    directory = os.path.abspath(os.path.expanduser(out_dir))
+    path = os.path.join(directory, LOCK_FILE)
+    created = not os.path.isdir(directory)
+    while True:
+        try:
+            os.makedirs(directory, exist_ok=True)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)  # not inherited by Ray's processes (PEP 446)
+        except OSError as exc:
+            raise UserError(f"--storage-path {os.path.dirname(directory)} is not writable "
+                            f"({type(exc).__name__}: {exc})") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            holder = None
+            for _ in range(20):  # the holder writes its details right after locking
+                holder = _parse(os.pread(fd, 4096, 0))
+                if holder:
+                    break
+                time.sleep(0.05)
+            os.close(fd)
+            raise refusal(name, holder, path) from None
+        try:  # the holder we waited for may have deleted the file on release: lock the current one
+            if os.stat(path).st_ino == os.fstat(fd).st_ino:
                 break
-            time.sleep(0.05)
+        except FileNotFoundError:
+            pass
         os.close(fd)
-        raise refusal(name, holder, path) from None
     previous = _parse(os.pread(fd, 4096, 0))
     payload = json.dumps(holder_info()).encode()
     os.ftruncate(fd, 0)
     os.pwrite(fd, payload, 0)
 
     def release() -> None:
+        """Delete the file while still holding it (a later acquirer checks it locked the file
+        that is there), and the sweep folder if this run created it and left nothing else."""
         try:
-            os.ftruncate(fd, 0)  # a later driver then knows this one let go cleanly
+            os.unlink(path)
+            if created:
+                os.rmdir(directory)  # fails, as it should, unless empty
+        except OSError:
+            pass
         finally:
             os.close(fd)  # releases the flock
 
