@@ -154,3 +154,36 @@ def test_a_live_drivers_local_ray_is_left_alone(tmp_path):
             alive.wait()
     finally:
         os.rmdir(ray_tmp)
+
+
+@pytest.mark.parametrize("ending,code", [(KeyboardInterrupt, 130), (UserError("bad"), 2), (RuntimeError("bug"), 4),
+                                         (None, 1)])
+def test_the_lock_is_released_on_every_exit_path(tmp_path, monkeypatch, capsys, ending, code):
+    """Ctrl-C, an error, an unexpected error, a normal end: the next driver finds the sweep free
+    (and no take-over: the lock was let go, not lost)."""
+    import orchestrator.run.sweep
+    import tests.plugins.faults  # noqa: F401 - registers the `faulty` trainable
+    from orchestrator import cli
+
+    held = []
+
+    def fake_run_sweep(spec, text, opts):
+        held.append(os.path.exists(tmp_path / "ray_results" / "exp" / "w2s_driver.lock"))
+        if ending is not None:
+            raise ending
+
+        class Report:
+            best = None
+        return Report()
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(orchestrator.run.sweep, "run_sweep", fake_run_sweep)
+    (tmp_path / "space.yaml").write_text("name: t\ntrainable: faulty\nparams: {epochs: 2}\n"
+                                         "search:\n  seed: {grid: [0, 1]}\ncontrol: {enabled: false}\n")
+    assert cli.main(["space.yaml", "--name", "exp"]) == code
+    assert held == [True]
+    err = capsys.readouterr().err
+    if "full traceback in " in err:
+        os.remove(err.split("full traceback in ")[1].split(")")[0])
+    with acquire_sweep_lock(str(tmp_path / "ray_results" / "exp"), "exp") as lock:
+        assert lock.took_over() is None
