@@ -86,6 +86,20 @@ def _processes_of(ray_tmp: str) -> list[int]:
     return pids
 
 
+def _in_group(pgid: int) -> list[int]:
+    """Live processes of process group ``pgid`` (the killed driver's Ray processes inherit it)."""
+    pids = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/stat", "rb") as f:
+                fields = f.read().rsplit(b")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid and fields[0] != b"Z":
+            pids.append(int(pid))
+    return pids
+
+
 def test_a_sigkilled_drivers_local_ray_is_cleaned_up_by_the_resume(tmp_path):
     (tmp_path / "space.yaml").write_text(SPACE.format(epochs=4, sleep_s=1.0))
     first = Sweep(tmp_path, "space.yaml", "--name", "killed")
@@ -100,6 +114,7 @@ def test_a_sigkilled_drivers_local_ray_is_cleaned_up_by_the_resume(tmp_path):
         first.proc.wait()
         time.sleep(1)
         assert _processes_of(ray_tmp), "the killed driver left no Ray process: nothing to test"
+        assert _in_group(first.proc.pid)
 
         resumed = Sweep(tmp_path, "--resume", "killed")
         rc, out = resumed.wait()
@@ -108,6 +123,7 @@ def test_a_sigkilled_drivers_local_ray_is_cleaned_up_by_the_resume(tmp_path):
         assert re.search(rf"the sweep's previous driver \(pid {first.proc.pid}\) is gone: stopped \d+ leftover local "
                          rf"Ray process\(es\) and removed its Ray temp dir {re.escape(ray_tmp)}", out), out[-3000:]
         assert not _processes_of(ray_tmp) and not os.path.exists(ray_tmp)
+        assert not _in_group(first.proc.pid), "a process of the killed driver's group survived"  # independent check
     finally:
         first.kill_leftovers()
         if resumed is not None and resumed.proc.poll() is None:
