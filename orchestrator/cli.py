@@ -194,9 +194,8 @@ def check_sweep_size(spec) -> None:
 def _run(args: argparse.Namespace) -> int:
     from orchestrator.run.cluster import resolve_locations
     from orchestrator.space.model import NAME_PATTERN
-    from orchestrator.space.parse import parse_spec, read_space_file
     from orchestrator.run.options import SweepOptions
-    from orchestrator.run.sweep import dry_run, load_resume_spec, run_sweep
+    from orchestrator.run.driver_lock import sweep_lock
 
     if args.num_samples is not None and args.num_samples < 1:
         raise UserError(f"--num-samples must be at least 1 (got {args.num_samples})")
@@ -216,6 +215,17 @@ def _run(args: argparse.Namespace) -> int:
     opts = SweepOptions(address=address, mlflow_uri=where.mlflow_uri, storage_path=where.storage_path,
                         name=args.resume or args.name, resume=bool(args.resume),
                         overrides=list(args.overrides), num_samples=args.num_samples, origins=where.origins)
+    if args.dry_run or not opts.name:
+        return _run_spec(args, opts)
+    with sweep_lock(opts, opts.name):  # before torch and Ray are even imported: a second driver is refused at once
+        return _run_spec(args, opts)
+
+
+def _run_spec(args: argparse.Namespace, opts) -> int:
+    from orchestrator.space.parse import parse_spec, read_space_file
+    from orchestrator.run.driver_lock import sweep_lock
+    from orchestrator.run.sweep import default_name, dry_run, load_resume_spec
+
     if args.resume:
         if args.space:
             raise UserError("--resume NAME reads the search space saved with the sweep; do not also pass a file")
@@ -229,10 +239,20 @@ def _run(args: argparse.Namespace) -> int:
         return 0
     if not args.resume and not args.yes:
         check_sweep_size(spec)
-    if address:
+    if opts.address:
         from orchestrator.run.cluster import probe_address
 
-        probe_address(address, "--address" if args.address else "$RAY_ADDRESS")
+        probe_address(opts.address, "--address" if args.address else "$RAY_ADDRESS")
+    if opts.name:  # locked by the caller
+        return _run_locked(args, opts, spec, text)
+    opts.name = default_name(spec)
+    with sweep_lock(opts, opts.name):  # one driver per sweep, decided before anything is written
+        return _run_locked(args, opts, spec, text)
+
+
+def _run_locked(args: argparse.Namespace, opts, spec, text: str) -> int:
+    from orchestrator.run.sweep import run_sweep
+
     if args.name and not args.resume:
         from orchestrator.run.resume import action_for_name
 

@@ -72,7 +72,7 @@ def resolve_locations(mlflow_flag: str | None, storage_flag: str | None, address
                       environ: Mapping[str, str] | None = None, cwd: str | None = None) -> Locations:
     """The tracking URI and storage path: an explicit flag wins; with ``--address`` the cluster's
     defaults come next (environment, then the cluster env file); then the local defaults."""
-    from orchestrator.store.tracking import normalise_tracking_uri
+    from orchestrator.store.tracking_uri import normalise_tracking_uri
 
     environ = os.environ if environ is None else environ
     cwd = cwd or os.getcwd()

@@ -15,7 +15,7 @@ from orchestrator.reports.rows import SweepReport, pick_best, rows_from_results,
 from orchestrator.reports.table import status_counts
 from orchestrator.run import preflight, resume
 from orchestrator.run.cluster import check_cluster_locations, connection_error_message, origin_note, worker_runtime_env
-from orchestrator.run.local_ray import prepare_local_ray, publish_address
+from orchestrator.run.local_ray import prepare_local_ray, publish_address, record_local_ray
 from orchestrator.run.options import SweepOptions, say
 from orchestrator.run.progress import ProgressPrinter
 from orchestrator.run.reference import run_reference
@@ -66,6 +66,10 @@ def check_storage(storage_path: str) -> None:
 
 def sweep_dir(opts: SweepOptions, name: str) -> str:
     return layout.sweep_dir(opts.storage_path, name)
+
+
+def default_name(spec: SweepSpec) -> str:
+    return f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
 def start_ray(address: str | None) -> ClusterResources:
@@ -143,7 +147,7 @@ def run_sweep(spec: SweepSpec, spec_text: str, opts: SweepOptions) -> SweepRepor
     """Checks, start, the trainable's preparation, the Tuner, the report; the sweep's status
     (``w2s_status.json`` and the MLflow parent run) says how it ended."""
     t_start = time.time()
-    name = opts.name or f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    name = opts.name or default_name(spec)
     tracker = check_before_start(spec, opts, name)
     run = start_sweep(spec, spec_text, opts, name, tracker)
     status, state = "FAILED", "failed"
@@ -191,6 +195,7 @@ def start_sweep(spec: SweepSpec, spec_text: str, opts: SweepOptions, name: str, 
     from ray import tune
 
     cluster = start_ray(opts.address)
+    record_local_ray(sweep_dir(opts, name))
     if opts.address:
         check_cluster_locations(opts.mlflow_uri, opts.storage_path)
     plan = plan_resources(spec, cluster, strict=not opts.address)

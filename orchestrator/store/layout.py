@@ -8,6 +8,8 @@ the one reader of a sweep's saved search space (used by ``--resume``, by a secon
         w2s_overrides.json                the --set overrides and --num-samples
         w2s_status.json                   running | finished | failed | stalled | interrupted
         w2s_reference_cases.json          the cases the reference runs were started for
+        w2s_driver.lock                   the running driver's lock (host, pid), taken before Ray starts
+        w2s_local_ray.json                the driver's local Ray: its temp dir and processes
         best_config.json, best_config.yaml, results.*, summary.*, plots/
         train_runs/                       Ray Train runs of multi-worker trials
     <storage>/<name>-reference/           the best config's reference and control runs
@@ -23,6 +25,8 @@ from orchestrator.store.storage import join, read_text, write_text
 SPEC_FILE = "w2s_search_space.yaml"
 SPEC_OVERRIDES = "w2s_overrides.json"
 STATUS_FILE = "w2s_status.json"
+LOCK_FILE = "w2s_driver.lock"
+LOCAL_RAY_FILE = "w2s_local_ray.json"
 BEST_CONFIG_FILE = "best_config.json"
 BEST_SPACE_FILE = "best_config.yaml"
 PLOTS_DIR = "plots"

@@ -15,10 +15,10 @@ import logging
 import os
 import time
 from typing import Any
-from urllib.parse import urlparse
 
-from orchestrator.errors import UserError
 from orchestrator.store.secrets import filter_params, is_secret_key, redact, redact_yaml_text
+from orchestrator.store.tracking_uri import (artifact_root_for, check_tracking_uri, default_tracking_uri,  # noqa: F401
+                                            normalise_tracking_uri)
 from trainables.runtime.ledger import AUTO_FILLED
 from trainables.runtime.session import DIVERGED
 
@@ -34,61 +34,6 @@ PARENT_TAG = "mlflow.parentRunId"
 
 # Tune's own bookkeeping fields: not metrics of the experiment.
 TUNE_BOOKKEEPING = AUTO_FILLED
-
-
-def default_tracking_uri(cwd: str | None = None) -> str:
-    return "sqlite:///" + os.path.abspath(os.path.join(cwd or os.getcwd(), "mlflow.db"))
-
-
-def normalise_tracking_uri(uri: str | None, cwd: str | None = None) -> str:
-    """An absolute tracking URI. Relative sqlite paths and bare ``.db`` paths become absolute,
-    because Ray trials run in other working directories."""
-    if not uri:
-        return default_tracking_uri(cwd)
-    parsed = urlparse(uri)
-    if parsed.scheme in ("http", "https", "databricks", "postgresql", "mysql", "mssql"):
-        return uri
-    if parsed.scheme == "sqlite":
-        path = uri[len("sqlite:///"):]
-        if not path.startswith("/"):
-            path = os.path.abspath(os.path.join(cwd or os.getcwd(), path))
-        return "sqlite:///" + path
-    if parsed.scheme in ("", "file") and uri.endswith(".db"):
-        return "sqlite:///" + os.path.abspath(uri.removeprefix("file://"))
-    raise UserError(f"--mlflow-uri {uri!r}: use an sqlite:///path/to/mlflow.db file or an http(s):// MLflow "
-                    "server (MLflow 3.13+ refuses the ./mlruns file store)")
-
-
-def artifact_root_for(uri: str) -> str | None:
-    if uri.startswith("sqlite:///"):
-        db = uri[len("sqlite:///"):]
-        return "file://" + os.path.join(os.path.dirname(db), "mlartifacts")
-    return None
-
-
-def check_tracking_uri(uri: str, timeout_s: float = 5.0) -> None:
-    """Fail fast, before Ray starts, when the tracking store cannot be reached or written."""
-    parsed = urlparse(uri)
-    if parsed.scheme in ("http", "https"):
-        import urllib.error
-        import urllib.request
-
-        try:
-            with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout_s) as resp:  # noqa: S310
-                if resp.status >= 400:
-                    raise OSError(f"HTTP {resp.status}")
-        except (OSError, urllib.error.URLError) as exc:
-            reason = getattr(exc, "reason", exc)
-            raise UserError(f"the MLflow server at {uri} is unreachable ({reason}). Start it (for example "
-                            f"`mlflow server --host 127.0.0.1 --port {parsed.port or 5000}`), open the SSH port "
-                            "forward to the head node, or pass --mlflow-uri sqlite:///ABS/PATH/mlflow.db") from None
-    elif parsed.scheme == "sqlite":
-        db = uri[len("sqlite:///"):]
-        directory = os.path.dirname(db) or "."
-        if not os.path.isdir(directory):
-            raise UserError(f"--mlflow-uri {uri}: the directory {directory} does not exist")
-        if not os.access(directory, os.W_OK) or (os.path.exists(db) and not os.access(db, os.W_OK)):
-            raise UserError(f"--mlflow-uri {uri}: {db} is not writable")
 
 
 def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -119,6 +64,46 @@ def numeric_metrics(result: dict[str, Any]) -> dict[str, float]:
 
 
 _warned_secret_keys: set[str] = set()
+
+
+def mlflow_client(uri: str, timeout_s: float = 30.0):
+    """An ``MlflowClient`` for ``uri``. On a brand-new sqlite file, the first client of each
+    process creates and migrates the schema; two processes doing it at once (two drivers started
+    together) make one fail with "table ... already exists" or "database is locked", or even break
+    each other's migration. So for sqlite the creation is serialised between this machine's
+    processes (an ``flock`` on a file in the temp dir named after the database) and retried, with a
+    short backoff, for creators outside this code (``mlflow ui``)."""
+    from mlflow.tracking import MlflowClient
+
+    if not uri.startswith("sqlite:"):
+        return MlflowClient(tracking_uri=uri)
+    import fcntl
+    import hashlib
+    import tempfile
+
+    key = hashlib.sha1(uri.encode()).hexdigest()[:16]
+    try:
+        fd = os.open(os.path.join(tempfile.gettempdir(), f"w2s-mlflow-init-{key}.lock"), os.O_RDWR | os.O_CREAT, 0o666)
+    except OSError:  # another user's file: go on with the retries alone
+        fd = None
+    deadline, delay = time.monotonic() + timeout_s, 0.1
+    try:
+        if fd is not None:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        while True:
+            try:
+                client = MlflowClient(tracking_uri=uri)
+                client._tracking_client.store  # noqa: B018 - built lazily in some versions: build it here
+                return client
+            except Exception as exc:  # noqa: BLE001 - sqlalchemy or MlflowException, both wrapping the race
+                if time.monotonic() > deadline:
+                    raise
+                log.debug("MLflow store at %s not ready (%s); retrying", uri, (str(exc).splitlines() or [""])[0])
+                time.sleep(delay)
+                delay = min(delay * 2, 1.0)
+    finally:
+        if fd is not None:
+            os.close(fd)
 
 
 class RedactingClient:
@@ -169,28 +154,30 @@ class Tracker:
     @property
     def client(self):
         if self._client is None:
-            from mlflow.tracking import MlflowClient
-
-            self._client = RedactingClient(MlflowClient(tracking_uri=self.uri))
+            self._client = RedactingClient(mlflow_client(self.uri))
         return self._client
 
-    def ensure_experiment(self) -> str:
-        exp = self.client.get_experiment_by_name(self.experiment_name)
-        if exp is None:
+    def ensure_experiment(self, attempts: int = 5) -> str:
+        """The experiment's id, creating it if needed. Two creators at once (two drivers, a driver
+        and ``mlflow ui``) converge on one experiment: the loser of the creation race reads the
+        winner's back."""
+        for attempt in range(attempts):
+            exp = self.client.get_experiment_by_name(self.experiment_name)
+            if exp is not None:
+                if exp.lifecycle_stage == "deleted":
+                    self.client.restore_experiment(exp.experiment_id)
+                self.experiment_id = exp.experiment_id
+                return self.experiment_id
             artifact_root = artifact_root_for(self.uri)
             location = f"{artifact_root}/{self.experiment_name}" if artifact_root else None
             try:
                 self.experiment_id = self.client.create_experiment(self.experiment_name, artifact_location=location)
-            except Exception:  # noqa: BLE001 - lost a creation race: read it back
-                exp = self.client.get_experiment_by_name(self.experiment_name)
-                if exp is None:
+                return self.experiment_id
+            except Exception:  # noqa: BLE001 - lost a creation race (or sqlite was busy): read it back
+                if attempt == attempts - 1:
                     raise
-                self.experiment_id = exp.experiment_id
-        else:
-            if exp.lifecycle_stage == "deleted":
-                self.client.restore_experiment(exp.experiment_id)
-            self.experiment_id = exp.experiment_id
-        return self.experiment_id
+                time.sleep(0.1 * (attempt + 1))
+        raise AssertionError("unreachable")
 
     def find_runs(self, **tags: str) -> list:
         flt = " and ".join(f"tags.`{k}` = '{v}'" for k, v in tags.items())
