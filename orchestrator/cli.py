@@ -9,6 +9,7 @@ import sys
 import warnings
 
 from orchestrator.errors import UserError
+from orchestrator.store.secrets import mask_uris_in_text
 from trainables.core.paths import REPO_ROOT
 from trainables.core.plugins import PluginError
 
@@ -128,10 +129,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return _run_report(command, argv[1:]) if command else _run(args)
     except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {mask_uris_in_text(str(exc))}", file=sys.stderr)
         return exc.exit_code
     except PluginError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {mask_uris_in_text(str(exc))}", file=sys.stderr)
         return UserError.exit_code
     except KeyboardInterrupt:
         print("interrupted; resume with --resume NAME", file=sys.stderr)
@@ -153,11 +154,11 @@ def unexpected_error(exc: BaseException) -> str:
     path = os.path.join(tempfile.gettempdir(), f"w2s-sweep-error-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log")
     try:
         with open(path, "w") as f:
-            traceback.print_exception(exc, file=f)
+            f.write(mask_uris_in_text("".join(traceback.format_exception(exc))))
         where = f"full traceback in {path}"
     except OSError:
         where = "no traceback file could be written"
-    first = (str(exc).strip().splitlines() or [""])[0][:300]
+    first = (mask_uris_in_text(str(exc)).strip().splitlines() or [""])[0][:300]
     return (f"unexpected {type(exc).__name__}: {first} ({where}). If trials had started, the sweep's state is "
             "saved: resume it with --resume NAME; if it happens again, report it with that file")
 

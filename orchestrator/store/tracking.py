@@ -6,7 +6,8 @@ Runs are found again by tags (``w2s.sweep``, ``w2s.role``, ``w2s.trial_id``), wh
 resumed sweep reuse its parent and child runs instead of duplicating them.
 
 Every write goes through :class:`RedactingClient`, which drops credential-like parameters, tags and
-dict keys (:mod:`orchestrator.store.secrets`) whoever the caller is.
+metric names, blanks credential-like keys in logged dicts, texts and files, and masks URI passwords
+(:mod:`orchestrator.store.secrets`), whoever the caller is.
 """
 from __future__ import annotations
 
@@ -18,7 +19,8 @@ from typing import Any
 from urllib.parse import urlparse
 
 from orchestrator.errors import UserError
-from orchestrator.store.secrets import filter_params, is_secret_key, redact, redact_yaml_text
+from orchestrator.store.secrets import (blank, filter_params, is_secret_key, mask_uri, mask_uris_in_text, redact,
+                                       redact_artifact)
 from trainables.runtime.ledger import AUTO_FILLED
 from trainables.runtime.session import DIVERGED
 
@@ -54,7 +56,7 @@ def normalise_tracking_uri(uri: str | None, cwd: str | None = None) -> str:
         return "sqlite:///" + path
     if parsed.scheme in ("", "file") and uri.endswith(".db"):
         return "sqlite:///" + os.path.abspath(uri.removeprefix("file://"))
-    raise UserError(f"--mlflow-uri {uri!r}: use an sqlite:///path/to/mlflow.db file or an http(s):// MLflow "
+    raise UserError(f"--mlflow-uri {mask_uri(uri)!r}: use an sqlite:///path/to/mlflow.db file or an http(s):// MLflow "
                     "server (MLflow 3.13+ refuses the ./mlruns file store)")
 
 
@@ -78,16 +80,16 @@ def check_tracking_uri(uri: str, timeout_s: float = 5.0) -> None:
                     raise OSError(f"HTTP {resp.status}")
         except (OSError, urllib.error.URLError) as exc:
             reason = getattr(exc, "reason", exc)
-            raise UserError(f"the MLflow server at {uri} is unreachable ({reason}). Start it (for example "
+            raise UserError(f"the MLflow server at {mask_uri(uri)} is unreachable ({mask_uris_in_text(str(reason))}). Start it (for example "
                             f"`mlflow server --host 127.0.0.1 --port {parsed.port or 5000}`), open the SSH port "
                             "forward to the head node, or pass --mlflow-uri sqlite:///ABS/PATH/mlflow.db") from None
     elif parsed.scheme == "sqlite":
         db = uri[len("sqlite:///"):]
         directory = os.path.dirname(db) or "."
         if not os.path.isdir(directory):
-            raise UserError(f"--mlflow-uri {uri}: the directory {directory} does not exist")
+            raise UserError(f"--mlflow-uri {mask_uri(uri)}: the directory {directory} does not exist")
         if not os.access(directory, os.W_OK) or (os.path.exists(db) and not os.access(db, os.W_OK)):
-            raise UserError(f"--mlflow-uri {uri}: {db} is not writable")
+            raise UserError(f"--mlflow-uri {mask_uri(uri)}: {db} is not writable")
 
 
 def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -121,8 +123,9 @@ _warned_secret_keys: set[str] = set()
 
 
 class RedactingClient:
-    """An ``MlflowClient`` whose writes never carry credential-like keys: params and tags with such
-    names are dropped, logged dicts are redacted, logged YAML text has their values blanked."""
+    """An ``MlflowClient`` whose writes never carry credentials: params, tags and metrics with
+    credential-like names are dropped, URI passwords in their values masked; logged dicts, texts
+    and files have credential-like keys' values blanked (:mod:`orchestrator.store.secrets`)."""
 
     def __init__(self, client):
         self._client = client
@@ -135,25 +138,64 @@ class RedactingClient:
 
     def log_param(self, run_id, key, value, *args, **kwargs):
         if not is_secret_key(key):
-            return self._client.log_param(run_id, key, value, *args, **kwargs)
+            return self._client.log_param(run_id, key, _masked(value), *args, **kwargs)
         return None
 
     def set_tag(self, run_id, key, value, *args, **kwargs):
         if not is_secret_key(key):
-            self._client.set_tag(run_id, key, value, *args, **kwargs)
+            self._client.set_tag(run_id, key, _masked(value), *args, **kwargs)
+
+    def log_metric(self, run_id, key, *args, **kwargs):
+        if not is_secret_key(key):
+            return self._client.log_metric(run_id, key, *args, **kwargs)
+        return None
 
     def log_batch(self, run_id, metrics=(), params=(), tags=(), **kwargs):
-        params = [p for p in params if not is_secret_key(p.key)]
-        tags = [t for t in tags if not is_secret_key(t.key)]
+        from mlflow.entities import Param, RunTag
+
+        metrics = [m for m in metrics if not is_secret_key(m.key)]
+        params = [Param(p.key, _masked(p.value)) for p in params if not is_secret_key(p.key)]
+        tags = [RunTag(t.key, _masked(t.value)) for t in tags if not is_secret_key(t.key)]
         return self._client.log_batch(run_id, metrics=metrics, params=params, tags=tags, **kwargs)
 
     def log_dict(self, run_id, dictionary, artifact_file, *args, **kwargs):
-        return self._client.log_dict(run_id, redact(dictionary), artifact_file, *args, **kwargs)
+        return self._client.log_dict(run_id, blank(dictionary), artifact_file, *args, **kwargs)
 
     def log_text(self, run_id, text, artifact_file, *args, **kwargs):
-        if str(artifact_file).endswith((".yaml", ".yml")):
-            text = redact_yaml_text(text)
+        text = redact_artifact(str(artifact_file), text.encode()).decode()
         return self._client.log_text(run_id, text, artifact_file, *args, **kwargs)
+
+    def log_artifact(self, run_id, local_path, artifact_path=None):
+        import tempfile
+
+        with tempfile.TemporaryDirectory(prefix="w2s-redacted-") as tmp:
+            return self._client.log_artifact(run_id, _redacted_copy(local_path, tmp), artifact_path)
+
+    def log_artifacts(self, run_id, local_dir, artifact_path=None):
+        import tempfile
+
+        with tempfile.TemporaryDirectory(prefix="w2s-redacted-") as tmp:
+            copy = os.path.join(tmp, "files")
+            for root, _, files in os.walk(local_dir):
+                target = os.path.join(copy, os.path.relpath(root, local_dir))
+                os.makedirs(target, exist_ok=True)
+                for fname in files:
+                    _redacted_copy(os.path.join(root, fname), target)
+            return self._client.log_artifacts(run_id, copy, artifact_path)
+
+
+def _masked(value: Any) -> Any:
+    return mask_uris_in_text(value) if isinstance(value, str) else value
+
+
+def _redacted_copy(path: str, directory: str) -> str:
+    """``path`` copied into ``directory`` through :func:`redact_artifact`; the copy's path."""
+    with open(path, "rb") as f:
+        data = redact_artifact(os.path.basename(path), f.read())
+    out = os.path.join(directory, os.path.basename(path))
+    with open(out, "wb") as f:
+        f.write(data)
+    return out
 
 
 class Tracker:
