@@ -28,7 +28,8 @@ from orchestrator.store import layout
 from orchestrator.store.cache import resolve_filesystem
 from orchestrator.store.disk import disk_usage
 from orchestrator.store.feature_store import FeatureStore
-from orchestrator.store.secrets import blank, mask_uri, mask_uris_in_text, redact, redact_yaml_text
+from orchestrator.store.secrets import (REDACTED, blank, is_secret_key, mask_uri, mask_uris_in_text, redact,
+                                       redact_yaml_text)
 from orchestrator.store.storage import join, write_text
 from orchestrator.store.tracking import Tracker, check_tracking_uri, flatten
 from orchestrator.store.vectorized_tracking import VectorizedMLflowCallback
@@ -328,7 +329,7 @@ def dry_run(spec: SweepSpec, opts: SweepOptions) -> str:
                  + (f" x grid {spec.expected_trials() // spec.num_samples}" if spec.expected_trials() != spec.num_samples else "")
                  + f"), first {len(spec.points_to_evaluate)} from points_to_evaluate")
     for key, d in spec.domains.items():
-        lines.append(f"  search {key}: {d.describe()}")
+        lines.append(f"  search {key}: {REDACTED if is_secret_key(key) else d.describe()}")
     param_space(spec)
     lines += plan_lines(spec)
     preflight.check_trials_possible(spec)

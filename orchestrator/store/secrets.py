@@ -16,9 +16,10 @@ A key is split into words on ``.``, ``_``, ``-``, ``/``, spaces and camelCase (`
 ``api token``, ``HFToken`` -> ``hf token``); it is a credential when a word is one of
 :data:`SECRET_WORDS` (token, secret, password, passwd, pwd, credential(s), auth, ...), contains
 one of :data:`SECRET_PARTS` (``mysecret``, ``dbpassword``), is ``apikey``, or when a word ``key``
-(``keys``) follows another word (``api_key``, ``private_key_pem``, ``hfKey``, ``ssh.key``). A key
-that is only ``key``, or words that merely contain these letters (``tokenizer``, ``monkey``,
-``author``, ``keep``), are not credentials.
+(``keys``) follows another word of the same dotted part (``api_key``, ``private_key_pem``,
+``hfKey``). A dotted part that is only ``key`` (``rows.key``: a nested ``{key: ...}`` is judged
+the same way), or words that merely contain these letters (``tokenizer``, ``monkey``, ``author``,
+``keep``), are not credentials.
 
 The environment is never logged wholesale: nothing in the sweep logs ``os.environ``.
 """
@@ -40,7 +41,7 @@ SECRET_WORDS = frozenset({
 })
 # Letters that make any word containing them a credential (no harmless word contains them).
 SECRET_PARTS = ("secret", "password", "passwd", "credential")
-# A word ``key``/``keys`` after another word: ``api_key``, ``private_key_pem``, ``hfKey``, ``ssh.key``.
+# A word ``key``/``keys`` after another word of the same dotted part: ``api_key``, ``private_key_pem``, ``hfKey``.
 KEY_WORDS = frozenset({"key", "keys"})
 
 _SPLIT = re.compile(r"[^A-Za-z0-9]+")
@@ -60,12 +61,15 @@ def is_secret_key(key: str) -> bool:
     """True for names such as ``AWS_SECRET_ACCESS_KEY``, ``hf-token``, ``apiToken``, ``db.password``,
     ``private_key_pem``, ``pwd``, ``auth_header``, ``api_key``; false for ``tokenizer``, ``monkey``,
     ``checkpoint.keep``, ``key``."""
-    words = key_words(key)
-    for i, word in enumerate(words):
-        if word in SECRET_WORDS or any(part in word for part in SECRET_PARTS):
-            return True
-        if word in KEY_WORDS and i > 0:
-            return True
+    for part in str(key).split("."):
+        words = key_words(part)
+        for i, word in enumerate(words):
+            if word in SECRET_WORDS or any(secret in word for secret in SECRET_PARTS):
+                return True
+            # `key` after another word of the same dotted part: `api_key`, `hfKey`; not `rows.key`,
+            # so that a nested {ssh: {key: ...}} and its flattened `ssh.key` are judged alike.
+            if word in KEY_WORDS and i > 0:
+                return True
     return False
 
 
@@ -99,24 +103,83 @@ def blank(obj: Any) -> Any:
     return mask_uris_in_text(obj) if isinstance(obj, str) else obj
 
 
-# `key: value` in YAML (block or flow style, the key and the value quoted or not), and
-# `"key": value` in JSON-like text.
-_YAML_PAIR = re.compile(r"""(?P<q>["']?)(?P<key>[A-Za-z0-9_.\-/]+)(?P=q)(?P<sep>[ \t]*:[ \t]+)"""
-                        r"""(?P<value>'(?:[^'\n]|'')*'|"(?:[^"\\\n]|\\.)*"|[^,{}\[\]\n#]+)""")
+# `key:` in YAML (block or flow style, the key quoted or not) and `"key":` in JSON-like text.
+_YAML_KEY = re.compile(r"""(?P<q>["']?)(?P<key>[A-Za-z0-9_.\-/]+)(?P=q)[ \t]*:(?=[ \t]|$)""")
+_QUOTED = re.compile(r"'(?:[^'\n]|'')*'" + r'|"(?:[^"\\\n]|\\.)*"')
+_PLAIN = re.compile(r"[^,{}\[\]\n#]*")
+_BLANKED = f"'{REDACTED}'"
+
+
+def _flow_end(line: str, start: int) -> int:
+    """The end of the flow collection (``{...}``, ``[...]``) that opens at ``start``, or of the line."""
+    depth, i = 0, start
+    while i < len(line):
+        c = line[i]
+        if c in "'\"":
+            m = _QUOTED.match(line, i)
+            i = m.end() if m else len(line)
+            continue
+        if c in "{[":
+            depth += 1
+        elif c in "}]":
+            depth -= 1
+            if depth == 0:
+                return i + 1
+        i += 1
+    return len(line)
+
+
+def _redact_pairs(line: str) -> tuple[str, int | None]:
+    """(the line with credential-like keys' values blanked, the column of a blanked block key whose
+    more-indented lines belong to it, or None)."""
+    out, pos, child_col = [], 0, None
+    while True:
+        m = _YAML_KEY.search(line, pos)
+        if m is None:
+            break
+        value_start = m.end() + len(line[m.end():]) - len(line[m.end():].lstrip(" \t"))
+        first = line[value_start:value_start + 1]
+        if first in ("'", '"'):
+            q = _QUOTED.match(line, value_start)
+            value_end = q.end() if q else len(line)
+        elif first in ("{", "["):
+            value_end = _flow_end(line, value_start)
+        else:
+            value_end = _PLAIN.match(line, value_start).end()
+            while value_end > value_start and line[value_end - 1] in " \t":
+                value_end -= 1
+        out.append(line[pos:m.end()])
+        if is_secret_key(m.group("key")):
+            out.append(" " + _BLANKED)
+            if value_end == value_start or line[value_start:value_end] in ("|", ">", "|-", ">-", "|+", ">+"):
+                child_col = m.start()  # the value is on the lines below
+        elif first in ("{", "["):
+            out.append(line[m.end():value_start + 1] + _redact_pairs(line[value_start + 1:value_end])[0])
+        elif first in ("'", '"'):
+            out.append(line[m.end():value_end])
+        else:  # a plain value: text such as "ValueError: api_token: x" holds further pairs
+            out.append(line[m.end():value_start])
+            value_end = value_start
+        pos = value_end
+    out.append(line[pos:])
+    return "".join(out), child_col
 
 
 def redact_yaml_text(text: str) -> str:
-    """Blank the values of credential-like keys in YAML text (best effort, line by line: a value
-    must be on its key's line) with ``'[redacted]'``, and mask passwords in URIs."""
-
-    def blank_pair(m: re.Match) -> str:
-        if not is_secret_key(m.group("key")):
-            return m.group(0)
-        value = m.group("value")
-        trail = value[len(value.rstrip()):]
-        return f"{m.group('q')}{m.group('key')}{m.group('q')}{m.group('sep')}'{REDACTED}'{trail}"
-
-    return mask_uris_in_text(_YAML_PAIR.sub(blank_pair, text))
+    """Blank the values of credential-like keys in YAML text with ``'[redacted]'`` (best effort, line by
+    line: block and flow style, quoted keys and values, nested and multi-line values, whose lines
+    are removed), and mask passwords in URIs."""
+    lines, child_col = [], None
+    for line in text.splitlines(keepends=True):
+        stripped = line.lstrip(" ")
+        indent = len(line) - len(stripped)
+        if child_col is not None:
+            if not stripped.strip() or indent > child_col or (indent == child_col and stripped.startswith("- ")):
+                continue
+            child_col = None
+        redacted, child_col = _redact_pairs(line)
+        lines.append(redacted)
+    return mask_uris_in_text("".join(lines))
 
 
 def redact_columns(frame):
@@ -127,8 +190,8 @@ def redact_columns(frame):
 
 def redact_artifact(name: str, data: bytes) -> bytes:
     """A report file's bytes with credentials blanked, by its kind: JSON is parsed and
-    :func:`blank`-ed, YAML and text have credential-like ``key: value`` pairs blanked, every text
-    has URI passwords masked; anything else (PNG, Parquet) is returned as it is (build those from
+    :func:`blank`-ed, YAML and text have credential-like ``key: value`` pairs blanked (CSV cell by
+    cell), every text has URI passwords masked; anything else (PNG, Parquet) is returned as it is (build those from
     redacted data)."""
     lower = name.lower()
     if lower.endswith(".json"):
@@ -136,7 +199,15 @@ def redact_artifact(name: str, data: bytes) -> bytes:
             return json.dumps(blank(json.loads(data)), indent=2, sort_keys=True).encode()
         except ValueError:
             pass
-    if lower.endswith((".json", ".yaml", ".yml", ".txt", ".csv", ".log")):
+    if lower.endswith(".csv"):
+        import csv
+        import io
+
+        rows = list(csv.reader(io.StringIO(data.decode(errors="replace"), newline="")))
+        out = io.StringIO(newline="")
+        csv.writer(out, lineterminator="\n").writerows([[redact_yaml_text(cell) for cell in row] for row in rows])
+        return out.getvalue().encode()
+    if lower.endswith((".json", ".yaml", ".yml", ".txt", ".log")):
         return redact_yaml_text(data.decode(errors="replace")).encode()
     return data
 
