@@ -329,6 +329,9 @@ def test_planted_credentials_reach_no_mlflow_store_report_or_output(tmp_path):
         assert (sweep / name).exists(), name
     holding = files_holding(sweep, values)
     assert not [p for p in holding if not KEEPS_VALUES.search(p)], holding
+    # ... and the values did reach the trials (the test planted them where they count).
+    trial_params = {v for p, hits in holding.items() if p.endswith("params.json") for v in hits}
+    assert {PLANTED["api_token_a"], PLANTED["api_token_b"], PLANTED["pwd"]} <= trial_params, holding
     best = json.loads((sweep / "best_config.json").read_text())
     assert best["config"]["api_token"] == REDACTED and best["config"]["client_kwargs"]["pwd"] == REDACTED
     assert best["config"]["client_kwargs"]["endpoint"] == "postgresql://user:***@db.example.com/mlflow"
