@@ -8,6 +8,7 @@ import re
 from orchestrator.reports.publish import StoredSweep, load_sweep
 from orchestrator.reports.rows import fmt, render_table, searched_keys, vocabulary_of
 from orchestrator.reports.summary import MethodEntry, mean_std, summarize, summary_records
+from orchestrator.store.secrets import redact_artifact
 from orchestrator.store.storage import join, write_bytes
 
 
