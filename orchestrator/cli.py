@@ -8,8 +8,8 @@ import re
 import sys
 import warnings
 
-from orchestrator.errors import UserError
-from orchestrator.store.secrets import mask_uris_in_text
+from orchestrator.errors import MISSING, SpecError, SpecIssue, UserError
+from orchestrator.store.secrets import REDACTED, is_secret_key, mask_uris_in_text
 from trainables.core.paths import REPO_ROOT
 from trainables.core.plugins import PluginError
 
@@ -129,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return _run_report(command, argv[1:]) if command else _run(args)
     except UserError as exc:
-        print(f"error: {mask_uris_in_text(str(exc))}", file=sys.stderr)
+        print(f"error: {user_message(exc)}", file=sys.stderr)
         return exc.exit_code
     except PluginError as exc:
         print(f"error: {mask_uris_in_text(str(exc))}", file=sys.stderr)
@@ -143,6 +143,16 @@ def main(argv: list[str] | None = None) -> int:
 
 
 INTERNAL_ERROR = 4
+
+
+def user_message(exc: UserError) -> str:
+    """The error's message, with URI passwords masked and the value of a credential-like key that
+    a search-space problem names replaced by ``[redacted]``."""
+    if isinstance(exc, SpecError):
+        issues = [SpecIssue(i.key, i.message, REDACTED if i.value is not MISSING and is_secret_key(i.key) else i.value)
+                  for i in exc.issues]
+        return mask_uris_in_text("\n".join(i.render(exc.file) for i in issues))
+    return mask_uris_in_text(str(exc))
 
 
 def unexpected_error(exc: BaseException) -> str:

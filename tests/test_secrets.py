@@ -163,6 +163,18 @@ def test_a_postgres_password_in_mlflow_uri_is_never_printed(run_cli, tmp_path):
     assert "s3cret-31337" not in dry.stdout + dry.stderr and "mlflow: postgresql://user:***@127.0.0.1:9/db" in dry.stdout
 
 
+def test_a_search_space_error_does_not_echo_a_credentials_value(run_cli, tmp_path):
+    (tmp_path / "s.yaml").write_text("name: x\ntrainable: faulty\nparams:\n  api_token: {a: s3cretvalue}\n"
+                                      "  client_kwargs: {pwd: [s3cret2, 2]}\n  lr: -1\n")
+    proc = run_cli("s.yaml", "--dry-run", env={"W2S_PLUGINS": "tests.plugins.faults",
+                                                "PYTHONPATH": REPO + os.pathsep + os.environ.get("PYTHONPATH", "")},
+                   timeout=300)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert "s3cret" not in proc.stdout + proc.stderr
+    assert "params.api_token: input should be a valid string (got '[redacted]')" in proc.stderr
+    assert "(got -1)" in proc.stderr  # other values are still shown
+
+
 # --- every writer --------------------------------------------------------------------------------
 
 
