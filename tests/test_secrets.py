@@ -175,6 +175,14 @@ def test_a_search_space_error_does_not_echo_a_credentials_value(run_cli, tmp_pat
     assert "(got -1)" in proc.stderr  # other values are still shown
 
 
+def test_a_changed_credential_is_named_not_shown():
+    from orchestrator.run.resume import _first_difference
+
+    diff = _first_difference({"params": {"lr": 1, "hfToken": "old-s3cret"}}, {"params": {"lr": 1, "hfToken": "new"}})
+    assert diff == "params.hfToken: [redacted] -> [redacted]"
+    assert _first_difference({"epochs": 2}, {"epochs": 3}) == "epochs: 2 -> 3"
+
+
 # --- every writer --------------------------------------------------------------------------------
 
 
