@@ -21,7 +21,7 @@ from orchestrator.reports.summary import covers_several, format_summary, summari
 from orchestrator.reports.table import frame_to_csv, frame_to_parquet, rows_to_frame
 from orchestrator.space.spec import SweepSpec, get_dotted, parse_spec, set_dotted
 from orchestrator.store.layout import BEST_SPACE_FILE, PLOTS_DIR, read_saved_spec, reference_dir
-from orchestrator.store.secrets import mask_uri, redact_artifact, redact_columns
+from orchestrator.store.secrets import mask_uri, redact, redact_artifact, redact_columns
 from orchestrator.store.storage import join, write_bytes
 from orchestrator.store.tracking import TAG_OUTCOME, TAG_ROLE, TAG_SWEEP, TAG_TRIAL, Tracker
 
@@ -184,7 +184,8 @@ def spec_from_mlflow(tracker: Tracker, parent) -> SweepSpec:
         local = tracker.client.download_artifacts(parent.info.run_id, "spec/resolved_spec.json", tmp)
         with open(local) as f:
             resolved = json.load(f)
-    return parse_spec(yaml.safe_dump(resolved), f"MLflow run {parent.info.run_id}: spec/resolved_spec.json")
+    # Credentials were blanked when it was logged: drop them, so their defaults apply.
+    return parse_spec(yaml.safe_dump(redact(resolved)), f"MLflow run {parent.info.run_id}: spec/resolved_spec.json")
 
 
 def rows_from_mlflow(tracker: Tracker, sweep: str, spec: SweepSpec) -> list[TrialRow]:

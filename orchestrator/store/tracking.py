@@ -80,7 +80,8 @@ def check_tracking_uri(uri: str, timeout_s: float = 5.0) -> None:
                     raise OSError(f"HTTP {resp.status}")
         except (OSError, urllib.error.URLError) as exc:
             reason = getattr(exc, "reason", exc)
-            raise UserError(f"the MLflow server at {mask_uri(uri)} is unreachable ({mask_uris_in_text(str(reason))}). Start it (for example "
+            raise UserError(f"the MLflow server at {mask_uri(uri)} is unreachable ({mask_uris_in_text(str(reason))}). "
+                            "Start it (for example "
                             f"`mlflow server --host 127.0.0.1 --port {parsed.port or 5000}`), open the SSH port "
                             "forward to the head node, or pass --mlflow-uri sqlite:///ABS/PATH/mlflow.db") from None
     elif parsed.scheme == "sqlite":
