@@ -8,7 +8,8 @@ import re
 import sys
 import warnings
 
-from orchestrator.errors import UserError
+from orchestrator.errors import MISSING, SpecError, SpecIssue, UserError
+from orchestrator.store.secrets import REDACTED, is_secret_key, mask_uris_in_text
 from trainables.core.paths import REPO_ROOT
 from trainables.core.plugins import PluginError
 
@@ -137,10 +138,10 @@ def main(argv: list[str] | None = None) -> int:
         check_environment()
         return _run_report(command, argv[1:]) if command else _run(args)
     except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {user_message(exc)}", file=sys.stderr)
         return exc.exit_code
     except PluginError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {mask_uris_in_text(str(exc))}", file=sys.stderr)
         return UserError.exit_code
     except KeyboardInterrupt:
         # After the sweep started, run_sweep turns an interrupt into SweepInterrupted (with its name).
@@ -156,6 +157,16 @@ def main(argv: list[str] | None = None) -> int:
 INTERNAL_ERROR = 4
 
 
+def user_message(exc: UserError) -> str:
+    """The error's message, with URI passwords masked and the value of a credential-like key that
+    a search-space problem names replaced by ``[redacted]``."""
+    if isinstance(exc, SpecError):
+        issues = [SpecIssue(i.key, i.message, REDACTED if i.value is not MISSING and is_secret_key(i.key) else i.value)
+                  for i in exc.issues]
+        return mask_uris_in_text("\n".join(i.render(exc.file) for i in issues))
+    return mask_uris_in_text(str(exc))
+
+
 def unexpected_error(exc: BaseException) -> str:
     """One line for an error nobody anticipated, with the full traceback saved to a file."""
     import tempfile
@@ -165,11 +176,11 @@ def unexpected_error(exc: BaseException) -> str:
     path = os.path.join(tempfile.gettempdir(), f"w2s-sweep-error-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log")
     try:
         with open(path, "w") as f:
-            traceback.print_exception(exc, file=f)
+            f.write(mask_uris_in_text("".join(traceback.format_exception(exc))))
         where = f"full traceback in {path}"
     except OSError:
         where = "no traceback file could be written"
-    first = (str(exc).strip().splitlines() or [""])[0][:300]
+    first = (mask_uris_in_text(str(exc)).strip().splitlines() or [""])[0][:300]
     return (f"unexpected {type(exc).__name__}: {first} ({where}). If trials had started, the sweep's state is "
             "saved: resume it with --resume NAME; if it happens again, report it with that file")
 

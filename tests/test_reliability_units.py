@@ -38,7 +38,7 @@ def test_params_dicts_and_yaml_are_redacted():
         {"a": 1, "nested": {"b": [{"c": 2}]}}
     text = "params:\n  api_token: abc123  # mine\n  lr: 0.1\n  kw: {hf_token: xyz, lr: 2}\n"
     assert redact_yaml_text(text) == \
-        "params:\n  api_token: [redacted]  # mine\n  lr: 0.1\n  kw: {hf_token: [redacted], lr: 2}\n"
+        "params:\n  api_token: '[redacted]'  # mine\n  lr: 0.1\n  kw: {hf_token: '[redacted]', lr: 2}\n"
 
 
 def test_every_mlflow_write_path_is_filtered():

@@ -8,6 +8,7 @@ import re
 from orchestrator.reports.publish import StoredSweep, load_sweep
 from orchestrator.reports.rows import fmt, render_table, searched_keys, vocabulary_of
 from orchestrator.reports.summary import MethodEntry, mean_std, summarize, summary_records
+from orchestrator.store.secrets import redact_artifact
 from orchestrator.store.storage import join, write_bytes
 
 
@@ -78,7 +79,8 @@ def compare_sweeps(names: list[str], storage_path: str, mlflow_uri: str | None, 
     slug = "__".join(re.sub(r"[^A-Za-z0-9_.-]", "_", n) for n in names)[:200]
     out_dir = join(storage_path, "comparisons", slug)
     records = [r for s, es in zip(sweeps, entries) for r in summary_records(es, {"sweep": s.name})]
-    write_bytes(join(out_dir, "comparison.csv"), pd.DataFrame(records).to_csv(index=False).encode())
+    write_bytes(join(out_dir, "comparison.csv"),
+                redact_artifact("comparison.csv", pd.DataFrame(records).to_csv(index=False).encode()))
     fig = comparison_figure(sweeps, entries)
     if fig is not None:
         write_bytes(join(out_dir, "comparison.png"), png_bytes(fig))

@@ -21,6 +21,7 @@ from orchestrator.reports.summary import covers_several, format_summary, summari
 from orchestrator.reports.table import frame_to_csv, frame_to_parquet, rows_to_frame
 from orchestrator.space.spec import SweepSpec, get_dotted, parse_spec, set_dotted
 from orchestrator.store.layout import BEST_SPACE_FILE, PLOTS_DIR, read_saved_spec, reference_dir
+from orchestrator.store.secrets import mask_uri, redact, redact_artifact, redact_columns
 from orchestrator.store.storage import join, write_bytes
 from orchestrator.store.tracking import TAG_OUTCOME, TAG_ROLE, TAG_SWEEP, TAG_TRIAL, Tracker
 
@@ -55,7 +56,7 @@ def publish(spec: SweepSpec, rows: list[TrialRow], best: TrialRow | None, best_c
     and log them on the parent run (when given)."""
     keys = searched_keys(spec)
     vocab = vocabulary_of(spec)
-    frame = rows_to_frame(rows, keys, spec.metric)
+    frame = redact_columns(rows_to_frame(rows, keys, spec.metric))
     out = Published()
     blobs: dict[str, bytes] = {
         "results/results.parquet": frame_to_parquet(frame),
@@ -76,6 +77,8 @@ def publish(spec: SweepSpec, rows: list[TrialRow], best: TrialRow | None, best_c
     if best is not None and best_config is not None:
         blobs[BEST_SPACE_FILE] = best_space_yaml(spec, best_config, best, sweep, join(out_dir, BEST_SPACE_FILE)).encode()
 
+    # Credentials never reach a report file: in the sweep folder or on the parent run.
+    blobs = {artifact: redact_artifact(artifact, data) for artifact, data in blobs.items()}
     for artifact, data in blobs.items():
         # results.* sit at the top of the sweep folder (where users look for them); the MLflow
         # artifact paths group them under results/.
@@ -181,7 +184,8 @@ def spec_from_mlflow(tracker: Tracker, parent) -> SweepSpec:
         local = tracker.client.download_artifacts(parent.info.run_id, "spec/resolved_spec.json", tmp)
         with open(local) as f:
             resolved = json.load(f)
-    return parse_spec(yaml.safe_dump(resolved), f"MLflow run {parent.info.run_id}: spec/resolved_spec.json")
+    # Credentials were blanked when it was logged: drop them, so their defaults apply.
+    return parse_spec(yaml.safe_dump(redact(resolved)), f"MLflow run {parent.info.run_id}: spec/resolved_spec.json")
 
 
 def rows_from_mlflow(tracker: Tracker, sweep: str, spec: SweepSpec) -> list[TrialRow]:
@@ -223,7 +227,7 @@ def load_sweep(name: str, storage_path: str, mlflow_uri: str | None) -> StoredSw
         spec = spec_from_mlflow(tracker, parent)
     if spec is None:
         raise UserError(f"no sweep named {name!r}: nothing at {out_dir} and no MLflow parent run tagged "
-                        f"w2s.sweep={name} in {mlflow_uri or 'MLflow'} (pass --storage-path / --mlflow-uri)")
+                        f"w2s.sweep={name} in {mask_uri(mlflow_uri) or 'MLflow'} (pass --storage-path / --mlflow-uri)")
     rows = rows_from_tune(spec, out_dir)
     source = f"Tune results in {out_dir}"
     if rows is None and parent is not None:
@@ -265,7 +269,7 @@ def report_sweep(name: str, storage_path: str, mlflow_uri: str | None, say=print
     if parent_id:
         say(f"logged on MLflow parent run {parent_id}: " + ", ".join(out.artifacts))
     else:
-        say(f"MLflow: no parent run of {name} found at {mlflow_uri}; files written to storage only")
+        say(f"MLflow: no parent run of {name} found at {mask_uri(mlflow_uri)}; files written to storage only")
     return sweep
 
 

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from orchestrator.space.spec import SweepSpec, get_dotted
+from orchestrator.store.secrets import is_secret_key
 from trainables.runtime.runner import unpack_config
 from trainables.runtime.vocabulary import Vocabulary
 
@@ -56,10 +57,11 @@ class SweepReport:
 
 
 def searched_keys(spec: SweepSpec) -> list[str]:
+    """The searched parameters a report shows: credential-like ones are never shown."""
     keys = list(spec.domains)
     for point in spec.points_to_evaluate:
         keys += [k for k in point if k not in keys]
-    return keys
+    return [k for k in keys if not is_secret_key(k)]
 
 
 def trial_status(config: dict[str, Any], metrics: dict[str, Any], errored: bool, budget_key: str) -> str:

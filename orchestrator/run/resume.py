@@ -24,6 +24,7 @@ from ray.tune import Callback
 
 from orchestrator.errors import UserError
 from orchestrator.store.layout import STATUS_FILE, read_saved_spec, sweep_dir
+from orchestrator.store.secrets import REDACTED, is_secret_key
 from orchestrator.store.storage import join, read_text, write_text
 from trainables.runtime.ledger import ledger_dir, record_finished
 
@@ -74,7 +75,11 @@ def first_difference(a: Any, b: Any, prefix: str = "") -> str | None:
             if diff:
                 return diff
         return None
-    return None if a == b else f"{prefix}: {a!r} -> {b!r}"
+    if a == b:
+        return None
+    if is_secret_key(prefix):  # a changed credential: say where, not what
+        return f"{prefix}: {REDACTED} -> {REDACTED}"
+    return f"{prefix}: {a!r} -> {b!r}"
 
 
 def existing_sweep_action(out_dir: str, name: str, spec, saved_spec) -> str:

@@ -28,7 +28,8 @@ from orchestrator.store import layout
 from orchestrator.store.cache import resolve_filesystem
 from orchestrator.store.disk import disk_usage
 from orchestrator.store.feature_store import FeatureStore
-from orchestrator.store.secrets import redact
+from orchestrator.store.secrets import (REDACTED, blank, is_secret_key, mask_uri, mask_uris_in_text, redact,
+                                       redact_yaml_text)
 from orchestrator.store.storage import join, write_text
 from orchestrator.store.tracking import Tracker, check_tracking_uri, flatten
 from orchestrator.store.vectorized_tracking import VectorizedMLflowCallback
@@ -183,7 +184,8 @@ def check_before_start(spec: SweepSpec, opts: SweepOptions, name: str) -> Tracke
     try:
         tracker.ensure_experiment()
     except Exception as exc:  # noqa: BLE001
-        raise UserError(f"MLflow at {opts.mlflow_uri} refused the experiment {spec.experiment_name!r}: {exc}") from None
+        raise UserError(f"MLflow at {mask_uri(opts.mlflow_uri)} refused the experiment {spec.experiment_name!r}: "
+                        f"{mask_uris_in_text(str(exc))}") from None
     for trial_id, line in repairs:  # the trial's own run says it went back to an older checkpoint
         if trial_id:
             tracker.note_checkpoint_repair(name, trial_id, line)
@@ -299,7 +301,8 @@ def finish_report(spec: SweepSpec, report: SweepReport, best_config: dict[str, A
         payload = {"sweep": name, "trial_id": best.trial_id, "probe": best.probe, "metric": spec.metric, "mode": spec.mode,
                    "value": best.metrics[spec.metric], "config": best_config,
                    "metrics": {k: v for k, v in best.metrics.items() if isinstance(v, (int, float))}}
-        write_text(best_path, json.dumps(payload, indent=2, sort_keys=True))
+        # Like every report file: credentials blanked (the saved search space keeps them, for --resume).
+        write_text(best_path, json.dumps(blank(payload), indent=2, sort_keys=True))
         tracker.client.log_dict(parent_id, payload, layout.BEST_CONFIG_FILE)
         tracker.log_params(parent_id, {f"best.{k}": v for k, v in flatten(best_config).items()})
         summary[f"best_{spec.metric}"] = float(best.metrics[spec.metric])
@@ -329,6 +332,7 @@ def finish_report(spec: SweepSpec, report: SweepReport, best_config: dict[str, A
 
 
 def mlflow_ui_command(uri: str) -> str:
+    uri = mask_uri(uri)
     exe = os.path.join(os.path.dirname(sys.executable), "mlflow")
     exe = exe if os.path.exists(exe) else "mlflow"
     if uri.startswith(("http://", "https://")):
@@ -361,13 +365,13 @@ def dry_run(spec: SweepSpec, opts: SweepOptions) -> str:
     from orchestrator.run.tuner import param_space  # noqa: F401 - builds Tune domains: proves the space is valid
 
     cluster = ClusterResources.local() if not opts.address else None
-    lines = ["# resolved search space", spec_to_yaml(spec).rstrip(), "", "# trial plan"]
+    lines = ["# resolved search space", redact_yaml_text(spec_to_yaml(spec)).rstrip(), "", "# trial plan"]
     lines.append(f"trainable: {spec.trainable}  metric: {spec.metric} ({spec.mode})")
     lines.append(f"trials: {spec.expected_trials()} (num_samples {spec.num_samples}"
                  + (f" x grid {spec.expected_trials() // spec.num_samples}" if spec.expected_trials() != spec.num_samples else "")
                  + f"), first {len(spec.points_to_evaluate)} from points_to_evaluate")
     for key, d in spec.domains.items():
-        lines.append(f"  search {key}: {d.describe()}")
+        lines.append(f"  search {key}: {REDACTED if is_secret_key(key) else d.describe()}")
     param_space(spec)
     lines += plan_lines(spec)
     preflight.check_trials_possible(spec)
@@ -377,7 +381,7 @@ def dry_run(spec: SweepSpec, opts: SweepOptions) -> str:
         lines += plan.lines()
     else:
         lines.append(f"cluster at {opts.address}: resources are checked when the sweep connects")
-    lines.append(f"mlflow: {opts.mlflow_uri}{origin_note(opts.origins, 'mlflow')}")
+    lines.append(f"mlflow: {mask_uri(opts.mlflow_uri)}{origin_note(opts.origins, 'mlflow')}")
     lines.append(f"storage: {opts.storage_path}{origin_note(opts.origins, 'storage')}")
     recipe = recipe_lines(spec.source_file)
     return "\n".join(lines + ([""] + recipe if recipe else []))

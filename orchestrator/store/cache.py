@@ -33,6 +33,7 @@ from typing import Any, Callable, Iterator
 
 import pyarrow.fs as pafs
 
+from orchestrator.store.secrets import blank
 from trainables.core.digest import sha256_file
 
 log = logging.getLogger(__name__)
@@ -201,7 +202,7 @@ class ArtifactCache:
                 path = os.path.join(scratch, name)
                 if os.path.isfile(path):
                     files[name] = {"size": os.path.getsize(path), "sha256": sha256_file(path)}
-            manifest = {"kind": kind, "key": key, "recipe": recipe, "meta": meta, "files": files,
+            manifest = {"kind": kind, "key": key, "recipe": blank(recipe), "meta": meta, "files": files,
                         "created": time.time(), "format": CACHE_FORMAT_VERSION}
             entry_dir = self._entry_dir(kind, key)
             if self.is_local:

@@ -6,7 +6,8 @@ Runs are found again by tags (``w2s.sweep``, ``w2s.role``, ``w2s.trial_id``), wh
 resumed sweep reuse its parent and child runs instead of duplicating them.
 
 Every write goes through :class:`RedactingClient`, which drops credential-like parameters, tags and
-dict keys (:mod:`orchestrator.store.secrets`) whoever the caller is.
+metric names, blanks credential-like keys in logged dicts, texts and files, and masks URI passwords
+(:mod:`orchestrator.store.secrets`), whoever the caller is.
 """
 from __future__ import annotations
 
@@ -16,7 +17,8 @@ import os
 import time
 from typing import Any
 
-from orchestrator.store.secrets import filter_params, is_secret_key, redact, redact_yaml_text
+from orchestrator.store.secrets import (blank, filter_params, is_secret_key, mask_uri, mask_uris_in_text,  # noqa: F401
+                                       redact, redact_artifact)
 from orchestrator.store.tracking_uri import (artifact_root_for, check_tracking_uri, default_tracking_uri,  # noqa: F401
                                             normalise_tracking_uri)
 from trainables.runtime.ledger import AUTO_FILLED
@@ -107,8 +109,9 @@ def mlflow_client(uri: str, timeout_s: float = 30.0):
 
 
 class RedactingClient:
-    """An ``MlflowClient`` whose writes never carry credential-like keys: params and tags with such
-    names are dropped, logged dicts are redacted, logged YAML text has their values blanked."""
+    """An ``MlflowClient`` whose writes never carry credentials: params, tags and metrics with
+    credential-like names are dropped, URI passwords in their values masked; logged dicts, texts
+    and files have credential-like keys' values blanked (:mod:`orchestrator.store.secrets`)."""
 
     def __init__(self, client):
         self._client = client
@@ -121,25 +124,64 @@ class RedactingClient:
 
     def log_param(self, run_id, key, value, *args, **kwargs):
         if not is_secret_key(key):
-            return self._client.log_param(run_id, key, value, *args, **kwargs)
+            return self._client.log_param(run_id, key, _masked(value), *args, **kwargs)
         return None
 
     def set_tag(self, run_id, key, value, *args, **kwargs):
         if not is_secret_key(key):
-            self._client.set_tag(run_id, key, value, *args, **kwargs)
+            self._client.set_tag(run_id, key, _masked(value), *args, **kwargs)
+
+    def log_metric(self, run_id, key, *args, **kwargs):
+        if not is_secret_key(key):
+            return self._client.log_metric(run_id, key, *args, **kwargs)
+        return None
 
     def log_batch(self, run_id, metrics=(), params=(), tags=(), **kwargs):
-        params = [p for p in params if not is_secret_key(p.key)]
-        tags = [t for t in tags if not is_secret_key(t.key)]
+        from mlflow.entities import Param, RunTag
+
+        metrics = [m for m in metrics if not is_secret_key(m.key)]
+        params = [Param(p.key, _masked(p.value)) for p in params if not is_secret_key(p.key)]
+        tags = [RunTag(t.key, _masked(t.value)) for t in tags if not is_secret_key(t.key)]
         return self._client.log_batch(run_id, metrics=metrics, params=params, tags=tags, **kwargs)
 
     def log_dict(self, run_id, dictionary, artifact_file, *args, **kwargs):
-        return self._client.log_dict(run_id, redact(dictionary), artifact_file, *args, **kwargs)
+        return self._client.log_dict(run_id, blank(dictionary), artifact_file, *args, **kwargs)
 
     def log_text(self, run_id, text, artifact_file, *args, **kwargs):
-        if str(artifact_file).endswith((".yaml", ".yml")):
-            text = redact_yaml_text(text)
+        text = redact_artifact(str(artifact_file), text.encode()).decode()
         return self._client.log_text(run_id, text, artifact_file, *args, **kwargs)
+
+    def log_artifact(self, run_id, local_path, artifact_path=None):
+        import tempfile
+
+        with tempfile.TemporaryDirectory(prefix="w2s-redacted-") as tmp:
+            return self._client.log_artifact(run_id, _redacted_copy(local_path, tmp), artifact_path)
+
+    def log_artifacts(self, run_id, local_dir, artifact_path=None):
+        import tempfile
+
+        with tempfile.TemporaryDirectory(prefix="w2s-redacted-") as tmp:
+            copy = os.path.join(tmp, "files")
+            for root, _, files in os.walk(local_dir):
+                target = os.path.join(copy, os.path.relpath(root, local_dir))
+                os.makedirs(target, exist_ok=True)
+                for fname in files:
+                    _redacted_copy(os.path.join(root, fname), target)
+            return self._client.log_artifacts(run_id, copy, artifact_path)
+
+
+def _masked(value: Any) -> Any:
+    return mask_uris_in_text(value) if isinstance(value, str) else value
+
+
+def _redacted_copy(path: str, directory: str) -> str:
+    """``path`` copied into ``directory`` through :func:`redact_artifact`; the copy's path."""
+    with open(path, "rb") as f:
+        data = redact_artifact(os.path.basename(path), f.read())
+    out = os.path.join(directory, os.path.basename(path))
+    with open(out, "wb") as f:
+        f.write(data)
+    return out
 
 
 class Tracker:

@@ -8,6 +8,7 @@ import os
 from urllib.parse import urlparse
 
 from orchestrator.errors import UserError
+from orchestrator.store.secrets import mask_uri, mask_uris_in_text
 
 
 def default_tracking_uri(cwd: str | None = None) -> str:
@@ -29,7 +30,7 @@ def normalise_tracking_uri(uri: str | None, cwd: str | None = None) -> str:
         return "sqlite:///" + path
     if parsed.scheme in ("", "file") and uri.endswith(".db"):
         return "sqlite:///" + os.path.abspath(uri.removeprefix("file://"))
-    raise UserError(f"--mlflow-uri {uri!r}: use an sqlite:///path/to/mlflow.db file or an http(s):// MLflow "
+    raise UserError(f"--mlflow-uri {mask_uri(uri)!r}: use an sqlite:///path/to/mlflow.db file or an http(s):// MLflow "
                     "server (MLflow 3.13+ refuses the ./mlruns file store)")
 
 
@@ -53,13 +54,13 @@ def check_tracking_uri(uri: str, timeout_s: float = 5.0) -> None:
                     raise OSError(f"HTTP {resp.status}")
         except (OSError, urllib.error.URLError) as exc:
             reason = getattr(exc, "reason", exc)
-            raise UserError(f"the MLflow server at {uri} is unreachable ({reason}). Start it (for example "
+            raise UserError(f"the MLflow server at {mask_uri(uri)} is unreachable ({mask_uris_in_text(str(reason))}). Start it (for example "
                             f"`mlflow server --host 127.0.0.1 --port {parsed.port or 5000}`), open the SSH port "
                             "forward to the head node, or pass --mlflow-uri sqlite:///ABS/PATH/mlflow.db") from None
     elif parsed.scheme == "sqlite":
         db = uri[len("sqlite:///"):]
         directory = os.path.dirname(db) or "."
         if not os.path.isdir(directory):
-            raise UserError(f"--mlflow-uri {uri}: the directory {directory} does not exist")
+            raise UserError(f"--mlflow-uri {mask_uri(uri)}: the directory {directory} does not exist")
         if not os.access(directory, os.W_OK) or (os.path.exists(db) and not os.access(db, os.W_OK)):
-            raise UserError(f"--mlflow-uri {uri}: {db} is not writable")
+            raise UserError(f"--mlflow-uri {mask_uri(uri)}: {db} is not writable")

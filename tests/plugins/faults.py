@@ -10,7 +10,7 @@ Registers:
 * trainable ``faulty``: a tiny digits classifier trained with the shared loop and that loss, with
   a ``prepare`` step that can leak a placement group (the stuck-sweep failure mode), an
   ``init_from`` checkpoint checked before Ray starts, and a credential-like ``api_token``
-  parameter that must never reach MLflow;
+  parameter and free-form ``client_kwargs`` whose credentials must never reach MLflow;
 * dataset ``absent_files``: a dataset whose files are missing, with an availability check.
 """
 from __future__ import annotations
@@ -111,6 +111,9 @@ class FaultyTrialParams(TrialParams):
     init_from: str | None = Field(None, description="a state-dict file to start the student from")
     leak_cpus: float = Field(0.0, ge=0, description="prepare leaks a detached placement group of this many CPUs")
     api_token: str = Field("", description="a credential-like parameter: must never reach MLflow")
+    client_kwargs: dict[str, str] = Field(default_factory=dict, description="free-form keyword arguments, as a "
+                                          "client library would take them: credential-like keys must never reach "
+                                          "MLflow or a report file")
 
     @model_validator(mode="after")
     def _check(self):
