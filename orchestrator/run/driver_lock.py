@@ -4,6 +4,7 @@ line takes the lock before it imports torch and Ray, so a second driver is refus
 two."""
 from __future__ import annotations
 
+import os
 from contextlib import contextmanager
 
 from orchestrator.run.local_ray import clean_up_dead_driver
@@ -19,6 +20,7 @@ def sweep_lock(opts: SweepOptions, name: str):
     same sweep is refused at once (exit 2), naming the first. Taking it also cleans up after a
     SIGKILLed previous driver (its lock, its local Ray's processes and temp dir)."""
     out_dir = sweep_dir(opts.storage_path, name)
+    created = _missing_folders(out_dir)
     lock = acquire_sweep_lock(out_dir, name)
     try:
         for line in (lock.took_over(), clean_up_dead_driver(out_dir)):
@@ -27,3 +29,29 @@ def sweep_lock(opts: SweepOptions, name: str):
         yield lock
     finally:
         lock.release()
+        _remove_if_empty(created)
+
+
+def _missing_folders(out_dir: str) -> list[str]:
+    """The local folders the lock file will create, innermost first (none on object storage)."""
+    if "://" in out_dir:
+        return []
+    missing, path = [], os.path.abspath(out_dir)
+    while not os.path.exists(path):
+        missing.append(path)
+        parent = os.path.dirname(path)
+        if parent == path:
+            break
+        path = parent
+    return missing
+
+
+def _remove_if_empty(folders: list[str]) -> None:
+    """A sweep refused before it wrote anything leaves no folders behind (only empty ones go)."""
+    for folder in folders:
+        if not os.path.isdir(folder):
+            continue  # the lock's own release removed it
+        try:
+            os.rmdir(folder)
+        except OSError:
+            return
