@@ -33,7 +33,8 @@ class Sweep:
 
     def __init__(self, cwd, *args):
         self.env = {**os.environ, "PYTHONUNBUFFERED": "1", "W2S_PLUGINS": "tests.plugins.faults",
-                    "W2S_FAKE_API_TOKEN": ENV_SECRET, "PYTHONPATH": REPO + os.pathsep + os.environ.get("PYTHONPATH", "")}
+                    "W2S_FAKE_API_TOKEN": ENV_SECRET, "W2S_TEST_API_TOKEN": SECRET,
+                    "PYTHONPATH": REPO + os.pathsep + os.environ.get("PYTHONPATH", "")}
         self.env.pop("RAY_TMPDIR", None)  # the sweep gives its local Ray a temp dir of its own, and prints it
         self.out = open(os.path.join(cwd, f"driver-{time.time_ns()}.log"), "w+")
         self.proc = subprocess.Popen([sys.executable, os.path.join(REPO, "run_sweep.py"), *args], cwd=cwd,
@@ -117,7 +118,7 @@ params:
   epochs: 5
   loss_params: {{sleep_s: 0.8, nan_at_epoch: 3, trace: {trace}, exit_at_epoch: 4, marker: {marker}}}
   nan_seeds: [3]
-  api_token: {secret}
+  api_token: ${{env:W2S_TEST_API_TOKEN}}
 search:
   seed: {{grid: [0, 1, 2, 3]}}
 resources: {{workers: 1, cpus_per_worker: 1, max_concurrent_trials: 2}}

@@ -249,12 +249,38 @@ def test_mlflow_files_metrics_and_values_are_redacted(tmp_path):
 
 def test_a_dry_run_prints_the_space_with_credentials_blanked(run_cli, tmp_path):
     (tmp_path / "space.yaml").write_text(PLANTED_SPACE)
-    proc = run_cli("space.yaml", "--dry-run", env={"W2S_PLUGINS": "tests.plugins.faults",
+    proc = run_cli("space.yaml", "--dry-run", env={"W2S_PLUGINS": "tests.plugins.faults", **PLANT_ENV,
                                                     "PYTHONPATH": REPO + os.pathsep + os.environ.get("PYTHONPATH", "")},
                    timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     for value in PLANTED.values():
         assert value not in proc.stdout + proc.stderr, value
+
+
+def test_a_literal_credential_in_a_space_is_refused_and_an_unset_variable_named(run_cli, tmp_path):
+    env = {"W2S_PLUGINS": "tests.plugins.faults", "PYTHONPATH": REPO + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    (tmp_path / "lit.yaml").write_text("name: x\ntrainable: faulty\nparams:\n  client_kwargs: {hfToken: hf_abc123}\n")
+    proc = run_cli("lit.yaml", "--dry-run", env=env, timeout=300)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
+    assert ("params.client_kwargs.hfToken: a credential written into the search space would be saved with the sweep "
+            "and in every trial's config; give it as ${env:NAME} (for example hfToken: ${env:HFTOKEN})") in proc.stderr
+    assert "hf_abc123" not in proc.stderr + proc.stdout
+    (tmp_path / "unset.yaml").write_text("name: x\ntrainable: faulty\nparams:\n  api_token: ${env:W2S_NOT_SET_1}\n"
+                                         "search:\n  seed: {grid: [0, 1]}\n")
+    proc = run_cli("unset.yaml", "--dry-run", env=env, timeout=300)
+    assert proc.returncode == 2, proc.stderr
+    assert "params.api_token: ${env:W2S_NOT_SET_1}: the environment variable W2S_NOT_SET_1 is not set" in proc.stderr
+
+
+def test_env_references_resolve_in_the_trial_and_name_what_is_missing():
+    from trainables.core.config import resolve_env_refs
+
+    config = {"lr": 0.1, "client_kwargs": {"token": "${env:A_TOKEN}", "plain": "${env:}"}, "l": ["${env:B}"]}
+    assert resolve_env_refs(config, {"A_TOKEN": "t", "B": "b"}) == {
+        "lr": 0.1, "client_kwargs": {"token": "t", "plain": "${env:}"}, "l": ["b"]}
+    with pytest.raises(ValueError, match=r"client_kwargs.token: \$\{env:A_TOKEN\} names an environment variable "
+                                         r"that is not set where the trial runs"):
+        resolve_env_refs(config, {"B": "b"})
 
 
 # --- a real sweep --------------------------------------------------------------------------------
@@ -263,30 +289,27 @@ PLANTED = {"apiToken": "plant-1-apiToken", "hf-token": "plant-2-hftoken", "priva
            "pwd": "plant-4-pwd", "auth_header": "plant-5-auth", "endpoint": "plant-6-uripw",
            "api_token_a": "plant-7-searched-a", "api_token_b": "plant-8-searched-b"}
 
+# Each credential is given as ${env:NAME}: the variables hold the planted values.
+PLANT_ENV = {f"W2S_PLANT_{i}": value for i, value in enumerate(PLANTED.values())}
+_REF = {key: "${env:W2S_PLANT_%d}" % i for i, key in enumerate(PLANTED)}
+
 PLANTED_SPACE = f"""
 name: secrets-e2e
 trainable: faulty
 params:
   epochs: 2
   client_kwargs:
-    apiToken: {PLANTED['apiToken']}
-    hf-token: {PLANTED['hf-token']}
-    private_key_pem: {PLANTED['private_key_pem']}
-    pwd: {PLANTED['pwd']}
-    auth_header: {PLANTED['auth_header']}
-    endpoint: postgresql://user:{PLANTED['endpoint']}@db.example.com/mlflow
+    apiToken: {_REF['apiToken']}
+    hf-token: {_REF['hf-token']}
+    private_key_pem: {_REF['private_key_pem']}
+    pwd: {_REF['pwd']}
+    auth_header: {_REF['auth_header']}
+    endpoint: {_REF['endpoint']}
 search:
-  api_token: {{grid: [{PLANTED['api_token_a']}, {PLANTED['api_token_b']}]}}
+  api_token: {{grid: ['{_REF['api_token_a']}', '{_REF['api_token_b']}']}}   # quoted: '{{' opens a mapping in [ ]
 resources: {{workers: 1, cpus_per_worker: 1, max_concurrent_trials: 2}}
 control: {{enabled: false}}
 """
-
-# What may hold the values: the search space as given and Ray Tune's own files (the trials'
-# configs), which resuming needs; neither is logged to MLflow nor a report.
-KEEPS_VALUES = re.compile(r"(^|/)(w2s_search_space\.yaml|w2s_overrides\.json|tuner\.pkl|experiment_state-.*\.json|"
-                          r"(basic-variant|search_gen)[^/]*|trial_[^/]+/(params\.(json|pkl)|result\.json|"
-                          r"progress\.csv|events\.out\.tfevents.*))$")
-
 
 def files_holding(root, values):
     found = {}
@@ -304,7 +327,7 @@ def files_holding(root, values):
 @pytest.mark.slow
 def test_planted_credentials_reach_no_mlflow_store_report_or_output(tmp_path):
     (tmp_path / "space.yaml").write_text(PLANTED_SPACE)
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "W2S_PLUGINS": "tests.plugins.faults",
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "W2S_PLUGINS": "tests.plugins.faults", **PLANT_ENV,
            "PYTHONPATH": REPO + os.pathsep + os.environ.get("PYTHONPATH", "")}
     env.pop("RAY_TMPDIR", None)
     proc = subprocess.Popen([sys.executable, os.path.join(REPO, "run_sweep.py"), "space.yaml", "--name", "sec"],
@@ -344,19 +367,16 @@ def test_planted_credentials_reach_no_mlflow_store_report_or_output(tmp_path):
     artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
     assert {"best_config.json", "best_config.yaml", "results", "spec"} <= artifacts, artifacts
 
-    # The sweep folder: every report file is clean; only the saved space and Tune's own files hold them.
+    # The sweep folder, every file of it (the saved space and Tune's trial configs hold the placeholders).
     sweep = tmp_path / "ray_results" / "sec"
     for name in ("best_config.json", "best_config.yaml", "results.csv", "results.parquet", "results_table.txt",
-                 "w2s_status.json"):
+                 "w2s_status.json", "w2s_search_space.yaml"):
         assert (sweep / name).exists(), name
-    holding = files_holding(sweep, values)
-    assert not [p for p in holding if not KEEPS_VALUES.search(p)], holding
-    # ... and the values did reach the trials (the test planted them where they count).
-    trial_params = {v for p, hits in holding.items() if p.endswith("params.json") for v in hits}
-    assert {PLANTED["api_token_a"], PLANTED["api_token_b"], PLANTED["pwd"]} <= trial_params, holding
+    assert files_holding(sweep, values) == {}
+    assert "${env:W2S_PLANT_3}" in (sweep / "w2s_search_space.yaml").read_text()
+    # ... and the values did reach the trials: the faulty trial refuses unresolved placeholders, and both finished.
     best = json.loads((sweep / "best_config.json").read_text())
     assert best["config"]["api_token"] == REDACTED and best["config"]["client_kwargs"]["pwd"] == REDACTED
-    assert best["config"]["client_kwargs"]["endpoint"] == "postgresql://user:***@db.example.com/mlflow"
     assert yaml.safe_load((sweep / "best_config.yaml").read_text())["params"]["client_kwargs"]["apiToken"] == REDACTED
     cache = tmp_path / "ray_results" / "cache"
     assert not cache.exists() or files_holding(cache, values) == {}

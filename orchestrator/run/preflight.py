@@ -25,6 +25,54 @@ MIN_TIME_BUDGET_S = 10.0  # starting Ray's trial actors alone takes seconds
 BOUNDED_01 = ("acc", "accuracy", "top1", "top5")  # metric name endings known to lie in [0, 1]
 
 
+def _values(spec: SweepSpec):
+    """(dotted key, value) for every value the space gives: params, searched values, points."""
+    def walk(obj, key):
+        if isinstance(obj, dict):
+            for k, v in obj.items():
+                yield from walk(v, f"{key}.{k}")
+        elif isinstance(obj, list):
+            for i, v in enumerate(obj):
+                yield from walk(v, f"{key}[{i}]")
+        else:
+            yield key, obj
+
+    yield from walk(spec.params, "params")
+    for key, domain in spec.domains.items():
+        for i, value in enumerate(getattr(domain, "args", None) or []):
+            yield from walk(value, f"search.{key}[{i}]") if isinstance(value, (dict, list)) else [(f"search.{key}", value)]
+    for i, point in enumerate(spec.points_to_evaluate):
+        yield from walk(point, f"points_to_evaluate[{i}]")
+
+
+def check_credentials(spec: SweepSpec) -> None:
+    """Credentials come from the environment, never from the search space: a credential-like key
+    with a literal value would be saved with the sweep (its folder keeps the space for resuming)
+    and sit in every trial's config on disk. ``${env:NAME}`` keeps only the name there; the trial
+    reads the value (:func:`trainables.core.config.resolve_env_refs`). Every variable named must
+    be set before the sweep starts."""
+    import os
+    import re
+
+    from orchestrator.store.secrets import is_secret_key
+    from trainables.core.config import env_ref
+
+    issues: list[SpecIssue] = []
+    for key, value in _values(spec):
+        name = env_ref(value)
+        if name is not None:
+            if name not in os.environ:
+                issues.append(SpecIssue(key, f"${{env:{name}}}: the environment variable {name} is not set; set "
+                                             f"it before starting the sweep (and on every node of a cluster)"))
+        elif isinstance(value, str) and value and is_secret_key(re.sub(r"\[\d+\]", "", key)):
+            leaf = re.sub(r"\[\d+\]", "", key).split(".")[-1]
+            issues.append(SpecIssue(key, f"a credential written into the search space would be saved with the sweep "
+                                         f"and in every trial's config; give it as ${{env:NAME}} (for example "
+                                         f"{leaf}: ${{env:{leaf.upper().replace('-', '_')}}}) and set that variable"))
+    if issues:
+        raise SpecError(spec.source_file, issues)
+
+
 def check_trials_possible(spec: SweepSpec) -> None:
     from trainables.runtime.trainable import get_trainable
 
@@ -143,6 +191,7 @@ def repair_sweep_checkpoints(out_dir: str) -> list[tuple[str | None, str]]:
 def run_all(spec: SweepSpec, out_dir: str, name: str, resuming: bool) -> list[tuple[str | None, str]]:
     """Every check above, in the order a user would fix them. Returns the checkpoint repairs
     (trial id, what was done), already printed."""
+    check_credentials(spec)
     check_trials_possible(spec)
     check_inputs_available(spec)
     if resuming:

@@ -374,6 +374,7 @@ def dry_run(spec: SweepSpec, opts: SweepOptions) -> str:
         lines.append(f"  search {key}: {REDACTED if is_secret_key(key) else d.describe()}")
     param_space(spec)
     lines += plan_lines(spec)
+    preflight.check_credentials(spec)
     preflight.check_trials_possible(spec)
     preflight.check_inputs_available(spec)
     if cluster is not None:

@@ -107,6 +107,7 @@ def blank(obj: Any) -> Any:
 _YAML_KEY = re.compile(r"""(?P<q>["']?)(?P<key>[A-Za-z0-9_.\-/]+)(?P=q)[ \t]*:(?=[ \t]|$)""")
 _QUOTED = re.compile(r"'(?:[^'\n]|'')*'" + r'|"(?:[^"\\\n]|\\.)*"')
 _PLAIN = re.compile(r"[^,{}\[\]\n#]*")
+_ENV_REF = re.compile(r"\$\{env:[A-Za-z_][A-Za-z0-9_]*\}")  # a ${env:NAME} value, braces and all
 _BLANKED = f"'{REDACTED}'"
 
 
@@ -144,6 +145,8 @@ def _redact_pairs(line: str) -> tuple[str, int | None]:
             value_end = q.end() if q else len(line)
         elif first in ("{", "["):
             value_end = _flow_end(line, value_start)
+        elif _ENV_REF.match(line, value_start):
+            value_end = _ENV_REF.match(line, value_start).end()
         else:
             value_end = _PLAIN.match(line, value_start).end()
             while value_end > value_start and line[value_end - 1] in " \t":

@@ -124,6 +124,9 @@ class FaultyTrialParams(TrialParams):
 
 
 def run_faulty(p: FaultyTrialParams, session: Session, ctx: TrialContext) -> dict[str, Any]:
+    unresolved = [k for k, v in p.client_kwargs.items() if str(v).startswith("${env:")]
+    if unresolved or str(p.api_token or "").startswith("${env:"):
+        raise RuntimeError(f"credentials given as ${{env:NAME}} reached the trial unresolved: {unresolved}")
     data = load_dataset(p.dataset, seed=0).to(session.device)
     seed_everything(p.seed)
     loss_params = dict(p.loss_params)

@@ -2,8 +2,10 @@
 turned into the project's one-line ``key: problem`` form."""
 from __future__ import annotations
 
+import os
+import re
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Mapping
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
@@ -89,3 +91,32 @@ def first_problem(exc: ValidationError, prefix: str = "") -> str:
     nested model's error as its own ValueError."""
     p = problems(exc, prefix)[0]
     return f"{p.key}: {p.message}" if p.key else p.message
+
+
+# A value given as ``${env:NAME}`` is read from the trial process's environment when the trial
+# builds its parameters: credentials stay out of the search space, the sweep folder, Tune's trial
+# configs and MLflow (the placeholder is what they hold).
+ENV_REF = re.compile(r"^\$\{env:([A-Za-z_][A-Za-z0-9_]*)\}$")
+
+
+def env_ref(value: Any) -> str | None:
+    """The variable a ``${env:NAME}`` value names, else None."""
+    match = ENV_REF.match(value) if isinstance(value, str) else None
+    return match.group(1) if match else None
+
+
+def resolve_env_refs(obj: Any, environ: Mapping[str, str] | None = None, key: str = "") -> Any:
+    """``obj`` with every ``${env:NAME}`` value replaced by the variable's value; a variable that is
+    not set is an error naming the key and the variable."""
+    environ = os.environ if environ is None else environ
+    if isinstance(obj, dict):
+        return {k: resolve_env_refs(v, environ, f"{key}.{k}" if key else str(k)) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [resolve_env_refs(v, environ, f"{key}[{i}]") for i, v in enumerate(obj)]
+    name = env_ref(obj)
+    if name is None:
+        return obj
+    if name not in environ:
+        raise ValueError(f"{key}: ${{env:{name}}} names an environment variable that is not set where the trial "
+                         f"runs; set {name} (on every node of a cluster)")
+    return environ[name]

@@ -22,6 +22,7 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
+from trainables.core.config import resolve_env_refs
 from trainables.runtime.ledger import finished_result, ledger_dir
 from trainables.runtime.session import DIVERGED, TrialDiverged
 from trainables.runtime.trainable import TrialContext, get_trainable
@@ -70,7 +71,8 @@ def unpack_config(config: dict[str, Any]) -> dict[str, Any]:
 def run_trial_in_process(trainable: str, config: dict[str, Any], session, ctx: TrialContext,
                          metric: str | None = None, mode: str = "max"):
     defn = get_trainable(trainable)
-    params = defn.params_model.model_validate(unpack_config(config))
+    # ${env:NAME} values (credentials) are read here, in the trial's process, and nowhere else
+    params = defn.params_model.model_validate(resolve_env_refs(unpack_config(config)))
     try:
         return defn.train_loop(params, session, ctx)
     except TrialDiverged as exc:
