@@ -114,10 +114,14 @@ class ProgressPrinter(Callback):
         elapsed = [now - self._start.get(t.trial_id, now) for t in running]
         eta = estimate_eta(self.durations, elapsed, pending)
         best = f"{self.best[0]:.4f} ({self.best[1]})" if self.best else "-"
+        from orchestrator.run.watchdog import waiting_note
+
+        note = waiting_note()
         return (f"  status   {len(running)} running, {finished}/{self.total} finished"
                 f"{' (' + format_counts(counts) + ')' if counts else ''}, {pending} pending"
                 f" | best {self.metric} {best} | elapsed {format_duration(now - self.started)}"
-                f" | eta {format_duration(eta) if eta is not None else 'after the first trial'}")
+                f" | eta {format_duration(eta) if eta is not None else 'after the first trial'}"
+                + (f" | {note}" if note else ""))
 
     def _finish(self, trials, trial, outcome: str) -> None:
         now = time.time()

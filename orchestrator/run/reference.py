@@ -66,6 +66,7 @@ def run_reference(spec: SweepSpec, best_config: dict[str, Any], name: str, opts:
         # it): they are set aside, and the verdict is rebuilt for the final best config.
         set_aside_reference(spec, opts, name, ref_dir)
     write_text(cases_file, cases_text)
+    ref_plan = plan
     if opts.resume and tune.Tuner.can_restore(ref_dir):
         tuner = tuner_mod.restore_tuner(spec, path=ref_dir, storage_path=opts.storage_path, name=ref_name, ctx=ctx,
                                         plan=plan)
@@ -73,7 +74,7 @@ def run_reference(spec: SweepSpec, best_config: dict[str, Any], name: str, opts:
         ref_plan = plan_resources(spec, plan.cluster, strict=False)
         tuner = tuner_mod.build_tuner(spec, name=ref_name, storage_path=opts.storage_path, ctx=ctx, plan=ref_plan,
                                       callbacks=callbacks, space={CASE_KEY: tune.grid_search(cases)}, reference=True)
-    return reference_comparison(resume.fit_watched(tuner, spec, name), metric, vocab.control)
+    return reference_comparison(resume.fit_watched(tuner, spec, name, plan=ref_plan), metric, vocab.control)
 
 
 def set_aside_reference(spec: SweepSpec, opts: SweepOptions, name: str, ref_dir: str) -> None:

@@ -32,6 +32,10 @@ class ClusterResources:
     # The most GPUs the cluster can ever have, from its autoscaler config; None when unknown
     # (a cluster without an autoscaler config may still grow, so it only gets a warning).
     max_gpus: float | None = None
+    nodes: int = 1
+    # Whether the cluster can grow (and how far), from Ray's GCS; None: not looked at (the local
+    # machine, hand-made plans), which keeps the old behaviour: a warning only.
+    autoscaling: "Autoscaling | None" = None
 
     @classmethod
     def local(cls) -> "ClusterResources":
@@ -42,18 +46,91 @@ class ClusterResources:
         import ray
 
         total = ray.cluster_resources()
+        scaling = detect_autoscaling()
+        max_gpus = scaling.max_resources.get("GPU", 0.0) if scaling.max_resources is not None else None
+        nodes = sum(1 for n in ray.nodes() if n.get("Alive"))
         return cls(cpus=float(total.get("CPU", 0)), gpus=float(total.get("GPU", 0)), source=f"cluster at {address}",
-                   driver_slots=float(total.get(DRIVER_RESOURCE, 0)), max_gpus=_autoscaler_max("GPU"))
+                   driver_slots=float(total.get(DRIVER_RESOURCE, 0)), max_gpus=max_gpus, nodes=nodes,
+                   autoscaling=scaling)
 
 
-def _autoscaler_max(resource: str) -> float | None:
+@dataclass
+class Autoscaling:
+    """What Ray's GCS says about the cluster's autoscaler.
+
+    * ``max_resources``: the cluster config an autoscaler reports to the GCS (what Ray Train
+      checks before a worker group starts); Ray 2.60's open-source autoscalers do not report it,
+      so it is usually None: the autoscaler's maximum is then unknown.
+    * ``present``: an autoscaler with a real node provider. The v1 monitor, which runs on every
+      head node, publishes its status in the GCS; without an autoscaling config (a cluster made by
+      hand with ``ray start``) it mirrors the nodes as read-only types ``node_<node id>``, so node
+      types named otherwise mean ``ray up``'s autoscaler. The v2 autoscaler (KubeRay) reports a
+      state version above 0. A cluster env file from this repository's cluster.yaml
+      (``W2S_MULTI_HOST=1``) counts too.
+    """
+
+    present: bool
+    max_resources: dict[str, float] | None = None
+    how: str = ""
+
+
+def detect_autoscaling() -> Autoscaling:
+    from orchestrator.run.cluster import declared_multi_host
+
+    limits = _autoscaler_limits()
+    if limits is not None:
+        return Autoscaling(True, limits, "the cluster config its autoscaler reported")
+    if _v1_autoscaler_types():
+        return Autoscaling(True, None, "ray up's autoscaler")
+    if _v2_autoscaler_running():
+        return Autoscaling(True, None, "the v2 autoscaler")
+    if declared_multi_host():
+        return Autoscaling(True, None, "W2S_MULTI_HOST=1 in the cluster env file")
+    return Autoscaling(False, None, "no autoscaler in Ray's GCS")
+
+
+def _autoscaler_limits() -> dict[str, float] | None:
     try:
         from ray._private.state import state  # the same private call Ray Train makes before a worker group starts
 
         limits = state.get_max_resources_from_cluster_config()
     except Exception:  # noqa: BLE001 - an older or unusual cluster: unknown
         return None
-    return None if limits is None else float(limits.get(resource, 0))
+    return None if limits is None else {k: float(v) for k, v in limits.items()}
+
+
+def _v1_autoscaler_types() -> list[str]:
+    """Node types of the v1 autoscaler that are not the read-only mirror of hand-started nodes."""
+    import json
+
+    try:
+        from ray._private import ray_constants
+        from ray.experimental.internal_kv import _internal_kv_get
+
+        raw = _internal_kv_get(ray_constants.DEBUG_AUTOSCALING_STATUS)
+        report = (json.loads(raw) if raw else {}).get("autoscaler_report") or {}
+    except Exception:  # noqa: BLE001 - no status: no autoscaler we can see
+        return []
+    types = set(report.get("active_nodes") or {}) | set(report.get("pending_launches") or {}) \
+        | set((report.get("node_type_mapping") or {}).values())
+    readonly = {f"node_{node_id}" for node_id in (report.get("node_type_mapping") or {})}
+    return sorted(t for t in types if t not in readonly and not _readonly_type(t))
+
+
+def _readonly_type(name: str) -> bool:
+    hexpart = name.removeprefix("node_")
+    return name.startswith("node_") and len(hexpart) >= 32 and all(c in "0123456789abcdef" for c in hexpart)
+
+
+def _v2_autoscaler_running() -> bool:
+    try:
+        import ray
+        from ray.autoscaler.v2.sdk import get_cluster_status
+
+        status = get_cluster_status(ray.get_runtime_context().gcs_address)
+        return int(status.stats.autoscaler_version or 0) > 0
+    except Exception:  # noqa: BLE001
+        return False
 
 
 def _local_gpu_count() -> int:
@@ -98,9 +175,22 @@ class ResourcePlan:
     max_concurrent_trials: int | None  # None: Tune's own accounting is enough
     reason: str
     warnings: list[str] = field(default_factory=list)
+    # Trials the cluster can only run once its autoscaler adds nodes: what the biggest needs in all
+    # ({"CPU": 2.01}), why (one line), and how long the sweep waits for it (resources.autoscale_wait_s).
+    autoscale_needs: dict[str, float] = field(default_factory=dict)
+    autoscale_reason: str = ""
+    autoscale_wait_s: float = 0.0
 
     def lines(self) -> list[str]:
         out = [f"cluster: {self.cluster.cpus:g} CPU, {self.cluster.gpus:g} GPU ({self.cluster.source})"]
+        if self.cluster.autoscaling is not None:
+            a = self.cluster.autoscaling
+            most = ("" if a.max_resources is None else ", at most " + ", ".join(
+                f"{a.max_resources.get(k, 0):g} {k}" for k in ("CPU", "GPU")))
+            out.append(f"autoscaler: {'yes (' + a.how + most + ')' if a.present else 'none'}")
+        if self.autoscale_needs:
+            out.append(f"waits for the autoscaler: {self.autoscale_reason}; gives up after "
+                       f"{self.autoscale_wait_s:g}s (resources.autoscale_wait_s)")
         out += [f"trial shape: {s.describe()}" for s in self.shapes]
         limit = "unlimited (Tune's accounting)" if self.max_concurrent_trials is None else str(self.max_concurrent_trials)
         out.append(f"max concurrent trials: {limit} ({self.reason})")
@@ -188,9 +278,17 @@ def trial_resources(spec: SweepSpec, workers: int, driver_slots: float = LOCAL_D
 
 def plan_resources(spec: SweepSpec, cluster: ClusterResources, *, strict: bool = True) -> ResourcePlan:
     """Check feasibility and pick a safe concurrency. ``strict`` (a fixed-size cluster, such as the
-    local machine) turns a trial that can never fit into an error; an autoscaling cluster only
-    gets a warning in the plan."""
+    local machine) turns a trial that can never fit into an error. On a cluster (``strict``
+    False) :func:`check_capacity` refuses a trial the cluster cannot hold even at its largest
+    (no autoscaler, or beyond the autoscaler's known maximum), and a trial that needs the
+    autoscaler to add nodes is marked in the plan (``autoscale_needs``) for the watchdog."""
     shapes = [trial_shape(spec, w, cluster.driver_slots) for w in spec.workers_values()]
+    waiting = {}
+    if not strict and cluster.autoscaling is not None:
+        # The reference runs (control.workers) are checked with the trials: before any trial starts.
+        extra = [spec.control.workers] if spec.control.enabled and spec.control.workers else []
+        waiting = check_capacity(spec, shapes + [trial_shape(spec, w, cluster.driver_slots) for w in extra
+                                                 if w not in spec.workers_values()], cluster)
     issues = []
     for s in shapes:
         if s.total_gpus > 0 and cluster.gpus == 0:
@@ -213,7 +311,61 @@ def plan_resources(spec: SweepSpec, cluster: ClusterResources, *, strict: bool =
     if issues and (strict or never):
         raise SpecError(spec.source_file, _unique(never or issues))
     warnings = [f"{i.key}: {i.message}" for i in _unique(issues)]
+    plan = _concurrency(spec, shapes, cluster, warnings)
+    if waiting:
+        plan.autoscale_needs = {unit: need for unit, (need, _) in waiting.items()}
+        plan.autoscale_reason = "; ".join(why for _, why in waiting.values())
+        plan.autoscale_wait_s = spec.resources.autoscale_wait_s
+    return plan
 
+
+def need_text(spec: SweepSpec, shape: TrialShape, unit: str) -> str:
+    """``2 workers x 1 CPU + 0.01 CPU for its driver = 2.01 CPU``: what one trial of this shape holds."""
+    r = spec.resources
+    plural = "s" if shape.workers > 1 else ""
+    if unit == "GPU":
+        return f"{shape.workers} worker{plural} x {r.gpus_per_worker:g} GPU = {shape.total_gpus:g} GPU"
+    if shape.workers == 1:
+        return f"1 worker x {r.cpus_per_worker:g} CPU = {shape.total_cpus:g} CPU"
+    driver = (f" + {shape.trial_cpus:g} CPU for its driver" if not shape.driver_slot
+              else f" (its driver holds 1 {DRIVER_RESOURCE})")
+    return f"{shape.workers} workers x {r.cpus_per_worker:g} CPU{driver} = {shape.total_cpus:g} CPU"
+
+
+def check_capacity(spec: SweepSpec, shapes: list[TrialShape], cluster: ClusterResources) -> dict[str, tuple[float, str]]:
+    """On a cluster (``cluster.autoscaling`` known): a trial bigger than the cluster can ever be is
+    refused (a ``UserError``, one line); one bigger than the cluster is now, but within what its
+    autoscaler may add, waits for it. Returns, per resource, what the biggest such trial needs and
+    a line that says so (empty when every trial fits now)."""
+    from orchestrator.errors import UserError
+
+    scaling = cluster.autoscaling
+    assert scaling is not None
+    have = {"CPU": cluster.cpus, "GPU": cluster.gpus}
+    waiting: dict[str, tuple[float, str]] = {}
+    for s in sorted(shapes, key=lambda s: (s.total_gpus, s.total_cpus), reverse=True):
+        for unit, need in (("GPU", s.total_gpus), ("CPU", s.total_cpus)):
+            if need <= have[unit] + 1e-9:
+                continue
+            nodes = f"{cluster.nodes} node{'s' if cluster.nodes != 1 else ''}"
+            head = (f"resources: a {s.workers}-worker trial needs {need_text(spec, s, unit)}; the {cluster.source} "
+                    f"has {have[unit]:g} {unit} in all ({nodes})")
+            limit = None if scaling.max_resources is None else scaling.max_resources.get(unit, 0.0)
+            per_worker = "cpus_per_worker" if unit == "CPU" else "gpus_per_worker"
+            if not scaling.present:
+                raise UserError(f"{head} and no autoscaler: lower resources.workers / {per_worker}, or add nodes")
+            if limit is not None and need > limit + 1e-9:
+                raise UserError(f"{head} and its autoscaler can grow it to {limit:g} {unit} at most: lower "
+                                f"resources.workers / {per_worker}, or raise the autoscaler's max_workers")
+            if unit not in waiting:
+                most = f"at most {limit:g}" if limit is not None else "its maximum unknown"
+                waiting[unit] = (need, f"a {s.workers}-worker trial needs {need:g} {unit}, the cluster has "
+                                       f"{have[unit]:g} now ({scaling.how}; {most})")
+    return waiting
+
+
+def _concurrency(spec: SweepSpec, shapes: list[TrialShape], cluster: ClusterResources,
+                 warnings: list[str]) -> ResourcePlan:
     if spec.resources.max_concurrent_trials:
         return ResourcePlan(shapes, cluster, spec.resources.max_concurrent_trials, "set in resources", warnings)
     if all(s.workers == 1 for s in shapes):

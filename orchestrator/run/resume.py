@@ -156,7 +156,7 @@ class _StaleCheckpointNoise(logging.Filter):
         return True
 
 
-def fit_watched(tuner, spec, name: str):
+def fit_watched(tuner, spec, name: str, plan=None):
     """``tuner.fit()`` under the watchdog; a stalled or interrupted fit raises instead of letting
     the sweep go on to report a half-run experiment."""
     from orchestrator.run.watchdog import watchdog_for
@@ -166,7 +166,7 @@ def fit_watched(tuner, spec, name: str):
     tune_log.addFilter(noise)
     watch = SigintWatch()
     try:
-        with watchdog_for(spec, name) as dog:
+        with watchdog_for(spec, name, plan=plan) as dog:
             results = tuner.fit()
     finally:
         tune_log.removeFilter(noise)

@@ -246,7 +246,7 @@ def tune_sweep(spec: SweepSpec, opts: SweepOptions, run: StartedSweep):
         tuner = tuner_mod.build_tuner(spec, name=run.name, storage_path=opts.storage_path, ctx=run.ctx, plan=run.plan,
                                       callbacks=callbacks)
     t0 = time.time()
-    results = resume.fit_watched(tuner, spec, run.name)
+    results = resume.fit_watched(tuner, spec, run.name, plan=run.plan)
     say(f"  tuner finished in {time.time() - t0:.1f}s")
     return results
 

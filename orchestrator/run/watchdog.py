@@ -187,6 +187,14 @@ class Watchdog:
     observed: bool = field(init=False, default=False)
     aborted: bool = field(init=False, default=False)
     diagnosis: Diagnosis | None = field(init=False, default=None)
+    # A trial bigger than the cluster is now waits for its autoscaler (ResourcePlan.autoscale_needs):
+    # the watchdog says so, and stops the sweep (resumable) after autoscale_wait_s without the nodes.
+    autoscale_needs: dict[str, float] = field(default_factory=dict)
+    autoscale_reason: str = ""
+    autoscale_wait_s: float = 0.0
+    cluster_total: Callable[[], dict[str, float]] = field(default=lambda: _cluster_total())
+    waiting_since: float | None = field(init=False, default=None)
+    gave_up: str | None = field(init=False, default=None)
     _stop: threading.Event = field(init=False, default_factory=threading.Event)
     _thread: threading.Thread | None = field(init=False, default=None)
 
@@ -203,8 +211,42 @@ class Watchdog:
         self.running = [t.trial_id for t in trials if t.status == "RUNNING"]
         self.pending = [t.trial_id for t in trials if t.status in ("PENDING", "PAUSED")]
 
+    # -- waiting for the autoscaler ------------------------------------------------------------
+    def check_capacity(self) -> None:
+        if not self.autoscale_needs or self.aborted:
+            return
+        try:
+            total = self.cluster_total()
+        except Exception:  # noqa: BLE001 - cannot tell; keep waiting
+            return
+        now = self.clock()
+        if all(total.get(k, 0.0) + 1e-9 >= v for k, v in self.autoscale_needs.items()):
+            if self.waiting_since is not None:
+                self.say(f"autoscaler: the cluster now has {fmt_resources(total)}: the waiting trials fit")
+            self.autoscale_needs, self.waiting_since = {}, None
+            return
+        if self.waiting_since is None:
+            self.waiting_since = now
+            self.say(f"waiting for the autoscaler: {self.autoscale_reason}; giving up after "
+                     f"{self.autoscale_wait_s:g}s (resources.autoscale_wait_s)")
+        waited = now - self.waiting_since
+        if waited >= self.autoscale_wait_s:
+            self.aborted = True
+            self.gave_up = (f"the cluster did not grow to fit the trials within resources.autoscale_wait_s "
+                            f"{self.autoscale_wait_s:g}s ({self.autoscale_reason}; it has {fmt_resources(total)})")
+            self.say(f"watchdog: stopping the sweep: {self.gave_up}; its state is saved")
+            _interrupt_tune()
+
+    def waiting_note(self) -> str | None:
+        """For the progress status line, while trials wait for the autoscaler."""
+        if self.waiting_since is None or self.aborted:
+            return None
+        left = max(0.0, self.autoscale_wait_s - (self.clock() - self.waiting_since))
+        return f"waiting for the autoscaler ({self.autoscale_reason}), gives up in {left:.0f}s"
+
     # -- the check -------------------------------------------------------------------------
     def check(self) -> None:
+        self.check_capacity()
         now = self.clock()
         stalled_for = now - self.last_progress
         if self.aborted or not self.timeout_s or not self.observed or not (self.running or self.pending) \
@@ -225,7 +267,7 @@ class Watchdog:
             _interrupt_tune()
 
     def _loop(self) -> None:
-        poll = max(0.5, min(5.0, (self.timeout_s or 60) / 3))
+        poll = max(0.5, min(5.0, (self.timeout_s or 60) / 3, (self.autoscale_wait_s or 60) / 3))
         while not self._stop.wait(poll):
             self.check()
 
@@ -233,7 +275,7 @@ class Watchdog:
         global _ACTIVE
         _ACTIVE = self
         self.last_progress = self.clock()
-        if self.timeout_s:
+        if self.timeout_s or self.autoscale_needs:
             self._thread = threading.Thread(target=self._loop, name="w2s-watchdog", daemon=True)
             self._thread.start()
         return self
@@ -245,6 +287,10 @@ class Watchdog:
             _ACTIVE = None
 
     def raise_if_aborted(self) -> None:
+        if self.aborted and self.gave_up:
+            raise SweepStalled(f"the watchdog stopped the sweep: {self.gave_up}. What to do: check `ray status` "
+                               "and the autoscaler's logs, or lower resources.workers / cpus_per_worker / "
+                               f"gpus_per_worker; then {self.resume_hint}")
         if self.aborted:
             cause = self.diagnosis.cause if self.diagnosis else "no progress"
             raise SweepStalled(f"the watchdog stopped the sweep: {cause}. "
@@ -287,6 +333,21 @@ class Heartbeat(Callback):
             _ACTIVE.observe(trials)
 
 
-def watchdog_for(spec, name: str, say: Callable[[str], None] = print) -> Watchdog:
+def _cluster_total() -> dict[str, float]:
+    import ray
+
+    return dict(ray.cluster_resources())
+
+
+def waiting_note() -> str | None:
+    """The active watchdog's note while trials wait for the autoscaler (for the status line)."""
+    return _ACTIVE.waiting_note() if _ACTIVE is not None else None
+
+
+def watchdog_for(spec, name: str, say: Callable[[str], None] = print, plan=None) -> Watchdog:
     w = spec.watchdog
-    return Watchdog(w.timeout_s, w.abort_after_s, f"resume with `run_sweep.py --resume {name}`", say=say)
+    dog = Watchdog(w.timeout_s, w.abort_after_s, f"resume with `run_sweep.py --resume {name}`", say=say)
+    if plan is not None and plan.autoscale_needs:
+        dog.autoscale_needs = dict(plan.autoscale_needs)
+        dog.autoscale_reason, dog.autoscale_wait_s = plan.autoscale_reason, plan.autoscale_wait_s
+    return dog

@@ -37,6 +37,8 @@ class ResourcesSpec(StrictModel):
     driver_cpus: float = Field(0.0, ge=0, description="CPU held by the Tune driver of a multi-worker trial; 0 "
                                "holds one unit of the TRAIN_DRIVER custom resource instead")
     max_concurrent_trials: int | None = Field(None, ge=1)
+    autoscale_wait_s: float = Field(900.0, gt=0, description="on an autoscaling cluster, how long a trial bigger "
+                                    "than the cluster is now waits for nodes before the sweep stops (resumable)")
 
     @field_validator("gpus_per_worker")
     @classmethod
