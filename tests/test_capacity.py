@@ -132,8 +132,12 @@ def two_cpu_ray():
         subprocess.run(["rm", "-rf", tmp], check=False)
 
 
-def sweep(address, env, cwd, *args, timeout):
-    return subprocess.run([sys.executable, os.path.join(REPO, "run_sweep.py"), "--address", address,
+def sweep(address, env, cwd, *args, timeout, as_job=False):
+    """run_sweep.py against the cluster: with --address, or (``as_job``) as `ray job submit` starts
+    its entrypoint, with the cluster in $RAY_ADDRESS and no flag."""
+    where = [] if as_job else ["--address", address]
+    env = {**env, "RAY_ADDRESS": address} if as_job else env
+    return subprocess.run([sys.executable, os.path.join(REPO, "run_sweep.py"), *where,
                            "--storage-path", os.path.join(cwd, "results"), "--mlflow-uri",
                            f"sqlite:///{cwd}/mlflow.db", *args], cwd=cwd, env=env, capture_output=True, text=True,
                           timeout=timeout)
@@ -145,7 +149,7 @@ def test_quickstart_on_a_2_cpu_cluster_is_refused_within_60s(two_cpu_ray):
     work = os.path.join(tmp, "refused")
     os.makedirs(work)
     t0 = time.time()
-    proc = sweep(address, env, work, "--name", "cap", timeout=120)
+    proc = sweep(address, env, work, "--name", "cap", timeout=120, as_job=True)
     took = time.time() - t0
     assert proc.returncode == 2, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert took < 60
