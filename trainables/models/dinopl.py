@@ -6,6 +6,9 @@ All of them are :class:`Classifier` s, so the ``dino`` trainable takes them as e
 * ``resnet18_tiny`` / ``resnet34_tiny`` / ``resnet50_tiny``: torchvision's ResNets with dinopl's
   ``tiny_input`` stem (3x3 conv, stride 1, no max-pool): a 32 px input ends at 4x4 before the global
   average pool. Same module names as torchvision (and dinopl), so their state dicts load as they are.
+  Names of their own rather than a ``tiny_input`` keyword on the ``resnet18``/``resnet50`` aliases:
+  those are ``tv:`` hub entries that hand their keywords to torchvision and load ImageNet weights,
+  which a 3x3 stem cannot take (and ``resnet34`` has no alias).
 * ``vgg11_nobn`` … ``vgg19_nobn``: dinopl's ``vgg11`` … ``vgg19`` (torchvision's feature stack, conv
   with bias + ReLU, five max-pools, no batch norm unless ``enc_norm_layer`` asks for one), flattened
   with no pooling: 512 features at 32 px, ``512 · (H/32) · (W/32)`` otherwise.
