@@ -166,3 +166,14 @@ def test_dino_trainable_can_drop_the_head():
         model = create_model(name, num_classes=10, input_shape=CIFAR)
         remove_class_head(model)
         assert model(torch.randn(2, *CIFAR)).shape == (2, model.num_features)
+
+
+def test_dino_params_take_them_as_encoders():
+    from pydantic import ValidationError
+
+    from trainables.dino.params import DinoParams
+
+    p = DinoParams(encoder="resnet18_tiny", encoder_kwargs={"enc_norm_layer": "GroupNorm8"})
+    assert p.encoder == "resnet18_tiny"
+    with pytest.raises(ValidationError, match="no parameter.s. enc_norm_layer"):
+        DinoParams(encoder="vit_medium", encoder_kwargs={"enc_norm_layer": "LayerNorm"})
