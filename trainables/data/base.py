@@ -84,6 +84,42 @@ def split_indices(labels: np.ndarray, fractions: tuple[float, float, float], see
     return tuple(np.sort(np.asarray(p, dtype=np.int64)) for p in parts)
 
 
+def stratified_subset(labels: np.ndarray, n_samples: int, seed: int) -> np.ndarray:
+    """Sorted indices of a seeded, class-balanced subset of ``n_samples`` of ``labels`` (the
+    data-size study, dinopl's ``--n_samples``).
+
+    Quotas as dinopl's ``StratifiedSubset``: every class gets an equal share; a class with fewer
+    samples than its share gives all it has and the rest is shared among the others; what does not
+    divide evenly goes one each to the lowest class indices. Which samples of a class are taken is
+    a ``seed``-ed draw (dinopl takes the first in dataset order), so the same seed gives the same
+    subset and a smaller subset of one seed is not in general inside a larger one.
+    """
+    labels = np.asarray(labels)
+    if not 1 <= n_samples <= len(labels):
+        raise ValueError(f"n_samples must be between 1 and the training split's size {len(labels)}, "
+                         f"got {n_samples}")
+    classes, counts = np.unique(labels, return_counts=True)
+    quota = np.zeros(len(classes), dtype=np.int64)
+    open_ = np.ones(len(classes), dtype=bool)  # classes that can still take more
+    remaining = n_samples
+    while remaining > 0:
+        share = remaining // int(open_.sum())
+        short = open_ & (counts - quota <= share)
+        if share > 0 and short.any():  # these classes run out: give them everything, share the rest again
+            remaining -= int((counts[short] - quota[short]).sum())
+            quota[short] = counts[short]
+            open_ &= ~short
+            continue
+        quota[open_] += share
+        remaining -= share * int(open_.sum())
+        for i in np.flatnonzero(open_)[:remaining]:  # the remainder, one each, lowest classes first
+            quota[i] += 1
+        remaining = 0
+    rng = np.random.default_rng(seed)
+    picked = [rng.permutation(np.flatnonzero(labels == c))[:q] for c, q in zip(classes, quota)]
+    return np.sort(np.concatenate(picked)).astype(np.int64)
+
+
 # --------------------------------------------------------------------------- on-disk datasets
 
 DATA_ROOT_ENV = "W2S_DATA_ROOT"

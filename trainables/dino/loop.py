@@ -15,8 +15,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from trainables.data import DatasetSplits, load_dataset
+from trainables.data.base import stratified_subset
 from trainables.dino.crops import forward_crops, multicrop
-from trainables.dino.model import init_student_teacher
+from trainables.dino.init import init_student_teacher
 from trainables.dino.params import DinoParams
 from trainables.dino.probes import probe_encoder
 from trainables.losses import create_loss
@@ -43,9 +44,30 @@ def ema_update(teacher: nn.Module, student: nn.Module, momentum: float) -> None:
     torch._foreach_lerp_(t_params, [s.detach() for s in student.parameters()], 1.0 - momentum)
 
 
+def _bn_pairs(teacher: nn.Module, student: nn.Module):
+    """(teacher, student) batch-norm modules at the same place that keep running statistics."""
+    for (n_t, m_t), (n_s, m_s) in zip(teacher.named_modules(), student.named_modules()):
+        if isinstance(m_s, nn.modules.batchnorm._NormBase) and n_s == n_t and m_s.running_mean is not None:
+            yield m_t, m_s
+
+
 @torch.no_grad()
-def copy_student(teacher: nn.Module, student: nn.Module) -> None:
-    teacher.load_state_dict(student.state_dict())
+def ema_bn_stats(teacher: nn.Module, student: nn.Module, momentum: float) -> None:
+    """``teacher_bn_mode: from_student``: the teacher's BN running mean and variance follow the
+    student's, μ_t <- m μ_t + (1 - m) μ_s (m = 0: a copy), as dinopl's teacher updater does."""
+    for m_t, m_s in _bn_pairs(teacher, student):
+        m_t.running_mean.lerp_(m_s.running_mean, 1.0 - momentum)
+        m_t.running_var.lerp_(m_s.running_var, 1.0 - momentum)
+
+
+@torch.no_grad()
+def copy_student(teacher: nn.Module, student: nn.Module, bn_stats: bool = True) -> None:
+    """The student's parameters into the teacher, and its BN running statistics when ``bn_stats``
+    (``teacher_bn_mode: from_student``); other buffers stay the teacher's."""
+    for p_t, p_s in zip(teacher.parameters(), student.parameters()):
+        p_t.copy_(p_s)
+    if bn_stats:
+        ema_bn_stats(teacher, student, 0.0)
 
 
 def supervised_targets(y: torch.Tensor, out_dim: int, num_classes: int, p: DinoParams) -> torch.Tensor:
@@ -93,7 +115,10 @@ class DinoRun:
         self.loss_fn = create_loss("dino", p.loss_params, out_dim=p.head.out_dim).to(device)
         self.optimizer = build_optimizer(p.optimizer, weight_decay_groups(self.student, p.weight_decay), p.lr,
                                          p.weight_decay, p.momentum, device)
-        self.n_train = len(data.train_y)
+        # n_samples: the DINO steps see a stratified subset; the probes fit on the whole training split
+        self.train_idx = None if p.n_samples is None else \
+            torch.from_numpy(training_subset(data, p.n_samples, p.split_seed)).to(device)
+        self.n_train = len(data.train_y) if self.train_idx is None else len(self.train_idx)
         per_epoch = steps_per_epoch(self.n_train, p.batch_size, session.world_size, drop_last=True)
         self.total_steps = per_epoch * p.epochs
         self.scheduler = build_scheduler(p.schedule, self.optimizer, self.total_steps, per_epoch * p.warmup_epochs)
@@ -112,9 +137,9 @@ class DinoRun:
         means = EpochMeans()
         for idx in epoch_batches(self.n_train, p.batch_size, epoch, p.seed, self.session, self.device,
                                  drop_last=True):
-            means.add(self.step(epoch, idx))
+            means.add(self.step(epoch, idx if self.train_idx is None else self.train_idx[idx]))
         if p.teacher_mode == "prev_epoch" and (epoch + 1) % p.teacher_update_every == 0:
-            copy_student(self.teacher, unwrap(self.student))
+            copy_student(self.teacher, unwrap(self.student), bn_stats=p.teacher_bn_mode == "from_student")
         return means.means()
 
     def step(self, epoch: int, idx: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -134,7 +159,10 @@ class DinoRun:
         self.optimizer.step()
         self.scheduler.step()
         if p.teacher_mode == "ema":
-            ema_update(self.teacher, unwrap(self.student), ema_momentum(p, self.progress["step"], self.total_steps))
+            momentum = ema_momentum(p, self.progress["step"], self.total_steps)
+            ema_update(self.teacher, unwrap(self.student), momentum)
+            if p.teacher_bn_mode == "from_student":
+                ema_bn_stats(self.teacher, unwrap(self.student), momentum)
         self.progress["step"] += 1
         return out
 
@@ -153,6 +181,14 @@ class DinoRun:
             self.probe.update(probe_encoder(unwrap(self.student).encoder, self.data, self.p))  # the same keys
         return {"epoch": epoch + 1, **train_stats, "lr": self.optimizer.param_groups[0]["lr"], **self.probe,
                 **self.teacher_probe}
+
+
+def training_subset(data: DatasetSplits, n_samples: int, seed: int):
+    """``n_samples``: indices of the seeded stratified subset of the training split."""
+    n_train = len(data.train_y)
+    if n_samples > n_train:
+        raise ValueError(f"n_samples ({n_samples}) exceeds the training split of {data.name} ({n_train} images)")
+    return stratified_subset(data.train_y.cpu().numpy(), n_samples, seed)
 
 
 def run_dino(p: DinoParams, session: Session, ctx: TrialContext) -> dict[str, Any]:

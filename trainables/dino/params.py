@@ -69,7 +69,7 @@ class DinoParams(DatasetParams):
     teacher_update_every: int = Field(1, ge=1, description="prev_epoch: copy the student every this many epochs")
     teacher_eval: bool = Field(False, description="run the teacher in eval mode on training batches")
     teacher_init_seed: int = Field(0, ge=0)
-    student_init: Literal["teacher", "random"] = "teacher"
+    student_init: Literal["teacher", "random", "interpolated", "neighborhood"] = "teacher"
     student_init_seed: int | None = Field(None, ge=0,
                                           description="random student init; None = continue the teacher's stream")
     supervised: bool = Field(False, description="replace the teacher by (noisy) one-hot labels")
@@ -93,6 +93,16 @@ class DinoParams(DatasetParams):
     probe_lr: float = Field(1e-3, gt=0)
     probe_weight_decay: float = Field(0.0, ge=0)
     probe_batch_size: int = Field(256, ge=1)
+    # --- student init / data size (issue 15) ---
+    student_init_alpha: float = Field(0.0, ge=0.0, le=1.0,
+                                      description="interpolated: (1 - α)·teacher + α·random (0 = the teacher)")
+    student_init_eps: float = Field(0.0, ge=0.0, description="neighborhood: teacher + ε·random")
+    student_init_var_preserving: bool = Field(False, description="interpolated / neighborhood: rescale to the "
+                                                                 "random init's variance")
+    teacher_bn_mode: Literal["from_data", "from_student"] = Field(
+        "from_data", description="the teacher's BN running statistics: its own (from_data) or the student's")
+    n_samples: int | None = Field(None, ge=1, description="train on a seeded stratified subset of this size; "
+                                                          "None = the whole training split")
 
     _encoder_kwargs_fit = kwargs_validator("encoder", "encoder_kwargs", check_model_kwargs)
 
@@ -103,4 +113,10 @@ class DinoParams(DatasetParams):
             raise ValueError(f"warmup_epochs ({self.warmup_epochs}) must be below epochs ({self.epochs})")
         if self.teacher_momentum_final < self.teacher_momentum:
             raise ValueError("teacher_momentum_final must be at least teacher_momentum")
+        if self.teacher_bn_mode == "from_student" and not self.teacher_eval:
+            raise ValueError("teacher_bn_mode: from_student needs teacher_eval: true (in train mode the teacher "
+                             "normalises with batch statistics and overwrites the copied ones; dinopl refuses it too)")
+        if self.n_samples is not None and self.n_samples < self.batch_size:
+            raise ValueError(f"n_samples ({self.n_samples}) must be at least batch_size ({self.batch_size}): "
+                             "the last partial batch of an epoch is dropped, so no step would run")
         return self
