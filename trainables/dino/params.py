@@ -17,8 +17,11 @@ from trainables.training.dataset_params import DatasetParams
 class HeadConfig(StrictModel):
     """DINO head: MLP (Linear [+BN] + activation per hidden layer), then the l2 bottleneck
     Linear(hidden -> bottleneck) -> L2-normalise -> weight-normalised Linear(bottleneck -> out_dim,
-    no bias). ``bottleneck_dim`` 0 replaces the bottleneck with a plain Linear(hidden -> out_dim)."""
+    no bias). ``bottleneck_dim`` 0 replaces the bottleneck with a plain Linear(hidden -> out_dim).
+    ``kind: identity`` is no head at all: the encoder's features are the output (out_dim = the
+    encoder's feature size), as dinopl's MSE / no-head / SGD runs; it takes no other head field."""
 
+    kind: Literal["dino", "identity"] = "dino"
     hidden_dims: list[int] = Field(default_factory=lambda: [2048, 2048])
     bottleneck_dim: int = Field(256, ge=0)
     out_dim: int = Field(65536, ge=2)
@@ -33,6 +36,13 @@ class HeadConfig(StrictModel):
         if any(d < 1 for d in v):
             raise ValueError("hidden sizes are positive")
         return v
+
+    @model_validator(mode="after")
+    def _identity_alone(self):
+        extra = sorted(self.model_fields_set - {"kind"})
+        if self.kind == "identity" and extra:
+            raise ValueError(f"head.kind 'identity' is no head: it takes no other head field (got {', '.join(extra)})")
+        return self
 
 
 class CropConfig(StrictModel):
@@ -93,6 +103,12 @@ class DinoParams(DatasetParams):
     probe_lr: float = Field(1e-3, gt=0)
     probe_weight_decay: float = Field(0.0, ge=0)
     probe_batch_size: int = Field(256, ge=1)
+    # --- probes / objectives (issue 15) ---
+    knn_metric: Literal["cosine", "l2"] = Field(
+        "cosine", description="cosine: similarity-weighted vote (knn_temperature) or majority; "
+                              "l2: Euclidean distance, majority vote (dinopl / the paper; knn_temperature null)")
+    probe_normalized: bool = Field(
+        True, description="also probe train-standardised features: the *_normalized metrics")
 
     _encoder_kwargs_fit = kwargs_validator("encoder", "encoder_kwargs", check_model_kwargs)
 
@@ -103,4 +119,7 @@ class DinoParams(DatasetParams):
             raise ValueError(f"warmup_epochs ({self.warmup_epochs}) must be below epochs ({self.epochs})")
         if self.teacher_momentum_final < self.teacher_momentum:
             raise ValueError("teacher_momentum_final must be at least teacher_momentum")
+        if self.knn_metric == "l2" and self.knn_temperature is not None:
+            raise ValueError(f"knn_temperature must be null (majority vote) with knn_metric 'l2' "
+                             f"(got {self.knn_temperature}): the temperature weights cosine similarities only")
         return self
