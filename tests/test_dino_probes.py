@@ -209,6 +209,16 @@ def test_identity_head_outputs_the_encoders_features(digits):
     assert student.out_dim == student(x).shape[1] == student.encoder.num_features
 
 
+def test_dinopl_v3_head_is_one_biased_linear(digits):
+    """dinopl's v3 config (hid_dims [], l2bot_cfg -/-/-/-/lb/-, default init) is one Linear with bias."""
+    p = DinoParams.model_validate({**TINY, "head": {"hidden_dims": [], "bottleneck_dim": 0, "out_dim": 64,
+                                                    "weight_norm": False, "last_layer_bias": True,
+                                                    "init": "default"}})
+    student, _ = init_student_teacher(p, digits)
+    layers = [m for m in student.head.modules() if isinstance(m, torch.nn.Linear)]
+    assert len(layers) == 1 and layers[0].bias is not None and layers[0].out_features == 64
+
+
 def test_v3_config_trains(digits, one_torch_thread):
     """dinopl's v3-like run: MSE, no head, SGD, random no_update teacher in eval mode, one view."""
     p = DinoParams.model_validate({
@@ -235,6 +245,7 @@ def test_v3_config_trains(digits, one_torch_thread):
     ({"loss_params": {"objective": "mae"}}, "objective"),
     ({"head": {"kind": "none"}}, "kind"),
     ({"head": {"kind": "identity", "hidden_dims": [8]}}, "hidden_dims"),
+    ({"head": {"last_layer_bias": True}}, "weight_norm"),
 ])
 def test_bad_values_name_their_key(bad, key):
     with pytest.raises((pydantic.ValidationError, ValueError), match=key):

@@ -57,7 +57,7 @@ class DINOHead(nn.Module):
         self.bottleneck = nn.Linear(dim, cfg.bottleneck_dim) if cfg.bottleneck_dim > 0 else None
         last_in = cfg.bottleneck_dim if cfg.bottleneck_dim > 0 else dim
         self.last_layer = NormalizedLinear(last_in, cfg.out_dim) if cfg.weight_norm else \
-            nn.Linear(last_in, cfg.out_dim, bias=False)
+            nn.Linear(last_in, cfg.out_dim, bias=cfg.last_layer_bias)
         if cfg.init == "trunc_normal":
             for m in self.modules():
                 if isinstance(m, nn.Linear):

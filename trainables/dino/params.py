@@ -28,6 +28,7 @@ class HeadConfig(StrictModel):
     activation: Literal["gelu", "relu"] = "gelu"
     batch_norm: bool = False
     weight_norm: bool = True
+    last_layer_bias: bool = Field(False, description="a bias in the last Linear (weight_norm false only)")
     init: Literal["trunc_normal", "default"] = "trunc_normal"
 
     @field_validator("hidden_dims")
@@ -42,6 +43,8 @@ class HeadConfig(StrictModel):
         extra = sorted(self.model_fields_set - {"kind"})
         if self.kind == "identity" and extra:
             raise ValueError(f"head.kind 'identity' is no head: it takes no other head field (got {', '.join(extra)})")
+        if self.last_layer_bias and self.weight_norm:
+            raise ValueError("head.last_layer_bias needs head.weight_norm false (the normalised last layer has no bias)")
         return self
 
 
