@@ -112,7 +112,8 @@ class DinoRun:
         self.teacher_probe = {f"teacher_{k}": v for k, v in probe_encoder(teacher.encoder, data, p).items()}
         self.probe = probe_encoder(student.encoder.to(device), data, p)
         self.student = session.prepare_model(student)
-        self.loss_fn = create_loss("dino", p.loss_params, out_dim=p.head.out_dim).to(device)
+        self.out_dim = student.out_dim  # head.out_dim, or the encoder's feature size with no head
+        self.loss_fn = create_loss("dino", p.loss_params, out_dim=self.out_dim).to(device)
         self.optimizer = build_optimizer(p.optimizer, weight_decay_groups(self.student, p.weight_decay), p.lr,
                                          p.weight_decay, p.momentum, device)
         # n_samples: the DINO steps see a stratified subset; the probes fit on the whole training split
@@ -171,7 +172,7 @@ class DinoRun:
         the same noisy one-hot targets for every crop."""
         p = self.p
         if p.supervised:
-            target = supervised_targets(self.data.train_y[idx], p.head.out_dim, self.data.num_classes, p)
+            target = supervised_targets(self.data.train_y[idx], self.out_dim, self.data.num_classes, p)
             return [target] * len(globals_)
         with torch.no_grad():
             return forward_crops(self.teacher, globals_)

@@ -28,9 +28,23 @@ class NormalizedLinear(nn.Module):
         return F.linear(x, F.normalize(self.weight, dim=1))
 
 
+class IdentityHead(nn.Module):
+    """No head (``head.kind: identity``): the encoder's features are the output. ``last_layer`` is a
+    parameter-free identity, so freezing the last layer is a no-op."""
+
+    def __init__(self, in_dim: int):
+        super().__init__()
+        self.out_dim = in_dim
+        self.last_layer = nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+
 class DINOHead(nn.Module):
     def __init__(self, in_dim: int, cfg: HeadConfig):
         super().__init__()
+        self.out_dim = cfg.out_dim
         layers: list[nn.Module] = []
         dim = in_dim
         for hidden in cfg.hidden_dims:
@@ -43,7 +57,7 @@ class DINOHead(nn.Module):
         self.bottleneck = nn.Linear(dim, cfg.bottleneck_dim) if cfg.bottleneck_dim > 0 else None
         last_in = cfg.bottleneck_dim if cfg.bottleneck_dim > 0 else dim
         self.last_layer = NormalizedLinear(last_in, cfg.out_dim) if cfg.weight_norm else \
-            nn.Linear(last_in, cfg.out_dim, bias=False)
+            nn.Linear(last_in, cfg.out_dim, bias=cfg.last_layer_bias)
         if cfg.init == "trunc_normal":
             for m in self.modules():
                 if isinstance(m, nn.Linear):
@@ -69,13 +83,14 @@ def remove_class_head(encoder: nn.Module) -> None:
 
 
 class DINOModel(nn.Module):
-    """Encoder (a registry classifier with its class head removed) + DINO head."""
+    """Encoder (a registry classifier with its class head removed) + DINO head (or none: identity)."""
 
-    def __init__(self, encoder: nn.Module, head: DINOHead):
+    def __init__(self, encoder: nn.Module, head: DINOHead | IdentityHead):
         super().__init__()
         remove_class_head(encoder)  # unused otherwise: DDP would wait for its gradients
         self.encoder = encoder
         self.head = head
+        self.out_dim = head.out_dim
 
     def forward(self, x: torch.Tensor | list[torch.Tensor]) -> torch.Tensor:
         """One image batch, or a list of crops of one batch: each run of same-size crops goes
@@ -98,7 +113,8 @@ def build_dino_model(p: DinoParams, data: DatasetSplits, init_seed: int | None) 
         torch.manual_seed(init_seed)
     encoder = create_model(p.encoder, num_classes=data.num_classes, input_shape=data.input_shape, **p.encoder_kwargs)
     encoder.adapt_input(data.mean, data.std)
-    return DINOModel(encoder, DINOHead(encoder.num_features, p.head))
+    head = IdentityHead(encoder.num_features) if p.head.kind == "identity" else DINOHead(encoder.num_features, p.head)
+    return DINOModel(encoder, head)
 
 
 def init_student_teacher(p: DinoParams, data: DatasetSplits) -> tuple[DINOModel, DINOModel]:

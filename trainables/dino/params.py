@@ -17,14 +17,18 @@ from trainables.training.dataset_params import DatasetParams
 class HeadConfig(StrictModel):
     """DINO head: MLP (Linear [+BN] + activation per hidden layer), then the l2 bottleneck
     Linear(hidden -> bottleneck) -> L2-normalise -> weight-normalised Linear(bottleneck -> out_dim,
-    no bias). ``bottleneck_dim`` 0 replaces the bottleneck with a plain Linear(hidden -> out_dim)."""
+    no bias). ``bottleneck_dim`` 0 replaces the bottleneck with a plain Linear(hidden -> out_dim).
+    ``kind: identity`` is no head at all: the encoder's features are the output (out_dim = the
+    encoder's feature size), as dinopl's MSE / no-head / SGD runs; it takes no other head field."""
 
+    kind: Literal["dino", "identity"] = "dino"
     hidden_dims: list[int] = Field(default_factory=lambda: [2048, 2048])
     bottleneck_dim: int = Field(256, ge=0)
     out_dim: int = Field(65536, ge=2)
     activation: Literal["gelu", "relu"] = "gelu"
     batch_norm: bool = False
     weight_norm: bool = True
+    last_layer_bias: bool = Field(False, description="a bias in the last Linear (weight_norm false only)")
     init: Literal["trunc_normal", "default"] = "trunc_normal"
 
     @field_validator("hidden_dims")
@@ -33,6 +37,15 @@ class HeadConfig(StrictModel):
         if any(d < 1 for d in v):
             raise ValueError("hidden sizes are positive")
         return v
+
+    @model_validator(mode="after")
+    def _identity_alone(self):
+        extra = sorted(self.model_fields_set - {"kind"})
+        if self.kind == "identity" and extra:
+            raise ValueError(f"head.kind 'identity' is no head: it takes no other head field (got {', '.join(extra)})")
+        if self.last_layer_bias and self.weight_norm:
+            raise ValueError("head.last_layer_bias needs head.weight_norm false (the normalised last layer has no bias)")
+        return self
 
 
 class CropConfig(StrictModel):
@@ -103,6 +116,12 @@ class DinoParams(DatasetParams):
         "from_data", description="the teacher's BN running statistics: its own (from_data) or the student's")
     n_samples: int | None = Field(None, ge=1, description="train on a seeded stratified subset of this size; "
                                                           "None = the whole training split")
+    # --- probes / objectives (issue 15) ---
+    knn_metric: Literal["cosine", "l2"] = Field(
+        "cosine", description="cosine: similarity-weighted vote (knn_temperature) or majority; "
+                              "l2: Euclidean distance, majority vote (dinopl / the paper; knn_temperature null)")
+    probe_normalized: bool = Field(
+        True, description="also probe train-standardised features: the *_normalized metrics")
 
     _encoder_kwargs_fit = kwargs_validator("encoder", "encoder_kwargs", check_model_kwargs)
 
@@ -119,4 +138,7 @@ class DinoParams(DatasetParams):
         if self.n_samples is not None and self.n_samples < self.batch_size:
             raise ValueError(f"n_samples ({self.n_samples}) must be at least batch_size ({self.batch_size}): "
                              "the last partial batch of an epoch is dropped, so no step would run")
+        if self.knn_metric == "l2" and self.knn_temperature is not None:
+            raise ValueError(f"knn_temperature must be null (majority vote) with knn_metric 'l2' "
+                             f"(got {self.knn_temperature}): the temperature weights cosine similarities only")
         return self

@@ -34,14 +34,21 @@ register_trainable(
     prepare=prepare_dino,
     check_available=check_dino_inputs,
     metrics_doc={
-        "knn_acc": "kNN (cosine) accuracy of the student's encoder features on the validation split, at the "
-                   "latest probe (every probe_every epochs, the last epoch, and before training)",
+        "knn_acc": "kNN accuracy (knn_metric: cosine or l2) of the student's raw encoder features on the "
+                   "validation split, at the latest probe (every probe_every epochs, the last epoch, and "
+                   "before training)",
         "test_knn_acc": "the same on the test split",
-        "linear_acc": "linear-probe accuracy of the student's encoder features on the validation split",
+        "linear_acc": "linear-probe accuracy of the student's raw encoder features on the validation split",
         "test_linear_acc": "the same on the test split",
+        "knn_acc_normalized": "kNN accuracy on train-standardised features (probe_normalized; and "
+                              "test_knn_acc_normalized)",
+        "linear_acc_normalized": "linear-probe accuracy on train-standardised features (probe_normalized; and "
+                                 "test_linear_acc_normalized)",
         "teacher_knn_acc": "kNN accuracy of the teacher's features at the start (the random teacher's own)",
-        "teacher_linear_acc": "linear-probe accuracy of the teacher's features at the start",
-        "train_loss": "mean DINO loss of the epoch (and train_ce, train_kl, entropies, train_teacher_temp)",
+        "teacher_linear_acc": "linear-probe accuracy of the teacher's features at the start (and teacher_ "
+                              "versions of every probe metric)",
+        "train_loss": "mean DINO loss of the epoch (the objective; and train_ce, train_kl, entropies, "
+                      "train_teacher_temp, train_mse with objective mse)",
     },
     vocabulary=Vocabulary(
         headline="knn_acc",

@@ -8,6 +8,15 @@ For head outputs ("projections") x of each crop, teacher and student each centre
     CE = mean over pairs (k, m) of  mean over the batch of  -Σ_c P_t[k]_c log P_s[m]_c
     KL = CE - mean over pairs of H(P_t[k])            (same gradient: the teacher side is detached)
 
+and, as dinopl's other two objectives, on the centred, temperature-scaled logits
+z_t[k] = (x_t[k] - c_t) / τ_t(e), z_s[m] = (x_s[m] - c_s) / τ_s:
+
+    MSE    = mean over pairs (k, m) of  mean over the batch of  mean over c of (z_t[k]_c - z_s[m]_c)²
+    H_pred = mean over student crops m and the batch of  H(P_s[m])   (the student's entropy; no teacher)
+
+``objective`` picks the loss to minimise (``ce``, ``kl``, ``mse``, ``h_pred``); ``ce``, ``kl`` and
+the entropies are reported whatever it is, ``mse`` when it is the objective.
+
 Pairs by multi-crop index: ``opposite`` (DINO) k != m, ``same`` k == m, ``all`` every (k, m).
 Crop k of the teacher and crop m of the student are the same view when k == m (global crops first).
 
@@ -41,7 +50,7 @@ class DINOLossParams(LossParams):
     teacher_center_momentum: float = Field(0.9, description="NaN = no centring")
     student_center_momentum: float = Field(float("nan"), description="NaN = no centring")
     pairing: Literal["opposite", "same", "all"] = "opposite"
-    objective: Literal["ce", "kl"] = "ce"
+    objective: Literal["ce", "kl", "mse", "h_pred"] = "ce"
 
     @field_validator("teacher_center_momentum", "student_center_momentum")
     @classmethod
@@ -110,10 +119,16 @@ class DINOLoss(nn.Module):
             weights = mask.to(ce_pairs.device, ce_pairs.dtype) / n_pairs  # a mask, not indexing: no host sync
             ce = (ce_pairs * weights).sum()
             kl = ((ce_pairs - h_t[:, None]) * weights).sum()
+            h_s = -(log_p_s.exp() * log_p_s).sum(-1).mean()  # H_pred: over every student crop
+            extra = {}
+            if p.objective == "mse":
+                z_t = (x_t - self.teacher_center) / t_temp
+                z_s = (x_s - self.student_center) / p.student_temp
+                # pair by pair (the mask lives on the host: no sync), so an exact match gives exactly 0
+                extra["mse"] = sum(((z_t[k] - z_s[m]) ** 2).mean() for k, m in mask.nonzero().tolist()) / n_pairs
         self._update_center(self.teacher_center, x_t, p.teacher_center_momentum)
         self._update_center(self.student_center, x_s.detach(), p.student_center_momentum)
-        loss = ce if p.objective == "ce" else kl
-        with torch.no_grad():
-            h_s = -(log_p_s.exp() * log_p_s).sum(-1).mean()
-        return {"loss": loss, "ce": ce.detach(), "kl": kl.detach(), "teacher_entropy": h_t.mean(),
-                "student_entropy": h_s, "teacher_temp": scalar_like(loss, t_temp)}
+        loss = {"ce": ce, "kl": kl, "h_pred": h_s, **extra}[p.objective]
+        out = {"loss": loss, "ce": ce.detach(), "kl": kl.detach(), "teacher_entropy": h_t.mean(),
+               "student_entropy": h_s.detach(), "teacher_temp": scalar_like(loss, t_temp)}
+        return out | {name: value.detach() for name, value in extra.items()}
