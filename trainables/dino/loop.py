@@ -108,6 +108,10 @@ class DinoRun:
         self.device = device = session.device
         seed_everything(p.seed)
         student, teacher = init_student_teacher(p, data)
+        # channels_last lets cuDNN pick its NHWC tensor-core convolutions (as the classifier loop does)
+        self.channels_last = device.type == "cuda" and len(data.input_shape) == 3
+        if self.channels_last:
+            student, teacher = (m.to(memory_format=torch.channels_last) for m in (student, teacher))
         self.teacher = teacher.to(device)
         self.teacher_probe = {f"teacher_{k}": v for k, v in probe_encoder(teacher.encoder, data, p).items()}
         self.probe = probe_encoder(student.encoder.to(device), data, p)
@@ -146,6 +150,9 @@ class DinoRun:
     def step(self, epoch: int, idx: torch.Tensor) -> dict[str, torch.Tensor]:
         p = self.p
         globals_, locals_ = multicrop(self.data.train_x[idx], p.crops)
+        if self.channels_last:
+            globals_, locals_ = ([c.contiguous(memory_format=torch.channels_last) for c in crops]
+                                 for crops in (globals_, locals_))
         with autocast(self.device):  # bf16 on CUDA; the loss computes in fp32
             t_out = self.teacher_outputs(idx, globals_)
             s_out = forward_crops(self.student, globals_ + locals_)
