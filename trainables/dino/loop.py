@@ -202,7 +202,7 @@ class DinoRun:
                 break
             group.append(idx if self.train_idx is None else self.train_idx[idx])
             if len(group) == p.batch_accum:
-                means.add(self.step(epoch, group))
+                means.add(self.step(epoch, group[0] if len(group) == 1 else group))
                 group = []
         if p.teacher_mode == "prev_epoch" and (epoch + 1) % p.teacher_update_every == 0:
             copy_student(self.teacher, unwrap(self.student), bn_stats=p.teacher_bn_mode == "from_student")
