@@ -152,7 +152,8 @@ class DinoRun:
         if p.float64:  # the float32 init, converted exactly
             student, teacher = student.double(), teacher.double()
         self.teacher = teacher.to(device)
-        self.teacher_probe = {f"teacher_{k}": v for k, v in probe_encoder(self.probed(teacher.encoder), data, p).items()}
+        teacher_probe = probe_encoder(self.probed(teacher.encoder), data, p)
+        self.teacher_probe = {f"teacher_{k}": v for k, v in teacher_probe.items()}
         self.probe = probe_encoder(self.probed(student.encoder.to(device)), data, p)
         self.student = session.prepare_model(student)
         self.out_dim = student.out_dim  # head.out_dim, or the encoder's feature size with no head
@@ -279,7 +280,8 @@ class DinoRun:
 
     def epoch_metrics(self, epoch: int, train_stats: dict[str, float]) -> dict[str, Any]:
         if epoch + 1 == self.epochs or (epoch + 1) % self.p.probe_every == 0:
-            self.probe.update(probe_encoder(self.probed(unwrap(self.student).encoder), self.data, self.p))  # the same keys
+            encoder = self.probed(unwrap(self.student).encoder)
+            self.probe.update(probe_encoder(encoder, self.data, self.p))  # the same keys
         return {"epoch": epoch + 1, **train_stats, "lr": self.optimizer.param_groups[0]["lr"], **self.probe,
                 **self.teacher_probe}
 
