@@ -7,8 +7,9 @@ all-reduced by the loss itself.
 """
 from __future__ import annotations
 
+import contextlib
 import math
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -86,17 +87,57 @@ def supervised_targets(y: torch.Tensor, out_dim: int, num_classes: int, p: DinoP
 # ------------------------------------------------------------------------------------------- the loop
 
 def weight_decay_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """Weight decay on weight matrices and kernels only, not on biases and norm parameters (DINO)."""
+    """Weight decay on weight matrices and kernels only, not on biases and norm parameters (DINO).
+    The decayed group is marked ``decayed: True``: the weight-decay schedule sets only its decay."""
     decay, no_decay = [], []
     for param in model.parameters():
         (no_decay if param.ndim <= 1 else decay).append(param)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return [{"params": decay, "weight_decay": weight_decay, "decayed": True},
+            {"params": no_decay, "weight_decay": 0.0, "decayed": False}]
+
+
+def weight_decay_at(p: DinoParams, step: int, total_steps: int) -> float:
+    """The decayed groups' weight decay at (0-based) update ``step``: a cosine from ``weight_decay``
+    at the first update to ``weight_decay_end`` at the last (dinopl's ``CosSched(0.04, 0.4)``, over
+    the whole run, no warm-up); ``weight_decay`` throughout when ``weight_decay_end`` is None."""
+    if p.weight_decay_end is None:
+        return p.weight_decay
+    progress = min(step / max(total_steps - 1, 1), 1.0)
+    return p.weight_decay_end + (p.weight_decay - p.weight_decay_end) * (1 + math.cos(math.pi * progress)) / 2
+
+
+def sampled_epoch_batches(n: int, samples: int, batch_size: int, epoch: int, seed: int, session: Session,
+                          device: torch.device) -> Iterator[torch.Tensor]:
+    """``samples_per_epoch``: ``samples`` indices into ``range(n)``, as torch's ``RandomSampler(num_samples=
+    samples)`` without replacement draws them (dinopl): fresh permutations of ``range(n)`` one after another,
+    cut at ``samples`` (fewer than ``n``: a random subset; more: every sample ``samples // n`` times and the
+    rest once), seeded by (seed, epoch) as :func:`epoch_batches`. Each rank takes its contiguous shard;
+    batches per rank, the last partial one dropped."""
+    gen = torch.Generator().manual_seed(seed * 100_003 + epoch)
+    perm = torch.cat([torch.randperm(n, generator=gen) for _ in range(math.ceil(samples / n))])[:samples]
+    if session.world_size > 1:
+        per_rank = samples // session.world_size
+        perm = perm[session.rank * per_rank:(session.rank + 1) * per_rank]
+    perm = perm.to(device)
+    for start in range(0, len(perm) - len(perm) % batch_size, batch_size):
+        yield perm[start:start + batch_size]
+
+
+class _DoubleInput(nn.Module):
+    """``float64``: feeds a double-precision encoder the (float32) images, for the probes."""
+
+    def __init__(self, encoder: nn.Module):
+        super().__init__()
+        self.encoder = encoder
+
+    def forward(self, x: torch.Tensor, **kwargs):
+        return self.encoder(x.double(), **kwargs)
 
 
 def train_dino(p: DinoParams, data: DatasetSplits, session: Session, checkpoint_every: int = 0) -> dict[str, Any]:
     """Train on ``data`` (already on ``session.device``), reporting every epoch; returns the last metrics."""
     run = DinoRun(p, data, session)
-    return run_epochs(session, run.checkpointed(), p.epochs, run.train_epoch, run.epoch_metrics, checkpoint_every)
+    return run_epochs(session, run.checkpointed(), run.epochs, run.train_epoch, run.epoch_metrics, checkpoint_every)
 
 
 class DinoRun:
@@ -108,25 +149,45 @@ class DinoRun:
         self.device = device = session.device
         seed_everything(p.seed)
         student, teacher = init_student_teacher(p, data)
+        if p.float64:  # the float32 init, converted exactly
+            student, teacher = student.double(), teacher.double()
         # channels_last lets cuDNN pick its NHWC tensor-core convolutions (as the classifier loop does)
         self.channels_last = device.type == "cuda" and len(data.input_shape) == 3
         if self.channels_last:
             student, teacher = (m.to(memory_format=torch.channels_last) for m in (student, teacher))
         self.teacher = teacher.to(device)
-        self.teacher_probe = {f"teacher_{k}": v for k, v in probe_encoder(teacher.encoder, data, p).items()}
-        self.probe = probe_encoder(student.encoder.to(device), data, p)
+        teacher_probe = probe_encoder(self.probed(teacher.encoder), data, p)
+        self.teacher_probe = {f"teacher_{k}": v for k, v in teacher_probe.items()}
+        self.probe = probe_encoder(self.probed(student.encoder.to(device)), data, p)
         self.student = session.prepare_model(student)
         self.out_dim = student.out_dim  # head.out_dim, or the encoder's feature size with no head
         self.loss_fn = create_loss("dino", p.loss_params, out_dim=self.out_dim).to(device)
+        # fused Adam(W) on CUDA, except in float64 (the foreach path takes every dtype)
         self.optimizer = build_optimizer(p.optimizer, weight_decay_groups(self.student, p.weight_decay), p.lr,
-                                         p.weight_decay, p.momentum, device)
+                                         p.weight_decay, p.momentum, None if p.float64 else device, betas=p.betas)
         # n_samples: the DINO steps see a stratified subset; the probes fit on the whole training split
         self.train_idx = None if p.n_samples is None else \
             torch.from_numpy(training_subset(data, p.n_samples, p.split_seed)).to(device)
         self.n_train = len(data.train_y) if self.train_idx is None else len(self.train_idx)
-        per_epoch = steps_per_epoch(self.n_train, p.batch_size, session.world_size, drop_last=True)
-        self.total_steps = per_epoch * p.epochs
-        self.scheduler = build_scheduler(p.schedule, self.optimizer, self.total_steps, per_epoch * p.warmup_epochs)
+        # steps are optimiser updates, each of batch_accum micro-batches; an epoch is the training split, or
+        # samples_per_epoch draws; its micro-batches that do not fill a last update are dropped
+        self.epoch_samples = p.samples_per_epoch or self.n_train
+        micro = steps_per_epoch(self.epoch_samples, p.batch_size, session.world_size, drop_last=True)
+        per_epoch = self.steps_per_epoch = micro // p.batch_accum
+        if per_epoch < 1:
+            raise ValueError(f"batch_accum ({p.batch_accum}) exceeds the {micro} micro-batches of batch_size "
+                             f"{p.batch_size} in an epoch: no optimiser update would run")
+        if p.n_steps is None:
+            self.epochs, self.total_steps = p.epochs, per_epoch * p.epochs
+        else:  # n_steps overrides epochs: enough epochs, the last one stopped after update n_steps
+            self.epochs, self.total_steps = math.ceil(p.n_steps / per_epoch), p.n_steps
+        warmup = per_epoch * p.warmup_epochs
+        if p.n_steps is not None and warmup >= self.total_steps:
+            raise ValueError(f"warmup_epochs ({p.warmup_epochs}, {warmup} updates) must end before n_steps "
+                             f"({p.n_steps})")
+        # the cosine ends at the last update, as dinopl's CosSched: update total_steps - 1 runs at min_lr
+        self.scheduler = build_scheduler(p.schedule, self.optimizer, self.total_steps - 1, warmup, lr=p.lr,
+                                         min_lr=p.min_lr)
         self.last_layer = unwrap(self.student).head.last_layer
         self.progress = {"epoch": 0, "step": 0}
 
@@ -140,30 +201,70 @@ class DinoRun:
         self.student.train()
         self.teacher.train(not p.teacher_eval)
         means = EpochMeans()
-        for idx in epoch_batches(self.n_train, p.batch_size, epoch, p.seed, self.session, self.device,
-                                 drop_last=True):
-            means.add(self.step(epoch, idx if self.train_idx is None else self.train_idx[idx]))
+        group: list[torch.Tensor] = []
+        for idx in self.micro_batches(epoch):
+            if self.progress["step"] >= self.total_steps:  # n_steps: stop mid-epoch
+                break
+            group.append(idx if self.train_idx is None else self.train_idx[idx])
+            if len(group) == p.batch_accum:
+                means.add(self.step(epoch, group[0] if len(group) == 1 else group))
+                group = []
         if p.teacher_mode == "prev_epoch" and (epoch + 1) % p.teacher_update_every == 0:
             copy_student(self.teacher, unwrap(self.student), bn_stats=p.teacher_bn_mode == "from_student")
         return means.means()
 
-    def step(self, epoch: int, idx: torch.Tensor) -> dict[str, torch.Tensor]:
+    def probed(self, encoder: nn.Module) -> nn.Module:
+        return _DoubleInput(encoder) if self.p.float64 else encoder
+
+    def micro_batches(self, epoch: int) -> Iterator[torch.Tensor]:
+        """This epoch's micro-batches of ``batch_size`` (per rank): indices into the training set (subset)."""
         p = self.p
-        globals_, locals_ = multicrop(self.data.train_x[idx], p.crops)
+        if p.samples_per_epoch is None:
+            return epoch_batches(self.n_train, p.batch_size, epoch, p.seed, self.session, self.device, drop_last=True)
+        return sampled_epoch_batches(self.n_train, p.samples_per_epoch, p.batch_size, epoch, p.seed, self.session,
+                                     self.device)
+
+    def forward_loss(self, epoch: int, idx: torch.Tensor) -> dict[str, torch.Tensor]:
+        p = self.p
+        x = self.data.train_x[idx]
+        if p.float64 and x.is_floating_point():
+            x = x.double()
+        globals_, locals_ = multicrop(x, p.crops)
         if self.channels_last:
             globals_, locals_ = ([c.contiguous(memory_format=torch.channels_last) for c in crops]
                                  for crops in (globals_, locals_))
-        with autocast(self.device):  # bf16 on CUDA; the loss computes in fp32
+        with autocast(self.device, enabled=not p.float64):  # bf16 on CUDA; the loss computes in fp32
             t_out = self.teacher_outputs(idx, globals_)
             s_out = forward_crops(self.student, globals_ + locals_)
-        out = self.loss_fn(s_out, t_out, epoch=epoch)
+        return self.loss_fn(s_out, t_out, epoch=epoch)
+
+    def step(self, epoch: int, idx: torch.Tensor | list[torch.Tensor]) -> dict[str, torch.Tensor]:
+        """One optimiser update on one batch, or (``batch_accum``) on a list of micro-batches: each
+        micro-batch's loss divided by their number, gradients summed (DDP syncs on the last only), so a
+        per-sample-mean loss updates as on their union. Returns the micro-batches' mean statistics."""
+        p = self.p
+        micro = [idx] if isinstance(idx, torch.Tensor) else list(idx)
         self.optimizer.zero_grad(set_to_none=True)
-        out["loss"].backward()
+        outs = []
+        for i, mb in enumerate(micro):
+            last = i == len(micro) - 1
+            no_sync = self.student.no_sync if not last and hasattr(self.student, "no_sync") else contextlib.nullcontext
+            with no_sync():
+                out = self.forward_loss(epoch, mb)
+                (out["loss"] if len(micro) == 1 else out["loss"] / len(micro)).backward()
+            outs.append(out)
+        out = outs[0] if len(outs) == 1 else \
+            {k: torch.stack([o[k].detach() for o in outs]).mean(0) for k in outs[0]}
         if epoch < p.freeze_last_layer_epochs:
             for param in self.last_layer.parameters():
                 param.grad = None
         if p.clip_grad > 0:
             torch.nn.utils.clip_grad_norm_(self.student.parameters(), p.clip_grad, foreach=True)
+        if p.weight_decay_end is not None:
+            wd = weight_decay_at(p, self.progress["step"], self.total_steps)
+            for group in self.optimizer.param_groups:
+                if group.get("decayed"):
+                    group["weight_decay"] = wd
         self.optimizer.step()
         self.scheduler.step()
         if p.teacher_mode == "ema":
@@ -185,8 +286,9 @@ class DinoRun:
             return forward_crops(self.teacher, globals_)
 
     def epoch_metrics(self, epoch: int, train_stats: dict[str, float]) -> dict[str, Any]:
-        if epoch + 1 == self.p.epochs or (epoch + 1) % self.p.probe_every == 0:
-            self.probe.update(probe_encoder(unwrap(self.student).encoder, self.data, self.p))  # the same keys
+        if epoch + 1 == self.epochs or (epoch + 1) % self.p.probe_every == 0:
+            encoder = self.probed(unwrap(self.student).encoder)
+            self.probe.update(probe_encoder(encoder, self.data, self.p))  # the same keys
         return {"epoch": epoch + 1, **train_stats, "lr": self.optimizer.param_groups[0]["lr"], **self.probe,
                 **self.teacher_probe}
 

@@ -99,6 +99,17 @@ class DinoParams(DatasetParams):
     warmup_epochs: int = Field(10, ge=0)
     clip_grad: float = Field(3.0, ge=0, description="total gradient-norm clip; 0 = off")
     freeze_last_layer_epochs: int = Field(1, ge=0)
+    # --- optimisation (issue 15) ---
+    betas: tuple[float, float] = Field((0.9, 0.999), description="Adam(W)'s (β1, β2), each in [0, 1)")
+    min_lr: float = Field(0.0, ge=0, description="cosine schedule: the lr of the last update (dinopl: 1e-6)")
+    weight_decay_end: float | None = Field(None, ge=0, description="cosine weight decay from weight_decay at the "
+                                                                   "first update to this at the last; None = constant")
+    n_steps: int | None = Field(None, ge=1, description="train for exactly this many optimiser updates (overrides "
+                                                        "epochs); None = epochs")
+    batch_accum: int = Field(1, ge=1, description="micro-batches of batch_size accumulated per optimiser update")
+    samples_per_epoch: int | None = Field(None, ge=1, description="an epoch draws this many training samples "
+                                                                  "(concatenated permutations); None = the split")
+    float64: bool = Field(False, description="train in double precision (no autocast)")
     probe_every: int = Field(10, ge=1)
     knn_k: int = Field(20, ge=1)
     knn_temperature: float | None = Field(0.07, gt=0, description="None: majority vote")
@@ -128,7 +139,7 @@ class DinoParams(DatasetParams):
     @model_validator(mode="after")
     def _consistent(self):
         check_loss_params("dino", self.loss_params)
-        if self.warmup_epochs >= self.epochs:
+        if self.n_steps is None and self.warmup_epochs >= self.epochs:
             raise ValueError(f"warmup_epochs ({self.warmup_epochs}) must be below epochs ({self.epochs})")
         if self.teacher_momentum_final < self.teacher_momentum:
             raise ValueError("teacher_momentum_final must be at least teacher_momentum")
@@ -141,4 +152,24 @@ class DinoParams(DatasetParams):
         if self.knn_metric == "l2" and self.knn_temperature is not None:
             raise ValueError(f"knn_temperature must be null (majority vote) with knn_metric 'l2' "
                              f"(got {self.knn_temperature}): the temperature weights cosine similarities only")
+        self._check_optimisation()
         return self
+
+    def _check_optimisation(self) -> None:
+        """The optimisation keys (issue 15): each error names its key."""
+        b1, b2 = self.betas
+        if not (0.0 <= b1 < 1.0 and 0.0 <= b2 < 1.0):
+            raise ValueError(f"betas must be two numbers in [0, 1) (got {list(self.betas)})")
+        if "betas" in self.model_fields_set and self.optimizer == "sgd":
+            raise ValueError("betas apply to optimizer adam / adamw only (got optimizer 'sgd'; use momentum)")
+        if self.min_lr > self.lr:
+            raise ValueError(f"min_lr ({self.min_lr}) must be at most lr ({self.lr})")
+        if self.min_lr > 0 and self.schedule != "cosine":
+            raise ValueError(f"min_lr is the floor of the cosine schedule (got schedule {self.schedule!r})")
+        per_update = self.batch_size * self.batch_accum
+        if self.samples_per_epoch is not None and self.samples_per_epoch < per_update:
+            raise ValueError(f"samples_per_epoch ({self.samples_per_epoch}) must be at least batch_size x batch_accum "
+                             f"({per_update}): an epoch would make no optimiser update")
+        if self.n_samples is not None and self.samples_per_epoch is None and self.n_samples < per_update:
+            raise ValueError(f"batch_accum ({self.batch_accum}) x batch_size ({self.batch_size}) exceeds n_samples "
+                             f"({self.n_samples}): an epoch would make no optimiser update")
