@@ -145,7 +145,7 @@ class DinoRun:
 
     def step(self, epoch: int, idx: torch.Tensor) -> dict[str, torch.Tensor]:
         p = self.p
-        globals_, locals_ = multicrop(self.data.train_x[idx], p.crops)
+        globals_, locals_ = multicrop(self.data.train_x[idx], p.crops, self.data.mean, self.data.std)
         with autocast(self.device):  # bf16 on CUDA; the loss computes in fp32
             t_out = self.teacher_outputs(idx, globals_)
             s_out = forward_crops(self.student, globals_ + locals_)
