@@ -141,6 +141,8 @@ def test_augmented_multicrop_shapes_and_renormalisation():
     # a full-scale, unflipped crop with no op is the image itself, through the un-normalise round trip
     plain = CropConfig(global_crops=1, global_scale=(1.0, 1.0), hflip=False, augs=["padcrop"], padcrop_padding=0)
     assert torch.allclose(multicrop(x, plain, MEAN, STD)[0][0], x, atol=1e-5)
+    tiny = CropConfig(local_crops=1, local_size=2, per_crop_augs=["dino"], blur_min_size=0)
+    assert multicrop(x, tiny, MEAN, STD)[1][0].shape == (5, 3, 2, 2)  # the blur kernel shrinks to fit
     with pytest.raises(ValueError, match="mean and std"):
         multicrop(x, cfg)
 
@@ -152,3 +154,22 @@ def test_aug_names_mirror_dinopl():
         CropConfig(augs=["rotate"])
     with pytest.raises(ValidationError):
         CropConfig(dino_choice="sometimes")
+
+
+def test_training_runs_with_dinopl_augmentations(one_torch_thread):
+    from trainables.data import load_dataset
+    from trainables.dino.loop import train_dino
+    from trainables.dino.params import DinoParams
+    from trainables.runtime.session import LocalSession
+
+    digits = load_dataset("digits", seed=0)
+    p = DinoParams.model_validate({
+        "encoder": "mlp_tiny", "head": {"hidden_dims": [32], "bottleneck_dim": 16, "out_dim": 64},
+        "crops": {"global_crops": 2, "local_crops": 2, "augs": ["padcrop"],
+                  "per_crop_augs": ["dino"], "blur_min_size": 0},
+        "epochs": 1, "warmup_epochs": 0, "batch_size": 256, "probe_every": 1, "probe_epochs": 1,
+        "freeze_last_layer_epochs": 0})
+    metrics = train_dino(p, digits, LocalSession(torch.device("cpu")))
+    assert metrics["epoch"] == 1
+    losses = [float(v) for k, v in metrics.items() if "loss" in k]
+    assert losses and all(torch.isfinite(torch.tensor(losses)))
