@@ -4,14 +4,15 @@ dinopl's augmentations (``CropConfig.augs`` before the crops, ``per_crop_augs`` 
 batched on the device with per-image randomness: ``hflip`` (p 0.5), ``padcrop`` (a black border of
 ``padcrop_padding`` px, then a random crop back to the image size, as torchvision's
 ``RandomCrop(size, padding)``), and ``dino``, DINO's photometric set: flip (p 0.5), colour jitter
-(brightness 0.4, contrast 0.4, saturation 0.2, hue 0.1; p 0.8), grayscale (p 0.2), Gaussian blur
-(9 px kernel, or 2 * size - 1 on crops under 5 px; sigma 0.1-2) and solarisation (threshold
-128/255) with the crop's probabilities: global crop 1 blur 1.0; global crop 2 blur 0.1, solarise
-0.2; local crops blur 0.5 (further global crops alternate between the two global settings). ``dino_choice: random`` draws the setting per
-image instead (p 0.4 / 0.4 / 0.2), as dinopl's ``RandomChoice`` does, and that is also what ``dino``
-does in ``augs`` (no crop yet). The data is normalised with the dataset's mean and std: the ops run
-on the un-normalised [0, 1] images and the crops are normalised again, as
-``trainables/data/policy.py`` does. Grey images go through the colour ops as three equal channels.
+(brightness 0.4, contrast 0.4, saturation 0.2, hue 0.1; p 0.8), grayscale (p 0.2), Gaussian blur (9
+px kernel, or 2 * size - 1 on crops under 5 px; sigma 0.1-2) and solarisation (threshold 128/255)
+with the crop's probabilities: global crop 1 blur 1.0; global crop 2 blur 0.1, solarise 0.2; local
+crops blur 0.5 (further global crops alternate between the two global settings). ``dino_choice:
+random`` draws the setting per image instead (p 0.4 / 0.4 / 0.2), as dinopl's ``RandomChoice`` does,
+and that is also what ``dino`` does in ``augs`` (no crop yet). The data is normalised with the
+dataset's mean and std: the ops run on the un-normalised [0, 1] images and the crops are normalised
+again, as ``trainables/data/policy.py`` does. Grey images go through the colour ops as three equal
+channels.
 """
 from __future__ import annotations
 
