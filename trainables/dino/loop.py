@@ -229,7 +229,7 @@ class DinoRun:
         x = self.data.train_x[idx]
         if p.float64 and x.is_floating_point():
             x = x.double()
-        globals_, locals_ = multicrop(x, p.crops)
+        globals_, locals_ = multicrop(x, p.crops, self.data.mean, self.data.std)
         if self.channels_last:
             globals_, locals_ = ([c.contiguous(memory_format=torch.channels_last) for c in crops]
                                  for crops in (globals_, locals_))

@@ -52,7 +52,9 @@ class CropConfig(StrictModel):
     """Multi-crop views, made on the device: per image, a random resized crop (area fraction in
     ``scale``, aspect ratio in 3/4..4/3) resized to ``size`` px (None: the image size), then a
     horizontal flip with probability 0.5 when ``hflip``. The teacher sees the global crops, the
-    student all crops. One global crop at scale [1, 1] without flip is the un-augmented image."""
+    student all crops. One global crop at scale [1, 1] without flip is the un-augmented image.
+    ``augs`` / ``per_crop_augs`` add dinopl's augmentations (``hflip``, ``padcrop``, ``dino``)
+    before the crops and on each crop; both empty (the default) is no further augmentation."""
 
     global_crops: int = Field(2, ge=1)
     global_size: int | None = Field(None, ge=1)
@@ -61,6 +63,31 @@ class CropConfig(StrictModel):
     local_size: int | None = Field(None, ge=1)
     local_scale: tuple[float, float] = (0.05, 0.4)
     hflip: bool = True
+    # --- dinopl's augmentations (issue 15): trainables/dino/crops.py, docs/search_spaces.md#dino ---
+    augs: list[Literal["hflip", "padcrop", "dino"]] = Field(
+        default_factory=list, description="dinopl's --augs: applied once per image before the crops, in order")
+    per_crop_augs: list[Literal["hflip", "padcrop", "dino"]] = Field(
+        default_factory=list, description="dinopl's --per_crop_augs: applied to each crop, in order")
+    padcrop_padding: int = Field(4, ge=0, description="padcrop: black border in pixels before the random crop")
+    dino_choice: Literal["by_crop", "random"] = Field(
+        "by_crop", description="dino per crop: by_crop = DINO's settings by position (global 1, global 2, "
+                               "locals); random = dinopl's per-image choice among the three (p 0.4/0.4/0.2)")
+    blur_min_size: int = Field(64, ge=0, description="dino: no Gaussian blur on images smaller than this "
+                                                     "(dinopl: 64, so none on CIFAR / MNIST); 0 = always")
+
+    @field_validator("augs", "per_crop_augs", mode="before")
+    @classmethod
+    def _aug_names(cls, v):
+        # dinopl also takes names joined by '_' ("hflip_padcrop"), as one string or list items
+        items = [v] if isinstance(v, str) else v
+        if isinstance(items, (list, tuple)) and all(isinstance(i, str) for i in items):
+            return [name for item in items for name in item.split("_") if name]
+        return v
+
+    @property
+    def augmented(self) -> bool:
+        """Whether any dinopl augmentation is on (otherwise the crops are the plain ones)."""
+        return bool(self.augs or self.per_crop_augs)
 
     @field_validator("global_scale", "local_scale")
     @classmethod
