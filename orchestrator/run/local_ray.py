@@ -94,7 +94,10 @@ def record_local_ray(out_dir: str) -> None:
     if not _own_dir or not os.path.isdir("/proc"):
         return
     processes = [{"pid": pid, "start": start, "cmd": cmd} for pid, start, cmd in _ray_processes_of(_own_dir)]
-    payload = {"driver": holder_info(), "temp_dir": _own_dir, "processes": processes}
+    # A driver that leads its process group (started from a shell, or with start_new_session) passes
+    # the group to every process it and its Ray start: the clean-up also stops that group's members.
+    group = os.getpgid(0) if os.getpgid(0) == os.getpid() else None
+    payload = {"driver": holder_info(), "temp_dir": _own_dir, "processes": processes, "group": group}
     try:
         write_text(join(out_dir, LOCAL_RAY_FILE), json.dumps(payload, indent=1))
     except Exception:  # noqa: BLE001 - without it only the clean-up after a kill is lost
@@ -130,6 +133,11 @@ def clean_up_dead_driver(out_dir: str, grace_s: float = 3.0) -> str | None:
     targets = {p["pid"] for p in record.get("processes", [])
                if isinstance(p, dict) and same_process(int(p.get("pid", 0)), p.get("start"))}
     targets |= set(later)
+    group = record.get("group")
+    if isinstance(group, int) and group == driver.get("pid"):
+        # processes the dead driver's group still holds (Ray workers started after the record, helper
+        # processes); only those started after the driver, so a recycled group id is left alone
+        targets |= set(_group_members(group, driver.get("pid_start")))
     targets.discard(os.getpid())
     stopped = _stop(targets, grace_s)
     removed = False
@@ -168,7 +176,33 @@ def _stop(pids: set[int], grace_s: float) -> int:
             os.kill(pid, signal.SIGKILL)
         except (ProcessLookupError, PermissionError):
             pass
+    deadline = time.monotonic() + 5.0  # a SIGKILLed process still takes a moment to go
+    while alive and time.monotonic() < deadline:
+        time.sleep(0.05)
+        alive = {pid for pid in alive if _exists(pid)}
     return len(signalled)
+
+
+def _group_members(pgid: int, not_before) -> list[int]:
+    """Live processes of process group ``pgid`` that started at or after ``not_before`` (a
+    /proc start time; None: no check)."""
+    from orchestrator.store.lock import proc_start_time
+
+    members = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as f:
+                fields = f.read().rsplit(b")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if int(fields[2]) != pgid or fields[0] == b"Z":
+            continue
+        start = proc_start_time(int(entry))
+        if not_before is None or (start is not None and start >= not_before):
+            members.append(int(entry))
+    return members
 
 
 def _exists(pid: int) -> bool:
