@@ -210,6 +210,13 @@ def test_resume_keeps_loss_max(digits, one_torch_thread, tmp_path):
     assert resumed.last["loss_max_step"] == whole.last["loss_max_step"]
 
 
+def test_float64_tracks(digits, one_torch_thread):
+    session = LocalSession(torch.device("cpu"))
+    train_dino(params(**ALL, epochs=1, float64=True), digits, session)
+    assert np.isfinite(session.last["loss_max"]) and np.isfinite(session.last["grad_var"])
+    assert session.last_state["loss_max"]["student"]["encoder.body.1.weight"].dtype == torch.float64
+
+
 def test_tracking_off_adds_nothing(digits, one_torch_thread):
     session = LocalSession(torch.device("cpu"))
     train_dino(params(epochs=1), digits, session)

@@ -173,7 +173,7 @@ class DinoTracker:
         rec = self.records["loss_max"]
         for m, model in self.models.items():
             names, params = zip(*model.named_parameters())
-            torch._foreach_lerp_([rec[m][n] for n in names], [p.detach() for p in params], mask)
+            torch._foreach_lerp_([rec[m][n] for n in names], [p.detach() for p in params], mask.to(params[0].dtype))
         self._best = (torch.where(better, loss.detach().float(), best),
                       torch.where(better, torch.full_like(best_step, step), best_step))
 
