@@ -21,6 +21,7 @@ from trainables.dino.crops import forward_crops, multicrop
 from trainables.dino.init import init_student_teacher
 from trainables.dino.params import DinoParams
 from trainables.dino.probes import probe_encoder
+from trainables.dino.tracking import DinoTracker
 from trainables.losses import create_loss
 from trainables.runtime.engine import (autocast, build_optimizer, build_scheduler, epoch_batches, seed_everything,
                                        steps_per_epoch, unwrap)
@@ -190,17 +191,19 @@ class DinoRun:
                                          min_lr=p.min_lr)
         self.last_layer = unwrap(self.student).head.last_layer
         self.progress = {"epoch": 0, "step": 0}
+        self.tracker = DinoTracker(p, unwrap(self.student), self.teacher, data, self.epochs, self.probed)
 
     def checkpointed(self) -> Checkpointed:
         return Checkpointed({"student": unwrap(self.student), "teacher": self.teacher, "loss_fn": self.loss_fn,
                              "optimizer": self.optimizer, "scheduler": self.scheduler},
-                            self.progress, records={"probe": self.probe})
+                            self.progress, records={"probe": self.probe, **self.tracker.records})
 
     def train_epoch(self, epoch: int) -> dict[str, torch.Tensor]:
         p = self.p
         self.student.train()
         self.teacher.train(not p.teacher_eval)
         means = EpochMeans()
+        self.tracker.start_epoch()
         group: list[torch.Tensor] = []
         for idx in self.micro_batches(epoch):
             if self.progress["step"] >= self.total_steps:  # n_steps: stop mid-epoch
@@ -253,6 +256,7 @@ class DinoRun:
                 out = self.forward_loss(epoch, mb)
                 (out["loss"] if len(micro) == 1 else out["loss"] / len(micro)).backward()
             outs.append(out)
+        self.tracker.after_backward()
         out = outs[0] if len(outs) == 1 else \
             {k: torch.stack([o[k].detach() for o in outs]).mean(0) for k in outs[0]}
         if epoch < p.freeze_last_layer_epochs:
@@ -272,6 +276,7 @@ class DinoRun:
             ema_update(self.teacher, unwrap(self.student), momentum)
             if p.teacher_bn_mode == "from_student":
                 ema_bn_stats(self.teacher, unwrap(self.student), momentum)
+        self.tracker.after_step(out["loss"], self.progress["step"])
         self.progress["step"] += 1
         return out
 
@@ -286,11 +291,12 @@ class DinoRun:
             return forward_crops(self.teacher, globals_)
 
     def epoch_metrics(self, epoch: int, train_stats: dict[str, float]) -> dict[str, Any]:
-        if epoch + 1 == self.epochs or (epoch + 1) % self.p.probe_every == 0:
+        probed = epoch + 1 == self.epochs or (epoch + 1) % self.p.probe_every == 0
+        if probed:
             encoder = self.probed(unwrap(self.student).encoder)
             self.probe.update(probe_encoder(encoder, self.data, self.p))  # the same keys
         return {"epoch": epoch + 1, **train_stats, "lr": self.optimizer.param_groups[0]["lr"], **self.probe,
-                **self.teacher_probe}
+                **self.teacher_probe, **self.tracker.epoch_metrics(epoch, probed)}
 
 
 def training_subset(data: DatasetSplits, n_samples: int, seed: int):

@@ -160,6 +160,27 @@ class DinoParams(DatasetParams):
                               "l2: Euclidean distance, majority vote (dinopl / the paper; knn_temperature null)")
     probe_normalized: bool = Field(
         True, description="also probe train-standardised features: the *_normalized metrics")
+    # --- tracking (issue 15) ---
+    track_feathist: bool = Field(False, description="feat_<model>_<encoder|head>_<stat> metrics on a fixed batch")
+    track_samples: int = Field(256, ge=2, description="track_feathist: the first this many training images")
+    track_gradvar: bool = Field(False, description="grad_var*: variance of the gradient over an epoch's updates")
+    save_paramstats: list[Literal["student", "teacher"]] = Field(
+        default_factory=list, description="per-layer norms / distance from init: checkpoint entry paramstats "
+                                          "and param_* metrics ('all' = both)")
+    track_every: int = Field(1, ge=1, description="feathist / gradvar / paramstats every this many epochs "
+                                                  "(and the last)")
+    save_features: Literal["none", "last", "probe"] = Field(
+        "none", description="student encoder features of train/val/test in the checkpoint entry features")
+    keep_loss_max: bool = Field(False, description="dinopl's --save_ckpt loss_max: parameters at the update with "
+                                                   "the highest loss, checkpoint entry loss_max")
+
+    @field_validator("save_paramstats", mode="before")
+    @classmethod
+    def _paramstats_all(cls, v):
+        items = [v] if isinstance(v, str) else v
+        if isinstance(items, (list, tuple)) and "all" in items:
+            return ["student", "teacher"]
+        return list(dict.fromkeys(items)) if isinstance(items, (list, tuple)) else v
 
     _encoder_kwargs_fit = kwargs_validator("encoder", "encoder_kwargs", check_model_kwargs)
 
@@ -200,3 +221,13 @@ class DinoParams(DatasetParams):
         if self.n_samples is not None and self.samples_per_epoch is None and self.n_samples < per_update:
             raise ValueError(f"batch_accum ({self.batch_accum}) x batch_size ({self.batch_size}) exceeds n_samples "
                              f"({self.n_samples}): an epoch would make no optimiser update")
+
+    @model_validator(mode="after")
+    def _check_tracking(self):
+        """The tracking keys (issue 15): a modifier without what it modifies is an error."""
+        tracked = self.track_feathist or self.track_gradvar or bool(self.save_paramstats)
+        if "track_every" in self.model_fields_set and not tracked:
+            raise ValueError("track_every needs track_feathist, track_gradvar or save_paramstats")
+        if "track_samples" in self.model_fields_set and not self.track_feathist:
+            raise ValueError("track_samples needs track_feathist: true")
+        return self
