@@ -147,7 +147,7 @@ def _drawn(fig):
     out = []
     for ax in fig.axes:
         lines = {line.get_label(): line for line in ax.get_lines()}
-        student = lines["student"]
+        student = next(c for c in ax.containers if c.get_label() == "student").lines[0]
         teacher = lines["random teacher"]
         out.append((ax.get_ylabel(), list(student.get_xdata()), list(student.get_ydata()),
                     float(teacher.get_ydata()[0])))
@@ -171,7 +171,7 @@ def test_plots_hook_writes_a_png_with_the_means_and_the_teacher_line(key, name, 
     assert knn_means == pytest.approx([0.65, 0.4]) and lin_means == pytest.approx([0.85, 0.4])
     assert knn_teacher == pytest.approx(0.45) and lin_teacher == pytest.approx(0.65)
     # the error bars are ± the sample std: 0.0707 and 0.1414 for kNN
-    bars = [c for c in fig.axes[0].collections if c.__class__.__name__ == "LineCollection"][0]
+    bars = next(c for c in fig.axes[0].containers if c.get_label() == "student").lines[2][0]
     half = sorted(float(abs(seg[1][1] - seg[0][1]) / 2) for seg in bars.get_segments())
     assert half == pytest.approx(sorted([np.std([0.6, 0.7], ddof=1), np.std([0.3, 0.5], ddof=1)]))
     out = tmp_path / name
