@@ -212,7 +212,7 @@ def test_digits_locality_sweep_logs_the_figure_to_the_parent_run(tmp_path):
     proc = subprocess.run(
         [sys.executable, os.path.join(REPO, "run_sweep.py"), space, "--name", "loc",
          "--set", "search.student_init_alpha={grid: [0.0, 1.0]}", "--set", "search.teacher_init_seed={grid: [0]}",
-         "--set", "params.epochs=2", "--set", "params.probe_every=1", "--set", "params.probe_epochs=3",
+         "--set", "params.epochs=2", "--set", "params.warmup_epochs=0", "--set", "params.probe_every=1", "--set", "params.probe_epochs=3",
          "--storage-path", str(tmp_path / "runs"), "--mlflow-uri", f"sqlite:///{tmp_path}/ml.db"],
         cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]

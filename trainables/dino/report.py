@@ -22,7 +22,7 @@ from trainables.runtime.vocabulary import ReportData
 
 # searched key -> (file name, axis label)
 SWEPT = {
-    "student_init_alpha": ("dino_locality.png", "student_init_alpha (α: 0 = copy of the teacher, 1 = random init)"),
+    "student_init_alpha": ("dino_locality.png", "student_init_alpha (0: teacher, 1: random)"),
     "n_samples": ("dino_data_size.png", "n_samples (training images)"),
 }
 PANELS = (("knn_acc", "teacher_knn_acc", "kNN accuracy"), ("linear_acc", "teacher_linear_acc", "linear-probe accuracy"))
