@@ -31,6 +31,11 @@ SEED_SPACES = {
     "superalignment_imagenet_transfer", "weight_selection_vit_cifar100", "weight_selection_convnext_cifar100",
     "weight_selection_vit_imagenet", "weight_selection_convnext_imagenet", "dapt_mit_indoor",
     "random_teacher_cifar10", "w2s_imagenet_probe",
+    # issue 15: dinopl's other shipped configs and the locality / data-size studies
+    "random_teacher_cifar10_v1", "random_teacher_cifar10_v3", "random_teacher_cifar10_dino",
+    "random_teacher_cifar10_supervised", "random_teacher_mnist", "random_teacher_mnist_supervised",
+    "random_teacher_tinyimagenet", "random_teacher_tinyimagenet_supervised",
+    "random_teacher_cifar10_locality", "random_teacher_cifar10_datasize",
 }
 # Keys every distill space's table must state, whether or not the space changes them from the default.
 DISTILL_CORE = {"epochs", "batch_size", "optimizer", "lr", "weight_decay", "schedule", "warmup_epochs", "warmup_lr",

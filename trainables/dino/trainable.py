@@ -21,6 +21,7 @@ from __future__ import annotations
 from trainables.dino.loop import run_dino
 from trainables.dino.params import DinoParams
 from trainables.dino.prepare import check_dino_inputs, prepare_dino
+from trainables.dino.report import PLOTS as DINO_PLOTS
 from trainables.runtime.trainable import register_trainable
 from trainables.runtime.vocabulary import Vocabulary
 
@@ -55,5 +56,6 @@ register_trainable(
         table_metrics=("test_knn_acc", "linear_acc", "test_linear_acc", "teacher_knn_acc"),
         curves=("knn_acc",),
         loss_curves=("train_loss",),
+        plots=DINO_PLOTS,  # accuracy against student_init_alpha / n_samples over teacher seeds
     ),
 )(run_dino)
