@@ -257,3 +257,32 @@ def test_good_values_validate():
                                    "head": {"kind": "identity"}, "loss_params": {"objective": "h_pred"}})
     assert p.knn_metric == "l2" and p.head.kind == "identity"
     assert DinoParams().knn_metric == "cosine" and DinoParams().probe_normalized is True
+
+
+def test_unlabelled_training_images_are_left_out_of_the_probes():
+    """STL-10's unlabelled images (label -1) train DINO; the probes fit on the labelled ones only,
+    giving the same numbers as the labelled split alone."""
+    from trainables.data import DatasetSplits
+    from trainables.dino.params import DinoParams
+    from trainables.dino.probes import probe_encoder
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(60, 6, generator=g)
+    y = torch.arange(60) % 3
+    x[y == 1] += 3.0
+    extra = torch.randn(20, 6, generator=g) + 10.0  # far away: would swing the kNN if used
+    from trainables.models import create_model
+
+    encoder = create_model("linear", num_classes=3, input_shape=(6,))  # its features are its inputs
+    p = DinoParams(knn_k=3, probe_epochs=2, probe_normalized=True)
+    labelled = DatasetSplits("t", x[:40], y[:40], x[40:50], y[40:50], x[50:], y[50:], 3, (0.0,), (1.0,))
+    mixed = DatasetSplits("t", torch.cat([x[:40], extra]), torch.cat([y[:40], torch.full((20,), -1)]),
+                          x[40:50], y[40:50], x[50:], y[50:], 3, (0.0,), (1.0,))
+    torch.manual_seed(0)
+    want = probe_encoder(encoder, labelled, p)
+    torch.manual_seed(0)
+    got = probe_encoder(encoder, mixed, p)
+    assert got == want
+    none = DatasetSplits("t", extra, torch.full((20,), -1), x[40:50], y[40:50], x[50:], y[50:], 3, (0.0,), (1.0,))
+    with pytest.raises(ValueError, match="the probes need labelled training images"):
+        probe_encoder(encoder, none, p)

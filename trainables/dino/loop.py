@@ -147,6 +147,9 @@ class DinoRun:
 
     def __init__(self, p: DinoParams, data: DatasetSplits, session: Session):
         self.p, self.data, self.session = p, data, session
+        if p.supervised and bool((data.train_y < 0).any()):
+            raise ValueError("supervised: the training split holds unlabelled images (label -1, STL-10's unlabeled "
+                             "split), which have no one-hot target; use split train for the supervised comparison")
         self.device = device = session.device
         seed_everything(p.seed)
         student, teacher = init_student_teacher(p, data)

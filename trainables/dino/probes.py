@@ -107,6 +107,12 @@ def probe_encoder(encoder: nn.Module, data: DatasetSplits, p: DinoParams) -> dic
     splits = ("train", "val", "test")
     feats = {split: predict(encoder, getattr(data, f"{split}_x"), features=True) for split in splits}
     ys = {split: getattr(data, f"{split}_y") for split in splits}
+    labelled = ys["train"] >= 0  # unlabelled training images (STL-10's, label -1) train DINO, not the probes
+    if not bool(labelled.all()):
+        if not bool(labelled.any()):
+            raise ValueError("the probes need labelled training images; this training split has none (STL-10's "
+                             "split: unlabeled): use split train+unlabeled")
+        feats["train"], ys["train"] = feats["train"][labelled.to(feats["train"].device)], ys["train"][labelled]
     out = probe_features(feats, ys, data.num_classes, p)
     if p.probe_normalized:
         normed = dict(zip(splits, standardize(*(feats[s] for s in splits))))
