@@ -16,15 +16,12 @@ from __future__ import annotations
 
 import argparse
 import tempfile
-import time
 
-import torch
 
-from common import pick_device, record, sync  # noqa: E402  (sets sys.path)
+from common import pick_device, record, timed_session  # noqa: E402  (sets sys.path)
 from orchestrator.store.cache import ArtifactCache  # noqa: E402
 from trainables.distill.loop import run_distill  # noqa: E402
 from trainables.distill.params import DistillParams  # noqa: E402
-from trainables.runtime.session import LocalSession  # noqa: E402
 from trainables.runtime.trainable import TrialContext  # noqa: E402
 
 RECIPES = {
@@ -36,19 +33,6 @@ RECIPES = {
     "seed002": {"augment": "rrc_flip", "auto_augment": "randaugment", "random_erasing": 0.25, "mixup_alpha": 0.8,
                 "cutmix_alpha": 1.0, "teacher_mode": "online"},
 }
-
-
-class TimedSession(LocalSession):
-    """Records the wall time of every report (after the device drained)."""
-
-    def __init__(self, device):
-        super().__init__(device)
-        self.times = [time.perf_counter()]
-
-    def report(self, metrics, checkpoint=None):
-        sync(self.device)
-        self.times.append(time.perf_counter())
-        super().report(metrics, checkpoint)
 
 
 def main() -> None:
@@ -73,7 +57,7 @@ def main() -> None:
         for name in args.recipes:
             params = DistillParams(**data, teacher=teacher, student=args.student, epochs=args.epochs,
                                    batch_size=args.batch_size, lr=0.05, loss="kd", **RECIPES[name])
-            session = TimedSession(device)
+            session = timed_session(device)
             final = run_distill(params, session, ctx)
             steady = session.times[-1] - session.times[-2]
             n = args.train_size  # the synthetic loader draws train_size training images

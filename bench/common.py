@@ -94,3 +94,21 @@ def sized_inputs(args):
     device = pick_device(args.device)
     x, y = synthetic_images(args.train_size, args.image_size, args.classes, device)
     return device, (3, args.image_size, args.image_size), x, y
+
+
+def timed_session(device: torch.device):
+    """A trainables ``LocalSession`` that records the wall time of every report (after the device
+    drained): ``session.times[i + 1] - session.times[i]`` is epoch ``i``'s time, its report included."""
+    from trainables.runtime.session import LocalSession
+
+    class TimedSession(LocalSession):
+        def __init__(self):
+            super().__init__(device)
+            self.times = [time.perf_counter()]
+
+        def report(self, metrics, checkpoint=None):
+            sync(self.device)
+            self.times.append(time.perf_counter())
+            super().report(metrics, checkpoint)
+
+    return TimedSession()

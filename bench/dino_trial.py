@@ -11,26 +11,11 @@ Appends one JSON line to bench/results/dino_trial.jsonl.
 from __future__ import annotations
 
 import argparse
-import time
 
-from common import pick_device, record, sync  # noqa: E402  (sets sys.path)
+from common import pick_device, record, timed_session  # noqa: E402  (sets sys.path)
 from trainables.dino.loop import run_dino  # noqa: E402
 from trainables.dino.params import DinoParams  # noqa: E402
-from trainables.runtime.session import LocalSession  # noqa: E402
 from trainables.runtime.trainable import TrialContext  # noqa: E402
-
-
-class TimedSession(LocalSession):
-    """Records the wall time of every report (after the device drained)."""
-
-    def __init__(self, device):
-        super().__init__(device)
-        self.times = [time.perf_counter()]
-
-    def report(self, metrics, checkpoint=None):
-        sync(self.device)
-        self.times.append(time.perf_counter())
-        super().report(metrics, checkpoint)
 
 
 def v2_config(encoder: str, args) -> DinoParams:
@@ -62,7 +47,7 @@ def main() -> None:
     device = pick_device(args.device)
     figures = {}
     for encoder in args.encoders:
-        session = TimedSession(device)
+        session = timed_session(device)
         run_dino(v2_config(encoder, args), session, TrialContext(checkpoint_every=0))
         # the last report follows the probes: time the epoch before it (steady, no probe)
         steady = session.times[-2] - session.times[-3]
