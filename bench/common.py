@@ -112,3 +112,31 @@ def timed_session(device: torch.device):
             super().report(metrics, checkpoint)
 
     return TimedSession()
+
+
+def sgd_train_step(model_name: str, num_classes: int, shape, device: torch.device):
+    """``step(x, targets)``: one SGD step of a fresh ``model_name`` on the device, as the training
+    loop runs it there (bf16 autocast and channels_last on CUDA), cross-entropy against labels or
+    soft targets. Seeded, so every benchmark variant starts from the same weights."""
+    import torch.nn.functional as F
+
+    from trainables.models import create_model
+    from trainables.runtime.engine import autocast, build_optimizer
+
+    torch.manual_seed(0)
+    model = create_model(model_name, num_classes=num_classes, input_shape=shape).to(device)
+    channels_last = device.type == "cuda"
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    opt = build_optimizer("sgd", model.parameters(), 0.05, 5e-4, 0.9, device)
+
+    def step(xb: torch.Tensor, targets: torch.Tensor) -> None:
+        if channels_last:
+            xb = xb.contiguous(memory_format=torch.channels_last)
+        with autocast(device):
+            loss = F.cross_entropy(model(xb).float(), targets)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    return step

@@ -18,13 +18,10 @@ from __future__ import annotations
 
 import argparse
 
-import torch
-import torch.nn.functional as F
 
-from common import add_size_args, median_of, record, sized_inputs  # noqa: E402  (sets sys.path)
+from common import add_size_args, median_of, record, sgd_train_step, sized_inputs  # noqa: E402  (sets sys.path)
 from trainables.data.augment import Augment  # noqa: E402
-from trainables.runtime.engine import autocast, build_optimizer, epoch_batches  # noqa: E402
-from trainables.models import create_model  # noqa: E402
+from trainables.runtime.engine import epoch_batches  # noqa: E402
 from trainables.runtime.session import LocalSession  # noqa: E402
 from trainables.training.views import RandomViews  # noqa: E402
 
@@ -37,24 +34,10 @@ def main() -> None:
     add_size_args(ap, image_size=16, train_size=256, batch_size=128)
     args = ap.parse_args()
     device, shape, x, y = sized_inputs(args)
-    torch.manual_seed(0)
-    model = create_model(args.model, num_classes=args.classes, input_shape=shape).to(device)
-    channels_last = device.type == "cuda"
-    if channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    opt = build_optimizer("sgd", model.parameters(), 0.05, 5e-4, 0.9, device)
+    step = sgd_train_step(args.model, args.classes, shape, device)
     views = RandomViews(Augment(args.augment), seed=0, device=device)
     session = LocalSession(device)
     ready = [(x[idx], y[idx]) for idx in epoch_batches(len(y), args.batch_size, 0, 0, session, device)]
-
-    def step(xb, yb):
-        if channels_last:
-            xb = xb.contiguous(memory_format=torch.channels_last)
-        with autocast(device):
-            loss = F.cross_entropy(model(xb).float(), yb)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
 
     def batches():
         views.start_epoch(0)

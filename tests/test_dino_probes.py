@@ -12,7 +12,6 @@ from sklearn.neighbors import KNeighborsClassifier
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from trainables.data import load_dataset
 from trainables.dino.loop import train_dino
 from trainables.dino.model import IdentityHead, init_student_teacher
 from trainables.dino.params import DinoParams
@@ -20,16 +19,7 @@ from trainables.dino.probes import knn_accuracy, knn_predict, probe_encoder, pro
 from trainables.losses import create_loss
 from trainables.runtime.session import LocalSession
 
-TINY = {"encoder": "mlp_tiny", "head": {"hidden_dims": [32], "bottleneck_dim": 16, "out_dim": 64},
-        "crops": {"global_crops": 1, "global_scale": [1.0, 1.0], "hflip": False},
-        "loss_params": {"teacher_temp": 0.1, "student_temp": 0.1, "pairing": "same"},
-        "epochs": 2, "warmup_epochs": 0, "batch_size": 128, "lr": 5e-3, "probe_every": 1,
-        "probe_epochs": 2, "freeze_last_layer_epochs": 0, "student_init": "random", "student_init_seed": 1}
-
-
-@pytest.fixture(scope="module")
-def digits():
-    return load_dataset("digits", seed=0)
+from tests.test_dino import TINY, digits  # noqa: F401 - the same tiny config and digits fixture
 
 
 def clusters(n, dim, classes, seed, dtype=torch.float64):
