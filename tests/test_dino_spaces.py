@@ -37,7 +37,30 @@ FULL = {
     "random_teacher_cifar10_datasize": (18, {"samples_per_epoch": 45000}),
     "random_teacher_locality_digits": (6, {"student_init": "interpolated", "dataset": "digits"}),
     "random_teacher_datasize_digits": (6, {"dataset": "digits"}),
+    "random_teacher_v1_digits": (3, {"dataset": "digits", "teacher_bn_mode": "from_student"}),
+    "random_teacher_v3_digits": (3, {"dataset": "digits", "loss_params.objective": "mse"}),
+    "random_teacher_dino_digits": (3, {"dataset": "digits", "teacher_mode": "ema"}),
+    "random_teacher_supervised_digits": (3, {"dataset": "digits", "supervised": True}),
+    "random_teacher_tinyimagenet_digits": (3, {"dataset": "digits", "teacher_bn_mode": "from_data"}),
 }
+# each dinopl config space: its digits variant (the same recipe, shrunk)
+DIGITS_OF = {
+    "random_teacher_cifar10": "random_teacher_digits",
+    "random_teacher_cifar10_v1": "random_teacher_v1_digits", "random_teacher_mnist": "random_teacher_v1_digits",
+    "random_teacher_cifar10_v3": "random_teacher_v3_digits", "random_teacher_cifar10_dino": "random_teacher_dino_digits",
+    "random_teacher_cifar10_supervised": "random_teacher_supervised_digits",
+    "random_teacher_mnist_supervised": "random_teacher_supervised_digits",
+    "random_teacher_tinyimagenet_supervised": "random_teacher_supervised_digits",
+    "random_teacher_tinyimagenet": "random_teacher_tinyimagenet_digits",
+    "random_teacher_cifar10_locality": "random_teacher_locality_digits",
+    "random_teacher_cifar10_datasize": "random_teacher_datasize_digits",
+}
+# what a digits variant may change: the data, the size of the run, the probes' step budget and a
+# 65,536-d head (the header of each variant says why)
+SHRUNK = {"dataset", "dataset_kwargs", "epochs", "warmup_epochs", "batch_size", "probe_every", "probe_epochs",
+          "probe_batch_size", "head.hidden_dims", "head.bottleneck_dim", "head.out_dim"}
+# variants written before the dinopl configs had one each: a smaller recipe of the same family
+FAMILY_ONLY = {"random_teacher_digits", "random_teacher_locality_digits", "random_teacher_datasize_digits"}
 STUDIES = {"random_teacher_cifar10_locality": "student_init_alpha", "random_teacher_locality_digits": "student_init_alpha",
            "random_teacher_cifar10_datasize": "n_samples", "random_teacher_datasize_digits": "n_samples"}
 
@@ -82,6 +105,61 @@ def test_each_full_space_names_a_small_variant_that_exists():
         named = [w for w in words if w.startswith("search_spaces/") and w.endswith("digits.yaml")]
         assert named, f"{space} names no small variant"
         assert all(os.path.isfile(os.path.join(REPO, n)) for n in named), named
+
+
+def _flat(params: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in params.items():
+        if isinstance(value, dict) and key not in ("loss_params", "dataset_kwargs"):
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def _same(a, b) -> bool:
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    if isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b):
+        return True
+    return a == b
+
+
+@pytest.mark.parametrize("full", sorted(k for k, v in DIGITS_OF.items() if v not in FAMILY_ONLY))
+def test_digits_variant_is_the_full_recipe_but_for_the_shrunk_keys(full):
+    spaces = {}
+    for name in (full, DIGITS_OF[full]):
+        with open(os.path.join(SPACES, f"{name}.yaml")) as f:
+            spaces[name] = yaml.safe_load(f)
+    big, small = (_flat(spaces[n]["params"]) for n in (full, DIGITS_OF[full]))
+    differ = {k for k in big.keys() | small.keys() if not _same(big.get(k), small.get(k))}
+    assert differ <= SHRUNK, (full, sorted(differ - SHRUNK))
+    assert small["dataset"] == "digits" and small["encoder"] == big["encoder"]
+    assert spaces[full]["search"] == spaces[DIGITS_OF[full]]["search"]
+    with open(os.path.join(SPACES, f"{full}.yaml")) as f:
+        assert f"search_spaces/{DIGITS_OF[full]}.yaml" in f.read().split("\nname:")[0]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("space", sorted(set(DIGITS_OF.values()) - FAMILY_ONLY))
+def test_digits_variant_trains_and_its_probes_learn(space, one_torch_thread):
+    """One trial of each variant, cut to 2 epochs: it trains, and both probes (raw features included,
+    the reason for the variants' probe budget) beat chance on digits (10 classes) by far."""
+    from orchestrator.space.candidates import candidates
+    from trainables.data import load_dataset
+    from trainables.dino.loop import train_dino
+    from trainables.dino.params import DinoParams
+    from trainables.runtime.session import LocalSession
+
+    spec = load_spec(os.path.join(SPACES, f"{space}.yaml"), [])
+    config = dict(next(candidates(spec, combine=True)).config)
+    config.update(epochs=2, warmup_epochs=0, probe_every=2)
+    p = DinoParams.model_validate(config)
+    session = LocalSession()
+    train_dino(p, load_dataset("digits", seed=p.split_seed), session)
+    last = session.history[-1]
+    assert len(session.history) == 2 and math.isfinite(last["train_loss"])
+    assert last["knn_acc"] > 0.6 and last["linear_acc"] > 0.5 and last["linear_acc_normalized"] > 0.6, last
 
 
 @pytest.mark.parametrize("space", ["random_teacher_cifar10_v3", "random_teacher_cifar10_dino",

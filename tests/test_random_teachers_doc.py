@@ -202,6 +202,8 @@ def test_stated_counts_match_the_tables(doc, flag_rows, encoder_rows):
     stated = (f"Counts: {len(flag_rows)} flags: {f['mapped']} mapped, {f['na']} not applicable, "
               f"{f['missing']} missing; {len(encoder_rows)} encoders: {e['mapped']} mapped")
     assert stated in doc, f"the doc's counts line should read: {stated}"
+    # issue 15's acceptance: every flag and encoder has a key or a reason, none is left missing
+    assert f["missing"] == 0 and e["missing"] == 0, [r[0] for r in flag_rows if _kind(r[1]) == "missing"]
     if e["na"] or e["missing"]:
         assert f"{e['na']} not applicable, {e['missing']} missing" in doc
 

@@ -12,7 +12,6 @@ import math
 from typing import Any, Iterator
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from trainables.data import DatasetSplits, load_dataset
@@ -20,6 +19,7 @@ from trainables.data.base import stratified_subset
 from trainables.dino.crops import forward_crops, multicrop
 from trainables.dino.init import init_student_teacher
 from trainables.dino.params import DinoParams
+from trainables.dino.targets import SupervisedTargets, inputs_target_dim
 from trainables.dino.probes import probe_encoder
 from trainables.dino.tracking import DinoTracker
 from trainables.losses import create_loss
@@ -70,19 +70,6 @@ def copy_student(teacher: nn.Module, student: nn.Module, bn_stats: bool = True) 
         p_t.copy_(p_s)
     if bn_stats:
         ema_bn_stats(teacher, student, 0.0)
-
-
-def supervised_targets(y: torch.Tensor, out_dim: int, num_classes: int, p: DinoParams) -> torch.Tensor:
-    """Teacher outputs for the supervised comparison: ``label_logit`` at the label, 0 elsewhere,
-    after replacing a ``label_noise`` fraction of labels by uniform random classes and adding
-    Gaussian ``logit_noise``."""
-    if p.label_noise > 0:
-        flip = torch.rand(len(y), device=y.device) < p.label_noise
-        y = torch.where(flip, torch.randint(0, num_classes, y.shape, device=y.device), y)
-    logits = F.one_hot(y, out_dim).float() * p.label_logit
-    if p.logit_noise > 0:
-        logits = logits + p.logit_noise * torch.randn_like(logits)
-    return logits
 
 
 # ------------------------------------------------------------------------------------------- the loop
@@ -166,6 +153,10 @@ class DinoRun:
         self.student = session.prepare_model(student)
         self.out_dim = student.out_dim  # head.out_dim, or the encoder's feature size with no head
         self.loss_fn = create_loss("dino", p.loss_params, out_dim=self.out_dim).to(device)
+        self.targets = SupervisedTargets(p, data.train_y, data.num_classes, self.out_dim) if p.supervised else None
+        if p.inputs_as_logits and inputs_target_dim(p, data.input_shape) != self.out_dim:
+            raise ValueError(f"inputs_as_logits: head.out_dim ({self.out_dim}) must equal the first global crop's "
+                             f"size, {inputs_target_dim(p, data.input_shape)} values of {data.name}")
         # fused Adam(W) on CUDA, except in float64 (the foreach path takes every dtype)
         self.optimizer = build_optimizer(p.optimizer, weight_decay_groups(self.student, p.weight_decay), p.lr,
                                          p.weight_decay, p.momentum, None if p.float64 else device, betas=p.betas)
@@ -288,8 +279,7 @@ class DinoRun:
         the same noisy one-hot targets for every crop."""
         p = self.p
         if p.supervised:
-            target = supervised_targets(self.data.train_y[idx], self.out_dim, self.data.num_classes, p)
-            return [target] * len(globals_)
+            return [self.targets(idx, globals_[0])] * len(globals_)
         with torch.no_grad():
             return forward_crops(self.teacher, globals_)
 

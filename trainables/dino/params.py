@@ -116,6 +116,15 @@ class DinoParams(DatasetParams):
     label_noise: float = Field(0.0, ge=0.0, le=1.0)
     logit_noise: float = Field(0.0, ge=0.0)
     label_logit: float = Field(1.0, gt=0.0, description="supervised: the teacher logit of the label class")
+    logit_noise_kind: Literal["additive", "gaussian"] = Field(
+        "additive", description="logit_noise: additive = Gaussian noise of this std on the one-hot logits; "
+                                "gaussian = dinopl's label-free targets, unit-norm Gaussian logits / logit_noise")
+    n_classes: int | None = Field(None, ge=2, description="logit_noise_kind gaussian: the target logits' "
+                                                          "dimension; None = the dataset's classes")
+    resample_noise: bool = Field(True, description="supervised noise drawn anew every step (true) or once per "
+                                                   "training image from seed (false, dinopl's precomputed targets)")
+    inputs_as_logits: bool = Field(False, description="supervised: the target is the first global crop's pixels, "
+                                                      "flattened (head.out_dim = C x size x size)")
     epochs: int = Field(100, ge=1)
     batch_size: int = Field(64, ge=1)
     optimizer: Literal["sgd", "adam", "adamw"] = "adamw"
@@ -201,7 +210,26 @@ class DinoParams(DatasetParams):
             raise ValueError(f"knn_temperature must be null (majority vote) with knn_metric 'l2' "
                              f"(got {self.knn_temperature}): the temperature weights cosine similarities only")
         self._check_optimisation()
+        self._check_supervised()
         return self
+
+    def _check_supervised(self) -> None:
+        """The supervised targets' keys: each applies to one kind of target (dinopl refuses the same mixes)."""
+        set_ = self.model_fields_set
+        if not self.supervised:
+            for key in ("label_noise", "logit_noise", "n_classes", "inputs_as_logits", "logit_noise_kind",
+                        "resample_noise"):
+                if key in set_ and getattr(self, key) != type(self).model_fields[key].default:
+                    raise ValueError(f"{key} needs supervised: true (got {key} {getattr(self, key)!r})")
+        if self.label_noise > 0 and self.logit_noise > 0 and self.logit_noise_kind == "gaussian":
+            raise ValueError("label_noise and logit_noise_kind gaussian exclude each other: the Gaussian targets "
+                             f"ignore the labels (got label_noise {self.label_noise}, logit_noise {self.logit_noise})")
+        if self.n_classes is not None and not (self.logit_noise > 0 and self.logit_noise_kind == "gaussian"):
+            raise ValueError(f"n_classes ({self.n_classes}) sets the size of the Gaussian target logits: it needs "
+                             "logit_noise > 0 and logit_noise_kind gaussian (label targets have the dataset's classes)")
+        if self.inputs_as_logits and (self.label_noise > 0 or self.logit_noise > 0):
+            raise ValueError("inputs_as_logits: the targets are the images, so label_noise and logit_noise must be 0 "
+                             f"(got {self.label_noise}, {self.logit_noise})")
 
     def _check_optimisation(self) -> None:
         """The optimisation keys (issue 15): each error names its key."""
