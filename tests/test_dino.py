@@ -260,3 +260,21 @@ def test_registry_encoders_feed_the_head_with_every_parameter_used(encoder, kwar
     assert student.encoder(x).shape == (2, student.encoder.num_features)  # features, not class logits
     forward_crops(student, [x, x])[0].sum().backward()
     assert [n for n, q in student.named_parameters() if q.grad is None] == []  # what DDP needs
+
+
+@pytest.mark.slow  # two spawned gloo ranks: ~15 s of CPU, mostly importing torch
+def test_from_student_teachers_stay_identical_across_ddp_ranks(tmp_path):
+    """Each rank's student updates its BN statistics from its own shard; the teachers that follow
+    them must still agree (their mean over ranks), or each rank would distil a different teacher."""
+    import torch.multiprocessing as mp
+
+    from ddp_dino_worker import run_rank
+    from tests.test_losses_distill_loop import _free_port
+
+    mp.spawn(run_rank, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+    r0, r1 = (torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1))
+    assert r0 and r0.keys() == r1.keys()
+    for key in r0:
+        torch.testing.assert_close(r0[key], r1[key], rtol=0, atol=0, msg=key)
+    # the statistics moved from the initial (0, 1): the check is not vacuous
+    assert any(not torch.equal(v, torch.zeros_like(v)) for k, v in r0.items() if k.endswith("running_mean"))

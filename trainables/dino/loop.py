@@ -63,6 +63,22 @@ def ema_bn_stats(teacher: nn.Module, student: nn.Module, momentum: float) -> Non
 
 
 @torch.no_grad()
+def average_bn_stats(teacher: nn.Module, session: Session) -> None:
+    """``from_student`` under DDP: each rank's student has updated its BN statistics from its own shard
+    since DDP last broadcast rank 0's buffers, so ranks' teachers that follow them drift apart. Their
+    mean over ranks, once per update in one collective (no host sync), keeps the teachers identical and
+    follows the statistics of the whole global batch, as SyncBatchNorm's would."""
+    if not session.distributed:
+        return
+    stats = [b for m in teacher.modules() if isinstance(m, nn.modules.batchnorm._NormBase)
+             and m.running_mean is not None for b in (m.running_mean, m.running_var)]
+    if not stats:
+        return
+    flat = session.all_reduce_sum(torch.cat([b.reshape(-1) for b in stats])) / session.world_size
+    torch._foreach_copy_(stats, list(flat.split([b.numel() for b in stats])))
+
+
+@torch.no_grad()
 def copy_student(teacher: nn.Module, student: nn.Module, bn_stats: bool = True) -> None:
     """The student's parameters into the teacher, and its BN running statistics when ``bn_stats``
     (``teacher_bn_mode: from_student``); other buffers stay the teacher's."""
@@ -208,6 +224,8 @@ class DinoRun:
                 group = []
         if p.teacher_mode == "prev_epoch" and (epoch + 1) % p.teacher_update_every == 0:
             copy_student(self.teacher, unwrap(self.student), bn_stats=p.teacher_bn_mode == "from_student")
+            if p.teacher_bn_mode == "from_student":
+                average_bn_stats(self.teacher, self.session)
         return means.means()
 
     def probed(self, encoder: nn.Module) -> nn.Module:
@@ -270,6 +288,7 @@ class DinoRun:
             ema_update(self.teacher, unwrap(self.student), momentum)
             if p.teacher_bn_mode == "from_student":
                 ema_bn_stats(self.teacher, unwrap(self.student), momentum)
+                average_bn_stats(self.teacher, self.session)
         self.tracker.after_step(out["loss"], self.progress["step"])
         self.progress["step"] += 1
         return out
