@@ -53,7 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a search-space key, e.g. --set params.epochs=5 (repeatable; VALUE is YAML)")
     p.add_argument("--dry-run", action="store_true",
-                   help="print the resolved spec and the trial resource plan, run nothing")
+                   help="print the resolved spec and the trial resource plan, and list missing data or weights; run nothing")
     p.add_argument("--yes", action="store_true",
                    help=f"run a sweep of more than {LARGE_SWEEP_TRIALS} trials (refused without it, as a likely typo)")
     return p

@@ -7,12 +7,12 @@ import time
 import numpy as np
 import pytest
 import torch
-from pydantic import ValidationError
 
 from trainables.data import check_dataset, load_dataset
 from trainables.data.base import DatasetUnavailable
 from trainables.data.lazy import LazyImages
 from trainables.distill.params import DistillParams
+from trainables.distill.prepare import check_distill_inputs
 
 
 def unnormalize(x, data):
@@ -107,8 +107,9 @@ def test_stl10_missing_files_are_one_clear_error(tmp_path):
     check_dataset("stl10", data_root=str(tmp_path))  # the labelled files are enough for split train
     with pytest.raises(DatasetUnavailable, match="missing unlabeled_X.bin"):
         check_dataset("stl10", data_root=str(tmp_path), split="train+unlabeled")
-    with pytest.raises(ValidationError, match="dataset 'stl10' is not in"):
-        DistillParams(dataset="stl10", dataset_kwargs={"data_root": empty})
+    # before any trial, through the trainable's check_available hook (not at parse time: a dry run lists it)
+    (key, problem), = check_distill_inputs(DistillParams(dataset="stl10", dataset_kwargs={"data_root": empty}))
+    assert key == "dataset" and "dataset 'stl10' is not in" in problem
 
 
 # --------------------------------------------------------------------------------------- Tiny-ImageNet
@@ -189,8 +190,9 @@ def test_tinyimagenet_missing_and_bad_annotations(tmp_path, monkeypatch):
     message = str(err.value)
     assert "\n" not in message and os.path.join(empty, "tiny-imagenet-200") in message
     assert "download: true" in message and "tiny-imagenet-200.zip" in message
-    with pytest.raises(ValidationError, match="dataset 'tinyimagenet' is not in"):
-        DistillParams(dataset="tinyimagenet", dataset_kwargs={"data_root": empty})
+    # before any trial, through the trainable's check_available hook (not at parse time: a dry run lists it)
+    (key, problem), = check_distill_inputs(DistillParams(dataset="tinyimagenet", dataset_kwargs={"data_root": empty}))
+    assert key == "dataset" and "dataset 'tinyimagenet' is not in" in problem
     monkeypatch.setenv("W2S_OFFLINE", "1")
     check_dataset("tinyimagenet", data_root=empty, download=True)  # allowed: fetched in preparation
     t0 = time.monotonic()

@@ -87,6 +87,24 @@ def test_missing_dataset_in_a_searched_choice(sweep):
     assert rc == 2 and "search.dataset: dataset 'absent_files' is not available" in one_error(err)
 
 
+def test_a_dry_run_lists_missing_data_and_checkpoints_and_exits_0(sweep, tmp_path):
+    """A dry run checks the plan, not the machine: what a real run would refuse is listed, not fatal."""
+    space = FAULTY.replace("seed: {grid: [0, 1]}", "dataset: {choice: [digits, absent_files]}")
+    rc, out, err = sweep("--dry-run", "--set", f"params.init_from={tmp_path}/student.pt", space=space)
+    assert rc == 0 and "Traceback" not in err
+    missing = out.split("# missing inputs (2): a real run refuses to start until each is in place\n")[1]
+    listed = missing.split("\n\n")[0].splitlines()
+    assert len(listed) == 2 and all(line.startswith("  ") for line in listed)
+    assert any("search.dataset: dataset 'absent_files' is not available" in line for line in listed)
+    assert any(f"params.init_from: the checkpoint to start from, {tmp_path}/student.pt, does not exist" in line
+               for line in listed)
+    # the real run still refuses, before Ray, with one line per problem
+    rc, _, err = sweep("--set", f"params.init_from={tmp_path}/student.pt", space=space)
+    lines = err.strip().splitlines()
+    assert rc == 2 and "Traceback" not in err and len(lines) == 2 and lines[0].startswith("error: ")
+    assert "is not available" in err and "does not exist" in err
+
+
 def test_missing_checkpoint_to_start_from(sweep, tmp_path):
     rc, _, err = sweep("--set", f"params.init_from={tmp_path}/student.pt")
     assert rc == 2 and f"params.init_from: the checkpoint to start from, {tmp_path}/student.pt, does not exist; " \

@@ -121,13 +121,14 @@ def _stop_target_issues(spec: SweepSpec) -> list[SpecIssue]:
     return []
 
 
-def check_inputs_available(spec: SweepSpec) -> None:
-    """Run the trainable's ``check_available`` hook on each distinct candidate trial."""
+def missing_inputs(spec: SweepSpec) -> list[SpecIssue]:
+    """The trainable's ``check_available`` hook on each distinct candidate trial: the data, weights and
+    checkpoints a trial would need and does not find, one issue per distinct (key, problem)."""
     from trainables.runtime.trainable import get_trainable
 
     defn = get_trainable(spec.trainable)
     if defn.check_available is None:
-        return
+        return []
     issues: list[SpecIssue] = []
     seen: set[tuple[str, str]] = set()
     for c in candidates(spec, combine=True):
@@ -141,6 +142,12 @@ def check_inputs_available(spec: SweepSpec) -> None:
             seen.add((key, problem))
             spec_key = f"search.{key}" if key in spec.domains else f"params.{key}"
             issues.append(SpecIssue(spec_key, problem))
+    return issues
+
+
+def check_inputs_available(spec: SweepSpec) -> None:
+    """A real run refuses to start while an input is missing (a dry run lists them instead)."""
+    issues = missing_inputs(spec)
     if issues:
         raise SpecError(spec.source_file, issues)
 

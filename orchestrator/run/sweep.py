@@ -376,7 +376,8 @@ def dry_run(spec: SweepSpec, opts: SweepOptions) -> str:
     lines += plan_lines(spec)
     preflight.check_credentials(spec)
     preflight.check_trials_possible(spec)
-    preflight.check_inputs_available(spec)
+    # a dry run checks the plan, not the machine it runs on: missing data or weights are listed, not fatal
+    missing = preflight.missing_inputs(spec)
     if cluster is not None:
         plan = plan_resources(spec, cluster)
         lines += plan.lines()
@@ -384,5 +385,8 @@ def dry_run(spec: SweepSpec, opts: SweepOptions) -> str:
         lines.append(f"cluster at {opts.address}: resources are checked when the sweep connects")
     lines.append(f"mlflow: {mask_uri(opts.mlflow_uri)}{origin_note(opts.origins, 'mlflow')}")
     lines.append(f"storage: {opts.storage_path}{origin_note(opts.origins, 'storage')}")
+    if missing:
+        lines += ["", f"# missing inputs ({len(missing)}): a real run refuses to start until each is in place"]
+        lines += [f"  {issue.render(None)}" for issue in missing]
     recipe = recipe_lines(spec.source_file)
     return "\n".join(lines + ([""] + recipe if recipe else []))
