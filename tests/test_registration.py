@@ -72,7 +72,7 @@ def test_every_registry_registers_with_the_same_decorator(scratch):
 @pytest.mark.parametrize("register,options,accepted", [
     (register_loss, {"parmas": ScaleParams}, "forwarded, interface, names, params"),
     (register_model, {"pretrianed": True}, "forwarded, layer_groups, names, params, pretrained"),
-    (register_dataset, {"availble": None}, "available, fetch, forwarded, names, params, stream"),
+    (register_dataset, {"availble": None}, "available, fetch, forwarded, names, novel, params, stream"),
 ])
 def test_a_misspelt_registration_option_is_an_error(register, options, accepted):
     with pytest.raises(UnknownKeywords, match=f"has no parameter.s. {next(iter(options))}; accepted: {accepted}"):

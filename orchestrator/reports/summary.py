@@ -4,7 +4,9 @@ the seed papers report results: top-1 mean ± std over seeds of the best hyperpa
 Within a group, trials that differ only in ``seed`` are one configuration; the configuration with
 the best mean search metric is the group's entry, and its top-1, the trainable's headline metric
 (``Vocabulary.headline``, else the search metric), is averaged over its seeds. The group columns
-are the trainable's ``Vocabulary.identity`` plus every searched key with text values.
+are the trainable's ``Vocabulary.identity`` plus every searched key with text values;
+``Vocabulary.summary_metrics`` add columns, each averaged over the entry's seeds (the few-shot
+accuracies per shot count).
 """
 from __future__ import annotations
 
@@ -130,7 +132,9 @@ def summarize(rows: list[TrialRow], keys: list[str], metric: str, mode: str,
             metric_values=[float(m.metrics[metric]) for m in members],
             top1_values=[float(m.metrics[top1]) for m in members if _finite(m.metrics.get(top1))],
             hyperparams={k: members[0].params.get(k) for k in tuned},
-            trial_ids=[m.trial_id for m in members], configs_tried=len(configs)))
+            trial_ids=[m.trial_id for m in members], configs_tried=len(configs),
+            extra={k: [float(m.metrics[k]) for m in members if _finite(m.metrics.get(k))]
+                   for k in vocab.summary_metrics if any(_finite(m.metrics.get(k)) for m in rows)}))
     entries.sort(key=lambda e: (tuple(e.group.values()), -sign * e.metric_mean))
     return entries
 
@@ -153,6 +157,8 @@ def summary_records(entries: list[MethodEntry], leading: dict[str, Any] | None =
         records.append({**(leading or {}), **e.group,
                         f"{e.top1_metric}_mean": e.top1_mean, f"{e.top1_metric}_std": e.top1_std, "seeds": e.seeds,
                         f"{e.metric}_mean": e.metric_mean, "configs_tried": e.configs_tried,
+                        **{f"{k}_{stat}": f(v) for k, v in e.extra.items()
+                           for stat, f in (("mean", MethodEntry._mean), ("std", MethodEntry._std))},
                         **{f"param.{k}": v for k, v in e.hyperparams.items()},
                         "trial_ids": " ".join(e.trial_ids)})
     return records
@@ -164,8 +170,12 @@ def format_summary(entries: list[MethodEntry]) -> str:
     group_cols = list(dict.fromkeys(c for e in entries for c in e.group))
     hyper = list(dict.fromkeys(k for e in entries for k in e.hyperparams))
     top1, metric = entries[0].top1_metric, entries[0].metric
-    headers = [*group_cols, f"top-1 ({top1}) mean ± std", f"{metric} mean", "configs", *hyper]
+    extra = list(dict.fromkeys(k for e in entries for k in e.extra))
+    headers = [*group_cols, f"top-1 ({top1}) mean ± std", *[f"{k} mean ± std" for k in extra], f"{metric} mean",
+               "configs", *hyper]
     body = [[*[e.group.get(c, "-") for c in group_cols], mean_std(e.top1_mean, e.top1_std, e.seeds),
+             *[mean_std(e._mean(e.extra.get(k, [])), e._std(e.extra.get(k, [])), len(e.extra.get(k, [])))
+               for k in extra],
              fmt(e.metric_mean), e.configs_tried, *[fmt(e.hyperparams.get(k, "-")) for k in hyper]]
             for e in entries]
     return render_table(headers, body)

@@ -21,7 +21,8 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from trainables.core.registry import Entry, Registry, scan
-from trainables.data.base import DatasetSplits, DatasetUnavailable, FolderDataset, split_indices
+from trainables.data.base import (NOVEL_KEY, DatasetSplits, DatasetUnavailable, FewShotSplit, FolderDataset,
+                                  NovelClasses, split_indices)
 
 
 @dataclass(frozen=True)
@@ -32,6 +33,8 @@ class DatasetEntry(Entry):
     available: Callable[..., None] | None = None
     fetch: Callable[..., None] | None = None
     stream: FolderDataset | None = None
+    # A few-shot dataset: its novel classes for given keyword arguments (meta[NOVEL_KEY] holds them).
+    novel: Callable[..., NovelClasses] | None = None
 
     @property
     def interface(self) -> str:
@@ -65,6 +68,13 @@ def check_dataset(name: str, **kwargs: Any) -> None:
         entry.available(**kwargs)
 
 
+def novel_classes(name: str, **kwargs: Any) -> NovelClasses | None:
+    """A few-shot dataset's novel classes (count, smallest class) for ``kwargs``; None for a dataset
+    without a novel split."""
+    entry = DATASETS.get(name)
+    return entry.novel(**kwargs) if entry.novel is not None else None
+
+
 def prepare_dataset(name: str, **kwargs: Any) -> None:
     """Make the data present (downloading once when allowed), or raise :class:`DatasetUnavailable`."""
     entry = DATASETS.get(name)
@@ -88,6 +98,7 @@ def dataset_issues(param: str, name: str, **kwargs: Any) -> list[tuple[str, str]
     return [(param, f"dataset {name!r} is not available: {problem}")] if problem else []
 
 
-__all__ = ["DATASETS", "AnyDatasetName", "DatasetEntry", "DatasetName", "DatasetSplits", "DatasetUnavailable", "FolderDataset",
+__all__ = ["DATASETS", "NOVEL_KEY", "AnyDatasetName", "DatasetEntry", "DatasetName", "DatasetSplits", "DatasetUnavailable",
+           "FewShotSplit", "FolderDataset", "NovelClasses", "novel_classes",
            "check_dataset", "dataset_issues", "dataset_names", "dataset_problem", "load_dataset", "prepare_dataset",
            "register_dataset", "split_indices"]

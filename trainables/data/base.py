@@ -255,3 +255,31 @@ def missing_dataset(name: str, looked_in: str, expected: str) -> DatasetUnavaila
     return DatasetUnavailable(f"dataset {name!r} is not in {looked_in} (expected {expected}); set "
                               f"dataset_kwargs.download: true to download it, or dataset_kwargs.data_root to "
                               f"the directory that holds it")
+
+
+# --------------------------------------------------------------------------- few-shot (novel) classes
+
+NOVEL_KEY = "novel"  # DatasetSplits.meta key of a few-shot dataset's FewShotSplit
+
+
+@dataclass
+class FewShotSplit:
+    """The novel classes of a few-shot dataset, kept apart from the base classes that train/val/test
+    hold: normalised images (N, C, H, W) on the CPU and int64 labels 0..classes-1. Episodic
+    evaluation samples N-way K-shot tasks from them; they never reach training."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+    classes: list[str]
+
+    def class_sizes(self) -> torch.Tensor:
+        return torch.bincount(self.y, minlength=len(self.classes))
+
+
+@dataclass(frozen=True)
+class NovelClasses:
+    """What a few-shot dataset's novel split holds, known from its keyword arguments alone (so
+    ``ways`` and ``shots`` can be checked when the search space is parsed)."""
+
+    count: int
+    min_per_class: int

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 
 from trainables.data import DatasetSplits, load_dataset
+from trainables.distill.fewshot import fewshot_hook
 from trainables.distill.params import DistillParams
 from trainables.distill.teacher import build_teacher, load_teacher_model, recipe_fields
 from trainables.init import init_student
@@ -152,6 +153,8 @@ def run_distill(p: DistillParams, session: Session, ctx: TrialContext) -> dict[s
         checkpoint_every=ctx.checkpoint_every, views=student_views(p, data, device),
         batch_augment=batch_augment_of(p, data.mean, data.std, data.num_classes, p.seed),
         static_metrics={"teacher_test_acc": entry.meta["test_acc"], "teacher_val_acc": entry.meta["val_acc"]},
+        epoch_hook=p.fewshot and fewshot_hook(p.fewshot, data, p.epochs, p.loss, p.loss_params, device, seed=p.seed,
+                                              teacher=lambda: load_teacher_model(p.teacher, entry, data, device)),
         optim=OptimConfig(epochs=p.epochs, batch_size=p.batch_size, lr=p.lr, optimizer=p.optimizer,
                           weight_decay=p.weight_decay, momentum=p.momentum, schedule=p.schedule,
                           warmup_epochs=p.warmup_epochs, compile=p.compile, ema_decay=p.ema_decay,

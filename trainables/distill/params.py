@@ -8,6 +8,7 @@ from typing import Any, Literal
 from pydantic import Field, model_validator
 
 from trainables.core.registry import kwargs_validator
+from trainables.distill.fewshot import FewShotConfig, check_fewshot
 from trainables.distill.teacher import Optimizer, Schedule, TeacherRecipe
 from trainables.init import WeightSelectionConfig, check_student_init
 from trainables.losses import LossName, check_loss_params, loss_class
@@ -41,6 +42,8 @@ class DistillParams(DatasetParams, RecipeParams):
     warmup_epochs: int = Field(0, ge=0)
     ema_decay: float | None = Field(None, gt=0, lt=1, description="model EMA of the student (timm ModelEmaV3), "
                                     "updated after every optimiser step; reports ema_val_acc / ema_test_acc")
+    fewshot: FewShotConfig | None = Field(None, description="N-way K-shot evaluation on the dataset's novel "
+                                          "classes, and the optional Meta-Baseline stage (trainables/distill/fewshot.py)")
 
     _student_kwargs_fit = kwargs_validator("student", "student_kwargs", check_model_kwargs)
 
@@ -79,5 +82,7 @@ class DistillParams(DatasetParams, RecipeParams):
         if self.warmup_epochs >= self.epochs:
             raise ValueError(f"warmup_epochs ({self.warmup_epochs}) must be below epochs ({self.epochs})")
         self._per_step_ops_fit()
+        if self.fewshot is not None:
+            check_fewshot(self.fewshot, self.dataset, self.dataset_kwargs, self.loss, self.loss_params)
         self.check_recipe(self.lr, self.epochs, self.schedule, batch_size=self.batch_size)
         return self

@@ -19,8 +19,12 @@ from trainables.runtime.vocabulary import Vocabulary
 
 
 def distill_control(config: dict[str, Any]) -> dict[str, Any]:
-    """Same budget and hyperparameters, no teacher: plain cross-entropy on the labels."""
-    return {"loss": "ce", "loss_params": {}}
+    """Same budget and hyperparameters, no teacher: plain cross-entropy on the labels (in the
+    few-shot meta stage too, whose loss overrides belong to the distillation loss)."""
+    overrides: dict[str, Any] = {"loss": "ce", "loss_params": {}}
+    if config.get("fewshot"):
+        overrides["fewshot"] = {**config["fewshot"], "meta_loss_params": {}}
+    return overrides
 
 
 register_trainable(
@@ -43,6 +47,14 @@ register_trainable(
         "test_top5": "student top-5 on the test split (more than 5 classes only)",
         "ema_val_acc": "top-1 of the student's weight EMA on the validation split (with ema_decay)",
         "ema_test_acc": "top-1 of the student's weight EMA on the test split (with ema_decay)",
+        **{f"fewshot_{k}shot_{m}": f"{what} of {k}-shot episodes on the novel classes (with fewshot; after the "
+           f"meta stage when there is one)" for k in (1, 5) for m, what in (("acc", "mean accuracy"),
+                                                                          ("ci95", "95% confidence interval"))},
+        **{f"fewshot_classifier_{k}shot_acc": f"{k}-shot accuracy of the Classifier-Baseline, before the meta "
+           f"stage (with fewshot.meta_epochs)" for k in (1, 5)},
+        "fewshot_epoch": "the epoch the reported few-shot metrics were measured after (with fewshot.every > 1)",
+        "meta_train_loss": "mean episode loss of the last meta epoch (with fewshot.meta_epochs)",
+        "meta_temperature": "Meta-Baseline's learnt temperature (with fewshot.meta_epochs)",
     },
     vocabulary=Vocabulary(
         headline="test_acc",
@@ -51,6 +63,7 @@ register_trainable(
         control="its no-teacher control",
         identity={"teacher": ("teacher.model", "teacher"), "student": ("student.model", "student"),
                   "method": ("method", "loss")},
+        summary_metrics=("fewshot_1shot_acc", "fewshot_5shot_acc"),
         curves=("val_acc", "test_acc"),
         loss_curves=("train_loss", "val_loss"),
         per_worker_batch="batch_size",

@@ -80,6 +80,9 @@ class Vocabulary:
     # Summary group columns: display name -> config keys that can name it, first found wins (a
     # dict value shows its ``model`` entry). Searched keys with text values are grouped on as well.
     identity: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    # More summary columns, each averaged over the seeds of a group's entry (mean ± std) and shown
+    # when some trial reports it (the few-shot accuracies per shot count).
+    summary_metrics: tuple[str, ...] = ()
     # Learning curves: the per-epoch metric plotted when the search metric is not reported every
     # epoch (first one reported wins), and the loss for the second panel (first one reported wins).
     curves: tuple[str, ...] = ()

@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib
 import math
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Callable, Protocol
 
 import torch
 from torch import nn
@@ -131,15 +131,18 @@ class OptimConfig:
 def train_classifier(*, model: nn.Module, data: DatasetSplits, loss_fn: DistillLoss, optim: OptimConfig,
                      session: Session, seed: int, teacher: TeacherSignal | None = None,
                      checkpoint_every: int = 0, static_metrics: dict[str, Any] | None = None,
-                     views: BatchViews | None = None, batch_augment: BatchAugment | None = None) -> dict[str, Any]:
+                     views: BatchViews | None = None, batch_augment: BatchAugment | None = None,
+                     epoch_hook: Callable[[nn.Module, int], dict[str, Any]] | None = None) -> dict[str, Any]:
     """Train ``model`` on ``data`` (already on ``session.device``), reporting every epoch.
 
     ``views`` picks the student's view of each batch (geometric augmentation); default: the images
     as they are. ``batch_augment`` then applies the per-step ops (policy, erasing, mixup / cutmix)
-    to the viewed batch. Returns the last reported metrics. Resumes from ``session.restore()`` when a checkpoint exists.
+    to the viewed batch. ``epoch_hook(model, epoch)`` adds metrics of its own after each epoch's
+    evaluation (few-shot episodes); it may go on training the model. Returns the last reported metrics. Resumes from ``session.restore()`` when a checkpoint exists.
     """
     run = ClassifierRun(model, data, loss_fn, optim, session, seed, teacher, views or PlainViews(),
                         static_metrics or {}, batch_augment or BatchAugment())
+    run.epoch_hook = epoch_hook
     return run_epochs(session, run.checkpointed(), optim.epochs, run.train_epoch, run.epoch_metrics,
                       checkpoint_every)
 
@@ -183,6 +186,7 @@ class ClassifierRun:
             from timm.utils import ModelEmaV3
 
             self.ema = ModelEmaV3(unwrap(self.model), decay=optim.ema_decay)
+        self.epoch_hook: Callable[[nn.Module, int], dict[str, Any]] | None = None
         self.progress = {"epoch": 0, "best_val_acc": -1.0, "test_acc_at_best_val": 0.0, "best_epoch": 0}
 
     def checkpointed(self) -> Checkpointed:
@@ -272,6 +276,8 @@ class ClassifierRun:
         if self.ema is not None:
             extra["ema_val_acc"] = evaluate(self.ema.module, data.val_x, data.val_y, self.session)["acc"]
             extra["ema_test_acc"] = evaluate(self.ema.module, data.test_x, data.test_y, self.session)["acc"]
+        if self.epoch_hook is not None:
+            extra.update(self.epoch_hook(unwrap(self.model), epoch))
         return {
             "epoch": epoch + 1, **train_stats, **extra,
             "val_acc": val["acc"], "val_loss": val["loss"], "test_acc": test["acc"], "test_loss": test["loss"],
