@@ -43,14 +43,18 @@ register_trainable(
         "test_top5": "student top-5 on the test split (more than 5 classes only)",
         "ema_val_acc": "top-1 of the student's weight EMA on the validation split (with ema_decay)",
         "ema_test_acc": "top-1 of the student's weight EMA on the test split (with ema_decay)",
+        "label_noise_rate": "fraction of training labels that label_noise changed (val / test labels stay clean)",
     },
     vocabulary=Vocabulary(
         headline="test_acc",
-        table_metrics=("test_acc", "teacher_test_acc"),
+        table_metrics=("test_acc", "teacher_test_acc", "label_noise_rate"),
         reference_metric="test_acc",
         control="its no-teacher control",
         identity={"teacher": ("teacher.model", "teacher"), "student": ("student.model", "student"),
-                  "method": ("method", "loss")},
+                  "method": ("method", "loss"),
+                  # Noisy-label sweeps: one summary line per method x noise setting (absent, so no
+                  # column, when a space sets no label_noise).
+                  "noise": ("label_noise.kind",), "noise rate": ("label_noise.rate",)},
         curves=("val_acc", "test_acc"),
         loss_curves=("train_loss", "val_loss"),
         per_worker_batch="batch_size",
