@@ -39,7 +39,7 @@ def check_label_noise(noise: LabelNoiseConfig, dataset: str, dataset_kwargs: dic
     if noise.kind == "asymmetric":
         problem = class_map_problem(dataset, dataset_kwargs)
         if problem:
-            raise ValueError(f"label_noise.kind: {problem} (got asymmetric with dataset {dataset!r})")
+            raise ValueError(f"label_noise.kind: {problem}")
 
 
 def with_label_noise(data: DatasetSplits, noise: LabelNoiseConfig | dict[str, Any] | None, dataset: str,
