@@ -236,3 +236,21 @@ def test_preact_resnet18_parameter_count_matches_the_quoted_resnet18_figure():
     expected = 11_173_962 - 2 * (128 + 256 + 512 - 64 - 128 - 256) - 2 * (128 + 256 + 512)
     model = create_model("preact_resnet18", num_classes=10, input_shape=(3, 32, 32))
     assert sum(p.numel() for p in model.parameters()) == expected
+
+
+def test_the_driver_prepares_the_noisy_teacher_when_the_noise_is_fixed(tmp_path):
+    """prepare_distill trains the teacher up front: with label_noise fixed it must be the noisy one
+    (the entry every trial then looks up), and with label_noise searched it leaves it to the trials."""
+    from orchestrator.store.cache import ArtifactCache
+    from trainables.distill.loop import teacher_recipe
+    from trainables.distill.params import DistillParams
+    from trainables.distill.prepare import prepare_distill
+    from trainables.runtime.trainable import TrialContext
+
+    fixed = {"dataset": "digits", "teacher": {"model": "cnn_small", "epochs": 1},
+             "label_noise": {"kind": "symmetric", "rate": 0.2, "seed": 3}}
+    ctx = TrialContext(artifacts=ArtifactCache(str(tmp_path / "cache")))
+    out = prepare_distill(fixed, {"seed"}, ctx)
+    trial_entry = ctx.artifacts.get_or_create("teacher", teacher_recipe(DistillParams(**fixed)), None)
+    assert out["teacher_cache_id"] == trial_entry.key and trial_entry.meta["label_noise_rate"] > 0.15
+    assert prepare_distill(fixed, {"seed", "label_noise.rate"}, ctx) is None
