@@ -38,6 +38,8 @@ SEED_SPACES = {
     "random_teacher_cifar10_locality", "random_teacher_cifar10_datasize",
     # issue 16: the superalignment paper's few-shot experiment
     "superalignment_fewshot_miniimagenet",
+    # issue 16: the noisy-label experiment
+    "superalignment_noisy_cifar",
 }
 # Keys every distill space's table must state, whether or not the space changes them from the default.
 DISTILL_CORE = {"epochs", "batch_size", "optimizer", "lr", "weight_decay", "schedule", "warmup_epochs", "warmup_lr",

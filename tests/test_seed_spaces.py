@@ -39,9 +39,15 @@ FULL = {
     "superalignment_imagenet_kd.yaml": (3, {"dataset": "imagefolder", "data_root": "/cache/data/imagenet"}),
     "superalignment_imagenet_transfer.yaml": (1, {"dataset": "imagefolder", "data_root": "/cache/data/imagenet"}),
     "superalignment_fewshot_miniimagenet.yaml": (6, {"dataset": "mini_imagenet", "data_root": "/cache/data/miniimagenet"}),
+    # Issue 16: the noisy-label README table, one point per (dataset, noise) with its run script's T.
+    "superalignment_noisy_cifar.yaml": (12, {"dataset": None, "data_root": "/cache/data/cifar",
+                                             "noise": {("cifar10", "symmetric", 0.2, 20.0),
+                                                       ("cifar10", "asymmetric", 0.4, 10.0),
+                                                       ("cifar100", "symmetric", 0.2, 1.0),
+                                                       ("cifar100", "asymmetric", 0.4, 10.0)}}),
 }
 SMALL = {"superalignment_digits.yaml": 3, "dapt_digits.yaml": 6, "weight_selection_digits.yaml": 2,
-         "superalignment_fewshot_digits.yaml": 1}
+         "superalignment_fewshot_digits.yaml": 1, "superalignment_noisy_digits.yaml": 2}
 
 
 @pytest.mark.parametrize("name", sorted(FULL))
@@ -52,13 +58,20 @@ def test_full_seed_space_parses_with_the_authors_setup(name, tmp_path):
     assert spec.expected_trials() == trials
     with open(path) as f:
         params = __import__("yaml").safe_load(f)["params"]
-    assert params["dataset"] == want["dataset"] and params["dataset_kwargs"]["data_root"] == want["data_root"]
+    # None: the dataset is searched (each point names it)
+    assert params.get("dataset") == want["dataset"] and params["dataset_kwargs"]["data_root"] == want["data_root"]
     assert spec.resources.gpus_per_worker == 0  # dry-runs anywhere; the header says how to ask for GPUs
     if "pairs" in want:
         points = spec.points_to_evaluate
         assert {(p["teacher.model"], p["student"]) for p in points} == want["pairs"]
         assert {p["loss"] for p in points} == want["losses"]
         assert len({(p["teacher.model"], p["student"], p["loss"]) for p in points}) == len(points) == spec.num_samples
+    if "noise" in want:
+        points = spec.points_to_evaluate
+        assert {(p["dataset"], p["label_noise.kind"], p["label_noise.rate"], p["loss_params.temperature"])
+                for p in points} == want["noise"]
+        assert spec.params["teacher"]["model"] == "preact_resnet18" and spec.params["student"] == "preact_resnet34"
+        assert spec.params["loss"] == "adaptconf" and spec.params["loss_params"]["rate"] == 0.25
     if "inits" in want:
         assert {t["init"] for t in spec.domains["teacher"].args} == want["inits"]
         assert set(spec.domains["loss"].args) == want["losses"]
@@ -136,6 +149,9 @@ def test_small_seed_variant_runs(name, tmp_path):
         assert run.info.status == "FINISHED"
         for key in ("val_acc", "test_acc", "teacher_test_acc"):
             assert 0.0 <= run.data.metrics[key] <= 1.0
+        if "label_noise" in spec.params:  # the realised rate, near the asked one (within 1 % of the labels)
+            asked = float(run.data.params["label_noise.rate"])
+            assert abs(run.data.metrics["label_noise_rate"] - asked) <= 0.01
     best = json.loads((tmp_path / "ray_results" / "s" / "best_config.json").read_text())
     metric = spec.metric  # val_acc, or a few-shot accuracy
     assert best["metric"] == metric and 0.0 <= best["metrics"][metric] <= 1.0

@@ -28,18 +28,24 @@ from trainables.runtime.trainable import TrialContext
 from trainables.training.classifier_loop import (CachedTeacher, OnlineTeacher, OptimConfig, TeacherSignal,
                                                  train_classifier)
 from trainables.training.batch_augment import batch_augment_of, geometric_of
+from trainables.training.noise_params import with_label_noise
 from trainables.training.views import BatchViews, FixedViews, PlainViews, RandomViews, teacher_view_logits, view_params
 
 
 def teacher_recipe(p: DistillParams) -> dict[str, Any]:
     # ``download`` says how to get the data, not what the data is: it stays out of the key.
     data_kwargs = {k: v for k, v in p.dataset_kwargs.items() if k != "download"}
+    # Noisy training labels make another teacher; without noise the key stays what it always was.
+    noise = {"label_noise": p.label_noise.recipe()} if p.label_noise.active else {}
     return {"dataset": p.dataset, "split_seed": p.split_seed, "dataset_kwargs": data_kwargs,
-            **recipe_fields(p.teacher)}
+            **recipe_fields(p.teacher), **noise}
 
 
 def load_data(p: DistillParams) -> DatasetSplits:
-    return load_dataset(p.dataset, seed=p.split_seed, **p.dataset_kwargs)
+    """The splits with the training labels corrupted per ``label_noise`` (the realised rate in
+    ``meta["label_noise"]``)."""
+    data = load_dataset(p.dataset, seed=p.split_seed, **p.dataset_kwargs)
+    return with_label_noise(data, p.label_noise, p.dataset, p.dataset_kwargs)[0]
 
 
 def load_teacher(p: DistillParams, ctx: TrialContext):
@@ -152,7 +158,8 @@ def run_distill(p: DistillParams, session: Session, ctx: TrialContext) -> dict[s
         model=student, data=data, loss_fn=loss_fn, session=session, seed=p.seed, teacher=teacher,
         checkpoint_every=ctx.checkpoint_every, views=student_views(p, data, device),
         batch_augment=batch_augment_of(p, data.mean, data.std, data.num_classes, p.seed),
-        static_metrics={"teacher_test_acc": entry.meta["test_acc"], "teacher_val_acc": entry.meta["val_acc"]},
+        static_metrics={"teacher_test_acc": entry.meta["test_acc"], "teacher_val_acc": entry.meta["val_acc"],
+                        **({"label_noise_rate": data.meta["label_noise"]["realised_rate"]} if p.label_noise.active else {})},
         epoch_hook=p.fewshot and fewshot_hook(p.fewshot, data, p.epochs, p.loss, p.loss_params, device, seed=p.seed,
                                               teacher=lambda: load_teacher_model(p.teacher, entry, data, device)),
         optim=OptimConfig(epochs=p.epochs, batch_size=p.batch_size, lr=p.lr, optimizer=p.optimizer,

@@ -14,6 +14,7 @@ from trainables.init import WeightSelectionConfig, check_student_init
 from trainables.losses import LossName, check_loss_params, loss_class
 from trainables.models import ModelName, check_model_kwargs, predicts_with_untrained_head, supports_layer_decay
 from trainables.training.dataset_params import DatasetParams
+from trainables.training.noise_params import LabelNoiseConfig, check_label_noise
 from trainables.training.recipe import RecipeParams
 
 
@@ -44,6 +45,8 @@ class DistillParams(DatasetParams, RecipeParams):
                                     "updated after every optimiser step; reports ema_val_acc / ema_test_acc")
     fewshot: FewShotConfig | None = Field(None, description="N-way K-shot evaluation on the dataset's novel "
                                           "classes, and the optional Meta-Baseline stage (trainables/distill/fewshot.py)")
+    label_noise: LabelNoiseConfig = Field(default_factory=LabelNoiseConfig,
+                                          description="noise on the training labels of teacher and student")
 
     _student_kwargs_fit = kwargs_validator("student", "student_kwargs", check_model_kwargs)
 
@@ -74,6 +77,7 @@ class DistillParams(DatasetParams, RecipeParams):
             raise ValueError(f"loss {self.loss!r} needs teacher features, which are cached for un-augmented "
                              f"images only; with augment {self.augment!r} use teacher_mode online")
         check_student_init(self.student_init, self.student, self.student_kwargs)
+        check_label_noise(self.label_noise, self.dataset, self.dataset_kwargs)
         # A pt teacher keeps its pretrained head as built; a loss that reads its logits needs a trained one.
         if self.teacher.init == "pt" and loss_class(self.loss).needs_teacher:
             problem = predicts_with_untrained_head(self.teacher.pretrained, self.teacher.model_kwargs)

@@ -15,12 +15,13 @@ def prepare_distill(fixed: dict[str, Any], searched: set[str], ctx: TrialContext
     """Train the teacher once, up front, unless its recipe is itself searched (then the first
     trial that needs each recipe builds it, under the cache's lock)."""
     prepare_fixed_dataset(DistillParams, fixed, searched)
-    teacher_keys = {"dataset", "split_seed"} | {k for k in searched
-                                                if k == "teacher" or k.startswith(("teacher.", "dataset_kwargs"))}
+    # label_noise changes the teacher's training labels, so it is part of its recipe too.
+    teacher_keys = {"dataset", "split_seed", "label_noise"} | {
+        k for k in searched if k == "teacher" or k.startswith(("teacher.", "dataset_kwargs", "label_noise."))}
     if teacher_keys & searched:
         return None
     defaults = DistillParams.model_validate({k: v for k, v in fixed.items()
-                                             if k in ("dataset", "dataset_kwargs", "split_seed", "teacher")})
+                                             if k in ("dataset", "dataset_kwargs", "split_seed", "teacher", "label_noise")})
     entry = load_teacher(defaults, ctx)
     return {"teacher_cache_id": entry.key, "teacher_cache_hit": entry.hit, **{f"teacher_{k}": v
             for k, v in entry.meta.items() if k in ("val_acc", "test_acc")}}

@@ -34,6 +34,7 @@ from trainables.runtime.engine import evaluate, predict, seed_everything, unwrap
 from trainables.runtime.session import LocalSession, default_device
 from trainables.training.classifier_loop import OptimConfig, train_classifier
 from trainables.training.batch_augment import batch_augment_of, geometric_of
+from trainables.training.noise_params import with_label_noise
 from trainables.training.recipe import RecipeParams
 from trainables.training.views import BatchViews, PlainViews, RandomViews
 
@@ -168,7 +169,11 @@ def build_teacher(recipe: dict[str, Any], out_dir: str, device: torch.device | N
     device = device or default_device()
     t = TeacherRecipe.model_validate({k: v for k, v in recipe.items() if k in TeacherRecipe.model_fields})
     data = load_dataset(recipe["dataset"], seed=recipe["split_seed"], **recipe.get("dataset_kwargs", {}),
-                        **({"download": True} if download else {})).to(device)
+                        **({"download": True} if download else {}))
+    # The teacher learns from the same noisy training labels as the student; val / test stay clean.
+    data, noise_rate = with_label_noise(data, recipe.get("label_noise"), recipe["dataset"],
+                                        recipe.get("dataset_kwargs"))
+    data = data.to(device)
     seed_everything(t.seed)
     model = create_teacher(t, data).to(device)
     session = LocalSession(device)
@@ -187,7 +192,8 @@ def build_teacher(recipe: dict[str, Any], out_dir: str, device: torch.device | N
     meta = {"val_acc": final["val_acc"], "test_acc": final["test_acc"], "train_loss": final["train_loss"],
             "model": t.model, "init": t.init, "num_classes": data.num_classes, "logit_dim": int(logits.shape[1]),
             "input_shape": list(data.input_shape),
-            "input_norm": [list(v) for v in model.input_norm] if model.input_norm else None}
+            "input_norm": [list(v) for v in model.input_norm] if model.input_norm else None,
+            **({"label_noise_rate": noise_rate} if recipe.get("label_noise") else {})}
     with open(os.path.join(out_dir, "teacher.json"), "w") as f:
         json.dump(meta, f, indent=1)
     return meta

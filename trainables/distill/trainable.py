@@ -55,14 +55,18 @@ register_trainable(
         "fewshot_epoch": "the epoch the reported few-shot metrics were measured after (with fewshot.every > 1)",
         "meta_train_loss": "mean episode loss of the last meta epoch (with fewshot.meta_epochs)",
         "meta_temperature": "Meta-Baseline's learnt temperature (with fewshot.meta_epochs)",
+        "label_noise_rate": "fraction of training labels that label_noise changed (val / test labels stay clean)",
     },
     vocabulary=Vocabulary(
         headline="test_acc",
-        table_metrics=("test_acc", "teacher_test_acc"),
+        table_metrics=("test_acc", "teacher_test_acc", "label_noise_rate"),
         reference_metric="test_acc",
         control="its no-teacher control",
         identity={"teacher": ("teacher.model", "teacher"), "student": ("student.model", "student"),
-                  "method": ("method", "loss")},
+                  "method": ("method", "loss"),
+                  # Noisy-label sweeps: one summary line per method x noise setting (absent, so no
+                  # column, when a space sets no label_noise).
+                  "noise": ("label_noise.kind",), "noise rate": ("label_noise.rate",)},
         summary_metrics=("fewshot_1shot_acc", "fewshot_5shot_acc"),
         curves=("val_acc", "test_acc"),
         loss_curves=("train_loss", "val_loss"),
