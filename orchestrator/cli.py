@@ -161,8 +161,14 @@ def user_message(exc: UserError) -> str:
     """The error's message, with URI passwords masked and the value of a credential-like key that
     a search-space problem names replaced by ``[redacted]``."""
     if isinstance(exc, SpecError):
-        issues = [SpecIssue(i.key, i.message, REDACTED if i.value is not MISSING and is_secret_key(i.key) else i.value)
-                  for i in exc.issues]
+        issues = []
+        for i in exc.issues:
+            secret = is_secret_key(i.key)
+            origin = i.origin
+            if secret and origin and "=" in origin:  # "--set KEY=VALUE" shows the value too
+                origin = f"{origin.split('=', 1)[0]}={REDACTED}"
+            issues.append(SpecIssue(i.key, i.message, REDACTED if i.value is not MISSING and secret else i.value,
+                                    origin=origin))
         return mask_uris_in_text("\n".join(i.render(exc.file) for i in issues))
     return mask_uris_in_text(str(exc))
 

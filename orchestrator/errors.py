@@ -14,9 +14,11 @@ class SpecIssue:
     key: str
     message: str
     value: Any = MISSING
+    # where the offending value came from when not the file: the ``--set KEY=VALUE`` that wrote it
+    origin: str | None = None
 
     def render(self, file: str | None) -> str:
-        where = f"{file}: " if file else ""
+        where = f"{self.origin}: " if self.origin else (f"{file}: " if file else "")
         got = "" if self.value is MISSING else f" (got {self.value!r})"
         key = f"{self.key}: " if self.key else ""
         return f"{where}{key}{self.message}{got}"

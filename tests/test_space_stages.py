@@ -116,7 +116,7 @@ def test_schema_validates_the_model_and_takes_the_trainables_defaults():
     assert spec.domains == {} and spec.scheduler.max_t is None  # later stages fill these in
     with pytest.raises(SpecError) as info:
         parse.schema({"name": "x", "trainable": "distill", "nmu_samples": 3}, F)
-    assert str(info.value) == "space.yaml: nmu_samples: unknown key"
+    assert str(info.value) == "space.yaml: nmu_samples: unknown key (did you mean 'num_samples'?)"
     with pytest.raises(SpecError, match="trainable: unknown trainable; known: "):
         parse.schema({"name": "x", "trainable": "nope"}, F)
 

@@ -29,7 +29,7 @@ from orchestrator.space.domains import parse_search
 from orchestrator.space.model import SweepSpec
 from orchestrator.space.validate import trial_issues
 from orchestrator.space.yaml_io import apply_overrides, parse_mapping
-from trainables.core.config import problems
+from trainables.core.config import did_you_mean, fields_at, problems
 
 if TYPE_CHECKING:
     from trainables.runtime.trainable import TrainableDef
@@ -57,13 +57,40 @@ def read_space_file(path: str) -> str:
 
 def parse_spec(text: str, file: str | None = None, overrides: list[str] | None = None,
                num_samples: int | None = None) -> SweepSpec:
-    spec, defn = schema(read_raw(text, file, overrides, num_samples), file)
-    expand(spec, defn)
-    issues = validate(spec, defn)
-    issues += finish(spec, defn, valid=not issues)
-    if issues:
-        raise SpecError(file, _dedupe(issues))
+    try:
+        spec, defn = schema(read_raw(text, file, overrides, num_samples), file)
+        expand(spec, defn)
+        issues = validate(spec, defn)
+        issues += finish(spec, defn, valid=not issues)
+        if issues:
+            raise SpecError(file, _dedupe(issues))
+    except SpecError as exc:
+        raise _blame_overrides(exc, overrides or []) from None
     return spec
+
+
+def _param_path(key: str) -> str:
+    """``params.x.y`` and ``search.x.y`` both concern parameter ``x.y`` (a searched key's domain
+    keys, ``search.lr.log_uniform``, concern ``lr``)."""
+    return key.split(".", 1)[1] if key.startswith(("params.", "search.")) else key
+
+
+def _blame_overrides(exc: SpecError, overrides: list[str]) -> SpecError:
+    """Problems in a value a ``--set`` wrote name that ``--set`` rather than the file: the file may
+    be fine, and the user looks at the command line."""
+    sets = [(item.split("=", 1)[0].strip(), item) for item in overrides if "=" in item]
+    if not sets:
+        return exc
+    for issue in exc.issues:
+        if issue.origin or not issue.key or issue.key == "--set":
+            continue
+        mine = _param_path(issue.key)
+        for key, item in reversed(sets):  # the last --set of a key wins, as it did when applied
+            theirs = _param_path(key)
+            if mine == theirs or mine.startswith(theirs + ".") or theirs.startswith(mine + "."):
+                issue.origin = f"--set {item}"
+                break
+    return SpecError(exc.file, exc.issues)
 
 
 def read_raw(text: str, file: str | None, overrides: list[str] | None = None,
@@ -83,7 +110,7 @@ def schema(raw: dict[str, Any], file: str | None) -> tuple[SweepSpec, TrainableD
     try:
         spec = SweepSpec.model_validate(raw)
     except ValidationError as exc:
-        raise SpecError(file, [SpecIssue(p.key, p.message, p.value) for p in problems(exc)]) from None
+        raise SpecError(file, [SpecIssue(p.key, _with_hint(p), p.value) for p in problems(exc)]) from None
     spec.source_file = file
     if spec.trainable not in trainable_names():
         raise SpecError.single(file, "trainable", f"unknown trainable; known: {', '.join(trainable_names())}",
@@ -92,6 +119,13 @@ def schema(raw: dict[str, Any], file: str | None) -> tuple[SweepSpec, TrainableD
     spec.metric = spec.metric or defn.metric
     spec.mode = spec.mode or defn.mode
     return spec, defn
+
+
+def _with_hint(problem) -> str:
+    """An unknown key of the file gets the closest known key at its place (``serach`` -> ``search``)."""
+    if problem.kind != "extra_forbidden":
+        return problem.message
+    return problem.message + did_you_mean(problem.key.rsplit(".", 1)[-1], fields_at(SweepSpec, problem.key))
 
 
 def expand(spec: SweepSpec, defn: TrainableDef) -> SweepSpec:

@@ -12,7 +12,7 @@ from pydantic import BaseModel, ValidationError
 from orchestrator.errors import SpecIssue
 from orchestrator.space.candidates import Candidate, candidates
 from orchestrator.space.model import SweepSpec
-from trainables.core.config import MISSING, Problem, get_dotted, problems
+from trainables.core.config import did_you_mean, fields_at, MISSING, Problem, get_dotted, problems
 
 if TYPE_CHECKING:
     from trainables.runtime.trainable import TrainableDef
@@ -41,8 +41,10 @@ def param_issues(params_model: type[BaseModel], config: dict[str, Any],
             if where is None:
                 continue
             if problem.kind == "extra_forbidden":
-                known = ", ".join(sorted(params_model.model_fields))
-                issues.append(SpecIssue(where, f"unknown parameter (known: {known})"))
+                here = fields_at(params_model, param_key)  # the fields of the model the key is in
+                known = ", ".join(sorted(here))
+                hint = did_you_mean(param_key.rsplit(".", 1)[-1], here)
+                issues.append(SpecIssue(where, f"unknown parameter{hint} (known: {known})"))
             else:
                 issues.append(SpecIssue(where, message, value))
         return issues

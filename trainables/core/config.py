@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import re
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Iterable, Any, Mapping
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
@@ -120,3 +120,30 @@ def resolve_env_refs(obj: Any, environ: Mapping[str, str] | None = None, key: st
         raise ValueError(f"{key}: ${{env:{name}}} names an environment variable that is not set where the trial "
                          f"runs; set {name} (on every node of a cluster)")
     return environ[name]
+
+
+def did_you_mean(name: str, known: Iterable[str]) -> str:
+    """`` (did you mean 'x'?)`` for the closest of ``known`` to a misspelt ``name``, else ``""``.
+    difflib's ratio, cut at 0.6: close enough for a typo (``studnet``), not for a different word."""
+    import difflib
+
+    close = difflib.get_close_matches(name, list(known), n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def fields_at(model: type[BaseModel], dotted: str) -> list[str]:
+    """The field names of the (nested) model that holds key ``dotted`` of ``model``: where a
+    misspelt key's neighbours are. [] when the path leaves the models (a free-form mapping)."""
+    import typing
+
+    *parents, _ = dotted.split(".")
+    current: Any = model
+    for part in parents:
+        field = current.model_fields.get(part) if isinstance(current, type) and issubclass(current, BaseModel) else None
+        if field is None:
+            return []
+        candidates = [field.annotation, *typing.get_args(field.annotation)]  # X, or X | None
+        current = next((c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)), None)
+        if current is None:
+            return []
+    return list(current.model_fields) if isinstance(current, type) and issubclass(current, BaseModel) else []

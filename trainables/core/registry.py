@@ -43,6 +43,8 @@ from typing import Annotated, Any, Callable, Generic, Iterable, Mapping, TypeVar
 
 from pydantic import AfterValidator, BaseModel, model_validator
 
+from trainables.core.config import did_you_mean
+
 T = TypeVar("T")
 E = TypeVar("E")
 
@@ -76,8 +78,9 @@ class UnknownKeywords(ValueError):
         self.unknown = list(unknown)
         self.accepted = sorted(accepted)
         listed = ", ".join(self.accepted) or "none"
+        hint = did_you_mean(self.unknown[0], self.accepted) if len(self.unknown) == 1 else ""
         super().__init__(f"{what} has no parameter(s) {', '.join(self.unknown)}; accepted: {listed}"
-                         + (f", {more}" if more else ""))
+                         + (f", {more}" if more else "") + hint)
 
 
 def signature_keywords(obj: Callable[..., Any], fixed: Iterable[str] = ()) -> tuple[list[str], bool]:
@@ -245,7 +248,9 @@ class Registry(Generic[E]):
             return None
         provider = self._provider(name)
         if provider is None:
-            return f"unknown {self.kind} {name!r}; known {self.plural}: {self._known()}"
+            # a name from a lab's own module is registered only once W2S_PLUGINS imports that module
+            return (f"unknown {self.kind} {name!r}{did_you_mean(name, self._entries)}; known {self.plural}: "
+                    f"{self._known()} (your own {self.kind}: name its module in W2S_PLUGINS)")
         why = provider.names(name[len(provider.name):]) if provider.names else None
         return f"unknown {self.kind} {name!r}: {why}" if why else None
 
