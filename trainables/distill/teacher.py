@@ -162,13 +162,16 @@ def teacher_views(t: TeacherRecipe, device: torch.device) -> BatchViews:
 
 
 def build_teacher(recipe: dict[str, Any], out_dir: str, device: torch.device | None = None,
-                  download: bool = False) -> dict[str, Any]:
+                  download: bool = False, data: DatasetSplits | None = None) -> dict[str, Any]:
     """Prepare the teacher per ``recipe["init"]``; write ``model.pt``, ``train_logits.pt`` (the
-    teacher's logits on the training split) and ``teacher.json``."""
+    teacher's logits on the training split) and ``teacher.json``. ``data``: the splits to train on
+    when the training split is not the dataset's own (generated images added)."""
     device = device or default_device()
     t = TeacherRecipe.model_validate({k: v for k, v in recipe.items() if k in TeacherRecipe.model_fields})
-    data = load_dataset(recipe["dataset"], seed=recipe["split_seed"], **recipe.get("dataset_kwargs", {}),
-                        **({"download": True} if download else {})).to(device)
+    if data is None:
+        data = load_dataset(recipe["dataset"], seed=recipe["split_seed"], **recipe.get("dataset_kwargs", {}),
+                            **({"download": True} if download else {}))
+    data = data.to(device)
     seed_everything(t.seed)
     model = create_teacher(t, data).to(device)
     session = LocalSession(device)
