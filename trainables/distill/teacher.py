@@ -118,6 +118,8 @@ class TeacherRecipe(RecipeParams):
 def recipe_fields(t: TeacherRecipe) -> dict[str, Any]:
     """The recipe as cache-key fields. A checkpoint enters by content, not only by path."""
     fields = t.model_dump()
+    if t.diffaugment == "none":  # added later: off, it leaves the keys of teachers cached before it as they were
+        fields.pop("diffaugment"), fields.pop("diffaugment_strategy")
     if t.checkpoint:
         fields["checkpoint_sha256"] = file_digest(t.checkpoint)
     return fields
