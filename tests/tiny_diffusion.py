@@ -46,3 +46,9 @@ def build_tiny_pipeline(folder: str, image_size: int = 16, seed: int = 0) -> str
                                    safety_checker=None, feature_extractor=None, requires_safety_checker=False)
     pipe.save_pretrained(folder)
     return folder
+
+
+if __name__ == "__main__":  # python -m tests.tiny_diffusion FOLDER: the pipeline of dapt_synthetic_digits.yaml
+    import sys
+
+    print(build_tiny_pipeline(sys.argv[1] if len(sys.argv) > 1 else "/tmp/w2s-tiny-sd"))
