@@ -127,9 +127,9 @@ def test_bad_generation_inputs_are_named(pipeline, tmp_path, monkeypatch):
         GenerationRecipe.model_validate(recipe(pipeline, classes=["cat", " "]))
     with pytest.raises(ValidationError, match="the list is empty"):
         GenerationRecipe.model_validate(recipe(pipeline, classes=[]))
-    with pytest.raises(ValidationError, match=r"synthetic.synset_size: 4 exceeds the images generated per class"):
+    with pytest.raises(ValidationError, match=r"synset_size: 4 exceeds the images generated per class"):
         SyntheticSet.model_validate({"generation": recipe(pipeline), "synset_size": 4})
-    with pytest.raises(ValidationError, match="synthetic.real: false leaves no training images"):
+    with pytest.raises(ValidationError, match="real: false leaves no training images"):
         SyntheticSet.model_validate({"generation": recipe(pipeline), "real": False})
 
 

@@ -36,6 +36,8 @@ SEED_SPACES = {
     "random_teacher_cifar10_supervised", "random_teacher_mnist", "random_teacher_mnist_supervised",
     "random_teacher_tinyimagenet", "random_teacher_tinyimagenet_supervised",
     "random_teacher_cifar10_locality", "random_teacher_cifar10_datasize",
+    # issue 17: DAPT's synthetic-data distillation
+    "dapt_synthetic_mit_indoor",
 }
 # Keys every distill space's table must state, whether or not the space changes them from the default.
 DISTILL_CORE = {"epochs", "batch_size", "optimizer", "lr", "weight_decay", "schedule", "warmup_epochs", "warmup_lr",

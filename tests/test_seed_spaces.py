@@ -159,7 +159,7 @@ def test_small_seed_variant_runs(name, tmp_path):
         assert sorted(int(r.data.params["synthetic.synset_size"]) for r in trials) == [0, 5, 10]
         parent = next(r for r in runs if r.data.tags["w2s.role"] != "trial")
         key = parent.data.params["prepared.generated_images_id"]
-        assert parent.data.params["prepared.generated_images_hit"] == "False"
+        assert parent.data.params["prepared.generated_images_hit"].lower() == "false"
         assert (tmp_path / "ray_results" / "cache" / "generated_images" / key / "generated.json").is_file()
         assert "generation: 100/100 images" in proc.stdout + proc.stderr
     best = json.loads((tmp_path / "ray_results" / "s" / "best_config.json").read_text())

@@ -306,16 +306,16 @@ class SyntheticSet(StrictModel):
 
     @model_validator(mode="after")
     def _sizes_fit(self):
+        # Messages name the key relative to this model (the parser prefixes "synthetic.").
         for who, size, real in (("", self.synset_size, self.real),
                                 ("teacher_", self.teacher_synset_size, self.teacher_real)):
             if not real and size == 0:
-                raise ValueError(f"synthetic.{who}real: false leaves no training images; set "
-                                 f"synthetic.{who}synset_size > 0")
+                raise ValueError(f"{who}real: false leaves no training images; set {who}synset_size > 0")
             if size and self.generation is None:
-                raise ValueError(f"synthetic.{who}synset_size: {size} generated images per class need "
-                                 f"synthetic.generation (the pipeline and prompts)")
+                raise ValueError(f"{who}synset_size: {size} generated images per class need a generation "
+                                 f"recipe (synthetic.generation: the pipeline and prompts)")
             if self.generation is not None and size > self.generation.images_per_class:
-                raise ValueError(f"synthetic.{who}synset_size: {size} exceeds the images generated per class "
+                raise ValueError(f"{who}synset_size: {size} exceeds the images generated per class "
                                  f"(synthetic.generation.images_per_class = {self.generation.images_per_class})")
         return self
 
