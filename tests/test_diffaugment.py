@@ -86,3 +86,11 @@ def test_recipe_option_runs_in_the_batch_augment_and_is_refused_with_cached_teac
         DistillParams.model_validate({"diffaugment": "S"})
     with pytest.raises(ValidationError, match="diffaugment_strategy"):
         DistillParams.model_validate({"diffaugment": "S", "teacher_mode": "online", "diffaugment_strategy": "zoom"})
+
+
+def test_teacher_cache_keys_without_diffaugment_stay_as_before():
+    from trainables.distill.teacher import TeacherRecipe, recipe_fields
+
+    assert not any(k.startswith("diffaugment") for k in recipe_fields(TeacherRecipe()))
+    with_it = recipe_fields(TeacherRecipe(diffaugment="M"))
+    assert with_it["diffaugment"] == "M" and with_it["diffaugment_strategy"] == da.DAPT_STRATEGY

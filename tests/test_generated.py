@@ -108,9 +108,16 @@ def test_distill_with_generated_images_for_student_and_teacher(pipeline, tmp_pat
     # The teacher of the student-only run is the plain one: same key as without generated images.
     assert teacher_recipe(student_only) == teacher_recipe(DistillParams.model_validate(common))
     assert teacher_recipe(both)["synthetic"]["synset_size"] == 3
-    for p in (student_only, both):
+    logits_dir = tmp_path / "cache" / "teacher_set_logits"
+    for i, p in enumerate((student_only, both), start=1):
         result = run_distill(p, LocalSession(CPU), ctx)
         assert 0.0 <= result["test_acc"] <= 1.0
+        # The student's set differs from its teacher's in both: the teacher's logits on it are cached,
+        # one row per training image of the student (real split + 2 generated per class).
+        entries = sorted(d for d in logits_dir.iterdir() if not d.name.startswith("."))
+        assert len(entries) == i
+        logits = max((torch.load(e / "train_logits.pt") for e in entries), key=len)
+        assert logits.shape == (len(load_data(p, ctx).train_y), 10)
 
 
 def test_bad_generation_inputs_are_named(pipeline, tmp_path, monkeypatch):
@@ -152,3 +159,20 @@ def test_a_corrupt_or_missing_generated_image_is_named(pipeline, tmp_path):
     os.remove(tmp_path / "generated.json")
     with pytest.raises(GenerationError, match="holds no finished generated set"):
         load_generated(str(tmp_path), 1, (3, 8, 8), (0.5,) * 3, (0.5,) * 3, 2)
+
+
+def test_the_preparation_step_generates_once_and_a_second_sweep_only_reads(pipeline, tmp_path, monkeypatch):
+    from trainables.distill.prepare import prepare_distill
+
+    calls = count_calls(monkeypatch)
+    fixed = {"dataset": "digits", "teacher": {"model": "mlp", "epochs": 1},
+             "synthetic": {"generation": recipe(pipeline, images_per_class=2)}}
+    searched = {"synthetic.synset_size"}
+    first = prepare_distill(fixed, searched, TrialContext(artifacts=ArtifactCache(str(tmp_path / "cache"))))
+    assert first["generated_images_hit"] is False and len(calls) == 10  # one batch of 2 per class
+    second = prepare_distill(fixed, searched, TrialContext(artifacts=ArtifactCache(str(tmp_path / "cache"))))
+    assert second["generated_images_hit"] is True and second["generated_images_id"] == first["generated_images_id"]
+    assert len(calls) == 10
+    # Nothing trains on the generated images: no generation pass at all.
+    none = prepare_distill(fixed, set(), TrialContext(artifacts=ArtifactCache(str(tmp_path / "other"))))
+    assert "generated_images_id" not in none and len(calls) == 10

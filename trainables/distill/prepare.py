@@ -20,7 +20,7 @@ def prepare_distill(fixed: dict[str, Any], searched: set[str], ctx: TrialContext
     info = prepare_generated(fixed, searched, ctx)
     teacher_keys = {"dataset", "split_seed"} | {k for k in searched
                                                 if k == "teacher" or k.startswith(("teacher.", "dataset_kwargs"))
-                                                or k.startswith(TEACHER_SET_KEYS)}
+                                                or k == "synthetic" or k.startswith(TEACHER_SET_KEYS)}
     if teacher_keys & searched:
         return info or None
     defaults = DistillParams.model_validate({k: v for k, v in fixed.items()
@@ -38,9 +38,13 @@ TEACHER_SET_KEYS = ("synthetic.generation", "synthetic.teacher_synset_size", "sy
 def prepare_generated(fixed: dict[str, Any], searched: set[str], ctx: TrialContext) -> dict[str, Any]:
     """Generate the synthetic images once, up front, unless their recipe is searched (then the
     first trial that needs each recipe generates it, under the cache's lock)."""
-    generation = (fixed.get("synthetic") or {}).get("generation")
+    synthetic = fixed.get("synthetic") or {}
+    generation = synthetic.get("generation")
     if generation is None or any(k == "synthetic" or k.startswith("synthetic.generation") for k in searched):
         return {}
+    sizes = ("synthetic.synset_size", "synthetic.teacher_synset_size")
+    if not any(k in searched for k in sizes) and not any(synthetic.get(k.split(".")[1]) for k in sizes):
+        return {}  # a recipe that no model trains on: nothing to generate
     entry = generated_set(GenerationRecipe.model_validate(generation), ctx)
     return {"generated_images_id": entry.key, "generated_images_hit": entry.hit}
 
