@@ -40,9 +40,45 @@ def local_data_overrides(space_path: str, tmp_dir: str) -> list[str]:
     stand-in data when the authors' path is not on this machine; none for spaces that need nothing."""
     with open(space_path) as f:
         params = yaml.safe_load(f).get("params", {})
+    sets = []
+    pipeline = ((params.get("synthetic") or {}).get("generation") or {}).get("pipeline")
+    if pipeline and not os.path.isdir(pipeline):
+        sets.append(f"params.synthetic.generation.pipeline={fake_pipeline(os.path.join(tmp_dir, 'pipeline'))}")
     root = (params.get("dataset_kwargs") or {}).get("data_root")
     if params.get("dataset") == "mini_imagenet" and root and not os.path.isdir(os.path.join(root, "mini-imagenet")):
-        return [f"params.dataset_kwargs.data_root={fake_mini_imagenet(os.path.join(tmp_dir, 'mini'))}"]
-    if params.get("dataset") != "imagefolder" or not root or os.path.isdir(os.path.join(root, "train")):
-        return []
-    return [f"params.dataset_kwargs.data_root={fake_imagefolder(os.path.join(tmp_dir, 'imagefolder'))}"]
+        return sets + [f"params.dataset_kwargs.data_root={fake_mini_imagenet(os.path.join(tmp_dir, 'mini'))}"]
+    fakes = {"imagefolder": ("train", fake_imagefolder), "dtd": ("dtd", fake_dtd),
+             "caltech101": ("caltech101", fake_caltech101)}
+    if params.get("dataset") not in fakes or not root:
+        return sets
+    inside, make = fakes[params["dataset"]]
+    if os.path.isdir(os.path.join(root, inside)):
+        return sets
+    return sets + [f"params.dataset_kwargs.data_root={make(os.path.join(tmp_dir, params['dataset']))}"]
+
+
+def fake_pipeline(folder: str) -> str:
+    """What the parse-time check of a generation pipeline reads: a folder with model_index.json."""
+    os.makedirs(folder, exist_ok=True)
+    with open(os.path.join(folder, "model_index.json"), "w") as f:
+        f.write('{"_class_name": "StableDiffusionPipeline"}')
+    return folder
+
+
+def fake_dtd(root: str) -> str:
+    """DTD's official layout: images/<class>/ and labels/{train,val,test}1.txt."""
+    fake_imagefolder(os.path.join(root, "stage"))
+    os.makedirs(os.path.join(root, "dtd", "labels"), exist_ok=True)
+    os.replace(os.path.join(root, "stage", "train"), os.path.join(root, "dtd", "images"))
+    for split in ("train", "val", "test"):
+        with open(os.path.join(root, "dtd", "labels", f"{split}1.txt"), "w") as f:
+            f.write("class0/0.png\nclass1/0.png\n")
+    return root
+
+
+def fake_caltech101(root: str) -> str:
+    """Caltech-101's layout: caltech101/101_ObjectCategories/<class>/."""
+    fake_imagefolder(os.path.join(root, "stage"))
+    os.makedirs(os.path.join(root, "caltech101"), exist_ok=True)
+    os.replace(os.path.join(root, "stage", "train"), os.path.join(root, "caltech101", "101_ObjectCategories"))
+    return root

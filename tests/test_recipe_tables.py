@@ -40,6 +40,8 @@ SEED_SPACES = {
     "superalignment_fewshot_miniimagenet",
     # issue 16: the noisy-label experiment
     "superalignment_noisy_cifar",
+    # issue 17: DAPT's synthetic-data distillation
+    "dapt_synthetic_mit_indoor",
 }
 # Keys every distill space's table must state, whether or not the space changes them from the default.
 DISTILL_CORE = {"epochs", "batch_size", "optimizer", "lr", "weight_decay", "schedule", "warmup_epochs", "warmup_lr",

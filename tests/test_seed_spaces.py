@@ -36,6 +36,12 @@ FULL = {
                                                "source": "timm:vit_small_patch16_224.augreg_in21k"}),
     "weight_selection_convnext_imagenet.yaml": (6, {"dataset": "imagefolder", "data_root": "/path/to/imagenet",
                                                     "student": "convnext_femto", "source": "timm:convnext_tiny.fb_in22k"}),
+    "dapt_synthetic_mit_indoor.yaml": (3, {"dataset": "imagefolder", "data_root": "/data/mit_indoor",
+                                           "synset_sizes": [0, 80, 160], "classes": "mit_indoor"}),
+    "dapt_synthetic_dtd.yaml": (3, {"dataset": "dtd", "data_root": "/data", "synset_sizes": [0, 40, 80],
+                                    "classes": "dtd"}),
+    "dapt_synthetic_caltech101.yaml": (3, {"dataset": "caltech101", "data_root": "/data", "synset_sizes": [0, 40, 80],
+                                           "classes": "caltech101"}),
     "superalignment_imagenet_kd.yaml": (3, {"dataset": "imagefolder", "data_root": "/cache/data/imagenet"}),
     "superalignment_imagenet_transfer.yaml": (1, {"dataset": "imagefolder", "data_root": "/cache/data/imagenet"}),
     "superalignment_fewshot_miniimagenet.yaml": (6, {"dataset": "mini_imagenet", "data_root": "/cache/data/miniimagenet"}),
@@ -47,7 +53,8 @@ FULL = {
                                                        ("cifar100", "asymmetric", 0.4, 10.0)}}),
 }
 SMALL = {"superalignment_digits.yaml": 3, "dapt_digits.yaml": 6, "weight_selection_digits.yaml": 2,
-         "superalignment_fewshot_digits.yaml": 1, "superalignment_noisy_digits.yaml": 2}
+         "superalignment_fewshot_digits.yaml": 1, "superalignment_noisy_digits.yaml": 2,
+         "dapt_synthetic_digits.yaml": 3}
 
 
 @pytest.mark.parametrize("name", sorted(FULL))
@@ -72,6 +79,13 @@ def test_full_seed_space_parses_with_the_authors_setup(name, tmp_path):
                 for p in points} == want["noise"]
         assert spec.params["teacher"]["model"] == "preact_resnet18" and spec.params["student"] == "preact_resnet34"
         assert spec.params["loss"] == "adaptconf" and spec.params["loss_params"]["rate"] == 0.25
+    if "synset_sizes" in want:
+        with open(path) as f:
+            raw = __import__("yaml").safe_load(f)
+        assert raw["search"]["synthetic.synset_size"] == {"grid": want["synset_sizes"]}
+        generation = raw["params"]["synthetic"]["generation"]
+        assert generation["classes"] == want["classes"] and generation["steps"] == 50
+        assert raw["params"]["diffaugment"] == "S" and raw["params"]["teacher_mode"] == "online"
     if "inits" in want:
         assert {t["init"] for t in spec.domains["teacher"].args} == want["inits"]
         assert set(spec.domains["loss"].args) == want["losses"]
@@ -134,9 +148,14 @@ num_samples: 2
 def test_small_seed_variant_runs(name, tmp_path):
     import mlflow
 
+    extra = []
+    if name == "dapt_synthetic_digits.yaml":  # its tiny random diffusion pipeline, written here
+        from tests.tiny_diffusion import build_tiny_pipeline
+
+        extra = ["--set", f"params.synthetic.generation.pipeline={build_tiny_pipeline(str(tmp_path / 'sd'))}"]
     t0 = time.time()
     proc = subprocess.run([sys.executable, os.path.join(REPO, "run_sweep.py"), os.path.join(SPACES, name),
-                           "--name", "s"], cwd=tmp_path, capture_output=True, text=True, timeout=600)
+                           "--name", "s", *extra], cwd=tmp_path, capture_output=True, text=True, timeout=600)
     elapsed = time.time() - t0
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     spec = load_spec(os.path.join(SPACES, name))
@@ -152,6 +171,15 @@ def test_small_seed_variant_runs(name, tmp_path):
         if "label_noise" in spec.params:  # the realised rate, near the asked one (within 1 % of the labels)
             asked = float(run.data.params["label_noise.rate"])
             assert abs(run.data.metrics["label_noise_rate"] - asked) <= 0.01
+    if name == "dapt_synthetic_digits.yaml":
+        # Each trial records its synset_size; the parent run the generated set's recipe hash, generated
+        # once in the driver's preparation and read from the cache by every trial.
+        assert sorted(int(r.data.params["synthetic.synset_size"]) for r in trials) == [0, 5, 10]
+        parent = next(r for r in runs if r.data.tags["w2s.role"] != "trial")
+        key = parent.data.params["prepared.generated_images_id"]
+        assert parent.data.params["prepared.generated_images_hit"].lower() == "false"
+        assert (tmp_path / "ray_results" / "cache" / "generated_images" / key / "generated.json").is_file()
+        assert "generation: 100/100 images" in proc.stdout + proc.stderr
     best = json.loads((tmp_path / "ray_results" / "s" / "best_config.json").read_text())
     metric = spec.metric  # val_acc, or a few-shot accuracy
     assert best["metric"] == metric and 0.0 <= best["metrics"][metric] <= 1.0

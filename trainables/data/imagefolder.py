@@ -86,8 +86,6 @@ def load_imagefolder(seed: int = 0, data_root: str | None = None, image_size: in
     root = _require_root(data_root)
     mean_t = tuple(mean or IMAGENET_MEAN)
     std_t = tuple(std or IMAGENET_STD)
-    decode_one = partial(decode, image_size=image_size, resize=resize or round(image_size / 0.875),
-                         mean=torch.tensor(mean_t).view(-1, 1, 1), std=torch.tensor(std_t).view(-1, 1, 1))
     train_paths, train_y, classes = scan(os.path.join(root, "train"))
     held_out = {s: scan(os.path.join(root, s), classes) for s in ("val", "test") if os.path.isdir(os.path.join(root, s))}
     if len(held_out) == 2:
@@ -98,6 +96,17 @@ def load_imagefolder(seed: int = 0, data_root: str | None = None, image_size: in
         tr, va = train_val_split(train_y, val_fraction, seed)
         splits = {"train": ([train_paths[i] for i in tr], train_y[tr]), "val": ([train_paths[i] for i in va], train_y[va]),
                   "test": next(iter(held_out.values()))[:2]}
+    return image_splits("imagefolder", splits, classes, image_size, resize, mean_t, std_t, memory_limit_gb, threads,
+                        {"seed": seed, "source": root})
+
+
+def image_splits(name: str, splits: dict[str, tuple[list[str], np.ndarray]], classes: list[str], image_size: int,
+                 resize: int | None, mean, std, memory_limit_gb: float, threads: int, meta: dict) -> DatasetSplits:
+    """``DatasetSplits`` from image files listed per split (``train``, ``val``, ``test``): resized
+    (shorter side to ``resize``, default ``image_size / 0.875``), centre-cropped, normalised;
+    decoded once into tensors when they fit ``memory_limit_gb`` as float32, else lazily."""
+    decode_one = partial(decode, image_size=image_size, resize=resize or round(image_size / 0.875),
+                         mean=torch.tensor(mean).view(-1, 1, 1), std=torch.tensor(std).view(-1, 1, 1))
     item_shape = (3, image_size, image_size)
     total = sum(len(p) for p, _ in splits.values())
     in_memory = total * int(np.prod(item_shape)) * 4 <= memory_limit_gb * 2**30
@@ -110,10 +119,36 @@ def load_imagefolder(seed: int = 0, data_root: str | None = None, image_size: in
         with ThreadPoolExecutor(threads) as pool:
             return torch.stack(list(pool.map(decode_one, paths)))
 
-    tensors = {k: (images(p), torch.from_numpy(y)) for k, (p, y) in splits.items()}
+    tensors = {k: (images(p), torch.from_numpy(np.asarray(y, dtype=np.int64))) for k, (p, y) in splits.items()}
     return DatasetSplits(
-        name="imagefolder", train_x=tensors["train"][0], train_y=tensors["train"][1],
+        name=name, train_x=tensors["train"][0], train_y=tensors["train"][1],
         val_x=tensors["val"][0], val_y=tensors["val"][1], test_x=tensors["test"][0], test_y=tensors["test"][1],
-        num_classes=len(classes), mean=mean_t, std=std_t,
-        meta={"seed": seed, "source": root, "classes": classes, "lazy": not in_memory, "image_size": image_size},
+        num_classes=len(classes), mean=tuple(mean), std=tuple(std),
+        meta={**meta, "classes": classes, "lazy": not in_memory, "image_size": image_size},
     )
+
+
+def holdout_val(train: tuple[list[str], np.ndarray], test: tuple[list[str], np.ndarray], val_fraction: float,
+                seed: int) -> dict[str, tuple[list[str], np.ndarray]]:
+    """Splits of a dataset whose official split has no validation set: ``val_fraction`` of the
+    training files (stratified, seeded) as val; ``val_fraction: 0`` uses the test files as val too
+    (DAPT selects on test)."""
+    paths, labels = train
+    if val_fraction == 0:
+        return {"train": train, "val": test, "test": test}
+    tr, va = train_val_split(labels, val_fraction, seed)
+    return {"train": ([paths[i] for i in tr], labels[tr]), "val": ([paths[i] for i in va], labels[va]), "test": test}
+
+
+def official_root(name: str, data_root: str | None, folder: str, required: tuple[str, ...], archive: str) -> str:
+    """``<data_root>/<folder>`` after checking that the official archive's files are there."""
+    from trainables.data.base import resolve_root
+
+    root = os.path.join(resolve_root(data_root), folder)
+    missing = [r for r in required or (".",) if not os.path.exists(os.path.join(root, r))]
+    if missing:
+        raise DatasetUnavailable(f"dataset {name!r}: {os.path.normpath(os.path.join(root, missing[0]))} is "
+                                 f"missing; unpack the "
+                                 f"official archive ({archive}) into {os.path.dirname(root)}, or set "
+                                 f"dataset_kwargs.data_root to the directory that holds {folder}/")
+    return root

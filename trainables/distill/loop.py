@@ -18,6 +18,7 @@ import torch
 from trainables.data import DatasetSplits, load_dataset
 from trainables.distill.fewshot import fewshot_hook
 from trainables.distill.params import DistillParams
+from trainables.distill.synthetic import cached_student_set_logits, student_set_differs, training_set
 from trainables.distill.teacher import build_teacher, load_teacher_model, recipe_fields
 from trainables.init import init_student
 from trainables.losses import create_loss, loss_class
@@ -35,17 +36,20 @@ from trainables.training.views import BatchViews, FixedViews, PlainViews, Random
 def teacher_recipe(p: DistillParams) -> dict[str, Any]:
     # ``download`` says how to get the data, not what the data is: it stays out of the key.
     data_kwargs = {k: v for k, v in p.dataset_kwargs.items() if k != "download"}
-    # Noisy training labels make another teacher; without noise the key stays what it always was.
+    # Noisy training labels or generated images make another teacher; without them the key stays
+    # what it always was.
     noise = {"label_noise": p.label_noise.recipe()} if p.label_noise.active else {}
+    generated = p.synthetic.train_set(teacher=True)
     return {"dataset": p.dataset, "split_seed": p.split_seed, "dataset_kwargs": data_kwargs,
-            **recipe_fields(p.teacher), **noise}
+            **recipe_fields(p.teacher), **noise, **({"synthetic": generated} if generated else {})}
 
 
-def load_data(p: DistillParams) -> DatasetSplits:
-    """The splits with the training labels corrupted per ``label_noise`` (the realised rate in
-    ``meta["label_noise"]``)."""
+def load_data(p: DistillParams, ctx: TrialContext | None = None, teacher: bool = False) -> DatasetSplits:
+    """The splits with the real training labels corrupted per ``label_noise`` (the realised rate in
+    ``meta["label_noise"]``), then the student's (or the teacher's) generated training images added."""
     data = load_dataset(p.dataset, seed=p.split_seed, **p.dataset_kwargs)
-    return with_label_noise(data, p.label_noise, p.dataset, p.dataset_kwargs)[0]
+    data = with_label_noise(data, p.label_noise, p.dataset, p.dataset_kwargs)[0]
+    return training_set(p, data, ctx, teacher) if ctx is not None else data
 
 
 def load_teacher(p: DistillParams, ctx: TrialContext):
@@ -53,7 +57,9 @@ def load_teacher(p: DistillParams, ctx: TrialContext):
     if ctx.artifacts is None:
         raise RuntimeError("the distill trainable needs an artifact store (TrialContext.artifacts) for its teacher")
     download = bool(p.dataset_kwargs.get("download", False))
-    entry = ctx.artifacts.get_or_create("teacher", recipe, lambda d: build_teacher(recipe, d, download=download))
+    data = (lambda: load_data(p, ctx, teacher=True)) if p.synthetic.uses(teacher=True) else None
+    entry = ctx.artifacts.get_or_create("teacher", recipe, lambda d: build_teacher(recipe, d, download=download,
+                                                                                   data=data and data()))
     return entry
 
 
@@ -62,7 +68,8 @@ def cached_teacher_features(p: DistillParams, ctx: TrialContext, entry, data, de
 
     A cache entry of their own, derived from the teacher's: the teacher recipe and its cache key
     stay as they are, and teachers cached before feature losses existed serve them too."""
-    recipe = {"teacher": teacher_recipe(p), "outputs": "train_features"}
+    recipe = {"teacher": teacher_recipe(p), "outputs": "train_features",
+              **({"train_set": p.synthetic.train_set(teacher=False)} if student_set_differs(p) else {})}
 
     def build(out_dir: str) -> dict[str, Any]:
         feats = predict(load_teacher_model(p.teacher, entry, data, data.train_x.device), data.train_x, features=True)
@@ -92,7 +99,8 @@ def student_views(p: DistillParams, data: DatasetSplits, device: torch.device) -
 
 def views_recipe(p: DistillParams) -> dict[str, Any]:
     return {"teacher": teacher_recipe(p), "outputs": "view_logits", "augment": geometric_of(p).recipe(),
-            "views": p.teacher_views, "view_seed": p.view_seed}
+            "views": p.teacher_views, "view_seed": p.view_seed,
+            **({"train_set": p.synthetic.train_set(teacher=False)} if student_set_differs(p) else {})}
 
 
 def cached_view_logits(p: DistillParams, ctx: TrialContext, entry, data, device: torch.device) -> torch.Tensor:
@@ -130,7 +138,12 @@ def teacher_signal(p: DistillParams, ctx: TrialContext, entry, data, loss_cls,
     features = cached_teacher_features(p, ctx, entry, data, device) if wants_features else None
     if features is not None:
         context["teacher_dim"] = features.shape[1]
-    logits = torch.load(entry.file("train_logits.pt"), map_location=device)
+    if student_set_differs(p):
+        logits = cached_student_set_logits(p, ctx, teacher_recipe(p),
+                                           lambda: load_teacher_model(p.teacher, entry, data, data.train_x.device),
+                                           data, device)
+    else:
+        logits = torch.load(entry.file("train_logits.pt"), map_location=device)
     return CachedTeacher(logits, features), context
 
 
@@ -146,7 +159,7 @@ def build_student(p: DistillParams, data: DatasetSplits, entry) -> Classifier:
 def run_distill(p: DistillParams, session: Session, ctx: TrialContext) -> dict[str, Any]:
     device = session.device
     entry = load_teacher(p, ctx)
-    data = load_data(p).to(device)
+    data = load_data(p, ctx).to(device)
     seed_everything(p.seed)
     teacher, teacher_context = teacher_signal(p, ctx, entry, data, loss_class(p.loss), device)
     student = build_student(p, data, entry)

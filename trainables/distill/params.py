@@ -9,6 +9,7 @@ from pydantic import Field, model_validator
 
 from trainables.core.registry import kwargs_validator
 from trainables.distill.fewshot import FewShotConfig, check_fewshot
+from trainables.data.generated import SyntheticSet
 from trainables.distill.teacher import Optimizer, Schedule, TeacherRecipe
 from trainables.init import WeightSelectionConfig, check_student_init
 from trainables.losses import LossName, check_loss_params, loss_class
@@ -20,6 +21,8 @@ from trainables.training.recipe import RecipeParams
 
 class DistillParams(DatasetParams, RecipeParams):
     teacher: TeacherRecipe = Field(default_factory=TeacherRecipe)
+    synthetic: SyntheticSet = Field(default_factory=SyntheticSet, description="generated training images "
+                                    "(DAPT's synthetic-data distillation)")
     teacher_mode: Literal["cached", "online", "sampled_views"] = Field(
         "cached", description="cached | sampled_views: teacher logits computed once (per view) and looked up; "
         "online: teacher forward every step")

@@ -6,7 +6,9 @@ from typing import Any
 
 from trainables.data import dataset_issues
 from trainables.distill.loop import load_teacher
+from trainables.data.generated import GenerationRecipe, PipelineMissing, resolve_pipeline
 from trainables.distill.params import DistillParams
+from trainables.distill.synthetic import generated_set
 from trainables.runtime.trainable import TrialContext
 from trainables.training.dataset_params import prepare_fixed_dataset
 
@@ -15,18 +17,47 @@ def prepare_distill(fixed: dict[str, Any], searched: set[str], ctx: TrialContext
     """Train the teacher once, up front, unless its recipe is itself searched (then the first
     trial that needs each recipe builds it, under the cache's lock)."""
     prepare_fixed_dataset(DistillParams, fixed, searched)
+    info = prepare_generated(fixed, searched, ctx)
     # label_noise changes the teacher's training labels, so it is part of its recipe too.
     teacher_keys = {"dataset", "split_seed", "label_noise"} | {
-        k for k in searched if k == "teacher" or k.startswith(("teacher.", "dataset_kwargs", "label_noise."))}
+        k for k in searched if k == "teacher" or k.startswith(("teacher.", "dataset_kwargs", "label_noise."))
+        or k == "synthetic" or k.startswith(TEACHER_SET_KEYS)}
     if teacher_keys & searched:
-        return None
+        return info or None
     defaults = DistillParams.model_validate({k: v for k, v in fixed.items()
-                                             if k in ("dataset", "dataset_kwargs", "split_seed", "teacher", "label_noise")})
+                                             if k in ("dataset", "dataset_kwargs", "split_seed", "teacher", "label_noise",
+                                                      "synthetic")})
     entry = load_teacher(defaults, ctx)
-    return {"teacher_cache_id": entry.key, "teacher_cache_hit": entry.hit, **{f"teacher_{k}": v
+    return {**info, "teacher_cache_id": entry.key, "teacher_cache_hit": entry.hit, **{f"teacher_{k}": v
             for k, v in entry.meta.items() if k in ("val_acc", "test_acc")}}
 
 
+# Searching any of these makes the teacher's training set (and so the teacher) differ per trial.
+TEACHER_SET_KEYS = ("synthetic.generation", "synthetic.teacher_synset_size", "synthetic.teacher_real")
+
+
+def prepare_generated(fixed: dict[str, Any], searched: set[str], ctx: TrialContext) -> dict[str, Any]:
+    """Generate the synthetic images once, up front, unless their recipe is searched (then the
+    first trial that needs each recipe generates it, under the cache's lock)."""
+    synthetic = fixed.get("synthetic") or {}
+    generation = synthetic.get("generation")
+    if generation is None or any(k == "synthetic" or k.startswith("synthetic.generation") for k in searched):
+        return {}
+    sizes = ("synthetic.synset_size", "synthetic.teacher_synset_size")
+    if not any(k in searched for k in sizes) and not any(synthetic.get(k.split(".")[1]) for k in sizes):
+        return {}  # a recipe that no model trains on: nothing to generate
+    entry = generated_set(GenerationRecipe.model_validate(generation), ctx)
+    return {"generated_images_id": entry.key, "generated_images_hit": entry.hit}
+
+
 def check_distill_inputs(p: DistillParams) -> list[tuple[str, str]]:
-    """Before Ray starts: the dataset must be on disk (or downloadable)."""
-    return dataset_issues("dataset", p.dataset, **p.dataset_kwargs)
+    """Before Ray starts: the dataset must be on disk (or downloadable), and the generation
+    pipeline's weights too when a model trains on generated images."""
+    issues = dataset_issues("dataset", p.dataset, **p.dataset_kwargs)
+    s = p.synthetic
+    if s.generation is not None and (s.uses(teacher=False) or s.uses(teacher=True)):
+        try:
+            resolve_pipeline(s.generation.pipeline)
+        except PipelineMissing as exc:
+            issues.append(("synthetic.generation.pipeline", str(exc).removeprefix("generation.pipeline: ")))
+    return issues

@@ -119,6 +119,8 @@ class TeacherRecipe(RecipeParams):
 def recipe_fields(t: TeacherRecipe) -> dict[str, Any]:
     """The recipe as cache-key fields. A checkpoint enters by content, not only by path."""
     fields = t.model_dump()
+    if t.diffaugment == "none":  # added later: off, it leaves the keys of teachers cached before it as they were
+        fields.pop("diffaugment"), fields.pop("diffaugment_strategy")
     if t.checkpoint:
         fields["checkpoint_sha256"] = file_digest(t.checkpoint)
     return fields
@@ -163,16 +165,20 @@ def teacher_views(t: TeacherRecipe, device: torch.device) -> BatchViews:
 
 
 def build_teacher(recipe: dict[str, Any], out_dir: str, device: torch.device | None = None,
-                  download: bool = False) -> dict[str, Any]:
+                  download: bool = False, data: DatasetSplits | None = None) -> dict[str, Any]:
     """Prepare the teacher per ``recipe["init"]``; write ``model.pt``, ``train_logits.pt`` (the
-    teacher's logits on the training split) and ``teacher.json``."""
+    teacher's logits on the training split) and ``teacher.json``. ``data``: the splits to train on
+    when the training split is not the dataset's own (generated images added)."""
     device = device or default_device()
     t = TeacherRecipe.model_validate({k: v for k, v in recipe.items() if k in TeacherRecipe.model_fields})
-    data = load_dataset(recipe["dataset"], seed=recipe["split_seed"], **recipe.get("dataset_kwargs", {}),
-                        **({"download": True} if download else {}))
-    # The teacher learns from the same noisy training labels as the student; val / test stay clean.
-    data, noise_rate = with_label_noise(data, recipe.get("label_noise"), recipe["dataset"],
-                                        recipe.get("dataset_kwargs"))
+    if data is None:
+        data = load_dataset(recipe["dataset"], seed=recipe["split_seed"], **recipe.get("dataset_kwargs", {}),
+                            **({"download": True} if download else {}))
+        # The teacher learns from the same noisy training labels as the student; val / test stay clean.
+        data, noise_rate = with_label_noise(data, recipe.get("label_noise"), recipe["dataset"],
+                                            recipe.get("dataset_kwargs"))
+    else:  # the caller's splits (generated images added) carry the noise it applied to the real labels
+        noise_rate = data.meta.get("label_noise", {}).get("realised_rate", 0.0)
     data = data.to(device)
     seed_everything(t.seed)
     model = create_teacher(t, data).to(device)

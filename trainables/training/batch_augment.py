@@ -1,5 +1,6 @@
 """The per-step part of a training recipe: the photometric policy and erasing
-(:class:`~trainables.data.policy.Photometric`), then mixup / cutmix (timm's
+(:class:`~trainables.data.policy.Photometric`), then DAPT's DiffAugment
+(:class:`~trainables.training.diffaugment.DiffAugment`), then mixup / cutmix (timm's
 :class:`~timm.data.Mixup`), applied to each training batch after its geometric view.
 
 Mixing turns the labels into soft targets (N, C) that sum to 1; every loss takes them
@@ -17,6 +18,7 @@ import torch
 
 from trainables.data.augment import Augment
 from trainables.data.policy import Photometric
+from trainables.training.diffaugment import DiffAugment
 from trainables.training.recipe import AugmentParams
 
 
@@ -36,6 +38,7 @@ class BatchAugment:
     mixup: object | None = None  # timm.data.Mixup
     num_classes: int = 0
     seed: int = 0
+    diffaugment: DiffAugment | None = None
     _generator: torch.Generator | None = None
 
     @property
@@ -44,13 +47,15 @@ class BatchAugment:
 
     @property
     def active(self) -> bool:
-        return self.photometric is not None or self.mixup is not None
+        return self.photometric is not None or self.mixup is not None or self.diffaugment is not None
 
     def __call__(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if self.photometric is not None:
             if self._generator is None or self._generator.device != x.device:
                 self._generator = torch.Generator(device=x.device).manual_seed(self.seed * 1_000_003 + 17)
             x = self.photometric.apply(x, self._generator)
+        if self.diffaugment is not None:
+            x = self.diffaugment(x)
         if self.mixup is not None:
             x, y = self.mixup(x, y)  # in place on x (a fresh batch here), soft float targets
         return x, y
@@ -67,4 +72,6 @@ def batch_augment_of(p: AugmentParams, mean, std, num_classes: int, seed: int = 
         # Label smoothing stays with the loss (its label_smoothing), which applies it to soft targets too.
         mixup = Mixup(mixup_alpha=p.mixup_alpha, cutmix_alpha=p.cutmix_alpha, prob=p.mixup_prob,
                       switch_prob=p.mixup_switch_prob, mode="batch", label_smoothing=0.0, num_classes=num_classes)
-    return BatchAugment(photometric if photometric.active else None, mixup, num_classes, seed)
+    diffaugment = DiffAugment(p.diffaugment, p.diffaugment_strategy, seed) if p.diffaugment != "none" else None
+    return BatchAugment(photometric if photometric.active else None, mixup, num_classes, seed,
+                        diffaugment=diffaugment)

@@ -14,17 +14,19 @@ from pydantic import Field, field_validator
 from trainables.core.config import StrictModel
 from trainables.data.augment import AugmentName
 from trainables.data.policy import AUTO_AUGMENTS
+from trainables.training.diffaugment import DAPT_STRATEGY, parse_strategy
 
 RECIPE_KEYS = ("nesterov", "betas", "wd_exclude_1d", "layer_decay", "warmup_lr", "min_lr", "decay_epochs",
                "milestones", "decay_rate", "accum_steps")
 # Augmentation keys whose ops are drawn afresh on every step (no fixed set of views to cache).
-PER_STEP_KEYS = ("auto_augment", "color_jitter", "random_erasing", "mixup_alpha", "cutmix_alpha")
+PER_STEP_KEYS = ("auto_augment", "color_jitter", "random_erasing", "diffaugment", "mixup_alpha", "cutmix_alpha")
 
 
 class AugmentParams(StrictModel):
     """Training-batch augmentation, run on the device in this order: the geometric view
     (``augment``), then the photometric policy (``auto_augment``, or ``color_jitter`` when there is
-    no policy, as timm does), then ``random_erasing``, then mixup / cutmix (soft targets)."""
+    no policy, as timm does), then ``random_erasing``, then DiffAugment (``diffaugment``), then
+    mixup / cutmix (soft targets)."""
 
     augment: AugmentName = Field("none", description="geometric view: none | flip_crop (pad, random crop, flip) "
                                  "| rrc_flip (RandomResizedCrop, flip)")
@@ -46,10 +48,20 @@ class AugmentParams(StrictModel):
                                 "strength (timm's color_jitter); ignored when auto_augment is set, as in timm")
     random_erasing: float = Field(0.0, ge=0, le=1, description="probability of erasing one box per image, "
                                   "filled with per-pixel normal noise (timm's reprob, remode pixel)")
+    diffaugment: Literal["none", "S", "M"] = Field("none", description="DAPT's DiffAugment on the device: S = one "
+                                                   "op of the strategy per batch, M = all of them")
+    diffaugment_strategy: str = Field(DAPT_STRATEGY, description="DiffAugment ops joined by _ (flip, color, crop, "
+                                      "rotate, scale, cutout); DAPT's is all six")
     mixup_alpha: float = Field(0.0, ge=0, le=10, description="mixup Beta(alpha, alpha); 0 = off")
     cutmix_alpha: float = Field(0.0, ge=0, le=10, description="cutmix Beta(alpha, alpha); 0 = off")
     mixup_prob: float = Field(1.0, ge=0, le=1, description="probability a batch is mixed")
     mixup_switch_prob: float = Field(0.5, ge=0, le=1, description="with both on: probability of cutmix over mixup")
+
+    @field_validator("diffaugment_strategy")
+    @classmethod
+    def _strategy_ops(cls, v: str) -> str:
+        parse_strategy(v)
+        return v
 
     @field_validator("rrc_scale")
     @classmethod
@@ -72,7 +84,8 @@ class AugmentParams(StrictModel):
     def per_step_ops(self) -> list[str]:
         """The augmentation keys set here that draw new random ops every step."""
         active = {"auto_augment": self.auto_augment != "none", "color_jitter": self.color_jitter > 0,
-                  "random_erasing": self.random_erasing > 0, "mixup_alpha": self.mixes and self.mixup_alpha > 0,
+                  "random_erasing": self.random_erasing > 0, "diffaugment": self.diffaugment != "none",
+                  "mixup_alpha": self.mixes and self.mixup_alpha > 0,
                   "cutmix_alpha": self.mixes and self.cutmix_alpha > 0}
         return [k for k in PER_STEP_KEYS if active[k]]
 
