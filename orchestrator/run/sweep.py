@@ -31,7 +31,8 @@ from orchestrator.store.feature_store import FeatureStore
 from orchestrator.store.secrets import (REDACTED, blank, is_secret_key, mask_uri, mask_uris_in_text, redact,
                                        redact_yaml_text)
 from orchestrator.store.storage import join, write_text
-from orchestrator.store.tracking import Tracker, check_tracking_uri, flatten
+from orchestrator.store.tracking import (GIT_COMMIT_TAG, TAG_DATASET_DIGEST, Tracker, check_tracking_uri, flatten,
+                                         git_commit)
 from orchestrator.store.vectorized_tracking import VectorizedMLflowCallback
 from trainables.core.paths import REPO_ROOT
 from trainables.core.plugins import PLUGINS_ENV
@@ -212,11 +213,25 @@ def start_sweep(spec: SweepSpec, spec_text: str, opts: SweepOptions, name: str, 
     layout.save_spec(out_dir, spec_text, opts.overrides, opts.num_samples)
     resume.write_status(out_dir, "running")
 
-    parent_id, reused = tracker.parent_run(name, spec.resolved_dict(), spec_text)
+    parent_id, reused = tracker.parent_run(name, spec.resolved_dict(), spec_text, tags=parent_tags(spec))
     say(f"  MLflow: experiment {spec.experiment_name!r}, parent run {parent_id}{' (resumed)' if reused else ''}")
     ctx = TrialContext(artifacts=FeatureStore(layout.cache_dir(opts.storage_path)),
                        checkpoint_every=spec.checkpoint.every, sweep_name=name, storage_path=opts.storage_path)
     return StartedSweep(name, out_dir, tracker, parent_id, plan, ctx, restoring)
+
+
+def parent_tags(spec: SweepSpec) -> dict[str, str]:
+    """What a result must be traced back to: the code's git commit, and the digest of the data the
+    trainable declares (``TrainableDef.data_digest``; none when the data is searched or unknown)."""
+    tags = {GIT_COMMIT_TAG: git_commit(REPO_ROOT) or ""}
+    digest = get_trainable(spec.trainable).data_digest
+    if digest is not None:
+        try:
+            searched = set(spec.domains) | {k for p in spec.points_to_evaluate for k in p}
+            tags[TAG_DATASET_DIGEST] = digest(spec.fixed_config(), searched) or ""
+        except Exception as exc:  # noqa: BLE001 - a digest is a record, never a reason to stop a sweep
+            log.warning("dataset digest not computed: %s", exc)
+    return tags
 
 
 def prepare_sweep(spec: SweepSpec, run: StartedSweep) -> dict[str, Any]:
@@ -235,7 +250,9 @@ def tune_sweep(spec: SweepSpec, opts: SweepOptions, run: StartedSweep):
 
     budget = vocabulary_of(spec).budget
     callbacks = [VectorizedMLflowCallback(opts.mlflow_uri, spec.experiment_name, run.parent_id, run.name, budget,
-                                          fields=trainable_fields(spec)),
+                                          fields=trainable_fields(spec), keys=tuple(searched_keys(spec)),
+                                          static=get_trainable(spec.trainable).static_metrics,
+                                          trainable=spec.trainable),
                  ProgressPrinter(spec.metric, spec.mode, spec.expected_trials(), budget, keys=searched_keys(spec)),
                  *resume.sweep_callbacks(opts.storage_path, run.name)]
     if run.restoring:
@@ -265,11 +282,28 @@ def report_sweep(spec: SweepSpec, opts: SweepOptions, run: StartedSweep, results
     if best is not None:
         best_result = next(r for r in results if (r.metrics or {}).get("trial_id") == best.trial_id)
         best_config = row_config(spec, unpack_config(best_result.config), best.probe)
+        log_best_checkpoint(run.tracker, run.parent_id, getattr(best_result, "checkpoint", None))
     if best_config is not None and spec.control.enabled:
         report.comparison = run_reference(spec, best_config, run.name, opts, run.ctx, run.plan, run.parent_id)
     finish_report(spec, report, best_config, run.name, opts, run.tracker, run.parent_id, prepared,
                   time.time() - t_start)
     return report
+
+
+def log_best_checkpoint(tracker: Tracker, parent_id: str, checkpoint) -> None:
+    """The best trial's last checkpoint as the parent run's ``best_checkpoint/`` artifact, so the
+    model that won is one click from the sweep in MLflow. Only from a local storage path: a
+    cloud one is already a shared place, named by the tag ``w2s.best_checkpoint``."""
+    if checkpoint is None:
+        return
+    path = str(checkpoint.path)
+    try:
+        if "://" in path or not os.path.isdir(path):
+            tracker.client.set_tag(parent_id, "w2s.best_checkpoint", path)
+            return
+        tracker.client.log_artifacts(parent_id, path, "best_checkpoint")
+    except Exception as exc:  # noqa: BLE001 - the checkpoint stays in the sweep folder either way
+        log.warning("best checkpoint not logged to MLflow: %s", exc)
 
 
 def finish_report(spec: SweepSpec, report: SweepReport, best_config: dict[str, Any] | None, name: str,
