@@ -54,6 +54,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="override a search-space key, e.g. --set params.epochs=5 (repeatable; VALUE is YAML)")
     p.add_argument("--dry-run", action="store_true",
                    help="print the resolved spec and the trial resource plan, and list missing data or weights; run nothing")
+    p.add_argument("--all", dest="all_rows", action="store_true",
+                   help="print every row of the final results table (default: the top 10 by the metric; "
+                        "every row is in results.csv either way)")
     p.add_argument("--yes", action="store_true",
                    help=f"run a sweep of more than {LARGE_SWEEP_TRIALS} trials (refused without it, as a likely typo)")
     return p
@@ -225,7 +228,8 @@ def _run(args: argparse.Namespace) -> int:
     where = resolve_locations(args.mlflow_uri, args.storage_path, address)
     opts = SweepOptions(address=address, mlflow_uri=where.mlflow_uri, storage_path=where.storage_path,
                         name=args.resume or args.name, resume=bool(args.resume),
-                        overrides=list(args.overrides), num_samples=args.num_samples, origins=where.origins)
+                        overrides=list(args.overrides), num_samples=args.num_samples, origins=where.origins,
+                        all_rows=args.all_rows)
     if args.dry_run or not opts.name:
         return _run_spec(args, opts)
     with sweep_lock(opts, opts.name):  # before torch and Ray are even imported: a second driver is refused at once

@@ -5,6 +5,7 @@ import json
 import logging
 import os
 import sys
+import textwrap
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -13,6 +14,7 @@ from orchestrator.errors import UserError
 from orchestrator.reports import publish as reporting
 from orchestrator.reports.rows import SweepReport, pick_best, rows_from_results, searched_keys, vocabulary_of
 from orchestrator.reports.table import status_counts
+from orchestrator.reports.terminal import DEFAULT_TOP, searched_yaml, terminal_table
 from orchestrator.run import preflight, resume
 from orchestrator.run.cluster import check_cluster_locations, connection_error_message, origin_note, worker_runtime_env
 from orchestrator.run.local_ray import prepare_local_ray, publish_address, record_local_ray
@@ -310,9 +312,11 @@ def finish_report(spec: SweepSpec, report: SweepReport, best_config: dict[str, A
                   opts: SweepOptions, tracker: Tracker, parent_id: str, prepared: dict[str, Any],
                   elapsed: float) -> None:
     vocab = vocabulary_of(spec)
-    table = reporting.results_table(spec, report.rows)
+    table = reporting.results_table(spec, report.rows)  # the full table, for results_table.txt
+    keys = searched_keys(spec)
     say("")
-    say(table)
+    say(terminal_table(report.rows, spec.metric, spec.mode, vocab.present_table_metrics([r.metrics for r in report.rows]),
+                       keys, top=None if opts.all_rows else DEFAULT_TOP))
     say("")
     out_dir = sweep_dir(opts, name)
     published = reporting.publish(spec, report.rows, report.best, best_config, name, out_dir, tracker, parent_id,
@@ -330,7 +334,10 @@ def finish_report(spec: SweepSpec, report: SweepReport, best_config: dict[str, A
         shown = headline != spec.metric and isinstance(best.metrics.get(headline), (int, float))
         say(f"best trial {best.label}: {spec.metric} = {best.metrics[spec.metric]:.4f}"
             + (f", {headline} = {best.metrics[headline]:.4f}" if shown else ""))
-        say("best config: " + json.dumps(redact(best_config), sort_keys=True))  # logs are often shared
+        # The searched values only: the whole config is hundreds of characters on one line. Redacted:
+        # logs are often shared.
+        say("best config (searched keys):")
+        say(textwrap.indent(searched_yaml(redact(best_config), keys), "  "))
         best_path = join(out_dir, layout.BEST_CONFIG_FILE)
         payload = {"sweep": name, "trial_id": best.trial_id, "probe": best.probe, "metric": spec.metric, "mode": spec.mode,
                    "value": best.metrics[spec.metric], "config": best_config,
@@ -342,7 +349,8 @@ def finish_report(spec: SweepSpec, report: SweepReport, best_config: dict[str, A
         summary[f"best_{spec.metric}"] = float(best.metrics[spec.metric])
         if shown:
             summary[f"best_{headline}"] = float(best.metrics[headline])
-        say(f"best config written to {best_path}")
+        say(f"full config: {join(out_dir, layout.BEST_SPACE_FILE)} (re-run it: run_sweep.py <that file>), "
+            f"with its metrics in {best_path}")
     if vocab.summary is not None:
         family_lines, family_metrics = vocab.summary(report.rows, report.best)
         for line in family_lines:
@@ -361,8 +369,15 @@ def finish_report(spec: SweepSpec, report: SweepReport, best_config: dict[str, A
     reporting.print_outcome(say, spec, None, published, None)
     say("")
     say(usage.line())
-    say(f"results: {out_dir}  ({len(report.rows)} trials, {elapsed:.0f}s)")
+    say(f"results: {out_dir}  ({count_line(report.rows)}, {elapsed:.0f}s)")
     say(f"browse:  {mlflow_ui_command(opts.mlflow_uri)}")
+
+
+def count_line(rows) -> str:
+    """``8 trials``, or ``2 trials, 48 configurations`` when vectorised trials each trained several
+    (the header counts trials: the two numbers must not look like a contradiction)."""
+    trials = len({r.trial_id for r in rows})
+    return f"{trials} trials" + (f", {len(rows)} configurations" if len(rows) != trials else "")
 
 
 def mlflow_ui_command(uri: str) -> str:
