@@ -25,13 +25,15 @@ def resolve_space_path(path: str) -> str:
     return in_repo if os.path.exists(in_repo) else path
 
 
-SUBCOMMANDS = ("report", "compare")
+SUBCOMMANDS = ("report", "compare", "list")
 LARGE_SWEEP_TRIALS = 1000  # more trials than this needs --yes: `num_samples: 1e9` is a typo, not a plan
 EPILOG = """reports of stored sweeps (no training; rebuilt from --storage-path and MLflow):
   run_sweep.py report NAME [--storage-path P] [--mlflow-uri U]
       results table, plots, summary and best_config.yaml of sweep NAME, logged on its MLflow parent run
   run_sweep.py compare NAME NAME [...] [--storage-path P] [--mlflow-uri U]
-      sweeps side by side: best configuration per method, top-1 mean ± std over seeds"""
+      sweeps side by side: best configuration per method, top-1 mean ± std over seeds
+  run_sweep.py list [--storage-path P]
+      the sweeps under the storage path: state (finished, interrupted, running, ...), trials, best metric, date"""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -73,6 +75,15 @@ def _add_location_flags(p: argparse.ArgumentParser) -> None:
 
 
 def build_report_parser(command: str) -> argparse.ArgumentParser:
+    if command == "list":
+        p = argparse.ArgumentParser(prog="run_sweep.py list",
+                                    description="List the sweeps under --storage-path, newest first: state "
+                                                "(finished, interrupted, running, failed, stalled), trials, best "
+                                                "value of the search metric, last update.")
+        p.add_argument("--storage-path", default=None,
+                       help="where the sweeps ran: a path or s3://, gs:// URI (default: <cwd>/ray_results, "
+                            "as for report)")
+        return p
     if command == "report":
         p = argparse.ArgumentParser(prog="run_sweep.py report",
                                     description="Rebuild the report of a stored sweep (finished, interrupted or "
@@ -99,6 +110,11 @@ def _run_report(command: str, argv: list[str]) -> int:
     from orchestrator.store.tracking import normalise_tracking_uri
 
     args = build_report_parser(command).parse_args(argv)
+    if command == "list":
+        from orchestrator.run.listing import print_sweeps
+
+        print_sweeps(_storage(args.storage_path))
+        return 0
     uri = normalise_tracking_uri(args.mlflow_uri)
     if command == "report":
         from orchestrator.reports.publish import report_sweep

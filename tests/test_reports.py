@@ -337,3 +337,37 @@ def test_terminal_table_fits_sorts_and_folds_constants():
     assert max(len(line) for line in narrow.splitlines()) <= 60 and "not shown for width:" in " ".join(narrow.splitlines())
     assert searched_yaml({"loss_params": {"rate": 0.3}, "seed": 1, "lr": 2}, ["loss_params.rate", "seed"]) \
         == "loss_params.rate: 0.3\nseed: 1"
+
+
+def test_list_shows_each_sweep_with_its_state_trials_and_best(tmp_path, capsys):
+    """Issue 19: `run_sweep.py list` names the sweeps under a storage path; a sweep whose driver
+    died while its status said running is listed as interrupted, as --resume treats it."""
+    import json
+
+    from orchestrator.cli import main
+    from orchestrator.store import layout
+
+    space = "name: s\ntrainable: distill\nparams: {student: mlp_tiny, epochs: 2}\nmetric: val_acc\nmode: max\n"
+    best = {}
+    for name, status, values in (("done", "finished", [0.5, 0.7]), ("cut", "running", [0.6])):
+        folder = tmp_path / name
+        folder.mkdir()
+        (folder / layout.SPEC_FILE).write_text(space)
+        # pid 0 on this host: no live driver wrote it
+        (folder / layout.STATUS_FILE).write_text(json.dumps({"status": status, "updated": 1.0e9, "pid": 0,
+                                                             "host": "elsewhere"}))
+        for i, value in enumerate(values):
+            trial = folder / f"trial_x_{i:05d}"
+            trial.mkdir()
+            (trial / "result.json").write_text(json.dumps({"epoch": 1, "val_acc": value / 2}) + "\n"
+                                               + json.dumps({"epoch": 2, "val_acc": value}) + "\n")
+        best[name] = max(values)
+    (tmp_path / "cache").mkdir()  # not a sweep
+    assert main(["list", "--storage-path", str(tmp_path)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    rows = {line.split()[0]: line.split() for line in lines[2:] if line.split() and line.split()[0] in best}
+    assert rows["done"][1:5] == ["finished", "2", "val_acc", f"{best['done']:.4f}"]
+    assert rows["cut"][1:5] == ["interrupted", "1", "val_acc", f"{best['cut']:.4f}"]
+    assert "cache" not in rows
+    assert main(["list", "--storage-path", str(tmp_path / "nope")]) == 2
+    assert "does not exist" in capsys.readouterr().err
