@@ -62,7 +62,7 @@ def test_child_runs_are_named_by_trial_and_values_and_carry_the_resolved_config(
     assert child.info.run_name == "t04 lr=0.0456 temperature=4"
     expected = {k: v for k, v in flatten(complete_params("distill", config)).items()}
     assert set(expected) <= set(child.data.params) and len(expected) > len(config)
-    assert child.data.params[constant] == "0.5" and constant not in child.data.metrics
+    assert child.data.params[f"static.{constant}"] == "0.5" and constant not in child.data.metrics
     assert "epoch" not in child.data.metrics
     assert [m.step for m in tracker.client.get_metric_history(child.info.run_id, "val_acc")] == [1, 2, 3]
     names = [a.path for a in tracker.client.list_artifacts(child.info.run_id)]

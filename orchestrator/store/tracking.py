@@ -43,6 +43,9 @@ STEP_METRIC = "trial_time_s"
 # Reported every epoch but not a measurement of it: the step, which MLflow keeps as each point's step.
 NOT_METRICS = frozenset({"epoch"})
 RESOLVED_CONFIG_FILE = "config.yaml"
+# Param prefix of the trainable's constant metrics: a constant may share a parameter's name (w2s's
+# ``n_train`` is a fraction as a parameter, a count as a metric) and MLflow params are write-once.
+STATIC_PREFIX = "static."
 
 # Tune's own bookkeeping fields: not metrics of the experiment.
 TUNE_BOOKKEEPING = AUTO_FILLED
@@ -445,8 +448,8 @@ class MLflowTrialCallback(_tune_callback_base()):
 
     def split_static(self, run_id: str, metrics: dict[str, float]) -> dict[str, float]:
         """``metrics`` less the trainable's declared constants, which are logged once on the run
-        as params (MLflow params are write-once: they are written on the first report only)."""
-        static = {k: v for k, v in metrics.items() if k in self.static}
+        as params ``static.<name>`` (MLflow params are write-once: written on the first report only)."""
+        static = {STATIC_PREFIX + k: v for k, v in metrics.items() if k in self.static}
         if static and run_id not in self._static_logged:
             self.tracker.log_params(run_id, static)
             self._static_logged.add(run_id)
