@@ -33,7 +33,7 @@ from orchestrator.store.feature_store import FeatureStore
 from orchestrator.store.secrets import (REDACTED, blank, is_secret_key, mask_uri, mask_uris_in_text, redact,
                                        redact_yaml_text)
 from orchestrator.store.storage import join, write_text
-from orchestrator.store.tracking import (GIT_COMMIT_TAG, TAG_DATASET_DIGEST, Tracker, check_tracking_uri, flatten,
+from orchestrator.store.tracking import (GIT_COMMIT_TAG, TAG_DATASET_DIGEST, Tracker, check_tracking_uri,
                                          git_commit)
 from orchestrator.store.vectorized_tracking import VectorizedMLflowCallback
 from trainables.core.paths import REPO_ROOT
@@ -345,7 +345,9 @@ def finish_report(spec: SweepSpec, report: SweepReport, best_config: dict[str, A
         # Like every report file: credentials blanked (the saved search space keeps them, for --resume).
         write_text(best_path, json.dumps(blank(payload), indent=2, sort_keys=True))
         tracker.client.log_dict(parent_id, payload, layout.BEST_CONFIG_FILE)
-        tracker.log_params(parent_id, {f"best.{k}": v for k, v in flatten(best_config).items()})
+        # The best config is the artifacts best_config.json / .yaml, not best.* params: dozens of
+        # params made the runs table's column picker unusable. Its trial is named here instead.
+        tracker.client.set_tag(parent_id, "w2s.best_trial", best.label)
         summary[f"best_{spec.metric}"] = float(best.metrics[spec.metric])
         if shown:
             summary[f"best_{headline}"] = float(best.metrics[headline])
