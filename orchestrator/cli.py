@@ -25,13 +25,15 @@ def resolve_space_path(path: str) -> str:
     return in_repo if os.path.exists(in_repo) else path
 
 
-SUBCOMMANDS = ("report", "compare")
+SUBCOMMANDS = ("report", "compare", "list")
 LARGE_SWEEP_TRIALS = 1000  # more trials than this needs --yes: `num_samples: 1e9` is a typo, not a plan
 EPILOG = """reports of stored sweeps (no training; rebuilt from --storage-path and MLflow):
   run_sweep.py report NAME [--storage-path P] [--mlflow-uri U]
       results table, plots, summary and best_config.yaml of sweep NAME, logged on its MLflow parent run
   run_sweep.py compare NAME NAME [...] [--storage-path P] [--mlflow-uri U]
-      sweeps side by side: best configuration per method, top-1 mean ± std over seeds"""
+      sweeps side by side: best configuration per method, top-1 mean ± std over seeds
+  run_sweep.py list [--storage-path P]
+      the sweeps under the storage path: state (finished, interrupted, running, ...), trials, best metric, date"""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -54,6 +56,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="override a search-space key, e.g. --set params.epochs=5 (repeatable; VALUE is YAML)")
     p.add_argument("--dry-run", action="store_true",
                    help="print the resolved spec and the trial resource plan, and list missing data or weights; run nothing")
+    p.add_argument("--all", dest="all_rows", action="store_true",
+                   help="print every row of the final results table (default: the top 10 by the metric; "
+                        "every row is in results.csv either way)")
     p.add_argument("--yes", action="store_true",
                    help=f"run a sweep of more than {LARGE_SWEEP_TRIALS} trials (refused without it, as a likely typo)")
     return p
@@ -70,6 +75,15 @@ def _add_location_flags(p: argparse.ArgumentParser) -> None:
 
 
 def build_report_parser(command: str) -> argparse.ArgumentParser:
+    if command == "list":
+        p = argparse.ArgumentParser(prog="run_sweep.py list",
+                                    description="List the sweeps under --storage-path, newest first: state "
+                                                "(finished, interrupted, running, failed, stalled), trials, best "
+                                                "value of the search metric, last update.")
+        p.add_argument("--storage-path", default=None,
+                       help="where the sweeps ran: a path or s3://, gs:// URI (default: <cwd>/ray_results, "
+                            "as for report)")
+        return p
     if command == "report":
         p = argparse.ArgumentParser(prog="run_sweep.py report",
                                     description="Rebuild the report of a stored sweep (finished, interrupted or "
@@ -96,6 +110,11 @@ def _run_report(command: str, argv: list[str]) -> int:
     from orchestrator.store.tracking import normalise_tracking_uri
 
     args = build_report_parser(command).parse_args(argv)
+    if command == "list":
+        from orchestrator.run.listing import print_sweeps
+
+        print_sweeps(_storage(args.storage_path))
+        return 0
     uri = normalise_tracking_uri(args.mlflow_uri)
     if command == "report":
         from orchestrator.reports.publish import report_sweep
@@ -231,7 +250,8 @@ def _run(args: argparse.Namespace) -> int:
     where = resolve_locations(args.mlflow_uri, args.storage_path, address)
     opts = SweepOptions(address=address, mlflow_uri=where.mlflow_uri, storage_path=where.storage_path,
                         name=args.resume or args.name, resume=bool(args.resume),
-                        overrides=list(args.overrides), num_samples=args.num_samples, origins=where.origins)
+                        overrides=list(args.overrides), num_samples=args.num_samples, origins=where.origins,
+                        all_rows=args.all_rows)
     if args.dry_run or not opts.name:
         return _run_spec(args, opts)
     with sweep_lock(opts, opts.name):  # before torch and Ray are even imported: a second driver is refused at once

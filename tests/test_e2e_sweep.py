@@ -61,12 +61,45 @@ def test_sweep_lands_in_mlflow_with_one_child_per_trial(quickstart):
     assert "mlflow ui --backend-store-uri sqlite:///" in proc.stdout
 
 
+def test_the_researchers_view(quickstart):
+    """Issue 19: children are named by trial and searched values and carry the resolved config and
+    no per-epoch constant; the parent carries the spec as artifacts (not params), the description,
+    the git commit and the dataset digest; the printed table fits 100 columns;
+    `list` shows the sweep as finished."""
+    from orchestrator.store.tracking import complete_params, flatten
+    from trainables.runtime.trainable import get_trainable
+
+    tmp, proc, run = quickstart
+    client, runs = mlflow_runs(tmp, "qs")
+    (parent,) = [r for r in runs if r.data.tags["w2s.role"] == "parent"]
+    static = get_trainable("distill").static_metrics
+    for child in (r for r in runs if r.data.tags["w2s.role"] == "trial"):
+        index = child.data.tags["w2s.trial_id"].rsplit("_", 1)[1]
+        assert child.info.run_name.startswith(f"t{int(index):02d} lr=")
+        # every parameter, defaults included (a default {} is filled by the searched loss_params.*)
+        params = child.data.params
+        defaults = flatten(complete_params("distill", {"student": "mlp_tiny"}))
+        assert all(k in params or any(p.startswith(k + ".") for p in params) for k in defaults)
+        assert "epoch" not in child.data.metrics and not set(static) & set(child.data.metrics)
+        assert "static.teacher_test_acc" in child.data.params
+        assert "config.yaml" in {a.path for a in client.list_artifacts(child.info.run_id)}
+    assert not any(k.startswith(("spec.", "best.")) for k in parent.data.params)
+    assert parent.data.tags["mlflow.note.content"].startswith("CNN teacher")
+    assert parent.data.tags["w2s.dataset_digest"] and parent.data.tags.get("mlflow.source.git.commit")
+    table = proc.stdout.split("\nbest trial ")[0].rstrip().split("\n\n")[-1]  # printed between blank lines
+    assert "trial " in table and max(len(line) for line in table.splitlines()) <= 100, table
+    listed = run("list")
+    assert listed.returncode == 0, listed.stderr
+    assert [line.split()[:3] for line in listed.stdout.splitlines() if line.startswith("qs ")] == [["qs", "finished", "4"]]
+
+
 def test_a_two_worker_ddp_trial_ran(quickstart):
     tmp, _, _ = quickstart
-    _, runs = mlflow_runs(tmp, "qs")
+    client, runs = mlflow_runs(tmp, "qs")
     ddp = [r for r in runs if r.data.tags["w2s.role"] == "trial" and r.data.params.get("workers") == "2"]
     assert len(ddp) == 1
-    assert ddp[0].data.metrics["epoch"] >= 5 and ddp[0].data.metrics["val_acc"] > 0.5
+    epochs = [m.step for m in client.get_metric_history(ddp[0].info.run_id, "val_acc")]
+    assert max(epochs) >= 5 and ddp[0].data.metrics["val_acc"] > 0.5
     train_runs = os.listdir(tmp / "ray_results" / "qs" / "train_runs")
     assert len(train_runs) == 1 and train_runs[0].startswith("train-")
 

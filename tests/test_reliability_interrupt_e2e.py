@@ -93,7 +93,7 @@ def test_ctrl_c_during_the_report(tmp_path, monkeypatch):
     (tmp_path / "space.yaml").write_text(SPACE)
     monkeypatch.setenv(REPORT_SLEEP_ENV, "30")
     first = Sweep(tmp_path, "space.yaml", "--name", "rep")
-    wait_for(lambda: "best config written to" in first.output(), 600, first, "the report")
+    wait_for(lambda: "full config: " in first.output(), 600, first, "the report")
     os.kill(first.proc.pid, signal.SIGINT)
     rc, out = first.wait()
     interrupted(tmp_path, "rep", out, rc)

@@ -204,11 +204,14 @@ def test_progress_lines_count_outcomes_and_estimate_eta(capsys, monkeypatch):
     clock = [1000.0]
     monkeypatch.setattr(progress_mod.time, "time", lambda: clock[0])
     p = ProgressPrinter("val_acc", "max", total=4, budget_key="epochs", keys=["lr"], interval_s=30)
-    a = FakeTrial("a", {"lr": 0.05, "epochs": 10})
-    b = FakeTrial("b", {"lr": 0.2, "epochs": 10})
+    # As Tune does: a trial is still PENDING when on_trial_start runs, RUNNING just after.
+    a = FakeTrial("a", {"lr": 0.05, "epochs": 10}, status="PENDING")
+    b = FakeTrial("b", {"lr": 0.2, "epochs": 10}, status="PENDING")
     trials = [a, b]
     p.on_trial_start(0, trials, a)
+    a.status = "RUNNING"
     p.on_trial_start(0, trials, b)
+    b.status = "RUNNING"
     clock[0] += 10
     p.on_trial_result(0, trials, a, {"epoch": 10, "val_acc": 0.9})
     a.status = "TERMINATED"
@@ -225,7 +228,8 @@ def test_progress_lines_count_outcomes_and_estimate_eta(capsys, monkeypatch):
     p.on_step_end(0, trials)
     p.on_step_end(0, trials)  # within the interval again: no second line
     out = capsys.readouterr().out.splitlines()
-    assert out[0] == "  start    a: lr=0.05 (running 2)"
+    assert out[0] == "  start    a: lr=0.05 (running 1)"
+    assert out[1] == "  start    b: lr=0.2 (running 2)"
     assert out[2].startswith("  [  1/4] a completed at epoch 10 in 10s: val_acc 0.9000 | best 0.9000 (a)")
     assert out[3].startswith("  [  2/4] b error at epoch 3 in 15s: val_acc 0.5000 | best 0.9000 (a)")
     status = [line for line in out if line.startswith("  status")]
@@ -300,3 +304,70 @@ def test_cli_dispatches_report_and_compare(tmp_path, capsys):
     assert not (tmp_path / "m.db").exists()  # a report never creates a tracking store
     assert main(["compare", "only-one", "--storage-path", str(tmp_path)]) == 2
     assert "at least two" in capsys.readouterr().err
+
+
+def test_terminal_table_fits_sorts_and_folds_constants():
+    """Issue 19: the printed table fits 100 columns, is sorted best first with the top 10 (all with
+    top=None), shows each constant once above it, and has no duplicated header."""
+    from orchestrator.reports.terminal import searched_yaml, sort_rows, terminal_table
+
+    rows = w2s_rows()
+    long_keys = KEYS + ["weak.model", "strong.model"]
+    for r in rows:
+        r.params.update({"weak.model": "resnet18_very_long_model_name_x", "strong.model": "vit_base_patch14_dinov2"})
+    extra = ["weak_acc", "strong_acc", "pgr", "val_acc"]
+    table = terminal_table(rows, "w2s_acc", "max", extra, long_keys, width=100)
+    lines = table.splitlines()
+    assert max(len(line) for line in lines) <= 100
+    header = next(line for line in lines if line.startswith("trial "))
+    above = " ".join(lines[:lines.index(header)])
+    assert above.startswith("same for all: ") and "strong_acc=0.9000" in above and "epoch=10" in above
+    assert "strong_acc" not in header.split() and "epoch" not in header.split()
+    assert len(header.split()) == len(set(header.split()))
+    body = lines[lines.index(header) + 2:]
+    shown = [line.split()[0] for line in body if line[:2] == "t0" or line[:2] == "t1"]
+    best_first = [r.label for r in sort_rows(rows, "w2s_acc", "max")]
+    assert shown == best_first[:10]
+    assert "top 10 of 12" in table and "--all" in table
+    # errored and diverged trials sort last
+    assert set(best_first[-2:]) == {"t03", "t05"}
+    everything = terminal_table(rows, "w2s_acc", "max", extra, long_keys, width=100, top=None)
+    assert sum(line[:2] in ("t0", "t1") for line in everything.splitlines()) == 12
+    narrow = terminal_table(rows, "w2s_acc", "max", extra, long_keys, width=60)
+    assert max(len(line) for line in narrow.splitlines()) <= 60 and "not shown for width:" in " ".join(narrow.splitlines())
+    assert searched_yaml({"loss_params": {"rate": 0.3}, "seed": 1, "lr": 2}, ["loss_params.rate", "seed"]) \
+        == "loss_params.rate: 0.3\nseed: 1"
+
+
+def test_list_shows_each_sweep_with_its_state_trials_and_best(tmp_path, capsys):
+    """Issue 19: `run_sweep.py list` names the sweeps under a storage path; a sweep whose driver
+    died while its status said running is listed as interrupted, as --resume treats it."""
+    import json
+
+    from orchestrator.cli import main
+    from orchestrator.store import layout
+
+    space = "name: s\ntrainable: distill\nparams: {student: mlp_tiny, epochs: 2}\nmetric: val_acc\nmode: max\n"
+    best = {}
+    for name, status, values in (("done", "finished", [0.5, 0.7]), ("cut", "running", [0.6])):
+        folder = tmp_path / name
+        folder.mkdir()
+        (folder / layout.SPEC_FILE).write_text(space)
+        # pid 0 on this host: no live driver wrote it
+        (folder / layout.STATUS_FILE).write_text(json.dumps({"status": status, "updated": 1.0e9, "pid": 0,
+                                                             "host": "elsewhere"}))
+        for i, value in enumerate(values):
+            trial = folder / f"trial_x_{i:05d}"
+            trial.mkdir()
+            (trial / "result.json").write_text(json.dumps({"epoch": 1, "val_acc": value / 2}) + "\n"
+                                               + json.dumps({"epoch": 2, "val_acc": value}) + "\n")
+        best[name] = max(values)
+    (tmp_path / "cache").mkdir()  # not a sweep
+    assert main(["list", "--storage-path", str(tmp_path)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    rows = {line.split()[0]: line.split() for line in lines[2:] if line.split() and line.split()[0] in best}
+    assert rows["done"][1:5] == ["finished", "2", "val_acc", f"{best['done']:.4f}"]
+    assert rows["cut"][1:5] == ["interrupted", "1", "val_acc", f"{best['cut']:.4f}"]
+    assert "cache" not in rows
+    assert main(["list", "--storage-path", str(tmp_path / "nope")]) == 2
+    assert "does not exist" in capsys.readouterr().err

@@ -138,7 +138,8 @@ def fmt(value: Any) -> str:
 
 
 def format_table(rows: list[TrialRow], metric: str, extra_metrics: list[str], keys: list[str]) -> str:
-    headers = ["trial", *keys, metric, *[m for m in extra_metrics if m != metric], "epochs", "time", "status"]
+    # "epoch" (the last one reported), not the budget's name: a searched ``epochs`` has its own column.
+    headers = ["trial", *keys, metric, *[m for m in extra_metrics if m != metric], "epoch", "time", "status"]
     body = []
     for r in rows:
         body.append([r.label, *[fmt(r.params.get(k)) for k in keys], fmt(r.metrics.get(metric, "-")),

@@ -16,6 +16,7 @@ class SweepOptions:
     num_samples: int | None = None
     quiet: bool = False
     origins: dict[str, str] = field(default_factory=dict)  # where mlflow_uri / storage_path came from
+    all_rows: bool = False  # --all: print every row of the results table, not the top 10
 
 
 def say(msg: str = "") -> None:

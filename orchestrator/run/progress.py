@@ -90,8 +90,10 @@ class ProgressPrinter(Callback):
     def on_trial_start(self, iteration, trials, trial, **info):
         self._start[trial.trial_id] = time.time()
         params = self._params(trial)
-        running = sum(t.status == "RUNNING" for t in trials)
-        self._say(f"  start    {trial.trial_id}{': ' + params if params else ''} (running {max(running, 1)})")
+        # Tune calls on_trial_start before it sets the trial's status to RUNNING
+        # (TuneController._actor_started): count the others that run, plus this one.
+        running = sum(t.status == "RUNNING" for t in trials if t is not trial) + 1
+        self._say(f"  start    {trial.trial_id}{': ' + params if params else ''} (running {running})")
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         self._last[trial.trial_id] = result

@@ -5,6 +5,7 @@ import json
 import logging
 import os
 import sys
+import textwrap
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -13,6 +14,7 @@ from orchestrator.errors import UserError
 from orchestrator.reports import publish as reporting
 from orchestrator.reports.rows import SweepReport, pick_best, rows_from_results, searched_keys, vocabulary_of
 from orchestrator.reports.table import status_counts
+from orchestrator.reports.terminal import DEFAULT_TOP, searched_yaml, terminal_table
 from orchestrator.run import preflight, resume
 from orchestrator.run.cluster import check_cluster_locations, connection_error_message, origin_note, worker_runtime_env
 from orchestrator.run.local_ray import prepare_local_ray, publish_address, record_local_ray
@@ -31,7 +33,8 @@ from orchestrator.store.feature_store import FeatureStore
 from orchestrator.store.secrets import (REDACTED, blank, is_secret_key, mask_uri, mask_uris_in_text, redact,
                                        redact_yaml_text)
 from orchestrator.store.storage import join, write_text
-from orchestrator.store.tracking import Tracker, check_tracking_uri, flatten
+from orchestrator.store.tracking import (GIT_COMMIT_TAG, TAG_DATASET_DIGEST, Tracker, check_tracking_uri,
+                                         git_commit)
 from orchestrator.store.vectorized_tracking import VectorizedMLflowCallback
 from trainables.core.paths import REPO_ROOT
 from trainables.core.plugins import PLUGINS_ENV
@@ -212,11 +215,25 @@ def start_sweep(spec: SweepSpec, spec_text: str, opts: SweepOptions, name: str, 
     layout.save_spec(out_dir, spec_text, opts.overrides, opts.num_samples)
     resume.write_status(out_dir, "running")
 
-    parent_id, reused = tracker.parent_run(name, spec.resolved_dict(), spec_text)
+    parent_id, reused = tracker.parent_run(name, spec.resolved_dict(), spec_text, tags=parent_tags(spec))
     say(f"  MLflow: experiment {spec.experiment_name!r}, parent run {parent_id}{' (resumed)' if reused else ''}")
     ctx = TrialContext(artifacts=FeatureStore(layout.cache_dir(opts.storage_path)),
                        checkpoint_every=spec.checkpoint.every, sweep_name=name, storage_path=opts.storage_path)
     return StartedSweep(name, out_dir, tracker, parent_id, plan, ctx, restoring)
+
+
+def parent_tags(spec: SweepSpec) -> dict[str, str]:
+    """What a result must be traced back to: the code's git commit, and the digest of the data the
+    trainable declares (``TrainableDef.data_digest``; none when the data is searched or unknown)."""
+    tags = {GIT_COMMIT_TAG: git_commit(REPO_ROOT) or ""}
+    digest = get_trainable(spec.trainable).data_digest
+    if digest is not None:
+        try:
+            searched = set(spec.domains) | {k for p in spec.points_to_evaluate for k in p}
+            tags[TAG_DATASET_DIGEST] = digest(spec.fixed_config(), searched) or ""
+        except Exception as exc:  # noqa: BLE001 - a digest is a record, never a reason to stop a sweep
+            log.warning("dataset digest not computed: %s", exc)
+    return tags
 
 
 def prepare_sweep(spec: SweepSpec, run: StartedSweep) -> dict[str, Any]:
@@ -235,7 +252,9 @@ def tune_sweep(spec: SweepSpec, opts: SweepOptions, run: StartedSweep):
 
     budget = vocabulary_of(spec).budget
     callbacks = [VectorizedMLflowCallback(opts.mlflow_uri, spec.experiment_name, run.parent_id, run.name, budget,
-                                          fields=trainable_fields(spec)),
+                                          fields=trainable_fields(spec), keys=tuple(searched_keys(spec)),
+                                          static=get_trainable(spec.trainable).static_metrics,
+                                          trainable=spec.trainable),
                  ProgressPrinter(spec.metric, spec.mode, spec.expected_trials(), budget, keys=searched_keys(spec)),
                  *resume.sweep_callbacks(opts.storage_path, run.name)]
     if run.restoring:
@@ -265,6 +284,7 @@ def report_sweep(spec: SweepSpec, opts: SweepOptions, run: StartedSweep, results
     if best is not None:
         best_result = next(r for r in results if (r.metrics or {}).get("trial_id") == best.trial_id)
         best_config = row_config(spec, unpack_config(best_result.config), best.probe)
+        log_best_checkpoint(run.tracker, run.parent_id, getattr(best_result, "checkpoint", None))
     if best_config is not None and spec.control.enabled:
         report.comparison = run_reference(spec, best_config, run.name, opts, run.ctx, run.plan, run.parent_id)
     finish_report(spec, report, best_config, run.name, opts, run.tracker, run.parent_id, prepared,
@@ -272,13 +292,31 @@ def report_sweep(spec: SweepSpec, opts: SweepOptions, run: StartedSweep, results
     return report
 
 
+def log_best_checkpoint(tracker: Tracker, parent_id: str, checkpoint) -> None:
+    """The best trial's last checkpoint as the parent run's ``best_checkpoint/`` artifact, so the
+    model that won is one click from the sweep in MLflow. Only from a local storage path: a
+    cloud one is already a shared place, named by the tag ``w2s.best_checkpoint``."""
+    if checkpoint is None:
+        return
+    path = str(checkpoint.path)
+    try:
+        if "://" in path or not os.path.isdir(path):
+            tracker.client.set_tag(parent_id, "w2s.best_checkpoint", path)
+            return
+        tracker.client.log_artifacts(parent_id, path, "best_checkpoint")
+    except Exception as exc:  # noqa: BLE001 - the checkpoint stays in the sweep folder either way
+        log.warning("best checkpoint not logged to MLflow: %s", exc)
+
+
 def finish_report(spec: SweepSpec, report: SweepReport, best_config: dict[str, Any] | None, name: str,
                   opts: SweepOptions, tracker: Tracker, parent_id: str, prepared: dict[str, Any],
                   elapsed: float) -> None:
     vocab = vocabulary_of(spec)
-    table = reporting.results_table(spec, report.rows)
+    table = reporting.results_table(spec, report.rows)  # the full table, for results_table.txt
+    keys = searched_keys(spec)
     say("")
-    say(table)
+    say(terminal_table(report.rows, spec.metric, spec.mode, vocab.present_table_metrics([r.metrics for r in report.rows]),
+                       keys, top=None if opts.all_rows else DEFAULT_TOP))
     say("")
     out_dir = sweep_dir(opts, name)
     published = reporting.publish(spec, report.rows, report.best, best_config, name, out_dir, tracker, parent_id,
@@ -296,7 +334,10 @@ def finish_report(spec: SweepSpec, report: SweepReport, best_config: dict[str, A
         shown = headline != spec.metric and isinstance(best.metrics.get(headline), (int, float))
         say(f"best trial {best.label}: {spec.metric} = {best.metrics[spec.metric]:.4f}"
             + (f", {headline} = {best.metrics[headline]:.4f}" if shown else ""))
-        say("best config: " + json.dumps(redact(best_config), sort_keys=True))  # logs are often shared
+        # The searched values only: the whole config is hundreds of characters on one line. Redacted:
+        # logs are often shared.
+        say("best config (searched keys):")
+        say(textwrap.indent(searched_yaml(redact(best_config), keys), "  "))
         best_path = join(out_dir, layout.BEST_CONFIG_FILE)
         payload = {"sweep": name, "trial_id": best.trial_id, "probe": best.probe, "metric": spec.metric, "mode": spec.mode,
                    "value": best.metrics[spec.metric], "config": best_config,
@@ -304,11 +345,14 @@ def finish_report(spec: SweepSpec, report: SweepReport, best_config: dict[str, A
         # Like every report file: credentials blanked (the saved search space keeps them, for --resume).
         write_text(best_path, json.dumps(blank(payload), indent=2, sort_keys=True))
         tracker.client.log_dict(parent_id, payload, layout.BEST_CONFIG_FILE)
-        tracker.log_params(parent_id, {f"best.{k}": v for k, v in flatten(best_config).items()})
+        # The best config is the artifacts best_config.json / .yaml, not best.* params: dozens of
+        # params made the runs table's column picker unusable. Its trial is named here instead.
+        tracker.client.set_tag(parent_id, "w2s.best_trial", best.label)
         summary[f"best_{spec.metric}"] = float(best.metrics[spec.metric])
         if shown:
             summary[f"best_{headline}"] = float(best.metrics[headline])
-        say(f"best config written to {best_path}")
+        say(f"full config: {join(out_dir, layout.BEST_SPACE_FILE)} (re-run it: run_sweep.py <that file>), "
+            f"with its metrics in {best_path}")
     if vocab.summary is not None:
         family_lines, family_metrics = vocab.summary(report.rows, report.best)
         for line in family_lines:
@@ -327,8 +371,15 @@ def finish_report(spec: SweepSpec, report: SweepReport, best_config: dict[str, A
     reporting.print_outcome(say, spec, None, published, None)
     say("")
     say(usage.line())
-    say(f"results: {out_dir}  ({len(report.rows)} trials, {elapsed:.0f}s)")
+    say(f"results: {out_dir}  ({count_line(report.rows)}, {elapsed:.0f}s)")
     say(f"browse:  {mlflow_ui_command(opts.mlflow_uri)}")
+
+
+def count_line(rows) -> str:
+    """``8 trials``, or ``2 trials, 48 configurations`` when vectorised trials each trained several
+    (the header counts trials: the two numbers must not look like a contradiction)."""
+    trials = len({r.trial_id for r in rows})
+    return f"{trials} trials" + (f", {len(rows)} configurations" if len(rows) != trials else "")
 
 
 def mlflow_ui_command(uri: str) -> str:

@@ -22,6 +22,7 @@ from orchestrator.store.secrets import (blank, filter_params, is_secret_key, mas
 from orchestrator.store.tracking_uri import (artifact_root_for, check_tracking_uri, default_tracking_uri,  # noqa: F401
                                             normalise_tracking_uri)
 from trainables.runtime.ledger import AUTO_FILLED
+from trainables.runtime.runner import unpack_config
 from trainables.runtime.session import DIVERGED
 
 log = logging.getLogger(__name__)
@@ -32,7 +33,19 @@ TAG_TRIAL = "w2s.trial_id"
 TAG_OUTCOME = "w2s.outcome"
 TAG_DIVERGENCE = "w2s.divergence"
 TAG_CHECKPOINT_NOTE = "w2s.checkpoint_note"  # a trial resumed from an older checkpoint than its latest (corrupt)
+TAG_DATASET_DIGEST = "w2s.dataset_digest"
 PARENT_TAG = "mlflow.parentRunId"
+NOTE_TAG = "mlflow.note.content"  # the run's description in the MLflow UI
+GIT_COMMIT_TAG = "mlflow.source.git.commit"  # shown by the MLflow UI as the run's source version
+# Logged every report and so present at every step: a resumed trial finds its last logged epoch in
+# its history. (``epoch`` itself is not a metric: the step of every point is the epoch.)
+STEP_METRIC = "trial_time_s"
+# Reported every epoch but not a measurement of it: the step, which MLflow keeps as each point's step.
+NOT_METRICS = frozenset({"epoch"})
+RESOLVED_CONFIG_FILE = "config.yaml"
+# Param prefix of the trainable's constant metrics: a constant may share a parameter's name (w2s's
+# ``n_train`` is a fraction as a parameter, a count as a metric) and MLflow params are write-once.
+STATIC_PREFIX = "static."
 
 # Tune's own bookkeeping fields: not metrics of the experiment.
 TUNE_BOOKKEEPING = AUTO_FILLED
@@ -52,6 +65,68 @@ def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 def _param_value(v: Any) -> str:
     text = v if isinstance(v, str) else json.dumps(v, default=str)
     return text[:6000]
+
+
+def complete_params(trainable: str, config: dict[str, Any]) -> dict[str, Any]:
+    """Every parameter of a trial, the trainable's defaults included (what the trial actually ran);
+    ``config`` itself when the params model refuses it (an unresolved ``${env:...}`` value)."""
+    import copy
+
+    from pydantic import ValidationError
+
+    from trainables.runtime.trainable import get_trainable
+
+    try:
+        return get_trainable(trainable).params_model.model_validate(config).model_dump(mode="json")
+    except (ValidationError, KeyError):
+        return copy.deepcopy(config)
+
+
+def trial_index(trial_id: str) -> str:
+    """``t04`` for Tune's ``ab12c_00004``: the part of the id that says which trial it is."""
+    tail = trial_id.rsplit("_", 1)[-1]
+    return f"t{int(tail):02d}" if tail.isdigit() else trial_id
+
+
+def short_value(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.2g}" if value != 0 and (abs(value) < 1e-2 or abs(value) >= 1e3) else f"{value:.3g}"
+    if isinstance(value, dict):  # a model entry {model: ..., ...} is named by its model
+        return str(value.get("model", "{…}"))
+    return str(value)
+
+
+def short_key(key: str) -> str:
+    """The last part of a dotted key (``loss_params.temperature`` -> ``temperature``)."""
+    return key.rsplit(".", 1)[-1]
+
+
+def child_run_name(label: str, config: dict[str, Any], keys: list[str], limit: int = 80) -> str:
+    """A child run's name that tells trials apart in MLflow's run list, where names are cut at a
+    few dozen characters: ``t04 lr=0.046 temperature=4`` (the trial and its searched values)."""
+    from trainables.core.config import get_dotted
+
+    parts = [label]
+    for key in keys:
+        value = get_dotted(config, key)
+        if value is not None and not is_secret_key(key):
+            parts.append(f"{short_key(key)}={short_value(value)}")
+    return " ".join(parts)[:limit]
+
+
+def git_commit(root: str) -> str | None:
+    """The repository's HEAD commit (``+dirty`` when files changed), None outside a git checkout."""
+    import subprocess
+
+    try:
+        head = subprocess.run(["git", "-C", root, "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10)
+        if head.returncode != 0:
+            return None
+        dirty = subprocess.run(["git", "-C", root, "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=10)
+        return head.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
+    except (OSError, subprocess.SubprocessError):
+        return None
 
 
 def numeric_metrics(result: dict[str, Any]) -> dict[str, float]:
@@ -225,18 +300,25 @@ class Tracker:
         flt = " and ".join(f"tags.`{k}` = '{v}'" for k, v in tags.items())
         return self.client.search_runs([self.experiment_id], filter_string=flt, max_results=10_000)
 
-    def parent_run(self, sweep: str, spec_dict: dict[str, Any], spec_text: str | None) -> tuple[str, bool]:
-        """(run id, reused) of the sweep's parent run; reused on resume."""
+    def parent_run(self, sweep: str, spec_dict: dict[str, Any], spec_text: str | None,
+                   tags: dict[str, str] | None = None) -> tuple[str, bool]:
+        """(run id, reused) of the sweep's parent run; reused on resume. The spec is logged as
+        artifacts, not as params: as params it filled the runs table with dozens of ``spec.*``
+        columns. Its description becomes the run's description; ``tags`` (git commit, dataset
+        digest) are set on it."""
         existing = self.find_runs(**{TAG_SWEEP: sweep, TAG_ROLE: "parent"})
         if existing:
             run_id = existing[0].info.run_id
             self.client.update_run(run_id, status="RUNNING")
             return run_id, True
+        extra = {k: v for k, v in (tags or {}).items() if v}
+        if spec_dict.get("description"):
+            extra[NOTE_TAG] = str(spec_dict["description"])
         run = self.client.create_run(self.experiment_id, run_name=sweep,
-                                     tags={TAG_SWEEP: sweep, TAG_ROLE: "parent"})
+                                     tags={TAG_SWEEP: sweep, TAG_ROLE: "parent", **extra})
         run_id = run.info.run_id
-        self.log_params(run_id, flatten({k: v for k, v in spec_dict.items() if k not in ("search",)}, "spec"))
-        self.log_params(run_id, {f"spec.search.{k}": v for k, v in spec_dict.get("search", {}).items()})
+        self.log_params(run_id, {"trainable": spec_dict.get("trainable"), "metric": spec_dict.get("metric"),
+                                 "mode": spec_dict.get("mode")})
         self.client.log_dict(run_id, spec_dict, "spec/resolved_spec.json")
         if spec_text is not None:
             self.client.log_text(run_id, spec_text, "spec/search_space.yaml")
@@ -266,7 +348,7 @@ class Tracker:
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
-        items = [Metric(k[:250], float(v), now, int(step or 0)) for k, v in metrics.items()]
+        items = [Metric(k[:250], float(v), now, int(step or 0)) for k, v in metrics.items() if k not in NOT_METRICS]
         for start in range(0, len(items), 500):
             self.client.log_batch(run_id, metrics=items[start:start + 500])
 
@@ -285,13 +367,21 @@ class MLflowTrialCallback(_tune_callback_base()):
     metrics, and outcome. Runs in the Tune driver; pickled with the experiment state for restore."""
 
     def __init__(self, uri: str, experiment: str, parent_run_id: str, sweep: str, budget_key: str,
-                 role: str = "trial"):
+                 role: str = "trial", keys: tuple[str, ...] = (), static: tuple[str, ...] = (),
+                 trainable: str | None = None):
         self.uri = uri
         self.experiment = experiment
         self.parent_run_id = parent_run_id
         self.sweep = sweep
         self.role = role
         self.budget_key = budget_key
+        # The searched keys (the child run's name shows their values), the metrics the trainable
+        # declares constant over a trial (logged once, as params, instead of at every epoch), and
+        # the trainable whose defaults complete a trial's config.
+        self.keys = tuple(keys)
+        self.static = frozenset(static)
+        self.trainable = trainable
+        self._static_logged: set[str] = set()
         self._tracker: Tracker | None = None
         self._runs: dict[str, str] = {}
         self._last: dict[str, dict[str, Any]] = {}
@@ -305,7 +395,9 @@ class MLflowTrialCallback(_tune_callback_base()):
         return state
 
     def __setstate__(self, state):
-        self.__dict__.update({"_logged_step": {}, **state})
+        # Defaults for a callback pickled by an older version (a --resume of an older sweep).
+        self.__dict__.update({"_logged_step": {}, "keys": (), "static": frozenset(), "trainable": None,
+                              "_static_logged": set(), **state})
 
     @property
     def tracker(self) -> Tracker:
@@ -325,21 +417,43 @@ class MLflowTrialCallback(_tune_callback_base()):
         if existing:
             run_id = existing[0].info.run_id
             self.tracker.client.update_run(run_id, status="RUNNING")
-            history = self.tracker.client.get_metric_history(run_id, "epoch")
+            history = self.tracker.client.get_metric_history(run_id, STEP_METRIC)
             if history:
                 self._logged_step[trial.trial_id] = max(m.step for m in history)
         else:
             role = case.get("role", self.role)
-            name = f"{role}-{case['seed']}" if case else trial.trial_id
+            config = case.get("config", unpack_config(trial.config))
+            label = f"{role}-{case['seed']}" if case else trial_index(trial.trial_id)
             run = self.tracker.client.create_run(
-                self.tracker.experiment_id, run_name=f"{self.sweep}/{name}",
+                self.tracker.experiment_id, run_name=child_run_name(label, config, list(self.keys)),
                 tags={PARENT_TAG: self.parent_run_id, TAG_SWEEP: self.sweep, TAG_ROLE: role,
                       TAG_TRIAL: trial.trial_id})
             run_id = run.info.run_id
         # Also on a found run: a driver killed between creating it and logging them left it without.
-        self.tracker.log_params(run_id, flatten(case.get("config", trial.config)))
+        self.log_config(run_id, case.get("config", unpack_config(trial.config)))
         self._runs[trial.trial_id] = run_id
         return run_id
+
+    def log_config(self, run_id: str, config: dict[str, Any], **extra: Any) -> None:
+        """The trial's full resolved config (the trainable's defaults included) as params with
+        dotted keys, and as ``config.yaml`` to re-read or diff it whole."""
+        import yaml
+
+        full = complete_params(self.trainable, config) if self.trainable else config
+        self.tracker.log_params(run_id, {**flatten(full), **extra})
+        try:
+            self.tracker.client.log_text(run_id, yaml.safe_dump(full, sort_keys=True), RESOLVED_CONFIG_FILE)
+        except Exception as exc:  # noqa: BLE001 - the params hold the same; an artifact store hiccup is not fatal
+            log.warning("config.yaml not logged on %s: %s", run_id, exc)
+
+    def split_static(self, run_id: str, metrics: dict[str, float]) -> dict[str, float]:
+        """``metrics`` less the trainable's declared constants, which are logged once on the run
+        as params ``static.<name>`` (MLflow params are write-once: written on the first report only)."""
+        static = {STATIC_PREFIX + k: v for k, v in metrics.items() if k in self.static}
+        if static and run_id not in self._static_logged:
+            self.tracker.log_params(run_id, static)
+            self._static_logged.add(run_id)
+        return {k: v for k, v in metrics.items() if k not in self.static}
 
     def on_trial_start(self, iteration, trials, trial, **info):
         self._run_for(trial)
@@ -358,8 +472,8 @@ class MLflowTrialCallback(_tune_callback_base()):
         if step <= self._logged_step.get(trial.trial_id, -1):
             return
         self._logged_step[trial.trial_id] = step
-        metrics = numeric_metrics(result)
-        metrics["trial_time_s"] = float(result.get("time_total_s", 0.0))
+        metrics = self.split_static(run_id, numeric_metrics(result))
+        metrics[STEP_METRIC] = float(result.get("time_total_s", 0.0))
         self.tracker.log_metrics(run_id, metrics, step)
 
     def _close(self, trial, status: str, outcome: str) -> None:

@@ -6,8 +6,8 @@ from __future__ import annotations
 import logging
 import time
 
-from orchestrator.store.tracking import (PARENT_TAG, TAG_OUTCOME, TAG_ROLE, TAG_SWEEP, TAG_TRIAL, MLflowTrialCallback,
-                                         flatten, numeric_metrics)
+from orchestrator.store.tracking import (NOT_METRICS, PARENT_TAG, STEP_METRIC, TAG_OUTCOME, TAG_ROLE, TAG_SWEEP, TAG_TRIAL,
+                                         MLflowTrialCallback, child_run_name, numeric_metrics, trial_index)
 from trainables.runtime.runner import unpack_config
 from trainables.runtime.vectorize import RESULTS_KEY, expand_configs, is_vectorized, single_config
 
@@ -73,12 +73,14 @@ class VectorizedMLflowCallback(MLflowTrialCallback):
             if run_id:
                 self.tracker.client.update_run(run_id, status="RUNNING")
             else:
+                single = single_config(config, self.fields, k)
                 run = self.tracker.client.create_run(
-                    self.tracker.experiment_id, run_name=f"{self.sweep}/{trial.trial_id}/p{k}",
+                    self.tracker.experiment_id,
+                    run_name=child_run_name(f"{trial_index(trial.trial_id)}/p{k}", single, list(self.keys)),
                     tags={PARENT_TAG: self.parent_run_id, TAG_SWEEP: self.sweep, TAG_ROLE: self.role,
                           TAG_TRIAL: trial.trial_id, TAG_PROBE: str(k)})
                 run_id = run.info.run_id
-                self.tracker.log_params(run_id, {**flatten(single_config(config, self.fields, k)), "probe_index": k})
+                self.log_config(run_id, single, probe_index=k)
             runs.append(run_id)
         self._probe_runs[trial.trial_id] = runs
         return runs
@@ -96,8 +98,9 @@ class VectorizedMLflowCallback(MLflowTrialCallback):
         for run_id, metrics in zip(self._runs_for_configs(trial), result.get(RESULTS_KEY) or []):
             if metrics.get("epoch") != epoch:
                 continue  # this configuration finished in an earlier epoch
-            values = numeric_metrics(metrics)
-            values["trial_time_s"] = float(result.get("time_total_s", 0.0))
+            values = {k: v for k, v in self.split_static(run_id, numeric_metrics(metrics)).items()
+                      if k not in NOT_METRICS}
+            values[STEP_METRIC] = float(result.get("time_total_s", 0.0))
             self._buffer(run_id, values, int(metrics["epoch"]))
         self._last[trial.trial_id] = result
 

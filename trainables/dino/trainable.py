@@ -23,6 +23,7 @@ from trainables.dino.params import DinoParams
 from trainables.dino.prepare import check_dino_inputs, prepare_dino
 from trainables.dino.report import PLOTS as DINO_PLOTS
 from trainables.runtime.trainable import register_trainable
+from trainables.training.dataset_params import dataset_digest
 from trainables.runtime.vocabulary import Vocabulary
 
 
@@ -51,6 +52,7 @@ register_trainable(
         "train_loss": "mean DINO loss of the epoch (the objective; and train_ce, train_kl, entropies, "
                       "train_teacher_temp, train_mse with objective mse)",
     },
+    data_digest=dataset_digest,
     vocabulary=Vocabulary(
         headline="knn_acc",
         table_metrics=("test_knn_acc", "linear_acc", "test_linear_acc", "teacher_knn_acc"),

@@ -15,6 +15,7 @@ from trainables.distill.loop import run_distill
 from trainables.distill.params import DistillParams
 from trainables.distill.prepare import check_distill_inputs, prepare_distill
 from trainables.runtime.trainable import register_trainable
+from trainables.training.dataset_params import dataset_digest
 from trainables.runtime.vocabulary import Vocabulary
 
 
@@ -57,6 +58,9 @@ register_trainable(
         "meta_temperature": "Meta-Baseline's learnt temperature (with fewshot.meta_epochs)",
         "label_noise_rate": "fraction of training labels that label_noise changed (val / test labels stay clean)",
     },
+    # classifier_loop's static_metrics, as loop.py passes them.
+    data_digest=dataset_digest,
+    static_metrics=("teacher_test_acc", "teacher_val_acc", "label_noise_rate"),
     vocabulary=Vocabulary(
         headline="test_acc",
         table_metrics=("test_acc", "teacher_test_acc", "label_noise_rate"),

@@ -67,6 +67,13 @@ class TrainableDef:
     # The names the sweep reports use for this trainable's results (headline metric, table columns,
     # summary identity, learning curves, family plots); see trainables/runtime/vocabulary.py.
     vocabulary: Vocabulary = field(default_factory=Vocabulary)
+    # Metrics the trial reports every epoch but that never change within it (the teacher's accuracy,
+    # sample counts): MLflow logs them once per trial, as params, so they do not fill the chart grid
+    # with flat lines. The results table still shows them.
+    static_metrics: tuple[str, ...] = ()
+    # A digest of the data a sweep trains on, from its fixed parameters and the searched keys' names,
+    # for the MLflow parent run's ``w2s.dataset_digest`` tag; None when it cannot say (the dataset is searched).
+    data_digest: Callable[[dict[str, Any], set[str]], str | None] | None = None
 
 
 def _trainable_entry(name: str, obj: Callable[..., Any], *, params: type[TrialParams], **options: Any) -> TrainableDef:

@@ -35,3 +35,29 @@ def prepare_fixed_dataset(params_model: type[DatasetParams], fixed: dict[str, An
     if "dataset" not in searched and not any(k.startswith("dataset_kwargs") for k in searched):
         data = params_model.model_validate({k: v for k, v in fixed.items() if k in ("dataset", "dataset_kwargs")})
         prepare_dataset(data.dataset, **data.dataset_kwargs)
+
+
+def dataset_digest(fixed: dict[str, Any], searched: set[str]) -> str | None:
+    """A SHA-256 naming the data a sweep trains on: the dataset, its parameters and split seed, and
+    the listing (relative path, size) of the files under its ``data_root`` when it has one. The
+    listing, not the bytes: hashing an ImageNet-sized folder would hold the sweep for hours, and a
+    changed, added or removed file shows in it. None when the dataset is searched (no one data)."""
+    import hashlib
+    import json
+    import os
+
+    if any(k == "split_seed" or k.startswith("dataset") for k in searched):
+        return None
+    identity = {"dataset": fixed.get("dataset", DatasetParams.model_fields["dataset"].default),
+                "dataset_kwargs": fixed.get("dataset_kwargs") or {},
+                "split_seed": fixed.get("split_seed", 0)}
+    h = hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode())
+    root = identity["dataset_kwargs"].get("data_root")
+    if isinstance(root, str) and os.path.isdir(os.path.expanduser(root)):
+        root = os.path.expanduser(root)
+        for folder, dirs, files in os.walk(root):
+            dirs.sort()
+            for name in sorted(files):
+                path = os.path.join(folder, name)
+                h.update(f"{os.path.relpath(path, root)}\0{os.path.getsize(path)}\n".encode())
+    return h.hexdigest()

@@ -100,6 +100,12 @@ class ProbeScorer:
         return {**best, "epoch": epoch, RESULTS_KEY: per_config}
 
 
+# The metrics a trial reports at every epoch with the same value (declared on the trainable, so
+# MLflow logs them once per trial).
+STATIC_METRICS = ("weak_acc_all", "n_train", "n_val", "n_test", "feature_passes", "model_trainings",
+                  "feature_cache_hits", "probe_configs", "probes_trained")
+
+
 def run_w2s_probe(p: W2SProbeParams, session: Session, ctx: TrialContext) -> dict[str, Any]:
     device = session.device
     inputs = load_inputs(p, ctx.artifacts, device)

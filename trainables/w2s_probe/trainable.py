@@ -22,8 +22,9 @@ here its registration: metrics and report vocabulary.
 from __future__ import annotations
 
 from trainables.runtime.trainable import register_trainable
+from trainables.training.dataset_params import dataset_digest
 from trainables.runtime.vocabulary import Vocabulary
-from trainables.w2s_probe.loop import run_w2s_probe
+from trainables.w2s_probe.loop import STATIC_METRICS, run_w2s_probe
 from trainables.w2s_probe.params import PROBE_FIELDS, W2SProbeParams
 from trainables.w2s_probe.prepare import prepare_w2s
 from trainables.w2s_probe.report import PLOTS as W2S_PLOTS, W2S_COLUMNS, pgr_summary
@@ -61,6 +62,8 @@ register_trainable(
     prepare=prepare_w2s,
     vectorized_keys=PROBE_FIELDS,
     metrics_doc=_metric_docs(),
+    data_digest=dataset_digest,
+    static_metrics=STATIC_METRICS,
     vocabulary=Vocabulary(
         headline="w2s_acc",
         table_metrics=W2S_COLUMNS,
