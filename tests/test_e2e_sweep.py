@@ -122,6 +122,10 @@ def test_parent_run_holds_the_report(quickstart):
     listed = {a.path for folder in ("", "results", "plots") for a in client.list_artifacts(parent.info.run_id, folder)}
     assert {"best_config.json", "best_config.yaml", "results/results.parquet", "results/results.csv",
             "results/results_table.txt", "plots/metric_vs_params.png", "plots/learning_curves.png"} <= listed
+    # the winning model is one click from the sweep: the best trial's last checkpoint (from its Ray
+    # Train run when it is the 2-worker trial)
+    saved = {a.path for a in client.list_artifacts(parent.info.run_id, "best_checkpoint")}
+    assert any(path.endswith(".pt") or "/" in path for path in saved), saved
     for name in ("results.parquet", "results.csv", "best_config.yaml", "plots/metric_vs_params.png"):
         assert (tmp / "ray_results" / "qs" / name).stat().st_size > 0
     assert "  finished 4 trials (" in proc.stdout

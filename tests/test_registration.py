@@ -106,7 +106,7 @@ def test_an_entry_must_declare_its_parameters(scratch):
     (lambda: check_dataset("digits", val_fracton=0.2), "dataset 'digits' has no parameter(s) val_fracton",
      "fractions"),
     (lambda: check_dataset("cifar10", colour=1), "dataset 'cifar10' has no parameter(s) colour",
-     "data_root, download, label_key, val_fraction"),
+     "data_root, download, image_size, label_key, memory_limit_gb, val_fraction"),
     (lambda: check_loss_params("kd", {"temprature": 3}), "loss_params.temprature: loss 'kd' has no parameter(s) "
      "temprature", "kd_weight, label_smoothing, label_weight, temperature"),
     (lambda: create_loss("kd", {"temprature": 3}), "loss 'kd' has no parameter(s) temprature", "kd_weight"),

@@ -47,9 +47,9 @@ def test_grid_multiplies_samples():
 MALFORMED = [
     (["nmu_samples=3"], "space.yaml: nmu_samples: unknown key"),
     (["params.student=resnet9000"],
-     "space.yaml: params.student: unknown model 'resnet9000'; known models: "),
-    (["params.loss=kdd"], "space.yaml: params.loss: unknown loss 'kdd'; known losses: "),
-    (["params.dataset=imagenet9"], "space.yaml: params.dataset: unknown dataset 'imagenet9'; known datasets: "),
+     "space.yaml: params.student: unknown model 'resnet9000' (did you mean 'resnet50'?); known models: "),
+    (["params.loss=kdd"], "space.yaml: params.loss: unknown loss 'kdd' (did you mean 'kd'?); known losses: "),
+    (["params.dataset=imagenet9"], "space.yaml: params.dataset: unknown dataset 'imagenet9' (did you mean 'imagenet'?); known datasets: "),
     (["search.lr={loguniform: [0, 0.1]}"],
      "space.yaml: search.lr.loguniform: a log-uniform range needs low > 0 (got [0, 0.1])"),
     (["search.lr={uniform: [0.5, 0.1]}"], "space.yaml: search.lr.uniform: low must be below high (got [0.5, 0.1])"),
@@ -67,7 +67,7 @@ MALFORMED = [
     (["params.foo=1"], "space.yaml: params.foo: unknown parameter (known: accum_steps, augment, auto_augment, batch_size, betas, color_jitter, compile,"),
     (["params.loss_params={tempreature: 2}"],
      "space.yaml: params.loss_params.tempreature: loss 'kd' has no parameter(s) tempreature; accepted: kd_weight, "
-     "label_smoothing, label_weight, temperature (got 2)"),
+     "label_smoothing, label_weight, temperature (did you mean 'temperature'?) (got 2)"),
     (["params.epochs=0"], "space.yaml: params.epochs: input should be greater than or equal to 1 (got 0)"),
     (["params.teacher.epochs=0"],
      "space.yaml: params.teacher.epochs: input should be greater than or equal to 1 (got 0)"),
@@ -97,6 +97,11 @@ MALFORMED = [
 @pytest.mark.parametrize("overrides,expected", MALFORMED, ids=[m[1].split(": ")[1] + str(i) for i, m in enumerate(MALFORMED)])
 def test_malformed_space_has_exact_error(overrides, expected):
     message = error_of(BASE, overrides)
+    # these cases write the bad value with --set, so the error names that --set (test_error_hints.py)
+    # where the file would be; the rest of the line is the same
+    origin = next((f"--set {o}: " for o in reversed(overrides) if message.startswith(f"--set {o}: ")), None)
+    if origin is not None:
+        message = "space.yaml: " + message[len(origin):]
     assert message.startswith(expected), message
     assert "\n" not in message, f"one clear error expected, got several:\n{message}"
 

@@ -180,9 +180,11 @@ class ResourcePlan:
     autoscale_needs: dict[str, float] = field(default_factory=dict)
     autoscale_reason: str = ""
     autoscale_wait_s: float = 0.0
+    notes: list[str] = field(default_factory=list)  # how the plan was chosen (resources: auto)
 
     def lines(self) -> list[str]:
         out = [f"cluster: {self.cluster.cpus:g} CPU, {self.cluster.gpus:g} GPU ({self.cluster.source})"]
+        out += self.notes
         if self.cluster.autoscaling is not None:
             a = self.cluster.autoscaling
             most = ("" if a.max_resources is None else ", at most " + ", ".join(
@@ -276,12 +278,50 @@ def trial_resources(spec: SweepSpec, workers: int, driver_slots: float = LOCAL_D
     return res
 
 
+AUTO_MAX_CPUS = 8  # data and augmentation live on the GPU: a worker needs few CPUs beyond its loader thread
+
+
+def resolve_auto(spec: SweepSpec, cluster: ClusterResources) -> None:
+    """``resources: auto``: one GPU per worker, and an equal share of the CPUs (at most
+    :data:`AUTO_MAX_CPUS`), where ``cluster`` has GPUs; one CPU per worker where it has none. Set
+    on the spec once, from the first cluster it is planned against (the sweep's)."""
+    r = spec.resources
+    if not r.auto or "gpus_per_worker" in r.model_fields_set:
+        return
+    # DDP ranks cannot share a GPU: GPUs only when the biggest trial gets one per worker
+    if cluster.gpus >= 1 and cluster.gpus >= max(spec.workers_values()):
+        r.gpus_per_worker = 1.0
+        r.cpus_per_worker = float(max(1, min(AUTO_MAX_CPUS, int(cluster.cpus // cluster.gpus) - 1)))
+    else:
+        r.gpus_per_worker, r.cpus_per_worker = 0.0, 1.0
+    # marked as set so a second plan (reference runs, another cluster view) keeps the first choice
+    r.model_fields_set.update({"gpus_per_worker", "cpus_per_worker"})
+
+
 def plan_resources(spec: SweepSpec, cluster: ClusterResources, *, strict: bool = True) -> ResourcePlan:
+    plan = _plan_resources(spec, cluster, strict=strict)
+    if spec.resources.auto:
+        r = spec.resources
+        most = max(spec.workers_values())
+        if r.gpus_per_worker:
+            where = f"the {cluster.source} has {cluster.gpus:g} GPU"
+        elif cluster.gpus >= 1:
+            where = (f"the {cluster.source} has {cluster.gpus:g} GPU but a {most}-worker trial needs one per worker: "
+                     f"training on CPU (set resources.gpus_per_worker and workers yourself to choose)")
+        else:
+            where = f"the {cluster.source} has no GPU: training on CPU"
+        plan.notes.append(f"resources: auto -> gpus_per_worker {r.gpus_per_worker:g}, cpus_per_worker "
+                          f"{r.cpus_per_worker:g} ({where})")
+    return plan
+
+
+def _plan_resources(spec: SweepSpec, cluster: ClusterResources, *, strict: bool = True) -> ResourcePlan:
     """Check feasibility and pick a safe concurrency. ``strict`` (a fixed-size cluster, such as the
     local machine) turns a trial that can never fit into an error. On a cluster (``strict``
     False) :func:`check_capacity` refuses a trial the cluster cannot hold even at its largest
     (no autoscaler, or beyond the autoscaler's known maximum), and a trial that needs the
     autoscaler to add nodes is marked in the plan (``autoscale_needs``) for the watchdog."""
+    resolve_auto(spec, cluster)
     shapes = [trial_shape(spec, w, cluster.driver_slots) for w in spec.workers_values()]
     waiting = {}
     if not strict and cluster.autoscaling is not None:

@@ -284,12 +284,27 @@ def report_sweep(spec: SweepSpec, opts: SweepOptions, run: StartedSweep, results
     if best is not None:
         best_result = next(r for r in results if (r.metrics or {}).get("trial_id") == best.trial_id)
         best_config = row_config(spec, unpack_config(best_result.config), best.probe)
-        log_best_checkpoint(run.tracker, run.parent_id, getattr(best_result, "checkpoint", None))
+        log_best_checkpoint(run.tracker, run.parent_id,
+                            getattr(best_result, "checkpoint", None)
+                            or train_run_checkpoint(opts.storage_path, run.name, best.trial_id))
     if best_config is not None and spec.control.enabled:
         report.comparison = run_reference(spec, best_config, run.name, opts, run.ctx, run.plan, run.parent_id)
     finish_report(spec, report, best_config, run.name, opts, run.tracker, run.parent_id, prepared,
                   time.time() - t_start)
     return report
+
+
+def train_run_checkpoint(storage_path: str, name: str, trial_id: str):
+    """The newest checkpoint of a multi-worker trial: its Ray Train run keeps the checkpoints under
+    ``train_runs/train-<trial id>/`` and reports only metrics to Tune, so Tune's result has none."""
+    import glob
+    from types import SimpleNamespace
+
+    if "://" in storage_path:
+        return None
+    found = [d for d in glob.glob(os.path.join(layout.train_runs_dir(storage_path, name), f"train-{trial_id}", "**",
+                                               "checkpoint_*"), recursive=True) if os.path.isdir(d)]
+    return SimpleNamespace(path=max(found, key=os.path.getmtime)) if found else None
 
 
 def log_best_checkpoint(tracker: Tracker, parent_id: str, checkpoint) -> None:

@@ -39,6 +39,14 @@ class ResourcesSpec(StrictModel):
     max_concurrent_trials: int | None = Field(None, ge=1)
     autoscale_wait_s: float = Field(900.0, gt=0, description="on an autoscaling cluster, how long a trial bigger "
                                     "than the cluster is now waits for nodes before the sweep stops (resumable)")
+    auto: bool = Field(False, description="`resources: auto`: each worker takes one GPU (and its share of the "
+                       "CPUs, at most 8) where the machine or cluster has GPUs, else one CPU; set when the plan is made")
+
+    @model_validator(mode="after")
+    def _auto_sets_the_devices(self):
+        if self.auto and {"gpus_per_worker", "cpus_per_worker"} & self.model_fields_set:
+            raise ValueError("auto picks gpus_per_worker and cpus_per_worker itself; set them, or auto, not both")
+        return self
 
     @field_validator("gpus_per_worker")
     @classmethod
@@ -95,6 +103,16 @@ class SweepSpec(StrictModel):
     search_alg: SearchAlgSpec = Field(default_factory=SearchAlgSpec)
     scheduler: SchedulerSpec = Field(default_factory=SchedulerSpec)
     resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
+
+    @field_validator("resources", mode="before")
+    @classmethod
+    def _resources_auto(cls, v):
+        """``resources: auto`` is ``resources: {auto: true}``."""
+        if v == "auto":
+            return {"auto": True}
+        if isinstance(v, str):
+            raise ValueError(f"must be a mapping (workers, cpus_per_worker, gpus_per_worker, ...) or 'auto' (got {v!r})")
+        return v
     stop: StopSpec = Field(default_factory=StopSpec)
     time_budget_s: float | None = Field(None, gt=0)
     checkpoint: CheckpointSpec = Field(default_factory=CheckpointSpec)
