@@ -120,7 +120,8 @@ def _series(row: TrialRow, name: str) -> tuple[list[float], list[float]]:
 
 
 def sweep_figures(frame, rows: list[TrialRow], metric: str, mode: str, keys: list[str],
-                  log_keys: set[str], vocabulary: Vocabulary | None = None) -> dict[str, Any]:
+                  log_keys: set[str], vocabulary: Vocabulary | None = None, data: ReportData | None = None
+                  ) -> dict[str, Any]:
     """file name -> figure, for every plot this sweep has data for: the generic ones and the
     trainable's own (``vocabulary.plots``). A plot that fails is left out with a warning: a report
     must not lose a finished sweep's results over a figure."""
@@ -131,8 +132,8 @@ def sweep_figures(frame, rows: list[TrialRow], metric: str, mode: str, keys: lis
         "metric_vs_params.png": lambda: metric_vs_params(frame, metric, mode, keys, log_keys),
         "learning_curves.png": lambda: learning_curves(rows, metric, mode, keys, vocab.curves, vocab.loss_curves),
     }
-    data = ReportData(frame=frame, rows=rows, metric=metric, mode=mode, keys=list(keys), log_keys=set(log_keys),
-                      param_prefix=PARAM_PREFIX)
+    data = data or ReportData(frame=frame, rows=rows, metric=metric, mode=mode, keys=list(keys),
+                              log_keys=set(log_keys), param_prefix=PARAM_PREFIX)
     for name, build in vocab.plots.items():
         builders.setdefault(name, lambda build=build: build(data))
     figures = {}

@@ -19,7 +19,8 @@ import numpy as np
 
 from trainables.core.plotting import (best_index, figure, is_numeric, legend_below, mark_best, positions, short_name,
                                       status_scatter, style_x)
-from trainables.runtime.vocabulary import ReportData, ResultRow
+from trainables.core.stats import finite, mean_interval
+from trainables.runtime.vocabulary import Bar, Headline, ReportData, ResultRow
 
 W2S_COLUMNS = ("weak_acc", "w2s_acc", "strong_acc", "pgr")
 SEED_KEY = "seed"
@@ -144,3 +145,22 @@ def w2s_map(data: ReportData):
 
 
 PLOTS = {"w2s_pgr.png": w2s_plot, "w2s_pgr_map.png": w2s_map}
+
+
+def w2s_headline(data: ReportData):
+    """Weak, W2S and strong accuracy of the best configuration of each method (summary group),
+    over its seeds, with the method's PGR (mean and t interval over seeds) as a note."""
+    bars, notes = [], []
+    for label, rows in data.groups.items():
+        method = label or "best"
+        for key, name in (("weak_acc", "weak"), ("w2s_acc", "W2S"), ("strong_acc", "strong")):
+            values = finite(r.metrics.get(key) for r in rows)
+            if values:
+                bars.append(Bar(method, name, tuple(values), name))
+        pgr = mean_interval(r.metrics.get("pgr") for r in rows)
+        if pgr.n:
+            notes.append(f"PGR {method}: {pgr.text(3)}")
+    if not bars:
+        return None
+    return Headline(title="weak-to-strong: weak teacher, W2S student and strong ceiling per method",
+                    bars=tuple(bars), notes=tuple(notes))
