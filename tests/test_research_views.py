@@ -177,3 +177,57 @@ def test_w2s_and_dino_headlines_group_per_method_and_per_probe():
                                         groups={"": dino}))
     assert len(headline.bars) == 8 and {b.panel for b in headline.bars} == {"kNN accuracy", "linear-probe accuracy"}
     assert all(len(b.values) == 2 for b in headline.bars)
+
+
+# ---- plot fixes -------------------------------------------------------------------------------------
+
+
+def plotted_frame(n: int = 20) -> pd.DataFrame:
+    rng = np.random.default_rng(0)
+    frame = pd.DataFrame({"trial_id": [f"t{i}" for i in range(n)], "status": "completed",
+                          "val_acc": 0.8 + 0.05 * rng.random(n), "epoch": 20.0,
+                          "param.lr": 10 ** rng.uniform(-3, -1, n), "param.epochs": rng.choice([20, 40], n),
+                          "param.seed": rng.integers(0, 3, n), "param.workers": rng.choice([1, 2], n)})
+    frame.loc[3, ["status", "val_acc"]] = ["diverged", 0.1]  # one run blew up: far below the rest
+    frame.loc[5, ["status", "epoch"]] = ["stopped_early", 5.0]
+    return frame
+
+
+def test_a_diverged_trial_does_not_set_the_y_axis_and_is_counted():
+    from orchestrator.reports.plots import metric_vs_params
+
+    frame = plotted_frame()
+    fig = metric_vs_params(frame, "val_acc", "max", ["lr", "epochs", "seed", "workers"], {"lr"}, {"epochs"})
+    normal = frame.loc[frame["status"] != "diverged", "val_acc"]
+    for ax in fig.axes[:2]:
+        lo, hi = ax.get_ylim()
+        assert lo <= normal.min() and hi >= normal.max()  # every finished trial is on the axis
+        assert lo > frame.loc[3, "val_acc"]  # the diverged one is not
+        assert lo > normal.min() - (normal.max() - normal.min())  # nor does it stretch the axis
+    title = " ".join(fig._suptitle.get_text().split())  # wrapped to the figure width
+    assert "1 off the axis" in title
+    assert "stopped early at epoch" in title
+    assert any(t.get_text() == "e5" for ax in fig.axes for t in ax.texts)
+
+
+def test_seed_and_workers_get_no_panel_and_choices_are_categories():
+    from orchestrator.reports.plots import metric_vs_params
+
+    fig = metric_vs_params(plotted_frame(), "val_acc", "max", ["lr", "epochs", "seed", "workers"], {"lr"}, {"epochs"})
+    panels = [ax for ax in fig.axes if ax.get_visible() and ax.get_xlabel()]
+    assert [ax.get_xlabel() for ax in panels] == ["lr", "epochs"]
+    epochs = panels[1]
+    assert [t.get_text() for t in epochs.get_xticklabels()] == ["20", "40"]
+    xs = np.concatenate([c.get_offsets()[:, 0] for c in epochs.collections if len(c.get_offsets())])
+    assert xs.min() >= -0.5 and xs.max() <= 1.5 and len(np.unique(np.round(xs, 6))) > 2  # jittered categories
+
+
+def test_importance_and_parallel_coordinates_outputs():
+    from orchestrator.reports.importance import history_figure, parallel_coordinates_html
+
+    frame = synthetic_sweep(12)
+    html = parallel_coordinates_html(frame, "val_acc", "max", ["lr", "loss", "seed"], lambda k: f"param.{k}", {"lr"})
+    assert "parcoords" in html and "log10 lr" in html and '"seed"' not in html
+    fig = history_figure(frame, "val_acc", "max")
+    best_line = next(line for line in fig.axes[0].lines)
+    assert best_line.get_ydata()[-1] == pytest.approx(frame["val_acc"].max())

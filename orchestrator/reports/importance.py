@@ -15,8 +15,7 @@ from typing import Any
 import numpy as np
 
 from trainables.core.plotting import is_numeric, short_name
-
-NOT_HYPERPARAMETERS = {"seed", "workers"}
+from trainables.runtime.vocabulary import NOT_HYPERPARAMETERS
 # Trials whose final metric is a result of their configuration; diverged and errored ones have none.
 FINISHED = {"completed", "stopped_early", "terminated"}
 IMPORTANCE_SEED = 0
@@ -85,7 +84,8 @@ def param_importance(frame, metric: str, mode: str, keys: list[str], column, log
     if len(params) == 1:
         return {params[0]: 1.0}
     evaluator = optuna.importance.FanovaImportanceEvaluator(seed=IMPORTANCE_SEED)
-    return dict(optuna.importance.get_param_importances(study, evaluator=evaluator, normalize=True))
+    return {k: float(v) for k, v in optuna.importance.get_param_importances(study, evaluator=evaluator,
+                                                                                 normalize=True).items()}
 
 
 def importance_lines(importance: dict[str, float], metric: str, n: int) -> list[str]:

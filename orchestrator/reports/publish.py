@@ -71,6 +71,7 @@ def report_data(spec: SweepSpec, frame, rows: list[TrialRow], entries: list[Meth
         reference = {"reproduce": comparison.best_by_seed, "control": comparison.control_by_seed}
     return ReportData(frame=frame, rows=rows, metric=spec.metric, mode=spec.mode, keys=searched_keys(spec),
                       log_keys=log_scale_keys(spec), param_prefix=PARAM_PREFIX, groups=groups, reference=reference,
+                      choice_keys={k for k, d in spec.domains.items() if d.kind in ("choice", "grid")},
                       reference_metric=vocab.reference_of(spec.metric), control=vocab.control)
 
 

@@ -35,6 +35,9 @@ class ResultRow(Protocol):
     def history(self) -> Sequence[Mapping[str, float]]: ...  # numeric metrics per report (epoch), oldest first
 
 
+NOT_HYPERPARAMETERS = ("seed", "workers")
+
+
 @dataclass
 class ReportData:
     """What a family plot gets: the results as a frame (one row per trial: ``status``, every
@@ -48,6 +51,8 @@ class ReportData:
     keys: list[str]
     log_keys: set[str] = field(default_factory=set)
     param_prefix: str = ""
+    # Searched keys whose domain is a list of values (choice, grid): drawn as categories.
+    choice_keys: set[str] = field(default_factory=set)
     # The best configuration per summary group (teacher / student / method), its trials over seeds:
     # group label -> rows, best group first (the summary's entries, as the headline figures need them).
     groups: Mapping[str, Sequence[ResultRow]] = field(default_factory=dict)
@@ -69,6 +74,11 @@ class ReportData:
     def present_keys(self) -> list[str]:
         """Searched keys that have a column in the frame."""
         return [k for k in self.keys if self.column(k) in self.frame]
+
+    def hyperparameter_keys(self) -> list[str]:
+        """Present searched keys that are hyperparameters: the seed and the worker count are not
+        (they change how a trial runs, not what it learns), so no plot gives them a panel."""
+        return [k for k in self.present_keys() if k.rsplit(".", 1)[-1] not in NOT_HYPERPARAMETERS]
 
 
 @dataclass(frozen=True)
