@@ -231,3 +231,27 @@ def test_importance_and_parallel_coordinates_outputs():
     fig = history_figure(frame, "val_acc", "max")
     best_line = next(line for line in fig.axes[0].lines)
     assert best_line.get_ydata()[-1] == pytest.approx(frame["val_acc"].max())
+
+
+def test_comparison_figure_puts_each_metric_on_its_own_axis_with_a_legend():
+    from orchestrator.reports.compare import comparison_figure, metrics_compared
+    from orchestrator.reports.summary import MethodEntry
+
+    class Sweep:
+        def __init__(self, name):
+            self.name = name
+
+    def entry(method, metric, values):
+        return MethodEntry(group={"method": method} if method else {}, metric="val", top1_metric=metric,
+                           metric_values=values, top1_values=values, hyperparams={}, trial_ids=[], configs_tried=1)
+
+    sweeps = [Sweep("a"), Sweep("b"), Sweep("rt")]
+    entries = [[entry("kd", "w2s_acc", [0.9, 0.91, 0.92]), entry("dkd", "w2s_acc", [0.93, 0.92])],
+               [entry("kd", "w2s_acc", [0.88, 0.9, 0.89])], [entry(None, "knn_acc", [0.3, 0.32])]]
+    assert metrics_compared(entries) == ["w2s_acc", "knn_acc"]
+    fig = comparison_figure(sweeps, entries)
+    axes = [ax for ax in fig.axes if ax.get_ylabel()]
+    assert [ax.get_ylabel() for ax in axes] == ["w2s_acc (mean over seeds)", "knn_acc (mean over seeds)"]
+    assert [t.get_text() for t in axes[0].get_xticklabels()] == ["kd", "dkd"]  # methods on the x-axis
+    assert all(ax.get_ylim()[0] == 0 for ax in axes)
+    assert [t.get_text() for t in fig.legends[0].get_texts()] == ["a", "b", "rt"]  # sweeps as colours
