@@ -255,3 +255,26 @@ def test_comparison_figure_puts_each_metric_on_its_own_axis_with_a_legend():
     assert [t.get_text() for t in axes[0].get_xticklabels()] == ["kd", "dkd"]  # methods on the x-axis
     assert all(ax.get_ylim()[0] == 0 for ax in axes)
     assert [t.get_text() for t in fig.legends[0].get_texts()] == ["a", "b", "rt"]  # sweeps as colours
+
+
+def test_interactive_figures_render_offline_in_headless_chromium(tmp_path):
+    """The HTML files work with no network (plotly inlined): Chromium draws them, not a blank page."""
+    from orchestrator.reports.headline import headline_html
+    from orchestrator.reports.importance import parallel_coordinates_html
+    from tests.headless_browser import find_chromium, render_html_file
+    from trainables.runtime.vocabulary import Bar, Headline
+
+    if find_chromium() is None:
+        pytest.fail("chromium is not installed; .ci/run installs it (apt-get install -y chromium)")
+    pages = {"parallel_coordinates": parallel_coordinates_html(synthetic_sweep(12), "val_acc", "max", ["lr", "loss"],
+                                                               lambda k: f"param.{k}", {"lr"}),
+             "headline": headline_html(Headline("constructed", (Bar("acc", "student", (0.9, 0.91, 0.93)),
+                                                                Bar("acc", "control", (0.8, 0.82, 0.81)))))}
+    for name, html in pages.items():
+        path = tmp_path / f"{name}.html"
+        path.write_text(html)
+        drawn = render_html_file(str(path), str(tmp_path / f"{name}.png"), ".barlayer path, .parcoords .axis")
+        assert drawn > 0.01, (name, drawn)
+    blank = tmp_path / "blank.html"
+    blank.write_text("<html><body><svg class='parcoords'><g class='axis'></g></svg></body></html>")
+    assert render_html_file(str(blank), str(tmp_path / "blank.png"), ".parcoords .axis") < 0.001
