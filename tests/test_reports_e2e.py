@@ -215,7 +215,7 @@ def test_parent_run_headline_and_parallel_coordinates_render_in_a_browser(server
     client, _, parent, _ = runs_of(url, "ui")
     listed = {a.path for a in client.list_artifacts(parent.info.run_id, "plots")}
     assert {"plots/headline.html", "plots/headline.png", "plots/parallel_coordinates.html"} <= listed, listed
-    assert "headline: distillation: teacher, best student" in sweep.stdout
+    assert "headline: distillation: teacher and best student" in sweep.stdout  # control.enabled=false
     os.makedirs(ARTIFACTS, exist_ok=True)
     for name in ("headline", "parallel_coordinates"):
         local = client.download_artifacts(parent.info.run_id, f"plots/{name}.html", str(tmp_path))

@@ -36,4 +36,6 @@ def distill_headline(data: ReportData) -> Headline | None:
                         "control"))
     if not any(b.role == "student" for b in bars):
         return None
-    return Headline(title=f"distillation: teacher, best student and {data.control} on {metric}", bars=tuple(bars))
+    title = (f"distillation: teacher, best student and {data.control} on {metric}" if control else
+             f"distillation: teacher and best student on {metric} (no reference runs, so no {data.control})")
+    return Headline(title=title, bars=tuple(bars))
