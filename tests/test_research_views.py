@@ -138,6 +138,7 @@ def test_distill_headline_draws_the_means_and_intervals_of_the_frame():
     sweep_student = next(r for r in headline_records(alone) if r["role"] == "student")
     assert sweep_student["mean"] == pytest.approx(best["test_acc"].mean()) and sweep_student["n"] == 3
     assert not any(r["role"] == "control" for r in headline_records(alone))
+    assert alone.title.startswith("distillation: teacher and best student")  # and says there is no control
 
 
 def test_headline_renders_png_html_and_table():
