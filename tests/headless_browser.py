@@ -155,3 +155,24 @@ class Browser:
         data = self.send("Page.captureScreenshot", format="png")["data"]
         with open(path, "wb") as f:
             f.write(base64.b64decode(data))
+
+
+def render_html_file(path: str, screenshot: str, selector: str, timeout_s: float = 60) -> float:
+    """Open a local HTML file, wait until ``selector`` has rendered (a plotly figure draws its SVG
+    after its inlined script runs), save a screenshot and return the share of its pixels that are
+    not the page background (0 for a blank page)."""
+    import io
+
+    from PIL import Image
+
+    with Browser(timeout_s=timeout_s) as browser:
+        browser.send("Emulation.setDeviceMetricsOverride", width=1400, height=900, deviceScaleFactor=1, mobile=False)
+        browser.goto("file://" + os.path.abspath(path))
+        browser.wait_for(f"document.querySelectorAll({json.dumps(selector)}).length > 0")
+        time.sleep(0.5)  # plotly finishes its transitions after the first SVG is in the page
+        browser.screenshot(screenshot)
+    with open(screenshot, "rb") as f:
+        image = Image.open(io.BytesIO(f.read())).convert("L")
+    pixels = list(image.getdata())
+    background = max(set(pixels), key=pixels.count)
+    return sum(1 for p in pixels if abs(p - background) > 16) / len(pixels)

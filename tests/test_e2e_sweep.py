@@ -112,7 +112,11 @@ def test_best_config_is_the_best_trial(quickstart):
     assert math.isclose(best["value"], max(trial_vals), rel_tol=1e-9)
     assert best["config"]["student"] == "mlp_tiny" and "lr" in best["config"]
     assert f"best trial {best['trial_id']}" in proc.stdout
-    assert "reference: the best config" in proc.stdout and "its no-teacher control" in proc.stdout
+    verdict = next(line for line in proc.stdout.splitlines() if line.startswith("reference: "))
+    # paired by seed: the mean difference, its interval and n, and a call only from 3 seeds
+    assert verdict.startswith("reference: best config vs its no-teacher control on test_acc: "), verdict
+    assert "paired difference" in verdict and "95% CI" in verdict and "n=" in verdict, verdict
+    assert "clear margin" not in verdict
 
 
 def test_parent_run_holds_the_report(quickstart):

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 import tests.plugins.toy  # noqa: F401 - registers the `toy` trainable in this process
-from orchestrator.reports.rows import TrialRow, reference_comparison
+from orchestrator.reports.rows import TrialRow
 from tests.conftest import REPO
 from tests.plugins.toy import TOY_VOCABULARY
 
@@ -130,20 +130,23 @@ def test_sweep_figures_include_the_trainables_own_plot():
 
 
 class FakeResult:
-    def __init__(self, role: str, value: float):
+    def __init__(self, role: str, value: float, seed: int = 0):
         from trainables.runtime.runner import CASE_KEY
 
-        self.config = {CASE_KEY: {"role": role, "seed": 0, "config": {}}}
+        self.config = {CASE_KEY: {"role": role, "seed": seed, "config": {}}}
         self.metrics = {"toy_top1": value, "toy_score": 0.0}
         self.error = None
 
 
 def test_reference_verdict_uses_the_declared_metric_and_control():
-    results = [FakeResult("reproduce", 0.9), FakeResult("reproduce", 0.92), FakeResult("control", 0.8),
-               FakeResult("control", 0.81)]
-    comp = reference_comparison(results, TOY_VOCABULARY.reference_of("toy_score"), TOY_VOCABULARY.control)
+    from orchestrator.reports.paired import paired_reference_comparison
+
+    results = [FakeResult("reproduce", 0.9, 0), FakeResult("reproduce", 0.92, 1), FakeResult("control", 0.8, 0),
+               FakeResult("control", 0.81, 1)]
+    comp = paired_reference_comparison(results, TOY_VOCABULARY.reference_of("toy_score"), TOY_VOCABULARY.control)
     assert comp.best_mean == pytest.approx(0.91) and comp.control_mean == pytest.approx(0.805)
-    assert comp.verdict.startswith("the best config beat its unsmoothed control: toy_top1 0.9100")
+    assert comp.verdict.startswith("best config vs its unsmoothed control on toy_top1: 0.9100 vs 0.8050")
+    assert comp.best_by_seed == {0: 0.9, 1: 0.92} and comp.control_by_seed == {0: 0.8, 1: 0.81}
 
 
 def _code_texts(tree: ast.AST):
@@ -248,7 +251,8 @@ def test_a_plugin_trainable_gets_a_full_report_in_its_own_words(run_cli, tmp_pat
     assert re.search(r": toy_score = \d\.\d{4}, toy_top1 = \d\.\d{4}$", best), best
     assert "reference runs: best config and its unsmoothed control, 2 seeds each" in out
     verdict = next(line for line in out.splitlines() if line.startswith("reference: "))
-    assert "its unsmoothed control: toy_top1 " in verdict and "over 2 seeds" in verdict, verdict
+    assert "its unsmoothed control on toy_top1: " in verdict and "n=2 seeds" in verdict, verdict
+    assert "too few seeds to call" in verdict, verdict  # two seeds never make a claim
 
     from mlflow.tracking import MlflowClient
 

@@ -198,3 +198,27 @@ def test_report_and_compare_rebuild_from_storage(server_sweep, rerun, capsys):
     lines = [line for line in both.splitlines() if line.startswith(("ui ", "ui-best "))]
     assert len(lines) == 2, both
     assert (tmp / "ray_results" / "comparisons" / "ui__ui-best" / "comparison.csv").exists()
+
+
+# what plotly draws once its script ran: bars and dots of the headline, the axes of parallel coordinates
+DRAWN = ".barlayer path, .scatterlayer path, .parcoords .axis"
+
+
+def test_parent_run_headline_and_parallel_coordinates_render_in_a_browser(server_sweep, tmp_path):
+    """The interactive figures as a researcher opens them: downloaded from the parent run and drawn by
+    headless Chromium offline (plotly's JavaScript is inlined), each screenshot not blank."""
+    from tests.headless_browser import find_chromium, render_html_file
+
+    if find_chromium() is None:
+        pytest.fail("chromium is not installed; .ci/run installs it (apt-get install -y chromium)")
+    _, url, sweep, _ = server_sweep
+    client, _, parent, _ = runs_of(url, "ui")
+    listed = {a.path for a in client.list_artifacts(parent.info.run_id, "plots")}
+    assert {"plots/headline.html", "plots/headline.png", "plots/parallel_coordinates.html"} <= listed, listed
+    assert "headline: distillation: teacher and best student" in sweep.stdout  # control.enabled=false
+    os.makedirs(ARTIFACTS, exist_ok=True)
+    for name in ("headline", "parallel_coordinates"):
+        local = client.download_artifacts(parent.info.run_id, f"plots/{name}.html", str(tmp_path))
+        shot = os.path.join(ARTIFACTS, f"parent_{name}.png")
+        drawn = render_html_file(local, shot, DRAWN)
+        assert drawn > 0.01, (name, drawn)  # the figure drew, not a blank page

@@ -1,5 +1,6 @@
 """``run_sweep.py compare A B [...]``: sweeps side by side, best configuration per method in each,
-with top-1 mean ± std over seeds where seeds were swept."""
+with top-1 mean ± std over seeds where seeds were swept. Sweeps whose top-1 metrics differ (say
+``w2s_acc`` and ``knn_acc``) are never drawn on one axis: each metric gets its own panel."""
 from __future__ import annotations
 
 import math
@@ -10,6 +11,7 @@ from orchestrator.reports.rows import fmt, render_table, searched_keys, vocabula
 from orchestrator.reports.summary import MethodEntry, mean_std, summarize, summary_records
 from orchestrator.store.secrets import redact_artifact
 from orchestrator.store.storage import join, write_bytes
+from trainables.core.stats import mean_interval
 
 
 def sweep_entries(sweep: StoredSweep) -> list[MethodEntry]:
@@ -32,37 +34,62 @@ def comparison_table(sweeps: list[StoredSweep], entries: list[list[MethodEntry]]
     return render_table(headers, body)
 
 
+def metrics_compared(entries: list[list[MethodEntry]]) -> list[str]:
+    """The distinct top-1 metrics of the entries, in order of appearance."""
+    return list(dict.fromkeys(e.top1_metric for es in entries for e in es))
+
+
 def comparison_figure(sweeps: list[StoredSweep], entries: list[list[MethodEntry]]):
-    """Top-1 mean per (sweep, method) as bars with ±std error bars."""
+    """One panel per top-1 metric (sweeps that report different metrics are never put on one axis):
+    methods on the x-axis, one colour per sweep (legend), bars = mean over seeds from 0, whiskers =
+    95% t-interval, dots = the seeds."""
     import numpy as np
     from matplotlib.figure import Figure
 
-    labels, means, stds, colors = [], [], [], []
-    for i, (sweep, es) in enumerate(zip(sweeps, entries)):
-        for e in es:
-            method = "/".join(v for v in e.group.values()) or "all"
-            labels.append(f"{sweep.name}\n{method}")
-            means.append(e.top1_mean)
-            stds.append(0.0 if math.isnan(e.top1_std) else e.top1_std)
-            colors.append(f"C{i % 10}")
-    if not labels:
+    from trainables.core.plotting import set_title
+
+    metrics = metrics_compared(entries)
+    if not metrics:
         return None
-    metric = next(e.top1_metric for es in entries for e in es)
-    fig = Figure(figsize=(max(5.0, 1.1 * len(labels) + 2), 4.2), layout="constrained")
-    ax = fig.subplots()
-    x = np.arange(len(labels))
-    ax.bar(x, means, yerr=stds, color=colors, capsize=4, alpha=0.85)
-    for xi, m in zip(x, means):
-        ax.annotate(f"{m:.4f}", (xi, m), textcoords="offset points", xytext=(0, 6), ha="center", fontsize=8)
-    finite = [m for m in means if math.isfinite(m)]
-    if finite:
-        lo = min(m - s for m, s in zip(means, stds) if math.isfinite(m))
-        ax.set_ylim(max(0.0, lo - 0.05 * (max(finite) - lo + 1e-3) - 0.02), max(finite) + 0.03)
-    ax.set_xticks(x, labels, fontsize=8)
-    ax.set_ylabel(f"{metric} (mean ± std over seeds)")
-    ax.set_title("best configuration per method: " + " vs ".join(s.name for s in sweeps))
-    ax.grid(axis="y", alpha=0.3)
+    methods = {m: list(dict.fromkeys(_method(e) for es in entries for e in es if e.top1_metric == m)) for m in metrics}
+    widest = max(len(v) for v in methods.values())
+    fig = Figure(figsize=(max(5.5, (1.2 + 0.5 * len(sweeps)) * widest + 2) * len(metrics), 4.8), layout="constrained")
+    axes = np.atleast_1d(fig.subplots(1, len(metrics), squeeze=False)[0])
+    rng = np.random.default_rng(0)  # dot jitter only
+    handles = {}
+    for ax, metric in zip(axes, metrics):
+        top = 0.0
+        # the sweeps with this metric share each method's slot; the colour stays the sweep's own
+        present = [i for i, es in enumerate(entries) if any(e.top1_metric == metric for e in es)]
+        width = 0.8 / len(present)
+        for i, (sweep, es) in enumerate(zip(sweeps, entries)):
+            for e in es:
+                if e.top1_metric != metric:
+                    continue
+                iv = mean_interval(e.top1_values)
+                x = methods[metric].index(_method(e)) - 0.4 + width * (present.index(i) + 0.5)
+                bar = ax.bar([x], [iv.mean], width=width * 0.9, color=f"C{i % 10}", alpha=0.6)
+                handles.setdefault(sweep.name, bar)
+                if iv.n > 1:
+                    ax.errorbar([x], [iv.mean], yerr=[[iv.mean - iv.low], [iv.high - iv.mean]], fmt="none",
+                                ecolor="black", capsize=4)
+                ax.scatter(x + rng.uniform(-width / 5, width / 5, iv.n), e.top1_values, s=12, color="black", zorder=3)
+                top = max(top, iv.mean, iv.high if iv.n > 1 else iv.mean, *e.top1_values)
+        ax.set_xticks(range(len(methods[metric])), methods[metric],
+                      rotation=20 if max(map(len, methods[metric])) > 10 else 0, fontsize=8)
+        ax.set_xlim(-0.5, len(methods[metric]) - 0.5)
+        ax.set_ylim(0, top * 1.08 if top > 0 else 1)  # bars from 0: their lengths compare honestly
+        ax.set_ylabel(f"{metric} (mean over seeds)")
+        ax.grid(axis="y", alpha=0.3)
+    fig.legend(list(handles.values()), list(handles), loc="outside lower center",
+               ncols=max(1, min(len(handles), int(fig.get_figwidth() / 2.1))), fontsize=8, title="sweep")
+    set_title(fig, "best configuration per method: " + " vs ".join(s.name for s in sweeps)
+              + "\nbars: mean over seeds; whiskers: 95% t-interval; dots: seeds", fontsize=11)
     return fig
+
+
+def _method(e: MethodEntry) -> str:
+    return "/".join(v for v in e.group.values()) or "all"
 
 
 def compare_sweeps(names: list[str], storage_path: str, mlflow_uri: str | None, say=print) -> list[StoredSweep]:
@@ -73,6 +100,10 @@ def compare_sweeps(names: list[str], storage_path: str, mlflow_uri: str | None, 
     sweeps = [load_sweep(name, storage_path, mlflow_uri) for name in names]
     entries = [sweep_entries(s) for s in sweeps]
     say(comparison_table(sweeps, entries))
+    metrics = metrics_compared(entries)
+    if len(metrics) > 1:
+        say(f"note: these sweeps report different top-1 metrics ({', '.join(metrics)}); each metric is its own "
+            "panel of comparison.png, and rows with different metrics in the table are not comparable")
     for sweep in sweeps:
         if sweep.comparison is not None:
             say(f"{sweep.name} reference: {sweep.comparison.verdict}")

@@ -14,16 +14,21 @@ from typing import Any
 
 from orchestrator.errors import UserError
 from orchestrator.reports.export import best_space_yaml
+from orchestrator.reports.headline import build_headline, headline_html, headline_png, headline_records, headline_table
+from orchestrator.reports.importance import (history_figure, importance_figure, importance_lines, param_importance,
+                                             parallel_coordinates_html)
+from orchestrator.reports.paired import PairedComparison, paired_reference_comparison
 from orchestrator.reports.plots import LOG_KINDS, png_bytes, sweep_figures
-from orchestrator.reports.rows import (Comparison, TrialRow, format_table, pick_best, reference_comparison,
-                                       rows_from_results, searched_keys, trial_status, vocabulary_of)
-from orchestrator.reports.summary import covers_several, format_summary, summarize, summary_records
-from orchestrator.reports.table import frame_to_csv, frame_to_parquet, rows_to_frame
+from orchestrator.reports.rows import (Comparison, TrialRow, format_table, pick_best, rows_from_results,
+                                       searched_keys, trial_status, vocabulary_of)
+from orchestrator.reports.summary import MethodEntry, covers_several, format_summary, summarize, summary_records
+from orchestrator.reports.table import PARAM_PREFIX, frame_to_csv, frame_to_parquet, rows_to_frame
 from orchestrator.space.spec import SweepSpec, get_dotted, parse_spec, set_dotted
 from orchestrator.store.layout import BEST_SPACE_FILE, PLOTS_DIR, read_saved_spec, reference_dir
 from orchestrator.store.secrets import mask_uri, redact, redact_artifact, redact_columns
 from orchestrator.store.storage import join, write_bytes
 from orchestrator.store.tracking import TAG_OUTCOME, TAG_ROLE, TAG_SWEEP, TAG_TRIAL, Tracker
+from trainables.runtime.vocabulary import ReportData
 
 # Tune statuses of trials a sweep had not finished when its state was last saved.
 UNFINISHED = {"RUNNING", "PENDING", "PAUSED"}
@@ -36,6 +41,9 @@ class Published:
     artifacts: list[str] = field(default_factory=list)
     plots: list[str] = field(default_factory=list)
     summary_text: str | None = None
+    headline_text: str | None = None  # the headline figure as a table
+    importance: list[str] = field(default_factory=list)  # the hyperparameter-importance line
+    metrics: dict[str, float] = field(default_factory=dict)  # for the parent run (importance per key)
 
 
 def log_scale_keys(spec: SweepSpec) -> set[str]:
@@ -49,11 +57,73 @@ def results_table(spec: SweepSpec, rows: list[TrialRow]) -> str:
     return format_table(rows, spec.metric, extra, searched_keys(spec))
 
 
+def report_data(spec: SweepSpec, frame, rows: list[TrialRow], entries: list[MethodEntry],
+                comparison: Comparison | None) -> ReportData:
+    """What the family hooks and the headline figure get: the frame, the rows, the best configuration
+    of each summary group over its seeds (best group first) and the reference runs by seed."""
+    vocab = vocabulary_of(spec)
+    sign = 1 if spec.mode == "max" else -1
+    by_id = {r.trial_id: r for r in rows}
+    ranked = sorted(entries, key=lambda e: -sign * e.metric_mean)
+    groups = {"/".join(e.group.values()): [by_id[t] for t in e.trial_ids if t in by_id] for e in ranked}
+    reference = {}
+    if isinstance(comparison, PairedComparison):
+        reference = {"reproduce": comparison.best_by_seed, "control": comparison.control_by_seed}
+    return ReportData(frame=frame, rows=rows, metric=spec.metric, mode=spec.mode, keys=searched_keys(spec),
+                      log_keys=log_scale_keys(spec), param_prefix=PARAM_PREFIX, groups=groups, reference=reference,
+                      choice_keys={k for k, d in spec.domains.items() if d.kind in ("choice", "grid")},
+                      reference_metric=vocab.reference_of(spec.metric), control=vocab.control)
+
+
+def research_views(data: ReportData, vocab, out: Published) -> dict[str, bytes]:
+    """The headline figure (PNG, HTML, table), hyperparameter importance, the optimisation history
+    and the parallel-coordinates view. Each is optional: one that fails is left out with a warning,
+    as a plot is (a report must not lose a finished sweep's results over a figure)."""
+    import logging
+
+    import pandas as pd
+
+    log = logging.getLogger("w2s")
+    blobs: dict[str, bytes] = {}
+    try:
+        headline = build_headline(data, vocab)
+        if headline is not None:
+            blobs[f"{PLOTS_DIR}/headline.png"] = png_bytes(headline_png(headline))
+            blobs[f"{PLOTS_DIR}/headline.html"] = headline_html(headline).encode()
+            out.headline_text = headline_table(headline)
+            blobs["results/headline.txt"] = out.headline_text.encode()
+            blobs["results/headline.csv"] = pd.DataFrame(headline_records(headline)).to_csv(index=False).encode()
+    except Exception as exc:  # noqa: BLE001
+        log.warning("headline figure skipped: %s: %s", type(exc).__name__, exc)
+    args = (data.frame, data.metric, data.mode, data.keys, data.column, data.log_keys)
+    try:
+        importance = param_importance(*args)
+        if importance:
+            finished = sum(1 for r in data.rows if r.status in ("completed", "stopped_early", "terminated"))
+            out.importance = importance_lines(importance, data.metric, finished)
+            out.metrics.update({f"importance.{k}": v for k, v in importance.items()})
+            blobs[f"{PLOTS_DIR}/param_importance.png"] = png_bytes(importance_figure(importance, data.metric))
+            blobs["results/param_importance.csv"] = pd.DataFrame(
+                {"param": list(importance), "importance": list(importance.values())}).to_csv(index=False).encode()
+    except Exception as exc:  # noqa: BLE001
+        log.warning("hyperparameter importance skipped: %s: %s", type(exc).__name__, exc)
+    for name, build in (("optimization_history.png", lambda: history_figure(data.frame, data.metric, data.mode)),
+                        ("parallel_coordinates.html", lambda: parallel_coordinates_html(*args))):
+        try:
+            made = build()
+        except Exception as exc:  # noqa: BLE001
+            log.warning("%s skipped: %s: %s", name, type(exc).__name__, exc)
+            continue
+        if made is not None:
+            blobs[f"{PLOTS_DIR}/{name}"] = made.encode() if isinstance(made, str) else png_bytes(made)
+    return blobs
+
+
 def publish(spec: SweepSpec, rows: list[TrialRow], best: TrialRow | None, best_config: dict[str, Any] | None,
             sweep: str, out_dir: str, tracker: Tracker | None = None, parent_id: str | None = None,
-            table: str | None = None) -> Published:
-    """Write the results table, the summary, the plots and ``best_config.yaml`` under ``out_dir``
-    and log them on the parent run (when given)."""
+            table: str | None = None, comparison: Comparison | None = None) -> Published:
+    """Write the results table, the summary, the headline figure, the plots and ``best_config.yaml``
+    under ``out_dir`` and log them on the parent run (when given)."""
     keys = searched_keys(spec)
     vocab = vocabulary_of(spec)
     frame = redact_columns(rows_to_frame(rows, keys, spec.metric))
@@ -71,9 +141,15 @@ def publish(spec: SweepSpec, rows: list[TrialRow], best: TrialRow | None, best_c
         out.summary_text = format_summary(entries)
         blobs["results/summary.txt"] = out.summary_text.encode()
         blobs["results/summary.csv"] = pd.DataFrame(summary_records(entries)).to_csv(index=False).encode()
-    for fname, fig in sweep_figures(frame, rows, spec.metric, spec.mode, keys, log_scale_keys(spec), vocab).items():
-        blobs[f"{PLOTS_DIR}/{fname}"] = png_bytes(fig)
-        out.plots.append(join(out_dir, PLOTS_DIR, fname))
+    data = report_data(spec, frame, rows, entries, comparison)
+    figures = {f"{PLOTS_DIR}/{fname}": png_bytes(fig)
+               for fname, fig in sweep_figures(frame, rows, spec.metric, spec.mode, keys, log_scale_keys(spec),
+                                               vocab, data=data).items()}
+    figures.update(research_views(data, vocab, out))
+    for artifact in figures:
+        if artifact.startswith(f"{PLOTS_DIR}/"):
+            out.plots.append(join(out_dir, artifact))
+    blobs.update(figures)
     if best is not None and best_config is not None:
         blobs[BEST_SPACE_FILE] = best_space_yaml(spec, best_config, best, sweep, join(out_dir, BEST_SPACE_FILE)).encode()
 
@@ -238,7 +314,7 @@ def load_sweep(name: str, storage_path: str, mlflow_uri: str | None) -> StoredSw
     ref = tune_results(reference_dir(storage_path, name))
     if ref is not None:
         vocab = vocabulary_of(spec)
-        comparison = reference_comparison(ref[0], vocab.reference_of(spec.metric), vocab.control)
+        comparison = paired_reference_comparison(ref[0], vocab.reference_of(spec.metric), vocab.control)
     return StoredSweep(name=name, spec=spec, rows=rows, source=source, comparison=comparison)
 
 
@@ -264,7 +340,7 @@ def report_sweep(name: str, storage_path: str, mlflow_uri: str | None, say=print
         parent_id = parent.info.run_id if parent is not None else None
     best = sweep.best
     out = publish(spec, rows, best, best.config if best else None, name, join(storage_path, name),
-                  tracker, parent_id, table)
+                  tracker, parent_id, table, sweep.comparison)
     print_outcome(say, spec, best, out, sweep.comparison)
     if parent_id:
         say(f"logged on MLflow parent run {parent_id}: " + ", ".join(out.artifacts))
@@ -279,6 +355,11 @@ def print_outcome(say, spec: SweepSpec, best: TrialRow | None, out: Published,
         say("")
         say("summary (best configuration per method, mean ± std over seeds):")
         say(out.summary_text)
+    if out.headline_text:
+        say("")
+        say("headline: " + out.headline_text)
+    for line in out.importance:
+        say(line)
     say("")
     if best is not None:
         say(f"best trial {best.label}: {spec.metric} = {best.metrics[spec.metric]:.4f}")

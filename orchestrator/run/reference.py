@@ -7,7 +7,8 @@ import json
 import time
 from typing import Any
 
-from orchestrator.reports.rows import Comparison, reference_comparison, vocabulary_of
+from orchestrator.reports.paired import paired_reference_comparison
+from orchestrator.reports.rows import Comparison, vocabulary_of
 from orchestrator.run import resume
 from orchestrator.run.options import SweepOptions, say
 from orchestrator.run.progress import ProgressPrinter
@@ -74,7 +75,7 @@ def run_reference(spec: SweepSpec, best_config: dict[str, Any], name: str, opts:
         ref_plan = plan_resources(spec, plan.cluster, strict=False)
         tuner = tuner_mod.build_tuner(spec, name=ref_name, storage_path=opts.storage_path, ctx=ctx, plan=ref_plan,
                                       callbacks=callbacks, space={CASE_KEY: tune.grid_search(cases)}, reference=True)
-    return reference_comparison(resume.fit_watched(tuner, spec, name, plan=ref_plan), metric, vocab.control)
+    return paired_reference_comparison(resume.fit_watched(tuner, spec, name, plan=ref_plan), metric, vocab.control)
 
 
 def set_aside_reference(spec: SweepSpec, opts: SweepOptions, name: str, ref_dir: str) -> None:

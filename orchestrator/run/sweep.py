@@ -335,12 +335,12 @@ def finish_report(spec: SweepSpec, report: SweepReport, best_config: dict[str, A
     say("")
     out_dir = sweep_dir(opts, name)
     published = reporting.publish(spec, report.rows, report.best, best_config, name, out_dir, tracker, parent_id,
-                                  table)
+                                  table, report.comparison)
 
     counts = {"completed": 0, "stopped_early": 0, "diverged": 0, "error": 0,
               **status_counts(r.status for r in report.rows)}
     summary: dict[str, float] = {"trials": float(len(report.rows)), "sweep_time_s": elapsed,
-                                 **{f"trials_{k}": float(v) for k, v in counts.items()}}
+                                 **{f"trials_{k}": float(v) for k, v in counts.items()}, **published.metrics}
     if report.best is None:
         say("no trial produced the metric; see the errors above")
     else:
@@ -379,6 +379,8 @@ def finish_report(spec: SweepSpec, report: SweepReport, best_config: dict[str, A
         say("reference: " + comp.verdict)
         summary["reference_best_mean"] = comp.best_mean
         summary["reference_control_mean"] = comp.control_mean
+        if hasattr(comp, "metrics"):  # the paired difference, its interval and n (reports.paired)
+            summary.update(comp.metrics())
         tracker.client.set_tag(parent_id, "w2s.reference_verdict", comp.verdict[:5000])
     usage = disk_usage([out_dir, layout.reference_dir(opts.storage_path, name)], layout.cache_dir(opts.storage_path))
     summary.update(usage.metrics())

@@ -28,8 +28,16 @@ def figure(nrows: int, ncols: int, title: str):
 
     fig = Figure(figsize=(PANEL[0] * ncols, PANEL[1] * nrows + 0.6), layout="constrained")
     axes = np.atleast_2d(fig.subplots(nrows, ncols, squeeze=False))
-    fig.suptitle(title, fontsize=12)
+    set_title(fig, title)
     return fig, axes
+
+
+def set_title(fig, title: str, fontsize: int = 12) -> None:
+    """The figure's title, wrapped to its width (a title longer than the figure is cut at the edges)."""
+    import textwrap
+
+    width = max(30, int(fig.get_figwidth() * 108 / fontsize))  # ~ characters per line at this font size
+    fig.suptitle("\n".join(textwrap.fill(part, width) for part in title.split("\n")), fontsize=fontsize)
 
 
 def short_name(key: str) -> str:
@@ -41,11 +49,19 @@ def is_numeric(values) -> bool:
     return bool(present) and all(isinstance(v, (int, float, np.number)) and not isinstance(v, bool) for v in present)
 
 
-def positions(values, jitter_seed: int = 0) -> tuple[np.ndarray, list[str] | None]:
-    """x positions: the values themselves when numeric, else category indices with a little jitter."""
-    if is_numeric(values):
+def positions(values, jitter_seed: int = 0, categorical: bool = False) -> tuple[np.ndarray, list[str] | None]:
+    """x positions: the values themselves when numeric, else category indices with a little jitter
+    (so the trials of one category do not hide each other). ``categorical``: a choice parameter's
+    values are categories even when numeric (``epochs`` in {20, 40} is two settings, not a range)."""
+    if is_numeric(values) and not categorical:
         return np.asarray([np.nan if v is None else float(v) for v in values], dtype=float), None
-    labels = sorted({str(v) for v in values}, key=str)
+    present = [v for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
+    if is_numeric(present):  # numeric categories in numeric order, 1e-3 before 1e-2
+        labels = [f"{v:g}" for v in sorted({float(v) for v in present})]
+        values = ["nan" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{float(v):g}" for v in values]
+        labels += ["nan"] if "nan" in values else []
+    else:
+        labels = sorted({str(v) for v in values}, key=str)
     index = {label: i for i, label in enumerate(labels)}
     rng = np.random.default_rng(jitter_seed)
     x = np.asarray([index[str(v)] for v in values], dtype=float) + rng.uniform(-0.12, 0.12, len(values))
@@ -68,6 +84,56 @@ def style_x(ax, key: str, labels: list[str] | None, log: bool, x: np.ndarray) ->
 
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.grid(alpha=0.3)
+
+
+def robust_limits(y: np.ndarray, keep: np.ndarray | None = None, k: float = 6.0) -> tuple[float, float] | None:
+    """y-axis limits that the bulk of the trials set, not one diverged trial: the median ± ``k``
+    robust standard deviations (1.4826 x the median absolute deviation), narrowed to the data's own
+    range, padded 6 %. ``keep``: values that must stay inside (the best trial). None without data."""
+    finite = y[np.isfinite(y)]
+    if not len(finite):
+        return None
+    med = float(np.median(finite))
+    spread = 1.4826 * float(np.median(np.abs(finite - med)))
+    if spread == 0:  # more than half the trials tie: fall back on the interquartile range, then the range
+        q1, q3 = np.percentile(finite, [25, 75])
+        spread = float(q3 - q1) / 1.349 or float(finite.max() - finite.min()) / 4
+    lo, hi = max(float(finite.min()), med - k * spread), min(float(finite.max()), med + k * spread)
+    if keep is not None:
+        kept = keep[np.isfinite(keep)]
+        if len(kept):
+            lo, hi = min(lo, float(kept.min())), max(hi, float(kept.max()))
+    pad = 0.06 * (hi - lo) if hi > lo else max(abs(hi) * 0.05, 1e-3)
+    return lo - pad, hi + pad
+
+
+def clip_to_limits(ax, x: np.ndarray, y: np.ndarray, limits: tuple[float, float] | None,
+                   seen: dict[str, Any]) -> int:
+    """Draw the points outside ``limits`` on the axis edge as red triangles pointing out, set the
+    limits, and return how many were outside (for the title)."""
+    if limits is None:
+        return 0
+    lo, hi = limits
+    ax.set_ylim(lo, hi)
+    count = 0
+    for mask, edge, marker in ((y > hi, hi, "^"), (y < lo, lo, "v")):
+        mask = mask & np.isfinite(x)
+        if mask.any():
+            handle = ax.scatter(x[mask], np.full(mask.sum(), edge), marker=marker, c="tab:red", s=50,
+                                clip_on=False, zorder=6)
+            seen.setdefault("off the axis (value beyond the edge)", handle)
+            count += int(mask.sum())
+    return count
+
+
+def mark_epochs(ax, x: np.ndarray, y: np.ndarray, statuses: list[str], epochs: np.ndarray | None) -> None:
+    """Label each stopped-early trial with the epoch it stopped at: its metric is not a finished one."""
+    if epochs is None:
+        return
+    for xi, yi, status, ep in zip(x, y, statuses, epochs):
+        if status == "stopped_early" and np.isfinite(xi) and np.isfinite(yi) and np.isfinite(ep):
+            ax.annotate(f"e{int(ep)}", (xi, yi), textcoords="offset points", xytext=(4, -8), fontsize=6,
+                        color="0.35")
 
 
 def status_scatter(ax, x: np.ndarray, y: np.ndarray, statuses: list[str], seen: dict[str, Any]) -> None:
@@ -100,4 +166,6 @@ def best_index(frame, metric: str, mode: str) -> int | None:
 
 
 def legend_below(fig, seen: dict[str, Any], fontsize: int = 9) -> None:
-    fig.legend(list(seen.values()), list(seen), loc="outside lower center", ncols=len(seen), fontsize=fontsize)
+    # as many columns as fit the figure's width (one row of seven entries runs off a two-panel figure)
+    cols = max(1, min(len(seen), int(fig.get_figwidth() / 2.1)))
+    fig.legend(list(seen.values()), list(seen), loc="outside lower center", ncols=cols, fontsize=fontsize)

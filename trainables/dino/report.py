@@ -18,7 +18,8 @@ from typing import Any
 
 import numpy as np
 
-from trainables.runtime.vocabulary import ReportData
+from trainables.core.stats import finite
+from trainables.runtime.vocabulary import Bar, Headline, ReportData
 
 # searched key -> (file name, axis label)
 SWEPT = {
@@ -114,3 +115,27 @@ def _swept_plot(key: str):
 
 
 PLOTS: dict[str, Any] = {name: _swept_plot(key) for key, (name, _) in SWEPT.items()}
+
+
+# The random-teacher headline: the student against the random teacher it learnt from, per probe
+# (kNN, linear) on the validation and the test split. (student metric, teacher metric, panel, split)
+HEADLINE_BARS = (
+    ("knn_acc", "teacher_knn_acc", "kNN accuracy", "validation"),
+    ("test_knn_acc", "teacher_test_knn_acc", "kNN accuracy", "test"),
+    ("linear_acc", "teacher_linear_acc", "linear-probe accuracy", "validation"),
+    ("test_linear_acc", "teacher_test_linear_acc", "linear-probe accuracy", "test"),
+)
+
+
+def dino_headline(data: ReportData):
+    """The best configuration's student and its random teacher, over that configuration's seeds."""
+    rows = data.best_group
+    bars = []
+    for student, teacher, panel, split in HEADLINE_BARS:
+        for who, metric in (("student", student), ("random teacher", teacher)):
+            values = finite(r.metrics.get(metric) for r in rows)
+            if values:
+                bars.append(Bar(panel, f"{who} ({split})", tuple(values), f"{who} ({split})"))
+    if not any(b.role.startswith("student") for b in bars):
+        return None
+    return Headline(title="DINO: the student against its teacher at initialisation, best configuration", bars=tuple(bars))

@@ -21,7 +21,7 @@ from __future__ import annotations
 from trainables.dino.loop import run_dino
 from trainables.dino.params import DinoParams
 from trainables.dino.prepare import check_dino_inputs, prepare_dino
-from trainables.dino.report import PLOTS as DINO_PLOTS
+from trainables.dino.report import PLOTS as DINO_PLOTS, dino_headline
 from trainables.runtime.trainable import register_trainable
 from trainables.training.dataset_params import dataset_digest
 from trainables.runtime.vocabulary import Vocabulary
@@ -59,5 +59,6 @@ register_trainable(
         curves=("knn_acc",),
         loss_curves=("train_loss",),
         plots=DINO_PLOTS,  # accuracy against student_init_alpha / n_samples over teacher seeds
+        headline_figure=dino_headline,  # the student against its random teacher, kNN and linear, val and test
     ),
 )(run_dino)

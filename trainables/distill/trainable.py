@@ -14,6 +14,7 @@ from typing import Any
 from trainables.distill.loop import run_distill
 from trainables.distill.params import DistillParams
 from trainables.distill.prepare import check_distill_inputs, prepare_distill
+from trainables.distill.report import distill_headline
 from trainables.runtime.trainable import register_trainable
 from trainables.training.dataset_params import dataset_digest
 from trainables.runtime.vocabulary import Vocabulary
@@ -75,5 +76,6 @@ register_trainable(
         curves=("val_acc", "test_acc"),
         loss_curves=("train_loss", "val_loss"),
         per_worker_batch="batch_size",
+        headline_figure=distill_headline,  # teacher, best student, no-teacher control over seeds
     ),
 )(run_distill)

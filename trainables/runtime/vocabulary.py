@@ -35,6 +35,9 @@ class ResultRow(Protocol):
     def history(self) -> Sequence[Mapping[str, float]]: ...  # numeric metrics per report (epoch), oldest first
 
 
+NOT_HYPERPARAMETERS = ("seed", "workers")
+
+
 @dataclass
 class ReportData:
     """What a family plot gets: the results as a frame (one row per trial: ``status``, every
@@ -48,6 +51,21 @@ class ReportData:
     keys: list[str]
     log_keys: set[str] = field(default_factory=set)
     param_prefix: str = ""
+    # Searched keys whose domain is a list of values (choice, grid): drawn as categories.
+    choice_keys: set[str] = field(default_factory=set)
+    # The best configuration per summary group (teacher / student / method), its trials over seeds:
+    # group label -> rows, best group first (the summary's entries, as the headline figures need them).
+    groups: Mapping[str, Sequence[ResultRow]] = field(default_factory=dict)
+    # The reference runs, when they ran: role (``reproduce`` | ``control``) -> {seed: value of
+    # ``reference_metric``}.
+    reference: Mapping[str, Mapping[Any, float]] = field(default_factory=dict)
+    reference_metric: str | None = None
+    control: str = "its control"
+
+    @property
+    def best_group(self) -> Sequence[ResultRow]:
+        """The overall best configuration's trials over seeds (empty when no trial has the metric)."""
+        return next(iter(self.groups.values()), ())
 
     def column(self, key: str) -> str:
         """The frame column of the searched parameter ``key``."""
@@ -57,10 +75,40 @@ class ReportData:
         """Searched keys that have a column in the frame."""
         return [k for k in self.keys if self.column(k) in self.frame]
 
+    def hyperparameter_keys(self) -> list[str]:
+        """Present searched keys that are hyperparameters: the seed and the worker count are not
+        (they change how a trial runs, not what it learns), so no plot gives them a panel."""
+        return [k for k in self.present_keys() if k.rsplit(".", 1)[-1] not in NOT_HYPERPARAMETERS]
+
+
+@dataclass(frozen=True)
+class Bar:
+    """One bar of a headline figure: a quantity over seeds. ``values`` are the per-seed values (the
+    dots); the orchestrator draws their mean and t confidence interval. ``panel`` groups bars that
+    share an axis (one metric); ``role`` colours them the same across panels (teacher, student, ...)."""
+
+    panel: str
+    name: str
+    values: tuple[float, ...]
+    role: str = ""
+
+
+@dataclass(frozen=True)
+class Headline:
+    """A family's headline figure as data: what the experiment's answer is, drawn as bars with
+    per-seed dots and confidence intervals (PNG and interactive HTML) and printed as a table.
+    ``notes`` are extra lines under the table (PGR per method, say)."""
+
+    title: str
+    bars: tuple[Bar, ...]
+    notes: tuple[str, ...] = ()
+
 
 # file name (``something.png``) -> figure builder; a builder returns None when it has nothing to show.
 PlotBuilder = Callable[[ReportData], Any]
 # (trial rows, the best row or None) -> (lines to print, metrics for the sweep's MLflow parent run).
+# The family's headline figure: the report data -> a Headline, or None when the sweep lacks its data.
+HeadlineBuilder = Callable[[ReportData], Optional[Headline]]
 SummaryHook = Callable[[Sequence[ResultRow], Optional[ResultRow]], tuple[list[str], dict[str, float]]]
 
 
@@ -89,6 +137,9 @@ class Vocabulary:
     loss_curves: tuple[str, ...] = ()
     # Family-specific figures, written next to the generic ones under plots/.
     plots: Mapping[str, PlotBuilder] = field(default_factory=dict)
+    # The family's headline figure (``headline.png`` / ``headline.html`` and a printed table): the
+    # experiment's answer at a glance. None: the best configuration per summary group on the headline metric.
+    headline_figure: HeadlineBuilder | None = None
     # Family-specific lines of the final report and metrics for the parent run.
     summary: SummaryHook | None = None
     # A per-worker batch-size parameter: reference runs on another worker count rescale it so the

@@ -27,7 +27,7 @@ from trainables.runtime.vocabulary import Vocabulary
 from trainables.w2s_probe.loop import STATIC_METRICS, run_w2s_probe
 from trainables.w2s_probe.params import PROBE_FIELDS, W2SProbeParams
 from trainables.w2s_probe.prepare import prepare_w2s
-from trainables.w2s_probe.report import PLOTS as W2S_PLOTS, W2S_COLUMNS, pgr_summary
+from trainables.w2s_probe.report import PLOTS as W2S_PLOTS, W2S_COLUMNS, pgr_summary, w2s_headline
 
 
 def _metric_docs() -> dict[str, str]:
@@ -71,6 +71,7 @@ register_trainable(
         identity={"teacher": ("weak.model", "weak", "weak_model"), "student": ("strong.model", "strong", "strong_model")},
         curves=("w2s_acc",),
         plots=W2S_PLOTS,
+        headline_figure=w2s_headline,  # weak, W2S and strong per method, PGR with its interval
         summary=pgr_summary,
     ),
 )(run_w2s_probe)
