@@ -27,7 +27,7 @@ from orchestrator.space.spec import SweepSpec, get_dotted, parse_spec, set_dotte
 from orchestrator.store.layout import BEST_SPACE_FILE, PLOTS_DIR, read_saved_spec, reference_dir
 from orchestrator.store.secrets import mask_uri, redact, redact_artifact, redact_columns
 from orchestrator.store.storage import join, write_bytes
-from orchestrator.store.tracking import TAG_OUTCOME, TAG_ROLE, TAG_SWEEP, TAG_TRIAL, Tracker
+from orchestrator.store.tracking import STATIC_PREFIX, TAG_OUTCOME, TAG_ROLE, TAG_SWEEP, TAG_TRIAL, Tracker
 from trainables.runtime.vocabulary import ReportData
 
 # Tune statuses of trials a sweep had not finished when its state was last saved.
@@ -272,14 +272,22 @@ def rows_from_mlflow(tracker: Tracker, sweep: str, spec: SweepSpec) -> list[Tria
     rows = []
     for run in tracker.find_runs(**{TAG_SWEEP: sweep, TAG_ROLE: "trial"}):
         config: dict[str, Any] = {}
-        for key, text in run.data.params.items():
-            set_dotted(config, key, _param_value(text))
         metrics = dict(run.data.metrics)
+        for key, text in run.data.params.items():
+            if key.startswith(STATIC_PREFIX):  # a constant of the trial, logged once as a param
+                value = _param_value(text)
+                if isinstance(value, (int, float)) and not isinstance(value, bool):
+                    metrics[key[len(STATIC_PREFIX):]] = float(value)
+                continue
+            set_dotted(config, key, _param_value(text))
         history: dict[int, dict[str, float]] = {}
         for name in dict.fromkeys([spec.metric, *vocab.curves, *vocab.loss_curves]):
             for point in tracker.client.get_metric_history(run.info.run_id, name):
                 history.setdefault(point.step, {"epoch": float(point.step)})[name] = point.value
-        if isinstance(metrics.get("epoch"), float) and metrics["epoch"].is_integer():
+        # the epoch is each metric point's step, not a metric of its own
+        if history:
+            metrics["epoch"] = max(history)
+        elif isinstance(metrics.get("epoch"), float) and metrics["epoch"].is_integer():
             metrics["epoch"] = int(metrics["epoch"])
         status = run.data.tags.get(TAG_OUTCOME) or (
             "unfinished" if run.info.status == "RUNNING" else trial_status(config, metrics, run.info.status == "FAILED", vocab.budget))

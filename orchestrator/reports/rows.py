@@ -156,38 +156,6 @@ def render_table(headers: list[str], body: list[list[Any]]) -> str:
     return "\n".join([line(headers), line(["-" * w for w in widths]), *[line(b) for b in body]])
 
 
-def compare(metric: str, best_values: list[float], control_values: list[float], label: str) -> Comparison:
-    comp = Comparison(metric, best_values, control_values)
-    if not best_values or not control_values:
-        comp.verdict = "no comparison: reference runs did not finish"
-        return comp
-    diff = comp.best_mean - comp.control_mean
-    n_b, n_c = len(best_values), len(control_values)
-    sd_b = statistics.stdev(best_values) if n_b > 1 else 0.0
-    sd_c = statistics.stdev(control_values) if n_c > 1 else 0.0
-    se = math.sqrt(sd_b**2 / n_b + sd_c**2 / n_c)
-    direction = "beat" if diff > 0 else ("tied" if diff == 0 else "did NOT beat")
-    noise = ("a clear margin (more than 2 standard errors)" if se > 0 and abs(diff) > 2 * se
-             else "within seed noise" if se > 0 else "single seed, so noise is unknown")
-    comp.verdict = (f"the best config {direction} {label}: {metric} {comp.best_mean:.4f} ± {sd_b:.4f} vs "
-                    f"{comp.control_mean:.4f} ± {sd_c:.4f} over {n_b} seeds ({diff:+.4f}, {noise})")
-    return comp
-
-
-def reference_comparison(results, metric: str, control: str) -> Comparison:
-    """Best config vs its control, from the reference runs' results (roles in the case), on the
-    trainable's reference metric (``Vocabulary.reference_metric``); ``control`` names the control."""
-    from trainables.runtime.runner import CASE_KEY
-
-    values: dict[str, list[float]] = {"reproduce": [], "control": []}
-    for r in results:
-        case = (r.config or {}).get(CASE_KEY, {})
-        value = (r.metrics or {}).get(metric)
-        if r.error is None and isinstance(value, (int, float)) and case.get("role") in values:
-            values[case["role"]].append(float(value))
-    return compare(metric, values["reproduce"], values["control"], control)
-
-
 def vocabulary_of(spec: SweepSpec) -> Vocabulary:
     """The names the report uses for the sweep's trainable's results (a parsed spec names a
     registered trainable)."""

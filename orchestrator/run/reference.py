@@ -56,8 +56,12 @@ def run_reference(spec: SweepSpec, best_config: dict[str, Any], name: str, opts:
     vocab = vocabulary_of(spec)
     metric = vocab.reference_of(spec.metric)
     say(f"  reference runs: best config and {vocab.control}, {spec.control.seeds} seeds each")
+    from trainables.runtime.trainable import get_trainable
+
+    # reference runs are recorded as the trials are: resolved config, constants once
     callbacks = [MLflowTrialCallback(opts.mlflow_uri, spec.experiment_name, parent_id, name, vocab.budget,
-                                     role="reference"),
+                                     role="reference", static=get_trainable(spec.trainable).static_metrics,
+                                     trainable=spec.trainable),
                  ProgressPrinter(metric, "max", len(cases), vocab.budget), *resume.sweep_callbacks(opts.storage_path, name)]
     ref_dir = layout.reference_dir(opts.storage_path, name)
     cases_file = layout.reference_cases_file(opts.storage_path, name)
