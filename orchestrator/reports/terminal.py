@@ -119,6 +119,9 @@ def searched_yaml(config: dict[str, Any], keys: list[str]) -> str:
 
     from trainables.core.config import get_dotted
 
-    values = {k: get_dotted(config, k) for k in keys}
+    # 4 significant digits on screen (lr: 0.0463, not 0.046303888392654875); best_config.yaml
+    # holds the exact values to re-run
+    values = {k: float(f"{v:.4g}") if isinstance(v, float) else v
+              for k, v in ((k, get_dotted(config, k)) for k in keys)}
     return yaml.safe_dump({k: v for k, v in values.items() if v is not None}, sort_keys=False,
                           default_flow_style=False, width=10_000).rstrip()
