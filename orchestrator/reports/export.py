@@ -52,6 +52,11 @@ def best_space(spec: SweepSpec, best_config: dict[str, Any], best: TrialRow, swe
         "failure": raw.get("failure", {}),
     }
     out["resources"].pop("max_concurrent_trials", None)
+    if out["resources"].pop("auto", False):
+        # the re-run asks for the machine again (auto) rather than the devices this one had
+        out["resources"].pop("gpus_per_worker", None)
+        out["resources"].pop("cpus_per_worker", None)
+        out["resources"]["auto"] = True
     stop = {k: v for k, v in raw.get("stop", {}).items() if v is not None}
     epoch, budget = best.metrics.get("epoch"), params.get(vocabulary_of(spec).budget)
     if best.status == "stopped_early" and isinstance(epoch, int) and isinstance(budget, int) and epoch < budget:
