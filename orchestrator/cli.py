@@ -91,6 +91,9 @@ def build_report_parser(command: str) -> argparse.ArgumentParser:
                                                 "summary and best_config.yaml, written to <storage-path>/NAME/ and "
                                                 "logged on the sweep's MLflow parent run.")
         p.add_argument("name", metavar="NAME", help="the sweep's name (its folder under --storage-path)")
+        p.add_argument("--loss-curves", action="store_true",
+                       help="add the training loss panel to learning_curves.png (off by default: losses of "
+                            "different temperatures or loss weights are not comparable)")
     else:
         p = argparse.ArgumentParser(prog="run_sweep.py compare",
                                     description="Compare stored sweeps side by side: the best configuration per "
@@ -119,7 +122,7 @@ def _run_report(command: str, argv: list[str]) -> int:
     if command == "report":
         from orchestrator.reports.publish import report_sweep
 
-        report_sweep(args.name, _storage(args.storage_path), uri)
+        report_sweep(args.name, _storage(args.storage_path), uri, loss_curves=args.loss_curves)
         return 0
     if len(args.names) < 2:
         raise UserError("compare needs at least two sweep names")

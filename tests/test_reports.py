@@ -371,3 +371,15 @@ def test_list_shows_each_sweep_with_its_state_trials_and_best(tmp_path, capsys):
     assert "cache" not in rows
     assert main(["list", "--storage-path", str(tmp_path / "nope")]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_report_loss_curves_flag_reaches_the_figures(monkeypatch, tmp_path):
+    """`report NAME --loss-curves` asks for the loss panel, which is off by default."""
+    from orchestrator import cli
+    from orchestrator.reports import publish
+
+    seen = {}
+    monkeypatch.setattr(publish, "report_sweep", lambda name, storage, uri, **kw: seen.update(name=name, **kw))
+    for argv, want in ((["report", "s1"], False), (["report", "s1", "--loss-curves"], True)):
+        assert cli.main([*argv, "--storage-path", str(tmp_path)]) == 0
+        assert seen == {"name": "s1", "loss_curves": want}

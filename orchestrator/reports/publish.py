@@ -121,7 +121,7 @@ def research_views(data: ReportData, vocab, out: Published) -> dict[str, bytes]:
 
 def publish(spec: SweepSpec, rows: list[TrialRow], best: TrialRow | None, best_config: dict[str, Any] | None,
             sweep: str, out_dir: str, tracker: Tracker | None = None, parent_id: str | None = None,
-            table: str | None = None, comparison: Comparison | None = None) -> Published:
+            table: str | None = None, comparison: Comparison | None = None, loss_curves: bool = False) -> Published:
     """Write the results table, the summary, the headline figure, the plots and ``best_config.yaml``
     under ``out_dir`` and log them on the parent run (when given)."""
     keys = searched_keys(spec)
@@ -144,7 +144,7 @@ def publish(spec: SweepSpec, rows: list[TrialRow], best: TrialRow | None, best_c
     data = report_data(spec, frame, rows, entries, comparison)
     figures = {f"{PLOTS_DIR}/{fname}": png_bytes(fig)
                for fname, fig in sweep_figures(frame, rows, spec.metric, spec.mode, keys, log_scale_keys(spec),
-                                               vocab, data=data).items()}
+                                               vocab, data=data, loss_curves=loss_curves).items()}
     figures.update(research_views(data, vocab, out))
     for artifact in figures:
         if artifact.startswith(f"{PLOTS_DIR}/"):
@@ -333,7 +333,8 @@ def mlflow_store_exists(uri: str) -> bool:
     return True
 
 
-def report_sweep(name: str, storage_path: str, mlflow_uri: str | None, say=print) -> StoredSweep:
+def report_sweep(name: str, storage_path: str, mlflow_uri: str | None, say=print,
+                 loss_curves: bool = False) -> StoredSweep:
     """``run_sweep.py report NAME``: rebuild, print, write and log the sweep's report."""
     sweep = load_sweep(name, storage_path, mlflow_uri)
     spec, rows = sweep.spec, sweep.rows
@@ -348,7 +349,7 @@ def report_sweep(name: str, storage_path: str, mlflow_uri: str | None, say=print
         parent_id = parent.info.run_id if parent is not None else None
     best = sweep.best
     out = publish(spec, rows, best, best.config if best else None, name, join(storage_path, name),
-                  tracker, parent_id, table, sweep.comparison)
+                  tracker, parent_id, table, sweep.comparison, loss_curves=loss_curves)
     print_outcome(say, spec, best, out, sweep.comparison)
     if parent_id:
         say(f"logged on MLflow parent run {parent_id}: " + ", ".join(out.artifacts))

@@ -114,5 +114,5 @@ def print_sweeps(storage_path: str, say=print) -> None:
         say(f"no sweeps under {storage_path}")
         return
     say(format_sweeps(entries))
-    say(f"{len(entries)} sweeps under {storage_path}; run_sweep.py report NAME rebuilds one's report, "
+    say(f"{len(entries)} sweep{'' if len(entries) == 1 else 's'} under {storage_path}; run_sweep.py report NAME rebuilds one's report, "
         "--resume NAME goes on with an interrupted one")
