@@ -16,6 +16,9 @@ import sys
 
 import yaml
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from sections import main, with_section  # noqa: E402  (docs/ is not a package)
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RECIPES = os.path.join(ROOT, "search_spaces", "recipes")
 DOC = os.path.join(ROOT, "docs", "seed_experiments.md")
@@ -83,26 +86,8 @@ def render_all() -> str:
 
 
 def with_tables(doc: str, tables: str) -> str:
-    if BEGIN not in doc or END not in doc:
-        return doc.rstrip("\n") + "\n\n## Recipe tables\n\n" + tables + "\n"
-    head, rest = doc.split(BEGIN, 1)
-    return head + tables + rest.split(END, 1)[1]
-
-
-def main(argv: list[str]) -> int:
-    with open(DOC) as f:
-        doc = f.read()
-    new = with_tables(doc, render_all())
-    if "--check" in argv:
-        if new != doc:
-            print(f"{DOC} is stale: run .venv/bin/python docs/render_recipes.py", file=sys.stderr)
-            return 1
-        return 0
-    if new != doc:
-        with open(DOC, "w") as f:
-            f.write(new)
-    return 0
+    return with_section(doc, BEGIN, END, tables, heading="## Recipe tables")
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    sys.exit(main(DOC, lambda doc: with_tables(doc, render_all()), "docs/render_recipes.py", sys.argv[1:]))
