@@ -276,3 +276,26 @@ def test_unlabelled_training_images_are_left_out_of_the_probes():
     none = DatasetSplits("t", extra, torch.full((20,), -1), x[40:50], y[40:50], x[50:], y[50:], 3, (0.0,), (1.0,))
     with pytest.raises(ValueError, match="the probes need labelled training images"):
         probe_encoder(encoder, none, p)
+
+
+@pytest.mark.slow  # four probes of up to 200 epochs on digits: ~20 s
+def test_the_raw_feature_probe_needs_the_step_budget_the_digits_variants_give_it(digits, one_torch_thread):
+    """Why the digits variants run the linear probe 200 epochs of batch 64 (docs/seed_experiments.md):
+    a random encoder's raw features are small, AdamW moves the probe's weights by at most lr per
+    update, and digits gives few updates per epoch, so with dinopl's 20-epoch budget the raw probe
+    stays far below the standardised one; with about dinopl's CIFAR-10 number of updates it learns."""
+    import yaml
+
+    from tests.conftest import REPO
+
+    with open(f"{REPO}/search_spaces/random_teacher_digits.yaml") as f:
+        config = yaml.safe_load(f)["params"]
+    config["loss_params"]["teacher_temp"] = 0.1
+    acc = {}
+    for epochs, batch in ((20, 256), (200, 64)):
+        p = DinoParams.model_validate({**config, "probe_epochs": epochs, "probe_batch_size": batch})
+        _, teacher = init_student_teacher(p, digits)
+        teacher.eval()
+        acc[epochs] = probe_encoder(teacher.encoder, digits, p)
+    assert acc[20]["linear_acc"] < 0.5 < 0.9 < acc[20]["linear_acc_normalized"]
+    assert acc[200]["linear_acc"] > 0.7 and acc[200]["linear_acc"] - acc[20]["linear_acc"] > 0.3

@@ -86,6 +86,9 @@ def test_the_parent_holds_the_w2s_table_and_summary(sweeps):
         assert summary["w2s_median_pgr"] == pytest.approx(sorted(valid)[len(valid) // 2] if len(valid) % 2 else
                                                           sum(sorted(valid)[len(valid) // 2 - 1:len(valid) // 2 + 1]) / 2)
     assert "W2S: " in first.stdout and "pgr" in first.stdout
+    # issue 19: the printed table fits 100 columns (the file above keeps every column)
+    printed = first.stdout.split("\nbest trial ")[0].rstrip().split("\n\n")[-1]
+    assert "pgr" in printed and max(len(line) for line in printed.splitlines()) <= 100, printed
     best = json.loads((tmp / "ray_results" / "first" / "best_config.json").read_text())
     assert isinstance(best["probe"], int) and "probes" not in best["config"] and "probe_grid" not in best["config"]
 
