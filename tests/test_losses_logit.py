@@ -52,6 +52,22 @@ def test_dkd_matches_formula(temp):
     assert out["loss"].item() == pytest.approx(expected, rel=1e-5)
 
 
+def test_dkd_gradient_is_finite_and_the_non_target_softmax_over_c_minus_1_classes():
+    """NCKD masks the target to -inf instead of indexing it away (no data-dependent shape, so no
+    host sync on a GPU): its gradient must be finite and equal that of the c-1-class form."""
+    s = torch.tensor(S, dtype=torch.float64, requires_grad=True)
+    _, nckd = dkd_terms(s, torch.tensor(T, dtype=torch.float64), torch.tensor(Y), 2.0)
+    nckd.sum().backward()
+    n, c = S.shape
+    keep = ~torch.nn.functional.one_hot(torch.tensor(Y), c).bool()
+    s2 = torch.tensor(S, dtype=torch.float64, requires_grad=True)
+    log_ps = torch.log_softmax(s2[keep].view(n, c - 1) / 2.0, -1)
+    log_pt = torch.log_softmax(torch.tensor(T, dtype=torch.float64)[keep].view(n, c - 1) / 2.0, -1)
+    (log_pt.exp() * (log_pt - log_ps)).sum().backward()
+    assert torch.isfinite(s.grad).all()
+    torch.testing.assert_close(s.grad, s2.grad)
+
+
 def test_dkd_parts_recompose_kd():
     # The paper's decomposition: KD = TCKD + (1 - p_t,y) NCKD, per sample, at any temperature.
     temp = 2.0

@@ -50,13 +50,17 @@ def dkd_terms(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels
         return torch.stack([log_p_target, log_p_rest], dim=-1)
 
     def non_target_log_probs(z: torch.Tensor) -> torch.Tensor:
-        return torch.log_softmax(z[~target].view(n, c - 1), dim=-1)
+        # the target masked to -inf rather than removed (z[~target]): boolean-mask indexing has a
+        # data-dependent shape, a device-to-host sync every step
+        return torch.log_softmax(z.masked_fill(target, float("-inf")), dim=-1)
 
     def kl(log_p_t: torch.Tensor, log_p_s: torch.Tensor) -> torch.Tensor:
         return (log_p_t.exp() * (log_p_t - log_p_s)).sum(dim=-1)
 
     tckd = kl(binary_log_probs(zt), binary_log_probs(zs))
-    nckd = kl(non_target_log_probs(zt), non_target_log_probs(zs))
+    lt, ls = non_target_log_probs(zt), non_target_log_probs(zs)
+    # the target's term is 0 · (−inf − −inf): left out explicitly, so it is 0, not NaN
+    nckd = torch.where(target, 0.0, lt.exp() * (lt - ls)).sum(dim=-1)
     return tckd, nckd
 
 
