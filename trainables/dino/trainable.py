@@ -53,6 +53,9 @@ register_trainable(
                       "train_teacher_temp, train_mse with objective mse)",
     },
     data_digest=dataset_digest,
+    # the random teacher is probed once, before training: its probe metrics are constants of the trial
+    static_metrics=tuple(f"teacher_{split}{probe}_acc{norm}" for split in ("", "test_") for probe in ("knn", "linear")
+                         for norm in ("", "_normalized")),
     vocabulary=Vocabulary(
         headline="knn_acc",
         table_metrics=("test_knn_acc", "linear_acc", "test_linear_acc", "teacher_knn_acc"),
