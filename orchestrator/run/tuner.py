@@ -10,7 +10,8 @@ from orchestrator.space.spec import SweepSpec
 from orchestrator.store.layout import train_runs_dir
 from trainables.core.config import get_dotted, set_dotted
 from trainables.runtime.runner import ExecutionConfig, checkpoint_retention, tune_entry, unpack_config
-from trainables.runtime.trainable import TrialContext
+from trainables.runtime.trainable import TrialContext, get_trainable
+from trainables.runtime.vectorize import VECTORIZE_KEY
 
 
 def param_space(spec: SweepSpec) -> dict[str, Any]:
@@ -35,11 +36,15 @@ def param_space(spec: SweepSpec) -> dict[str, Any]:
 
 
 def nested_points(spec: SweepSpec) -> list[dict[str, Any]]:
+    from orchestrator.space.vectorized import point_probes
+
     points = []
-    for point in spec.points_to_evaluate:
+    for i, point in enumerate(spec.points_to_evaluate):
         nested: dict[str, Any] = {}
         for key, value in point.items():
-            set_dotted(nested, key, value)
+            if key not in spec.vectorized_keys:
+                set_dotted(nested, key, value)
+        nested.update(point_probes(spec, point, i))
         points.append(nested)
     return points
 
@@ -76,8 +81,15 @@ def scheduler(spec: SweepSpec):
     if s.type == "asha":
         # "epoch" rather than training_iteration: it survives a restored Train-in-Tune trial,
         # whose Tune iteration counter restarts at 1.
-        return ASHAScheduler(time_attr="epoch", max_t=s.max_t, grace_period=s.grace_period,
-                             reduction_factor=s.reduction_factor, brackets=s.brackets)
+        options = dict(time_attr="epoch", max_t=s.max_t, grace_period=s.grace_period,
+                       reduction_factor=s.reduction_factor, brackets=s.brackets)
+        defn = get_trainable(spec.trainable)
+        if defn.stops_members and spec.params.get(VECTORIZE_KEY):
+            from orchestrator.run.member_scheduler import MemberASHA
+
+            # Fused trials: every member is judged at the rungs on its own.
+            return MemberASHA(fields=tuple(defn.vectorized_keys), sweep=spec.name, **options)
+        return ASHAScheduler(**options)
     return FIFOScheduler()
 
 

@@ -71,9 +71,9 @@ def check_spec(spec: SweepSpec, fields: tuple[str, ...]) -> VectorizedCheck:
                                 "configurations with random search; Optuna proposes one per trial", "optuna"))
     for i, point in enumerate(spec.points_to_evaluate):
         for key in point:
-            if key in keys:
-                issues.append(SpecIssue(f"points_to_evaluate[{i}].{key}", "varies per configuration inside a "
-                                        "vectorised trial; fix it under params or drop params.vectorize"))
+            if key in keys and spec.domains[key].kind == "grid":
+                issues.append(SpecIssue(f"points_to_evaluate[{i}].{key}", "is a grid key of a vectorised trial: "
+                                        "every trial trains all its values; drop it from the point"))
     return VectorizedCheck(keys, issues)
 
 
@@ -100,6 +100,32 @@ def probe_space(spec: SweepSpec) -> dict[str, Any]:
             set_dotted(slot, key, spec.domains[key].to_tune())  # a fresh domain: sampled independently
         slots.append(slot)
     return {PROBES_KEY: slots, **({GRID_KEY: grid} if grid else {})}
+
+
+def point_probes(spec: SweepSpec, point: dict[str, Any], index: int) -> dict[str, Any]:
+    """The ``probes`` of the trial that ``points_to_evaluate[index]`` starts, in a vectorised sweep:
+    the point's per-configuration values are configuration 0, the other K - 1 are sampled here
+    (seeded by the search seed and the point's index, so a resumed sweep plans the same ones).
+    Empty when the sweep is not vectorised or has no sampled per-configuration key."""
+    import numpy as np
+
+    k = vectorize_k(spec)
+    sampled = [key for key in spec.vectorized_keys if spec.domains[key].kind != "grid"]
+    if k is None or not sampled:
+        return {}
+    rng = np.random.RandomState((spec.search_alg.seed or 0) * 1_000 + index)
+    slots = []
+    for slot_index in range(k):
+        slot: dict[str, Any] = {}
+        for key in sampled:
+            if slot_index == 0 and key in point:
+                value = point[key]
+            else:
+                value = spec.domains[key].to_tune().sample(random_state=rng)
+                value = value.item() if hasattr(value, "item") else value
+            set_dotted(slot, key, value)
+        slots.append(slot)
+    return {PROBES_KEY: slots}
 
 
 def plan_lines(spec: SweepSpec) -> list[str]:

@@ -156,26 +156,46 @@ def build_student(p: DistillParams, data: DatasetSplits, entry) -> Classifier:
     return student
 
 
-def run_distill(p: DistillParams, session: Session, ctx: TrialContext) -> dict[str, Any]:
-    device = session.device
-    entry = load_teacher(p, ctx)
-    data = load_data(p, ctx).to(device)
+def optim_config(p: DistillParams) -> OptimConfig:
+    return OptimConfig(epochs=p.epochs, batch_size=p.batch_size, lr=p.lr, optimizer=p.optimizer,
+                       weight_decay=p.weight_decay, momentum=p.momentum, schedule=p.schedule,
+                       warmup_epochs=p.warmup_epochs, compile=p.compile, ema_decay=p.ema_decay, **p.recipe_fields())
+
+
+def static_metrics(p: DistillParams, entry, data: DatasetSplits) -> dict[str, Any]:
+    return {"teacher_test_acc": entry.meta["test_acc"], "teacher_val_acc": entry.meta["val_acc"],
+            **({"label_noise_rate": data.meta["label_noise"]["realised_rate"]} if p.label_noise.active else {})}
+
+
+def student_and_loss(p: DistillParams, data: DatasetSplits, entry, teacher_context: dict[str, Any]):
+    """The student and its loss, from ``p.seed`` alone: seeded here, so the init is the same
+    whatever ran before (an online teacher's construction draws from the global generator), for
+    every loss, the no-teacher control, and each member of a fused trial."""
     seed_everything(p.seed)
-    teacher, teacher_context = teacher_signal(p, ctx, entry, data, loss_class(p.loss), device)
     student = build_student(p, data, entry)
     # Built after the student, so a loss's own random init (projectors, memory banks) leaves the
     # student's init the same for every loss, the no-teacher control included.
     loss_fn = create_loss(p.loss, p.loss_params, num_classes=data.num_classes, student_dim=student.num_features,
                           num_samples=len(data.train_y), train_labels=data.train_y, **teacher_context)
+    return student, loss_fn
+
+
+def run_distill(p: DistillParams, session: Session, ctx: TrialContext) -> dict[str, Any]:
+    if p.is_fused:
+        from trainables.distill.fused import run_distill_fused
+
+        return run_distill_fused(p, session, ctx)
+    device = session.device
+    entry = load_teacher(p, ctx)
+    data = load_data(p, ctx).to(device)
+    seed_everything(p.seed)
+    teacher, teacher_context = teacher_signal(p, ctx, entry, data, loss_class(p.loss), device)
+    student, loss_fn = student_and_loss(p, data, entry, teacher_context)
     return train_classifier(
         model=student, data=data, loss_fn=loss_fn, session=session, seed=p.seed, teacher=teacher,
         checkpoint_every=ctx.checkpoint_every, views=student_views(p, data, device),
         batch_augment=batch_augment_of(p, data.mean, data.std, data.num_classes, p.seed),
-        static_metrics={"teacher_test_acc": entry.meta["test_acc"], "teacher_val_acc": entry.meta["val_acc"],
-                        **({"label_noise_rate": data.meta["label_noise"]["realised_rate"]} if p.label_noise.active else {})},
+        static_metrics=static_metrics(p, entry, data),
         epoch_hook=p.fewshot and fewshot_hook(p.fewshot, data, p.epochs, p.loss, p.loss_params, device, seed=p.seed,
                                               teacher=lambda: load_teacher_model(p.teacher, entry, data, device)),
-        optim=OptimConfig(epochs=p.epochs, batch_size=p.batch_size, lr=p.lr, optimizer=p.optimizer,
-                          weight_decay=p.weight_decay, momentum=p.momentum, schedule=p.schedule,
-                          warmup_epochs=p.warmup_epochs, compile=p.compile, ema_decay=p.ema_decay,
-                          **p.recipe_fields()))
+        optim=optim_config(p))

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, ValidationError, model_validator
 
+from trainables.core.config import first_problem
 from trainables.core.registry import kwargs_validator
 from trainables.distill.fewshot import FewShotConfig, check_fewshot
 from trainables.data.generated import SyntheticSet
@@ -16,7 +17,13 @@ from trainables.losses import LossName, check_loss_params, loss_class
 from trainables.models import ModelName, check_model_kwargs, predicts_with_untrained_head, supports_layer_decay
 from trainables.training.dataset_params import DatasetParams
 from trainables.training.noise_params import LabelNoiseConfig, check_label_noise
+from trainables.runtime.vectorize import expand_configs, is_vectorized, single_config
 from trainables.training.recipe import RecipeParams
+
+# What the members of a fused trial (``vectorize: K``) may differ in: values that leave the
+# computation's shape alone. Everything else (architecture, batch size, epochs, data, teacher) is
+# the trial's and shared by its members.
+MEMBER_FIELDS = ("lr", "weight_decay", "momentum", "loss_params", "seed")
 
 
 class DistillParams(DatasetParams, RecipeParams):
@@ -50,6 +57,13 @@ class DistillParams(DatasetParams, RecipeParams):
                                           "classes, and the optional Meta-Baseline stage (trainables/distill/fewshot.py)")
     label_noise: LabelNoiseConfig = Field(default_factory=LabelNoiseConfig,
                                           description="noise on the training labels of teacher and student")
+    vectorize: int | None = Field(None, ge=1, le=256, description="fused trial: students trained together in one "
+                                  "step, each with its own sampled lr / weight_decay / momentum / loss_params / seed")
+    fused_forward: Literal["auto", "vmap", "loop"] = Field(
+        "auto", description="a fused trial's forward: vmap (one batched computation), loop (one member after "
+        "another, sharing the batch work), auto (vmap on CUDA, loop on CPU, where grouped convolutions are slower)")
+    probes: list[dict[str, Any]] | None = Field(None, description="set by the sweep: the members' sampled values")
+    probe_grid: dict[str, list[Any]] | None = Field(None, description="set by the sweep: the members' grid values")
 
     _student_kwargs_fit = kwargs_validator("student", "student_kwargs", check_model_kwargs)
 
@@ -92,4 +106,33 @@ class DistillParams(DatasetParams, RecipeParams):
         if self.fewshot is not None:
             check_fewshot(self.fewshot, self.dataset, self.dataset_kwargs, self.loss, self.loss_params)
         self.check_recipe(self.lr, self.epochs, self.schedule, batch_size=self.batch_size)
+        if self.is_fused:
+            self._fused_fits()
         return self
+
+    @property
+    def is_fused(self) -> bool:
+        """``vectorize`` set: the trial runs fused, even with one member (no per-member key searched)."""
+        return self.vectorize is not None or is_vectorized(self.model_dump(include={"probes", "probe_grid"}))
+
+    def member_params(self) -> list["DistillParams"]:
+        """The stand-alone parameters of each member of a fused trial, in member order."""
+        config = self.model_dump()
+        return [DistillParams.model_validate(single_config(config, MEMBER_FIELDS, k))
+                for k in range(len(expand_configs(config, MEMBER_FIELDS)))]
+
+    def _fused_fits(self) -> None:
+        """What a fused trial cannot do, refused before it starts."""
+        refused = [("compile", self.compile, "a fused trial's step is not compiled; use compile: false"),
+                   ("fewshot", self.fewshot is not None, "the few-shot stages train one student; drop vectorize"),
+                   ("accum_steps", self.accum_steps != 1, "a fused trial takes one micro-batch per step; use 1")]
+        for key, bad, why in refused:
+            if bad:
+                raise ValueError(f"{key}: {why} (vectorize: {self.vectorize})")
+        config = self.model_dump()
+        for i, member in enumerate(expand_configs(config, MEMBER_FIELDS)):
+            try:
+                DistillParams.model_validate({**single_config(config, MEMBER_FIELDS, i), "probes": None,
+                                              "probe_grid": None, "vectorize": None})
+            except ValidationError as exc:
+                raise ValueError(f"member {i} ({member}): {first_problem(exc)}") from None

@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import math
 import random
-from typing import Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 import torch
@@ -138,6 +138,17 @@ def build_scheduler(name: str, optimizer: torch.optim.Optimizer, total_steps: in
     multiplier), step through ``step_update(num_updates)`` instead of ``step()``, and checkpoints
     already hold LambdaLR state, which resumes unchanged.
     """
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(
+        name, total_steps, warmup_steps, lr=lr, warmup_lr=warmup_lr, min_lr=min_lr, decay_steps=decay_steps,
+        milestones=milestones, decay_rate=decay_rate))
+
+
+def lr_factor(name: str, total_steps: int, warmup_steps: int = 0, *, lr: float | None = None, warmup_lr: float = 0.0,
+              min_lr: float = 0.0, decay_steps: int = 0, milestones: tuple[int, ...] = (),
+              decay_rate: float = 0.1) -> Callable[[int], float]:
+    """The multiplier of :func:`build_scheduler` at update ``t`` (same arguments). Separate so that
+    a fused trial gives each member's parameter groups the factor of that member's own ``lr``
+    (``warmup_lr`` and ``min_lr`` are absolute, so the factor depends on it)."""
     total_steps = max(total_steps, 1)
     if name not in SCHEDULES:
         raise ValueError(f"unknown schedule {name!r}; known: {', '.join(SCHEDULES)}")
@@ -158,7 +169,7 @@ def build_scheduler(name: str, optimizer: torch.optim.Optimizer, total_steps: in
             return decay_rate ** (step // decay_steps)
         return decay_rate ** sum(step >= m for m in milestones)
 
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+    return factor
 
 
 def epoch_batches(n: int, batch_size: int, epoch: int, seed: int, session: Session,

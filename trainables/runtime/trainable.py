@@ -60,6 +60,11 @@ class TrainableDef:
     # Parameters one trial can train several values of at once as one batched computation
     # (``params.vectorize``; see trainables/runtime/vectorize.py). Empty: one configuration per trial.
     vectorized_keys: tuple[str, ...] = ()
+    # A vectorised trial can drop single configurations while the rest train on (fused distill
+    # members): ASHA then judges each configuration at its rungs (orchestrator/run/member_scheduler.py)
+    # and the trial reads the stops from trainables/runtime/member_stops.py. False: ASHA judges the
+    # trial by the best of its configurations.
+    stops_members: bool = False
     # Runs in the driver before Ray starts, once per distinct candidate trial: what the trial needs
     # that is missing or unreadable (dataset files, a checkpoint to start from), as
     # (parameter key, problem and what to do) pairs. See orchestrator/run/preflight.py.

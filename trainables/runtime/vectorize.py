@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import copy
 import itertools
+import math
 from typing import Any, Iterable
 
 from trainables.core.config import set_dotted
@@ -66,3 +67,12 @@ def single_config(config: dict[str, Any], fields: Iterable[str], index: int) -> 
     chosen = expand_configs(config, fields)[index]
     out = {k: v for k, v in copy.deepcopy(config).items() if k not in (PROBES_KEY, GRID_KEY, VECTORIZE_KEY)}
     return deep_merge(out, chosen)
+
+
+def best_over(values: list[float], name: str) -> float:
+    """The best of one metric over a trial's configurations: min for losses, else max; NaN-aware.
+    A vectorised trial reports it at the top level, for schedulers that read one number per trial."""
+    finite = [v for v in values if isinstance(v, (int, float)) and not math.isnan(v)]
+    if not finite:
+        return math.nan
+    return min(finite) if "loss" in name else max(finite)

@@ -17,7 +17,7 @@ import torch
 from trainables.losses import validate_loss_params
 from trainables.runtime.session import Session
 from trainables.runtime.trainable import TrialContext
-from trainables.runtime.vectorize import RESULTS_KEY
+from trainables.runtime.vectorize import RESULTS_KEY, best_over
 from trainables.training.linear_probe import ProbeSpec, train_probes
 from trainables.w2s_probe.features import W2SInputs, load_inputs
 from trainables.w2s_probe.params import ProbeConfig, W2SProbeParams
@@ -45,14 +45,6 @@ def pgr(w2s_acc: float, weak_acc: float, strong_acc: float) -> float:
     """Performance gap recovered; NaN when the ceiling does not beat the weak teacher."""
     gap = strong_acc - weak_acc
     return (w2s_acc - weak_acc) / gap if gap > 0 else math.nan
-
-
-def best_over(values: list[float], name: str) -> float:
-    """The best of one metric over a trial's configurations: min for losses, else max; NaN-aware."""
-    finite = [v for v in values if isinstance(v, (int, float)) and not math.isnan(v)]
-    if not finite:
-        return math.nan
-    return min(finite) if "loss" in name else max(finite)
 
 
 class ProbeScorer:

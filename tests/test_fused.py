@@ -1,0 +1,164 @@
+"""Fused distill trials (``vectorize: K``, trainables/training/fused.py): each member equals its
+unfused trial, members leave the step one by one, and a fused trial resumes from its checkpoint."""
+import math
+
+import pytest
+import torch
+
+from orchestrator.store.cache import ArtifactCache
+from trainables.distill.loop import run_distill
+from trainables.distill.params import DistillParams
+from trainables.runtime.session import LocalSession
+from trainables.runtime.trainable import TrialContext
+from trainables.runtime.vectorize import RESULTS_KEY
+
+CPU = torch.device("cpu")
+TEACHER = {"model": "mlp", "epochs": 4, "lr": 0.1}
+COMPARED = ("train_loss", "val_acc", "val_loss", "test_acc", "test_loss", "lr")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def ctx(tmp_path_factory):
+    return TrialContext(artifacts=ArtifactCache(str(tmp_path_factory.mktemp("cache"))), checkpoint_every=0)
+
+
+MEMBERS = [{"lr": 0.05, "loss_params": {"temperature": 4.0, "kd_weight": 0.9}},
+           {"lr": 0.2, "weight_decay": 1e-3, "loss_params": {"temperature": 2.0, "kd_weight": 0.5}},
+           {"lr": 0.01, "momentum": 0.5, "loss_params": {"temperature": 8.0, "kd_weight": 0.1}}]
+
+
+def fused_and_alone(ctx, mode: str, student: str = "mlp_tiny", **common):
+    base = dict(teacher=TEACHER, student=student, epochs=3, batch_size=64, loss="kd", **common)
+    fused = LocalSession(CPU)
+    run_distill(DistillParams(**base, vectorize=3, probes=MEMBERS, fused_forward=mode), fused, ctx)
+    alone = []
+    for member in MEMBERS:
+        session = LocalSession(CPU)
+        run_distill(DistillParams(**{**base, **member}), session, ctx)
+        alone.append(session.history)
+    return fused.history, alone
+
+
+@pytest.mark.parametrize("mode,student", [("loop", "mlp_tiny"), ("vmap", "mlp_tiny"), ("vmap", "cnn_small")])
+def test_each_member_equals_its_unfused_trial(ctx, mode, student):
+    fused, alone = fused_and_alone(ctx, mode, student)
+    assert len(fused) == 3
+    for epoch, report in enumerate(fused):
+        members = report[RESULTS_KEY]
+        assert len(members) == 3
+        for k, member in enumerate(members):
+            expect = alone[k][epoch]
+            assert member["epoch"] == expect["epoch"] == epoch + 1
+            for key in COMPARED:
+                assert member[key] == pytest.approx(expect[key], abs=1e-4), (mode, k, epoch, key)
+        # The top level is the best over the members, for schedulers that read one number.
+        assert report["val_acc"] == max(m["val_acc"] for m in members)
+        assert report["val_loss"] == min(m["val_loss"] for m in members)
+    # The members did differ (else the test would prove little).
+    assert len({round(a[-1]["train_loss"], 6) for a in alone}) == 3
+
+
+def test_stopped_members_leave_the_step_and_keep_their_last_report(ctx):
+    stops: set[int] = set()
+    session = LocalSession(CPU)
+
+    class Stopper(LocalSession):
+        def report(self, metrics, checkpoint=None):
+            super().report(metrics, checkpoint)
+            if metrics["epoch"] == 1:
+                stops.add(1)  # what the scheduler posts after epoch 1
+
+    from trainables.distill import fused as fused_distill
+
+    session = Stopper(CPU)
+    p = DistillParams(teacher=TEACHER, student="mlp_tiny", epochs=3, loss="kd", vectorize=3, probes=MEMBERS)
+    original = fused_distill.stops_reader
+    fused_distill.stops_reader = lambda sweep: (lambda: set(stops))
+    try:
+        run_distill(p, session, TrialContext(artifacts=ctx.artifacts, checkpoint_every=0, sweep_name="t"))
+    finally:
+        fused_distill.stops_reader = original
+    last = session.history[-1][RESULTS_KEY]
+    assert [m["epoch"] for m in last] == [3, 1, 3]
+    assert last[1] == session.history[0][RESULTS_KEY][1]  # member 1's epoch-1 report, unchanged
+    alone = LocalSession(CPU)
+    run_distill(DistillParams(teacher=TEACHER, student="mlp_tiny", epochs=3, loss="kd", **MEMBERS[2]), alone, ctx)
+    # Member 2 trained on, unaffected by member 1 leaving.
+    assert last[2]["val_loss"] == pytest.approx(alone.history[-1]["val_loss"], abs=1e-4)
+
+
+def test_a_fused_trial_resumes_from_its_checkpoint(ctx, tmp_path):
+    p = DistillParams(teacher=TEACHER, student="mlp_tiny", epochs=4, loss="kd", vectorize=3, probes=MEMBERS)
+    whole = LocalSession(CPU)
+    run_distill(p, whole, TrialContext(artifacts=ctx.artifacts, checkpoint_every=2))
+
+    class Crash(LocalSession):
+        def report(self, metrics, checkpoint=None):
+            super().report(metrics, checkpoint)
+            if metrics["epoch"] == 2:
+                raise KeyboardInterrupt  # the process dies after epoch 2's checkpoint
+
+    ckpt = str(tmp_path / "ckpt")
+    with pytest.raises(KeyboardInterrupt):
+        run_distill(p, Crash(CPU, checkpoint_dir=ckpt), TrialContext(artifacts=ctx.artifacts, checkpoint_every=2))
+    resumed = LocalSession(CPU, checkpoint_dir=ckpt)
+    run_distill(p, resumed, TrialContext(artifacts=ctx.artifacts, checkpoint_every=2))
+    assert [r["epoch"] for r in resumed.history] == [3, 4]
+    for k in range(3):
+        for key in COMPARED:
+            assert resumed.history[-1][RESULTS_KEY][k][key] == pytest.approx(whole.history[-1][RESULTS_KEY][k][key],
+                                                                             abs=1e-5), (k, key)
+
+
+def test_a_member_whose_loss_diverges_leaves_and_the_others_go_on(ctx, monkeypatch):
+    from trainables.distill import fused as fused_distill
+
+    built = []
+    original = fused_distill.student_and_loss
+
+    def nan_for_member_1(p, data, entry, teacher_context):
+        student, loss_fn = original(p, data, entry, teacher_context)
+        if len(built) == 1:  # member 1's loss turns non-finite in its first step
+            forward = loss_fn.forward
+            loss_fn.forward = lambda inputs: {k: v * float("nan") for k, v in forward(inputs).items()}
+        built.append(p)
+        return student, loss_fn
+
+    monkeypatch.setattr(fused_distill, "student_and_loss", nan_for_member_1)
+    session = LocalSession(CPU)
+    run_distill(DistillParams(teacher=TEACHER, student="mlp_tiny", epochs=3, loss="kd", vectorize=3,
+                              probes=MEMBERS), session, ctx)
+    assert [r[RESULTS_KEY][1].get("diverged") for r in session.history] == [1.0, 1.0, 1.0]
+    last = session.history[-1][RESULTS_KEY]
+    assert last[1]["epoch"] == 1 and last[1]["val_acc"] == -math.inf
+    assert [last[k]["epoch"] for k in (0, 2)] == [3, 3]
+    alone = LocalSession(CPU)
+    run_distill(DistillParams(teacher=TEACHER, student="mlp_tiny", epochs=3, loss="kd", **MEMBERS[2]), alone, ctx)
+    assert last[2]["val_loss"] == pytest.approx(alone.history[-1]["val_loss"], abs=1e-4)
+
+
+@pytest.mark.slow  # two spawned ranks
+def test_under_ddp_each_member_equals_its_unfused_ddp_trial(tmp_path):
+    import socket
+
+    import torch.multiprocessing as mp
+    from ddp_fused_worker import run_rank
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(run_rank, args=(2, port, str(tmp_path)), nprocs=2, join=True)
+    saved = torch.load(tmp_path / "histories.pt", weights_only=False)
+    for epoch, report in enumerate(saved["fused"]):
+        for k, member in enumerate(report[RESULTS_KEY]):
+            expect = saved["alone"][k][epoch]
+            for key in ("train_loss", "val_acc", "val_loss", "test_acc", "test_loss", "lr"):
+                assert member[key] == pytest.approx(expect[key], abs=1e-4), (k, epoch, key)

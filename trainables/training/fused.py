@@ -1,0 +1,406 @@
+"""Fused trials: K students of one architecture trained in one step on the same batches.
+
+A sweep's trials often differ only in values that leave the computation's shape alone (lr, weight
+decay, momentum, temperature, loss weights, seed). A fused trial trains K such members together:
+each batch is drawn, augmented and looked up in the teacher cache once, the students' forward
+passes run as one batched computation, and one backward and one optimiser step update them all.
+
+* **Forward** (:class:`FusedStudents`). ``vmap``: ``torch.func.vmap`` over ``functional_call``
+  with the members' parameters stacked each step (``torch.stack`` is differentiable, so each
+  member's own parameters stay the leaves its optimiser group updates); convolutions become one
+  grouped convolution, matmuls one batched matmul. ``loop``: each member's forward in turn (what
+  an unfused trial does, minus the shared batch work): on a CPU grouped convolutions are slower
+  than K plain ones. ``auto``: vmap on CUDA, loop elsewhere.
+* **Batch-norm statistics** stay per member: under vmap the running statistics are one stacked
+  tensor per buffer and each member's buffer is a view of its row, so BN's in-place update inside
+  the vmapped forward lands in every member's module without a copy.
+* **Loss and optimiser** are the members' own: member k's loss module (its own temperature and
+  weights) scores member k's logits, the K losses are summed (members share no parameter, so the
+  gradient of the sum is each member's own gradient), and one torch optimiser holds every member's
+  parameter groups with that member's lr, weight decay and momentum; the schedule multiplies each
+  group by the factor of its member's lr. A member equals its unfused trial with the same seed and
+  batch order (tests/test_fused.py).
+* **Stopping members.** ``stops()`` (after every report) names members a scheduler stopped; they
+  leave the step, which shrinks. A member whose loss became non-finite leaves it too, reported as
+  diverged; the others go on.
+
+Batch order, fixed views and per-step augmentation follow the trial's data seed (member 0's
+seed): a member's own seed sets its initialisation (and its loss's), as in an unfused trial.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from trainables.data import DatasetSplits
+from trainables.losses import DistillLoss, LossInputs
+from trainables.runtime.engine import (autocast, build_optimizer, epoch_batches, evaluate, head_lr_groups, lr_factor,
+                                       steps_per_epoch)
+from trainables.runtime.epochs import Checkpointed, EpochMeans, wants_checkpoint
+from trainables.runtime.prefetch import prefetched
+from trainables.runtime.session import DIVERGED, RESTORE_NOTE, Session
+from trainables.runtime.vectorize import RESULTS_KEY, best_over
+from trainables.training.batch_augment import BatchAugment
+from trainables.training.classifier_loop import OptimConfig, TeacherSignal
+from trainables.training.views import BatchViews, PlainViews
+
+FORWARD_MODES = ("auto", "vmap", "loop")
+
+
+def forward_mode(mode: str, device: torch.device) -> str:
+    if mode not in FORWARD_MODES:
+        raise ValueError(f"fused forward {mode!r}; accepted: {', '.join(FORWARD_MODES)}")
+    if mode == "auto":
+        return "vmap" if device.type == "cuda" else "loop"
+    return mode
+
+
+class FusedStudents(nn.Module):
+    """K members of one architecture; ``forward`` runs the active ones on one shared batch."""
+
+    def __init__(self, members: list[nn.Module], mode: str):
+        super().__init__()
+        self.members = nn.ModuleList(members)
+        self.mode = mode
+        self.active: list[int] = list(range(len(members)))
+        self._names = [n for n, _ in members[0].named_parameters()]
+        self._buffers_stacked: dict[str, torch.Tensor] = {}
+        if mode == "vmap":
+            self._stack_buffers()
+
+    def _stack_buffers(self) -> None:
+        """One stacked tensor per buffer over the active members, each member's buffer a view of
+        its row (BN updates the stack in place inside vmap; the member sees it at once)."""
+        stacked = {}
+        for name, _ in self.members[0].named_buffers():
+            rows = [self.members[k].get_buffer(name) for k in self.active]
+            if any(r is None for r in rows):
+                continue
+            stacked[name] = torch.stack([r.detach() for r in rows])
+            for row, k in enumerate(self.active):
+                owner, _, leaf = name.rpartition(".")
+                module = self.members[k].get_submodule(owner) if owner else self.members[k]
+                module._buffers[leaf] = stacked[name][row]
+        self._buffers_stacked = stacked
+
+    def drop(self, members: set[int]) -> None:
+        """Members ``members`` leave the step (their modules keep their last state)."""
+        if not members & set(self.active):
+            return
+        self.active = [k for k in self.active if k not in members]
+        if self.mode == "vmap" and self.active:
+            self._stack_buffers()
+
+    def forward(self, x: torch.Tensor, features: bool = False) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
+        """(logits, features or None) of each active member, in ``active`` order."""
+        if self.mode == "loop" or len(self.active) == 1:
+            outs = [self.members[k](x, return_features=True) if features else (self.members[k](x), None)
+                    for k in self.active]
+            return outs
+        from torch.func import functional_call, vmap
+
+        base = self.members[self.active[0]]
+        params = {n: torch.stack([self.members[k].get_parameter(n) for k in self.active]) for n in self._names}
+
+        def one(p, b, inputs):
+            kwargs = {"return_features": True} if features else {}
+            return functional_call(base, (p, b), (inputs,), kwargs)
+
+        # Dropout and other random ops draw independently per member, as separate trials would.
+        out = vmap(one, in_dims=(0, 0, None), randomness="different")(params, self._buffers_stacked, x)
+        if features:
+            return list(zip(out[0].unbind(0), out[1].unbind(0)))
+        return [(o, None) for o in out.unbind(0)]
+
+
+class RankSync:
+    """What keeps a fused trial's ranks in step under DDP, without wrapping the members in
+    DistributedDataParallel (whose one-module, all-parameters-used contract a shrinking set of
+    members breaks): gradients averaged in one collective per step, rank 0's state broadcast at
+    the start and its batch-norm statistics before each evaluation, and rank 0's view of which
+    members stop. No-ops on one process."""
+
+    def __init__(self, session: Session):
+        self.session = session
+        self.active = session.distributed
+
+    def broadcast(self, tensors: list[torch.Tensor]) -> None:
+        if not self.active:
+            return
+        import torch.distributed as dist
+
+        for t in tensors:
+            dist.broadcast(t, src=0)
+
+    def broadcast_flat(self, tensors: list[torch.Tensor]) -> None:
+        """Rank 0's values of ``tensors`` (buffers: float and counters), in one collective."""
+        if not self.active or not tensors:
+            return
+        import torch.distributed as dist
+
+        flat = torch.cat([t.detach().reshape(-1).to(torch.float64) for t in tensors])
+        dist.broadcast(flat, src=0)
+        offset = 0
+        for t in tensors:
+            t.copy_(flat[offset:offset + t.numel()].view_as(t).to(t.dtype))
+            offset += t.numel()
+
+    def sum(self, tensor: torch.Tensor) -> torch.Tensor:
+        return self.session.all_reduce_sum(tensor) if self.active else tensor
+
+    def average_gradients(self, params: list[torch.Tensor]) -> None:
+        if not self.active or not params:
+            return
+        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+        flat = self.session.all_reduce_sum(torch.cat([g.reshape(-1) for g in grads]))
+        flat /= self.session.world_size
+        offset = 0
+        for p in params:
+            p.grad = flat[offset:offset + p.numel()].view_as(p)
+            offset += p.numel()
+
+    def agree(self, chosen: set[int], n: int) -> set[int]:
+        """Rank 0's ``chosen`` on every rank."""
+        if not self.active:
+            return set(chosen)
+        mask = torch.zeros(n, device=self.session.device)
+        for k in chosen:
+            mask[k] = 1.0
+        return {k for k, v in enumerate(self.session.all_reduce_sum(mask).tolist()) if v > 0}
+
+
+@dataclass
+class Member:
+    """One member of a fused trial: its student, its loss and its optimisation values."""
+
+    model: nn.Module
+    loss_fn: DistillLoss
+    optim: OptimConfig
+    ema: Any = None
+    progress: dict[str, Any] = field(default_factory=lambda: {"best_val_acc": -1.0, "test_acc_at_best_val": 0.0,
+                                                              "best_epoch": 0})
+
+
+def fused_optimizer(members: list[Member], device: torch.device) -> torch.optim.Optimizer:
+    """One optimiser over every member's parameter groups, each tagged ``member`` and carrying that
+    member's lr, weight decay and momentum (torch optimisers read them per group)."""
+    first = members[0].optim
+    groups: list[dict] = []
+    for k, m in enumerate(members):
+        o = m.optim
+        for g in head_lr_groups(m.model, o.lr, o.head_lr_mult, extra=m.loss_fn, weight_decay=o.weight_decay,
+                                wd_exclude_1d=o.wd_exclude_1d, layer_decay=o.layer_decay):
+            g["member"] = k
+            g.setdefault("lr", o.lr)  # body groups carry no lr of their own: the optimiser default is member 0's
+            if first.optimizer == "sgd":
+                g["momentum"] = o.momentum
+            groups.append(g)
+    optimizer = build_optimizer(first.optimizer, groups, first.lr, first.weight_decay, first.momentum, device,
+                                nesterov=first.nesterov, betas=first.betas)
+    return optimizer
+
+
+class FusedRun:
+    """The parts of one fused trial: members, shared data path, one step, one epoch, the reports."""
+
+    def __init__(self, members: list[Member], data: DatasetSplits, session: Session, seed: int,
+                 teacher: TeacherSignal | None, views: BatchViews | None, static_metrics: dict[str, Any],
+                 batch_augment: BatchAugment | None = None, mode: str = "auto",
+                 stops: Callable[[], set[int]] | None = None, metric: str = "val_acc", mode_max: bool = True):
+        self.members, self.data, self.session, self.seed = members, data, session, seed
+        self.device = device = session.device
+        self.optim = optim = members[0].optim
+        self.teacher, self.views = teacher, views or PlainViews()
+        self.batch_augment = batch_augment or BatchAugment()
+        self.drop_last = self.batch_augment.mixes
+        self.static_metrics = static_metrics
+        self.stops = stops or (lambda: set())
+        self.metric, self.mode_max = metric, mode_max
+        self.channels_last = device.type == "cuda" and len(data.input_shape) == 3
+        models = []
+        for m in members:
+            model = m.model.to(device)
+            if self.channels_last:
+                model = model.to(memory_format=torch.channels_last)
+            m.model = model
+            m.loss_fn = m.loss_fn.to(device)
+            models.append(model)
+        self.students = FusedStudents(models, forward_mode(mode, device))
+        self.ranks = RankSync(session)
+        self.ranks.broadcast([t for m in members for t in (*m.model.state_dict().values(),
+                                                           *m.loss_fn.state_dict().values())])
+        self.optimizer = fused_optimizer(members, device)
+        self.n_train = len(data.train_y)
+        per_epoch = steps_per_epoch(self.n_train, optim.batch_size, session.world_size, self.drop_last)
+        factors = []
+        for g in self.optimizer.param_groups:
+            o = members[g["member"]].optim
+            factors.append(lr_factor(o.schedule, per_epoch * o.epochs, per_epoch * o.warmup_epochs, lr=o.lr,
+                                     warmup_lr=o.warmup_lr, min_lr=o.min_lr, decay_steps=per_epoch * o.decay_epochs,
+                                     milestones=tuple(per_epoch * s for s in o.milestones), decay_rate=o.decay_rate))
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, factors)
+        if optim.ema_decay:
+            from timm.utils import ModelEmaV3
+
+            for m in members:
+                m.ema = ModelEmaV3(m.model, decay=m.optim.ema_decay)
+        self.progress: dict[str, Any] = {"epoch": 0, "active": list(range(len(members))), "diverged": [],
+                                         "members": [m.progress for m in members]}
+        self.last: dict[str, Any] = {"metrics": [{} for _ in members]}
+
+    # -- checkpoint ---------------------------------------------------------------------------------
+
+    def checkpointed(self) -> Checkpointed:
+        stateful: dict[str, Any] = {"models": nn.ModuleList([m.model for m in self.members]),
+                                    "loss_fns": nn.ModuleList([m.loss_fn for m in self.members]),
+                                    "optimizer": self.optimizer, "scheduler": self.scheduler}
+        if self.members[0].ema is not None:
+            stateful["ema"] = nn.ModuleList([m.ema for m in self.members])
+        return Checkpointed(stateful, self.progress, records={"last": self.last}, optional=("loss_fns", "ema"))
+
+    def resumed(self) -> None:
+        """After a restore: the members' progress dicts and the active set as the checkpoint had them."""
+        for m, prog in zip(self.members, self.progress["members"]):
+            m.progress = prog
+        self.students.active = list(range(len(self.members)))
+        self.students.drop(set(range(len(self.members))) - set(self.progress["active"]))
+
+    # -- training ---------------------------------------------------------------------------------
+
+    def prepare(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        xb, view_ids = self.views.batch(self.data.train_x, idx)
+        xb, yb = self.batch_augment(xb, self.data.train_y[idx])
+        if self.channels_last:
+            xb = xb.contiguous(memory_format=torch.channels_last)
+        return xb, yb, view_ids
+
+    def step(self, epoch: int, idx: torch.Tensor, prepared: tuple) -> list[dict[str, torch.Tensor]]:
+        """One optimiser step of every active member on one batch; each member's loss statistics."""
+        xb, yb, view_ids = prepared
+        active = self.students.active
+        first = self.members[active[0]].loss_fn
+        wants_features = first.needs_features
+        self.optimizer.zero_grad(set_to_none=True)
+        # DDP's default: every rank starts the step from rank 0's batch-norm statistics.
+        self.ranks.broadcast_flat([b for k in active for b in self.members[k].model.buffers()])
+        with autocast(self.device):
+            outs = self.students(xb, features=wants_features)
+            t_logits = t_feats = None
+            if self.teacher is not None and first.needs_teacher:
+                t_logits, t_feats = self.teacher.outputs(idx, xb, features=wants_features, views=view_ids)
+            epochs = self.optim.epochs
+            stats = []
+            for k, (logits, feats) in zip(active, outs):
+                stats.append(self.members[k].loss_fn(LossInputs(
+                    student_logits=logits.float(), targets=yb, teacher_logits=t_logits, student_features=feats,
+                    teacher_features=t_feats, indices=idx, epoch=epoch, num_epochs=epochs, progress=epoch / epochs)))
+        torch.stack([s["loss"] for s in stats]).sum().backward()
+        self.ranks.average_gradients([p for k in active for p in (*self.members[k].model.parameters(),
+                                                                 *self.members[k].loss_fn.parameters())
+                                      if p.requires_grad])
+        self.optimizer.step()
+        self.scheduler.step()
+        for k in active:
+            if self.members[k].ema is not None:
+                self.members[k].ema.update(self.members[k].model)
+        return stats
+
+    def train_epoch(self, epoch: int) -> dict[int, dict[str, torch.Tensor]]:
+        self.students.train()
+        active = list(self.students.active)
+        means = {k: EpochMeans() for k in active}
+        self.views.start_epoch(epoch)
+        batches = list(epoch_batches(self.n_train, self.optim.batch_size, epoch, self.seed, self.session,
+                                     self.device, drop_last=self.drop_last))
+        prepared = iter(prefetched(self.prepare, batches, self.device, depth=2 if self.batch_augment.active else 0))
+        for idx in batches:
+            for k, out in zip(active, self.step(epoch, idx, next(prepared))):
+                means[k].add(out)
+        return {k: m.means() for k, m in means.items()}
+
+    def member_metrics(self, k: int, epoch: int, train_stats: dict[str, float]) -> dict[str, Any]:
+        m, data, session = self.members[k], self.data, self.session
+        val = evaluate(m.model, data.val_x, data.val_y, session)
+        test = evaluate(m.model, data.test_x, data.test_y, session)
+        progress = m.progress
+        if val["acc"] > progress["best_val_acc"]:
+            progress.update(best_val_acc=val["acc"], test_acc_at_best_val=test["acc"], best_epoch=epoch + 1)
+        extra = {f"{split}_top5": r["top5"] for split, r in (("val", val), ("test", test)) if "top5" in r}
+        if m.ema is not None:
+            extra["ema_val_acc"] = evaluate(m.ema.module, data.val_x, data.val_y, session)["acc"]
+            extra["ema_test_acc"] = evaluate(m.ema.module, data.test_x, data.test_y, session)["acc"]
+        lr = next(g["lr"] for g in self.optimizer.param_groups if g["member"] == k)
+        return {"epoch": epoch + 1, **train_stats, **extra, "val_acc": val["acc"], "val_loss": val["loss"],
+                "test_acc": test["acc"], "test_loss": test["loss"], "best_val_acc": progress["best_val_acc"],
+                "test_acc_at_best_val": progress["test_acc_at_best_val"], "lr": lr, **self.static_metrics}
+
+    def diverged_metrics(self, epoch: int) -> dict[str, Any]:
+        out: dict[str, Any] = {DIVERGED: 1.0, "epoch": epoch + 1, "divergence": f"non-finite loss in epoch {epoch + 1}"}
+        out[self.metric] = float("-inf") if self.mode_max else float("inf")
+        return out
+
+    def report(self) -> dict[str, Any]:
+        """The trial's report: every member's latest metrics under ``probes`` (a member that left
+        keeps its last ones), and the best over them at the top level for Tune's scheduler."""
+        per_member = self.last["metrics"]
+        names = sorted({k for m in per_member for k, v in m.items() if isinstance(v, (int, float))} - {"epoch", DIVERGED})
+        best = {k: best_over([m.get(k, math.nan) for m in per_member], k) for k in names}
+        return {**best, "epoch": self.progress["epoch"], RESULTS_KEY: [dict(m) for m in per_member]}
+
+    def run(self, checkpoint_every: int = 0) -> dict[str, Any]:
+        state = self.checkpointed()
+        restored = self.session.restore()
+        note = None
+        if restored is not None:
+            note = restored.pop(RESTORE_NOTE, None)
+            state.load(restored)
+            self.resumed()
+        epochs, report = self.optim.epochs, {}
+        for epoch in range(self.progress["epoch"], epochs):
+            if not self.students.active:
+                break
+            stats = self.train_epoch(epoch)
+            # Every rank must agree on who diverged (a rank's own loss can be finite).
+            losses = self.ranks.sum(torch.stack([s["train_loss"] for s in stats.values()]).float()).tolist()
+            diverged = set()
+            for (k, s), summed in zip(stats.items(), losses):
+                values = {name: float(v) for name, v in s.items()}
+                if not math.isfinite(summed):
+                    diverged.add(k)
+                    self.last["metrics"][k] = self.diverged_metrics(epoch)
+                else:
+                    self.last["metrics"][k] = self.member_metrics(k, epoch, values)
+            self.students.drop(diverged)
+            self.progress["diverged"] = sorted(set(self.progress["diverged"]) | diverged)
+            self.progress["epoch"] = epoch + 1
+            report = self.report()
+            if note:
+                report, note = {**report, RESTORE_NOTE: note}, None
+            checkpoint = None
+            last_epoch = epoch + 1 == epochs
+            self.progress["active"] = list(self.students.active)
+            if (wants_checkpoint(epoch + 1, epochs, checkpoint_every) or last_epoch) and self.session.is_main:
+                checkpoint = state.state()
+            self.session.report(report, checkpoint=checkpoint)
+            # A scheduler's decisions on this report: stopped members leave the step before the next
+            # epoch (rank 0 reads them; every rank drops the same ones).
+            self.students.drop(self.ranks.agree(self.stops() if self.session.is_main else set(), len(self.members)))
+            self.progress["active"] = list(self.students.active)
+        return report
+
+
+def train_fused(*, members: list[Member], data: DatasetSplits, session: Session, seed: int,
+                teacher: TeacherSignal | None = None, checkpoint_every: int = 0,
+                static_metrics: dict[str, Any] | None = None, views: BatchViews | None = None,
+                batch_augment: BatchAugment | None = None, mode: str = "auto",
+                stops: Callable[[], set[int]] | None = None, metric: str = "val_acc",
+                mode_max: bool = True) -> dict[str, Any]:
+    """Train the fused ``members`` on ``data`` (on ``session.device``), reporting every epoch;
+    resumes from ``session.restore()``. Returns the last report."""
+    run = FusedRun(members, data, session, seed, teacher, views, static_metrics or {}, batch_augment, mode,
+                   stops, metric, mode_max)
+    return run.run(checkpoint_every)
