@@ -13,6 +13,8 @@ from __future__ import annotations
 from typing import Callable
 
 ACTOR_PREFIX = "w2s-member-stops-"
+# Trials (and their Train workers) run in namespaces of their own: the mailbox is named in a fixed one.
+NAMESPACE = "w2s-sweep"
 
 
 def actor_name(sweep: str) -> str:
@@ -39,11 +41,18 @@ def _actor_class():
     return MemberStops
 
 
+# The driver's handles: a named actor that is not detached lives while a handle to it does.
+_HANDLES: dict[str, object] = {}
+
+
 def post_stops(sweep: str, trial_id: str, members: list[int]) -> None:
     """Record (and wait until recorded) that ``members`` of ``trial_id`` stop. Driver side."""
     import ray
 
-    actor = _actor_class().options(name=actor_name(sweep), get_if_exists=True).remote()
+    actor = _HANDLES.get(sweep)
+    if actor is None:
+        actor = _actor_class().options(name=actor_name(sweep), namespace=NAMESPACE, get_if_exists=True).remote()
+        _HANDLES[sweep] = actor
     ray.get(actor.stop.remote(trial_id, list(members)))
 
 
@@ -57,7 +66,7 @@ def stops_reader(sweep: str) -> Callable[[], set[int]]:
             if not ray.is_initialized():
                 return set()
             trial_id = _trial_id()
-            actor = ray.get_actor(actor_name(sweep))
+            actor = ray.get_actor(actor_name(sweep), namespace=NAMESPACE)
         except (ValueError, RuntimeError, AttributeError):
             return set()  # no mailbox yet: nothing stopped
         if not trial_id:
