@@ -6,8 +6,8 @@ its features for feature losses), the loss (its own projectors, memory banks and
 included), backward, and an SGD step over the student and the loss's parameters. The teacher's
 logits and features are computed once, before timing, as a cached teacher's are.
 
-    .venv/bin/python bench/loss_steps.py --device cpu --batch 32 --steps 2 --rounds 3   # CPU size
-    .venv/bin/python bench/loss_steps.py --device cuda --batch 512                       # GPU size
+    .venv/bin/python bench/loss_steps.py                                          # CPU size (minutes)
+    .venv/bin/python bench/loss_steps.py --device cuda --batch 512 --steps 20 --rounds 7   # GPU size
 
 Defaults: a resnet8x4 student and a resnet32x4 teacher (CIFAR-100 distillation's pair) on
 CIFAR-100-shaped synthetic data (32 x 32, 100 classes); bf16 autocast and channels_last on CUDA.
@@ -67,9 +67,9 @@ def main() -> None:
     ap.add_argument("--student", default="resnet8x4")
     ap.add_argument("--teacher", default="resnet32x4")
     ap.add_argument("--device", default="auto", help="auto (cuda when available), cpu, cuda, cuda:1, ...")
-    ap.add_argument("--batch", "--batch-size", dest="batch", type=int, default=64)
-    ap.add_argument("--batches", type=int, default=4, help="distinct batches in the synthetic pool")
-    ap.add_argument("--steps", type=int, default=5, help="training steps per timed run")
+    ap.add_argument("--batch", "--batch-size", dest="batch", type=int, default=32)
+    ap.add_argument("--batches", type=int, default=2, help="distinct batches in the synthetic pool")
+    ap.add_argument("--steps", type=int, default=2, help="training steps per timed run")
     ap.add_argument("--rounds", type=int, default=5, help="timed runs per loss, interleaved (the median counts)")
     ap.add_argument("--image-size", type=int, default=32)
     ap.add_argument("--classes", type=int, default=100)
