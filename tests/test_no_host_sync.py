@@ -191,3 +191,16 @@ def test_every_loss_step_runs_under_cuda_sync_error_mode(name):
     finally:
         torch.cuda.set_sync_debug_mode("default")
     torch.cuda.synchronize()
+
+
+@pytest.mark.parametrize("loss", ["kd", "crd"])
+def test_a_whole_epoch_with_accumulation_makes_no_host_sync(loss, setup, one_torch_thread):
+    # the per-step statistics (EpochMeans) and the accumulation group's weighting are in the epoch path too
+    fn = create_loss(loss, {}, **loss_context(tiny_model().num_features, setup["teacher"].num_features,
+                                              setup["teacher"].head, setup["data"].train_y))
+    run = ClassifierRun(tiny_model(), setup["data"], fn, OptimConfig(epochs=2, batch_size=4, lr=0.1, accum_steps=2),
+                        LocalSession(CPU), 0, CachedTeacher(setup["logits"], setup["features"]), PlainViews(), {})
+    with SyncCheck() as check:
+        stats = run.train_epoch(0)
+    assert check.syncs == [], check.report()
+    assert torch.isfinite(stats["train_loss"])
