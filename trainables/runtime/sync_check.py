@@ -17,8 +17,8 @@ the Python spellings under a dispatch mode in torch 2.14:
   ``_to_copy``): a copy from pageable memory, which waits for the stream (``scalar_like`` fills instead)
 
 ``tolist()`` and ``numpy()`` of a CPU tensor dispatch no op at all, so the mode wraps those two
-methods while it is active. Dispatch modes are per thread: work on a side thread (the prefetcher)
-is not watched.
+methods while it is active. Dispatch modes are per thread: ops on a side thread (the prefetcher)
+are not watched, though the two wrapped methods, being process-wide, are.
 
 On a GPU, ops on CPU tensors are host work, not syncs: ``SyncCheck(device_only=True)`` ignores
 them. On the CPU every tensor is a host tensor, so the default watches all of them; code that
