@@ -170,29 +170,6 @@ def test_a_classifier_loop_step_makes_no_host_sync(loss, mode, setup, one_torch_
     assert any(not torch.equal(a, b) for a, b in zip(before, run.model.parameters()))  # the step stepped
 
 
-# the same on a GPU, under CUDA's own sync detection ---------------------------------------------
-
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="no GPU")
-@pytest.mark.parametrize("name", loss_names())
-def test_every_loss_step_runs_under_cuda_sync_error_mode(name):
-    cuda = torch.device("cuda")
-    torch.manual_seed(0)
-    # inputs are copied to the GPU before the error mode is on: the copies are not the step
-    if name == "dino":
-        fn, inputs = create_loss("dino", {}, out_dim=12).to(cuda), dino_inputs(cuda)
-        step = lambda: dino_step(fn, inputs)  # noqa: E731
-    else:
-        fn, batches = create_loss(name, {}, **loss_context()).to(cuda), [batch(0, cuda), batch(1, cuda)]
-        step = lambda: loss_steps(fn, batches)  # noqa: E731
-    torch.cuda.synchronize()
-    torch.cuda.set_sync_debug_mode("error")
-    try:
-        step()
-    finally:
-        torch.cuda.set_sync_debug_mode("default")
-    torch.cuda.synchronize()
-
-
 @pytest.mark.parametrize("loss", ["kd", "crd"])
 def test_a_whole_epoch_with_accumulation_makes_no_host_sync(loss, setup, one_torch_thread):
     # the per-step statistics (EpochMeans) and the accumulation group's weighting are in the epoch path too
@@ -204,3 +181,53 @@ def test_a_whole_epoch_with_accumulation_makes_no_host_sync(loss, setup, one_tor
         stats = run.train_epoch(0)
     assert check.syncs == [], check.report()
     assert torch.isfinite(stats["train_loss"])
+
+
+# the same on a GPU, under CUDA's own sync detection ---------------------------------------------
+
+def under_cuda_sync_error(step) -> None:
+    """``step()`` with CUDA raising on any synchronising call, the device drained around it."""
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        step()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    torch.cuda.synchronize()
+
+
+def cuda_loss_step(name, cuda):
+    """A fresh loss on the GPU and ``step()``: its forward + backward on inputs already there."""
+    torch.manual_seed(0)
+    if name == "dino":
+        fn, inputs = create_loss("dino", {}, out_dim=12).to(cuda), dino_inputs(cuda)
+        return lambda: dino_step(fn, inputs)
+    fn, batches = create_loss(name, {}, **loss_context()).to(cuda), [batch(0, cuda), batch(1, cuda)]
+    return lambda: loss_steps(fn, batches)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no GPU")
+@pytest.mark.parametrize("name", loss_names())
+def test_every_loss_step_runs_under_cuda_sync_error_mode(name):
+    cuda = torch.device("cuda")
+    cuda_loss_step(name, cuda)()  # warm-up on another instance: library handles and kernels load once
+    # a fresh instance under the check, so its first-batch state (CRD's normaliser) is checked too;
+    # its inputs were copied to the GPU before: the copies are not the step
+    under_cuda_sync_error(cuda_loss_step(name, cuda))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no GPU")
+@pytest.mark.parametrize("loss", loss_names("classifier"))
+def test_a_classifier_loop_step_runs_under_cuda_sync_error_mode(loss, setup):
+    cuda = torch.device("cuda")
+    data = setup["data"]
+    data = DatasetSplits("toy", data.train_x.to(cuda), data.train_y.to(cuda), data.val_x, data.val_y, data.test_x,
+                         data.test_y, C, data.mean, data.std)
+    teacher = CachedTeacher(setup["logits"].to(cuda), setup["features"].to(cuda))
+    fn = create_loss(loss, {}, **loss_context(tiny_model().num_features, setup["teacher"].num_features,
+                                              setup["teacher"].head, setup["data"].train_y))
+    run = ClassifierRun(tiny_model(), data, fn, OptimConfig(epochs=2, batch_size=N, lr=0.1), LocalSession(cuda), 0,
+                        teacher, PlainViews(), {})
+    idx = torch.arange(N, device=cuda)
+    run.step(0, [idx])  # warm-up: cuDNN, cuBLAS and the optimiser's first step
+    under_cuda_sync_error(lambda: run.step(0, [idx]))
