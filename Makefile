@@ -8,7 +8,7 @@ REQ_HASH := $(shell sha1sum requirements.txt | cut -c1-12)
 STAMP    := $(VENV)/.installed-$(REQ_HASH)
 SPACE    ?= search_spaces/quickstart.yaml
 
-.PHONY: install lint-imports run test test-fast dry-run-all clean bench bench-kd-step bench-sweep-amortisation bench-overhead bench-data-pipeline bench-augment
+.PHONY: install lint-imports run test test-fast dry-run-all clean bench bench-kd-step bench-sweep-amortisation bench-overhead bench-data-pipeline bench-augment bench-loss-steps bench-probe-sweep
 
 $(STAMP): requirements.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -49,7 +49,13 @@ bench-data-pipeline: install
 bench-augment: install
 	$(PY) bench/augment.py $(ARGS)
 
-bench: bench-kd-step bench-sweep-amortisation bench-overhead bench-data-pipeline bench-augment
+bench-loss-steps: install
+	$(PY) bench/loss_steps.py $(ARGS)
+
+bench-probe-sweep: install
+	$(PY) bench/probe_sweep.py $(ARGS)
+
+bench: bench-kd-step bench-sweep-amortisation bench-overhead bench-data-pipeline bench-augment bench-loss-steps
 
 clean:
 	rm -rf ray_results mlflow.db mlartifacts .pytest_cache test-artifacts

@@ -23,7 +23,7 @@ import torch
 from pydantic import Field
 
 from trainables.losses import register_loss
-from trainables.losses.base import DistillLoss, LossInputs, LossParams, soft_cross_entropy
+from trainables.losses.base import DistillLoss, LossInputs, LossParams, scalar_like, soft_cross_entropy
 
 
 class AuxConfParams(LossParams):
@@ -58,4 +58,7 @@ class AuxConf(DistillLoss):
         coef = auxconf_coef(inputs.progress, p.aux_coef, p.warmup_frac)
         target = auxconf_target(q, inputs.student_logits, coef)
         loss = soft_cross_entropy(inputs.student_logits, target)
-        return {"loss": loss, "aux_coef": torch.tensor(float(coef), device=loss.device)}
+        # a fill, not torch.tensor(float(coef), device=...): no host-to-device copy, and a tensor coef
+        # (per-step progress) is never read back to the host
+        logged = coef.detach() if isinstance(coef, torch.Tensor) else scalar_like(loss, coef)
+        return {"loss": loss, "aux_coef": logged}

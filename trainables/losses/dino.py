@@ -60,14 +60,22 @@ class DINOLossParams(LossParams):
         return v
 
 
-def pair_mask(n_teacher: int, n_student: int, pairing: str) -> torch.Tensor:
-    k = torch.arange(n_teacher)[:, None]
-    m = torch.arange(n_student)[None, :]
+def crop_pairs(n_teacher: int, n_student: int, pairing: str) -> list[tuple[int, int]]:
+    """The (teacher crop k, student crop m) pairs a loss averages over, in plain Python: crop counts
+    are known on the host, so counting or listing pairs needs no tensor (and no sync)."""
+    keep = {"opposite": lambda k, m: k != m, "same": lambda k, m: k == m, "all": lambda k, m: True}[pairing]
+    return [(k, m) for k in range(n_teacher) for m in range(n_student) if keep(k, m)]
+
+
+def pair_mask(n_teacher: int, n_student: int, pairing: str, device: torch.device | str = "cpu") -> torch.Tensor:
+    """(n_teacher, n_student) bool mask of :func:`crop_pairs`, built on ``device`` from aranges."""
+    k = torch.arange(n_teacher, device=device)[:, None]
+    m = torch.arange(n_student, device=device)[None, :]
     if pairing == "opposite":
         return k != m
     if pairing == "same":
-        return (k == m).expand(n_teacher, n_student)
-    return torch.ones(n_teacher, n_student, dtype=torch.bool)
+        return k == m
+    return torch.ones(n_teacher, n_student, dtype=torch.bool, device=device)
 
 
 @register_loss("dino", params=DINOLossParams, interface="multicrop")
@@ -101,8 +109,8 @@ class DINOLoss(nn.Module):
         p = self.params
         x_s = torch.stack(list(student_outputs)).float()
         x_t = torch.stack(list(teacher_outputs)).detach().float()
-        mask = pair_mask(len(x_t), len(x_s), p.pairing)
-        n_pairs = int(mask.sum())
+        pairs = crop_pairs(len(x_t), len(x_s), p.pairing)
+        n_pairs = len(pairs)
         if n_pairs == 0:
             raise ValueError(f"pairing {p.pairing!r} leaves no (teacher, student) crop pair for "
                              f"{len(x_t)} teacher and {len(x_s)} student crops")
@@ -116,7 +124,8 @@ class DINOLoss(nn.Module):
             # ce[k, m] = mean over the batch of -Σ_c P_t[k] log P_s[m]: every pair in one matmul.
             ce_pairs = -(p_t.flatten(1) @ log_p_s.flatten(1).T) / batch
             h_t = -(p_t * log_p_t).sum(-1).mean(-1)  # per teacher crop
-            weights = mask.to(ce_pairs.device, ce_pairs.dtype) / n_pairs  # a mask, not indexing: no host sync
+            # a mask, not indexing: no data-dependent shape
+            weights = pair_mask(len(x_t), len(x_s), p.pairing, ce_pairs.device).to(ce_pairs.dtype) / n_pairs
             ce = (ce_pairs * weights).sum()
             kl = ((ce_pairs - h_t[:, None]) * weights).sum()
             h_s = -(log_p_s.exp() * log_p_s).sum(-1).mean()  # H_pred: over every student crop
@@ -124,8 +133,8 @@ class DINOLoss(nn.Module):
             if p.objective == "mse":
                 z_t = (x_t - self.teacher_center) / t_temp
                 z_s = (x_s - self.student_center) / p.student_temp
-                # pair by pair (the mask lives on the host: no sync), so an exact match gives exactly 0
-                extra["mse"] = sum(((z_t[k] - z_s[m]) ** 2).mean() for k, m in mask.nonzero().tolist()) / n_pairs
+                # pair by pair (the pairs are a host list: no sync), so an exact match gives exactly 0
+                extra["mse"] = sum(((z_t[k] - z_s[m]) ** 2).mean() for k, m in pairs) / n_pairs
         self._update_center(self.teacher_center, x_t, p.teacher_center_momentum)
         self._update_center(self.student_center, x_s.detach(), p.student_center_momentum)
         loss = {"ce": ce, "kl": kl, "h_pred": h_s, **extra}[p.objective]

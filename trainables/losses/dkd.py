@@ -41,7 +41,8 @@ def dkd_terms(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels
     n, c = zs.shape
     if c < 2:
         raise ValueError("DKD needs at least two classes")
-    target = torch.nn.functional.one_hot(labels, c).bool()
+    # a comparison, not one_hot: off CUDA one_hot reads labels.min() / .max() on the host to check them
+    target = labels[:, None] == torch.arange(c, device=labels.device)
 
     def binary_log_probs(z: torch.Tensor) -> torch.Tensor:
         lse_all = torch.logsumexp(z, dim=-1)

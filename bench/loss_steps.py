@@ -1,0 +1,107 @@
+"""Step time of every registered classifier loss relative to KD's, on the same student and batch,
+measured in the same run (issue 18's goal: every loss within 1.1x of KD on a GPU).
+
+A step is what the distill loop runs per batch with a cached teacher: the student's forward (with
+its features for feature losses), the loss (its own projectors, memory banks and state updates
+included), backward, and an SGD step over the student and the loss's parameters. The teacher's
+logits and features are computed once, before timing, as a cached teacher's are.
+
+    .venv/bin/python bench/loss_steps.py                                          # CPU size (minutes)
+    .venv/bin/python bench/loss_steps.py --device cuda --batch 512 --steps 20 --rounds 7   # GPU size
+
+Defaults: a resnet8x4 student and a resnet32x4 teacher (CIFAR-100 distillation's pair) on
+CIFAR-100-shaped synthetic data (32 x 32, 100 classes); bf16 autocast and channels_last on CUDA.
+On the CPU the times are this process's CPU time; on a GPU, wall time (see ``bench/common.py``).
+
+Appends a JSON line to bench/results/loss_steps.jsonl.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+
+import torch
+
+from common import median_of, pick_device, record, synthetic_images  # noqa: E402  (sets sys.path)
+from trainables.losses import LossInputs, create_loss, loss_names  # noqa: E402
+from trainables.models import create_model  # noqa: E402
+from trainables.runtime.engine import autocast, build_optimizer, predict  # noqa: E402
+
+
+def loss_step(name: str, student0, teacher, x, y, t_logits, t_feats, args, device):
+    """``run()``: ``args.steps`` training steps of a fresh copy of the student with loss ``name``,
+    cycling over the batches of the synthetic pool."""
+    student = copy.deepcopy(student0)
+    torch.manual_seed(0)
+    loss_fn = create_loss(name, {}, num_classes=args.classes, student_dim=student.num_features,
+                          teacher_dim=teacher.num_features, num_samples=len(y), train_labels=y,
+                          teacher_head=teacher.head).to(device)
+    opt = build_optimizer("sgd", list(student.parameters()) + list(loss_fn.parameters()), 0.05, 5e-4, 0.9, device)
+    channels_last = device.type == "cuda"
+    batches = [torch.arange(s, s + args.batch, device=device) for s in range(0, len(y) - args.batch + 1, args.batch)]
+    xs = [x[idx].contiguous(memory_format=torch.channels_last) if channels_last else x[idx] for idx in batches]
+    state = {"i": 0}
+
+    def run() -> None:
+        for _ in range(args.steps):
+            i = state["i"] % len(batches)
+            state["i"] += 1
+            idx = batches[i]
+            with autocast(device):
+                if loss_fn.needs_features:
+                    logits, feats = student(xs[i], return_features=True)
+                else:
+                    logits, feats = student(xs[i]), None
+                out = loss_fn(LossInputs(student_logits=logits.float(), targets=y[idx], teacher_logits=t_logits[idx],
+                                         student_features=feats, teacher_features=t_feats[idx], indices=idx,
+                                         epoch=1, num_epochs=4, progress=0.25))
+            opt.zero_grad(set_to_none=True)
+            out["loss"].backward()
+            opt.step()
+
+    return run
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--student", default="resnet8x4")
+    ap.add_argument("--teacher", default="resnet32x4")
+    ap.add_argument("--device", default="auto", help="auto (cuda when available), cpu, cuda, cuda:1, ...")
+    ap.add_argument("--batch", "--batch-size", dest="batch", type=int, default=32)
+    ap.add_argument("--batches", type=int, default=2, help="distinct batches in the synthetic pool")
+    ap.add_argument("--steps", type=int, default=2, help="training steps per timed run")
+    ap.add_argument("--rounds", type=int, default=5, help="timed runs per loss, interleaved (the median counts)")
+    ap.add_argument("--image-size", type=int, default=32)
+    ap.add_argument("--classes", type=int, default=100)
+    ap.add_argument("--losses", default=None, help="comma-separated subset (kd is always measured)")
+    args = ap.parse_args()
+    device = pick_device(args.device)
+    names = loss_names("classifier") if args.losses is None else sorted(set(args.losses.split(",")) | {"kd"})
+
+    shape = (3, args.image_size, args.image_size)
+    x, y = synthetic_images(args.batch * args.batches, args.image_size, args.classes, device)
+    torch.manual_seed(0)
+    student0 = create_model(args.student, num_classes=args.classes, input_shape=shape).to(device)
+    teacher = create_model(args.teacher, num_classes=args.classes, input_shape=shape).to(device).eval()
+    if device.type == "cuda":
+        student0 = student0.to(memory_format=torch.channels_last)
+        teacher = teacher.to(memory_format=torch.channels_last)
+    t_logits, t_feats = predict(teacher, x), predict(teacher, x, features=True)
+
+    runs = {name: loss_step(name, student0, teacher, x, y, t_logits, t_feats, args, device) for name in names}
+    for run in runs.values():
+        run()  # warm-up: allocator, cuDNN autotuning, CRD's first-batch normaliser, first-call costs
+    seconds = median_of(runs, device, args.rounds)
+    per_step = {name: s / args.steps for name, s in seconds.items()}
+    kd = per_step["kd"]
+    print(f"loss_steps on {device}: student {args.student}, teacher {args.teacher}, {shape}, "
+          f"{args.classes} classes, batch {args.batch}")
+    print(f"  {'loss':<14}{'ms / step':>10}{'vs kd':>8}")
+    for name in names:
+        print(f"  {name:<14}{per_step[name] * 1e3:>10.2f}{per_step[name] / kd:>8.2f}")
+    record("loss_steps", device, vars(args), {f"{name}_ms_per_step": per_step[name] * 1e3 for name in names},
+           {f"{name}_over_kd": per_step[name] / kd for name in names if name != "kd"})
+
+
+if __name__ == "__main__":
+    main()
