@@ -152,3 +152,40 @@ def test_resume_reuses_parent_and_children(quickstart):
     assert "(resumed)" in again.stdout
     _, after = mlflow_runs(tmp, "qs")
     assert sorted(r.info.run_id for r in after) == sorted(r.info.run_id for r in before)
+
+
+def test_fused_trials_with_one_set_and_asha_per_member(quickstart):
+    """Issue 18: `--set params.vectorize=3` turns the quickstart's trials into fused trials of 3
+    students (the point's 2-worker trial a fused DDP trial); ASHA stops members one by one while
+    the others of the same trial train on; every member is its own row and MLflow child run."""
+    import csv
+
+    tmp, _, run = quickstart
+    fused = run("--name", "qsf", *QUICK, "--set", "num_samples=2", "--set", "control.enabled=false",
+                "--set", "params.vectorize=3", "--set", "scheduler.grace_period=2")
+    assert fused.returncode == 0, fused.stdout[-3000:] + fused.stderr[-3000:]
+    client, runs = mlflow_runs(tmp, "qsf")
+    members = [r for r in runs if r.data.tags["w2s.role"] == "trial"]
+    assert len(members) == 6
+    by_trial: dict[str, list] = {}
+    for r in members:
+        by_trial.setdefault(r.data.tags["w2s.trial_id"], []).append(r)
+    assert len(by_trial) == 2 and all(sorted(m.data.tags["w2s.probe"] for m in ms) == ["0", "1", "2"]
+                                      for ms in by_trial.values())
+    # the point's trial: 2 workers, member 0 the point's values
+    (ddp,) = [ms for ms in by_trial.values() if ms[0].data.params["workers"] == "2"]
+    (first,) = [m for m in ddp if m.data.tags["w2s.probe"] == "0"]
+    assert float(first.data.params["lr"]) == 0.05 and float(first.data.params["loss_params.temperature"]) == 4.0
+    epochs = {}
+    for r in members:
+        assert r.info.status == "FINISHED"
+        epochs[r.info.run_id] = max(m.step for m in client.get_metric_history(r.info.run_id, "val_acc"))
+        outcome = r.data.tags["w2s.outcome"]
+        assert outcome == ("completed" if epochs[r.info.run_id] == 20 else "stopped_early"), (outcome, epochs)
+    outcomes = [r.data.tags["w2s.outcome"] for r in members]
+    assert "stopped_early" in outcomes and "completed" in outcomes
+    # in some trial one member stopped while another went on to a later epoch
+    assert any(len({epochs[m.info.run_id] for m in ms}) > 1 for ms in by_trial.values())
+    with open(tmp / "ray_results" / "qsf" / "results.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 6 and {row["status"] for row in rows} == set(outcomes)

@@ -162,3 +162,31 @@ def test_under_ddp_each_member_equals_its_unfused_ddp_trial(tmp_path):
             expect = saved["alone"][k][epoch]
             for key in ("train_loss", "val_acc", "val_loss", "test_acc", "test_loss", "lr"):
                 assert member[key] == pytest.approx(expect[key], abs=1e-4), (k, epoch, key)
+
+
+@pytest.mark.parametrize("mode", ["loop", "vmap"])
+def test_a_fused_step_makes_no_host_sync(mode):
+    from trainables.data import load_dataset
+    from trainables.losses import create_loss
+    from trainables.models import create_model
+    from trainables.runtime.sync_check import SyncCheck
+    from trainables.training.classifier_loop import CachedTeacher, OptimConfig
+    from trainables.training.fused import FusedRun, Member
+
+    data = load_dataset("digits", seed=0)
+    members = []
+    for lr, temperature in ((0.05, 4.0), (0.2, 2.0), (0.01, 8.0)):
+        model = create_model("cnn_small", num_classes=data.num_classes, input_shape=data.input_shape)
+        members.append(Member(model, create_loss("kd", {"temperature": temperature}, num_classes=data.num_classes),
+                              OptimConfig(epochs=2, batch_size=32, lr=lr)))
+    teacher = CachedTeacher(torch.randn(len(data.train_y), data.num_classes))
+    run = FusedRun(members, data, LocalSession(CPU), 0, teacher, None, {}, mode=mode)
+    idx = torch.arange(32)
+    prepared = run.prepare(idx)
+    before = [p.detach().clone() for m in members for p in m.model.parameters()]
+    with SyncCheck() as check:
+        stats = run.step(0, idx, prepared)
+    assert check.syncs == [], check.report()
+    assert len(stats) == 3 and all(torch.isfinite(s["loss"]) for s in stats)
+    after = [p for m in members for p in m.model.parameters()]
+    assert all(not torch.equal(a, b) for a, b in zip(before, after) if a.dim() > 1)  # every member stepped

@@ -74,7 +74,8 @@ def _searched_values(point: dict[str, Any], spec: SweepSpec) -> dict[str, Any]:
     return out
 
 
-def scheduler(spec: SweepSpec):
+def scheduler(spec: SweepSpec, sweep: str | None = None):
+    """``sweep``: the sweep's name (its run folder), which names the fused trials' mailbox."""
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
     s = spec.scheduler
@@ -88,7 +89,7 @@ def scheduler(spec: SweepSpec):
             from orchestrator.run.member_scheduler import MemberASHA
 
             # Fused trials: every member is judged at the rungs on its own.
-            return MemberASHA(fields=tuple(defn.vectorized_keys), sweep=spec.name, **options)
+            return MemberASHA(fields=tuple(defn.vectorized_keys), sweep=sweep or spec.name, **options)
         return ASHAScheduler(**options)
     return FIFOScheduler()
 
@@ -166,7 +167,7 @@ def build_tuner(spec: SweepSpec, *, name: str, storage_path: str, ctx: TrialCont
         metric=spec.metric, mode=spec.mode,
         num_samples=1 if reference else spec.num_samples,
         search_alg=search_alg,
-        scheduler=None if reference else scheduler(spec),
+        scheduler=None if reference else scheduler(spec, ctx.sweep_name or name),
         max_concurrent_trials=None if isinstance(search_alg, BasicVariantGenerator) else limit,
         time_budget_s=None if reference else spec.time_budget_s,
         trial_dirname_creator=_dirname,

@@ -1,0 +1,248 @@
+"""A KD sweep on one device, three ways, in the same run: aggregate student images/s of
+
+(a) ``sequential``: the configurations as separate trials, one after another (ClassifierRun steps);
+(b) ``packed``: K concurrent processes sharing the device, each training its share of the
+    configurations one after another (what fractional-GPU packing, ``gpus_per_worker: 1/K``, does);
+(c) ``fused``: the configurations as the members of fused trials of K (``params.vectorize: K``,
+    trainables/training/fused.py), in the forward mode ``--fused-forward`` picks.
+
+Each configuration is a resnet8x4 student distilled (KD, cached teacher logits) with its own lr,
+weight decay, momentum and temperature, on CIFAR-100-shaped synthetic data already on the device.
+Images/s counts member images: configurations x steps x batch over the wall time of the trained
+steps (each trial's first ``--warmup`` steps, where kernels are picked and memory is allocated, are
+not timed).
+
+    .venv/bin/python bench/sweep_gpu.py                                # GPU: 16 configs, batch 64 and 512
+    .venv/bin/python bench/sweep_gpu.py --device cpu --configs 4 --batch-sizes 32 --steps 4 \\
+        --student cnn_small --image-size 16                             # the CPU size (minutes)
+    .venv/bin/python bench/sweep_gpu.py --dry-run                      # recommends a packing or fusion width
+
+``--dry-run`` trains nothing: it measures one member's training memory (one step, the device's peak
+allocation on a GPU; parameters, gradients, optimiser state and the forward's outputs on the CPU)
+and prints how many members fit the device at once, and which way to run the sweep.
+
+Wall-clock figures: on a shared machine other load inflates them. Appends a JSON line to
+bench/results/sweep_gpu.jsonl.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import time
+
+import torch
+import torch.multiprocessing as mp
+
+from common import device_name, pick_device, record, sync, synthetic_images  # noqa: E402  (sets sys.path)
+from trainables.data import DatasetSplits  # noqa: E402
+from trainables.losses import create_loss  # noqa: E402
+from trainables.models import create_model  # noqa: E402
+from trainables.runtime.session import LocalSession  # noqa: E402
+from trainables.training.classifier_loop import CachedTeacher, ClassifierRun, OptimConfig  # noqa: E402
+from trainables.training.fused import FusedRun, Member  # noqa: E402
+from trainables.training.views import PlainViews  # noqa: E402
+
+
+def configurations(n: int, seed: int = 0) -> list[dict[str, float]]:
+    """``n`` KD configurations as a random search would sample them (fixed seed)."""
+    gen = torch.Generator().manual_seed(seed)
+    u = torch.rand(n, 4, generator=gen).tolist()
+    return [{"lr": 10 ** (-3 + 2 * a), "weight_decay": 10 ** (-5 + 2 * b), "momentum": 0.8 + 0.19 * c,
+             "temperature": [1.0, 2.0, 4.0, 8.0][int(d * 4)]} for a, b, c, d in u]
+
+
+def data_for(args, device) -> tuple[DatasetSplits, CachedTeacher]:
+    n = args.batch * (args.warmup + args.steps)
+    x, y = synthetic_images(n, args.image_size, args.classes, device)
+    few = slice(0, 8)  # evaluation is not measured
+    shape = (3, args.image_size, args.image_size)
+    data = DatasetSplits("synthetic", x, y, x[few], y[few], x[few], y[few], args.classes, (0.0,) * 3, (1.0,) * 3)
+    logits = torch.randn(n, args.classes, generator=torch.Generator().manual_seed(1)).to(device)
+    assert data.input_shape == shape
+    return data, CachedTeacher(logits)
+
+
+def member(args, config: dict[str, float], data: DatasetSplits, seed: int) -> Member:
+    torch.manual_seed(seed)
+    model = create_model(args.student, num_classes=args.classes, input_shape=data.input_shape)
+    loss = create_loss("kd", {"temperature": config["temperature"]}, num_classes=args.classes)
+    optim = OptimConfig(epochs=1, batch_size=args.batch, lr=config["lr"], weight_decay=config["weight_decay"],
+                        momentum=config["momentum"])
+    return Member(model, loss, optim)
+
+
+def batches(args, device) -> list[torch.Tensor]:
+    return [torch.arange(i * args.batch, (i + 1) * args.batch, device=device) for i in range(args.warmup + args.steps)]
+
+
+def timed_steps(step, idx: list[torch.Tensor], warmup: int, device) -> float:
+    """Wall seconds of the steps after the first ``warmup``."""
+    for i in idx[:warmup]:
+        step(i)
+    sync(device)
+    start = time.perf_counter()
+    for i in idx[warmup:]:
+        step(i)
+    sync(device)
+    return time.perf_counter() - start
+
+
+def one_trial(args, config, data, teacher, device, seed) -> float:
+    m = member(args, config, data, seed)
+    run = ClassifierRun(m.model, data, m.loss_fn, m.optim, LocalSession(device), seed, teacher, PlainViews(), {})
+    run.model.train()
+    return timed_steps(lambda i: run.step(0, [i]), batches(args, device), args.warmup, device)
+
+
+def sequential(args, configs, device) -> float:
+    data, teacher = data_for(args, device)
+    return sum(one_trial(args, c, data, teacher, device, s) for s, c in enumerate(configs))
+
+
+def _packed_worker(rank: int, args, configs, device_str: str, out: dict) -> None:
+    torch.set_num_threads(max(1, args.threads // args.procs))
+    device = torch.device(device_str)
+    data, teacher = data_for(args, device)
+    mine = configs[rank::args.procs]
+    args.barrier.wait()  # every process starts training together, after its imports and data
+    start = time.perf_counter()
+    for s, c in enumerate(mine):
+        one_trial(args, c, data, teacher, device, s)
+    out[rank] = (start, time.perf_counter())
+
+
+def packed(args, configs, device) -> float:
+    """Wall seconds from the common start to the last process's end (warm-up steps included:
+    processes overlap, so they cannot be cut out; on a GPU they are a small share)."""
+    ctx = mp.get_context("spawn")
+    with ctx.Manager() as manager:
+        out = manager.dict()
+        args.barrier = manager.Barrier(args.procs)
+        procs = [ctx.Process(target=_packed_worker, args=(r, args, configs, str(device), out)) for r in range(args.procs)]
+        for p in procs:
+            p.start()
+        for p in procs:
+            p.join()
+        spans = list(out.values())
+        del args.barrier
+    if len(spans) != args.procs:
+        raise RuntimeError("a packed process failed")
+    return max(e for _, e in spans) - min(s for s, _ in spans)
+
+
+def fused(args, configs, device) -> float:
+    data, teacher = data_for(args, device)
+    total = 0.0
+    for start in range(0, len(configs), args.fuse):
+        group = configs[start:start + args.fuse]
+        members = [member(args, c, data, start + s) for s, c in enumerate(group)]
+        run = FusedRun(members, data, LocalSession(device), 0, teacher, None, {}, mode=args.fused_forward)
+        run.students.train()
+        idx = batches(args, device)
+        total += timed_steps(lambda i: run.step(0, i, run.prepare(i)), idx, args.warmup, device)
+    return total
+
+
+def member_bytes(args, device) -> int:
+    """One member's training memory at ``args.batch``: measured on a GPU (peak allocation of one
+    step), estimated on the CPU (parameters x 4 for weights, gradients, momentum and the stacked
+    copy, plus the forward's outputs, which bound what backward keeps)."""
+    data, teacher = data_for(args, device)
+    m = member(args, configurations(1)[0], data, 0)
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+        before = torch.cuda.memory_allocated(device)
+        run = ClassifierRun(m.model, data, m.loss_fn, m.optim, LocalSession(device), 0, teacher, PlainViews(), {})
+        run.step(0, [torch.arange(args.batch, device=device)])
+        sync(device)
+        return torch.cuda.max_memory_allocated(device) - before
+    from torch.utils._python_dispatch import TorchDispatchMode
+    from torch.utils._pytree import tree_leaves
+
+    class Outputs(TorchDispatchMode):
+        total = 0
+
+        def __torch_dispatch__(self, func, types, a=(), kw=None):
+            out = func(*a, **(kw or {}))
+            Outputs.total += sum(t.numel() * t.element_size() for t in tree_leaves(out) if isinstance(t, torch.Tensor))
+            return out
+
+    params = sum(p.numel() * p.element_size() for p in m.model.parameters())
+    with Outputs():
+        m.model(data.train_x[:args.batch])
+    return 4 * params + Outputs.total
+
+
+def recommend(args, device) -> None:
+    per = member_bytes(args, device)
+    if device.type == "cuda":
+        free, total = torch.cuda.mem_get_info(device)
+    else:
+        pages = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        free, total = pages, os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    fits = max(0, int(0.8 * free // max(per, 1)))
+    print(f"one member at batch {args.batch}: {per / 2**20:.1f} MiB; {free / 2**30:.1f} GiB free on {device_name(device)}: "
+          f"{fits} members fit at once")
+    width = min(fits, args.configs)
+    if device.type == "cuda":
+        print(f"recommendation: params.vectorize: {max(width, 1)} (fused, vmap forward); "
+              f"where it measures slower here, pack {max(min(fits, 4), 1)} trials per GPU "
+              f"(resources.gpus_per_worker: {1 / max(min(fits, 4), 1):.2f})")
+    else:
+        print(f"recommendation: params.vectorize: {max(width, 1)} with fused_forward: loop (on a CPU grouped "
+              "convolutions are slower than K plain ones; the shared batch work still saves), one trial per core")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--device", default="auto", help="auto (cuda when available), cpu, cuda")
+    ap.add_argument("--configs", type=int, default=16, help="configurations in the sweep")
+    ap.add_argument("--fuse", type=int, default=0, help="members per fused trial (default: all configurations)")
+    ap.add_argument("--procs", type=int, default=4, help="concurrent processes for the packed way")
+    ap.add_argument("--batch-sizes", default="64,512", help="batch per configuration, comma-separated")
+    ap.add_argument("--steps", type=int, default=30, help="timed steps per trial")
+    ap.add_argument("--warmup", type=int, default=5, help="untimed steps per trial first")
+    ap.add_argument("--student", default="resnet8x4")
+    ap.add_argument("--image-size", type=int, default=32)
+    ap.add_argument("--classes", type=int, default=100)
+    ap.add_argument("--fused-forward", default="auto", choices=("auto", "vmap", "loop"))
+    ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds of every way; the median counts")
+    ap.add_argument("--ways", default="sequential,packed,fused", help="which ways to run, comma-separated")
+    ap.add_argument("--dry-run", action="store_true", help="measure one member's memory and recommend; train nothing")
+    args = ap.parse_args()
+    device = pick_device(args.device)
+    args.threads = torch.get_num_threads()
+    args.fuse = args.fuse or args.configs
+    configs = configurations(args.configs)
+    sizes = [int(b) for b in args.batch_sizes.split(",")]
+    if args.dry_run:
+        for b in sizes:
+            args.batch = b
+            recommend(args, device)
+        return
+    ways = {"sequential": sequential, "packed": packed, "fused": fused}
+    chosen = [w for w in args.ways.split(",") if w]
+    figures, ratios = {}, {}
+    for b in sizes:
+        args.batch = b
+        images = args.configs * args.steps * b
+        times: dict[str, list[float]] = {way: [] for way in chosen}
+        for _ in range(args.rounds):  # interleaved, so slow phases of a shared machine hit every way alike
+            for way in chosen:
+                times[way].append(ways[way](args, configs, device))
+        for way in chosen:
+            seconds = statistics.median(times[way])
+            figures[f"b{b}_{way}_images_per_s"] = images / seconds
+            print(f"batch {b} {way}: {images / seconds:,.0f} member images/s (median {seconds:.2f} s of "
+                  f"{args.rounds})", flush=True)
+        for way in chosen:
+            if way != "sequential" and "sequential" in chosen:
+                ratios[f"b{b}_{way}_over_sequential"] = (figures[f"b{b}_{way}_images_per_s"]
+                                                         / figures[f"b{b}_sequential_images_per_s"])
+    record("sweep_gpu", device, {k: v for k, v in vars(args).items() if k not in ("barrier",)}, figures, ratios)
+
+
+if __name__ == "__main__":
+    main()
