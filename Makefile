@@ -8,7 +8,7 @@ REQ_HASH := $(shell sha1sum requirements.txt | cut -c1-12)
 STAMP    := $(VENV)/.installed-$(REQ_HASH)
 SPACE    ?= search_spaces/quickstart.yaml
 
-.PHONY: install lint-imports run test test-fast dry-run-all clean bench bench-kd-step bench-sweep-amortisation bench-overhead bench-data-pipeline bench-augment bench-loss-steps bench-probe-sweep
+.PHONY: install lint-imports run test test-fast dry-run-all clean bench bench-kd-step bench-sweep-amortisation bench-overhead bench-data-pipeline bench-augment bench-loss-steps bench-probe-sweep bench-sweep-gpu
 
 $(STAMP): requirements.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -54,6 +54,9 @@ bench-loss-steps: install
 
 bench-probe-sweep: install
 	$(PY) bench/probe_sweep.py $(ARGS)
+
+bench-sweep-gpu: install
+	$(PY) bench/sweep_gpu.py $(ARGS)
 
 bench: bench-kd-step bench-sweep-amortisation bench-overhead bench-data-pipeline bench-augment bench-loss-steps
 

@@ -12,9 +12,9 @@ Images/s counts member images: configurations x steps x batch over the wall time
 steps (each trial's first ``--warmup`` steps, where kernels are picked and memory is allocated, are
 not timed).
 
-    .venv/bin/python bench/sweep_gpu.py                                # GPU: 16 configs, batch 64 and 512
-    .venv/bin/python bench/sweep_gpu.py --device cpu --configs 4 --batch-sizes 32 --steps 4 \\
-        --student cnn_small --image-size 16                             # the CPU size (minutes)
+    .venv/bin/python bench/sweep_gpu.py                                # the CPU size (a minute)
+    .venv/bin/python bench/sweep_gpu.py --device cuda --configs 16 --batch-sizes 64,512 --steps 30 \\
+        --warmup 5 --student resnet8x4 --image-size 32 --procs 4        # the issue's GPU size
     .venv/bin/python bench/sweep_gpu.py --dry-run                      # recommends a packing or fusion width
 
 ``--dry-run`` trains nothing: it measures one member's training memory (one step, the device's peak
@@ -40,7 +40,7 @@ from trainables.losses import create_loss  # noqa: E402
 from trainables.models import create_model  # noqa: E402
 from trainables.runtime.session import LocalSession  # noqa: E402
 from trainables.training.classifier_loop import CachedTeacher, ClassifierRun, OptimConfig  # noqa: E402
-from trainables.training.fused import FusedRun, Member  # noqa: E402
+from trainables.training.fused import FusedRun, Member, member_bytes as fused_member_bytes  # noqa: E402
 from trainables.training.views import PlainViews  # noqa: E402
 
 
@@ -146,8 +146,7 @@ def fused(args, configs, device) -> float:
 
 def member_bytes(args, device) -> int:
     """One member's training memory at ``args.batch``: measured on a GPU (peak allocation of one
-    step), estimated on the CPU (parameters x 4 for weights, gradients, momentum and the stacked
-    copy, plus the forward's outputs, which bound what backward keeps)."""
+    step), estimated on the CPU as the parse-time check does (trainables/training/fused.py)."""
     data, teacher = data_for(args, device)
     m = member(args, configurations(1)[0], data, 0)
     if device.type == "cuda":
@@ -158,21 +157,7 @@ def member_bytes(args, device) -> int:
         run.step(0, [torch.arange(args.batch, device=device)])
         sync(device)
         return torch.cuda.max_memory_allocated(device) - before
-    from torch.utils._python_dispatch import TorchDispatchMode
-    from torch.utils._pytree import tree_leaves
-
-    class Outputs(TorchDispatchMode):
-        total = 0
-
-        def __torch_dispatch__(self, func, types, a=(), kw=None):
-            out = func(*a, **(kw or {}))
-            Outputs.total += sum(t.numel() * t.element_size() for t in tree_leaves(out) if isinstance(t, torch.Tensor))
-            return out
-
-    params = sum(p.numel() * p.element_size() for p in m.model.parameters())
-    with Outputs():
-        m.model(data.train_x[:args.batch])
-    return 4 * params + Outputs.total
+    return fused_member_bytes(m.model, data.input_shape, args.batch)
 
 
 def recommend(args, device) -> None:
@@ -198,14 +183,14 @@ def recommend(args, device) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--device", default="auto", help="auto (cuda when available), cpu, cuda")
-    ap.add_argument("--configs", type=int, default=16, help="configurations in the sweep")
+    ap.add_argument("--configs", type=int, default=4, help="configurations in the sweep")
     ap.add_argument("--fuse", type=int, default=0, help="members per fused trial (default: all configurations)")
-    ap.add_argument("--procs", type=int, default=4, help="concurrent processes for the packed way")
-    ap.add_argument("--batch-sizes", default="64,512", help="batch per configuration, comma-separated")
-    ap.add_argument("--steps", type=int, default=30, help="timed steps per trial")
-    ap.add_argument("--warmup", type=int, default=5, help="untimed steps per trial first")
-    ap.add_argument("--student", default="resnet8x4")
-    ap.add_argument("--image-size", type=int, default=32)
+    ap.add_argument("--procs", type=int, default=2, help="concurrent processes for the packed way")
+    ap.add_argument("--batch-sizes", default="32", help="batch per configuration, comma-separated")
+    ap.add_argument("--steps", type=int, default=6, help="timed steps per trial")
+    ap.add_argument("--warmup", type=int, default=2, help="untimed steps per trial first")
+    ap.add_argument("--student", default="cnn_small")
+    ap.add_argument("--image-size", type=int, default=16)
     ap.add_argument("--classes", type=int, default=100)
     ap.add_argument("--fused-forward", default="auto", choices=("auto", "vmap", "loop"))
     ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds of every way; the median counts")

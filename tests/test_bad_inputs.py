@@ -22,7 +22,7 @@ from orchestrator.run.environment import VARIABLES, check_environment
 from tests.conftest import REPO
 
 FIXTURES = Path(__file__).parent / "fixtures" / "bad_inputs"
-CASES = sorted(FIXTURES.glob("[0-9][0-9]_*.yaml"))
+CASES = sorted(FIXTURES.glob("[0-9][0-9]*_*.yaml"))
 KEYS = ("args", "env", "file", "run", "expect")
 
 

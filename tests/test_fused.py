@@ -190,3 +190,20 @@ def test_a_fused_step_makes_no_host_sync(mode):
     assert len(stats) == 3 and all(torch.isfinite(s["loss"]) for s in stats)
     after = [p for m in members for p in m.model.parameters()]
     assert all(not torch.equal(a, b) for a, b in zip(before, after) if a.dim() > 1)  # every member stepped
+
+
+def test_members_that_cannot_fit_the_device_are_refused_before_ray_starts(monkeypatch):
+    import trainables.distill.prepare as prepare
+    from trainables.models import create_model
+    from trainables.training.fused import member_bytes
+
+    p = DistillParams(student="cnn_small", batch_size=64, vectorize=8, probes=[{"lr": 0.1}] * 8)
+    assert prepare.check_distill_inputs(p) == []  # 8 small members fit this machine
+    per = member_bytes(create_model("cnn_small", num_classes=10, input_shape=(1, 8, 8)), (1, 8, 8), 64)
+    # the estimate: at least the weights with their gradient and momentum, and the batch's activations
+    params = sum(q.numel() * 4 for q in create_model("cnn_small", num_classes=10, input_shape=(1, 8, 8)).parameters())
+    assert per >= 3 * params + 64 * 16 * 8 * 8 * 4  # ... the first conv's 16 channels at 8x8, fp32
+    monkeypatch.setattr(prepare, "device_memory_bytes", lambda: (int(per * 5.5), "a small test device"))
+    (issue,) = prepare.check_distill_inputs(p)
+    assert issue[0] == "vectorize"
+    assert issue[1].startswith("8 members need about") and "at most 4 fit: lower vectorize or batch_size" in issue[1]

@@ -2,12 +2,17 @@
 and the check that the dataset is there."""
 from __future__ import annotations
 
+import functools
+import json
 from typing import Any
 
-from trainables.data import dataset_issues
+from trainables.data import dataset_issues, load_dataset
 from trainables.distill.loop import load_teacher
 from trainables.data.generated import GenerationRecipe, PipelineMissing, resolve_pipeline
-from trainables.distill.params import DistillParams
+from trainables.distill.params import MEMBER_FIELDS, DistillParams
+from trainables.models import create_model
+from trainables.runtime.vectorize import expand_configs
+from trainables.training.fused import device_memory_bytes, fusion_problem, member_bytes
 from trainables.distill.synthetic import generated_set
 from trainables.runtime.trainable import TrialContext
 from trainables.training.dataset_params import prepare_fixed_dataset
@@ -60,4 +65,23 @@ def check_distill_inputs(p: DistillParams) -> list[tuple[str, str]]:
             resolve_pipeline(s.generation.pipeline)
         except PipelineMissing as exc:
             issues.append(("synthetic.generation.pipeline", str(exc).removeprefix("generation.pipeline: ")))
+    if p.is_fused and not issues:
+        problem = fused_memory_problem(p)
+        if problem:
+            issues.append(("vectorize", problem))
     return issues
+
+
+@functools.lru_cache(maxsize=16)
+def _shape_of(dataset: str, kwargs: str, split_seed: int) -> tuple[tuple[int, ...], int]:
+    data = load_dataset(dataset, seed=split_seed, **json.loads(kwargs))
+    return tuple(data.input_shape), data.num_classes
+
+
+def fused_memory_problem(p: DistillParams) -> str | None:
+    """A fused trial whose members cannot all fit the device (an estimate, before Ray starts)."""
+    shape, classes = _shape_of(p.dataset, json.dumps(p.dataset_kwargs, sort_keys=True), p.split_seed)
+    model = create_model(p.student, num_classes=classes, input_shape=shape, **p.student_kwargs)
+    members = len(expand_configs(p.model_dump(), MEMBER_FIELDS))
+    budget, where = device_memory_bytes()
+    return fusion_problem(members, member_bytes(model, shape, p.batch_size, p.optimizer), budget, where, p.batch_size)

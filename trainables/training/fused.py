@@ -404,3 +404,49 @@ def train_fused(*, members: list[Member], data: DatasetSplits, session: Session,
     run = FusedRun(members, data, session, seed, teacher, views, static_metrics or {}, batch_augment, mode,
                    stops, metric, mode_max)
     return run.run(checkpoint_every)
+
+
+def member_bytes(model: nn.Module, input_shape: tuple[int, ...], batch_size: int, optimizer: str = "sgd") -> int:
+    """An estimate of one member's training memory at ``batch_size``, from a forward pass on the
+    meta device (no memory, no compute): weights, gradients, optimiser state (one buffer for SGD,
+    two for Adam(W)), the stacked copy the vmap forward makes, and every forward output (what
+    backward may keep). ``model`` is moved to the meta device."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+    from torch.utils._pytree import tree_leaves
+
+    class Outputs(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.total = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            self.total += sum(t.numel() * t.element_size() for t in tree_leaves(out) if isinstance(t, torch.Tensor))
+            return out
+
+    model = model.to("meta")
+    params = sum(p.numel() * p.element_size() for p in model.parameters())
+    counter = Outputs()
+    with counter, torch.no_grad():
+        model(torch.empty(batch_size, *input_shape, device="meta"))
+    states = 2 if optimizer in ("adam", "adamw") else 1
+    return (3 + states) * params + counter.total
+
+
+def device_memory_bytes() -> tuple[int, str]:
+    """The memory a trial's device has, as seen from this process: the first GPU's, else the host's."""
+    if torch.cuda.is_available():
+        return torch.cuda.get_device_properties(0).total_memory, torch.cuda.get_device_name(0)
+    import os
+
+    return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"), "host memory (no GPU here)"
+
+
+def fusion_problem(k: int, per_member: int, budget: int, where: str, batch_size: int) -> str | None:
+    """Why ``k`` members of ``per_member`` bytes do not fit ``budget`` (90 % of it), or None."""
+    if k * per_member <= 0.9 * budget:
+        return None
+    fits = int(0.9 * budget // max(per_member, 1))
+    return (f"{k} members need about {k * per_member / 2**30:.1f} GiB ({per_member / 2**20:.0f} MiB each at "
+            f"batch_size {batch_size}: weights, gradients, optimiser state, activations) but {where} has "
+            f"{budget / 2**30:.1f} GiB; at most {fits} fit: lower vectorize or batch_size")
