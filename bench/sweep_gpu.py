@@ -6,7 +6,7 @@
 (c) ``fused``: the configurations as the members of fused trials of K (``params.vectorize: K``,
     trainables/training/fused.py), in the forward mode ``--fused-forward`` picks.
 
-Each configuration is a resnet8x4 student distilled (KD, cached teacher logits) with its own lr,
+Each configuration is a student (resnet8x4 at the GPU size) distilled (KD, cached teacher logits) with its own lr,
 weight decay, momentum and temperature, on CIFAR-100-shaped synthetic data already on the device.
 Images/s counts member images: configurations x steps x batch over the wall time of the trained
 steps (each trial's first ``--warmup`` steps, where kernels are picked and memory is allocated, are
@@ -21,7 +21,9 @@ not timed).
 allocation on a GPU; parameters, gradients, optimiser state and the forward's outputs on the CPU)
 and prints how many members fit the device at once, and which way to run the sweep.
 
-Wall-clock figures: on a shared machine other load inflates them. Appends a JSON line to
+On a GPU every figure is wall time. On the CPU, sequential and fused count this process's CPU time
+(robust to other load on a shared machine); packed, being several processes at once, counts wall
+time from their common start, so other load inflates it. Appends a JSON line to
 bench/results/sweep_gpu.jsonl.
 """
 from __future__ import annotations
@@ -76,16 +78,23 @@ def batches(args, device) -> list[torch.Tensor]:
     return [torch.arange(i * args.batch, (i + 1) * args.batch, device=device) for i in range(args.warmup + args.steps)]
 
 
+def clock(device):
+    """Wall time on a GPU; on the CPU this process's CPU time, which other load on a shared machine
+    inflates far less (the packed way, several processes, is timed by the wall clock everywhere)."""
+    return time.perf_counter if device.type == "cuda" else time.process_time
+
+
 def timed_steps(step, idx: list[torch.Tensor], warmup: int, device) -> float:
-    """Wall seconds of the steps after the first ``warmup``."""
+    """Seconds of the steps after the first ``warmup``."""
     for i in idx[:warmup]:
         step(i)
     sync(device)
-    start = time.perf_counter()
+    now = clock(device)
+    start = now()
     for i in idx[warmup:]:
         step(i)
     sync(device)
-    return time.perf_counter() - start
+    return now() - start
 
 
 def one_trial(args, config, data, teacher, device, seed) -> float:

@@ -111,7 +111,8 @@ class VectorizedMLflowCallback(MLflowTrialCallback):
         for k, run_id in enumerate(self._runs_for_configs(trial)):
             self._flush(run_id)
             done = last[k].get("epoch") if k < len(last) else None
-            budget = configs[k].get(self.budget_key)
+            # the budget is per configuration (w2s probes' epochs) or the trial's (fused distill members)
+            budget = configs[k].get(self.budget_key, config.get(self.budget_key))
             outcome = "error" if error else ("stopped_early" if isinstance(budget, int) and isinstance(done, int)
                                              and done < budget else "completed")
             self.tracker.client.set_tag(run_id, TAG_OUTCOME, outcome)
