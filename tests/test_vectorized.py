@@ -56,12 +56,21 @@ def test_without_sampled_keys_a_trial_trains_each_grid_value_once():
 
 @pytest.mark.parametrize("extra,key", [
     ("search_alg: {type: optuna}\n", "search_alg.type"),
-    ("points_to_evaluate: [{lr: 1e-3}]\n", "points_to_evaluate[0].lr"),
+    ("points_to_evaluate: [{loss_params.aux_coef: 0.5}]\n", "points_to_evaluate[0].loss_params.aux_coef"),
 ])
 def test_vectorised_specs_reject_what_cannot_work(extra, key):
     text = SPACE.replace("  split_seed: {grid: [0, 1]}\n", "") + extra
     with pytest.raises(SpecError, match=key.replace("[", r"\[").replace("]", r"\]")):
         parse_spec(text)
+
+
+def test_a_points_entry_gives_configuration_0_of_its_trial():
+    from orchestrator.run.tuner import nested_points
+
+    spec = parse_spec(SPACE.replace("  split_seed: {grid: [0, 1]}\n", "") + "points_to_evaluate: [{lr: 1e-3}]\n")
+    (point,) = nested_points(spec)
+    assert [slot["lr"] for slot in point[PROBES_KEY]][0] == 1e-3 and len(point[PROBES_KEY]) == 3
+    assert all(1e-4 <= slot["lr"] <= 1e-2 for slot in point[PROBES_KEY][1:])
 
 
 def result(trial_id, config, metrics, error=None):

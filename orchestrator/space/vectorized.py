@@ -131,10 +131,16 @@ def point_probes(spec: SweepSpec, point: dict[str, Any], index: int) -> dict[str
 def plan_lines(spec: SweepSpec) -> list[str]:
     if vectorize_k(spec) is None:
         return []
+    from trainables.runtime.trainable import get_trainable
+
     n = configs_per_trial(spec)
     keys = ", ".join(spec.vectorized_keys) or "none searched"
-    return [f"vectorised: each trial trains {n} configurations as one batched computation "
-            f"({n * spec.expected_trials()} in all; per-configuration keys: {keys})"]
+    lines = [f"vectorised: each trial trains {n} configurations as one batched computation "
+             f"({n * spec.expected_trials()} in all; per-configuration keys: {keys})"]
+    if get_trainable(spec.trainable).stops_members and spec.scheduler.type == "asha":
+        lines.append("vectorised: ASHA judges every configuration at its rungs; a stopped one leaves its trial's "
+                     "step and the others train on")
+    return lines
 
 
 # ---------------------------------------------------------------------------------------------
