@@ -31,6 +31,8 @@ import time
 import torch
 
 from common import ROOT, record  # noqa: E402  (sets sys.path)
+from orchestrator.store.tracking import TAG_TRIAL  # noqa: E402
+from trainables.runtime.phases import PHASES_ENV  # noqa: E402
 from trainables.runtime.session import LocalSession  # noqa: E402
 
 SPEC = """name: bench-overhead
@@ -47,8 +49,11 @@ control: {{enabled: false}}
 """
 
 
-def run_sweep_trials(single: int, ddp: int) -> tuple[float, list[tuple[int, float]]]:
-    """Wall seconds of the whole sweep, and (workers, end time in s) of each trial in end order."""
+def run_sweep_trials(single: int, ddp: int, env_overrides: dict[str, str] | None = None
+                     ) -> tuple[float, list[tuple[int, float]], dict[str, list[dict]], dict[str, float]]:
+    """Wall seconds of the whole sweep; (workers, end time in s) of each trial in end order; the
+    phase marks of each DDP trial's Train run (:mod:`trainables.runtime.phases`, the controller's
+    from :mod:`bench.train_phases`) by run name; and each trial's MLflow end time by run name."""
     import mlflow
 
     points = [{"x": i / 100, "workers": 1} for i in range(single)] + [{"x": i / 100, "workers": 2}
@@ -58,7 +63,9 @@ def run_sweep_trials(single: int, ddp: int) -> tuple[float, list[tuple[int, floa
         with open(spec, "w") as f:
             f.write(SPEC.format(points=json.dumps(points), n=len(points)))
         env = {**os.environ, "W2S_PLUGINS": "bench.trivial_trainable", "PYTHONUNBUFFERED": "1",
-               "PYTHONPATH": ROOT + os.pathsep + os.environ.get("PYTHONPATH", "")}
+               "PYTHONPATH": ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""),
+               PHASES_ENV: cwd, "RAY_TRAIN_CALLBACKS": "bench.train_phases.PhaseCallback",
+               **(env_overrides or {})}
         start = time.perf_counter()
         proc = subprocess.run([sys.executable, os.path.join(ROOT, "run_sweep.py"), spec], cwd=cwd, env=env,
                               capture_output=True, text=True)
@@ -71,7 +78,70 @@ def run_sweep_trials(single: int, ddp: int) -> tuple[float, list[tuple[int, floa
         ends = sorted((r.info.end_time / 1000, int(r.data.params.get("workers", 1))) for r in runs)
         if len(ends) != len(points):
             sys.exit(f"expected {len(points)} trial runs in MLflow, found {len(ends)}")
-        return seconds, [(w, t) for t, w in ends]
+        run_ends = {f"train-{r.data.tags.get(TAG_TRIAL)}": r.info.end_time / 1000 for r in runs}
+        marks: dict[str, list[dict]] = {}
+        phase_file = os.path.join(cwd, "phases.jsonl")
+        if os.path.exists(phase_file):
+            with open(phase_file) as f:
+                for line in f:
+                    mark = json.loads(line)
+                    marks.setdefault(mark["run"], []).append(mark)
+        return seconds, [(w, t) for t, w in ends], marks, run_ends
+
+
+# A DDP trial's phases, each from one mark to the next (a mark several processes write, the
+# workers', counts at its latest: the slowest rank holds the others up). "prev_end" is the previous
+# trial's MLflow end, "end" this one's, so the rows add up to the trial's cost.
+PHASES = [
+    ("tune: previous trial end -> trial function starts", "prev_end", "trial_start"),
+    ("trial process: import ray.train, build TorchTrainer", "trial_start", "trainer_built"),
+    ("Train controller actor start (spawn, imports)", "trainer_built", "controller_started"),
+    ("controller: first step -> worker group start", "controller_started", "worker_group_start"),
+    ("placement group + worker actors (spawn, imports)", "worker_group_start", "worker_actors_ready"),
+    ("backend setup (gloo process group) + train fn launch", "worker_actors_ready", "train_fn_launched"),
+    ("workers: train fn starts (unpickle the loop)", "train_fn_launched", "worker_fn_start"),
+    ("workers: imports + TrainSession", "worker_fn_start", "worker_session_ready"),
+    ("workers: the training loop + reports", "worker_session_ready", "worker_loop_done"),
+    ("controller notices the end (poll interval)", "worker_loop_done", "shutdown_start"),
+    ("teardown: worker group shutdown", "shutdown_start", "shutdown_done"),
+    ("controller exit -> fit() returns", "shutdown_done", "fit_end"),
+    ("tune result + MLflow -> trial end", "fit_end", "end"),
+]
+
+
+def phase_breakdown(ends: list[tuple[int, float]], marks: dict[str, list[dict]], run_ends: dict[str, float]
+                    ) -> dict[str, float]:
+    """Median seconds of each of :data:`PHASES` over the DDP trials after the first."""
+    order = sorted(run_ends.items(), key=lambda kv: kv[1])
+    per_phase: dict[str, list[float]] = {label: [] for label, _, _ in PHASES}
+    per_phase["(worker process created, relative to worker group start)"] = []
+    seen_ddp = False
+    for (_, prev_end), (run, end) in zip(order, order[1:]):
+        if run not in marks:
+            continue  # a single-worker trial: no Train run
+        if not seen_ddp:
+            seen_ddp = True  # the first DDP trial pays first-use costs; not counted
+            continue
+        at = {"prev_end": prev_end, "end": end}
+        for m in marks[run]:
+            at[m["phase"]] = max(at.get(m["phase"], m["t"]), m["t"])
+        for label, a, b in PHASES:
+            if a in at and b in at:
+                per_phase[label].append(at[b] - at[a])
+        spawned = [m["t"] for m in marks[run] if m["phase"] == "worker_process_created"]
+        if spawned and "worker_group_start" in at:
+            per_phase["(worker process created, relative to worker group start)"].append(
+                min(spawned) - at["worker_group_start"])
+    return {label: statistics.median(v) for label, v in per_phase.items() if v}
+
+
+def print_breakdown(title: str, breakdown: dict[str, float]) -> None:
+    print(f"where a 2-worker DDP trial's time goes ({title}; median s over the trials after the first):")
+    total = sum(v for label, v in breakdown.items() if not label.startswith("("))
+    for label, seconds in breakdown.items():
+        share = "" if label.startswith("(") else f"{100 * seconds / max(total, 1e-9):5.1f}%"
+        print(f"  {label:<58} {seconds:8.3f}  {share}")
+    print(f"  {'sum':<58} {total:8.3f}")
 
 
 def per_trial_costs(ends: list[tuple[int, float]], workers: int) -> list[float]:
@@ -100,7 +170,9 @@ def main() -> None:
     ap.add_argument("--single", type=int, default=4, help="single-worker trials (first one not counted)")
     ap.add_argument("--ddp", type=int, default=2, help="2-worker DDP trials (first one not counted)")
     args = ap.parse_args()
-    total, ends = run_sweep_trials(args.single, args.ddp)
+    total, ends, marks, run_ends = run_sweep_trials(args.single, args.ddp)
+    breakdown = phase_breakdown(ends, marks, run_ends)
+    print_breakdown("this run", breakdown)
     loop = loop_seconds(args.single) / args.single
     figures = {"sweep_total_s": total, "loop_s_per_trial": loop}
     ratios = {}
@@ -111,6 +183,7 @@ def main() -> None:
         figures[f"{kind}_overhead_s_per_trial"] = per_trial - loop
         ratios[f"{kind}_sweep_over_loop_per_trial"] = per_trial / max(loop, 1e-9)
     figures["fixed_cost_s"] = total - (ends[-1][1] - ends[0][1])
+    figures["ddp2_phase_s"] = {label: round(v, 3) for label, v in breakdown.items()}
     print(f"overhead: run_sweep (Tune + MLflow) vs a plain loop, {args.single} single + {args.ddp} DDP trivial trials")
     record("overhead", torch.device("cpu"), vars(args), figures, ratios)
 

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from trainables.core.config import resolve_env_refs
+from trainables.runtime import phases
 from trainables.runtime.ledger import finished_result, ledger_dir
 from trainables.runtime.session import DIVERGED, TrialDiverged
 from trainables.runtime.trainable import TrialContext, get_trainable
@@ -105,12 +106,25 @@ def _quiet_train_worker() -> None:
 
 
 def _train_worker(loop_config: dict[str, Any]) -> None:
+    run_name = rank = None
+    if phases.enabled():
+        import ray.train
+
+        train_ctx = ray.train.get_context()
+        run_name, rank = train_ctx.get_experiment_name(), train_ctx.get_world_rank()
+        phases.mark(run_name, "worker_process_created", rank, t=phases.process_start_time())
+        phases.mark(run_name, "worker_fn_start", rank)
     from trainables.runtime.session import TrainSession
 
     _quiet_train_worker()
     _set_threads(loop_config["cpus_per_worker"])
-    run_trial_in_process(loop_config["trainable"], loop_config["config"], TrainSession(), loop_config["ctx"],
+    session = TrainSession()
+    if run_name:
+        phases.mark(run_name, "worker_session_ready", rank)
+    run_trial_in_process(loop_config["trainable"], loop_config["config"], session, loop_config["ctx"],
                          loop_config.get("metric"), loop_config.get("mode", "max"))
+    if run_name:
+        phases.mark(run_name, "worker_loop_done", rank)
 
 
 def _replay_if_finished(ctx: TrialContext) -> bool:
@@ -137,8 +151,11 @@ def tune_entry(config: dict[str, Any], trainable_name: str, ctx: TrialContext, e
         run_trial_in_process(trainable_name, config, TuneSession(), ctx, execution.metric, execution.mode)
         return
 
-    import ray.train
     from ray import tune
+
+    run_name = f"train-{tune.get_context().get_trial_id()}"
+    phases.mark(run_name, "trial_start")
+    import ray.train
     from ray.train.torch import TorchConfig, TorchTrainer
     from ray.tune.integration.ray_train import TuneReportCallback
 
@@ -155,7 +172,7 @@ def tune_entry(config: dict[str, Any], trainable_name: str, ctx: TrialContext, e
                                                resources_per_worker=per_worker),
         torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
         run_config=ray.train.RunConfig(
-            name=f"train-{tune.get_context().get_trial_id()}",
+            name=run_name,
             storage_path=execution.train_storage_path or None,
             callbacks=[TuneReportCallback()],
             checkpoint_config=ray.train.CheckpointConfig(**checkpoint_retention(execution)),
@@ -163,4 +180,6 @@ def tune_entry(config: dict[str, Any], trainable_name: str, ctx: TrialContext, e
             logging_config=ray.train.LoggingConfig(log_level="WARNING"),
         ),
     )
+    phases.mark(run_name, "trainer_built")
     trainer.fit()
+    phases.mark(run_name, "fit_end")
