@@ -105,7 +105,14 @@ def _quiet_train_worker() -> None:
         pass
 
 
-def _train_worker(loop_config: dict[str, Any]) -> None:
+# The Train run's ``train_loop_config`` key holding the pickled loop config (see :func:`_train_worker`).
+LOOP_PAYLOAD_KEY = "w2s_loop_payload"
+
+
+def _train_worker(train_loop_config: dict[str, Any]) -> None:
+    import pickle
+
+    loop_config = pickle.loads(train_loop_config[LOOP_PAYLOAD_KEY])
     run_name = rank = None
     if phases.enabled():
         import ray.train
@@ -156,18 +163,25 @@ def tune_entry(config: dict[str, Any], trainable_name: str, ctx: TrialContext, e
     run_name = f"train-{tune.get_context().get_trial_id()}"
     phases.mark(run_name, "trial_start")
     import ray.train
-    from ray.train.torch import TorchConfig, TorchTrainer
+    from ray import cloudpickle
+    from ray.train.torch import TorchConfig
+
+    from trainables.runtime.lean_train import trainer_class
     from ray.tune.integration.ray_train import TuneReportCallback
 
     use_gpu = execution.gpus_per_worker > 0
     per_worker = {"CPU": execution.cpus_per_worker}
     if use_gpu:
         per_worker["GPU"] = execution.gpus_per_worker
-    trainer = TorchTrainer(
+    # Pickled here, unpickled only on the ranks: Train ships train_loop_config inside its run context
+    # to the controller actor too, and unpickling our TrialContext there would import trainables
+    # and the orchestrator's feature store in a process on every DDP trial's critical path.
+    payload = cloudpickle.dumps({"trainable": trainable_name, "config": config, "ctx": ctx,
+                                 "cpus_per_worker": execution.cpus_per_worker, "metric": execution.metric,
+                                 "mode": execution.mode})
+    trainer = trainer_class()(
         _train_worker,
-        train_loop_config={"trainable": trainable_name, "config": config, "ctx": ctx,
-                           "cpus_per_worker": execution.cpus_per_worker, "metric": execution.metric,
-                           "mode": execution.mode},
+        train_loop_config={LOOP_PAYLOAD_KEY: payload},
         scaling_config=ray.train.ScalingConfig(num_workers=workers, use_gpu=use_gpu,
                                                resources_per_worker=per_worker),
         torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
