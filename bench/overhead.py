@@ -198,6 +198,11 @@ def ddp_trial_cpu(marks: dict[str, list[dict]], run_ends: dict[str, float],
             if prev_end < created <= end:
                 key = name.split(".")[0].removeprefix("ray::")
                 by_name[key] = by_name.get(key, 0.0) + cpu
+        # A process sampled while Ray was still setting its title shows a cut name ("Synchroniz")
+        for short in sorted(by_name, key=len):
+            longer = [n for n in by_name if n != short and n.startswith(short)]
+            if longer:
+                by_name[longer[0]] += by_name.pop(short)
         by_name["sum"] = sum(by_name.values())
         per_trial.append(by_name)
     names = sorted({k for t in per_trial for k in t}, key=lambda k: (k == "sum", k))

@@ -5,7 +5,9 @@
 * ``workers > 1``: this function is a thin *driver* that starts a Ray Train V2 ``TorchTrainer``
   (DDP; gloo on CPU, nccl on GPU) running the same loop on every rank, and forwards rank 0's
   reports to Tune through ``TuneReportCallback``. The Train run is named after the Tune trial id,
-  so a retried or restored trial resumes the Train run from its own last checkpoint.
+  so a retried or restored trial resumes the Train run from its own last checkpoint. Starting a
+  worker group is most of a short DDP trial's cost; :mod:`trainables.runtime.lean_train` trims
+  what Ray Train starts for it (README.md, "DDP trial overhead").
 
 Two reliability rules live here, for every trainable alike:
 
