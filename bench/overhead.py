@@ -11,8 +11,15 @@ start, reporting and tracking, and leaves out the sweep's fixed start-up and rep
 apart); the first trial of each kind is not counted (it pays the kind's first-use costs, such as
 Ray Train's first worker group).
 
+For the DDP trials it also prints where the time goes (README.md, "DDP trial overhead"): the
+phases between timestamps that the trial process, the Train controller (through the callback in
+bench/train_phases.py) and every rank write (trainables/runtime/phases.py), and the CPU seconds of
+each process Ray started for a trial, which other load on a shared machine inflates far less than
+the wall time. ``--compare`` first runs the same sweep with the DDP settings before issue 18.
+
     .venv/bin/python bench/overhead.py
     .venv/bin/python bench/overhead.py --single 12 --ddp 5
+    .venv/bin/python bench/overhead.py --single 1 --ddp 4 --compare
 
 Wall-clock figures: on a shared machine other load inflates them. Appends a JSON line to
 bench/results/overhead.jsonl.
