@@ -118,7 +118,7 @@ VARIABLES: tuple[EnvVar, ...] = (
     EnvVar("W2S_CLUSTER_ENV", "the cluster's env file (default ~/.w2s/cluster.env)", _not_a_directory),
     EnvVar("RAY_TMPDIR", "the local Ray's temp dir (default: a private /tmp/w2s-ray-* per sweep)", _existing_directory),
     EnvVar("RAY_AUTH_MODE", "Ray's authentication mode (token: a cluster with token authentication)", None),
-    EnvVar("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "the seconds between Ray Train's worker health checks (the sweep's default 0.5)",
+    EnvVar("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "the seconds between Ray Train's worker health checks (the sweep's default 0.2)",
            _positive_seconds),
     EnvVar("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "Ray Train's spot preemption watcher switch (0 on a local Ray)", _int_flag),
     EnvVar("TUNE_DISABLE_SIGINT_HANDLER", "Tune's switch to not catch Ctrl-C (with 1 the sweep cannot tell an interrupt)",

@@ -5,7 +5,9 @@
 * ``workers > 1``: this function is a thin *driver* that starts a Ray Train V2 ``TorchTrainer``
   (DDP; gloo on CPU, nccl on GPU) running the same loop on every rank, and forwards rank 0's
   reports to Tune through ``TuneReportCallback``. The Train run is named after the Tune trial id,
-  so a retried or restored trial resumes the Train run from its own last checkpoint.
+  so a retried or restored trial resumes the Train run from its own last checkpoint. Starting a
+  worker group is most of a short DDP trial's cost; :mod:`trainables.runtime.lean_train` trims
+  what Ray Train starts for it (README.md, "DDP trial overhead").
 
 Two reliability rules live here, for every trainable alike:
 
@@ -23,6 +25,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from trainables.core.config import resolve_env_refs
+from trainables.runtime import phases
 from trainables.runtime.ledger import finished_result, ledger_dir
 from trainables.runtime.session import DIVERGED, TrialDiverged
 from trainables.runtime.trainable import TrialContext, get_trainable
@@ -104,13 +107,33 @@ def _quiet_train_worker() -> None:
         pass
 
 
-def _train_worker(loop_config: dict[str, Any]) -> None:
+# The Train run's ``train_loop_config`` key holding the pickled loop config (see :func:`_train_worker`).
+LOOP_PAYLOAD_KEY = "w2s_loop_payload"
+
+
+def _train_worker(train_loop_config: dict[str, Any]) -> None:
+    import pickle
+
+    loop_config = pickle.loads(train_loop_config[LOOP_PAYLOAD_KEY])
+    run_name = rank = None
+    if phases.enabled():
+        import ray.train
+
+        train_ctx = ray.train.get_context()
+        run_name, rank = train_ctx.get_experiment_name(), train_ctx.get_world_rank()
+        phases.mark(run_name, "worker_process_created", rank, t=phases.process_start_time())
+        phases.mark(run_name, "worker_fn_start", rank)
     from trainables.runtime.session import TrainSession
 
     _quiet_train_worker()
     _set_threads(loop_config["cpus_per_worker"])
-    run_trial_in_process(loop_config["trainable"], loop_config["config"], TrainSession(), loop_config["ctx"],
+    session = TrainSession()
+    if run_name:
+        phases.mark(run_name, "worker_session_ready", rank)
+    run_trial_in_process(loop_config["trainable"], loop_config["config"], session, loop_config["ctx"],
                          loop_config.get("metric"), loop_config.get("mode", "max"))
+    if run_name:
+        phases.mark(run_name, "worker_loop_done", rank)
 
 
 def _replay_if_finished(ctx: TrialContext) -> bool:
@@ -137,25 +160,35 @@ def tune_entry(config: dict[str, Any], trainable_name: str, ctx: TrialContext, e
         run_trial_in_process(trainable_name, config, TuneSession(), ctx, execution.metric, execution.mode)
         return
 
-    import ray.train
     from ray import tune
-    from ray.train.torch import TorchConfig, TorchTrainer
+
+    run_name = f"train-{tune.get_context().get_trial_id()}"
+    phases.mark(run_name, "trial_start")
+    import ray.train
+    from ray import cloudpickle
+    from ray.train.torch import TorchConfig
+
+    from trainables.runtime.lean_train import trainer_class
     from ray.tune.integration.ray_train import TuneReportCallback
 
     use_gpu = execution.gpus_per_worker > 0
     per_worker = {"CPU": execution.cpus_per_worker}
     if use_gpu:
         per_worker["GPU"] = execution.gpus_per_worker
-    trainer = TorchTrainer(
+    # Pickled here, unpickled only on the ranks: Train ships train_loop_config inside its run context
+    # to the controller actor too, and unpickling our TrialContext there would import trainables
+    # and the orchestrator's feature store in a process on every DDP trial's critical path.
+    payload = cloudpickle.dumps({"trainable": trainable_name, "config": config, "ctx": ctx,
+                                 "cpus_per_worker": execution.cpus_per_worker, "metric": execution.metric,
+                                 "mode": execution.mode})
+    trainer = trainer_class()(
         _train_worker,
-        train_loop_config={"trainable": trainable_name, "config": config, "ctx": ctx,
-                           "cpus_per_worker": execution.cpus_per_worker, "metric": execution.metric,
-                           "mode": execution.mode},
+        train_loop_config={LOOP_PAYLOAD_KEY: payload},
         scaling_config=ray.train.ScalingConfig(num_workers=workers, use_gpu=use_gpu,
                                                resources_per_worker=per_worker),
         torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
         run_config=ray.train.RunConfig(
-            name=f"train-{tune.get_context().get_trial_id()}",
+            name=run_name,
             storage_path=execution.train_storage_path or None,
             callbacks=[TuneReportCallback()],
             checkpoint_config=ray.train.CheckpointConfig(**checkpoint_retention(execution)),
@@ -163,4 +196,6 @@ def tune_entry(config: dict[str, Any], trainable_name: str, ctx: TrialContext, e
             logging_config=ray.train.LoggingConfig(log_level="WARNING"),
         ),
     )
+    phases.mark(run_name, "trainer_built")
     trainer.fit()
+    phases.mark(run_name, "fit_end")
