@@ -60,6 +60,7 @@ register_trainable(
     mode="max",
     description="Weak-to-strong linear probes on cached embeddings: weak, W2S and strong accuracy and PGR.",
     prepare=prepare_w2s,
+    sharded_prepare="weak logits / strong embeddings feature pass",
     vectorized_keys=PROBE_FIELDS,
     metrics_doc=_metric_docs(),
     data_digest=dataset_digest,
