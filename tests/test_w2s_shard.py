@@ -31,7 +31,7 @@ def local_ray():
     if ray.is_initialized():
         yield ray
         return
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR",
+    ray.init(num_cpus=2, logging_level="ERROR",
              runtime_env={"env_vars": {"PYTHONPATH": REPO, "OMP_NUM_THREADS": "1"}})
     yield ray
     ray.shutdown()
@@ -78,7 +78,7 @@ def test_two_workers_write_the_tables_one_process_writes(local_ray, tmp_path, on
         # each shard ran on its own Train worker process, over its own contiguous rows
         shards = meta["shards"]
         assert [s["shard"] for s in shards] == [0, 1]
-        assert [s["rows"] for s in shards] == [[0, 900], [900, 1797]]
+        assert [s["span"] for s in shards] == [[0, 900], [900, 1797]]
         assert shards[0]["pid"] != shards[1]["pid"]
         assert os.getpid() not in {s["pid"] for s in shards}
     # nothing is left in the staging area
@@ -156,3 +156,19 @@ def test_the_dry_run_says_how_the_feature_pass_is_sharded(tmp_path):
             "of 2 x (1 CPU, 0 GPU)") in out.stdout
     assert "trials train on 1 worker each" in out.stdout
     assert "trial shape: 1 worker: runs in the Tune trial process" in out.stdout
+
+
+def test_a_shard_without_rows_adds_nothing(tmp_path):
+    """More shards than batches: the empty shard is marked done with no file, and the table is the others'."""
+    store = FeatureStore(str(tmp_path))
+
+    def run(staging):
+        w = staging.writer(0)
+        w.write(index=np.arange(4), values=np.zeros((4, 3), np.float32))
+        staging.finish(0, w, {})
+        staging.finish(1, staging.writer(1), {})
+        return {}
+
+    entry = store.get_or_create_sharded_table("t", {"r": 2}, 2, run)
+    np.testing.assert_array_equal(entry.columns()["index"], np.arange(4))
+    assert entry.meta["rows"] == 4

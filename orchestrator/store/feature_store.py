@@ -218,6 +218,8 @@ class TableShards:
             return json.loads(f.read().decode())
 
     def batches(self, shard: int):
+        if self.meta(shard)["rows"] == 0:
+            return  # a shard with no batches (more shards than batches) wrote no file
         with self.fs.open_input_file(self._file(shard, "arrow")) as f:
             reader = pa.ipc.open_file(f)
             for i in range(reader.num_record_batches):

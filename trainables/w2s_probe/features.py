@@ -395,9 +395,9 @@ def compute_shard(job: ShardJob, staging, shard: int, shards: int, device: torch
     first, stop = shard_batches(data.num_batches(), shards, shard)
     writer = staging.writer(shard)
     meta = run_pass(model, data, job.output, writer, device, first, stop)
-    meta.update(shard=shard, batches=[first, stop], rows=[first * data.batch_size, first * data.batch_size + meta["samples"]],
-                pid=os.getpid(), node=socket.gethostname(), device=str(device),
-                seconds=round(time.perf_counter() - t0, 3),
+    lo = first * data.batch_size
+    meta.update(shard=shard, batches=[first, stop], span=[lo, lo + meta["samples"]], pid=os.getpid(),
+                node=socket.gethostname(), device=str(device), seconds=round(time.perf_counter() - t0, 3),
                 model_trainings=COUNTS["model_trainings"] - before["model_trainings"])
     staging.finish(shard, writer, meta)
     return meta
@@ -444,7 +444,7 @@ def run_sharded_pass(job: ShardJob, staging, sharding: Sharding) -> dict[str, An
     COUNTS["model_trainings"] += sum(int(m.get("model_trainings", 0)) for m in metas)
     samples = sum(int(m["samples"]) for m in metas)
     meta: dict[str, Any] = {"samples": samples, "dim": int(max(m["dim"] for m in metas)), "sharded": shards,
-                            "shards": [{k: m[k] for k in ("shard", "rows", "pid", "node", "device", "seconds")}
+                            "shards": [{k: m[k] for k in ("shard", "span", "pid", "node", "device", "seconds")}
                                        for m in metas]}
     if job.output == "logits":
         meta["acc_all"] = sum(int(m["correct"]) for m in metas) / max(samples, 1)
