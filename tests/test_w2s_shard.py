@@ -172,3 +172,29 @@ def test_a_shard_without_rows_adds_nothing(tmp_path):
     entry = store.get_or_create_sharded_table("t", {"r": 2}, 2, run)
     np.testing.assert_array_equal(entry.columns()["index"], np.arange(4))
     assert entry.meta["rows"] == 4
+
+
+def test_more_shards_than_the_machine_holds_is_refused_before_ray(run_cli):
+    space = os.path.join(REPO, "search_spaces", "w2s_digits_probe.yaml")
+    out = run_cli(space, "--dry-run", "--set", "resources.workers=64", timeout=300)
+    assert out.returncode == 2, out.stdout + out.stderr
+    assert "resources.workers" in out.stderr and "sharded 64 ways needs 64 CPU" in out.stderr
+
+
+@pytest.mark.slow
+def test_a_sweep_with_two_workers_shards_its_feature_pass(run_cli, tmp_path):
+    """The real path: the sweep's prepare task (holding no device) starts the 2-worker pass on the
+    local Ray, the trials then train on one worker each from the sharded tables."""
+    import json
+
+    space = os.path.join(REPO, "search_spaces", "w2s_digits_probe.yaml")
+    out = run_cli(space, "--set", "resources.workers=2", "--set", "params.strong.train.epochs=2",
+                  "--set", "num_samples=1", "--set", "params.vectorize=1", "--name", "sharded", "--yes", timeout=600)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    assert "feature_shards=2" in out.stdout
+    cache = tmp_path / "ray_results" / "cache"
+    for kind in ("w2s_logits", "w2s_features"):
+        (entry,) = [d for d in (cache / kind).iterdir() if not d.name.startswith(".")]
+        meta = json.loads((entry / "MANIFEST.json").read_text())["meta"]
+        assert meta["sharded"] == 2 and meta["rows"] == 1797
+        assert len({s["pid"] for s in meta["shards"]}) == 2

@@ -430,7 +430,8 @@ def run_sharded_pass(job: ShardJob, staging, sharding: Sharding) -> dict[str, An
         _shard_worker,
         train_loop_config={"job": job, "staging": staging, "threads": per_worker.get("CPU", 1)},
         scaling_config=ray.train.ScalingConfig(num_workers=shards, use_gpu=use_gpu, resources_per_worker=per_worker),
-        torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
+        # gloo even on GPUs: the shards never communicate, and NCCL would refuse two shards on a shared GPU
+        torch_config=TorchConfig(backend="gloo"),
         run_config=ray.train.RunConfig(
             name=f"w2s-{job.output}-shards-{uuid.uuid4().hex[:8]}",
             storage_path=sharding.storage or _train_storage(),
