@@ -198,3 +198,16 @@ def test_a_sweep_with_two_workers_shards_its_feature_pass(run_cli, tmp_path):
         meta = json.loads((entry / "MANIFEST.json").read_text())["meta"]
         assert meta["sharded"] == 2 and meta["rows"] == 1797
         assert len({s["pid"] for s in meta["shards"]}) == 2
+
+
+def test_workers_shards_the_prepare_and_each_trial_runs_on_one():
+    from orchestrator.space.spec import load_spec, parse_spec
+
+    path = os.path.join(REPO, "search_spaces", "w2s_digits_probe.yaml")
+    spec = load_spec(path, overrides=["resources.workers=3"])
+    assert spec.fixed_config()["workers"] == 1 and spec.workers_values() == [1]
+    assert spec.prepare_config()["workers"] == 3
+    with open(path) as f:
+        text = f.read().replace("search:\n", "search:\n  workers: {choice: [1, 2]}\n", 1)
+    with pytest.raises(Exception, match="search.workers: w2s_probe trials train on one worker each"):
+        parse_spec(text, path)
