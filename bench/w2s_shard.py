@@ -52,6 +52,8 @@ def main() -> None:
               "pretrain_split": {"weak": 0.05, "strong": 0.0},
               "weak": {"model": "linear", "train": {"epochs": 1}}, "strong": {"model": args.model}}
 
+    shard_seconds: list[float] = []  # the slowest shard's own time (data, model, pass, staging)
+
     def one_pass(workers: int, threads: int) -> float:
         torch.set_num_threads(threads)
         with tempfile.TemporaryDirectory() as root:
@@ -59,6 +61,9 @@ def main() -> None:
             t0 = time.perf_counter()
             info = prepare_w2s({**params, "workers": workers}, {"weak"}, ctx)
             seconds = time.perf_counter() - t0
+            if workers > 1:
+                meta = FeatureStore(root).lookup("w2s_features", info["strong_key"]).meta
+                shard_seconds.append(max(s["seconds"] for s in meta["shards"]))
         assert info["feature_passes"] == 1 and not info["strong_cache_hit"], info
         return seconds
 
@@ -70,6 +75,9 @@ def main() -> None:
         for name, (workers, threads) in variants.items():
             times[name].append(one_pass(workers, threads))
     figures = {f"{name}_s": statistics.median(t) for name, t in times.items()}
+    # what sharding costs besides the shards' own work: the worker group's start, the assembly
+    figures["sharded_slowest_shard_s"] = statistics.median(shard_seconds[1:])  # [0]: the warm-up
+    figures["sharded_overhead_s"] = figures[f"sharded_{args.workers}_workers_s"] - figures["sharded_slowest_shard_s"]
     sharded = figures[f"sharded_{args.workers}_workers_s"]
     ratios = {f"speedup_vs_{name}": figures[f"{name}_s"] / sharded for name in variants if not name.startswith("sharded")}
     record("w2s_shard", torch.device("cpu"), vars(args), figures, ratios)
