@@ -124,7 +124,6 @@ def test_splits_are_disjoint_and_follow_the_seed_permutation():
 
 
 @pytest.mark.parametrize("change,message", [
-    ({"workers": 2}, "workers"),
     ({"pretrain_split": {"weak": 0.0, "strong": 0.3}}, "pretrain_split.weak"),
     ({"dataset": "nope"}, "unknown dataset"),
     ({"dataset": "imagenet"}, "dataset_kwargs.data_root"),

@@ -343,6 +343,14 @@ def _plan_resources(spec: SweepSpec, cluster: ClusterResources, *, strict: bool 
                                     f"({s.workers} x cpus_per_worker {spec.resources.cpus_per_worker:g}"
                                     f"{' + driver' if s.workers > 1 else ''}) but the {cluster.source} has "
                                     f"{cluster.cpus:g}; lower workers or cpus_per_worker"))
+    r = spec.resources
+    if spec.sharded_prepare and r.workers > 1:
+        # a sharded prepare step's workers (one worker's resources each) must all fit at once
+        for unit, each, have in (("GPU", r.gpus_per_worker, cluster.gpus), ("CPU", r.cpus_per_worker, cluster.cpus)):
+            if r.workers * each > have + 1e-9:
+                issues.append(SpecIssue("resources.workers", f"the {spec.sharded_prepare} sharded {r.workers} ways "
+                                        f"needs {r.workers * each:g} {unit} but the {cluster.source} has {have:g}; "
+                                        "lower resources.workers", r.workers))
     if any(s.workers > 1 and 0 < s.worker_gpus / s.workers < 1 for s in shapes):
         issues.append(SpecIssue("resources.gpus_per_worker", "DDP workers cannot share a GPU (NCCL needs one "
                                 "device per rank); use a whole number, or workers: 1 to pack small trials",

@@ -7,7 +7,7 @@ import os
 import sys
 import textwrap
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from orchestrator.errors import UserError
@@ -125,9 +125,15 @@ def run_prepare(spec: SweepSpec, ctx: TrialContext) -> dict[str, Any]:
     if defn.prepare is None:
         return {}
     searched = set(spec.domains) | {k for p in spec.points_to_evaluate for k in p}
-    task = ray.remote(num_cpus=spec.resources.cpus_per_worker,
-                      num_gpus=spec.resources.gpus_per_worker)(_prepare_task)
-    return ray.get(task.remote(spec.trainable, spec.fixed_config(), searched, ctx)) or {}
+    r = spec.resources
+    ctx = replace(ctx, worker_resources={"CPU": r.cpus_per_worker, "GPU": r.gpus_per_worker})
+    held = {"num_cpus": r.cpus_per_worker, "num_gpus": r.gpus_per_worker}
+    if spec.sharded_prepare and r.workers > 1:
+        # It starts its own workers, each holding one worker's resources, and only waits on them:
+        # holding a device itself would leave N - 1 devices for N shards.
+        held = {"num_cpus": 0, "num_gpus": 0}
+    task = ray.remote(**held)(_prepare_task)
+    return ray.get(task.remote(spec.trainable, spec.prepare_config(), searched, ctx)) or {}
 
 
 def _prepare_task(trainable: str, fixed: dict[str, Any], searched: set[str], ctx: TrialContext):
@@ -432,6 +438,19 @@ def load_resume_spec(opts: SweepOptions, name: str) -> tuple[SweepSpec, str]:
     return saved.spec, saved.text
 
 
+def prepare_plan_lines(spec: SweepSpec) -> list[str]:
+    """How resources.workers shards a sharded prepare step (and that the trials run on one worker)."""
+    if not spec.sharded_prepare:
+        return []
+    r, what = spec.resources, spec.sharded_prepare
+    if r.workers == 1:
+        return [f"prepare: {what} in one process (resources.workers: N shards it N ways); trials train on 1 worker each"]
+    return [f"prepare: {what} sharded {r.workers} ways, a Ray Train TorchTrainer of {r.workers} x "
+            f"({r.cpus_per_worker:g} CPU, {r.gpus_per_worker:g} GPU), each worker a contiguous run of the "
+            f"batches, assembled in order and published once every shard is done; trials train on 1 worker "
+            f"each (resources.workers shards the prepare step, not the trials)"]
+
+
 def dry_run(spec: SweepSpec, opts: SweepOptions) -> str:
     from orchestrator.run.tuner import param_space  # noqa: F401 - builds Tune domains: proves the space is valid
 
@@ -444,7 +463,7 @@ def dry_run(spec: SweepSpec, opts: SweepOptions) -> str:
     for key, d in spec.domains.items():
         lines.append(f"  search {key}: {REDACTED if is_secret_key(key) else d.describe()}")
     param_space(spec)
-    lines += plan_lines(spec)
+    lines += plan_lines(spec) + prepare_plan_lines(spec)
     preflight.check_credentials(spec)
     preflight.check_trials_possible(spec)
     # a dry run checks the plan, not the machine it runs on: missing data or weights are listed, not fatal

@@ -125,6 +125,9 @@ class SweepSpec(StrictModel):
     domains: dict[str, Domain] = Field(default_factory=dict, exclude=True)
     # Searched keys that vary inside a vectorised trial rather than across trials.
     vectorized_keys: list[str] = Field(default_factory=list, exclude=True)
+    # The trainable's TrainableDef.sharded_prepare: non-empty, resources.workers shards its prepare
+    # step and each trial runs on one worker.
+    sharded_prepare: str = Field("", exclude=True)
 
     @property
     def experiment_name(self) -> str:
@@ -133,10 +136,21 @@ class SweepSpec(StrictModel):
     def fixed_config(self) -> dict[str, Any]:
         """Fixed parameters plus ``workers``: the part of every trial's config that is not searched."""
         cfg = copy.deepcopy(self.params)
-        cfg.setdefault("workers", self.resources.workers)
+        cfg.setdefault("workers", 1 if self.sharded_prepare else self.resources.workers)
+        return cfg
+
+    def prepare_config(self) -> dict[str, Any]:
+        """What the trainable's prepare step gets: the fixed config, with ``workers`` the shards of
+        a sharded prepare."""
+        cfg = self.fixed_config()
+        if self.sharded_prepare:
+            cfg["workers"] = self.resources.workers
         return cfg
 
     def workers_values(self) -> list[int]:
+        """The workers of the trials (a sharded prepare's trials run on one)."""
+        if self.sharded_prepare:
+            return [1]
         values = {int(self.resources.workers)}
         if "workers" in self.domains:
             values |= {int(v) for v in self.domains["workers"].candidates()}

@@ -118,6 +118,7 @@ def schema(raw: dict[str, Any], file: str | None) -> tuple[SweepSpec, TrainableD
     defn = get_trainable(spec.trainable)
     spec.metric = spec.metric or defn.metric
     spec.mode = spec.mode or defn.mode
+    spec.sharded_prepare = defn.sharded_prepare
     return spec, defn
 
 
@@ -134,6 +135,9 @@ def expand(spec: SweepSpec, defn: TrainableDef) -> SweepSpec:
     found = vectorized.check_spec(spec, tuple(defn.vectorized_keys))
     spec.vectorized_keys = found.keys
     issues += found.issues
+    if spec.sharded_prepare and "workers" in spec.domains:
+        issues.append(SpecIssue("search.workers", f"{spec.trainable} trials train on one worker each; "
+                                f"resources.workers shards its {spec.sharded_prepare}, so it is not searched"))
     if spec.search_alg.type == "optuna":
         issues += [SpecIssue(f"search.{key}.grid", "the optuna search algorithm cannot run grid search; use choice, "
                              "or search_alg.type: random") for key, d in spec.domains.items() if d.kind == "grid"]

@@ -41,6 +41,9 @@ class TrialContext:
     checkpoint_every: int = 5
     sweep_name: str = ""
     storage_path: str = ""
+    # What one worker of the sweep holds ({"CPU": 1, "GPU": 1}): a prepare step that shards its
+    # work over resources.workers (TrainableDef.sharded_prepare) gives each of its workers this much.
+    worker_resources: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -54,6 +57,10 @@ class TrainableDef:
     # Runs once in the sweep driver before any trial, with the fixed (unsearched) parameters and
     # the names of searched ones: the place to build shared teachers and caches.
     prepare: Callable[[dict[str, Any], set[str], TrialContext], dict[str, Any] | None] | None = None
+    # Non-empty: resources.workers shards this trainable's prepare step (the words say what it
+    # shards, for the plan), which gets ``workers`` = resources.workers, while every trial trains
+    # on one worker (its config's ``workers`` is 1, and workers cannot be searched).
+    sharded_prepare: str = ""
     # Parameter overrides that turn a trial into its no-teacher control (for example KD weight 0).
     control_overrides: Callable[[dict[str, Any]], dict[str, Any]] | None = None
     metrics_doc: dict[str, str] = field(default_factory=dict)

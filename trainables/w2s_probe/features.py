@@ -93,6 +93,8 @@ class TableCache(Protocol):
 
     def get_or_create_table(self, kind: str, recipe: dict, build) -> Any: ...
 
+    def get_or_create_sharded_table(self, kind: str, recipe: dict, shards: int, run) -> Any: ...
+
 
 # ---------------------------------------------------------------------------------------------
 # The dataset, in one fixed order, loaded only when a pass or a training needs images
@@ -139,15 +141,30 @@ class ImageData:
             return np.asarray(self._folder_data().targets, dtype=np.int64)
         return self._tensors()[1].numpy()
 
-    def batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """(images, labels) batches over the whole dataset, in order."""
+    def __len__(self) -> int:
         if is_folder_dataset(self.name):
-            loader = torch.utils.data.DataLoader(self._folder_data(), batch_size=self.batch_size, shuffle=False,
+            return len(self._folder_data())
+        return len(self._tensors()[1])
+
+    def num_batches(self) -> int:
+        return -(-len(self) // self.batch_size)
+
+    def batches(self, first: int = 0, stop: int | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """(images, labels) batches ``first`` to ``stop`` (default: all) of the dataset, in order.
+        A shard of a sharded pass gets the very batches a whole pass has there, so its outputs are
+        the same numbers (a batch of another size may round differently)."""
+        lo = first * self.batch_size
+        hi = len(self) if stop is None else min(len(self), stop * self.batch_size)
+        if is_folder_dataset(self.name):
+            rows = self._folder_data()
+            if (lo, hi) != (0, len(rows)):
+                rows = torch.utils.data.Subset(rows, range(lo, hi))
+            loader = torch.utils.data.DataLoader(rows, batch_size=self.batch_size, shuffle=False,
                                                  num_workers=self.workers, pin_memory=torch.cuda.is_available())
             yield from loader
             return
         x, y = self._tensors()
-        for start in range(0, len(y), self.batch_size):
+        for start in range(lo, hi, self.batch_size):
             yield x[start:start + self.batch_size], y[start:start + self.batch_size]
 
     def subset(self, indices: np.ndarray) -> DatasetSplits:
@@ -266,14 +283,17 @@ def build_model(source: ModelSource, role: str, p: FeatureParams, data: ImageDat
 
 
 @torch.no_grad()
-def run_pass(model: torch.nn.Module, data: ImageData, output: str, writer, device: torch.device) -> dict[str, Any]:
-    """One pass over the dataset: logits (``output='logits'``) or pooled features."""
+def run_pass(model: torch.nn.Module, data: ImageData, output: str, writer, device: torch.device,
+             first: int = 0, stop: int | None = None) -> dict[str, Any]:
+    """One pass over the dataset, or over its batches ``first`` to ``stop`` (a shard): logits
+    (``output='logits'``) or pooled features."""
     model = model.to(device).eval()
     if device.type == "cuda" and len(data.input_shape) == 3:
         model = model.to(memory_format=torch.channels_last)
     correct = seen = 0
-    start = 0
-    for x, y in data.batches():
+    start = first * data.batch_size
+    out = torch.empty(0, 0)
+    for x, y in data.batches(first, stop):
         x = x.to(device, non_blocking=True)
         if device.type == "cuda" and x.dim() == 4:
             x = x.contiguous(memory_format=torch.channels_last)
@@ -290,17 +310,152 @@ def run_pass(model: torch.nn.Module, data: ImageData, output: str, writer, devic
     meta: dict[str, Any] = {"samples": seen, "dim": int(out.shape[1])}
     if output == "logits":
         meta["acc_all"] = correct / max(seen, 1)
+        meta["correct"] = correct  # a sharded pass sums it over shards for acc_all
     return meta
 
 
 def cached_outputs(source: ModelSource, role: str, output: str, p: FeatureParams, data: ImageData,
-                   cache: TableCache, device: torch.device):
+                   cache: TableCache, device: torch.device, sharding: Sharding | None = None):
+    # The recipe leaves out ``workers``: a sharded pass makes the same table as one process, so
+    # either reuses the other's entry.
     recipe = {"data": data.identity, "output": output, "model": model_recipe(source, role, p, data.identity)}
+    if sharding is not None and sharding.workers > 1:
+        job = ShardJob(source, role, output, p, cache)
+        return cache.get_or_create_sharded_table(f"w2s_{output}", recipe, sharding.workers,
+                                                 lambda staging: run_sharded_pass(job, staging, sharding))
 
     def build(writer):
-        return run_pass(build_model(source, role, p, data, cache, device), data, output, writer, device)
+        meta = run_pass(build_model(source, role, p, data, cache, device), data, output, writer, device)
+        meta.pop("correct", None)  # kept only by shards: the one-process entry's meta is as before
+        return meta
 
     return cache.get_or_create_table(f"w2s_{output}", recipe, build)
+
+
+# ---------------------------------------------------------------------------------------------
+# The sharded pass: ``workers: N`` computes the table N ways, a device each
+# ---------------------------------------------------------------------------------------------
+#
+# Why Ray Train (TorchTrainer) rather than Ray Data ``map_batches``: the pass is N long-lived
+# workers, each holding one device and one copy of the model, over a contiguous run of the batches
+# a whole pass makes, which is what a Train worker group is: it reserves N x (cpus_per_worker,
+# gpus_per_worker) as one placement group exactly as a DDP trial does, gives each worker its rank
+# and its device, and fails the whole run when one worker fails. Ray Data would re-batch the rows
+# (its blocks, not ours: other batch sizes can round differently), move every image through its
+# object store, and decide itself how many actors run; its outputs would come back through the
+# driver, where here each shard writes its own rows straight to the store's staging area.
+
+
+@dataclass(frozen=True)
+class Sharding:
+    """How a pass is sharded: ``workers`` Train workers, each holding ``resources`` (what one
+    worker of the sweep holds: ``{"CPU": c, "GPU": g}``); Train runs leave their state under
+    ``storage`` (the sweep's storage path, so a cluster's workers reach it)."""
+
+    workers: int
+    resources: dict[str, float]
+    storage: str = ""
+
+    def worker_resources(self) -> dict[str, float]:
+        held = {k: float(v) for k, v in self.resources.items() if float(v) > 0}
+        return held or {"CPU": 1.0}
+
+
+@dataclass
+class ShardJob:
+    """What every shard worker needs to compute its part of one table (picklable)."""
+
+    source: ModelSource
+    role: str
+    output: str
+    params: Any  # FeatureParams
+    cache: Any  # TableCache: the store, re-opened by URI in each worker
+
+
+def shard_batches(num_batches: int, shards: int, shard: int) -> tuple[int, int]:
+    """Shard ``shard``'s contiguous run of batches: the batches split as evenly as they go, the
+    first shards one longer. Contiguous runs assembled in shard order are the whole pass's order."""
+    size, extra = divmod(num_batches, shards)
+    first = shard * size + min(shard, extra)
+    return first, first + size + (1 if shard < extra else 0)
+
+
+def compute_shard(job: ShardJob, staging, shard: int, shards: int, device: torch.device) -> dict[str, Any]:
+    """One shard of a pass, written to the staging area and marked done (in a Train worker)."""
+    import socket
+    import time
+
+    p = job.params
+    t0 = time.perf_counter()
+    data = ImageData(p.dataset, p.dataset_kwargs, p.feature_batch_size, p.feature_workers)
+    before = dict(COUNTS)
+    # A model trained here is a cache entry: the first worker to take its lock trains it, the
+    # others wait on the lock and load it, so it is trained once, on a worker's device.
+    model = build_model(job.source, job.role, p, data, job.cache, device)
+    first, stop = shard_batches(data.num_batches(), shards, shard)
+    writer = staging.writer(shard)
+    meta = run_pass(model, data, job.output, writer, device, first, stop)
+    lo = first * data.batch_size
+    meta.update(shard=shard, batches=[first, stop], span=[lo, lo + meta["samples"]], pid=os.getpid(),
+                node=socket.gethostname(), device=str(device), seconds=round(time.perf_counter() - t0, 3),
+                model_trainings=COUNTS["model_trainings"] - before["model_trainings"])
+    staging.finish(shard, writer, meta)
+    return meta
+
+
+def _shard_worker(config: dict[str, Any]) -> None:
+    """The Train worker loop: this rank's shard on this rank's device."""
+    import ray.train
+    import ray.train.torch
+
+    ctx = ray.train.get_context()
+    torch.set_num_threads(max(1, int(config["threads"])))
+    compute_shard(config["job"], config["staging"], ctx.get_world_rank(), ctx.get_world_size(),
+                  ray.train.torch.get_device())
+
+
+def run_sharded_pass(job: ShardJob, staging, sharding: Sharding) -> dict[str, Any]:
+    """Run the N shards of a pass as a TorchTrainer worker group, each worker with the resources
+    one worker of this sweep holds (a GPU each when the sweep's workers have one), and merge their
+    metadata in shard order. The first failure ends the run, and raising here leaves the table
+    unpublished (:meth:`FeatureStore.get_or_create_sharded_table`)."""
+    import uuid
+
+    import ray.train
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    shards, per_worker = sharding.workers, sharding.worker_resources()
+    use_gpu = per_worker.get("GPU", 0) > 0
+    trainer = TorchTrainer(
+        _shard_worker,
+        train_loop_config={"job": job, "staging": staging, "threads": per_worker.get("CPU", 1)},
+        scaling_config=ray.train.ScalingConfig(num_workers=shards, use_gpu=use_gpu, resources_per_worker=per_worker),
+        # gloo even on GPUs: the shards never communicate, and NCCL would refuse two shards on a shared GPU
+        torch_config=TorchConfig(backend="gloo"),
+        run_config=ray.train.RunConfig(
+            name=f"w2s-{job.output}-shards-{uuid.uuid4().hex[:8]}",
+            storage_path=sharding.storage or _train_storage(),
+            failure_config=ray.train.FailureConfig(max_failures=0),  # a failed shard fails the pass, now
+            logging_config=ray.train.LoggingConfig(log_level="WARNING"),
+        ),
+    )
+    trainer.fit()
+    metas = [staging.meta(i) for i in range(shards)]
+    COUNTS["feature_passes"] += 1  # one pass, however many shards computed it
+    COUNTS["model_trainings"] += sum(int(m.get("model_trainings", 0)) for m in metas)
+    samples = sum(int(m["samples"]) for m in metas)
+    meta: dict[str, Any] = {"samples": samples, "dim": int(max(m["dim"] for m in metas)), "sharded": shards,
+                            "shards": [{k: m[k] for k in ("shard", "span", "pid", "node", "device", "seconds")}
+                                       for m in metas]}
+    if job.output == "logits":
+        meta["acc_all"] = sum(int(m["correct"]) for m in metas) / max(samples, 1)
+    return meta
+
+
+def _train_storage() -> str:
+    import tempfile
+
+    return os.path.join(tempfile.gettempdir(), "w2s-shard-runs")  # outside a sweep (tests, benches)
 
 
 @dataclass
@@ -318,14 +473,15 @@ class W2SInputs:
         return torch.as_tensor(getattr(self.splits, split), device=self.labels.device)
 
 
-def _cached_entries(p: FeatureParams, cache: TableCache | None, device: torch.device, roles: tuple[str, ...]):
+def _cached_entries(p: FeatureParams, cache: TableCache | None, device: torch.device, roles: tuple[str, ...],
+                    sharding: Sharding | None = None):
     if cache is None or not hasattr(cache, "get_or_create_table"):
         raise RuntimeError("w2s_probe needs the sweep's feature store as TrialContext.artifacts "
                            "(orchestrator.store.feature_store.FeatureStore)")
     data = ImageData(p.dataset, p.dataset_kwargs, p.feature_batch_size, p.feature_workers)
     before = dict(COUNTS)
     entries = {role: cached_outputs(p.weak if role == "weak" else p.strong, role,
-                                    "logits" if role == "weak" else "features", p, data, cache, device)
+                                    "logits" if role == "weak" else "features", p, data, cache, device, sharding)
                for role in roles}
     info: dict[str, Any] = {k: COUNTS[k] - before[k] for k in COUNTS}
     for role, entry in entries.items():
@@ -335,9 +491,10 @@ def _cached_entries(p: FeatureParams, cache: TableCache | None, device: torch.de
 
 
 def prepare_inputs(p: FeatureParams, cache: TableCache | None, device: torch.device,
-                   roles: tuple[str, ...] = ("weak", "strong")) -> dict[str, Any]:
-    """Make the cached entries of ``roles`` (computing what is missing); their keys, hits and counts."""
-    return _cached_entries(p, cache, device, roles)[2]
+                   roles: tuple[str, ...] = ("weak", "strong"), sharding: Sharding | None = None) -> dict[str, Any]:
+    """Make the cached entries of ``roles`` (computing what is missing, sharded when ``sharding``
+    has several workers); their keys, hits and counts."""
+    return _cached_entries(p, cache, device, roles, sharding)[2]
 
 
 def load_inputs(p: FeatureParams, cache: TableCache | None, device: torch.device) -> W2SInputs:

@@ -45,6 +45,10 @@ def _default_strong() -> ModelSource:
 
 
 class W2SProbeParams(TrialParams, ProbeConfig):
+    # resources.workers shards the driver-side feature pass (TrainableDef.sharded_prepare); the
+    # probes of a trial are one batched computation on one device, so a trial's config has workers 1.
+    workers: int = Field(1, ge=1, description="shards of the weak / strong feature pass (from resources.workers); "
+                                              "each probe trial trains on one device")
     dataset: AnyDatasetName = Field("digits", description="a registered dataset, in memory or streamed (imagenet)")
     dataset_kwargs: dict[str, Any] = Field(default_factory=dict)
     split_seed: int = Field(0, ge=0, description="seed of the role split and of the probe train/test permutation")
@@ -64,8 +68,6 @@ class W2SProbeParams(TrialParams, ProbeConfig):
 
     @model_validator(mode="after")
     def _consistent(self):
-        if self.workers != 1:
-            raise ValueError("workers: probes train as one batched computation on one device; use workers: 1")
         if is_folder_dataset(self.dataset) and "data_root" not in self.dataset_kwargs:
             raise ValueError(f"dataset_kwargs.data_root: is required for the {self.dataset} folder dataset")
         for role in ("weak", "strong"):

@@ -1,12 +1,13 @@
 """The ``w2s_probe`` family's driver-side step: the weak logits and strong embeddings computed
-once, before any trial (:mod:`trainables.w2s_probe.features`)."""
+once, before any trial (:mod:`trainables.w2s_probe.features`), in one process or, with
+``resources.workers: N``, sharded over N Ray Train workers (a device each)."""
 from __future__ import annotations
 
 from typing import Any
 
 from trainables.runtime.session import default_device
 from trainables.runtime.trainable import TrialContext
-from trainables.w2s_probe.features import prepare_inputs
+from trainables.w2s_probe.features import Sharding, prepare_inputs
 from trainables.w2s_probe.params import W2SProbeParams
 
 
@@ -20,4 +21,9 @@ def prepare_w2s(fixed: dict[str, Any], searched: set[str], ctx: TrialContext) ->
     if not roles:
         return None
     p = W2SProbeParams.model_validate({k: v for k, v in fixed.items() if k not in ("probes", "probe_grid")})
-    return prepare_inputs(p, ctx.artifacts, default_device(), roles)
+    storage = f"{ctx.storage_path.rstrip('/')}/w2s-shard-runs" if ctx.storage_path else ""
+    sharding = Sharding(p.workers, dict(ctx.worker_resources), storage) if p.workers > 1 else None
+    info = prepare_inputs(p, ctx.artifacts, default_device(), roles, sharding)
+    if sharding is not None:
+        info["feature_shards"] = p.workers
+    return info

@@ -13,6 +13,8 @@ The seed protocol is the default: soft-label cross-entropy against the teacher's
 Options: hard weak labels (``w2s_labels: hard``) and the auxiliary-confidence loss
 (``w2s_loss: auxconf``). Weak logits and embeddings come from the feature store (computed once per
 recipe, see :mod:`trainables.w2s_probe.features`); a trial never runs a model forward pass on a cache hit.
+``resources.workers: N`` shards that feature pass N ways over Ray Train workers (a device each),
+assembled in order into the same tables; every probe trial trains on one device (``sharded_prepare``).
 
 The family's folder: its parameters (:mod:`trainables.w2s_probe.params`), the probe-training trial
 (:mod:`trainables.w2s_probe.loop`), the driver-side feature pass (:mod:`trainables.w2s_probe.prepare`,
@@ -60,6 +62,7 @@ register_trainable(
     mode="max",
     description="Weak-to-strong linear probes on cached embeddings: weak, W2S and strong accuracy and PGR.",
     prepare=prepare_w2s,
+    sharded_prepare="weak logits / strong embeddings feature pass",
     vectorized_keys=PROBE_FIELDS,
     metrics_doc=_metric_docs(),
     data_digest=dataset_digest,
