@@ -111,7 +111,13 @@ class FusedStudents(nn.Module):
             return functional_call(base, (p, b), (inputs,), kwargs)
 
         # Dropout and other random ops draw independently per member, as separate trials would.
-        out = vmap(one, in_dims=(0, 0, None), randomness="different")(params, self._buffers_stacked, x)
+        try:
+            out = vmap(one, in_dims=(0, 0, None), randomness="different")(params, self._buffers_stacked, x)
+        except RuntimeError as exc:
+            if "vmap" not in str(exc) and "Batched" not in str(exc):
+                raise
+            raise RuntimeError(f"fused_forward vmap: {type(base).__name__} cannot run under torch.func.vmap "
+                               f"({str(exc).splitlines()[0]}); set fused_forward: loop") from exc
         if features:
             return list(zip(out[0].unbind(0), out[1].unbind(0)))
         return [(o, None) for o in out.unbind(0)]
