@@ -207,3 +207,23 @@ def test_members_that_cannot_fit_the_device_are_refused_before_ray_starts(monkey
     (issue,) = prepare.check_distill_inputs(p)
     assert issue[0] == "vectorize"
     assert issue[1].startswith("8 members need about") and "at most 4 fit: lower vectorize or batch_size" in issue[1]
+
+
+def test_a_model_that_cannot_run_under_vmap_names_the_loop_forward():
+    from torch import nn
+
+    from trainables.training.fused import FusedStudents
+
+    class ReadsAValue(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = nn.Linear(4, 3)
+
+        def forward(self, x, return_features=False):
+            scale = float(self.lin.weight.abs().max().item())  # a host read of a batched weight: vmap refuses it
+            return self.lin(x / scale)
+
+    students = FusedStudents([ReadsAValue(), ReadsAValue()], "vmap")
+    with pytest.raises(RuntimeError, match="ReadsAValue cannot run under torch.func.vmap .*set fused_forward: loop"):
+        students(torch.randn(5, 4))
+    assert len(FusedStudents([ReadsAValue(), ReadsAValue()], "loop")(torch.randn(5, 4))) == 2
