@@ -17,12 +17,7 @@ TEACHER = {"model": "mlp", "epochs": 4, "lr": 0.1}
 COMPARED = ("train_loss", "val_acc", "val_loss", "test_acc", "test_loss", "lr")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
