@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Issue 18's GPU figures in one call on a lent GPU machine (no Ray, no network there; see the
-# device notes): the fused-sweep bench at the issue's size, every loss's step time against KD,
-# the vectorised probe sweep on the GPU, and the sync-debug tests. Results go to $OUT (or
-# bench/results when OUT is unset), each line naming the device.
+# device notes): the CUDA-only tests, KD against a bare step for both students, every loss's step
+# time against KD, the fused-sweep bench at the issue's size, compile modes inside a trial, and the
+# vectorised probe sweep on the GPU. Each step has its own time limit, and all of them together
+# stay under DEADLINE seconds, so what finished comes back even when a step hangs. Results go to
+# $OUT (or bench/results when OUT is unset), each line naming the device.
 #
 # Wheels the machine lacks travel in .whl/ (git-ignored; carry it):
 #   .venv/bin/pip download --no-deps --python-version 3.12 --only-binary=:all: \
@@ -10,17 +12,41 @@
 #     annotated-types==0.8.0 typing_inspection==0.4.5 kornia==0.9.0 kornia_rs==0.2.0
 # then, from the repository root on the device:  bash bench/gpu_check.sh
 set -uo pipefail
+export PYTHONUNBUFFERED=1
+DEADLINE="${DEADLINE:-540}"
 if [ -d .whl ]; then
-  pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl && export PYTHONPATH="/tmp/site:${PYTHONPATH:-}"
+  pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl && export PYTHONPATH="/tmp/site:${PYTHONPATH:-}"
 fi
 out="${OUT:-bench/results}"
 mkdir -p "$out"
+log="$out/gpu_check.log"
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader | tee "$out/device.txt"
-run() { echo "== $*"; timeout 240 "$@" 2>&1 | tail -25; }
-run python bench/sweep_gpu.py --device cuda --dry-run --batch-sizes 64,512 --student resnet8x4 --image-size 32 --classes 100
-run python bench/sweep_gpu.py --device cuda --configs 16 --batch-sizes 64,512 --steps 30 --warmup 5 \
+collect() {
+  [ "$out" = bench/results ] && return
+  for f in sweep_gpu loss_steps probe_sweep kd_step compile_trial; do
+    [ -f "bench/results/$f.jsonl" ] && cp "bench/results/$f.jsonl" "$out/"
+  done
+}
+run() {  # run LIMIT CMD...: at most LIMIT seconds, and never past the deadline
+  local limit=$1; shift
+  local left=$((DEADLINE - SECONDS))
+  if [ "$left" -lt 20 ]; then echo "== skipped (deadline): $*" | tee -a "$log"; return; fi
+  [ "$limit" -gt "$left" ] && limit=$left
+  echo "== [${SECONDS}s, limit ${limit}s] $*" | tee -a "$log"
+  timeout "$limit" "$@" 2>&1 | grep -v "^W[0-9]" | tee -a "$log" | tail -40
+  echo "== rc=${PIPESTATUS[0]} at ${SECONDS}s" | tee -a "$log"
+  collect
+}
+run 150 python -m pytest -q -p no:randomly -rs tests/test_no_host_sync.py tests/test_compile_modes.py -k "cuda or gpu"
+run 220 python bench/compile_trial.py --student resnet8x4 --teacher resnet8x4 --image-size 32 --classes 100 \
+  --train-size 20000 --batch-sizes 64,512 --epochs 3 --modes eager,reduce-overhead --device cuda
+run 150 python bench/sweep_gpu.py --device cuda --configs 16 --batch-sizes 64,512 --steps 30 --warmup 5 \
   --student resnet8x4 --image-size 32 --classes 100 --procs 4 --rounds 1
-run python bench/loss_steps.py --device cuda --batch 512 --steps 20 --rounds 3
-run python bench/probe_sweep.py --device cuda
-run python -m pytest -q -p no:randomly tests/test_no_host_sync.py -k cuda
-cp bench/results/sweep_gpu.jsonl bench/results/loss_steps.jsonl bench/results/probe_sweep.jsonl "$out"/ 2>/dev/null
+run 60 python bench/kd_step.py --student resnet8x4 --teacher resnet32x4 --image-size 32 --classes 100 \
+  --train-size 20000 --batch-size 512 --epochs 2 --rounds 3 --device cuda
+run 60 python bench/kd_step.py --student resnet18 --teacher resnet56 --image-size 32 --classes 100 \
+  --train-size 20000 --batch-size 512 --epochs 2 --rounds 3 --device cuda
+run 90 python bench/loss_steps.py --device cuda --batch 512 --steps 20 --rounds 3
+run 40 python bench/sweep_gpu.py --device cuda --dry-run --batch-sizes 64,512 --student resnet8x4 --image-size 32 --classes 100
+run 40 python bench/probe_sweep.py --device cuda --k 8 --epochs 3
+collect

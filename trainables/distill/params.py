@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import Field, ValidationError, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
 from trainables.core.config import first_problem
 from trainables.core.registry import kwargs_validator
@@ -15,6 +15,7 @@ from trainables.distill.teacher import Optimizer, Schedule, TeacherRecipe
 from trainables.init import WeightSelectionConfig, check_student_init
 from trainables.losses import LossName, check_loss_params, loss_class
 from trainables.models import ModelName, check_model_kwargs, predicts_with_untrained_head, supports_layer_decay
+from trainables.training.classifier_loop import COMPILE_MODES
 from trainables.training.dataset_params import DatasetParams
 from trainables.training.noise_params import LabelNoiseConfig, check_label_noise
 from trainables.runtime.vectorize import expand_configs, is_vectorized, single_config
@@ -36,7 +37,8 @@ class DistillParams(DatasetParams, RecipeParams):
     teacher_views: int = Field(8, ge=1, le=256, description="cached / sampled_views with augment: fixed "
                                "augmented views per image whose teacher logits are cached")
     view_seed: int = Field(0, ge=0, description="seed that regenerates the fixed views (shared by all trials)")
-    compile: bool = Field(False, description="torch.compile the student's training forward")
+    compile: bool | str = Field(False, description="torch.compile the student's training forward: false | true "
+                                "(= default) | default | reduce-overhead (CUDA graphs) | max-autotune-no-cudagraphs")
     student: ModelName = "mlp"
     student_kwargs: dict[str, Any] = Field(default_factory=dict)
     student_init: str = Field("random", description="random | pretrained | weight_selection | a checkpoint file")
@@ -83,6 +85,13 @@ class DistillParams(DatasetParams, RecipeParams):
         if self.layer_decay is not None and not supports_layer_decay(self.student):
             raise ValueError(f"layer_decay: student {self.student!r} has no layer groups; layer-wise lr decay "
                              f"needs a timm model (timm:NAME or a timm alias)")
+
+    @field_validator("compile", mode="before")
+    @classmethod
+    def _compile_mode(cls, value: Any) -> bool | str:
+        if isinstance(value, bool) or value in COMPILE_MODES:
+            return value
+        raise ValueError(f"not a compile mode (accepted: false, true, {', '.join(COMPILE_MODES)})")
 
     @model_validator(mode="after")
     def _loss_params_fit_loss(self):

@@ -100,6 +100,28 @@ class LossModuleSync:
             offset += p.numel()
 
 
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune-no-cudagraphs")
+
+
+def compiled_forward(model: nn.Module, mode: bool | str, device: torch.device) -> tuple[nn.Module, bool]:
+    """The module a training step calls, and whether it replays CUDA graphs.
+
+    ``mode``: False (eager), True or "default" (torch.compile's default: fused kernels),
+    "reduce-overhead" (also CUDA graphs, which remove the per-kernel launch cost that bounds small
+    models at small batches; on the CPU there are no graphs and it compiles as "default") or
+    "max-autotune-no-cudagraphs". Shapes are static (``dynamic=False``): a trial has one batch
+    shape, plus at most one for its last partial batch, each compiled once, so no symbolic-shape
+    graphs are traced and every shape keeps its own CUDA graph. Evaluation stays eager (the
+    parameters are shared), so other batch sizes there compile nothing."""
+    if mode is False:
+        return model, False
+    name = "default" if mode is True else mode
+    if name not in COMPILE_MODES:
+        raise ValueError(f"compile: {mode!r} is not a compile mode (accepted: false, true, {', '.join(COMPILE_MODES)})")
+    fn = torch.compile(model, mode=None if name == "default" else name, dynamic=False)
+    return fn, name == "reduce-overhead" and device.type == "cuda"
+
+
 @dataclass
 class OptimConfig:
     epochs: int
@@ -111,7 +133,9 @@ class OptimConfig:
     schedule: str = "cosine"
     warmup_epochs: int = 0
     head_lr_mult: float = 1.0  # the head's lr is lr * head_lr_mult (teacher fine-tuning)
-    compile: bool = False  # torch.compile the training forward
+    # torch.compile the training forward: False, True (torch's default mode) or a mode name
+    # (COMPILE_MODES); "reduce-overhead" replays the forward and backward as CUDA graphs.
+    compile: bool | str = False
     nesterov: bool = True  # sgd: Nesterov (true) or plain momentum
     betas: tuple[float, float] = (0.9, 0.999)  # adam / adamw
     wd_exclude_1d: bool = True  # no weight decay on biases and 1-D (norm) parameters (timm's filter)
@@ -165,7 +189,7 @@ class ClassifierRun:
         if self.channels_last:
             model = model.to(memory_format=torch.channels_last)
         self.model = session.prepare_model(model)
-        self.step_model = torch.compile(self.model) if optim.compile else self.model
+        self.step_model, self.cuda_graphs = compiled_forward(self.model, optim.compile, device)
         self.loss_fn = loss_fn.to(device)
         self.loss_sync = LossModuleSync(self.loss_fn, session)
         params = head_lr_groups(self.model, optim.lr, optim.head_lr_mult, extra=self.loss_fn,
@@ -254,6 +278,10 @@ class ClassifierRun:
                     view_ids: torch.Tensor | None) -> LossInputs:
         """The student's forward on the batch and the teacher's outputs for it (under autocast)."""
         loss_fn = self.loss_fn
+        if self.cuda_graphs:
+            # A new step begins: the graphs' previous outputs may be overwritten. Every consumer of
+            # the last step's outputs (loss, backward, statistics) has run by now.
+            torch.compiler.cudagraph_mark_step_begin()
         if loss_fn.needs_features:
             s_logits, s_feats = self.step_model(xb, return_features=True)
         else:
