@@ -15,7 +15,7 @@ set -uo pipefail
 export PYTHONUNBUFFERED=1
 DEADLINE="${DEADLINE:-540}"
 if [ -d .whl ]; then
-  pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl && export PYTHONPATH="/tmp/site:${PYTHONPATH:-}"
+  python -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl && export PYTHONPATH="/tmp/site:${PYTHONPATH:-}"
 fi
 out="${OUT:-bench/results}"
 mkdir -p "$out"
