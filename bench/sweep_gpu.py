@@ -146,7 +146,9 @@ def fused(args, configs, device) -> float:
     for start in range(0, len(configs), args.fuse):
         group = configs[start:start + args.fuse]
         members = [member(args, c, data, start + s) for s, c in enumerate(group)]
-        run = FusedRun(members, data, LocalSession(device), 0, teacher, None, {}, mode=args.fused_forward)
+        layout = {"auto": None, "on": True, "off": False}[args.fused_channels_last]
+        run = FusedRun(members, data, LocalSession(device), 0, teacher, None, {}, mode=args.fused_forward,
+                       channels_last=layout)
         run.students.train()
         idx = batches(args, device)
         total += timed_steps(lambda i: run.step(0, i, run.prepare(i)), idx, args.warmup, device)
@@ -202,6 +204,8 @@ def main() -> None:
     ap.add_argument("--image-size", type=int, default=16)
     ap.add_argument("--classes", type=int, default=100)
     ap.add_argument("--fused-forward", default="auto", choices=("auto", "vmap", "loop"))
+    ap.add_argument("--fused-channels-last", default="auto", choices=("auto", "on", "off"),
+                    help="the fused way's memory layout (auto: channels_last on CUDA, as the trainable does)")
     ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds of every way; the median counts")
     ap.add_argument("--ways", default="sequential,packed,fused", help="which ways to run, comma-separated")
     ap.add_argument("--dry-run", action="store_true", help="measure one member's memory and recommend; train nothing")

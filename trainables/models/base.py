@@ -46,6 +46,20 @@ class KeyNaming:
         return None
 
 
+def global_avg_pool(x: torch.Tensor) -> torch.Tensor:
+    """(N, C, H, W) -> (N, C): the mean over the spatial dimensions. ``adaptive_avg_pool2d(x, 1)``
+    computes the same, but under ``torch.func.vmap`` (fused trials) it has no batching rule for a
+    channels_last input and falls back to a slow per-member loop; a reduction batches natively."""
+    return x.mean((2, 3))
+
+
+class GlobalAvgPool(nn.Module):
+    """:func:`global_avg_pool` as a module, for ``nn.Sequential`` bodies."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return global_avg_pool(x)
+
+
 class Classifier(nn.Module):
     """A backbone producing a pooled feature vector, followed by a linear head.
 

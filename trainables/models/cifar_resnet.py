@@ -11,7 +11,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from trainables.models import register_model
-from trainables.models.base import Classifier, KeyNaming
+from trainables.models.base import Classifier, KeyNaming, global_avg_pool
 
 # RepDistiller / mdistiller (the CIFAR distillation zoo): ``conv1``/``bn1`` stem, blocks of
 # ``conv1 bn1 conv2 bn2`` with a ``downsample`` (conv, bn) projection, classifier ``fc``.
@@ -67,7 +67,7 @@ class CifarResNet(Classifier):
 
     def forward_features(self, x):
         x = self.layer3(self.layer2(self.layer1(self.stem(x))))
-        return F.adaptive_avg_pool2d(x, 1).flatten(1)
+        return global_avg_pool(x)
 
 
 def _register(name: str, depth: int, widths: tuple[int, int, int, int]) -> None:

@@ -8,10 +8,9 @@ expansion 1.
 from __future__ import annotations
 
 from torch import nn
-from torch.nn import functional as F
 
 from trainables.models import register_model
-from trainables.models.base import Classifier, KeyNaming
+from trainables.models.base import Classifier, KeyNaming, global_avg_pool
 from trainables.models.cifar_resnet import conv_bn
 
 # (expansion, channels, blocks, stride of the first block); expansion None means "the model's T".
@@ -80,7 +79,7 @@ class CifarMobileNetV2(Classifier):
 
     def forward_features(self, x):
         x = self.last_conv(self.stages(self.stem(x)))
-        return F.adaptive_avg_pool2d(x, 1).flatten(1)
+        return global_avg_pool(x)
 
 
 @register_model("mobilenetv2")

@@ -22,7 +22,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from trainables.models import register_model
-from trainables.models.base import Classifier
+from trainables.models.base import Classifier, global_avg_pool
 
 STAGE_WIDTHS = (64, 128, 256, 512)
 
@@ -67,7 +67,7 @@ class PreActResNet(Classifier):
 
     def forward_features(self, x):
         x = self.layer4(self.layer3(self.layer2(self.layer1(self.stem(x)))))
-        return F.adaptive_avg_pool2d(x, 1).flatten(1)
+        return global_avg_pool(x)
 
 
 @register_model("preact_resnet18")

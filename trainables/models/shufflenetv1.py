@@ -9,7 +9,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from trainables.models import register_model
-from trainables.models.base import Classifier, KeyNaming
+from trainables.models.base import Classifier, KeyNaming, global_avg_pool
 
 # RepDistiller / mdistiller ``ShuffleV1``: stem ``conv1``/``bn1``, stages ``layer1..3`` of units with
 # ``conv1..3``/``bn1..3``, classifier ``linear``.
@@ -67,7 +67,7 @@ class ShuffleNetV1(Classifier):
         self.head = nn.Linear(widths[-1], num_classes)
 
     def forward_features(self, x):
-        return F.adaptive_avg_pool2d(self.stages(self.stem(x)), 1).flatten(1)
+        return global_avg_pool(self.stages(self.stem(x)))
 
 
 @register_model("shufflenetv1")

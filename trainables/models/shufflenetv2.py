@@ -9,7 +9,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from trainables.models import register_model
-from trainables.models.base import Classifier
+from trainables.models.base import Classifier, global_avg_pool
 from trainables.models.cifar_resnet import conv_bn
 from trainables.models.shufflenetv1 import channel_shuffle
 
@@ -59,7 +59,7 @@ class ShuffleNetV2(Classifier):
         self.head = nn.Linear(last, num_classes)
 
     def forward_features(self, x):
-        return F.adaptive_avg_pool2d(self.last_conv(self.stages(self.stem(x))), 1).flatten(1)
+        return global_avg_pool(self.last_conv(self.stages(self.stem(x))))
 
 
 @register_model("shufflenetv2")

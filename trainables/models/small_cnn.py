@@ -4,7 +4,7 @@ from __future__ import annotations
 from torch import nn
 
 from trainables.models import register_model
-from trainables.models.base import Classifier
+from trainables.models.base import Classifier, GlobalAvgPool
 
 
 def _conv_bn(cin: int, cout: int) -> nn.Sequential:
@@ -21,7 +21,7 @@ class SmallCNN(Classifier):
         self.body = nn.Sequential(
             _conv_bn(channels, width), _conv_bn(width, width), nn.MaxPool2d(2),
             _conv_bn(width, 2 * width), _conv_bn(2 * width, 2 * width),
-            nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+            GlobalAvgPool(),
         )
         self.num_features = 2 * width
         self.head = nn.Linear(2 * width, num_classes)

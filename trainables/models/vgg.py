@@ -8,7 +8,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from trainables.models import register_model
-from trainables.models.base import Classifier, KeyNaming
+from trainables.models.base import Classifier, KeyNaming, global_avg_pool
 
 # RepDistiller / mdistiller ``vgg*_bn``: groups ``block0..4`` laid out as ours (conv, bn, relu, ...),
 # classifier ``classifier``.
@@ -58,7 +58,7 @@ class VGG(Classifier):
             if i < 3 or (i == 3 and pool_fourth):
                 # Tiny inputs (8x8 digits) stop halving at 1x1.
                 x = F.max_pool2d(x, 2) if min(x.shape[-2:]) >= 2 else x
-        return F.adaptive_avg_pool2d(x, 1).flatten(1)
+        return global_avg_pool(x)
 
 
 def _register(name: str, cfg: list[list[int]]) -> None:

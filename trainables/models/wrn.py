@@ -6,7 +6,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from trainables.models import register_model
-from trainables.models.base import Classifier, KeyNaming
+from trainables.models.base import Classifier, KeyNaming, global_avg_pool
 
 # RepDistiller / mdistiller: stem ``conv1``, stages ``block1..3.layer`` of blocks whose projection
 # is ``convShortcut``, final ``bn1``, classifier ``fc``.
@@ -69,7 +69,7 @@ class WideResNet(Classifier):
 
     def forward_features(self, x):
         x = self.layer3(self.layer2(self.layer1(self.stem(x))))
-        return F.adaptive_avg_pool2d(F.relu(self.bn(x)), 1).flatten(1)
+        return global_avg_pool(F.relu(self.bn(x)))
 
 
 def _register(depth: int, widen: int) -> None:

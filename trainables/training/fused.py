@@ -216,7 +216,10 @@ class FusedRun:
     def __init__(self, members: list[Member], data: DatasetSplits, session: Session, seed: int,
                  teacher: TeacherSignal | None, views: BatchViews | None, static_metrics: dict[str, Any],
                  batch_augment: BatchAugment | None = None, mode: str = "auto",
-                 stops: Callable[[], set[int]] | None = None, metric: str = "val_acc", mode_max: bool = True):
+                 stops: Callable[[], set[int]] | None = None, metric: str = "val_acc", mode_max: bool = True,
+                 channels_last: bool | None = None):
+        """``channels_last``: None picks it as a single trial does (CUDA and image inputs); the
+        benchmark sets it to compare both layouts under vmap."""
         self.members, self.data, self.session, self.seed = members, data, session, seed
         self.device = device = session.device
         self.optim = optim = members[0].optim
@@ -226,7 +229,9 @@ class FusedRun:
         self.static_metrics = static_metrics
         self.stops = stops or (lambda: set())
         self.metric, self.mode_max = metric, mode_max
-        self.channels_last = device.type == "cuda" and len(data.input_shape) == 3
+        if channels_last is None:
+            channels_last = device.type == "cuda" and len(data.input_shape) == 3
+        self.channels_last = channels_last
         models = []
         for m in members:
             model = m.model.to(device)
