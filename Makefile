@@ -8,7 +8,7 @@ REQ_HASH := $(shell sha1sum requirements.txt | cut -c1-12)
 STAMP    := $(VENV)/.installed-$(REQ_HASH)
 SPACE    ?= search_spaces/quickstart.yaml
 
-.PHONY: install lint-imports run test test-fast dry-run-all clean bench bench-kd-step bench-sweep-amortisation bench-overhead bench-data-pipeline bench-augment bench-loss-steps bench-probe-sweep bench-sweep-gpu
+.PHONY: install lint-imports run test test-fast dry-run-all clean bench bench-kd-step bench-sweep-amortisation bench-overhead bench-data-pipeline bench-augment bench-loss-steps bench-probe-sweep bench-sweep-gpu bench-compile-trial
 
 $(STAMP): requirements.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -57,6 +57,9 @@ bench-probe-sweep: install
 
 bench-sweep-gpu: install
 	$(PY) bench/sweep_gpu.py $(ARGS)
+
+bench-compile-trial: install
+	$(PY) bench/compile_trial.py $(ARGS)
 
 bench: bench-kd-step bench-sweep-amortisation bench-overhead bench-data-pipeline bench-augment bench-loss-steps
 

@@ -51,11 +51,21 @@ from trainables.training.views import BatchViews, PlainViews
 FORWARD_MODES = ("auto", "vmap", "loop")
 
 
-def forward_mode(mode: str, device: torch.device) -> str:
+# Per-member batch up to which ``auto`` picks vmap on CUDA. Measured on an H100 (resnet8x4, K = 16,
+# bf16; bench/results/sweep_gpu.jsonl): at batch 64 vmap ran 1.9-2.3x sequential trials, at 512 it
+# ran 0.41-0.61x while loop ran 1.02x. Between the two it is unmeasured; 128 stays near the side
+# measured to win.
+VMAP_MAX_BATCH = 128
+
+
+def forward_mode(mode: str, device: torch.device, batch_size: int) -> str:
+    """The forward a fused trial runs: ``auto`` is vmap on CUDA at small per-member batches (where
+    one trial leaves the GPU launch-bound and fusing fills it) and loop otherwise (large batches,
+    where vmap's grouped convolutions are slower than K plain ones, and the CPU, where they always are)."""
     if mode not in FORWARD_MODES:
         raise ValueError(f"fused forward {mode!r}; accepted: {', '.join(FORWARD_MODES)}")
     if mode == "auto":
-        return "vmap" if device.type == "cuda" else "loop"
+        return "vmap" if device.type == "cuda" and batch_size <= VMAP_MAX_BATCH else "loop"
     return mode
 
 
@@ -240,7 +250,7 @@ class FusedRun:
             m.model = model
             m.loss_fn = m.loss_fn.to(device)
             models.append(model)
-        self.students = FusedStudents(models, forward_mode(mode, device))
+        self.students = FusedStudents(models, forward_mode(mode, device, optim.batch_size))
         self.ranks = RankSync(session)
         self.ranks.broadcast([t for m in members for t in (*m.model.state_dict().values(),
                                                            *m.loss_fn.state_dict().values())])
