@@ -46,3 +46,11 @@ def test_ddp_workers_cannot_share_a_gpu():
 def test_cpu_trials_say_they_run_on_cpu():
     p = plan("{cpus_per_worker: 2}", ClusterResources(cpus=8, gpus=0, source="x"))
     assert "on CPU; 4 at once (limited by CPUs)" in "\n".join(p.lines())
+
+
+def test_a_packed_plan_says_packing_measured_slower_and_a_whole_gpu_plan_does_not():
+    packed = plan("{gpus_per_worker: 0.25, cpus_per_worker: 1}")
+    [note] = [n for n in packed.notes if n.startswith("resources.gpus_per_worker 0.25")]
+    assert "0.37-0.39x" in note and "params.vectorize" in note
+    whole = plan("{gpus_per_worker: 1, cpus_per_worker: 1}")
+    assert not [n for n in whole.notes if "trials share a GPU" in n]

@@ -312,6 +312,11 @@ def plan_resources(spec: SweepSpec, cluster: ClusterResources, *, strict: bool =
             where = f"the {cluster.source} has no GPU: training on CPU"
         plan.notes.append(f"resources: auto -> gpus_per_worker {r.gpus_per_worker:g}, cpus_per_worker "
                           f"{r.cpus_per_worker:g} ({where})")
+    if 0 < spec.resources.gpus_per_worker < 1:
+        # Measured, not assumed: packing looked like free throughput but cost it (issue 18).
+        plan.notes.append(f"resources.gpus_per_worker {spec.resources.gpus_per_worker:g}: trials share a GPU; on an "
+                          "H100, 4 packed resnet8x4 trials ran 0.37-0.39x as fast as one at a time "
+                          "(bench/results/sweep_gpu.jsonl): prefer params.vectorize (distill) or compile: reduce-overhead")
     return plan
 
 
