@@ -184,7 +184,7 @@ def recommend(args, device) -> None:
     width = min(fits, args.configs)
     if device.type == "cuda" and args.batch <= VMAP_MAX_BATCH:
         print(f"recommendation: params.vectorize: {max(width, 1)} (fused, vmap forward: on an H100, resnet8x4 at "
-              "batch 64, 1.9-2.3x sequential trials), or separate trials with compile: reduce-overhead (2.06x "
+              "batch 64, 1.9-2.3x sequential trials; 1.49x at 128; 1.05x at 256), or separate trials with compile: reduce-overhead (2.06x "
               "there); packing processes on one GPU measured 0.37x, so is never recommended")
     elif device.type == "cuda":
         print("recommendation: separate trials with compile: reduce-overhead (on an H100, resnet8x4 at batch 512: "

@@ -52,10 +52,9 @@ FORWARD_MODES = ("auto", "vmap", "loop")
 
 
 # Per-member batch up to which ``auto`` picks vmap on CUDA. Measured on an H100 (resnet8x4, K = 16,
-# bf16; bench/results/sweep_gpu.jsonl): at batch 64 vmap ran 1.9-2.3x sequential trials, at 512 it
-# ran 0.41-0.61x while loop ran 1.02x. Between the two it is unmeasured; 128 stays near the side
-# measured to win.
-VMAP_MAX_BATCH = 128
+# bf16; bench/results/sweep_gpu.jsonl), vmap against sequential trials: 1.9-2.3x at batch 64, 1.49x
+# at 128, 1.05x at 256, 0.41-0.61x at 512, where loop ran 1.02x.
+VMAP_MAX_BATCH = 256
 
 
 def forward_mode(mode: str, device: torch.device, batch_size: int) -> str:
