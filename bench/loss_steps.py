@@ -13,6 +13,9 @@ Defaults: a resnet8x4 student and a resnet32x4 teacher (CIFAR-100 distillation's
 CIFAR-100-shaped synthetic data (32 x 32, 100 classes); bf16 autocast and channels_last on CUDA.
 On the CPU the times are this process's CPU time; on a GPU, wall time (see ``bench/common.py``).
 
+Also prints each loss's operators per step (views left out), counted on one untimed run: the host
+work that bounds a small step on a GPU, the same on every device.
+
 Appends a JSON line to bench/results/loss_steps.jsonl.
 """
 from __future__ import annotations
@@ -21,6 +24,7 @@ import argparse
 import copy
 
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from common import median_of, pick_device, record, synthetic_images  # noqa: E402  (sets sys.path)
 from trainables.losses import LossInputs, create_loss, loss_names  # noqa: E402
@@ -62,6 +66,26 @@ def loss_step(name: str, student0, teacher, x, y, t_logits, t_feats, args, devic
     return run
 
 
+class _OpCount(TorchDispatchMode):
+    """Counts the operators a step dispatches, views left out (they launch no kernel)."""
+
+    def __init__(self):
+        super().__init__()
+        self.count = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.count += not func.is_view
+        return func(*args, **(kwargs or {}))
+
+
+def ops_per_step(run, steps: int) -> float:
+    """Operators (kernels, roughly) per training step: a device-independent measure of the host
+    work that bounds a small step on a GPU, where each one costs launch and dispatch time."""
+    with _OpCount() as counter:
+        run()
+    return counter.count / steps
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--student", default="resnet8x4")
@@ -91,15 +115,17 @@ def main() -> None:
     runs = {name: loss_step(name, student0, teacher, x, y, t_logits, t_feats, args, device) for name in names}
     for run in runs.values():
         run()  # warm-up: allocator, cuDNN autotuning, CRD's first-batch normaliser, first-call costs
+    ops = {name: ops_per_step(run, args.steps) for name, run in runs.items()}
     seconds = median_of(runs, device, args.rounds)
     per_step = {name: s / args.steps for name, s in seconds.items()}
     kd = per_step["kd"]
     print(f"loss_steps on {device}: student {args.student}, teacher {args.teacher}, {shape}, "
           f"{args.classes} classes, batch {args.batch}")
-    print(f"  {'loss':<14}{'ms / step':>10}{'vs kd':>8}")
+    print(f"  {'loss':<14}{'ms / step':>10}{'vs kd':>8}{'ops / step':>12}")
     for name in names:
-        print(f"  {name:<14}{per_step[name] * 1e3:>10.2f}{per_step[name] / kd:>8.2f}")
-    record("loss_steps", device, vars(args), {f"{name}_ms_per_step": per_step[name] * 1e3 for name in names},
+        print(f"  {name:<14}{per_step[name] * 1e3:>10.2f}{per_step[name] / kd:>8.2f}{ops[name]:>12.0f}")
+    record("loss_steps", device, vars(args), {**{f"{name}_ms_per_step": per_step[name] * 1e3 for name in names},
+                                              **{f"{name}_ops_per_step": ops[name] for name in names}},
            {f"{name}_over_kd": per_step[name] / kd for name in names if name != "kd"})
 
 

@@ -44,22 +44,23 @@ def dkd_terms(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels
     # a comparison, not one_hot: off CUDA one_hot reads labels.min() / .max() on the host to check them
     target = labels[:, None] == torch.arange(c, device=labels.device)
 
-    def binary_log_probs(z: torch.Tensor) -> torch.Tensor:
-        lse_all = torch.logsumexp(z, dim=-1)
-        log_p_target = z.gather(1, labels[:, None]).squeeze(1) - lse_all
-        log_p_rest = torch.logsumexp(z.masked_fill(target, float("-inf")), dim=-1) - lse_all
-        return torch.stack([log_p_target, log_p_rest], dim=-1)
-
-    def non_target_log_probs(z: torch.Tensor) -> torch.Tensor:
+    def log_probs(z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(log b, log p̂): b = [p_y, 1 - p_y] and the non-target distribution, from one logsumexp
+        over the non-target logits. Few ops on purpose: a small step is launch-bound on a GPU, so
+        every op here is host time (bench/loss_steps.py counts them)."""
         # the target masked to -inf rather than removed (z[~target]): boolean-mask indexing has a
         # data-dependent shape, a device-to-host sync every step
-        return torch.log_softmax(z.masked_fill(target, float("-inf")), dim=-1)
+        rest = z.masked_fill(target, float("-inf"))
+        lse_rest = torch.logsumexp(rest, dim=-1, keepdim=True)  # log sum_{c != y} e^{z_c}
+        z_y = z.gather(1, labels[:, None])
+        log_b = torch.cat([z_y, lse_rest], dim=-1) - torch.logaddexp(z_y, lse_rest)
+        return log_b, rest - lse_rest
 
     def kl(log_p_t: torch.Tensor, log_p_s: torch.Tensor) -> torch.Tensor:
         return (log_p_t.exp() * (log_p_t - log_p_s)).sum(dim=-1)
 
-    tckd = kl(binary_log_probs(zt), binary_log_probs(zs))
-    lt, ls = non_target_log_probs(zt), non_target_log_probs(zs)
+    (bt, lt), (bs, ls) = log_probs(zt), log_probs(zs)
+    tckd = kl(bt, bs)
     # the target's term is 0 · (−inf − −inf): left out explicitly, so it is 0, not NaN
     nckd = torch.where(target, 0.0, lt.exp() * (lt - ls)).sum(dim=-1)
     return tckd, nckd
