@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -52,6 +53,8 @@ class DistillLoss(nn.Module):
     needs_teacher_head: ClassVar[bool] = False
     # Takes probability targets (N, C) as well as labels (mixup / cutmix produce them).
     soft_targets: ClassVar[bool] = True
+    # Implements ``forward_members``: a fused trial computes all its members' losses at once.
+    vectorised_members: ClassVar[bool] = False
 
     def __init__(self, params: LossParams, **context: Any):
         super().__init__()
@@ -65,6 +68,16 @@ class DistillLoss(nn.Module):
 
     def forward(self, inputs: LossInputs) -> dict[str, torch.Tensor]:  # pragma: no cover - abstract
         raise NotImplementedError
+
+    @classmethod
+    def forward_members(cls, losses: list["DistillLoss"], inputs: LossInputs) -> list[dict[str, torch.Tensor]]:
+        """The losses of the K members of a fused trial in one computation, for classes that set
+        ``vectorised_members`` (the others' members each run ``forward``). ``losses`` are instances
+        of this class, each with its own params; ``inputs.student_logits`` (and
+        ``student_features``) are stacked (K, N, ...), one row per loss; the rest is shared. Returns
+        what each member's ``forward`` would, in order. Worth having because a fused step at a
+        small batch is launch-bound on a GPU: K separate loss computations are K times the kernels."""
+        raise NotImplementedError(f"loss {cls.registry_name!r} has no vectorised form for fused members")
 
 
 def soft_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, label_smoothing: float = 0.0) -> torch.Tensor:
@@ -81,6 +94,13 @@ def self_training_ce_per_sample(student_logits: torch.Tensor) -> torch.Tensor:
     """CE(z_s, argmax z_s) per sample: the student against its own top-1 (argmax carries no
     gradient; the gradient sharpens the student toward its current prediction)."""
     return -torch.log_softmax(student_logits.float(), dim=-1).max(dim=-1).values
+
+
+@functools.lru_cache(maxsize=256)
+def member_column(values: tuple[float, ...], device: torch.device) -> torch.Tensor:
+    """One hyperparameter of K fused members as a (K,) float32 tensor on ``device``. Cached: the
+    host-to-device copy happens once per member set, not every step."""
+    return torch.tensor(values, dtype=torch.float32).to(device)
 
 
 def scalar_like(reference: torch.Tensor, value: float) -> torch.Tensor:

@@ -104,12 +104,29 @@ class FusedStudents(nn.Module):
         if self.mode == "vmap" and self.active:
             self._stack_buffers()
 
+    def stacked(self, x: torch.Tensor, features: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Logits (K, N, C) of the active members, in ``active`` order, and features (K, N, D) or None."""
+        if self.mode == "vmap" and len(self.active) > 1:
+            out = self._vmapped(x, features)
+            return out if features else (out, None)
+        outs = self.forward(x, features)
+        return (torch.stack([o[0] for o in outs]),
+                torch.stack([o[1] for o in outs]) if features else None)
+
     def forward(self, x: torch.Tensor, features: bool = False) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
         """(logits, features or None) of each active member, in ``active`` order."""
         if self.mode == "loop" or len(self.active) == 1:
             outs = [self.members[k](x, return_features=True) if features else (self.members[k](x), None)
                     for k in self.active]
             return outs
+        out = self._vmapped(x, features)
+        if features:
+            return list(zip(out[0].unbind(0), out[1].unbind(0)))
+        return [(o, None) for o in out.unbind(0)]
+
+    def _vmapped(self, x: torch.Tensor, features: bool):
+        """The active members' forward as one vmap over their stacked parameters: logits (K, ...)
+        or, with ``features``, (logits, features)."""
         from torch.func import functional_call, vmap
 
         base = self.members[self.active[0]]
@@ -127,9 +144,7 @@ class FusedStudents(nn.Module):
                 raise
             raise RuntimeError(f"fused_forward vmap: {type(base).__name__} cannot run under torch.func.vmap "
                                f"({str(exc).splitlines()[0]}); set fused_forward: loop") from exc
-        if features:
-            return list(zip(out[0].unbind(0), out[1].unbind(0)))
-        return [(o, None) for o in out.unbind(0)]
+        return out
 
 
 class RankSync:
@@ -307,17 +322,28 @@ class FusedRun:
         self.optimizer.zero_grad(set_to_none=True)
         # DDP's default: every rank starts the step from rank 0's batch-norm statistics.
         self.ranks.broadcast_flat([b for k in active for b in self.members[k].model.buffers()])
+        # One loss computation for every member where the loss class has one (a trial has one loss class).
+        vectorised = type(first).vectorised_members and len(active) > 1
         with autocast(self.device):
-            outs = self.students(xb, features=wants_features)
+            if vectorised:
+                logits, feats = self.students.stacked(xb, features=wants_features)
+            else:
+                outs = self.students(xb, features=wants_features)
             t_logits = t_feats = None
             if self.teacher is not None and first.needs_teacher:
                 t_logits, t_feats = self.teacher.outputs(idx, xb, features=wants_features, views=view_ids)
             epochs = self.optim.epochs
-            stats = []
-            for k, (logits, feats) in zip(active, outs):
-                stats.append(self.members[k].loss_fn(LossInputs(
-                    student_logits=logits.float(), targets=yb, teacher_logits=t_logits, student_features=feats,
-                    teacher_features=t_feats, indices=idx, epoch=epoch, num_epochs=epochs, progress=epoch / epochs)))
+
+            def inputs(z: torch.Tensor, f: torch.Tensor | None) -> LossInputs:
+                return LossInputs(student_logits=z.float(), targets=yb, teacher_logits=t_logits, student_features=f,
+                                  teacher_features=t_feats, indices=idx, epoch=epoch, num_epochs=epochs,
+                                  progress=epoch / epochs)
+
+            losses = [self.members[k].loss_fn for k in active]
+            if vectorised:
+                stats = type(first).forward_members(losses, inputs(logits, feats))
+            else:
+                stats = [loss(inputs(z, f)) for loss, (z, f) in zip(losses, outs)]
         torch.stack([s["loss"] for s in stats]).sum().backward()
         self.ranks.average_gradients([p for k in active for p in (*self.members[k].model.parameters(),
                                                                  *self.members[k].loss_fn.parameters())
