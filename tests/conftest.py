@@ -1,6 +1,7 @@
 import os
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -32,3 +33,24 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
+def space_sweep(tmp_path_factory):
+    """``run_sweep.py SPACE --name s [EXTRA...]`` as a user runs it, in a scratch working directory,
+    once per session for each (space, extra): tests that check the same sweep share one run (the
+    small seed variants each take a minute on 2 CPUs). Returns (working directory, the completed
+    process, seconds it took)."""
+    done = {}
+
+    def _run(space, *extra, timeout=600):
+        key = (space, extra)
+        if key not in done:
+            cwd = tmp_path_factory.mktemp("sweep")
+            t0 = time.time()
+            proc = subprocess.run([sys.executable, os.path.join(REPO, "run_sweep.py"), space, "--name", "s", *extra],
+                                  cwd=cwd, capture_output=True, text=True, timeout=timeout)
+            done[key] = (cwd, proc, time.time() - t0)
+        return done[key]
+
+    return _run

@@ -164,13 +164,17 @@ def test_digits_variant_trains_and_its_probes_learn(space, one_torch_thread):
 
 @pytest.mark.parametrize("space", ["random_teacher_cifar10_v3", "random_teacher_cifar10_dino",
                                    "random_teacher_locality_digits", "random_teacher_datasize_digits"])
-def test_dry_run(space, tmp_path):
-    proc = subprocess.run([sys.executable, os.path.join(REPO, "run_sweep.py"), os.path.join(SPACES, f"{space}.yaml"),
-                           "--dry-run", "--storage-path", str(tmp_path / "runs"),
-                           "--mlflow-uri", f"sqlite:///{tmp_path}/ml.db"],
-                          capture_output=True, text=True, cwd=REPO, timeout=300)
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
-    assert f"trials: {FULL[space][0]} " in proc.stdout
+def test_dry_run(space, tmp_path, monkeypatch, capsys):
+    from orchestrator import cli
+
+    # run_sweep.py's main in this process, from the repository root as before: a fresh interpreter
+    # spent most of its seconds importing torch, Ray and MLflow.
+    monkeypatch.chdir(REPO)
+    rc = cli.main([os.path.join(SPACES, f"{space}.yaml"), "--dry-run", "--storage-path", str(tmp_path / "runs"),
+                   "--mlflow-uri", f"sqlite:///{tmp_path}/ml.db"])
+    out, err = capsys.readouterr()
+    assert rc == 0, out[-2000:] + err[-2000:]
+    assert f"trials: {FULL[space][0]} " in out
 
 
 # --- the plots hook ---------------------------------------------------------------------------

@@ -135,13 +135,22 @@ def test_parent_run_holds_the_report(quickstart):
     assert "  finished 4 trials (" in proc.stdout
 
 
-def test_second_sweep_reuses_the_cached_teacher(quickstart):
-    tmp, first, run = quickstart
+@pytest.fixture(scope="module")
+def fused(quickstart):
+    """A second sweep in the same working directory: the quickstart's trials fused 3 students each
+    (issue 18), over the same teacher recipe (QUICK's). One sweep serves both the fused-trial checks
+    and the cached-teacher check; each was a full sweep of its own (Ray start-up, MLflow, report)."""
+    _, _, run = quickstart
+    proc = run("--name", "qsf", *QUICK, "--set", "num_samples=2", "--set", "control.enabled=false",
+               "--set", "params.vectorize=3", "--set", "scheduler.grace_period=2")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc
+
+
+def test_second_sweep_reuses_the_cached_teacher(quickstart, fused):
+    _, first, _ = quickstart
     assert "teacher_cache_hit=False" in first.stdout
-    second = run("--name", "qs2", *QUICK, "--set", "num_samples=1", "--set", "control.enabled=false",
-                 "--set", "points_to_evaluate=[]")
-    assert second.returncode == 0, second.stderr[-3000:]
-    assert "teacher_cache_hit=True" in second.stdout
+    assert "teacher_cache_hit=True" in fused.stdout
 
 
 def test_resume_reuses_parent_and_children(quickstart):
@@ -154,16 +163,13 @@ def test_resume_reuses_parent_and_children(quickstart):
     assert sorted(r.info.run_id for r in after) == sorted(r.info.run_id for r in before)
 
 
-def test_fused_trials_with_one_set_and_asha_per_member(quickstart):
+def test_fused_trials_with_one_set_and_asha_per_member(quickstart, fused):
     """Issue 18: `--set params.vectorize=3` turns the quickstart's trials into fused trials of 3
     students (the point's 2-worker trial a fused DDP trial); ASHA stops members one by one while
     the others of the same trial train on; every member is its own row and MLflow child run."""
     import csv
 
-    tmp, _, run = quickstart
-    fused = run("--name", "qsf", *QUICK, "--set", "num_samples=2", "--set", "control.enabled=false",
-                "--set", "params.vectorize=3", "--set", "scheduler.grace_period=2")
-    assert fused.returncode == 0, fused.stdout[-3000:] + fused.stderr[-3000:]
+    tmp, _, _ = quickstart
     client, runs = mlflow_runs(tmp, "qsf")
     members = [r for r in runs if r.data.tags["w2s.role"] == "trial"]
     assert len(members) == 6

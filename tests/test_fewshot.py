@@ -5,8 +5,6 @@ import math
 import os
 import pickle
 import statistics
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -281,14 +279,14 @@ def test_seed_summary_shows_few_shot_columns_averaged_over_seeds():
 
 
 @pytest.mark.slow
-def test_digits_fewshot_variant_runs_end_to_end(tmp_path):
+def test_digits_fewshot_variant_runs_end_to_end(space_sweep):
     import mlflow
 
     from orchestrator.space.spec import load_spec
 
     space = os.path.join(REPO, "search_spaces", "superalignment_fewshot_digits.yaml")
-    proc = subprocess.run([sys.executable, os.path.join(REPO, "run_sweep.py"), space, "--name", "s"], cwd=tmp_path,
-                          capture_output=True, text=True, timeout=600)
+    # the same command test_seed_spaces.py runs for this variant: one sweep serves both
+    tmp_path, proc, _ = space_sweep(space)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     spec = load_spec(space)
     client = mlflow.tracking.MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db")
