@@ -54,3 +54,19 @@ def space_sweep(tmp_path_factory):
         return done[key]
 
     return _run
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    """A local Ray for the tests of one module (2 CPUs, the repository importable in workers)."""
+    import ray
+
+    if ray.is_initialized():
+        yield ray
+        return
+    # With the dashboard: Ray Train V2's placement-group cleaner asks the State API whether the
+    # controller lives, and without it took the controller for dead and killed a worker mid-pass.
+    ray.init(num_cpus=2, logging_level="ERROR",
+             runtime_env={"env_vars": {"PYTHONPATH": REPO, "OMP_NUM_THREADS": "1"}})
+    yield ray
+    ray.shutdown()

@@ -190,6 +190,11 @@ def test_fused_trials_with_one_set_and_asha_per_member(quickstart, fused):
         assert outcome == ("completed" if epochs[r.info.run_id] == 20 else "stopped_early"), (outcome, epochs)
     outcomes = [r.data.tags["w2s.outcome"] for r in members]
     assert "stopped_early" in outcomes and "completed" in outcomes
+    # ASHA decides at its rungs (grace_period 2, reduction_factor 2: epochs 2, 4, 8, 16), and a
+    # stopped member trains no epoch past its rung, in the DDP trial too (whose report returns
+    # before the driver decides: it waits for the decision)
+    stopped = {r.info.run_id: epochs[r.info.run_id] for r in members if r.data.tags["w2s.outcome"] == "stopped_early"}
+    assert set(stopped.values()) <= {2, 4, 8, 16}, stopped
     # in some trial one member stopped while another went on to a later epoch
     assert any(len({epochs[m.info.run_id] for m in ms}) > 1 for ms in by_trial.values())
     with open(tmp / "ray_results" / "qsf" / "results.csv") as f:

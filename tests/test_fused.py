@@ -76,7 +76,7 @@ def test_stopped_members_leave_the_step_and_keep_their_last_report(ctx):
     session = Stopper(CPU)
     p = DistillParams(teacher=TEACHER, student="mlp_tiny", epochs=3, loss="kd", vectorize=3, probes=MEMBERS)
     original = fused_distill.stops_reader
-    fused_distill.stops_reader = lambda sweep: (lambda: set(stops))
+    fused_distill.stops_reader = lambda sweep: (lambda epoch=None: set(stops))
     try:
         run_distill(p, session, TrialContext(artifacts=ctx.artifacts, checkpoint_every=0, sweep_name="t"))
     finally:

@@ -284,3 +284,23 @@ def test_crd_scores_are_fp32_under_bf16_autocast():
             return loss(inputs()[0])["crd"].item()
 
     assert run(True) == pytest.approx(run(False), rel=1e-6)
+
+
+@pytest.mark.parametrize("n", [2, 3, 17])
+def test_uniformity_from_the_gram_matrix_has_pdists_value_and_gradient(n):
+    """The loss computes pairwise distances from the Gram matrix (pdist's backward is slow on
+    CUDA): same value as the formula over i < j with torch.pdist, and the same gradient."""
+    from trainables.losses.align_uniform import uniformity
+
+    g = torch.Generator().manual_seed(n)
+    raw = torch.randn(n, 8, generator=g, dtype=torch.float64)
+    for u0 in (torch.nn.functional.normalize(raw, dim=1), raw):  # unit (as projected) and not
+        u = u0.clone().float().requires_grad_()
+        ref = u0.clone().float().requires_grad_()
+        value = uniformity(u, 1.5)
+        expected = torch.pdist(ref, p=2).pow(2).mul(-1.5).exp().mean().log()
+        value.backward()
+        expected.backward()
+        assert value.item() == pytest.approx(uniformity_np(u0.numpy(), 1.5), rel=1e-5, abs=1e-6)
+        assert value.item() == pytest.approx(expected.item(), rel=1e-5, abs=1e-6)
+        torch.testing.assert_close(u.grad, ref.grad, rtol=1e-4, atol=1e-6)

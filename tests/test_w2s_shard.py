@@ -24,21 +24,6 @@ DIGITS = {"dataset": "digits", "pretrain_split": {"weak": 0.06, "strong": 0.3},
           "feature_batch_size": 100}
 
 
-@pytest.fixture(scope="module")
-def local_ray():
-    import ray
-
-    if ray.is_initialized():
-        yield ray
-        return
-    # With the dashboard: Ray Train V2's placement-group cleaner asks the State API whether the
-    # controller lives, and without it took the controller for dead and killed a worker mid-pass.
-    ray.init(num_cpus=2, logging_level="ERROR",
-             runtime_env={"env_vars": {"PYTHONPATH": REPO, "OMP_NUM_THREADS": "1"}})
-    yield ray
-    ray.shutdown()
-
-
 def _ctx(root: str, **kw) -> TrialContext:
     return TrialContext(artifacts=FeatureStore(root), worker_resources={"CPU": 1.0, "GPU": 0.0}, **kw)
 

@@ -3,9 +3,10 @@ drop members: ``TrainableDef.stops_members``).
 
 Ray's ``AsyncHyperBandScheduler`` judges a trial by one number. Here every member of a fused
 trial is judged on its own, by the same brackets and rungs as every other member and trial: at a
-rung, a member below the cutoff stops, and is posted to the trial's mailbox
-(:mod:`trainables.runtime.member_stops`); the trial drops it before its next epoch and goes on
-with the rest. The trial itself stops when no member is left. Trials that are not fused are
+rung, a member below the cutoff stops. The scheduler registers each fused trial in the sweep's
+mailbox (:mod:`trainables.runtime.member_stops`) and posts its decision on every result there;
+the trial waits for the decision on the epoch it reported, drops the stopped members before its
+next epoch and goes on with the rest. The trial itself stops when no member is left. Trials that are not fused are
 scheduled exactly as by Ray's ASHA.
 """
 from __future__ import annotations
@@ -15,7 +16,7 @@ from typing import Any
 
 from ray.tune.schedulers import AsyncHyperBandScheduler, TrialScheduler
 
-from trainables.runtime.member_stops import post_stops
+from trainables.runtime.member_stops import post_decision, register_trial
 from trainables.runtime.runner import unpack_config
 from trainables.runtime.session import DIVERGED
 from trainables.runtime.vectorize import RESULTS_KEY, expand_configs, is_vectorized
@@ -42,6 +43,7 @@ class MemberASHA(AsyncHyperBandScheduler):
         if is_vectorized(config):
             n = len(expand_configs(config, self._fields))
             self._members[trial.trial_id] = n
+            register_trial(self._sweep, trial.trial_id)
             bracket = self._trial_info[trial.trial_id]
             for k in range(n):
                 self._trial_info.setdefault(member_key(trial.trial_id, k), bracket)
@@ -67,10 +69,10 @@ class MemberASHA(AsyncHyperBandScheduler):
                 stopped.add(k)
                 newly.append(k)
                 self._num_stopped += 1
-        if stopped and len(stopped) < len(members):
-            # Posted on every result while some are stopped, not only on new stops: after a
-            # resumed sweep the trial reads a fresh mailbox.
-            post_stops(self._sweep, trial.trial_id, sorted(stopped))
+        # Posted on every result, with or without new stops: the trial waits for it (and after a
+        # resumed sweep it reads a fresh mailbox, which this refills).
+        if now is not None:
+            post_decision(self._sweep, trial.trial_id, now, sorted(stopped))
         return TrialScheduler.STOP if len(stopped) >= len(members) else TrialScheduler.CONTINUE
 
     def _forget(self, trial_id: str) -> None:

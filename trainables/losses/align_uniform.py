@@ -13,6 +13,8 @@ mean over the pairs of the (per-rank) batch, so unlike the other terms it depend
 """
 from __future__ import annotations
 
+import math
+
 import torch
 from pydantic import Field
 
@@ -36,9 +38,21 @@ def alignment(u_s: torch.Tensor, u_t: torch.Tensor, alpha: float) -> torch.Tenso
 
 
 def uniformity(u: torch.Tensor, t: float) -> torch.Tensor:
-    if len(u) < 2:  # a trailing one-sample batch has no pairs: no uniformity signal, not NaN
+    """log mean_{i<j} exp(-t ||u_i - u_j||^2), from the Gram matrix rather than ``torch.pdist``:
+    pdist's backward is one slow kernel on CUDA (the reason this loss ran 2.4x KD's step on an H100,
+    bench/results/loss_steps.jsonl), while ||u_i||^2 + ||u_j||^2 - 2<u_i, u_j> is one matmul whose
+    backward is matmuls too. Every ordered pair i != j counts each unordered pair twice, which
+    leaves the mean unchanged; the diagonal is -inf, so it drops out of the logsumexp (and gets no
+    gradient). In fp32 even under autocast: exp(-t d^2) would amplify a bf16 Gram's rounding."""
+    n = len(u)
+    if n < 2:  # a trailing one-sample batch has no pairs: no uniformity signal, not NaN
         return u.sum() * 0.0
-    return torch.pdist(u, p=2).pow(2).mul(-t).exp().mean().log()
+    with torch.autocast(u.device.type, enabled=False):
+        u = u.float()
+        sq = (u * u).sum(1)
+        d2 = (sq[:, None] + sq[None, :] - 2.0 * (u @ u.T)).clamp_min(0.0)
+        off_diagonal = torch.full((n,), float("-inf"), device=u.device).diag()
+        return torch.logsumexp((d2 * -t + off_diagonal).flatten(), 0) - math.log(n * (n - 1))
 
 
 @register_loss("align_uniform", params=AlignUniformParams)

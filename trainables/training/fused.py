@@ -20,7 +20,8 @@ passes run as one batched computation, and one backward and one optimiser step u
   parameter groups with that member's lr, weight decay and momentum; the schedule multiplies each
   group by the factor of its member's lr. A member equals its unfused trial with the same seed and
   batch order (tests/test_fused.py).
-* **Stopping members.** ``stops()`` (after every report) names members a scheduler stopped; they
+* **Stopping members.** ``stops(epoch)`` (after every report but the last) names members a
+  scheduler stopped, once it has decided on that epoch's report; they
   leave the step, which shrinks. A member whose loss became non-finite leaves it too, reported as
   diverged; the others go on.
 
@@ -240,7 +241,7 @@ class FusedRun:
     def __init__(self, members: list[Member], data: DatasetSplits, session: Session, seed: int,
                  teacher: TeacherSignal | None, views: BatchViews | None, static_metrics: dict[str, Any],
                  batch_augment: BatchAugment | None = None, mode: str = "auto",
-                 stops: Callable[[], set[int]] | None = None, metric: str = "val_acc", mode_max: bool = True,
+                 stops: Callable[[int], set[int]] | None = None, metric: str = "val_acc", mode_max: bool = True,
                  channels_last: bool | None = None):
         """``channels_last``: None picks it as a single trial does (CUDA and image inputs); the
         benchmark sets it to compare both layouts under vmap."""
@@ -251,7 +252,7 @@ class FusedRun:
         self.batch_augment = batch_augment or BatchAugment()
         self.drop_last = self.batch_augment.mixes
         self.static_metrics = static_metrics
-        self.stops = stops or (lambda: set())
+        self.stops = stops or (lambda epoch: set())
         self.metric, self.mode_max = metric, mode_max
         if channels_last is None:
             channels_last = device.type == "cuda" and len(data.input_shape) == 3
@@ -405,6 +406,10 @@ class FusedRun:
             note = restored.pop(RESTORE_NOTE, None)
             state.load(restored)
             self.resumed()
+            # Stops decided after the checkpoint was written (a retried trial's mailbox still has
+            # them); no wait: no report of this process is pending a decision.
+            chosen = self.stops(None) if self.session.is_main else set()
+            self.students.drop(self.ranks.agree(chosen, len(self.members)))
         epochs, report = self.optim.epochs, {}
         for epoch in range(self.progress["epoch"], epochs):
             if not self.students.active:
@@ -433,9 +438,11 @@ class FusedRun:
                 checkpoint = state.state()
             self.session.report(report, checkpoint=checkpoint)
             # A scheduler's decisions on this report: stopped members leave the step before the next
-            # epoch (rank 0 reads them; every rank drops the same ones).
-            self.students.drop(self.ranks.agree(self.stops() if self.session.is_main else set(), len(self.members)))
-            self.progress["active"] = list(self.students.active)
+            # epoch (rank 0 reads them; every rank drops the same ones). None after the last epoch.
+            if not last_epoch:
+                chosen = self.stops(epoch + 1) if self.session.is_main else set()
+                self.students.drop(self.ranks.agree(chosen, len(self.members)))
+                self.progress["active"] = list(self.students.active)
         return report
 
 
@@ -443,7 +450,7 @@ def train_fused(*, members: list[Member], data: DatasetSplits, session: Session,
                 teacher: TeacherSignal | None = None, checkpoint_every: int = 0,
                 static_metrics: dict[str, Any] | None = None, views: BatchViews | None = None,
                 batch_augment: BatchAugment | None = None, mode: str = "auto",
-                stops: Callable[[], set[int]] | None = None, metric: str = "val_acc",
+                stops: Callable[[int], set[int]] | None = None, metric: str = "val_acc",
                 mode_max: bool = True) -> dict[str, Any]:
     """Train the fused ``members`` on ``data`` (on ``session.device``), reporting every epoch;
     resumes from ``session.restore()``. Returns the last report."""
