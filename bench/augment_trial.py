@@ -18,7 +18,7 @@ import argparse
 import tempfile
 
 
-from common import pick_device, record, timed_session  # noqa: E402  (sets sys.path)
+from common import add_size_args, pick_device, record, timed_session  # noqa: E402  (sets sys.path)
 from orchestrator.store.cache import ArtifactCache  # noqa: E402
 from trainables.distill.loop import run_distill  # noqa: E402
 from trainables.distill.params import DistillParams  # noqa: E402
@@ -37,15 +37,9 @@ RECIPES = {
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--student", default="cnn_small")
-    ap.add_argument("--teacher", default="cnn_small")
-    ap.add_argument("--image-size", type=int, default=16)
-    ap.add_argument("--classes", type=int, default=10)
-    ap.add_argument("--train-size", type=int, default=512)
-    ap.add_argument("--batch-size", type=int, default=64)
+    add_size_args(ap, image_size=16, train_size=512, batch_size=64, student="cnn_small", teacher="cnn_small")
     ap.add_argument("--epochs", type=int, default=2)
     ap.add_argument("--recipes", nargs="+", default=list(RECIPES), choices=list(RECIPES))
-    ap.add_argument("--device", default="auto")
     args = ap.parse_args()
     device = pick_device(args.device)
     data = {"dataset": "synthetic", "dataset_kwargs": {"channels": 3, "image_size": args.image_size,

@@ -72,12 +72,19 @@ def record(name: str, device: torch.device, args: dict[str, Any], figures: dict[
     return line
 
 
-def add_size_args(ap, *, image_size: int, train_size: int, batch_size: int, classes: int = 10) -> None:
-    """The flags every on-device benchmark takes: the synthetic data's size, the batch, the device."""
+def add_size_args(ap, *, image_size: int, train_size: int, batch_size: int | None, classes: int = 10,
+                  student: str | None = None, teacher: str | None = None) -> None:
+    """The flags every on-device benchmark takes: the synthetic data's size, the batch (None: the
+    script has its own batch flag), the device; with ``student`` / ``teacher``, those models' flags."""
+    if student is not None:
+        ap.add_argument("--student", default=student)
+    if teacher is not None:
+        ap.add_argument("--teacher", default=teacher)
     ap.add_argument("--image-size", type=int, default=image_size)
     ap.add_argument("--classes", type=int, default=classes)
     ap.add_argument("--train-size", type=int, default=train_size)
-    ap.add_argument("--batch-size", type=int, default=batch_size)
+    if batch_size is not None:
+        ap.add_argument("--batch-size", type=int, default=batch_size)
     ap.add_argument("--device", default="auto", help="auto (cuda when available), cpu, cuda, cuda:1, ...")
 
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 import argparse
 import tempfile
 
-from common import pick_device, record, timed_session  # noqa: E402  (sets sys.path)
+from common import add_size_args, pick_device, record, timed_session  # noqa: E402  (sets sys.path)
 from orchestrator.store.cache import ArtifactCache  # noqa: E402
 from trainables.distill.loop import run_distill  # noqa: E402
 from trainables.distill.params import DistillParams  # noqa: E402
@@ -28,16 +28,11 @@ MODES = ("eager",) + COMPILE_MODES
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--student", default="cnn_small")
-    ap.add_argument("--teacher", default="cnn_small")
-    ap.add_argument("--image-size", type=int, default=16)
-    ap.add_argument("--classes", type=int, default=10)
-    ap.add_argument("--train-size", type=int, default=1000)
+    add_size_args(ap, image_size=16, train_size=1000, batch_size=None, student="cnn_small", teacher="cnn_small")
     ap.add_argument("--batch-sizes", default="64")
     ap.add_argument("--epochs", type=int, default=3, help="the last one is the steady epoch (>= 2)")
     ap.add_argument("--modes", default="eager,default,reduce-overhead",
                     help=f"comma-separated, from {', '.join(MODES)}")
-    ap.add_argument("--device", default="auto")
     args = ap.parse_args()
     modes = args.modes.split(",")
     if unknown := [m for m in modes if m not in MODES]:
