@@ -30,21 +30,34 @@ MEMBERS = [{"lr": 0.05, "loss_params": {"temperature": 4.0, "kd_weight": 0.9}},
            {"lr": 0.01, "momentum": 0.5, "loss_params": {"temperature": 8.0, "kd_weight": 0.1}}]
 
 
-def fused_and_alone(ctx, mode: str, student: str = "mlp_tiny", **common):
-    base = dict(teacher=TEACHER, student=student, epochs=3, batch_size=64, loss="kd", **common)
+def fused_and_alone(ctx, mode: str, student: str = "mlp_tiny", members=MEMBERS, loss="kd", **common):
+    base = dict(teacher=TEACHER, student=student, epochs=3, batch_size=64, loss=loss, **common)
     fused = LocalSession(CPU)
-    run_distill(DistillParams(**base, vectorize=3, probes=MEMBERS, fused_forward=mode), fused, ctx)
+    run_distill(DistillParams(**base, vectorize=len(members), probes=members, fused_forward=mode), fused, ctx)
     alone = []
-    for member in MEMBERS:
+    for member in members:
         session = LocalSession(CPU)
         run_distill(DistillParams(**{**base, **member}), session, ctx)
         alone.append(session.history)
     return fused.history, alone
 
 
-@pytest.mark.parametrize("mode,student", [("loop", "mlp_tiny"), ("vmap", "mlp_tiny"), ("vmap", "cnn_small")])
-def test_each_member_equals_its_unfused_trial(ctx, mode, student):
-    fused, alone = fused_and_alone(ctx, mode, student)
+# The superalignment losses' own values per member (their vectorised forms, trainables/losses/).
+SUPERALIGNMENT = {
+    "augconf": [{"lr": 0.05, "loss_params": {"threshold": 0.5, "rate": 0.3}},
+                {"lr": 0.1, "loss_params": {"threshold": 0.9, "rate": 0.0, "temperature": 2.0}},
+                {"lr": 0.02, "loss_params": {"threshold": 0.2, "rate": 1.0}}],
+    "adaptconf": [{"lr": 0.05, "loss_params": {"threshold": 0.5}},
+                  {"lr": 0.1, "loss_params": {"threshold": 0.1, "confidence": "teacher_self", "rate": 0.5}},
+                  {"lr": 0.02, "loss_params": {"threshold": 2.0, "temperature": 4.0}}],
+}
+
+
+@pytest.mark.parametrize("mode,student,loss", [("loop", "mlp_tiny", "kd"), ("vmap", "mlp_tiny", "kd"),
+                                               ("vmap", "cnn_small", "kd"), ("loop", "mlp_tiny", "augconf"),
+                                               ("vmap", "mlp_tiny", "adaptconf")])
+def test_each_member_equals_its_unfused_trial(ctx, mode, student, loss):
+    fused, alone = fused_and_alone(ctx, mode, student, members=SUPERALIGNMENT.get(loss, MEMBERS), loss=loss)
     assert len(fused) == 3
     for epoch, report in enumerate(fused):
         members = report[RESULTS_KEY]

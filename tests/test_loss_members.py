@@ -6,28 +6,43 @@ import torch
 from trainables.losses import LossInputs, create_loss
 from trainables.losses.base import DistillLoss
 
-PARAMS = [{"temperature": 4.0, "kd_weight": 0.9, "label_weight": 1.0},
-          {"temperature": 1.0, "kd_weight": 0.0, "label_weight": 0.5, "label_smoothing": 0.1},
-          {"temperature": 8.0, "kd_weight": 2.0, "label_weight": 0.0, "label_smoothing": 0.3}]
+PARAMS = {
+    "kd": [{"temperature": 4.0, "kd_weight": 0.9, "label_weight": 1.0},
+           {"temperature": 1.0, "kd_weight": 0.0, "label_weight": 0.5, "label_smoothing": 0.1},
+           {"temperature": 8.0, "kd_weight": 2.0, "label_weight": 0.0, "label_smoothing": 0.3}],
+    "ce": [{}, {"label_smoothing": 0.1}, {"label_smoothing": 0.4}],
+    # epoch 1 of 10: rate 0.3 ramps (1 / 3), rate 0 does not, rate 0.05 has ended (floor(0.5) = 0)
+    "augconf": [{"temperature": 2.0, "threshold": 0.5, "rate": 0.3},
+                {"temperature": 1.0, "threshold": 0.9, "rate": 0.0, "kd_weight": 0.7, "label_smoothing": 0.1},
+                {"temperature": 4.0, "threshold": 0.2, "rate": 0.05, "label_weight": 0.0}],
+    # both confidence readings in one fused trial, and a ramp
+    "adaptconf": [{"temperature": 2.0, "threshold": 0.5},
+                  {"temperature": 1.0, "threshold": 0.1, "confidence": "teacher_self", "rate": 0.3},
+                  {"temperature": 4.0, "threshold": 2.0, "kd_weight": 0.5, "label_smoothing": 0.2}],
+}
+VECTORISED = sorted(PARAMS)
 
 
+@pytest.mark.parametrize("name", VECTORISED)
 @pytest.mark.parametrize("soft", [False, True], ids=["labels", "probability targets"])
-def test_kd_members_equal_their_own_forward(soft):
+def test_members_equal_their_own_forward(name, soft):
     gen = torch.Generator().manual_seed(0)
-    k, n, c = len(PARAMS), 12, 7
+    k, n, c = len(PARAMS[name]), 12, 7
     z = torch.randn(k, n, c, generator=gen, requires_grad=True)
     teacher = torch.randn(n, c, generator=gen)
     targets = torch.softmax(torch.randn(n, c, generator=gen), -1) if soft else torch.randint(0, c, (n,), generator=gen)
-    losses = [create_loss("kd", p, num_classes=c) for p in PARAMS]
+    losses = [create_loss(name, p, num_classes=c) for p in PARAMS[name]]
     assert type(losses[0]).vectorised_members
 
-    together = type(losses[0]).forward_members(losses, LossInputs(student_logits=z, targets=targets,
-                                                                  teacher_logits=teacher))
+    def inputs(logits):
+        return LossInputs(student_logits=logits, targets=targets, teacher_logits=teacher, epoch=1, num_epochs=10,
+                          progress=0.1)
+
+    together = type(losses[0]).forward_members(losses, inputs(z))
     torch.stack([s["loss"] for s in together]).sum().backward()
     grad_together = z.grad.clone()
     z.grad = None
-    alone = [loss(LossInputs(student_logits=z[i], targets=targets, teacher_logits=teacher))
-             for i, loss in enumerate(losses)]
+    alone = [loss(inputs(z[i])) for i, loss in enumerate(losses)]
     torch.stack([s["loss"] for s in alone]).sum().backward()
 
     for mine, ref in zip(together, alone):
@@ -37,6 +52,17 @@ def test_kd_members_equal_their_own_forward(soft):
     assert torch.allclose(grad_together, z.grad, atol=1e-6)
     # The members differ, so equal values are not an accident of equal settings.
     assert len({round(s["loss"].item(), 4) for s in alone}) == k
+
+
+def test_the_superalignment_members_weigh_self_training_by_their_own_alpha():
+    """AugConf's alpha per member at epoch 1 of 10, by hand: theta * ramp, ramp = e / (E r) while
+    e < floor(E r), else 1."""
+    losses = [create_loss("augconf", p, num_classes=7) for p in PARAMS["augconf"]]
+    z = torch.randn(3, 4, 7)
+    out = type(losses[0]).forward_members(losses, LossInputs(student_logits=z, targets=torch.zeros(4).long(),
+                                                             teacher_logits=torch.randn(4, 7), epoch=1,
+                                                             num_epochs=10))
+    assert [s["alpha"].item() for s in out] == pytest.approx([0.5 * 1 / 3, 0.9, 0.2])
 
 
 def test_a_loss_without_a_vectorised_form_says_so():

@@ -33,7 +33,8 @@ from pydantic import Field
 from trainables.losses import register_loss
 from trainables.losses.augconf import superalignment_ramp
 from trainables.losses.base import DistillLoss, LossInputs, LossParams, self_training_ce_per_sample, soft_cross_entropy
-from trainables.losses.kd import kd_kl_per_sample
+from trainables.losses.base import member_column
+from trainables.losses.kd import MemberColumns, kd_kl_per_sample, stacked_ce, stacked_kd_per_sample
 
 
 class AdaptConfParams(LossParams):
@@ -62,6 +63,8 @@ def adaptconf_alpha(student_logits: torch.Tensor, teacher_logits: torch.Tensor, 
 
 @register_loss("adaptconf", params=AdaptConfParams)
 class AdaptConf(DistillLoss):
+    vectorised_members = True
+
     def forward(self, inputs: LossInputs):
         p = self.params
         alpha = adaptconf_alpha(inputs.student_logits, inputs.teacher_logits, p.threshold, p.confidence)
@@ -72,3 +75,34 @@ class AdaptConf(DistillLoss):
         loss = p.label_weight * ce + p.kd_weight * ((1.0 - alpha) * kd + alpha * self_ce).mean()
         return {"loss": loss, "ce": ce.detach(), "kd": kd.detach().mean(), "self_ce": self_ce.detach().mean(),
                 "alpha": alpha.mean()}
+
+    @classmethod
+    def forward_members(cls, losses, inputs):
+        """K members at once: logits (K, N, C); T, weights, smoothing, θ and this epoch's ramp as
+        (K,) columns; members may differ in ``confidence`` (a per-member choice between the two
+        b's, computed only where some member uses it)."""
+        z, teacher = inputs.student_logits, inputs.teacher_logits
+        k, device = len(losses), z.device
+        columns = MemberColumns(losses, device)
+        log_p = torch.log_softmax(z.float(), dim=-1)
+        with torch.no_grad():  # alpha is a stop-gradient weight
+            a = -log_p.max(dim=-1).values
+            top1 = teacher.argmax(dim=-1)
+            modes = {loss.params.confidence for loss in losses}
+            if "student_vs_teacher_label" in modes:
+                b = -log_p.gather(-1, top1.view(1, -1, 1).expand(k, -1, 1)).squeeze(-1)
+            if "teacher_self" in modes:
+                b_teacher = -torch.log_softmax(teacher.float(), dim=-1).gather(1, top1[:, None]).squeeze(1)
+                b = b_teacher.expand(k, -1) if len(modes) == 1 else torch.where(
+                    member_column(tuple(float(loss.params.confidence == "teacher_self") for loss in losses),
+                                  device).view(k, 1) > 0, b_teacher, b)
+            ramp = member_column(tuple(superalignment_ramp(inputs.epoch, inputs.num_epochs, loss.params.rate)
+                                       for loss in losses), device)
+            alpha = torch.sigmoid((a - b) / columns("threshold").view(k, 1)) * ramp.view(k, 1)
+        kd = stacked_kd_per_sample(z, teacher, columns("temperature"))
+        self_ce = -log_p.max(dim=-1).values
+        ce = stacked_ce(log_p, inputs.targets, columns("label_smoothing"))
+        loss = columns("label_weight") * ce + columns("kd_weight") * ((1.0 - alpha) * kd + alpha * self_ce).mean(dim=-1)
+        ce, kd, self_ce, alpha = ce.detach(), kd.detach().mean(-1), self_ce.detach().mean(-1), alpha.mean(-1)
+        return [{"loss": loss[i], "ce": ce[i], "kd": kd[i], "self_ce": self_ce[i], "alpha": alpha[i]}
+                for i in range(k)]

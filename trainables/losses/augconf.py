@@ -14,12 +14,14 @@ from __future__ import annotations
 
 import math
 
+import torch
 from pydantic import Field
 
 from trainables.losses import register_loss
 from trainables.losses.base import (DistillLoss, LossInputs, LossParams, scalar_like, self_training_ce_per_sample,
                                     soft_cross_entropy)
-from trainables.losses.kd import kd_kl_per_sample
+from trainables.losses.base import member_column
+from trainables.losses.kd import MemberColumns, kd_kl_per_sample, stacked_ce, stacked_kd_per_sample
 
 
 class AugConfParams(LossParams):
@@ -39,6 +41,8 @@ def superalignment_ramp(epoch: int, num_epochs: int, rate: float) -> float:
 
 @register_loss("augconf", params=AugConfParams)
 class AugConf(DistillLoss):
+    vectorised_members = True
+
     def forward(self, inputs: LossInputs):
         p = self.params
         alpha = p.threshold * superalignment_ramp(inputs.epoch, inputs.num_epochs, p.rate)
@@ -48,3 +52,21 @@ class AugConf(DistillLoss):
         loss = p.label_weight * ce + p.kd_weight * ((1.0 - alpha) * kd + alpha * self_ce)
         return {"loss": loss, "ce": ce.detach(), "kd": kd.detach(), "self_ce": self_ce.detach(),
                 "alpha": scalar_like(loss, alpha)}
+
+    @classmethod
+    def forward_members(cls, losses, inputs):
+        """K members at once: logits (K, N, C); T, weights, smoothing and this epoch's alpha (each
+        member's theta and rate) as (K,) columns."""
+        device = inputs.student_logits.device
+        columns = MemberColumns(losses, device)
+        alpha = member_column(tuple(loss.params.threshold * superalignment_ramp(inputs.epoch, inputs.num_epochs,
+                                                                                 loss.params.rate)
+                                    for loss in losses), device)
+        log_p = torch.log_softmax(inputs.student_logits.float(), dim=-1)
+        ce = stacked_ce(log_p, inputs.targets, columns("label_smoothing"))
+        kd = stacked_kd_per_sample(inputs.student_logits, inputs.teacher_logits, columns("temperature")).mean(dim=-1)
+        self_ce = -log_p.max(dim=-1).values.mean(dim=-1)  # CE against the student's own top-1 (T = 1)
+        loss = columns("label_weight") * ce + columns("kd_weight") * ((1.0 - alpha) * kd + alpha * self_ce)
+        ce, kd, self_ce = ce.detach(), kd.detach(), self_ce.detach()
+        return [{"loss": loss[i], "ce": ce[i], "kd": kd[i], "self_ce": self_ce[i], "alpha": alpha[i]}
+                for i in range(len(losses))]

@@ -42,28 +42,46 @@ class KD(DistillLoss):
     @classmethod
     def forward_members(cls, losses, inputs):
         """The K members' KD losses at once: logits (K, N, C), each member's T, weights and label
-        smoothing as (K,) columns. Cross-entropy with smoothing eps is
-        (1 - eps) * CE(q) + eps * mean_c(-log p_c), q the labels (one-hot) or probability targets,
-        which is what ``F.cross_entropy(..., label_smoothing=eps)`` computes."""
-        z = inputs.student_logits.float()
-        k = len(losses)
-        device = z.device
-
-        def column(name: str) -> torch.Tensor:
-            return member_column(tuple(float(getattr(loss.params, name)) for loss in losses), device)
-
-        t = column("temperature")
-        log_p_s = torch.log_softmax(z / t.view(k, 1, 1), dim=-1)
-        log_p_t = torch.log_softmax(inputs.teacher_logits.detach().float().unsqueeze(0) / t.view(k, 1, 1), dim=-1)
-        kd = t.square() * (log_p_t.exp() * (log_p_t - log_p_s)).sum(dim=-1).mean(dim=-1)
-        log_p = torch.log_softmax(z, dim=-1)
-        y = inputs.targets
-        if y.dim() == 1:
-            nll = -log_p.gather(-1, y.view(1, -1, 1).expand(k, -1, 1)).squeeze(-1)
-        else:
-            nll = -(y.float().unsqueeze(0) * log_p).sum(dim=-1)
-        eps = column("label_smoothing").view(k, 1)
-        ce = ((1 - eps) * nll + eps * -log_p.mean(dim=-1)).mean(dim=-1)
-        loss = column("label_weight") * ce + column("kd_weight") * kd
+        smoothing as (K,) columns."""
+        columns = MemberColumns(losses, inputs.student_logits.device)
+        log_p = torch.log_softmax(inputs.student_logits.float(), dim=-1)
+        ce = stacked_ce(log_p, inputs.targets, columns("label_smoothing"))
+        kd = stacked_kd_per_sample(inputs.student_logits, inputs.teacher_logits, columns("temperature")).mean(dim=-1)
+        loss = columns("label_weight") * ce + columns("kd_weight") * kd
         ce, kd = ce.detach(), kd.detach()
-        return [{"loss": loss[i], "ce": ce[i], "kd": kd[i]} for i in range(k)]
+        return [{"loss": loss[i], "ce": ce[i], "kd": kd[i]} for i in range(len(losses))]
+
+
+class MemberColumns:
+    """One parameter of K fused members' losses as a (K,) float32 column on the device (cached by
+    value, so the host-to-device copy happens once per member set)."""
+
+    def __init__(self, losses, device: torch.device):
+        self.losses, self.device = losses, device
+
+    def __call__(self, name: str) -> torch.Tensor:
+        return member_column(tuple(float(getattr(loss.params, name)) for loss in self.losses), self.device)
+
+
+def stacked_ce(log_p: torch.Tensor, targets: torch.Tensor, label_smoothing: torch.Tensor) -> torch.Tensor:
+    """Each member's mean cross-entropy (K,) from its log-probabilities (K, N, C) at temperature 1,
+    against shared labels (N,) or probability targets (N, C), with a (K,) label smoothing eps:
+    (1 - eps) * CE(q) + eps * mean_c(-log p_c), what ``F.cross_entropy(..., label_smoothing=eps)``
+    computes."""
+    k = log_p.shape[0]
+    if targets.dim() == 1:
+        nll = -log_p.gather(-1, targets.view(1, -1, 1).expand(k, -1, 1)).squeeze(-1)
+    else:
+        nll = -(targets.float().unsqueeze(0) * log_p).sum(dim=-1)
+    eps = label_smoothing.view(k, 1)
+    return ((1 - eps) * nll + eps * -log_p.mean(dim=-1)).mean(dim=-1)
+
+
+def stacked_kd_per_sample(student_logits: torch.Tensor, teacher_logits: torch.Tensor,
+                          temperature: torch.Tensor) -> torch.Tensor:
+    """:func:`kd_kl_per_sample` for K members at once: (K, N) from logits (K, N, C), the shared
+    teacher's (N, C) and a (K,) temperature column."""
+    t = temperature.view(-1, 1, 1)
+    log_p_s = torch.log_softmax(student_logits.float() / t, dim=-1)
+    log_p_t = torch.log_softmax(teacher_logits.detach().float().unsqueeze(0) / t, dim=-1)
+    return temperature.square().view(-1, 1) * (log_p_t.exp() * (log_p_t - log_p_s)).sum(dim=-1)
