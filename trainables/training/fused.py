@@ -28,7 +28,7 @@ passes run as one batched computation, and one backward and one optimiser step u
   (:meth:`FusedRun.forward_losses`, static shapes); with ``reduce-overhead`` on CUDA its forward and
   backward replay as CUDA graphs, which is what a launch-bound fused step at a small batch lacks.
   It is rebuilt whenever the active set changes. The teacher lookup, the optimiser step and
-  evaluation stay eager (the optimiser is already one fused kernel per group list on CUDA).
+  evaluation stay eager (on CUDA the optimiser already runs one fused kernel per parameter group).
 
 Batch order, fixed views and per-step augmentation follow the trial's data seed (member 0's
 seed): a member's own seed sets its initialisation (and its loss's), as in an unfused trial.
@@ -328,13 +328,13 @@ class FusedRun:
         """What a step calls for the active members' losses: :meth:`forward_losses`, or with
         ``compile`` that method compiled for the current active set.
 
-        Rebuilt (and recompiled) whenever members leave: the compiled graph bakes in which members
-        run (their parameters, loss values and the stacked batch-norm buffers it reads) and, for
-        the vmap forward, a stack of K members, so a graph of the old set would train members that
-        left and miss the new stacks. Dynamo's guards on the active list would catch a stale graph
-        as well; rebuilding says so outright, and dropping the old set's cache entries first keeps
-        a run's drops from reaching dynamo's recompile limit (8 entries per function, after which it
-        would fall back to eager without a word)."""
+        Rebuilt (and recompiled) whenever members leave: a graph is traced for one active set (which
+        members' parameters it stacks and steps, their loss values, the stacked batch-norm buffers
+        it updates), so run for another it would train members that left and miss the new stacks.
+        Dynamo also guards on the active list, but rebuilding does not rely on which attributes it
+        chose to guard; and dropping the old set's cache entries first keeps a run's drops from
+        reaching dynamo's recompile limit (8 entries per function, after which it would run the
+        step eagerly with no more than a log line)."""
         active = tuple(self.students.active)
         if self.optim.compile is False or active == self._built_for:
             return self._losses_fn
