@@ -4,7 +4,9 @@
 (b) ``packed``: K concurrent processes sharing the device, each training its share of the
     configurations one after another (what fractional-GPU packing, ``gpus_per_worker: 1/K``, does);
 (c) ``fused``: the configurations as the members of fused trials of K (``params.vectorize: K``,
-    trainables/training/fused.py), in the forward mode ``--fused-forward`` picks.
+    trainables/training/fused.py), in the forward mode ``--fused-forward`` picks, eager or, with
+    ``--fused-compile MODE``, with the members' forward and losses compiled in that ``compile`` mode
+    (``reduce-overhead``: replayed as CUDA graphs on a GPU). The sequential trials stay eager.
 
 Each configuration is a student (resnet8x4 at the GPU size) distilled (KD, cached teacher logits) with its own lr,
 weight decay, momentum and temperature, on CIFAR-100-shaped synthetic data already on the device.
@@ -15,6 +17,8 @@ not timed).
     .venv/bin/python bench/sweep_gpu.py                                # the CPU size (a minute)
     .venv/bin/python bench/sweep_gpu.py --device cuda --configs 16 --batch-sizes 64,512 --steps 30 \\
         --warmup 5 --student resnet8x4 --image-size 32 --procs 4        # the issue's GPU size
+    .venv/bin/python bench/sweep_gpu.py --device cuda --configs 16 --batch-sizes 64 --steps 30 --warmup 5 \
+        --student resnet8x4 --image-size 32 --ways sequential,fused --fused-compile reduce-overhead
     .venv/bin/python bench/sweep_gpu.py --dry-run                      # recommends a packing or fusion width
 
 ``--dry-run`` trains nothing: it measures one member's training memory (one step, the device's peak
@@ -41,7 +45,7 @@ from trainables.data import DatasetSplits  # noqa: E402
 from trainables.losses import create_loss  # noqa: E402
 from trainables.models import create_model  # noqa: E402
 from trainables.runtime.session import LocalSession  # noqa: E402
-from trainables.training.classifier_loop import CachedTeacher, ClassifierRun, OptimConfig  # noqa: E402
+from trainables.training.classifier_loop import COMPILE_MODES, CachedTeacher, ClassifierRun, OptimConfig  # noqa: E402
 from trainables.training.fused import VMAP_MAX_BATCH, FusedRun, Member, member_bytes as fused_member_bytes  # noqa: E402
 from trainables.training.views import PlainViews  # noqa: E402
 
@@ -65,12 +69,12 @@ def data_for(args, device) -> tuple[DatasetSplits, CachedTeacher]:
     return data, CachedTeacher(logits)
 
 
-def member(args, config: dict[str, float], data: DatasetSplits, seed: int) -> Member:
+def member(args, config: dict[str, float], data: DatasetSplits, seed: int, compile: bool | str = False) -> Member:
     torch.manual_seed(seed)
     model = create_model(args.student, num_classes=args.classes, input_shape=data.input_shape)
     loss = create_loss("kd", {"temperature": config["temperature"]}, num_classes=args.classes)
     optim = OptimConfig(epochs=1, batch_size=args.batch, lr=config["lr"], weight_decay=config["weight_decay"],
-                        momentum=config["momentum"])
+                        momentum=config["momentum"], compile=compile)
     return Member(model, loss, optim)
 
 
@@ -145,12 +149,13 @@ def fused(args, configs, device) -> float:
     total = 0.0
     for start in range(0, len(configs), args.fuse):
         group = configs[start:start + args.fuse]
-        members = [member(args, c, data, start + s) for s, c in enumerate(group)]
+        members = [member(args, c, data, start + s, args.fused_compile) for s, c in enumerate(group)]
         layout = {"auto": None, "on": True, "off": False}[args.fused_channels_last]
         run = FusedRun(members, data, LocalSession(device), 0, teacher, None, {}, mode=args.fused_forward,
                        channels_last=layout)
         run.students.train()
         idx = batches(args, device)
+        # With --fused-compile the warm-up steps also compile (and record the CUDA graphs): untimed.
         total += timed_steps(lambda i: run.step(0, i, run.prepare(i)), idx, args.warmup, device)
     return total
 
@@ -209,6 +214,8 @@ def main() -> None:
     ap.add_argument("--fused-forward", default="auto", choices=("auto", "vmap", "loop"))
     ap.add_argument("--fused-channels-last", default="auto", choices=("auto", "on", "off"),
                     help="the fused way's memory layout (auto: channels_last on CUDA, as the trainable does)")
+    ap.add_argument("--fused-compile", default="false", choices=("false", "true", *COMPILE_MODES),
+                    help="the fused way's compile mode, as params.compile takes it (false: eager)")
     ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds of every way; the median counts")
     ap.add_argument("--ways", default="sequential,packed,fused", help="which ways to run, comma-separated")
     ap.add_argument("--dry-run", action="store_true", help="measure one member's memory and recommend; train nothing")
@@ -216,6 +223,7 @@ def main() -> None:
     device = pick_device(args.device)
     args.threads = torch.get_num_threads()
     args.fuse = args.fuse or args.configs
+    args.fused_compile = {"false": False, "true": True}.get(args.fused_compile, args.fused_compile)
     configs = configurations(args.configs)
     sizes = [int(b) for b in args.batch_sizes.split(",")]
     if args.dry_run:

@@ -35,6 +35,16 @@ def one_torch_thread():
     torch.set_num_threads(before)
 
 
+@pytest.fixture(scope="module")
+def ctx(tmp_path_factory):
+    """A trial context with its own artifact cache, shared by one module's trials (a teacher
+    trained for the first trial is reused by the next)."""
+    from orchestrator.store.cache import ArtifactCache
+    from trainables.runtime.trainable import TrialContext
+
+    return TrialContext(artifacts=ArtifactCache(str(tmp_path_factory.mktemp("cache"))), checkpoint_every=0)
+
+
 @pytest.fixture(scope="session")
 def space_sweep(tmp_path_factory):
     """``run_sweep.py SPACE --name s [EXTRA...]`` as a user runs it, in a scratch working directory,

@@ -6,11 +6,9 @@ import pytest
 import torch
 from torch import nn
 
-from orchestrator.store.cache import ArtifactCache
 from trainables.distill.loop import run_distill
 from trainables.distill.params import DistillParams
 from trainables.runtime.session import LocalSession
-from trainables.runtime.trainable import TrialContext
 from trainables.training.classifier_loop import COMPILE_MODES, compiled_forward
 
 COMPARED = ("train_loss", "val_acc", "val_loss", "test_acc", "test_loss")
@@ -40,11 +38,6 @@ def trial(ctx, device, compile_mode, **extra):
     session = LocalSession(device)
     run_distill(params, session, ctx)
     return session.history
-
-
-@pytest.fixture(scope="module")
-def ctx(tmp_path_factory):
-    return TrialContext(artifacts=ArtifactCache(str(tmp_path_factory.mktemp("cache"))), checkpoint_every=0)
 
 
 @pytest.mark.slow

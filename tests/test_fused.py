@@ -5,7 +5,6 @@ import math
 import pytest
 import torch
 
-from orchestrator.store.cache import ArtifactCache
 from trainables.distill.loop import run_distill
 from trainables.distill.params import DistillParams
 from trainables.runtime.session import LocalSession
@@ -18,11 +17,6 @@ COMPARED = ("train_loss", "val_acc", "val_loss", "test_acc", "test_loss", "lr")
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
-
-@pytest.fixture(scope="module")
-def ctx(tmp_path_factory):
-    return TrialContext(artifacts=ArtifactCache(str(tmp_path_factory.mktemp("cache"))), checkpoint_every=0)
 
 
 MEMBERS = [{"lr": 0.05, "loss_params": {"temperature": 4.0, "kd_weight": 0.9}},

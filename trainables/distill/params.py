@@ -132,8 +132,7 @@ class DistillParams(DatasetParams, RecipeParams):
 
     def _fused_fits(self) -> None:
         """What a fused trial cannot do, refused before it starts."""
-        refused = [("compile", self.compile, "a fused trial's step is not compiled; use compile: false"),
-                   ("fewshot", self.fewshot is not None, "the few-shot stages train one student; drop vectorize"),
+        refused = [("fewshot", self.fewshot is not None, "the few-shot stages train one student; drop vectorize"),
                    ("accum_steps", self.accum_steps != 1, "a fused trial takes one micro-batch per step; use 1")]
         for key, bad, why in refused:
             if bad:

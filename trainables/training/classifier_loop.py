@@ -103,8 +103,8 @@ class LossModuleSync:
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune-no-cudagraphs")
 
 
-def compiled_forward(model: nn.Module, mode: bool | str, device: torch.device) -> tuple[nn.Module, bool]:
-    """The module a training step calls, and whether it replays CUDA graphs.
+def compiled_forward(model: Callable, mode: bool | str, device: torch.device) -> tuple[Callable, bool]:
+    """The module (or function) a training step calls, and whether it replays CUDA graphs.
 
     ``mode``: False (eager), True or "default" (torch.compile's default: fused kernels),
     "reduce-overhead" (also CUDA graphs, which remove the per-kernel launch cost that bounds small
@@ -112,7 +112,10 @@ def compiled_forward(model: nn.Module, mode: bool | str, device: torch.device) -
     "max-autotune-no-cudagraphs". Shapes are static (``dynamic=False``): a trial has one batch
     shape, plus at most one for its last partial batch, each compiled once, so no symbolic-shape
     graphs are traced and every shape keeps its own CUDA graph. Evaluation stays eager (the
-    parameters are shared), so other batch sizes there compile nothing."""
+    parameters are shared), so other batch sizes there compile nothing. A single trial passes its
+    student; a fused trial passes its members' forward and losses as one function
+    (trainables/training/fused.py). When CUDA graphs replay, the caller calls
+    ``torch.compiler.cudagraph_mark_step_begin()`` before each step."""
     if mode is False:
         return model, False
     name = "default" if mode is True else mode

@@ -24,6 +24,12 @@ passes run as one batched computation, and one backward and one optimiser step u
   scheduler stopped, once it has decided on that epoch's report; they
   leave the step, which shrinks. A member whose loss became non-finite leaves it too, reported as
   diverged; the others go on.
+* **compile** (the members' ``OptimConfig.compile``, any mode a single trial takes): the active
+  members' forward (vmap or loop) and every member's loss run as one ``torch.compile``d function
+  (:meth:`FusedRun.forward_losses`, static shapes); with ``reduce-overhead`` on CUDA its forward and
+  backward replay as CUDA graphs, which is what a launch-bound fused step at a small batch lacks.
+  It is rebuilt whenever the active set changes. The teacher lookup, the optimiser step and
+  evaluation stay eager (on CUDA the optimiser already runs one fused kernel per parameter group).
 
 Batch order, fixed views and per-step augmentation follow the trial's data seed (member 0's
 seed): a member's own seed sets its initialisation (and its loss's), as in an unfused trial.
@@ -46,7 +52,7 @@ from trainables.runtime.prefetch import prefetched
 from trainables.runtime.session import DIVERGED, RESTORE_NOTE, Session
 from trainables.runtime.vectorize import RESULTS_KEY, best_over
 from trainables.training.batch_augment import BatchAugment
-from trainables.training.classifier_loop import OptimConfig, TeacherSignal
+from trainables.training.classifier_loop import OptimConfig, TeacherSignal, compiled_forward
 from trainables.training.views import BatchViews, PlainViews
 
 FORWARD_MODES = ("auto", "vmap", "loop")
@@ -266,6 +272,11 @@ class FusedRun:
             m.loss_fn = m.loss_fn.to(device)
             models.append(model)
         self.students = FusedStudents(models, forward_mode(mode, device, optim.batch_size))
+        # The (compiled) forward and losses, and the active set it was built for (see losses_fn).
+        self._losses_fn: Callable = self.forward_losses
+        self._built_for: tuple[int, ...] | None = None
+        self.cuda_graphs = False
+        self.losses_fn()  # an unknown compile mode is refused here, before any training
         self.ranks = RankSync(session)
         self.ranks.broadcast([t for m in members for t in (*m.model.state_dict().values(),
                                                            *m.loss_fn.state_dict().values())])
@@ -314,38 +325,80 @@ class FusedRun:
             xb = xb.contiguous(memory_format=torch.channels_last)
         return xb, yb, view_ids
 
+    def losses_fn(self) -> Callable:
+        """What a step calls for the active members' losses: :meth:`forward_losses`, or with
+        ``compile`` that method compiled for the current active set.
+
+        Rebuilt (and recompiled) whenever members leave: a graph is traced for one active set (which
+        members' parameters it stacks and steps, their loss values, the stacked batch-norm buffers
+        it updates), so run for another it would train members that left and miss the new stacks.
+        Dynamo also guards on the active list, but rebuilding does not rely on which attributes it
+        chose to guard; and dropping the old set's cache entries first keeps a run's drops from
+        reaching dynamo's recompile limit (8 entries per function, after which it would run the
+        step eagerly with no more than a log line)."""
+        active = tuple(self.students.active)
+        if self.optim.compile is False or active == self._built_for:
+            return self._losses_fn
+        from torch._dynamo.eval_frame import remove_from_cache
+
+        # Entries compiled for another active set (or another FusedRun) can never match again.
+        remove_from_cache(FusedRun.forward_losses)
+        self._losses_fn, self.cuda_graphs = compiled_forward(self.forward_losses, self.optim.compile, self.device)
+        if self.cuda_graphs:
+            # The vmap forward's stacked batch-norm statistics are updated in place inside the graph:
+            # a CUDA graph may mutate only inputs at fixed addresses (parameters and buffers are).
+            for t in self.students._buffers_stacked.values():
+                torch._dynamo.mark_static_address(t)
+        self._built_for = active
+        return self._losses_fn
+
+    def forward_losses(self, xb: torch.Tensor, shared: LossInputs) -> tuple[torch.Tensor, list[dict[str, torch.Tensor]]]:
+        """The active members' forward on ``xb`` and each one's loss: their sum (what backward
+        differentiates; members share no parameter, so its gradient is each member's own) and
+        each member's loss statistics, in ``active`` order. ``shared`` holds the batch's inputs
+        (targets, teacher outputs, epoch); the students' outputs are set on it here, one member
+        after another on the unvectorised path. Setting them on the object passed in, rather than
+        building LossInputs here, keeps the epoch out of the compiled function's guards: dynamo
+        guards only on the fields a loss reads, so a loss that ignores the epoch compiles once."""
+        active = self.students.active
+        first = self.members[active[0]].loss_fn
+        features = first.needs_features
+        losses = [self.members[k].loss_fn for k in active]
+        # One loss computation for every member where the loss class has one (a trial has one loss class).
+        if type(first).vectorised_members and len(active) > 1:
+            logits, feats = self.students.stacked(xb, features=features)
+            shared.student_logits, shared.student_features = logits.float(), feats
+            stats = type(first).forward_members(losses, shared)
+        else:
+            stats = []
+            for loss, (z, f) in zip(losses, self.students(xb, features=features)):
+                shared.student_logits, shared.student_features = z.float(), f
+                stats.append(loss(shared))
+        return torch.stack([s["loss"] for s in stats]).sum(), stats
+
     def step(self, epoch: int, idx: torch.Tensor, prepared: tuple) -> list[dict[str, torch.Tensor]]:
         """One optimiser step of every active member on one batch; each member's loss statistics."""
         xb, yb, view_ids = prepared
         active = self.students.active
         first = self.members[active[0]].loss_fn
-        wants_features = first.needs_features
+        losses_fn = self.losses_fn()
         self.optimizer.zero_grad(set_to_none=True)
         # DDP's default: every rank starts the step from rank 0's batch-norm statistics.
         self.ranks.broadcast_flat([b for k in active for b in self.members[k].model.buffers()])
-        # One loss computation for every member where the loss class has one (a trial has one loss class).
-        vectorised = type(first).vectorised_members and len(active) > 1
         with autocast(self.device):
-            if vectorised:
-                logits, feats = self.students.stacked(xb, features=wants_features)
-            else:
-                outs = self.students(xb, features=wants_features)
             t_logits = t_feats = None
             if self.teacher is not None and first.needs_teacher:
-                t_logits, t_feats = self.teacher.outputs(idx, xb, features=wants_features, views=view_ids)
+                t_logits, t_feats = self.teacher.outputs(idx, xb, features=first.needs_features, views=view_ids)
             epochs = self.optim.epochs
-
-            def inputs(z: torch.Tensor, f: torch.Tensor | None) -> LossInputs:
-                return LossInputs(student_logits=z.float(), targets=yb, teacher_logits=t_logits, student_features=f,
-                                  teacher_features=t_feats, indices=idx, epoch=epoch, num_epochs=epochs,
-                                  progress=epoch / epochs)
-
-            losses = [self.members[k].loss_fn for k in active]
-            if vectorised:
-                stats = type(first).forward_members(losses, inputs(logits, feats))
-            else:
-                stats = [loss(inputs(z, f)) for loss, (z, f) in zip(losses, outs)]
-        torch.stack([s["loss"] for s in stats]).sum().backward()
+            # student_logits / student_features are filled in by forward_losses.
+            shared = LossInputs(student_logits=None, targets=yb, teacher_logits=t_logits, teacher_features=t_feats,
+                                indices=idx, epoch=epoch, num_epochs=epochs, progress=epoch / epochs)
+            if self.cuda_graphs:
+                # A new step begins: the graphs' previous outputs may be overwritten. Every consumer
+                # of the last step's outputs (backward, the epoch's statistics) has run by now.
+                torch.compiler.cudagraph_mark_step_begin()
+            total, stats = losses_fn(xb, shared)
+        total.backward()
         self.ranks.average_gradients([p for k in active for p in (*self.members[k].model.parameters(),
                                                                  *self.members[k].loss_fn.parameters())
                                       if p.requires_grad])
