@@ -33,7 +33,7 @@ def fused_trial(ctx, monkeypatch, compile_mode, forward: str, student: str = "ml
                 stopped.add(1)
 
     stopped: set[int] = set()
-    monkeypatch.setattr(fused_distill, "stops_reader", lambda sweep: (lambda: set(stopped)))
+    monkeypatch.setattr(fused_distill, "stops_reader", lambda sweep: (lambda epoch=None: set(stopped)))
     session = Stopper(CPU)
     p = DistillParams(teacher=TEACHER, student=student, epochs=2, batch_size=98, loss="kd", vectorize=3,
                       probes=MEMBERS, fused_forward=forward, compile=compile_mode)

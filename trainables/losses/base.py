@@ -96,10 +96,18 @@ def self_training_ce_per_sample(student_logits: torch.Tensor) -> torch.Tensor:
     return -torch.log_softmax(student_logits.float(), dim=-1).max(dim=-1).values
 
 
-@functools.lru_cache(maxsize=256)
 def member_column(values: tuple[float, ...], device: torch.device) -> torch.Tensor:
-    """One hyperparameter of K fused members as a (K,) float32 tensor on ``device``. Cached: the
-    host-to-device copy happens once per member set, not every step."""
+    """One hyperparameter of K fused members as a (K,) float32 tensor on ``device``. Cached in
+    eager mode: the host-to-device copy happens once per member set, not every step. Inside a
+    compiled step (``compile`` on a fused trial) the values become a constant of the graph, and
+    the cache is bypassed (dynamo would trace through it anyway, with a warning)."""
+    if torch.compiler.is_compiling():
+        return torch.tensor(values, dtype=torch.float32, device=device)
+    return _cached_column(values, device)
+
+
+@functools.lru_cache(maxsize=256)
+def _cached_column(values: tuple[float, ...], device: torch.device) -> torch.Tensor:
     return torch.tensor(values, dtype=torch.float32).to(device)
 
 
