@@ -138,3 +138,33 @@ def test_a_reduce_overhead_fused_trial_replays_cuda_graphs_and_trains_as_eager_o
             # bf16 autocast on the GPU, where compiled kernels round differently from eager ones.
             assert gm["train_loss"] == pytest.approx(em["train_loss"], rel=0.05)
             assert gm["val_acc"] == pytest.approx(em["val_acc"], abs=0.1)
+
+
+@pytest.mark.slow  # one compile of the fused step, three epochs eager and compiled
+def test_a_schedule_that_changes_every_epoch_compiles_once(ctx):
+    """AugConf's alpha ramps every epoch (rate 1: alpha = theta * e / E). The fused step passes
+    this epoch's alphas to the compiled function as a tensor (``epoch_columns``), so the graph
+    does not depend on the epoch: one graph for the whole trial, members as in eager."""
+    from tests.test_fused import SUPERALIGNMENT
+
+    members = [{**m, "loss_params": {**m["loss_params"], "rate": 1.0}} for m in SUPERALIGNMENT["augconf"]]
+
+    def run(compile_mode):
+        session = LocalSession(CPU)
+        run_distill(DistillParams(teacher=TEACHER, student="mlp_tiny", epochs=3, batch_size=98, loss="augconf",
+                                  vectorize=3, probes=members, fused_forward="loop", compile=compile_mode),
+                    session, ctx)
+        return session.history
+
+    eager = run(False)
+    torch._dynamo.reset()
+    dynamo_utils.counters.clear()
+    compiled = run(True)
+    assert dynamo_utils.counters["stats"]["unique_graphs"] == 1
+    assert not dynamo_utils.counters["graph_break"]
+    for c, e in zip(compiled, eager, strict=True):
+        for cm, em in zip(c[RESULTS_KEY], e[RESULTS_KEY], strict=True):
+            for key in COMPARED + ("train_alpha",):
+                assert cm[key] == pytest.approx(em[key], abs=1e-4), key
+    # alpha did change with the epoch: theta * e / 3 for e = 0, 1, 2 (member 0's theta 0.5)
+    assert [r[RESULTS_KEY][0]["train_alpha"] for r in eager] == pytest.approx([0.0, 0.5 / 3, 1.0 / 3])

@@ -77,6 +77,12 @@ class AdaptConf(DistillLoss):
                 "alpha": alpha.mean()}
 
     @classmethod
+    def epoch_columns(cls, losses, epoch, num_epochs, device):
+        """This epoch's ramp of alpha per member."""
+        return {"ramp": member_column(tuple(superalignment_ramp(epoch, num_epochs, loss.params.rate)
+                                            for loss in losses), device)}
+
+    @classmethod
     def forward_members(cls, losses, inputs):
         """K members at once: logits (K, N, C); T, weights, smoothing, θ and this epoch's ramp as
         (K,) columns; members may differ in ``confidence`` (a per-member choice between the two
@@ -96,8 +102,7 @@ class AdaptConf(DistillLoss):
                 b = b_teacher.expand(k, -1) if len(modes) == 1 else torch.where(
                     member_column(tuple(float(loss.params.confidence == "teacher_self") for loss in losses),
                                   device).view(k, 1) > 0, b_teacher, b)
-            ramp = member_column(tuple(superalignment_ramp(inputs.epoch, inputs.num_epochs, loss.params.rate)
-                                       for loss in losses), device)
+            ramp = (inputs.member_columns or cls.epoch_columns(losses, inputs.epoch, inputs.num_epochs, device))["ramp"]
             alpha = torch.sigmoid((a - b) / columns("threshold").view(k, 1)) * ramp.view(k, 1)
         kd = stacked_kd_per_sample(z, teacher, columns("temperature"))
         self_ce = -log_p.max(dim=-1).values

@@ -54,14 +54,19 @@ class AugConf(DistillLoss):
                 "alpha": scalar_like(loss, alpha)}
 
     @classmethod
+    def epoch_columns(cls, losses, epoch, num_epochs, device):
+        """This epoch's alpha = theta * ramp per member."""
+        return {"alpha": member_column(tuple(loss.params.threshold * superalignment_ramp(epoch, num_epochs,
+                                                                                        loss.params.rate)
+                                             for loss in losses), device)}
+
+    @classmethod
     def forward_members(cls, losses, inputs):
         """K members at once: logits (K, N, C); T, weights, smoothing and this epoch's alpha (each
         member's theta and rate) as (K,) columns."""
         device = inputs.student_logits.device
         columns = MemberColumns(losses, device)
-        alpha = member_column(tuple(loss.params.threshold * superalignment_ramp(inputs.epoch, inputs.num_epochs,
-                                                                                 loss.params.rate)
-                                    for loss in losses), device)
+        alpha = (inputs.member_columns or cls.epoch_columns(losses, inputs.epoch, inputs.num_epochs, device))["alpha"]
         log_p = torch.log_softmax(inputs.student_logits.float(), dim=-1)
         ce = stacked_ce(log_p, inputs.targets, columns("label_smoothing"))
         kd = stacked_kd_per_sample(inputs.student_logits, inputs.teacher_logits, columns("temperature")).mean(dim=-1)

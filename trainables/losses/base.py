@@ -24,6 +24,8 @@ class LossInputs:
     ``student_features`` / ``teacher_features`` are penultimate (pooled) features, filled in only
     for losses with ``needs_features``. ``indices`` are the samples' positions in the training set.
     ``progress`` is the fraction of training done, in [0, 1], for losses with schedules.
+    ``member_columns``: a fused step's :meth:`DistillLoss.epoch_columns`, computed outside its
+    compiled part (None: ``forward_members`` computes them from ``epoch``).
     """
 
     student_logits: torch.Tensor
@@ -35,6 +37,7 @@ class LossInputs:
     epoch: int = 0
     num_epochs: int = 1
     progress: float = 0.0
+    member_columns: dict[str, torch.Tensor] | None = None
 
 
 class DistillLoss(nn.Module):
@@ -78,6 +81,15 @@ class DistillLoss(nn.Module):
         what each member's ``forward`` would, in order. Worth having because a fused step at a
         small batch is launch-bound on a GPU: K separate loss computations are K times the kernels."""
         raise NotImplementedError(f"loss {cls.registry_name!r} has no vectorised form for fused members")
+
+    @classmethod
+    def epoch_columns(cls, losses: list["DistillLoss"], epoch: int, num_epochs: int,
+                      device: torch.device) -> dict[str, torch.Tensor]:
+        """What ``forward_members`` needs from the epoch, as (K,) columns: a compiled fused step
+        computes them outside its graph and passes them in ``LossInputs.member_columns``, so the
+        graph sees tensors, not the epoch (which dynamo would guard on, recompiling every epoch
+        until its limit, then running eager). None for losses without schedules."""
+        return {}
 
 
 def soft_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, label_smoothing: float = 0.0) -> torch.Tensor:

@@ -393,6 +393,9 @@ class FusedRun:
             # student_logits / student_features are filled in by forward_losses.
             shared = LossInputs(student_logits=None, targets=yb, teacher_logits=t_logits, teacher_features=t_feats,
                                 indices=idx, epoch=epoch, num_epochs=epochs, progress=epoch / epochs)
+            if type(first).vectorised_members and len(active) > 1:
+                shared.member_columns = type(first).epoch_columns([self.members[k].loss_fn for k in active], epoch,
+                                                                  epochs, self.device)
             if self.cuda_graphs:
                 # A new step begins: the graphs' previous outputs may be overwritten. Every consumer
                 # of the last step's outputs (backward, the epoch's statistics) has run by now.
