@@ -256,7 +256,7 @@ class DinoRun:
         for group in self.update_groups(epoch):
             if self.progress["step"] >= self.total_steps:  # n_steps: stop mid-epoch
                 break
-            means.add(self.step(epoch, group))
+            means.add(self.step(epoch, group[0] if len(group) == 1 else group))
         self.end_epoch(epoch)
         return means.means()
 
