@@ -294,7 +294,7 @@ class DinoRun:
         return sampled_epoch_batches(self.n_train, p.samples_per_epoch, p.batch_size, epoch, p.seed, self.session,
                                      self.device)
 
-    def views(self, idx: torch.Tensor) -> "Views":
+    def views(self, idx: torch.Tensor) -> Views:
         """What one micro-batch's step sees, drawn from the data stream: its multi-crop views and
         (supervised) its targets, drawn after the crops."""
         p = self.p
@@ -308,7 +308,7 @@ class DinoRun:
         targets = self.targets(idx, globals_[0]) if p.supervised else None
         return Views(globals_, locals_, targets)
 
-    def forward_loss(self, epoch: int, idx: torch.Tensor, views: "Views | None" = None) -> dict[str, torch.Tensor]:
+    def forward_loss(self, epoch: int, idx: torch.Tensor, views: Views | None = None) -> dict[str, torch.Tensor]:
         """The loss on micro-batch ``idx``, on ``views`` (drawn here when None)."""
         v = self.views(idx) if views is None else views
         with autocast(self.device, enabled=not self.p.float64):  # bf16 on CUDA; the loss computes in fp32
@@ -317,7 +317,7 @@ class DinoRun:
         return self.loss_fn(s_out, t_out, epoch=epoch)
 
     def step(self, epoch: int, idx: torch.Tensor | list[torch.Tensor],
-             views: "list[Views] | None" = None) -> dict[str, torch.Tensor]:
+             views: list[Views] | None = None) -> dict[str, torch.Tensor]:
         """One optimiser update on one batch, or (``batch_accum``) on a list of micro-batches: each
         micro-batch's loss divided by their number, gradients summed (DDP syncs on the last only), so a
         per-sample-mean loss updates as on their union. Returns the micro-batches' mean statistics.
@@ -359,7 +359,7 @@ class DinoRun:
         self.progress["step"] += 1
         return out
 
-    def teacher_outputs(self, views: "Views") -> list[torch.Tensor]:
+    def teacher_outputs(self, views: Views) -> list[torch.Tensor]:
         """What the student matches on each global crop: the teacher's head outputs, or (supervised)
         the same noisy one-hot targets for every crop."""
         if views.targets is not None:
