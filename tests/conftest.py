@@ -80,3 +80,13 @@ def local_ray():
              runtime_env={"env_vars": {"PYTHONPATH": REPO, "OMP_NUM_THREADS": "1"}})
     yield ray
     ray.shutdown()
+
+
+def mlflow_runs(tmp_path, experiment: str, sweep: str):
+    """(client, runs) of sweep ``sweep`` in experiment ``experiment`` of the sqlite MLflow store a
+    sweep run in ``tmp_path`` wrote (run_sweep.py's default store)."""
+    import mlflow
+
+    client = mlflow.tracking.MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db")
+    exp = client.get_experiment_by_name(experiment)
+    return client, client.search_runs([exp.experiment_id], filter_string=f"tags.`w2s.sweep` = '{sweep}'")

@@ -1,6 +1,8 @@
 """The random-teacher digits sweep as a user runs it (shortened): a Tune grid over teacher
 temperature and student initialisation, one MLflow child run per trial with probe metrics per
-epoch and the random teacher's own, and the best config written."""
+epoch and the random teacher's own, and the best config written; and the same sweep with
+`--set params.vectorize=2`: one fused trial whose members are the grid, judged one by one by ASHA."""
+import csv
 import json
 import math
 import os
@@ -9,7 +11,7 @@ import sys
 
 import pytest
 
-from tests.conftest import REPO
+from tests.conftest import REPO, mlflow_runs
 
 pytestmark = pytest.mark.slow
 
@@ -19,13 +21,17 @@ FAST = ["--name", "rt", "--set", "params.epochs=4", "--set", "params.warmup_epoc
 PROBES = ("knn_acc", "test_knn_acc", "linear_acc", "test_linear_acc")
 
 
+def run_space(tmp, *args):
+    proc = subprocess.run([sys.executable, os.path.join(REPO, "run_sweep.py"), SPACE, *FAST, *args],
+                          cwd=tmp, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc
+
+
 @pytest.fixture(scope="module")
 def sweep(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("random_teacher")
-    proc = subprocess.run([sys.executable, os.path.join(REPO, "run_sweep.py"), SPACE, *FAST],
-                          cwd=tmp, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return tmp, proc
+    return tmp, run_space(tmp)
 
 
 def test_grid_over_teacher_temperature_and_student_init_lands_in_mlflow(sweep):
@@ -66,3 +72,41 @@ def test_best_config_is_the_best_knn_trial(sweep):
                               filter_string="tags.`w2s.role` = 'trial' and tags.`w2s.sweep` = 'rt'")
     assert math.isclose(best["value"], max(r.data.metrics["knn_acc"] for r in runs), rel_tol=1e-9)
     assert best["config"]["teacher_mode"] == "no_update"
+
+
+@pytest.fixture(scope="module")
+def fused(tmp_path_factory):
+    """The space's four grid points as the members of one fused trial; ASHA from epoch 1."""
+    tmp = tmp_path_factory.mktemp("random_teacher_fused")
+    run_space(tmp, "--name", "rtf", "--set", "params.vectorize=2", "--set", "scheduler.type=asha",
+              "--set", "scheduler.grace_period=1")
+    return tmp
+
+
+def test_a_fused_sweep_gives_each_member_its_child_run_row_and_asha_verdict(fused):
+    """Both grid keys are per-member keys: one trial trains all four combinations; each member is
+    its own MLflow child run (tag w2s.probe) with its own metrics and results row, and ASHA stops
+    members one by one while another trains on to the last epoch."""
+    client, runs = mlflow_runs(fused, "random_teacher_digits", "rtf")
+    members = [r for r in runs if r.data.tags["w2s.role"] == "trial"]
+    assert len(members) == 4 and len({r.data.tags["w2s.trial_id"] for r in members}) == 1
+    assert sorted(r.data.tags["w2s.probe"] for r in members) == ["0", "1", "2", "3"]
+    grid = {(r.data.params["loss_params.teacher_temp"], r.data.params["student_init"]) for r in members}
+    assert grid == {("0.05", "teacher"), ("0.05", "random"), ("0.1", "teacher"), ("0.1", "random")}
+    for r in members:
+        assert r.info.status == "FINISHED"
+        history = client.get_metric_history(r.info.run_id, "knn_acc")
+        assert [h.step for h in history] == list(range(1, len(history) + 1))  # one point per epoch it trained
+        assert r.data.tags["w2s.outcome"] == ("completed" if len(history) == 4 else "stopped_early")
+        assert math.isfinite(r.data.metrics["train_loss"]) and 0.0 <= r.data.metrics["knn_acc"] <= 1.0
+        assert 0.0 <= float(r.data.params["static.teacher_knn_acc"]) <= 1.0
+    outcomes = [r.data.tags["w2s.outcome"] for r in members]
+    assert "stopped_early" in outcomes and "completed" in outcomes
+    # the members trained on their own values: four different losses
+    assert len({round(r.data.metrics["train_loss"], 6) for r in members}) == 4
+    with open(fused / "ray_results" / "rtf" / "results.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 4 and sorted(row["status"] for row in rows) == sorted(outcomes)
+    assert {(row["param.loss_params.teacher_temp"], row["param.student_init"]) for row in rows} == grid
+    assert {round(float(row["train_loss"]), 6) for row in rows} == {round(r.data.metrics["train_loss"], 6)
+                                                                     for r in members}

@@ -12,11 +12,9 @@ QUICK = ["--set", "num_samples=4", "--set", "control.seeds=2", "--set", "params.
 
 
 def mlflow_runs(tmp_path, sweep):
-    import mlflow
+    from tests.conftest import mlflow_runs as runs_of
 
-    client = mlflow.tracking.MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db")
-    exp = client.get_experiment_by_name("quickstart")
-    return client, client.search_runs([exp.experiment_id], filter_string=f"tags.`w2s.sweep` = '{sweep}'")
+    return runs_of(tmp_path, "quickstart", sweep)
 
 
 @pytest.fixture(scope="module")

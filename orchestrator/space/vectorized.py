@@ -135,7 +135,7 @@ def plan_lines(spec: SweepSpec) -> list[str]:
 
     n = configs_per_trial(spec)
     keys = ", ".join(spec.vectorized_keys) or "none searched"
-    lines = [f"vectorised: each trial trains {n} configurations as one batched computation "
+    lines = [f"vectorised: each trial trains {n} configurations together on shared batches "
              f"({n * spec.expected_trials()} in all; per-configuration keys: {keys})"]
     if get_trainable(spec.trainable).stops_members and spec.scheduler.type == "asha":
         lines.append("vectorised: ASHA judges every configuration at its rungs; a stopped one leaves its trial's "

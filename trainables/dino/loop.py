@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+from dataclasses import dataclass
 from typing import Any, Iterator
 
 import torch
@@ -88,6 +89,36 @@ def copy_student(teacher: nn.Module, student: nn.Module, bn_stats: bool = True) 
         ema_bn_stats(teacher, student, 0.0)
 
 
+# ------------------------------------------------------------------------------------ the data stream
+
+# The crops (and supervised noise) draw from the global generator. Reseeded from the trial's seed
+# once the networks are built and probed, they follow ``seed`` alone, not the init seeds whose
+# draws come before them: trials that differ only in teacher_init_seed, student init or lr see the
+# same crops, and the members of a fused trial (trainables/dino/fused.py) can share one draw.
+DATA_STREAM = 7
+
+
+def seed_data_stream(seed: int) -> None:
+    """Start the crops' random stream of a trial with data seed ``seed``."""
+    torch.manual_seed(seed * 1_000_003 + DATA_STREAM)
+
+
+class RngState:
+    """The global generators' state as a checkpoint entry, so a resumed trial draws the crops an
+    uninterrupted one would."""
+
+    def state_dict(self) -> dict[str, Any]:
+        state = {"cpu": torch.get_rng_state()}
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            state["cuda"] = torch.cuda.get_rng_state_all()
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        torch.set_rng_state(state["cpu"])
+        if "cuda" in state and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["cuda"])
+
+
 # ------------------------------------------------------------------------------------------- the loop
 
 def weight_decay_groups(model: nn.Module, weight_decay: float) -> list[dict]:
@@ -136,6 +167,15 @@ class _DoubleInput(nn.Module):
 
     def forward(self, x: torch.Tensor, **kwargs):
         return self.encoder(x.double(), **kwargs)
+
+
+@dataclass
+class Views:
+    """One micro-batch's multi-crop views, and (supervised) the targets that replace the teacher."""
+
+    globals_: list[torch.Tensor]
+    locals_: list[torch.Tensor]
+    targets: torch.Tensor | None = None
 
 
 def train_dino(p: DinoParams, data: DatasetSplits, session: Session, checkpoint_every: int = 0) -> dict[str, Any]:
@@ -202,31 +242,46 @@ class DinoRun:
         self.last_layer = unwrap(self.student).head.last_layer
         self.progress = {"epoch": 0, "step": 0}
         self.tracker = DinoTracker(p, unwrap(self.student), self.teacher, data, self.epochs, self.probed)
+        seed_data_stream(p.seed)
 
     def checkpointed(self) -> Checkpointed:
+        # rng: optional, as checkpoints written before it lack it
         return Checkpointed({"student": unwrap(self.student), "teacher": self.teacher, "loss_fn": self.loss_fn,
-                             "optimizer": self.optimizer, "scheduler": self.scheduler},
-                            self.progress, records={"probe": self.probe, **self.tracker.records})
+                             "optimizer": self.optimizer, "scheduler": self.scheduler, "rng": RngState()},
+                            self.progress, records={"probe": self.probe, **self.tracker.records}, optional=("rng",))
 
     def train_epoch(self, epoch: int) -> dict[str, torch.Tensor]:
-        p = self.p
-        self.student.train()
-        self.teacher.train(not p.teacher_eval)
+        self.start_epoch()
         means = EpochMeans()
-        self.tracker.start_epoch()
-        group: list[torch.Tensor] = []
-        for idx in self.micro_batches(epoch):
+        for group in self.update_groups(epoch):
             if self.progress["step"] >= self.total_steps:  # n_steps: stop mid-epoch
                 break
+            means.add(self.step(epoch, group[0] if len(group) == 1 else group))
+        self.end_epoch(epoch)
+        return means.means()
+
+    def update_groups(self, epoch: int) -> Iterator[list[torch.Tensor]]:
+        """This epoch's optimiser updates: each a list of ``batch_accum`` micro-batches (indices into
+        the training split); micro-batches that do not fill a last update are dropped."""
+        group: list[torch.Tensor] = []
+        for idx in self.micro_batches(epoch):
             group.append(idx if self.train_idx is None else self.train_idx[idx])
-            if len(group) == p.batch_accum:
-                means.add(self.step(epoch, group[0] if len(group) == 1 else group))
+            if len(group) == self.p.batch_accum:
+                yield group
                 group = []
+
+    def start_epoch(self) -> None:
+        self.student.train()
+        self.teacher.train(not self.p.teacher_eval)
+        self.tracker.start_epoch()
+
+    def end_epoch(self, epoch: int) -> None:
+        """The teacher update at an epoch's end (``prev_epoch``)."""
+        p = self.p
         if p.teacher_mode == "prev_epoch" and (epoch + 1) % p.teacher_update_every == 0:
             copy_student(self.teacher, unwrap(self.student), bn_stats=p.teacher_bn_mode == "from_student")
             if p.teacher_bn_mode == "from_student":
                 average_bn_stats(self.teacher, self.session)
-        return means.means()
 
     def probed(self, encoder: nn.Module) -> nn.Module:
         return _DoubleInput(encoder) if self.p.float64 else encoder
@@ -239,7 +294,9 @@ class DinoRun:
         return sampled_epoch_batches(self.n_train, p.samples_per_epoch, p.batch_size, epoch, p.seed, self.session,
                                      self.device)
 
-    def forward_loss(self, epoch: int, idx: torch.Tensor) -> dict[str, torch.Tensor]:
+    def views(self, idx: torch.Tensor) -> Views:
+        """What one micro-batch's step sees, drawn from the data stream: its multi-crop views and
+        (supervised) its targets, drawn after the crops."""
         p = self.p
         x = self.data.train_x[idx]
         if p.float64 and x.is_floating_point():
@@ -248,15 +305,24 @@ class DinoRun:
         if self.channels_last:
             globals_, locals_ = ([c.contiguous(memory_format=torch.channels_last) for c in crops]
                                  for crops in (globals_, locals_))
-        with autocast(self.device, enabled=not p.float64):  # bf16 on CUDA; the loss computes in fp32
-            t_out = self.teacher_outputs(idx, globals_)
-            s_out = forward_crops(self.student, globals_ + locals_)
+        targets = self.targets(idx, globals_[0]) if p.supervised else None
+        return Views(globals_, locals_, targets)
+
+    def forward_loss(self, epoch: int, idx: torch.Tensor, views: Views | None = None) -> dict[str, torch.Tensor]:
+        """The loss on micro-batch ``idx``, on ``views`` (drawn here when None)."""
+        v = self.views(idx) if views is None else views
+        with autocast(self.device, enabled=not self.p.float64):  # bf16 on CUDA; the loss computes in fp32
+            t_out = self.teacher_outputs(v)
+            s_out = forward_crops(self.student, v.globals_ + v.locals_)
         return self.loss_fn(s_out, t_out, epoch=epoch)
 
-    def step(self, epoch: int, idx: torch.Tensor | list[torch.Tensor]) -> dict[str, torch.Tensor]:
+    def step(self, epoch: int, idx: torch.Tensor | list[torch.Tensor],
+             views: list[Views] | None = None) -> dict[str, torch.Tensor]:
         """One optimiser update on one batch, or (``batch_accum``) on a list of micro-batches: each
         micro-batch's loss divided by their number, gradients summed (DDP syncs on the last only), so a
-        per-sample-mean loss updates as on their union. Returns the micro-batches' mean statistics."""
+        per-sample-mean loss updates as on their union. Returns the micro-batches' mean statistics.
+        ``views``: the micro-batches' views, drawn once for all members of a fused trial; None draws
+        each when its micro-batch comes."""
         p = self.p
         micro = [idx] if isinstance(idx, torch.Tensor) else list(idx)
         self.optimizer.zero_grad(set_to_none=True)
@@ -265,7 +331,7 @@ class DinoRun:
             last = i == len(micro) - 1
             no_sync = self.student.no_sync if not last and hasattr(self.student, "no_sync") else contextlib.nullcontext
             with no_sync():
-                out = self.forward_loss(epoch, mb)
+                out = self.forward_loss(epoch, mb, None if views is None else views[i])
                 (out["loss"] if len(micro) == 1 else out["loss"] / len(micro)).backward()
             outs.append(out)
         self.tracker.after_backward()
@@ -293,14 +359,13 @@ class DinoRun:
         self.progress["step"] += 1
         return out
 
-    def teacher_outputs(self, idx: torch.Tensor, globals_: list[torch.Tensor]) -> list[torch.Tensor]:
+    def teacher_outputs(self, views: Views) -> list[torch.Tensor]:
         """What the student matches on each global crop: the teacher's head outputs, or (supervised)
         the same noisy one-hot targets for every crop."""
-        p = self.p
-        if p.supervised:
-            return [self.targets(idx, globals_[0])] * len(globals_)
+        if views.targets is not None:
+            return [views.targets] * len(views.globals_)
         with torch.no_grad():
-            return forward_crops(self.teacher, globals_)
+            return forward_crops(self.teacher, views.globals_)
 
     def epoch_metrics(self, epoch: int, train_stats: dict[str, float]) -> dict[str, Any]:
         probed = epoch + 1 == self.epochs or (epoch + 1) % self.p.probe_every == 0
@@ -321,4 +386,8 @@ def training_subset(data: DatasetSplits, n_samples: int, seed: int):
 
 def run_dino(p: DinoParams, session: Session, ctx: TrialContext) -> dict[str, Any]:
     data = load_dataset(p.dataset, seed=p.split_seed, **p.dataset_kwargs).to(session.device)
+    if p.is_fused:
+        from trainables.dino.fused import train_dino_fused
+
+        return train_dino_fused(p, data, session, ctx)
     return train_dino(p, data, session, checkpoint_every=ctx.checkpoint_every)

@@ -5,13 +5,23 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
-from trainables.core.config import StrictModel
+from trainables.core.config import StrictModel, first_problem
 from trainables.core.registry import kwargs_validator
 from trainables.losses import check_loss_params
 from trainables.models import ModelName, check_model_kwargs
+from trainables.runtime.vectorize import GRID_KEY, PROBES_KEY, expand_configs, is_vectorized, single_config
 from trainables.training.dataset_params import DatasetParams
+
+# What the members of a fused trial (``vectorize: K``, trainables/dino/fused.py) may differ in: the
+# optimisation, the teacher's EMA, the inits and the loss, values that leave the data, the crops and
+# the computation's shape alone. Everything else (encoder, head, crops, batch size, epochs, dataset,
+# n_samples, teacher_mode, probes) is the trial's and shared by its members. ``seed`` orders the
+# batches and draws the crops: those are member 0's; a member's own seed sets its linear probes.
+MEMBER_FIELDS = ("lr", "weight_decay", "weight_decay_end", "momentum", "betas", "min_lr", "clip_grad",
+                 "loss_params", "teacher_momentum", "teacher_momentum_final", "teacher_init_seed", "student_init",
+                 "student_init_seed", "student_init_alpha", "student_init_eps", "seed")
 
 
 class HeadConfig(StrictModel):
@@ -182,6 +192,12 @@ class DinoParams(DatasetParams):
         "none", description="student encoder features of train/val/test in the checkpoint entry features")
     keep_loss_max: bool = Field(False, description="dinopl's --save_ckpt loss_max: parameters at the update with "
                                                    "the highest loss, checkpoint entry loss_max")
+    # --- fused trials ---
+    vectorize: int | None = Field(None, ge=1, le=256, description="fused trial: (student, teacher) pairs trained "
+                                  "together on the same batches and crops, each with its own sampled lr / "
+                                  "weight decay / teacher momentum / init seeds / loss_params / seed")
+    probes: list[dict[str, Any]] | None = Field(None, description="set by the sweep: the members' sampled values")
+    probe_grid: dict[str, list[Any]] | None = Field(None, description="set by the sweep: the members' grid values")
 
     @field_validator("save_paramstats", mode="before")
     @classmethod
@@ -211,7 +227,51 @@ class DinoParams(DatasetParams):
                              f"(got {self.knn_temperature}): the temperature weights cosine similarities only")
         self._check_optimisation()
         self._check_supervised()
+        if self.is_fused:
+            self._fused_fits()
         return self
+
+    @property
+    def is_fused(self) -> bool:
+        """``vectorize`` set: the trial runs fused, even with one member (no per-member key searched)."""
+        return self.vectorize is not None or is_vectorized(self.model_dump(include={"probes", "probe_grid"}))
+
+    def member_params(self) -> list["DinoParams"]:
+        """The stand-alone parameters of each member of a fused trial, in member order."""
+        return [DinoParams.model_validate(self._member_config(k)) for k in range(self.members)]
+
+    @property
+    def members(self) -> int:
+        return len(expand_configs(self.model_dump(include={*MEMBER_FIELDS, PROBES_KEY, GRID_KEY}), MEMBER_FIELDS))
+
+    def _member_config(self, k: int) -> dict[str, Any]:
+        """Member ``k``'s stand-alone config, from the keys this trial set (nested ones too), as its
+        unfused trial would set them: checks that read which keys were set (betas with sgd, a head
+        of kind identity, ...) judge both alike."""
+        return single_config(self.model_dump(exclude_unset=True), MEMBER_FIELDS, k)
+
+    def _fused_fits(self) -> None:
+        """What a fused trial cannot do, refused before it starts."""
+        accepted = ", ".join(MEMBER_FIELDS)
+        for entry in [*(self.probes or []), self.probe_grid or {}]:
+            for key in entry:
+                if key.split(".")[0] not in MEMBER_FIELDS:
+                    raise ValueError(f"{PROBES_KEY}: {key} cannot differ between the members of a fused trial "
+                                     f"(they share the data, crops and shapes; vectorize: {self.vectorize}); "
+                                     f"per-member keys: {accepted}")
+        refused = [("workers", self.workers > 1, "a fused dino trial trains on one worker; use resources.workers 1"),
+                   ("save_paramstats", bool(self.save_paramstats), "checkpoint entries are one trial's; use []"),
+                   ("save_features", self.save_features != "none", "checkpoint entries are one trial's; use none"),
+                   ("keep_loss_max", self.keep_loss_max, "checkpoint entries are one trial's; use false")]
+        for key, bad, why in refused:
+            if bad:
+                raise ValueError(f"{key}: {why} (vectorize: {self.vectorize})")
+        config = self.model_dump(exclude_unset=True)
+        for i, member in enumerate(expand_configs(config, MEMBER_FIELDS)):
+            try:
+                DinoParams.model_validate(self._member_config(i))
+            except ValidationError as exc:
+                raise ValueError(f"member {i} ({member}): {first_problem(exc)}") from None
 
     def _check_supervised(self) -> None:
         """The supervised targets' keys: each applies to one kind of target (dinopl refuses the same mixes)."""

@@ -19,7 +19,7 @@ report vocabulary.
 from __future__ import annotations
 
 from trainables.dino.loop import run_dino
-from trainables.dino.params import DinoParams
+from trainables.dino.params import MEMBER_FIELDS, DinoParams
 from trainables.dino.prepare import check_dino_inputs, prepare_dino
 from trainables.dino.report import PLOTS as DINO_PLOTS, dino_headline
 from trainables.runtime.trainable import register_trainable
@@ -35,6 +35,9 @@ register_trainable(
     description="DINO self-distillation (ema / prev_epoch / random no_update teacher) with kNN and linear probes.",
     prepare=prepare_dino,
     check_available=check_dino_inputs,
+    # vectorize: K fuses K (student, teacher) pairs per trial (trainables/dino/fused.py); ASHA judges each member.
+    vectorized_keys=MEMBER_FIELDS,
+    stops_members=True,
     metrics_doc={
         "knn_acc": "kNN accuracy (knn_metric: cosine or l2) of the student's raw encoder features on the "
                    "validation split, at the latest probe (every probe_every epochs, the last epoch, and "

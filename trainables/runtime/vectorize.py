@@ -76,3 +76,23 @@ def best_over(values: list[float], name: str) -> float:
     if not finite:
         return math.nan
     return min(finite) if "loss" in name else max(finite)
+
+
+def members_report(per_member: list[dict[str, Any]], epoch: int) -> dict[str, Any]:
+    """A fused trial's report: every member's latest metrics under ``probes`` (a member that left
+    keeps its last ones), and the best over them at the top level for Tune's scheduler."""
+    # Imported here: the orchestrator reads this module while parsing a sweep, before torch is needed.
+    from trainables.runtime.session import DIVERGED
+
+    names = sorted({k for m in per_member for k, v in m.items() if isinstance(v, (int, float))} - {"epoch", DIVERGED})
+    best = {k: best_over([m.get(k, math.nan) for m in per_member], k) for k in names}
+    return {**best, "epoch": epoch, RESULTS_KEY: [dict(m) for m in per_member]}
+
+
+def diverged_member_metrics(epoch: int, metric: str, mode_max: bool) -> dict[str, Any]:
+    """What a fused trial reports for a member whose loss turned non-finite in ``epoch`` (0-based):
+    flagged, and the worst value of the sweep's metric, so no scheduler or report ranks it."""
+    from trainables.runtime.session import DIVERGED
+
+    return {DIVERGED: 1.0, "epoch": epoch + 1, "divergence": f"non-finite loss in epoch {epoch + 1}",
+            metric: float("-inf") if mode_max else float("inf")}

@@ -49,8 +49,8 @@ from trainables.runtime.engine import (autocast, build_optimizer, epoch_batches,
                                        steps_per_epoch)
 from trainables.runtime.epochs import Checkpointed, EpochMeans, wants_checkpoint
 from trainables.runtime.prefetch import prefetched
-from trainables.runtime.session import DIVERGED, RESTORE_NOTE, Session
-from trainables.runtime.vectorize import RESULTS_KEY, best_over
+from trainables.runtime.session import RESTORE_NOTE, Session
+from trainables.runtime.vectorize import diverged_member_metrics, members_report
 from trainables.training.batch_augment import BatchAugment
 from trainables.training.classifier_loop import OptimConfig, TeacherSignal, compiled_forward
 from trainables.training.views import BatchViews, PlainViews
@@ -442,17 +442,10 @@ class FusedRun:
                 "test_acc_at_best_val": progress["test_acc_at_best_val"], "lr": lr, **self.static_metrics}
 
     def diverged_metrics(self, epoch: int) -> dict[str, Any]:
-        out: dict[str, Any] = {DIVERGED: 1.0, "epoch": epoch + 1, "divergence": f"non-finite loss in epoch {epoch + 1}"}
-        out[self.metric] = float("-inf") if self.mode_max else float("inf")
-        return out
+        return diverged_member_metrics(epoch, self.metric, self.mode_max)
 
     def report(self) -> dict[str, Any]:
-        """The trial's report: every member's latest metrics under ``probes`` (a member that left
-        keeps its last ones), and the best over them at the top level for Tune's scheduler."""
-        per_member = self.last["metrics"]
-        names = sorted({k for m in per_member for k, v in m.items() if isinstance(v, (int, float))} - {"epoch", DIVERGED})
-        best = {k: best_over([m.get(k, math.nan) for m in per_member], k) for k in names}
-        return {**best, "epoch": self.progress["epoch"], RESULTS_KEY: [dict(m) for m in per_member]}
+        return members_report(self.last["metrics"], self.progress["epoch"])
 
     def run(self, checkpoint_every: int = 0) -> dict[str, Any]:
         state = self.checkpointed()
