@@ -165,8 +165,13 @@ def test_under_ddp_each_member_equals_its_unfused_ddp_trial(tmp_path):
                 assert member[key] == pytest.approx(expect[key], abs=1e-4), (k, epoch, key)
 
 
-@pytest.mark.parametrize("mode", ["loop", "vmap"])
-def test_a_fused_step_makes_no_host_sync(mode):
+@pytest.mark.parametrize("mode", ["loop", "loop member by member", "vmap"])
+def test_a_fused_step_makes_no_host_sync(mode, monkeypatch):
+    import trainables.training.fused as fused_module
+
+    if mode == "loop member by member":
+        monkeypatch.setattr(fused_module, "ALL_AT_ONCE_BYTES", 0)
+        mode = "loop"
     from trainables.data import load_dataset
     from trainables.losses import create_loss
     from trainables.models import create_model
@@ -191,6 +196,44 @@ def test_a_fused_step_makes_no_host_sync(mode):
     assert len(stats) == 3 and all(torch.isfinite(s["loss"]) for s in stats)
     after = [p for m in members for p in m.model.parameters()]
     assert all(not torch.equal(a, b) for a, b in zip(before, after) if a.dim() > 1)  # every member stepped
+
+
+def test_the_loop_forward_runs_member_by_member_when_activations_are_large(ctx, monkeypatch):
+    """Above ALL_AT_ONCE_BYTES of activations (or with a loss that has no vectorised form) the
+    eager loop forward runs each member's forward, loss and backward in turn: members still equal
+    their unfused trials. Below it, all forwards, one vectorised loss, one backward."""
+    import trainables.training.fused as fused_module
+    from trainables.losses import create_loss
+    from trainables.models import create_model
+    from trainables.training.classifier_loop import OptimConfig
+    from trainables.training.fused import FusedRun, Member, forward_bytes
+
+    # the decision, on digits-shaped inputs (1 x 8 x 8)
+    from trainables.distill.loop import load_data
+
+    data = load_data(DistillParams(teacher=TEACHER, student="mlp_tiny"), ctx)
+    model = create_model("cnn_small", num_classes=10, input_shape=(1, 8, 8))
+    per_member = forward_bytes(model, (1, 8, 8), 64)
+    assert per_member > 0 and next(model.parameters()).device.type == "cpu"  # measured on meta copies
+
+    def decides(loss: str, threshold: int, mode: str = "loop") -> bool:
+        monkeypatch.setattr(fused_module, "ALL_AT_ONCE_BYTES", threshold)
+        members = [Member(create_model("cnn_small", num_classes=10, input_shape=(1, 8, 8)),
+                          create_loss(loss, {}, num_classes=10), OptimConfig(epochs=1, batch_size=64, lr=0.1))
+                   for _ in range(3)]
+        run = FusedRun(members, data, LocalSession(CPU), 0, None, None, {}, mode=mode)
+        return run.one_at_a_time(torch.zeros(64, 1, 8, 8))
+
+    assert not decides("kd", 3 * per_member)
+    assert decides("kd", 3 * per_member - 1)
+    assert decides("dkd", 10**12)  # no vectorised form: nothing to gain from holding every member
+    assert not decides("kd", 0, mode="vmap")
+    # the member-by-member step trains every member as its own trial
+    monkeypatch.setattr(fused_module, "ALL_AT_ONCE_BYTES", 0)
+    fused, alone = fused_and_alone(ctx, "loop")
+    for k, member in enumerate(fused[-1][RESULTS_KEY]):
+        for key in COMPARED:
+            assert member[key] == pytest.approx(alone[k][-1][key], abs=1e-4), (k, key)
 
 
 def test_members_that_cannot_fit_the_device_are_refused_before_ray_starts(monkeypatch):

@@ -63,6 +63,14 @@ FORWARD_MODES = ("auto", "vmap", "loop")
 # at 128, 1.05x at 256, 0.41-0.61x at 512, where loop ran 1.02x.
 VMAP_MAX_BATCH = 256
 
+# Forward activations of all members together up to which the eager loop forward keeps them all
+# alive for one vectorised loss computation and one backward; above, it runs member by member
+# (FusedRun.one_at_a_time). Measured on the 2-core CPU (bench/sweep_gpu.py, K = 4, batch 64, fused
+# over sequential trials, all at once / member by member): the quickstart's MLP (0.1 MiB per
+# member) 1.54x / 1.28x; cnn_small at 8 px (7.5 MiB, 30 MiB together) 1.08-1.13x / 0.98-1.02x;
+# at 16 px (10 MiB, 40 MiB together) 0.85-1.03x / 1.05-1.09x. The crossover lies in between.
+ALL_AT_ONCE_BYTES = 32 * 2**20
+
 
 def forward_mode(mode: str, device: torch.device, batch_size: int) -> str:
     """The forward a fused trial runs: ``auto`` is vmap on CUDA at small per-member batches (where
@@ -272,6 +280,7 @@ class FusedRun:
             m.loss_fn = m.loss_fn.to(device)
             models.append(model)
         self.students = FusedStudents(models, forward_mode(mode, device, optim.batch_size))
+        self._one_at_a_time: bool | None = None
         # The (compiled) forward and losses, and the active set it was built for (see losses_fn).
         self._losses_fn: Callable = self.forward_losses
         self._built_for: tuple[int, ...] | None = None
@@ -376,6 +385,39 @@ class FusedRun:
                 stats.append(loss(shared))
         return torch.stack([s["loss"] for s in stats]).sum(), stats
 
+    def one_at_a_time(self, xb: torch.Tensor) -> bool:
+        """Whether this eager loop-forward step runs member by member (:meth:`member_by_member`)
+        rather than all forwards, one loss computation, one backward. Decided on the first batch:
+        member by member when the loss has no vectorised form (nothing to gain from holding every
+        member's logits) or when the members' forward activations together exceed
+        :data:`ALL_AT_ONCE_BYTES`."""
+        if self.students.mode != "loop" or self.optim.compile is not False:
+            return False
+        if self._one_at_a_time is None:
+            first = self.members[self.students.active[0]]
+            together = len(self.members) * forward_bytes(first.model, tuple(xb.shape[1:]), xb.shape[0])
+            self._one_at_a_time = not type(first.loss_fn).vectorised_members or together > ALL_AT_ONCE_BYTES
+        return self._one_at_a_time
+
+    def member_by_member(self, xb: torch.Tensor, shared: LossInputs) -> list[dict[str, torch.Tensor]]:
+        """The eager loop forward: each active member's forward, loss and backward in turn, as
+        its own trial would run them. Gradients are the same as one backward of the summed
+        losses (members share no parameter), but only one member's activations are alive at a
+        time: on a CPU, K members' activations at once overflowed the caches and made the fused
+        trial 0.85-1.03x the speed of sequential trials (cnn_small at 16 px, K = 4, batch 64;
+        1.05-1.09x member by member; see ALL_AT_ONCE_BYTES). The loss runs per member here, not
+        vectorised (that needs every member's logits at once)."""
+        stats = []
+        for k in self.students.active:
+            model, loss_fn = self.members[k].model, self.members[k].loss_fn
+            with autocast(self.device):
+                z, f = model(xb, return_features=True) if loss_fn.needs_features else (model(xb), None)
+                shared.student_logits, shared.student_features = z.float(), f
+                out = loss_fn(shared)
+            out["loss"].backward()
+            stats.append(out)
+        return stats
+
     def step(self, epoch: int, idx: torch.Tensor, prepared: tuple) -> list[dict[str, torch.Tensor]]:
         """One optimiser step of every active member on one batch; each member's loss statistics."""
         xb, yb, view_ids = prepared
@@ -396,12 +438,16 @@ class FusedRun:
             if type(first).vectorised_members and len(active) > 1:
                 shared.member_columns = type(first).epoch_columns([self.members[k].loss_fn for k in active], epoch,
                                                                   epochs, self.device)
-            if self.cuda_graphs:
-                # A new step begins: the graphs' previous outputs may be overwritten. Every consumer
-                # of the last step's outputs (backward, the epoch's statistics) has run by now.
-                torch.compiler.cudagraph_mark_step_begin()
-            total, stats = losses_fn(xb, shared)
-        total.backward()
+        if self.one_at_a_time(xb):
+            stats = self.member_by_member(xb, shared)
+        else:
+            with autocast(self.device):
+                if self.cuda_graphs:
+                    # A new step begins: the graphs' previous outputs may be overwritten. Every consumer
+                    # of the last step's outputs (backward, the epoch's statistics) has run by now.
+                    torch.compiler.cudagraph_mark_step_begin()
+                total, stats = losses_fn(xb, shared)
+            total.backward()
         self.ranks.average_gradients([p for k in active for p in (*self.members[k].model.parameters(),
                                                                  *self.members[k].loss_fn.parameters())
                                       if p.requires_grad])
@@ -508,11 +554,11 @@ def train_fused(*, members: list[Member], data: DatasetSplits, session: Session,
     return run.run(checkpoint_every)
 
 
-def member_bytes(model: nn.Module, input_shape: tuple[int, ...], batch_size: int, optimizer: str = "sgd") -> int:
-    """An estimate of one member's training memory at ``batch_size``, from a forward pass on the
-    meta device (no memory, no compute): weights, gradients, optimiser state (one buffer for SGD,
-    two for Adam(W)), the stacked copy the vmap forward makes, and every forward output (what
-    backward may keep). ``model`` is moved to the meta device."""
+def forward_bytes(model: nn.Module, input_shape: tuple[int, ...], batch_size: int) -> int:
+    """Bytes of every output of ``model``'s forward at ``batch_size`` (what backward may keep),
+    counted on the meta device: the model runs on meta copies of its parameters and buffers
+    (``functional_call``), so it stays where it is and nothing is computed or allocated."""
+    from torch.func import functional_call
     from torch.utils._python_dispatch import TorchDispatchMode
     from torch.utils._pytree import tree_leaves
 
@@ -526,13 +572,20 @@ def member_bytes(model: nn.Module, input_shape: tuple[int, ...], batch_size: int
             self.total += sum(t.numel() * t.element_size() for t in tree_leaves(out) if isinstance(t, torch.Tensor))
             return out
 
-    model = model.to("meta")
-    params = sum(p.numel() * p.element_size() for p in model.parameters())
+    meta = {name: torch.empty_like(t, device="meta") for name, t in (*model.named_parameters(), *model.named_buffers())}
     counter = Outputs()
     with counter, torch.no_grad():
-        model(torch.empty(batch_size, *input_shape, device="meta"))
+        functional_call(model, meta, (torch.empty(batch_size, *input_shape, device="meta"),))
+    return counter.total
+
+
+def member_bytes(model: nn.Module, input_shape: tuple[int, ...], batch_size: int, optimizer: str = "sgd") -> int:
+    """An estimate of one member's training memory at ``batch_size``: weights, gradients,
+    optimiser state (one buffer for SGD, two for Adam(W)), the stacked copy the vmap forward makes,
+    and every forward output (:func:`forward_bytes`)."""
+    params = sum(p.numel() * p.element_size() for p in model.parameters())
     states = 2 if optimizer in ("adam", "adamw") else 1
-    return (3 + states) * params + counter.total
+    return (3 + states) * params + forward_bytes(model, input_shape, batch_size)
 
 
 def device_memory_bytes() -> tuple[int, str]:
