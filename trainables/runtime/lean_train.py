@@ -14,15 +14,22 @@ bench/overhead.py; README.md, "DDP trial overhead"):
   the controller dead by then, only removes a placement group that still exists. The cleaner
   itself stays: with Tune + Train V2 it is what removes a killed trial's placement group.
 
+and one more: the controller actor importing torch (:mod:`trainables.runtime.lean_backend`,
+whose backend config and cleaner callback are importable without it; they live there because
+the controller unpickles them, while this module imports ``ray.train.torch``).
+
 This module imports Ray Train internals: only the DDP path imports it, and when the hooks it
 relies on are missing (another Ray version) or ``W2S_STOCK_TRAIN=1`` (bench/overhead.py's
-baseline), :func:`trainer_class` returns the stock ``TorchTrainer``.
+baseline), :func:`trainer_class` returns the stock ``TorchTrainer`` and :func:`backend_config`
+Ray's ``TorchConfig``.
 """
 from __future__ import annotations
 
 import os
 
 from ray.train.torch import TorchTrainer
+
+from trainables.runtime.lean_backend import LeanTorchConfig, PromptCleanerStop
 
 # "1": start DDP trials with Ray Train's stock callbacks (bench/overhead.py's baseline).
 STOCK_TRAIN_ENV = "W2S_STOCK_TRAIN"
@@ -32,18 +39,6 @@ try:
     from ray.train.v2._internal.callbacks.placement_group_callback import PlacementGroupCleanerCallback
 except ImportError:  # another Ray version: the stock trainer
     DatasetsCallback = PlacementGroupCleanerCallback = None
-
-
-if PlacementGroupCleanerCallback is not None:
-
-    class PromptCleanerStop(PlacementGroupCleanerCallback):
-        """The stock cleaner callback, except that a finishing controller does not wait for the
-        cleaner to stop (see the module docstring; an aborting one still does)."""
-
-        async def before_controller_shutdown(self):
-            if self._cleaner is not None:
-                self._cleaner.stop.remote()
-                self._cleaner = None
 
 
 class LeanTorchTrainer(TorchTrainer):
@@ -58,8 +53,20 @@ class LeanTorchTrainer(TorchTrainer):
         return callbacks
 
 
+def _stock() -> bool:
+    return (DatasetsCallback is None or not hasattr(TorchTrainer, "_create_default_callbacks")
+            or os.environ.get(STOCK_TRAIN_ENV) == "1")
+
+
 def trainer_class() -> type:
-    if (DatasetsCallback is None or not hasattr(TorchTrainer, "_create_default_callbacks")
-            or os.environ.get(STOCK_TRAIN_ENV) == "1"):
-        return TorchTrainer
-    return LeanTorchTrainer
+    return TorchTrainer if _stock() else LeanTorchTrainer
+
+
+def backend_config(use_gpu: bool):
+    """The process-group setup of a DDP trial: nccl with GPUs, gloo on CPUs."""
+    backend = "nccl" if use_gpu else "gloo"
+    if _stock():
+        from ray.train.torch import TorchConfig
+
+        return TorchConfig(backend=backend)
+    return LeanTorchConfig(backend=backend)

@@ -166,9 +166,7 @@ def tune_entry(config: dict[str, Any], trainable_name: str, ctx: TrialContext, e
     phases.mark(run_name, "trial_start")
     import ray.train
     from ray import cloudpickle
-    from ray.train.torch import TorchConfig
-
-    from trainables.runtime.lean_train import trainer_class
+    from trainables.runtime.lean_train import backend_config, trainer_class
     from ray.tune.integration.ray_train import TuneReportCallback
 
     use_gpu = execution.gpus_per_worker > 0
@@ -186,7 +184,7 @@ def tune_entry(config: dict[str, Any], trainable_name: str, ctx: TrialContext, e
         train_loop_config={LOOP_PAYLOAD_KEY: payload},
         scaling_config=ray.train.ScalingConfig(num_workers=workers, use_gpu=use_gpu,
                                                resources_per_worker=per_worker),
-        torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
+        torch_config=backend_config(use_gpu),
         run_config=ray.train.RunConfig(
             name=run_name,
             storage_path=execution.train_storage_path or None,
