@@ -190,3 +190,21 @@ def test_member_keys_leave_the_data_and_shapes_alone():
     assert [m.lr for m in members] == [5e-3, 2e-3, 1e-2]
     assert [m.teacher_init_seed for m in members] == [0, 3, 0]
     assert not any(m.is_fused for m in members)
+
+
+def test_members_that_cannot_fit_the_device_are_refused_before_ray_starts(monkeypatch):
+    import trainables.dino.prepare as prepare
+
+    head = {"hidden_dims": [64], "bottleneck_dim": 16, "out_dim": 128}
+    p = DinoParams(dataset="digits", encoder="cnn", head=head, batch_size=32, vectorize=4,
+                   probes=[{"lr": 1e-3 * (k + 1)} for k in range(4)])
+    assert prepare.check_dino_inputs(p) == []  # 4 small members fit this machine
+    per = prepare.member_bytes(p, prepare._data("digits", "{}", 0))
+    student_params = sum(q.numel() * 4 for q in prepare.build_dino_model_for_estimate(p).parameters())
+    # at least: the student's weights, gradients and two Adam states, the teacher's weights, and
+    # the 128-d head output of each of the two global crops of the batch (fp32)
+    assert per >= 5 * student_params + 2 * 32 * 128 * 4
+    monkeypatch.setattr(prepare, "device_memory_bytes", lambda: (int(per * 3.5), "a small test device"))
+    (issue,) = prepare.check_dino_inputs(p)
+    assert issue[0] == "vectorize"
+    assert issue[1].startswith("4 members need about") and "at most 3 fit: lower vectorize or batch_size" in issue[1]
