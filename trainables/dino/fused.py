@@ -17,7 +17,6 @@ stops (``stops``) and members whose loss became non-finite leave the step, the o
 """
 from __future__ import annotations
 
-import math
 from typing import Any, Callable
 
 import torch
@@ -25,14 +24,13 @@ import torch
 from trainables.data import DatasetSplits
 from trainables.dino.loop import DinoRun, RngState, seed_data_stream
 from trainables.dino.params import DinoParams
-from trainables.runtime.epochs import Checkpointed, EpochMeans, wants_checkpoint
+from trainables.runtime.epochs import Checkpointed, EpochMeans, FusedEpochs
 from trainables.runtime.member_stops import stops_reader
-from trainables.runtime.session import RESTORE_NOTE, Session
+from trainables.runtime.session import Session
 from trainables.runtime.trainable import TrialContext, get_trainable
-from trainables.runtime.vectorize import diverged_member_metrics, members_report
 
 
-class FusedDino:
+class FusedDino(FusedEpochs):
     """The members of one fused dino trial, the shared data path, one epoch and the reports."""
 
     def __init__(self, p: DinoParams, data: DatasetSplits, session: Session,
@@ -91,56 +89,19 @@ class FusedDino:
             self.progress["step"] += 1
         for run in active:
             run.end_epoch(epoch)
+            run.progress["epoch"] = epoch + 1
         return {k: m.means() for k, m in means.items()}
 
-    def diverged_metrics(self, epoch: int) -> dict[str, Any]:
-        return diverged_member_metrics(epoch, self.metric, self.mode_max)
+    def member_metrics(self, k: int, epoch: int, stats: dict[str, float]) -> dict[str, Any]:
+        return self.runs[k].epoch_metrics(epoch, stats)
 
-    def report(self) -> dict[str, Any]:
-        """Reported as the fused distill trial reports (trainables/runtime/vectorize.py)."""
-        return members_report(self.last["metrics"], self.progress["epoch"])
+    @property
+    def num_epochs(self) -> int:
+        return self.epochs
 
-    def run(self, checkpoint_every: int = 0) -> dict[str, Any]:
-        state = self.checkpointed()
-        restored = self.session.restore()
-        note = None
-        if restored is not None:
-            note = restored.pop(RESTORE_NOTE, None)
-            state.load(restored)
-            self.resumed()
-            # Stops decided after the checkpoint was written (a retried trial's mailbox still has
-            # them); no wait: no report of this process is pending a decision.
-            self.drop(self.stops(None))
-        report: dict[str, Any] = {}
-        for epoch in range(self.progress["epoch"], self.epochs):
-            if not self.active:
-                break
-            stats = self.train_epoch(epoch)
-            # the epoch's one host sync: which members' losses are still finite
-            losses = torch.stack([s["train_loss"].float() for s in stats.values()]).tolist()
-            diverged = set()
-            for (k, s), loss in zip(stats.items(), losses):
-                if math.isfinite(loss):
-                    self.last["metrics"][k] = self.runs[k].epoch_metrics(epoch, {n: float(v) for n, v in s.items()})
-                else:
-                    diverged.add(k)
-                    self.last["metrics"][k] = self.diverged_metrics(epoch)
-                self.runs[k].progress["epoch"] = epoch + 1
-            self.active = [k for k in self.active if k not in diverged]
-            self.progress.update(epoch=epoch + 1, active=list(self.active),
-                                 diverged=sorted(set(self.progress["diverged"]) | diverged))
-            report = self.report()
-            if note:  # once: the first report after resuming from an older checkpoint than Tune's
-                report, note = {**report, RESTORE_NOTE: note}, None
-            checkpoint = None
-            if wants_checkpoint(epoch + 1, self.epochs, checkpoint_every) and self.session.is_main:
-                checkpoint = state.state()
-            self.session.report(report, checkpoint=checkpoint)
-            # A scheduler's decisions on this report (waited for: trainables/runtime/member_stops.py):
-            # stopped members leave before the next epoch. None after the last.
-            if epoch + 1 < self.epochs:
-                self.drop(self.stops(epoch + 1))
-        return report
+    @property
+    def active_members(self) -> list[int]:
+        return self.active
 
 
 def train_dino_fused(p: DinoParams, data: DatasetSplits, session: Session, ctx: TrialContext) -> dict[str, Any]:

@@ -11,6 +11,7 @@ dict, then ``progress`` (at least ``epoch``: the epochs done), then any other pl
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any, Callable, Protocol
 
@@ -110,3 +111,95 @@ def run_epochs(session: Session, state: Checkpointed, epochs: int,
             checkpoint = state.state()
         session.report(metrics, checkpoint=checkpoint)
     return metrics
+
+
+class FusedEpochs:
+    """The epoch loop of a fused trial (``vectorize: K``; distill's FusedRun, dino's FusedDino):
+    :func:`run_epochs` for K members that leave one by one. After each epoch every member's loss
+    is checked (one host sync; summed over DDP ranks, since a rank's own loss can be finite): a
+    non-finite one leaves, reported diverged, the others go on. Each report holds every member's
+    latest metrics (trainables/runtime/vectorize.py); after it, the members a scheduler stopped on
+    that epoch leave (``stops(epoch)`` waits for its decision: trainables/runtime/member_stops.py).
+
+    A fused trial provides ``session``, ``stops``, ``metric``, ``mode_max``, ``progress`` (with
+    ``epoch``, ``active``, ``diverged``), ``last`` (``{"metrics": [per member]}``) and:"""
+
+    session: Session
+    stops: Callable[[int | None], set[int]]
+    metric: str
+    mode_max: bool
+    progress: dict[str, Any]
+    last: dict[str, Any]
+
+    @property
+    def num_epochs(self) -> int:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    @property
+    def active_members(self) -> list[int]:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def checkpointed(self) -> Checkpointed:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def resumed(self) -> None:
+        """After a restore, before training: the members' state as the checkpoint's progress has it."""
+
+    def train_epoch(self, epoch: int) -> dict[int, dict[str, torch.Tensor]]:  # pragma: no cover - abstract
+        """One epoch of the active members: each one's mean statistics (``train_loss`` among them)."""
+        raise NotImplementedError
+
+    def member_metrics(self, k: int, epoch: int, stats: dict[str, float]) -> dict[str, Any]:  # pragma: no cover
+        raise NotImplementedError
+
+    def drop(self, members: set[int]) -> None:  # pragma: no cover - abstract
+        """``members`` leave the step; ``progress["active"]`` follows."""
+        raise NotImplementedError
+
+    def sum_over_ranks(self, tensor: torch.Tensor) -> torch.Tensor:
+        return tensor
+
+    def agree(self, chosen: set[int]) -> set[int]:
+        """Rank 0's ``chosen`` on every rank (one process: itself)."""
+        return set(chosen)
+
+    def run(self, checkpoint_every: int = 0) -> dict[str, Any]:
+        from trainables.runtime.vectorize import diverged_member_metrics, members_report
+
+        state = self.checkpointed()
+        restored = self.session.restore()
+        note = None
+        if restored is not None:
+            note = restored.pop(RESTORE_NOTE, None)
+            state.load(restored)
+            self.resumed()
+            # Stops decided after the checkpoint was written (a retried trial's mailbox still has
+            # them); no wait: no report of this process is pending a decision.
+            self.drop(self.agree(self.stops(None) if self.session.is_main else set()))
+        epochs, report = self.num_epochs, {}
+        for epoch in range(self.progress["epoch"], epochs):
+            if not self.active_members:
+                break
+            stats = self.train_epoch(epoch)
+            losses = self.sum_over_ranks(torch.stack([s["train_loss"].float() for s in stats.values()])).tolist()
+            diverged = set()
+            for (k, s), loss in zip(stats.items(), losses):
+                if math.isfinite(loss):
+                    self.last["metrics"][k] = self.member_metrics(k, epoch, {n: float(v) for n, v in s.items()})
+                else:
+                    diverged.add(k)
+                    self.last["metrics"][k] = diverged_member_metrics(epoch, self.metric, self.mode_max)
+            self.drop(diverged)
+            self.progress.update(epoch=epoch + 1, diverged=sorted(set(self.progress["diverged"]) | diverged))
+            report = members_report(self.last["metrics"], self.progress["epoch"])
+            if note:  # once: the first report after resuming from an older checkpoint than Tune's
+                report, note = {**report, RESTORE_NOTE: note}, None
+            checkpoint = None
+            if wants_checkpoint(epoch + 1, epochs, checkpoint_every) and self.session.is_main:
+                checkpoint = state.state()
+            self.session.report(report, checkpoint=checkpoint)
+            # A scheduler's decisions on this report: the stopped members leave before the next
+            # epoch (rank 0 reads them; every rank drops the same ones). None after the last.
+            if epoch + 1 < epochs:
+                self.drop(self.agree(self.stops(epoch + 1) if self.session.is_main else set()))
+        return report

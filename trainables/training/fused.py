@@ -36,7 +36,6 @@ seed): a member's own seed sets its initialisation (and its loss's), as in an un
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -47,10 +46,9 @@ from trainables.data import DatasetSplits
 from trainables.losses import DistillLoss, LossInputs
 from trainables.runtime.engine import (autocast, build_optimizer, epoch_batches, evaluate, head_lr_groups, lr_factor,
                                        steps_per_epoch)
-from trainables.runtime.epochs import Checkpointed, EpochMeans, wants_checkpoint
+from trainables.runtime.epochs import Checkpointed, EpochMeans, FusedEpochs
 from trainables.runtime.prefetch import prefetched
-from trainables.runtime.session import RESTORE_NOTE, Session
-from trainables.runtime.vectorize import diverged_member_metrics, members_report
+from trainables.runtime.session import Session
 from trainables.training.batch_augment import BatchAugment
 from trainables.training.classifier_loop import OptimConfig, TeacherSignal, compiled_forward
 from trainables.training.views import BatchViews, PlainViews
@@ -249,7 +247,7 @@ def fused_optimizer(members: list[Member], device: torch.device) -> torch.optim.
     return optimizer
 
 
-class FusedRun:
+class FusedRun(FusedEpochs):
     """The parts of one fused trial: members, shared data path, one step, one epoch, the reports."""
 
     def __init__(self, members: list[Member], data: DatasetSplits, session: Session, seed: int,
@@ -487,58 +485,25 @@ class FusedRun:
                 "test_acc": test["acc"], "test_loss": test["loss"], "best_val_acc": progress["best_val_acc"],
                 "test_acc_at_best_val": progress["test_acc_at_best_val"], "lr": lr, **self.static_metrics}
 
-    def diverged_metrics(self, epoch: int) -> dict[str, Any]:
-        return diverged_member_metrics(epoch, self.metric, self.mode_max)
+    # -- what the epoch loop (FusedEpochs.run) asks of a fused trial ------------------------------
 
-    def report(self) -> dict[str, Any]:
-        return members_report(self.last["metrics"], self.progress["epoch"])
+    @property
+    def num_epochs(self) -> int:
+        return self.optim.epochs
 
-    def run(self, checkpoint_every: int = 0) -> dict[str, Any]:
-        state = self.checkpointed()
-        restored = self.session.restore()
-        note = None
-        if restored is not None:
-            note = restored.pop(RESTORE_NOTE, None)
-            state.load(restored)
-            self.resumed()
-            # Stops decided after the checkpoint was written (a retried trial's mailbox still has
-            # them); no wait: no report of this process is pending a decision.
-            chosen = self.stops(None) if self.session.is_main else set()
-            self.students.drop(self.ranks.agree(chosen, len(self.members)))
-        epochs, report = self.optim.epochs, {}
-        for epoch in range(self.progress["epoch"], epochs):
-            if not self.students.active:
-                break
-            stats = self.train_epoch(epoch)
-            # Every rank must agree on who diverged (a rank's own loss can be finite).
-            losses = self.ranks.sum(torch.stack([s["train_loss"] for s in stats.values()]).float()).tolist()
-            diverged = set()
-            for (k, s), summed in zip(stats.items(), losses):
-                values = {name: float(v) for name, v in s.items()}
-                if not math.isfinite(summed):
-                    diverged.add(k)
-                    self.last["metrics"][k] = self.diverged_metrics(epoch)
-                else:
-                    self.last["metrics"][k] = self.member_metrics(k, epoch, values)
-            self.students.drop(diverged)
-            self.progress["diverged"] = sorted(set(self.progress["diverged"]) | diverged)
-            self.progress["epoch"] = epoch + 1
-            report = self.report()
-            if note:
-                report, note = {**report, RESTORE_NOTE: note}, None
-            checkpoint = None
-            last_epoch = epoch + 1 == epochs
-            self.progress["active"] = list(self.students.active)
-            if (wants_checkpoint(epoch + 1, epochs, checkpoint_every) or last_epoch) and self.session.is_main:
-                checkpoint = state.state()
-            self.session.report(report, checkpoint=checkpoint)
-            # A scheduler's decisions on this report: stopped members leave the step before the next
-            # epoch (rank 0 reads them; every rank drops the same ones). None after the last epoch.
-            if not last_epoch:
-                chosen = self.stops(epoch + 1) if self.session.is_main else set()
-                self.students.drop(self.ranks.agree(chosen, len(self.members)))
-                self.progress["active"] = list(self.students.active)
-        return report
+    @property
+    def active_members(self) -> list[int]:
+        return self.students.active
+
+    def drop(self, members: set[int]) -> None:
+        self.students.drop(members)
+        self.progress["active"] = list(self.students.active)
+
+    def sum_over_ranks(self, tensor: torch.Tensor) -> torch.Tensor:
+        return self.ranks.sum(tensor)
+
+    def agree(self, chosen: set[int]) -> set[int]:
+        return self.ranks.agree(chosen, len(self.members))
 
 
 def train_fused(*, members: list[Member], data: DatasetSplits, session: Session, seed: int,
