@@ -9,6 +9,7 @@ import torch
 from trainables.data import load_dataset
 from trainables.dino.loop import run_dino
 from trainables.dino.params import MEMBER_FIELDS, DinoParams
+from tests.test_epochs import Crash, CrashAfter
 from trainables.runtime.session import LocalSession
 from trainables.runtime.sync_check import SyncCheck
 from trainables.runtime.trainable import TrialContext
@@ -110,15 +111,9 @@ def test_a_fused_trial_resumes_from_its_checkpoint(tmp_path):
     whole = LocalSession(CPU)
     run_dino(p, whole, TrialContext(checkpoint_every=2))
 
-    class Crash(LocalSession):
-        def report(self, metrics, checkpoint=None):
-            super().report(metrics, checkpoint)
-            if metrics["epoch"] == 2:
-                raise KeyboardInterrupt  # the process dies after epoch 2's checkpoint
-
     ckpt = str(tmp_path / "ckpt")
-    with pytest.raises(KeyboardInterrupt):
-        run_dino(p, Crash(CPU, checkpoint_dir=ckpt), TrialContext(checkpoint_every=2))
+    with pytest.raises(Crash):  # the process dies after epoch 2's report and checkpoint
+        run_dino(p, CrashAfter(ckpt, reports=2), TrialContext(checkpoint_every=2))
     resumed = LocalSession(CPU, checkpoint_dir=ckpt)
     run_dino(p, resumed, TrialContext(checkpoint_every=2))
     assert [r["epoch"] for r in resumed.history] == [3, 4]

@@ -7,6 +7,7 @@ import torch
 
 from trainables.distill.loop import run_distill
 from trainables.distill.params import DistillParams
+from tests.test_epochs import Crash, CrashAfter
 from trainables.runtime.session import LocalSession
 from trainables.runtime.trainable import TrialContext
 from trainables.runtime.vectorize import RESULTS_KEY
@@ -102,15 +103,9 @@ def test_a_fused_trial_resumes_from_its_checkpoint(ctx, tmp_path):
     whole = LocalSession(CPU)
     run_distill(p, whole, TrialContext(artifacts=ctx.artifacts, checkpoint_every=2))
 
-    class Crash(LocalSession):
-        def report(self, metrics, checkpoint=None):
-            super().report(metrics, checkpoint)
-            if metrics["epoch"] == 2:
-                raise KeyboardInterrupt  # the process dies after epoch 2's checkpoint
-
     ckpt = str(tmp_path / "ckpt")
-    with pytest.raises(KeyboardInterrupt):
-        run_distill(p, Crash(CPU, checkpoint_dir=ckpt), TrialContext(artifacts=ctx.artifacts, checkpoint_every=2))
+    with pytest.raises(Crash):  # the process dies after epoch 2's report and checkpoint
+        run_distill(p, CrashAfter(ckpt, reports=2), TrialContext(artifacts=ctx.artifacts, checkpoint_every=2))
     resumed = LocalSession(CPU, checkpoint_dir=ckpt)
     run_distill(p, resumed, TrialContext(artifacts=ctx.artifacts, checkpoint_every=2))
     assert [r["epoch"] for r in resumed.history] == [3, 4]
