@@ -10,7 +10,9 @@ passes run as one batched computation, and one backward and one optimiser step u
   member's own parameters stay the leaves its optimiser group updates); convolutions become one
   grouped convolution, matmuls one batched matmul. ``loop``: each member's forward in turn (what
   an unfused trial does, minus the shared batch work): on a CPU grouped convolutions are slower
-  than K plain ones. ``auto``: vmap on CUDA, loop elsewhere.
+  than K plain ones; when the members' activations together are large it runs each member's
+  forward, loss and backward in turn (:meth:`FusedRun.member_by_member`). ``auto``: vmap on CUDA
+  at small batches, loop elsewhere.
 * **Batch-norm statistics** stay per member: under vmap the running statistics are one stacked
   tensor per buffer and each member's buffer is a view of its row, so BN's in-place update inside
   the vmapped forward lands in every member's module without a copy.
