@@ -98,8 +98,11 @@ def test_stopped_members_leave_the_step_and_keep_their_last_report(ctx):
     assert last[2]["val_loss"] == pytest.approx(alone.history[-1]["val_loss"], abs=1e-4)
 
 
-def test_a_fused_trial_resumes_from_its_checkpoint(ctx, tmp_path):
-    p = DistillParams(teacher=TEACHER, student="mlp_tiny", epochs=4, loss="kd", vectorize=3, probes=MEMBERS)
+# compiled: the step recompiles in the resumed process (three compiles on the CPU)
+@pytest.mark.parametrize("compiled", [False, pytest.param(True, marks=pytest.mark.slow)])
+def test_a_fused_trial_resumes_from_its_checkpoint(ctx, tmp_path, compiled):
+    p = DistillParams(teacher=TEACHER, student="mlp_tiny", epochs=4, loss="kd", vectorize=3, probes=MEMBERS,
+                      compile=compiled)
     whole = LocalSession(CPU)
     run_distill(p, whole, TrialContext(artifacts=ctx.artifacts, checkpoint_every=2))
 
