@@ -6,6 +6,10 @@ in-process (no Ray); probes run only after the last epoch, and the timed epoch e
     .venv/bin/python bench/dino_trial.py                                                   # CPU size
     .venv/bin/python bench/dino_trial.py --train-size 20000 --image-size 32 --batch-size 256 --epochs 3  # GPU
 
+``--fused K`` also times K trials of the first encoder (each its own lr and teacher seed), one
+after another, against one fused trial of the same K members (``vectorize: K``), steady epochs:
+member images/s and their ratio.
+
 Appends one JSON line to bench/results/dino_trial.jsonl.
 """
 from __future__ import annotations
@@ -34,6 +38,13 @@ def v2_config(encoder: str, args) -> DinoParams:
         freeze_last_layer_epochs=0, probe_every=10_000, knn_k=20, knn_temperature=None, probe_epochs=1)
 
 
+def steady_epoch(p: DinoParams, device) -> float:
+    """Seconds of the trial's epoch before the last (whose report follows the probes): steady, no probe."""
+    session = timed_session(device)
+    run_dino(p, session, TrialContext(checkpoint_every=0))
+    return session.times[-2] - session.times[-3]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--encoders", nargs="+", default=["vgg11", "resnet18_tiny"])
@@ -43,19 +54,29 @@ def main() -> None:
     ap.add_argument("--out-dim", type=int, default=65536)
     ap.add_argument("--epochs", type=int, default=2)
     ap.add_argument("--device", default="auto")
+    ap.add_argument("--fused", type=int, default=0, help="K: K sequential trials against one fused trial of K")
     args = ap.parse_args()
     device = pick_device(args.device)
     figures = {}
     for encoder in args.encoders:
-        session = timed_session(device)
-        run_dino(v2_config(encoder, args), session, TrialContext(checkpoint_every=0))
-        # the last report follows the probes: time the epoch before it (steady, no probe)
-        steady = session.times[-2] - session.times[-3]
+        steady = steady_epoch(v2_config(encoder, args), device)
         figures[f"{encoder}_images_per_s"] = args.train_size / steady
         print(f"  {encoder}: {args.train_size / steady:,.0f} img/s (steady epoch)")
     base = args.encoders[0]
     ratios = {f"{e}_over_{base}": figures[f"{e}_images_per_s"] / figures[f"{base}_images_per_s"]
               for e in args.encoders[1:]}
+    if args.fused:
+        config = v2_config(base, args).model_dump(exclude_unset=True)
+        members = [{"lr": 1e-3 * (k + 1), "teacher_init_seed": k} for k in range(args.fused)]
+        sequential = 0.0
+        for member in members:
+            sequential += steady_epoch(DinoParams.model_validate({**config, **member}), device)
+        fused = steady_epoch(DinoParams.model_validate({**config, "vectorize": args.fused, "probes": members}), device)
+        images = args.fused * args.train_size
+        figures.update(sequential_member_images_per_s=images / sequential, fused_member_images_per_s=images / fused)
+        ratios["fused_over_sequential"] = sequential / fused
+        print(f"  {args.fused} members of {base}: sequential {images / sequential:,.0f}, fused {images / fused:,.0f} "
+              f"member img/s ({sequential / fused:.2f}x)")
     print(f"dino_trial on {device}: {args.image_size} px, batch {args.batch_size}, head {args.out_dim}")
     record("dino_trial", device, vars(args), figures, ratios)
 
