@@ -6,11 +6,13 @@ import functools
 import json
 from typing import Any
 
+import torch
+
 from trainables.data import DatasetSplits, dataset_issues, load_dataset
 from trainables.dino.params import DinoParams
-from trainables.training.fused import device_memory_bytes, forward_bytes, fusion_problem
 from trainables.runtime.trainable import TrialContext
 from trainables.training.dataset_params import prepare_fixed_dataset
+from trainables.training.fused import device_memory_bytes, forward_bytes, fusion_problem
 
 
 def prepare_dino(fixed: dict[str, Any], searched: set[str], ctx: TrialContext) -> dict[str, Any] | None:
@@ -27,7 +29,9 @@ def check_dino_inputs(p: DinoParams) -> list[tuple[str, str]]:
     return issues
 
 
-@functools.lru_cache(maxsize=16)
+# Small: it holds whole datasets in the driver (the estimate needs their shape and normalisation), for
+# the checks of one sweep's trials.
+@functools.lru_cache(maxsize=2)
 def _data(dataset: str, kwargs: str, split_seed: int) -> DatasetSplits:
     return load_dataset(dataset, seed=split_seed, **json.loads(kwargs))
 
@@ -35,8 +39,6 @@ def _data(dataset: str, kwargs: str, split_seed: int) -> DatasetSplits:
 def build_dino_model_for_estimate(p: DinoParams, data: DatasetSplits | None = None):
     """The student network a member of ``p`` trains (initialised from a fixed seed: only its size counts)."""
     from trainables.dino.model import build_dino_model
-
-    import torch
 
     data = data or _data(p.dataset, json.dumps(p.dataset_kwargs, sort_keys=True), p.split_seed)
     with torch.random.fork_rng(devices=[]):  # seeding it must not move the caller's random stream
