@@ -26,7 +26,7 @@ lint-imports: install
 	$(VENV)/bin/lint-imports --no-logo
 
 test: install lint-imports
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -X faulthandler -m pytest $(PYTEST_ARGS)
 
 test-fast: install
 	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
