@@ -14,7 +14,11 @@ CIFAR-100-shaped synthetic data (32 x 32, 100 classes); bf16 autocast and channe
 On the CPU the times are this process's CPU time; on a GPU, wall time (see ``bench/common.py``).
 
 Also prints each loss's operators per step (views left out), counted on one untimed run: the host
-work that bounds a small step on a GPU, the same on every device.
+work that bounds a small step on a GPU, the same on every device. On a GPU two more columns say
+where a loss's extra time goes: ``host ms`` (wall time to issue the steps, the GPU not waited for;
+the median over the rounds) and ``kernel ms`` (the GPU's kernel time per step, summed from one
+profiled run). A step whose host time is near its wall time is launch-bound; one whose kernel
+time grew spends the extra time on the device.
 
 Appends a JSON line to bench/results/loss_steps.jsonl.
 """
@@ -22,6 +26,8 @@ from __future__ import annotations
 
 import argparse
 import copy
+import statistics
+import time
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -86,6 +92,31 @@ def ops_per_step(run, steps: int) -> float:
     return counter.count / steps
 
 
+def host_seconds(variants, device: torch.device, rounds: int) -> dict[str, float]:
+    """Median wall seconds to *issue* each variant's run: the GPU drained before, not waited for
+    at the end (drained after, outside the clock)."""
+    times: dict[str, list[float]] = {name: [] for name in variants}
+    for _ in range(rounds):
+        for name, fn in variants.items():
+            torch.cuda.synchronize(device)
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+            torch.cuda.synchronize(device)
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
+def kernel_seconds(run, device: torch.device) -> float:
+    """GPU kernel time of one run, summed over the kernels a profiler saw."""
+    from torch.profiler import ProfilerActivity, profile
+
+    torch.cuda.synchronize(device)
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        run()
+        torch.cuda.synchronize(device)
+    return sum(event.self_device_time_total for event in prof.key_averages()) / 1e6
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--student", default="resnet8x4")
@@ -118,14 +149,25 @@ def main() -> None:
     ops = {name: ops_per_step(run, args.steps) for name, run in runs.items()}
     seconds = median_of(runs, device, args.rounds)
     per_step = {name: s / args.steps for name, s in seconds.items()}
+    host, kernel = {}, {}
+    if device.type == "cuda":
+        try:  # diagnostics: a failure here must not lose the timings above
+            host = {name: s / args.steps for name, s in host_seconds(runs, device, args.rounds).items()}
+            kernel = {name: kernel_seconds(run, device) / args.steps for name, run in runs.items()}
+        except Exception as exc:  # noqa: BLE001
+            print(f"  (host / kernel time not measured: {type(exc).__name__}: {exc})")
     kd = per_step["kd"]
     print(f"loss_steps on {device}: student {args.student}, teacher {args.teacher}, {shape}, "
           f"{args.classes} classes, batch {args.batch}")
-    print(f"  {'loss':<14}{'ms / step':>10}{'vs kd':>8}{'ops / step':>12}")
+    extra = f"{'host ms':>10}{'kernel ms':>11}" if host and kernel else ""
+    print(f"  {'loss':<14}{'ms / step':>10}{'vs kd':>8}{'ops / step':>12}{extra}")
     for name in names:
-        print(f"  {name:<14}{per_step[name] * 1e3:>10.2f}{per_step[name] / kd:>8.2f}{ops[name]:>12.0f}")
+        cols = f"{host[name] * 1e3:>10.2f}{kernel[name] * 1e3:>11.2f}" if extra else ""
+        print(f"  {name:<14}{per_step[name] * 1e3:>10.2f}{per_step[name] / kd:>8.2f}{ops[name]:>12.0f}{cols}")
     record("loss_steps", device, vars(args), {**{f"{name}_ms_per_step": per_step[name] * 1e3 for name in names},
-                                              **{f"{name}_ops_per_step": ops[name] for name in names}},
+                                              **{f"{name}_ops_per_step": ops[name] for name in names},
+                                              **{f"{name}_host_ms_per_step": host[name] * 1e3 for name in host},
+                                              **{f"{name}_kernel_ms_per_step": kernel[name] * 1e3 for name in kernel}},
            {f"{name}_over_kd": per_step[name] / kd for name in names if name != "kd"})
 
 
