@@ -43,8 +43,12 @@ def loss_step(name: str, student0, teacher, x, y, t_logits, t_feats, args, devic
     cycling over the batches of the synthetic pool."""
     student = copy.deepcopy(student0)
     torch.manual_seed(0)
+    # The training set the per-sample state (CRD's memory banks) is sized for: the pool's samples
+    # first, then random labels up to --train-size (CIFAR's 50,000 by default).
+    train_labels = torch.cat([y, torch.randint(0, args.classes, (max(args.train_size - len(y), 0),),
+                                               generator=torch.Generator().manual_seed(0)).to(device)])
     loss_fn = create_loss(name, {}, num_classes=args.classes, student_dim=student.num_features,
-                          teacher_dim=teacher.num_features, num_samples=len(y), train_labels=y,
+                          teacher_dim=teacher.num_features, num_samples=len(train_labels), train_labels=train_labels,
                           teacher_head=teacher.head).to(device)
     opt = build_optimizer("sgd", list(student.parameters()) + list(loss_fn.parameters()), 0.05, 5e-4, 0.9, device)
     channels_last = device.type == "cuda"
@@ -128,6 +132,8 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=5, help="timed runs per loss, interleaved (the median counts)")
     ap.add_argument("--image-size", type=int, default=32)
     ap.add_argument("--classes", type=int, default=100)
+    ap.add_argument("--train-size", type=int, default=50_000,
+                    help="training-set size per-sample loss state is sized for (CRD's memory banks)")
     ap.add_argument("--losses", default=None, help="comma-separated subset (kd is always measured)")
     args = ap.parse_args()
     device = pick_device(args.device)

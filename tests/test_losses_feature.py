@@ -198,6 +198,33 @@ def test_crd_matches_formula_and_updates_memory():
     assert loss.z_s.item() == z_first  # Z is fixed on the first batch
 
 
+@pytest.mark.parametrize("batch, n, k, dense", [(512, 50_000, 4096, True), (64, 1_281_167, 4096, False),
+                                               (4, 10, 3, True), (4, 100, 3, False)])
+def test_crd_scores_the_whole_bank_when_that_moves_fewer_bytes(batch, n, k, dense):
+    loss = crd_loss({"nce_k": k, "embed_dim": 128})  # DAPT's D
+    loss.num_samples = n  # the rule reads only the sizes
+    assert loss.dense_scores(batch) is dense
+
+
+def test_crd_dense_and_gathered_scores_agree_in_value_and_gradient():
+    loss = crd_loss({"nce_t": 0.07})
+    torch.manual_seed(1)
+    u_s = torch.nn.functional.normalize(torch.randn(4, 4, dtype=torch.float64)).requires_grad_()
+    u_t = torch.nn.functional.normalize(torch.randn(4, 4, dtype=torch.float64)).requires_grad_()
+    loss.double()
+    contrast = torch.tensor([[3, 0, 4, 9], [0, 6, 8, 4], [7, 5, 8, 1], [5, 4, 7, 2]])
+    results = {}
+    for dense in (True, False):
+        loss.dense_scores = lambda batch, dense=dense: dense
+        scores_s, scores_t = loss.contrast_scores(u_s, u_t, contrast)
+        grads = torch.autograd.grad((scores_s.log() * 0.3 + scores_t.log()).sum(), (u_s, u_t))
+        results[dense] = (scores_s.detach(), scores_t.detach(), *grads)
+    for dense_value, gathered_value in zip(results[True], results[False]):
+        torch.testing.assert_close(dense_value, gathered_value, rtol=1e-12, atol=0)
+    expected = np.exp(np.einsum("bkd,bd->bk", loss.memory_t.numpy()[contrast.numpy()], u_s.detach().numpy()) / 0.07)
+    np.testing.assert_allclose(results[True][0].numpy(), expected, rtol=1e-12)
+
+
 def test_crd_state_dict_round_trip_keeps_memory_and_normaliser():
     def make(seed):
         loss = crd_loss(seed=seed)
