@@ -45,12 +45,20 @@ SUPERALIGNMENT = {
     "adaptconf": [{"lr": 0.05, "loss_params": {"threshold": 0.5}},
                   {"lr": 0.1, "loss_params": {"threshold": 0.1, "confidence": "teacher_self", "rate": 0.5}},
                   {"lr": 0.02, "loss_params": {"threshold": 2.0, "temperature": 4.0}}],
+    # DKD's warm-up and AuxConf's coefficient change over the 3 epochs for some members
+    "dkd": [{"lr": 0.05, "loss_params": {"warmup_epochs": 3}},
+            {"lr": 0.1, "loss_params": {"warmup_epochs": 0, "beta": 2.0, "temperature": 2.0}},
+            {"lr": 0.02, "loss_params": {"warmup_epochs": 2, "alpha": 0.5}}],
+    "auxconf": [{"lr": 0.05, "loss_params": {"warmup_frac": 0.5}},
+                {"lr": 0.1, "loss_params": {"aux_coef": 0.9, "warmup_frac": 0.0}},
+                {"lr": 0.02, "loss_params": {"aux_coef": 0.2}}],
 }
 
 
 @pytest.mark.parametrize("mode,student,loss", [("loop", "mlp_tiny", "kd"), ("vmap", "mlp_tiny", "kd"),
                                                ("vmap", "cnn_small", "kd"), ("loop", "mlp_tiny", "augconf"),
-                                               ("vmap", "mlp_tiny", "adaptconf")])
+                                               ("vmap", "mlp_tiny", "adaptconf"), ("vmap", "mlp_tiny", "dkd"),
+                                               ("loop", "mlp_tiny", "auxconf")])
 def test_each_member_equals_its_unfused_trial(ctx, mode, student, loss):
     fused, alone = fused_and_alone(ctx, mode, student, members=SUPERALIGNMENT.get(loss, MEMBERS), loss=loss)
     assert len(fused) == 3
@@ -224,7 +232,9 @@ def test_the_loop_forward_runs_member_by_member_when_activations_are_large(ctx, 
 
     assert not decides("kd", 3 * per_member)
     assert decides("kd", 3 * per_member - 1)
-    assert decides("dkd", 10**12)  # no vectorised form: nothing to gain from holding every member
+    with monkeypatch.context() as m:  # no vectorised form: nothing to gain from holding every member
+        m.setattr(type(create_loss("kd", {}, num_classes=10)), "vectorised_members", False)
+        assert decides("kd", 10**12)
     assert not decides("kd", 0, mode="vmap")
     # the member-by-member step trains every member as its own trial
     monkeypatch.setattr(fused_module, "ALL_AT_ONCE_BYTES", 0)

@@ -19,6 +19,12 @@ PARAMS = {
     "adaptconf": [{"temperature": 2.0, "threshold": 0.5},
                   {"temperature": 1.0, "threshold": 0.1, "confidence": "teacher_self", "rate": 0.3},
                   {"temperature": 4.0, "threshold": 2.0, "kd_weight": 0.5, "label_smoothing": 0.2}],
+    # epoch 1: warm-up 20 (w = 2 / 20), none (w = 1), 2 (w = 1); soft targets use their argmax
+    "dkd": [{},
+            {"temperature": 1.0, "alpha": 0.5, "beta": 2.0, "warmup_epochs": 0, "label_smoothing": 0.1},
+            {"temperature": 2.0, "beta": 4.0, "label_weight": 0.0, "warmup_epochs": 2}],
+    # progress 0.1: warm-up 0.05 has ended (coef = aux_coef), 0.5 has not (coef = aux_coef * 0.1)
+    "auxconf": [{}, {"aux_coef": 0.9, "warmup_frac": 0.5}, {"aux_coef": 0.2, "warmup_frac": 0.05}],
 }
 VECTORISED = sorted(PARAMS)
 
@@ -52,6 +58,26 @@ def test_members_equal_their_own_forward(name, soft):
     assert torch.allclose(grad_together, z.grad, atol=1e-6)
     # The members differ, so equal values are not an accident of equal settings.
     assert len({round(s["loss"].item(), 4) for s in alone}) == k
+
+
+@pytest.mark.parametrize("name", VECTORISED)
+def test_epoch_columns_passed_in_give_what_the_epoch_gives(name):
+    """A compiled fused step passes ``epoch_columns`` (computed outside its graph) instead of
+    letting ``forward_members`` read the epoch: the same losses either way, at the distill loop's
+    progress epoch / epochs, early in a warm-up and after it."""
+    gen = torch.Generator().manual_seed(1)
+    losses = [create_loss(name, p, num_classes=7) for p in PARAMS[name]]
+    z, teacher, targets = torch.randn(3, 5, 7, generator=gen), torch.randn(5, 7, generator=gen), torch.arange(5)
+    for epoch in (0, 1, 9):
+        def inputs(columns):
+            return LossInputs(student_logits=z, targets=targets, teacher_logits=teacher, epoch=epoch, num_epochs=10,
+                              progress=epoch / 10, member_columns=columns)
+
+        columns = type(losses[0]).epoch_columns(losses, epoch, 10, torch.device("cpu"))
+        for passed, read in zip(type(losses[0]).forward_members(losses, inputs(columns)),
+                                type(losses[0]).forward_members(losses, inputs(None)), strict=True):
+            for key in read:
+                assert passed[key].item() == pytest.approx(read[key].item(), abs=1e-6), (epoch, key)
 
 
 def test_the_superalignment_members_weigh_self_training_by_their_own_alpha():

@@ -23,7 +23,7 @@ import torch
 from pydantic import Field
 
 from trainables.losses import register_loss
-from trainables.losses.base import DistillLoss, LossInputs, LossParams, scalar_like, soft_cross_entropy
+from trainables.losses.base import DistillLoss, LossInputs, LossParams, member_column, scalar_like, soft_cross_entropy
 
 
 class AuxConfParams(LossParams):
@@ -52,6 +52,8 @@ def auxconf_target(weak_probs: torch.Tensor, student_logits: torch.Tensor,
 class AuxConf(DistillLoss):
     """The teacher is the weak supervisor; the ground-truth ``targets`` are not used."""
 
+    vectorised_members = True
+
     def forward(self, inputs: LossInputs):
         p = self.params
         q = torch.softmax(inputs.teacher_logits.detach().float(), dim=-1)
@@ -62,3 +64,23 @@ class AuxConf(DistillLoss):
         # (per-step progress) is never read back to the host
         logged = coef.detach() if isinstance(coef, torch.Tensor) else scalar_like(loss, coef)
         return {"loss": loss, "aux_coef": logged}
+
+    @classmethod
+    def epoch_columns(cls, losses, epoch, num_epochs, device):
+        """This epoch's coefficient per member, at the distill loop's progress ``epoch / epochs``."""
+        return {"coef": member_column(tuple(auxconf_coef(epoch / num_epochs, loss.params.aux_coef,
+                                                         loss.params.warmup_frac) for loss in losses), device)}
+
+    @classmethod
+    def forward_members(cls, losses, inputs):
+        """K members at once: logits (K, N, C) against the one weak teacher's soft labels, each
+        member's coefficient a (K,) column (from ``inputs.progress`` when no columns are passed)."""
+        if inputs.member_columns is not None:
+            coef = inputs.member_columns["coef"]
+        else:
+            coef = member_column(tuple(auxconf_coef(inputs.progress, loss.params.aux_coef, loss.params.warmup_frac)
+                                       for loss in losses), inputs.student_logits.device)
+        q = torch.softmax(inputs.teacher_logits.detach().float(), dim=-1).unsqueeze(0)
+        target = auxconf_target(q, inputs.student_logits, coef.view(-1, 1, 1))
+        loss = -(target * torch.log_softmax(inputs.student_logits.float(), dim=-1)).sum(dim=-1).mean(dim=-1)
+        return [{"loss": loss[i], "aux_coef": coef[i]} for i in range(len(losses))]

@@ -21,7 +21,9 @@ import torch
 from pydantic import Field
 
 from trainables.losses import register_loss
-from trainables.losses.base import DistillLoss, LossInputs, LossParams, hard_labels, scalar_like, soft_cross_entropy
+from trainables.losses.base import (DistillLoss, LossInputs, LossParams, hard_labels, member_column, scalar_like,
+                                    soft_cross_entropy)
+from trainables.losses.kd import MemberColumns, stacked_ce
 
 
 class DKDParams(LossParams):
@@ -36,9 +38,14 @@ class DKDParams(LossParams):
 def dkd_terms(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor,
               temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-sample (TCKD, NCKD) at temperature T, without the T^2 factor. The teacher is detached."""
-    zs = student_logits.float() / temperature
-    zt = teacher_logits.detach().float() / temperature
-    n, c = zs.shape
+    return scaled_dkd_terms(student_logits.float() / temperature, teacher_logits.detach().float() / temperature,
+                            labels)
+
+
+def scaled_dkd_terms(zs: torch.Tensor, zt: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(TCKD, NCKD) per sample from logits already divided by T: (..., N, C) each (fused members
+    stack theirs in front), labels (N,) shared."""
+    c = zs.shape[-1]
     if c < 2:
         raise ValueError("DKD needs at least two classes")
     # a comparison, not one_hot: off CUDA one_hot reads labels.min() / .max() on the host to check them
@@ -52,7 +59,7 @@ def dkd_terms(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels
         # data-dependent shape, a device-to-host sync every step
         rest = z.masked_fill(target, float("-inf"))
         lse_rest = torch.logsumexp(rest, dim=-1, keepdim=True)  # log sum_{c != y} e^{z_c}
-        z_y = z.gather(1, labels[:, None])
+        z_y = z.gather(-1, labels.view(*([1] * (z.dim() - 2)), -1, 1).expand(*z.shape[:-1], 1))
         log_b = torch.cat([z_y, lse_rest], dim=-1) - torch.logaddexp(z_y, lse_rest)
         return log_b, rest - lse_rest
 
@@ -72,6 +79,8 @@ def dkd_warmup(epoch: int, warmup_epochs: int) -> float:
 
 @register_loss("dkd", params=DKDParams)
 class DKD(DistillLoss):
+    vectorised_members = True
+
     def forward(self, inputs: LossInputs):
         p = self.params
         tckd, nckd = dkd_terms(inputs.student_logits, inputs.teacher_logits, hard_labels(inputs.targets),
@@ -83,3 +92,30 @@ class DKD(DistillLoss):
         loss = p.label_weight * ce + warm * (p.alpha * tckd + p.beta * nckd)
         return {"loss": loss, "ce": ce.detach(), "tckd": tckd.detach(), "nckd": nckd.detach(),
                 "dkd_warmup": scalar_like(loss, warm)}
+
+    @classmethod
+    def epoch_columns(cls, losses, epoch, num_epochs, device):
+        """This epoch's warm-up weight w(e) per member."""
+        return {"warmup": member_column(tuple(dkd_warmup(epoch, loss.params.warmup_epochs) for loss in losses),
+                                        device)}
+
+    @classmethod
+    def forward_members(cls, losses, inputs):
+        """K members at once: logits (K, N, C); T, alpha, beta, weights, smoothing and this epoch's
+        warm-up weight as (K,) columns; the teacher's logits scaled by each member's T."""
+        device = inputs.student_logits.device
+        columns = MemberColumns(losses, device)
+        warm = (inputs.member_columns or cls.epoch_columns(losses, inputs.epoch, inputs.num_epochs, device))["warmup"]
+        temperature = columns("temperature")
+        t = temperature.view(-1, 1, 1)
+        zs = inputs.student_logits.float() / t
+        zt = inputs.teacher_logits.detach().float().unsqueeze(0) / t
+        tckd, nckd = scaled_dkd_terms(zs, zt, hard_labels(inputs.targets))
+        t2 = temperature.square()
+        tckd, nckd = t2 * tckd.mean(dim=-1), t2 * nckd.mean(dim=-1)
+        ce = stacked_ce(torch.log_softmax(inputs.student_logits.float(), dim=-1), inputs.targets,
+                        columns("label_smoothing"))
+        loss = columns("label_weight") * ce + warm * (columns("alpha") * tckd + columns("beta") * nckd)
+        ce, tckd, nckd = ce.detach(), tckd.detach(), nckd.detach()
+        return [{"loss": loss[i], "ce": ce[i], "tckd": tckd[i], "nckd": nckd[i], "dkd_warmup": warm[i]}
+                for i in range(len(losses))]
