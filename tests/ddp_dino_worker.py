@@ -31,4 +31,7 @@ def run_rank(rank: int, world: int, port: int, out_dir: str) -> None:
         run.step(0, idx)
     stats = {k: v.clone() for k, v in run.teacher.state_dict().items() if "running" in k}
     torch.save(stats, os.path.join(out_dir, f"rank{rank}.pt"))
+    # Both ranks leave together: a rank still tearing its gloo group down after rank 0 (which hosts
+    # the store) has gone aborted once ("terminate called without an active exception").
+    dist.barrier()
     dist.destroy_process_group()

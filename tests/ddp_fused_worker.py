@@ -42,4 +42,7 @@ def run_rank(rank: int, world: int, port: int, out_dir: str) -> None:
     train_fused(members=members, data=data, session=fused, seed=0, teacher=teacher, mode="vmap")
     if rank == 0:
         torch.save({"alone": alone, "fused": fused.history}, os.path.join(out_dir, "histories.pt"))
+    # Both ranks leave together: a rank still tearing its gloo group down after rank 0 (which hosts
+    # the store) has gone aborted once ("terminate called without an active exception").
+    dist.barrier()
     dist.destroy_process_group()

@@ -37,4 +37,7 @@ def run_rank(rank: int, world: int, port: int, out_dir: str) -> None:
     train_classifier(model=student, data=data, loss_fn=loss, session=GlooSession(rank, world), seed=0,
                      teacher=teacher, optim=OptimConfig(epochs=1, batch_size=32, lr=0.1))
     torch.save({k: v.clone() for k, v in loss.state_dict().items()}, os.path.join(out_dir, f"rank{rank}.pt"))
+    # Both ranks leave together: a rank still tearing its gloo group down after rank 0 (which hosts
+    # the store) has gone aborted once ("terminate called without an active exception").
+    dist.barrier()
     dist.destroy_process_group()

@@ -229,6 +229,32 @@ def test_a_checkpoint_without_readable_state_falls_back_to_the_newest_readable_o
     assert "has no other; it starts over" in capsys.readouterr().out
 
 
+def test_a_trial_tune_restores_without_a_checkpoint_takes_the_newest_readable_one_in_its_folder(tmp_path, capsys):
+    """The driver was killed before Tune's experiment state recorded the trial's checkpoints."""
+    from trainables.runtime.session import RESTORE_NOTE, unrecorded_checkpoint
+
+    trial = tmp_path / "trial"
+    assert unrecorded_checkpoint(str(trial)) is None  # a fresh trial: no folder yet
+    trial.mkdir()
+    assert unrecorded_checkpoint(str(trial)) is None  # nor any checkpoint
+    # written in this order: a resumed trial reused the name checkpoint_000000 after 000004
+    for mtime, (name, epoch) in enumerate([("checkpoint_000003", 4), ("checkpoint_000004", 5),
+                                           ("checkpoint_000000", 6), ("checkpoint_000001", 7)]):
+        (trial / name).mkdir()
+        save_state(str(trial / name), {"progress": {"epoch": epoch}})
+        os.utime(trial / name / CHECKPOINT_FILE, (1000 + mtime, 1000 + mtime))
+    data = (trial / "checkpoint_000001" / CHECKPOINT_FILE).read_bytes()
+    (trial / "checkpoint_000001" / CHECKPOINT_FILE).write_bytes(data[: len(data) // 2])  # newest: cut short
+    os.utime(trial / "checkpoint_000001" / CHECKPOINT_FILE, (1003, 1003))
+    (trial / "checkpoint_000009.corrupt").mkdir()  # set aside by the resume check: never read
+    save_state(str(trial / "checkpoint_000009.corrupt"), {"progress": {"epoch": 99}})
+    state = unrecorded_checkpoint(str(trial))
+    note = ("the sweep's state recorded no checkpoint for this trial; resumed from checkpoint_000000 (epoch 6), "
+            "found in its folder")
+    assert state == {"progress": {"epoch": 6}, RESTORE_NOTE: note}
+    assert note in capsys.readouterr().out
+
+
 def test_the_resume_check_sets_corrupt_states_aside_and_names_what_each_trial_resumes_from(tmp_path):
     from orchestrator.run.preflight import repair_sweep_checkpoints
 

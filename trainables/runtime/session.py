@@ -101,6 +101,34 @@ def restore_local(directory: str) -> dict[str, Any] | None:
     return None
 
 
+def unrecorded_checkpoint(trial_dir: str) -> dict[str, Any] | None:
+    """The newest readable checkpoint in a trial's own folder, for a trial Tune restores without
+    one. Tune records a trial's checkpoints in its experiment state, which it saves every 10 s or
+    more (and after every ``keep`` checkpoints of a trial); a driver killed in between leaves
+    checkpoints on disk that the resumed sweep does not know, and the trial would start over,
+    losing epochs it completed. Newest by write time (a trial's state only moves forward, and a
+    resumed trial may reuse older folder names); said as :data:`RESTORE_NOTE`. None: nothing there."""
+    if not os.path.isdir(trial_dir):
+        return None
+    found = []
+    for d in os.listdir(trial_dir):
+        path = os.path.join(trial_dir, d, CHECKPOINT_FILE)
+        if d.startswith("checkpoint_") and not d.endswith(CORRUPT_SUFFIX) and os.path.isfile(path):
+            found.append((os.path.getmtime(path), d))
+    for _, name in sorted(found, reverse=True):
+        if state_file_problem(os.path.join(trial_dir, name, CHECKPOINT_FILE)) is not None:
+            continue
+        try:
+            state = load_state(os.path.join(trial_dir, name))
+        except RuntimeError:
+            continue
+        note = (f"the sweep's state recorded no checkpoint for this trial; resumed from {name} (epoch "
+                f"{state.get('progress', {}).get('epoch', '?')}), found in its folder")
+        print(note, flush=True)
+        return {**state, RESTORE_NOTE: note}
+    return None
+
+
 def restore_checkpoint(ckpt) -> dict[str, Any] | None:
     """The state in a Tune/Train ``Checkpoint`` (None for no checkpoint)."""
     if ckpt is None:
@@ -203,7 +231,26 @@ class TuneSession(Session):
     def restore(self):
         from ray import tune
 
-        return restore_checkpoint(tune.get_checkpoint())
+        ckpt = tune.get_checkpoint()
+        if ckpt is None:
+            trial_dir = _local_trial_dir()
+            return unrecorded_checkpoint(trial_dir) if trial_dir else None
+        return restore_checkpoint(ckpt)
+
+
+def _local_trial_dir() -> str | None:
+    """This Tune trial's folder in the sweep's storage when that is a local path, else None.
+    Ray has no public accessor for it (``get_trial_dir`` is the node's working copy)."""
+    try:
+        import pyarrow.fs as pafs
+        from ray.train._internal.session import get_session
+
+        storage = get_session().storage
+        if isinstance(storage.storage_filesystem, pafs.LocalFileSystem):
+            return storage.trial_fs_path
+    except Exception:  # noqa: BLE001 - an internal API: without it the trial starts as Tune says
+        return None
+    return None
 
 
 class TrainSession(Session):
