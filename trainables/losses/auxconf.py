@@ -68,18 +68,19 @@ class AuxConf(DistillLoss):
     @classmethod
     def epoch_columns(cls, losses, epoch, num_epochs, device):
         """This epoch's coefficient per member, at the distill loop's progress ``epoch / epochs``."""
-        return {"coef": member_column(tuple(auxconf_coef(epoch / num_epochs, loss.params.aux_coef,
-                                                         loss.params.warmup_frac) for loss in losses), device)}
+        return {"coef": cls.coef_column(losses, epoch / num_epochs, device)}
+
+    @staticmethod
+    def coef_column(losses, progress: float, device: torch.device) -> torch.Tensor:
+        return member_column(tuple(auxconf_coef(progress, loss.params.aux_coef, loss.params.warmup_frac)
+                                   for loss in losses), device)
 
     @classmethod
     def forward_members(cls, losses, inputs):
         """K members at once: logits (K, N, C) against the one weak teacher's soft labels, each
         member's coefficient a (K,) column (from ``inputs.progress`` when no columns are passed)."""
-        if inputs.member_columns is not None:
-            coef = inputs.member_columns["coef"]
-        else:
-            coef = member_column(tuple(auxconf_coef(inputs.progress, loss.params.aux_coef, loss.params.warmup_frac)
-                                       for loss in losses), inputs.student_logits.device)
+        coef = (inputs.member_columns["coef"] if inputs.member_columns is not None
+                else cls.coef_column(losses, inputs.progress, inputs.student_logits.device))
         q = torch.softmax(inputs.teacher_logits.detach().float(), dim=-1).unsqueeze(0)
         target = auxconf_target(q, inputs.student_logits, coef.view(-1, 1, 1))
         loss = -(target * torch.log_softmax(inputs.student_logits.float(), dim=-1)).sum(dim=-1).mean(dim=-1)
