@@ -56,11 +56,29 @@ def median_of(variants: dict[str, Callable[[], Any]], device: torch.device, roun
     return {name: statistics.median(t) for name, t in times.items()}
 
 
+def code_version() -> str:
+    """The commit the figures come from (short hash, ``+changes`` when tracked files differ from
+    it), or ``unknown`` outside a git checkout (the GPU machine gets a copy of the working tree)."""
+    import subprocess
+
+    def git(*cmd: str) -> str:
+        return subprocess.run(["git", *cmd], cwd=ROOT, capture_output=True, text=True, timeout=10,
+                              check=True).stdout.strip()
+
+    try:
+        head = git("rev-parse", "--short", "HEAD")
+        changed = git("status", "--porcelain", "--untracked-files=no", "--", ".", ":!bench/results")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return head + ("+changes" if changed else "")
+
+
 def record(name: str, device: torch.device, args: dict[str, Any], figures: dict[str, Any],
            ratios: dict[str, float]) -> dict[str, Any]:
     """Print the figures and ratios and append them as one JSON line to bench/results/<name>.jsonl."""
     line = {"bench": name, "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "device": device_name(device),
-            "torch": torch.__version__, "host_cpus": os.cpu_count(), "args": args, "figures": figures,
+            "torch": torch.__version__, "code": code_version(), "host_cpus": os.cpu_count(), "args": args,
+            "figures": figures,
             "ratios": ratios}
     for key, value in figures.items():
         print(f"  {key}: {value:.4g}" if isinstance(value, float) else f"  {key}: {value}")

@@ -77,7 +77,8 @@ def test_each_member_equals_its_unfused_trial(ctx, mode, student, loss):
     assert len({round(a[-1]["train_loss"], 6) for a in alone}) == 3
 
 
-def test_stopped_members_leave_the_step_and_keep_their_last_report(ctx):
+@pytest.mark.parametrize("mode", ["auto", "vmap"])
+def test_stopped_members_leave_the_step_and_keep_their_last_report(ctx, mode):
     stops: set[int] = set()
     session = LocalSession(CPU)
 
@@ -90,7 +91,8 @@ def test_stopped_members_leave_the_step_and_keep_their_last_report(ctx):
     from trainables.distill import fused as fused_distill
 
     session = Stopper(CPU)
-    p = DistillParams(teacher=TEACHER, student="mlp_tiny", epochs=3, loss="kd", vectorize=3, probes=MEMBERS)
+    p = DistillParams(teacher=TEACHER, student="mlp_tiny", epochs=3, loss="kd", vectorize=3, probes=MEMBERS,
+                      fused_forward=mode)
     original = fused_distill.stops_reader
     fused_distill.stops_reader = lambda sweep: (lambda epoch=None: set(stops))
     try:
@@ -106,11 +108,13 @@ def test_stopped_members_leave_the_step_and_keep_their_last_report(ctx):
     assert last[2]["val_loss"] == pytest.approx(alone.history[-1]["val_loss"], abs=1e-4)
 
 
-# compiled: the step recompiles in the resumed process (three compiles on the CPU)
-@pytest.mark.parametrize("compiled", [False, pytest.param(True, marks=pytest.mark.slow)])
-def test_a_fused_trial_resumes_from_its_checkpoint(ctx, tmp_path, compiled):
+# compiled: the step recompiles in the resumed process (three compiles on the CPU); vmap: the
+# checkpoint holds members whose parameters are rows of shared stacks
+@pytest.mark.parametrize("compiled,mode", [(False, "auto"), (False, "vmap"),
+                                           pytest.param(True, "auto", marks=pytest.mark.slow)])
+def test_a_fused_trial_resumes_from_its_checkpoint(ctx, tmp_path, compiled, mode):
     p = DistillParams(teacher=TEACHER, student="mlp_tiny", epochs=4, loss="kd", vectorize=3, probes=MEMBERS,
-                      compile=compiled)
+                      compile=compiled, fused_forward=mode)
     whole = LocalSession(CPU)
     run_distill(p, whole, TrialContext(artifacts=ctx.artifacts, checkpoint_every=2))
 
@@ -259,6 +263,48 @@ def test_members_that_cannot_fit_the_device_are_refused_before_ray_starts(monkey
     (issue,) = prepare.check_distill_inputs(p)
     assert issue[0] == "vectorize"
     assert issue[1].startswith("8 members need about") and "at most 4 fit: lower vectorize or batch_size" in issue[1]
+
+
+def test_the_vmap_forward_steps_the_members_stacked_parameters_in_place():
+    """Under vmap a member's parameters are rows of one stacked leaf per parameter name: the
+    forward reads the stacks, each member's gradient is its row of the stack's gradient (no copy
+    per member), and the member's own optimiser group updates its row; a member that leaves gets
+    tensors of its own and the others are restacked."""
+    from trainables.losses import create_loss
+    from trainables.models import create_model
+    from trainables.training.classifier_loop import CachedTeacher, OptimConfig
+    from trainables.training.fused import FusedRun, Member
+    from trainables.data import load_dataset
+
+    data = load_dataset("digits", seed=0)
+    members = []
+    for lr in (0.05, 0.2, 0.01):
+        torch.manual_seed(int(lr * 100))
+        model = create_model("cnn_small", num_classes=data.num_classes, input_shape=data.input_shape)
+        members.append(Member(model, create_loss("kd", {"temperature": 4.0}, num_classes=data.num_classes),
+                              OptimConfig(epochs=2, batch_size=32, lr=lr, momentum=0.0, weight_decay=0.0)))
+    teacher = CachedTeacher(torch.randn(len(data.train_y), data.num_classes))
+    run = FusedRun(members, data, LocalSession(CPU), 0, teacher, None, {}, mode="vmap")
+    name = "head.weight" if "head.weight" in run.students._params_stacked else next(iter(run.students._params_stacked))
+    stack = run.students._params_stacked[name]
+    rows = [m.model.get_parameter(name) for m in members]
+    assert all(r.untyped_storage().data_ptr() == stack.untyped_storage().data_ptr() for r in rows)
+    before = [r.detach().clone() for r in rows]
+    idx = torch.arange(32)
+    run.step(0, idx, run.prepare(idx))
+    grads = [r.grad for r in rows]
+    assert stack.grad is None  # handed to the members
+    assert len({g.untyped_storage().data_ptr() for g in grads}) == 1  # rows of one gradient
+    for k, m in enumerate(members):
+        # plain SGD: the row moved by lr times the member's own gradient, and the stack saw it
+        assert torch.allclose(rows[k].detach(), before[k] - m.optim.lr * grads[k], atol=1e-6)
+        assert torch.equal(stack[k].detach(), rows[k].detach())
+    run.drop({1})
+    assert rows[1].untyped_storage().data_ptr() != run.students._params_stacked[name].untyped_storage().data_ptr()
+    assert torch.equal(run.students._params_stacked[name][1].detach(), rows[2].detach())
+    kept = rows[1].detach().clone()
+    run.step(0, idx, run.prepare(idx))
+    assert torch.equal(rows[1].detach(), kept)  # the member that left no longer moves
 
 
 def test_a_model_that_cannot_run_under_vmap_names_the_loop_forward():

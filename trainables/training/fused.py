@@ -6,16 +6,20 @@ each batch is drawn, augmented and looked up in the teacher cache once, the stud
 passes run as one batched computation, and one backward and one optimiser step update them all.
 
 * **Forward** (:class:`FusedStudents`). ``vmap``: ``torch.func.vmap`` over ``functional_call``
-  with the members' parameters stacked each step (``torch.stack`` is differentiable, so each
-  member's own parameters stay the leaves its optimiser group updates); convolutions become one
-  grouped convolution, matmuls one batched matmul. ``loop``: each member's forward in turn (what
+  with the members' parameters held as one stacked leaf per parameter name, each member's
+  parameter a view of its row: the forward reads the stack as it is (no copy per step), backward
+  writes one gradient per stack, and each member's ``.grad`` is set to its row of it, so the
+  members' own optimiser groups update their rows in place. Stacking each step instead cost, per
+  step, one copy per parameter name forward and one gradient copy per member and name backward
+  (K x 32 for resnet8x4): small kernels that a launch-bound GPU step pays for. Convolutions
+  become one grouped convolution, matmuls one batched matmul. ``loop``: each member's forward in turn (what
   an unfused trial does, minus the shared batch work): on a CPU grouped convolutions are slower
   than K plain ones; when the members' activations together are large it runs each member's
   forward, loss and backward in turn (:meth:`FusedRun.member_by_member`). ``auto``: vmap on CUDA
   at small batches, loop elsewhere.
-* **Batch-norm statistics** stay per member: under vmap the running statistics are one stacked
-  tensor per buffer and each member's buffer is a view of its row, so BN's in-place update inside
-  the vmapped forward lands in every member's module without a copy.
+* **Batch-norm statistics** stay per member the same way: under vmap the running statistics are
+  one stacked tensor per buffer and each member's buffer is a view of its row, so BN's in-place
+  update inside the vmapped forward lands in every member's module without a copy.
 * **Loss and optimiser** are the members' own: member k's loss module (its own temperature and
   weights) scores member k's logits, the K losses are summed (members share no parameter, so the
   gradient of the sum is each member's own gradient), and one torch optimiser holds every member's
@@ -92,32 +96,65 @@ class FusedStudents(nn.Module):
         self.mode = mode
         self.active: list[int] = list(range(len(members)))
         self._names = [n for n, _ in members[0].named_parameters()]
+        self._params_stacked: dict[str, torch.Tensor] = {}
         self._buffers_stacked: dict[str, torch.Tensor] = {}
         if mode == "vmap":
-            self._stack_buffers()
+            self._stack()
 
-    def _stack_buffers(self) -> None:
-        """One stacked tensor per buffer over the active members, each member's buffer a view of
-        its row (BN updates the stack in place inside vmap; the member sees it at once)."""
-        stacked = {}
+    def _stack(self) -> None:
+        """One stacked tensor per parameter and per buffer over the active members, each member's
+        tensor a view of its row. A stacked parameter is a leaf of its own: the vmap forward reads
+        it, backward fills its ``.grad``, :meth:`share_grads` hands each member its row, and the
+        member's optimiser group updating its parameter in place updates the row. BN updates a
+        stacked buffer in place inside vmap; the member sees it at once."""
+        params = {}
+        for name in self._names:
+            rows = [self.members[k].get_parameter(name) for k in self.active]
+            # torch.stack keeps the rows' layout: a channels_last weight stays channels_last in its row.
+            stack = torch.stack([r.detach() for r in rows]).requires_grad_(rows[0].requires_grad)
+            for row, p in enumerate(rows):
+                # ``.data`` swaps what the Parameter holds and keeps the object, so the optimiser's
+                # references and per-parameter state (momentum, Adam moments) stay valid.
+                p.data = stack.detach()[row]
+            params[name] = stack
+        buffers = {}
         for name, _ in self.members[0].named_buffers():
             rows = [self.members[k].get_buffer(name) for k in self.active]
             if any(r is None for r in rows):
                 continue
-            stacked[name] = torch.stack([r.detach() for r in rows])
+            buffers[name] = torch.stack([r.detach() for r in rows])
             for row, k in enumerate(self.active):
                 owner, _, leaf = name.rpartition(".")
                 module = self.members[k].get_submodule(owner) if owner else self.members[k]
-                module._buffers[leaf] = stacked[name][row]
-        self._buffers_stacked = stacked
+                module._buffers[leaf] = buffers[name][row]
+        self._params_stacked, self._buffers_stacked = params, buffers
+
+    def share_grads(self) -> None:
+        """After backward: each active member's gradient is its row of the stacked parameter's
+        gradient (a view, no copy); the stacks' own gradients are cleared so that the next
+        backward starts from none, as the members' do after ``zero_grad``."""
+        if not self._params_stacked or len(self.active) < 2:
+            return
+        for name, stack in self._params_stacked.items():
+            grad, stack.grad = stack.grad, None
+            if grad is None:
+                continue
+            for row, k in enumerate(self.active):
+                self.members[k].get_parameter(name).grad = grad[row]
 
     def drop(self, members: set[int]) -> None:
         """Members ``members`` leave the step (their modules keep their last state)."""
         if not members & set(self.active):
             return
+        left = [k for k in self.active if k in members]
         self.active = [k for k in self.active if k not in members]
-        if self.mode == "vmap" and self.active:
-            self._stack_buffers()
+        if self.mode == "vmap":
+            # A member that left keeps its values in tensors of its own, so the old stacks are freed.
+            for k in left:
+                for t in (*self.members[k].parameters(), *self.members[k].buffers()):
+                    t.data = t.data.clone()
+            if self.active:
+                self._stack()
 
     def stacked(self, x: torch.Tensor, features: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Logits (K, N, C) of the active members, in ``active`` order, and features (K, N, D) or None."""
@@ -145,7 +182,7 @@ class FusedStudents(nn.Module):
         from torch.func import functional_call, vmap
 
         base = self.members[self.active[0]]
-        params = {n: torch.stack([self.members[k].get_parameter(n) for k in self.active]) for n in self._names}
+        params = self._params_stacked
 
         def one(p, b, inputs):
             kwargs = {"return_features": True} if features else {}
@@ -356,7 +393,7 @@ class FusedRun(FusedEpochs):
         if self.cuda_graphs:
             # The vmap forward's stacked batch-norm statistics are updated in place inside the graph:
             # a CUDA graph may mutate only inputs at fixed addresses (parameters and buffers are).
-            for t in self.students._buffers_stacked.values():
+            for t in (*self.students._params_stacked.values(), *self.students._buffers_stacked.values()):
                 torch._dynamo.mark_static_address(t)
         self._built_for = active
         return self._losses_fn
@@ -448,6 +485,7 @@ class FusedRun(FusedEpochs):
                     torch.compiler.cudagraph_mark_step_begin()
                 total, stats = losses_fn(xb, shared)
             total.backward()
+            self.students.share_grads()
         self.ranks.average_gradients([p for k in active for p in (*self.members[k].model.parameters(),
                                                                  *self.members[k].loss_fn.parameters())
                                       if p.requires_grad])
@@ -548,11 +586,12 @@ def forward_bytes(model: nn.Module, input_shape: tuple[int, ...], batch_size: in
 
 def member_bytes(model: nn.Module, input_shape: tuple[int, ...], batch_size: int, optimizer: str = "sgd") -> int:
     """An estimate of one member's training memory at ``batch_size``: weights, gradients,
-    optimiser state (one buffer for SGD, two for Adam(W)), the stacked copy the vmap forward makes,
-    and every forward output (:func:`forward_bytes`)."""
+    optimiser state (one buffer for SGD, two for Adam(W)) and every forward output
+    (:func:`forward_bytes`). The vmap forward's stacked parameters are the members' own (each
+    member's parameter is a view of its row), so they add nothing."""
     params = sum(p.numel() * p.element_size() for p in model.parameters())
     states = 2 if optimizer in ("adam", "adamw") else 1
-    return (3 + states) * params + forward_bytes(model, input_shape, batch_size)
+    return (2 + states) * params + forward_bytes(model, input_shape, batch_size)
 
 
 def device_memory_bytes() -> tuple[int, str]:
