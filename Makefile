@@ -8,7 +8,7 @@ REQ_HASH := $(shell sha1sum requirements.txt | cut -c1-12)
 STAMP    := $(VENV)/.installed-$(REQ_HASH)
 SPACE    ?= search_spaces/quickstart.yaml
 
-.PHONY: install lint-imports run test test-fast dry-run-all clean bench bench-kd-step bench-sweep-amortisation bench-overhead bench-data-pipeline bench-augment bench-loss-steps bench-probe-sweep bench-sweep-gpu bench-compile-trial
+.PHONY: install lint-imports run test test-fast dry-run-all clean bench bench-kd-step bench-sweep-amortisation bench-overhead bench-data-pipeline bench-augment bench-loss-steps bench-probe-sweep bench-sweep-gpu bench-compile-trial bench-fused-ops
 
 $(STAMP): requirements.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -60,6 +60,9 @@ bench-sweep-gpu: install
 
 bench-compile-trial: install
 	$(PY) bench/compile_trial.py $(ARGS)
+
+bench-fused-ops: install
+	$(PY) bench/fused_ops.py $(ARGS)
 
 bench: bench-kd-step bench-sweep-amortisation bench-overhead bench-data-pipeline bench-augment bench-loss-steps
 

@@ -33,7 +33,7 @@ from pydantic import Field
 from trainables.losses import register_loss
 from trainables.losses.augconf import superalignment_ramp
 from trainables.losses.base import DistillLoss, LossInputs, LossParams, self_training_ce_per_sample, soft_cross_entropy
-from trainables.losses.base import member_column
+from trainables.losses.base import member_column, member_rows
 from trainables.losses.kd import MemberColumns, kd_kl_per_sample, stacked_ce, stacked_kd_per_sample
 
 
@@ -109,5 +109,4 @@ class AdaptConf(DistillLoss):
         ce = stacked_ce(log_p, inputs.targets, columns("label_smoothing"))
         loss = columns("label_weight") * ce + columns("kd_weight") * ((1.0 - alpha) * kd + alpha * self_ce).mean(dim=-1)
         ce, kd, self_ce, alpha = ce.detach(), kd.detach().mean(-1), self_ce.detach().mean(-1), alpha.mean(-1)
-        return [{"loss": loss[i], "ce": ce[i], "kd": kd[i], "self_ce": self_ce[i], "alpha": alpha[i]}
-                for i in range(k)]
+        return member_rows(loss=loss, ce=ce, kd=kd, self_ce=self_ce, alpha=alpha)

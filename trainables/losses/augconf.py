@@ -20,7 +20,7 @@ from pydantic import Field
 from trainables.losses import register_loss
 from trainables.losses.base import (DistillLoss, LossInputs, LossParams, scalar_like, self_training_ce_per_sample,
                                     soft_cross_entropy)
-from trainables.losses.base import member_column
+from trainables.losses.base import member_column, member_rows
 from trainables.losses.kd import MemberColumns, kd_kl_per_sample, stacked_ce, stacked_kd_per_sample
 
 
@@ -73,5 +73,4 @@ class AugConf(DistillLoss):
         self_ce = -log_p.max(dim=-1).values.mean(dim=-1)  # CE against the student's own top-1 (T = 1)
         loss = columns("label_weight") * ce + columns("kd_weight") * ((1.0 - alpha) * kd + alpha * self_ce)
         ce, kd, self_ce = ce.detach(), kd.detach(), self_ce.detach()
-        return [{"loss": loss[i], "ce": ce[i], "kd": kd[i], "self_ce": self_ce[i], "alpha": alpha[i]}
-                for i in range(len(losses))]
+        return member_rows(loss=loss, ce=ce, kd=kd, self_ce=self_ce, alpha=alpha)

@@ -23,7 +23,8 @@ import torch
 from pydantic import Field
 
 from trainables.losses import register_loss
-from trainables.losses.base import DistillLoss, LossInputs, LossParams, member_column, scalar_like, soft_cross_entropy
+from trainables.losses.base import (DistillLoss, LossInputs, LossParams, member_column, member_rows, scalar_like,
+                                    soft_cross_entropy)
 
 
 class AuxConfParams(LossParams):
@@ -84,4 +85,4 @@ class AuxConf(DistillLoss):
         q = torch.softmax(inputs.teacher_logits.detach().float(), dim=-1).unsqueeze(0)
         target = auxconf_target(q, inputs.student_logits, coef.view(-1, 1, 1))
         loss = -(target * torch.log_softmax(inputs.student_logits.float(), dim=-1)).sum(dim=-1).mean(dim=-1)
-        return [{"loss": loss[i], "aux_coef": coef[i]} for i in range(len(losses))]
+        return member_rows(loss=loss, aux_coef=coef)

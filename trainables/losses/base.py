@@ -92,6 +92,16 @@ class DistillLoss(nn.Module):
         return {}
 
 
+def member_rows(**columns: torch.Tensor) -> list[dict[str, torch.Tensor]]:
+    """What ``forward_members`` returns: member i's statistics, row i of each (K,) column.
+
+    Rows come from ``unbind``: one autograd node for all K, whose backward stacks the K rows'
+    gradients in one kernel. Indexing ``loss[i]`` made K nodes, each zero-filling a (K,)
+    gradient and writing its row: 2K small kernels per fused step."""
+    rows = {key: col.unbind(0) for key, col in columns.items()}
+    return [{key: r[i] for key, r in rows.items()} for i in range(len(next(iter(rows.values()))))]
+
+
 def soft_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, label_smoothing: float = 0.0) -> torch.Tensor:
     """Mean cross-entropy against hard labels (N,) or probability targets (N, C)."""
     return nn.functional.cross_entropy(logits, targets, label_smoothing=label_smoothing)

@@ -5,7 +5,7 @@ import torch
 from pydantic import Field
 
 from trainables.losses import register_loss
-from trainables.losses.base import DistillLoss, LossInputs, LossParams, soft_cross_entropy
+from trainables.losses.base import DistillLoss, LossInputs, LossParams, member_rows, soft_cross_entropy
 from trainables.losses.kd import MemberColumns, stacked_ce
 
 
@@ -27,5 +27,4 @@ class CrossEntropy(DistillLoss):
         """K members' cross-entropies at once: logits (K, N, C), label smoothing a (K,) column."""
         log_p = torch.log_softmax(inputs.student_logits.float(), dim=-1)
         ce = stacked_ce(log_p, inputs.targets, MemberColumns(losses, log_p.device)("label_smoothing"))
-        detached = ce.detach()
-        return [{"loss": ce[i], "ce": detached[i]} for i in range(len(losses))]
+        return member_rows(loss=ce, ce=ce.detach())

@@ -21,8 +21,8 @@ import torch
 from pydantic import Field
 
 from trainables.losses import register_loss
-from trainables.losses.base import (DistillLoss, LossInputs, LossParams, hard_labels, member_column, scalar_like,
-                                    soft_cross_entropy)
+from trainables.losses.base import (DistillLoss, LossInputs, LossParams, hard_labels, member_column, member_rows,
+                                    scalar_like, soft_cross_entropy)
 from trainables.losses.kd import MemberColumns, stacked_ce
 
 
@@ -117,5 +117,4 @@ class DKD(DistillLoss):
                         columns("label_smoothing"))
         loss = columns("label_weight") * ce + warm * (columns("alpha") * tckd + columns("beta") * nckd)
         ce, tckd, nckd = ce.detach(), tckd.detach(), nckd.detach()
-        return [{"loss": loss[i], "ce": ce[i], "tckd": tckd[i], "nckd": nckd[i], "dkd_warmup": warm[i]}
-                for i in range(len(losses))]
+        return member_rows(loss=loss, ce=ce, tckd=tckd, nckd=nckd, dkd_warmup=warm)

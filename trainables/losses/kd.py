@@ -11,7 +11,8 @@ import torch
 from pydantic import Field
 
 from trainables.losses import register_loss
-from trainables.losses.base import DistillLoss, LossInputs, LossParams, member_column, soft_cross_entropy
+from trainables.losses.base import (DistillLoss, LossInputs, LossParams, member_column, member_rows,
+                                    soft_cross_entropy)
 
 
 class KDParams(LossParams):
@@ -49,7 +50,7 @@ class KD(DistillLoss):
         kd = stacked_kd_per_sample(inputs.student_logits, inputs.teacher_logits, columns("temperature")).mean(dim=-1)
         loss = columns("label_weight") * ce + columns("kd_weight") * kd
         ce, kd = ce.detach(), kd.detach()
-        return [{"loss": loss[i], "ce": ce[i], "kd": kd[i]} for i in range(len(losses))]
+        return member_rows(loss=loss, ce=ce, kd=kd)
 
 
 class MemberColumns:

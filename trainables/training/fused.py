@@ -9,17 +9,19 @@ passes run as one batched computation, and one backward and one optimiser step u
   with the members' parameters held as one stacked leaf per parameter name, each member's
   parameter a view of its row: the forward reads the stack as it is (no copy per step), backward
   writes one gradient per stack, and each member's ``.grad`` is set to its row of it, so the
-  members' own optimiser groups update their rows in place. Stacking each step instead cost, per
-  step, one copy per parameter name forward and one gradient copy per member and name backward
-  (K x 32 for resnet8x4): small kernels that a launch-bound GPU step pays for. Convolutions
-  become one grouped convolution, matmuls one batched matmul. ``loop``: each member's forward in turn (what
+  members' own optimiser groups update their rows in place. Stacking each step instead cost a
+  stack kernel per parameter name forward and, backward, an autograd node per member and name
+  (K x 32 for resnet8x4): host work that a launch-bound GPU step pays for. Convolutions become
+  one grouped convolution, matmuls one batched matmul. ``loop``: each member's forward in turn (what
   an unfused trial does, minus the shared batch work): on a CPU grouped convolutions are slower
   than K plain ones; when the members' activations together are large it runs each member's
   forward, loss and backward in turn (:meth:`FusedRun.member_by_member`). ``auto``: vmap on CUDA
   at small batches, loop elsewhere.
 * **Batch-norm statistics** stay per member the same way: under vmap the running statistics are
   one stacked tensor per buffer and each member's buffer is a view of its row, so BN's in-place
-  update inside the vmapped forward lands in every member's module without a copy.
+  update inside the vmapped forward lands in every member's module without a copy. The members'
+  batch norms run as one over K x C channels (:mod:`trainables.training.member_norm`), not as
+  torch's vmap rule, which applies each member's affine in separate passes.
 * **Loss and optimiser** are the members' own: member k's loss module (its own temperature and
   weights) scores member k's logits, the K losses are summed (members share no parameter, so the
   gradient of the sum is each member's own gradient), and one torch optimiser holds every member's
@@ -57,6 +59,7 @@ from trainables.runtime.prefetch import prefetched
 from trainables.runtime.session import Session
 from trainables.training.batch_augment import BatchAugment
 from trainables.training.classifier_loop import OptimConfig, TeacherSignal, compiled_forward
+from trainables.training.member_norm import fold_member_batch_norm, members_vmapped
 from trainables.training.views import BatchViews, PlainViews
 
 FORWARD_MODES = ("auto", "vmap", "loop")
@@ -99,6 +102,8 @@ class FusedStudents(nn.Module):
         self._params_stacked: dict[str, torch.Tensor] = {}
         self._buffers_stacked: dict[str, torch.Tensor] = {}
         if mode == "vmap":
+            for m in members:
+                fold_member_batch_norm(m)
             self._stack()
 
     def _stack(self) -> None:
@@ -190,7 +195,8 @@ class FusedStudents(nn.Module):
 
         # Dropout and other random ops draw independently per member, as separate trials would.
         try:
-            out = vmap(one, in_dims=(0, 0, None), randomness="different")(params, self._buffers_stacked, x)
+            with members_vmapped():
+                out = vmap(one, in_dims=(0, 0, None), randomness="different")(params, self._buffers_stacked, x)
         except RuntimeError as exc:
             if "vmap" not in str(exc) and "Batched" not in str(exc):
                 raise
@@ -499,15 +505,28 @@ class FusedRun(FusedEpochs):
     def train_epoch(self, epoch: int) -> dict[int, dict[str, torch.Tensor]]:
         self.students.train()
         active = list(self.students.active)
-        means = {k: EpochMeans() for k in active}
+        # The members' statistics are summed as (K,) columns: one stack and one add per statistic
+        # and step rather than K adds (a launch-bound GPU step pays per kernel). Per member when
+        # their statistics differ in names (decided on the first step; a loss names the same
+        # statistics every step).
+        columns, alone, stacked = EpochMeans(), {k: EpochMeans() for k in active}, None
         self.views.start_epoch(epoch)
         batches = list(epoch_batches(self.n_train, self.optim.batch_size, epoch, self.seed, self.session,
                                      self.device, drop_last=self.drop_last))
         prepared = iter(prefetched(self.prepare, batches, self.device, depth=2 if self.batch_augment.active else 0))
         for idx in batches:
-            for k, out in zip(active, self.step(epoch, idx, next(prepared))):
-                means[k].add(out)
-        return {k: m.means() for k, m in means.items()}
+            stats = self.step(epoch, idx, next(prepared))
+            if stacked is None:
+                stacked = all(out.keys() == stats[0].keys() for out in stats)
+            if stacked:
+                columns.add({key: torch.stack([out[key].detach().float() for out in stats]) for key in stats[0]})
+            else:
+                for k, out in zip(active, stats):
+                    alone[k].add(out)
+        if not stacked:
+            return {k: m.means() for k, m in alone.items()}
+        summed = columns.means()
+        return {k: {key: col[row] for key, col in summed.items()} for row, k in enumerate(active)}
 
     def member_metrics(self, k: int, epoch: int, train_stats: dict[str, float]) -> dict[str, Any]:
         m, data, session = self.members[k], self.data, self.session
