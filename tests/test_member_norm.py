@@ -158,3 +158,23 @@ def test_only_torchs_own_batch_norms_are_switched():
     model = nn.Sequential(nn.BatchNorm1d(3), Custom(3), nn.LayerNorm(3), nn.BatchNorm2d(3))
     assert fold_member_batch_norm(model) == 2
     assert [type(m) for m in model] == [MemberBatchNorm1d, Custom, nn.LayerNorm, MemberBatchNorm2d]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no GPU")
+def test_folded_members_equal_torchs_rule_on_a_gpu_in_bf16_channels_last():
+    """What the fused trial runs on a GPU: bf16 autocast, channels_last activations (cuDNN's batch
+    norm over K x C channels against torch's rule, within bf16 rounding)."""
+    make, shape = CASES["bn2d"]
+    torchs = [m.cuda().to(memory_format=torch.channels_last) for m in members(make)]
+    ours = copy.deepcopy(torchs)
+    for m in ours:
+        fold_member_batch_norm(m)
+    x = torch.randn(*shape, device="cuda").contiguous(memory_format=torch.channels_last)
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        want, got = stacked_run(torchs, x, folded=False), stacked_run(ours, x, folded=True)
+    torch.testing.assert_close(got[0].float(), want[0].float(), rtol=2e-2, atol=2e-2)
+    for name in want[1]:
+        scale = want[1][name].abs().max().clamp_min(1.0)
+        torch.testing.assert_close(got[1][name] / scale, want[1][name] / scale, rtol=2e-2, atol=2e-2, msg=name)
+    for name in want[3]:
+        torch.testing.assert_close(got[3][name].float(), want[3][name].float(), rtol=1e-2, atol=1e-2, msg=name)
