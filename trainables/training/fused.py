@@ -469,7 +469,8 @@ class FusedRun(FusedEpochs):
         losses_fn = self.losses_fn()
         self.optimizer.zero_grad(set_to_none=True)
         # DDP's default: every rank starts the step from rank 0's batch-norm statistics.
-        self.ranks.broadcast_flat([b for k in active for b in self.members[k].model.buffers()])
+        if self.ranks.active:  # (the lists walk every member's modules: host time a single process skips)
+            self.ranks.broadcast_flat([b for k in active for b in self.members[k].model.buffers()])
         with autocast(self.device):
             t_logits = t_feats = None
             if self.teacher is not None and first.needs_teacher:
@@ -492,9 +493,10 @@ class FusedRun(FusedEpochs):
                 total, stats = losses_fn(xb, shared)
             total.backward()
             self.students.share_grads()
-        self.ranks.average_gradients([p for k in active for p in (*self.members[k].model.parameters(),
-                                                                 *self.members[k].loss_fn.parameters())
-                                      if p.requires_grad])
+        if self.ranks.active:
+            self.ranks.average_gradients([p for k in active for p in (*self.members[k].model.parameters(),
+                                                                     *self.members[k].loss_fn.parameters())
+                                          if p.requires_grad])
         self.optimizer.step()
         self.scheduler.step()
         for k in active:
