@@ -100,6 +100,7 @@ class FusedStudents(nn.Module):
         self.active: list[int] = list(range(len(members)))
         self._names = [n for n, _ in members[0].named_parameters()]
         self._params_stacked: dict[str, torch.Tensor] = {}
+        self._rows: list[tuple[torch.Tensor, list[nn.Parameter]]] = []  # (stack, active members' parameters)
         self._buffers_stacked: dict[str, torch.Tensor] = {}
         if mode == "vmap":
             for m in members:
@@ -112,7 +113,7 @@ class FusedStudents(nn.Module):
         it, backward fills its ``.grad``, :meth:`share_grads` hands each member its row, and the
         member's optimiser group updating its parameter in place updates the row. BN updates a
         stacked buffer in place inside vmap; the member sees it at once."""
-        params = {}
+        params, self._rows = {}, []
         for name in self._names:
             rows = [self.members[k].get_parameter(name) for k in self.active]
             # torch.stack keeps the rows' layout: a channels_last weight stays channels_last in its row.
@@ -122,6 +123,7 @@ class FusedStudents(nn.Module):
                 # references and per-parameter state (momentum, Adam moments) stay valid.
                 p.data = stack.detach()[row]
             params[name] = stack
+            self._rows.append((stack, rows))
         buffers = {}
         for name, _ in self.members[0].named_buffers():
             rows = [self.members[k].get_buffer(name) for k in self.active]
@@ -138,14 +140,13 @@ class FusedStudents(nn.Module):
         """After backward: each active member's gradient is its row of the stacked parameter's
         gradient (a view, no copy); the stacks' own gradients are cleared so that the next
         backward starts from none, as the members' do after ``zero_grad``."""
-        if not self._params_stacked or len(self.active) < 2:
+        if len(self.active) < 2:
             return
-        for name, stack in self._params_stacked.items():
+        for stack, params in self._rows:  # (host time per step: no name lookups, one unbind per stack)
             grad, stack.grad = stack.grad, None
-            if grad is None:
-                continue
-            for row, k in enumerate(self.active):
-                self.members[k].get_parameter(name).grad = grad[row]
+            if grad is not None:
+                for p, g in zip(params, grad.unbind(0)):
+                    p.grad = g
 
     def drop(self, members: set[int]) -> None:
         """Members ``members`` leave the step (their modules keep their last state)."""
