@@ -168,3 +168,31 @@ def test_a_schedule_that_changes_every_epoch_compiles_once(ctx):
                 assert cm[key] == pytest.approx(em[key], abs=1e-4), key
     # alpha did change with the epoch: theta * e / 3 for e = 0, 1, 2 (member 0's theta 0.5)
     assert [r[RESULTS_KEY][0]["train_alpha"] for r in eager] == pytest.approx([0.0, 0.5 / 3, 1.0 / 3])
+
+
+@pytest.mark.slow  # two compiles of mlp_tiny's fused step (about 25 s on 2 cores)
+def test_the_last_member_of_a_compiled_trial_compiles_once_for_every_epoch_left():
+    """Down to one member, the fused step still computes the loss in its vectorised form, whose
+    epoch-dependent values (AugConf's alpha) enter as tensors: the member's own forward would read
+    the epoch, and dynamo would recompile the step for every epoch."""
+    from trainables.data import load_dataset
+    from trainables.losses import create_loss
+    from trainables.models import create_model
+    from trainables.training.classifier_loop import CachedTeacher, OptimConfig
+    from trainables.training.fused import FusedRun, Member
+
+    data = load_dataset("digits", seed=0)
+    teacher = CachedTeacher(torch.randn(len(data.train_y), data.num_classes, generator=torch.Generator().manual_seed(0)))
+    members = [Member(create_model("mlp_tiny", num_classes=data.num_classes, input_shape=data.input_shape),
+                      create_loss("augconf", {"rate": rate}, num_classes=data.num_classes),
+                      OptimConfig(epochs=6, batch_size=32, lr=0.05, compile=True)) for rate in (1.0, 0.6)]
+    torch._dynamo.reset()
+    dynamo_utils.counters.clear()
+    run = FusedRun(members, data, LocalSession(CPU), 0, teacher, None, {}, mode="vmap")
+    run.students.train()
+    idx = torch.arange(32)
+    run.step(0, idx, run.prepare(idx))
+    run.drop({1})
+    alphas = [run.step(epoch, idx, run.prepare(idx))[0]["alpha"].item() for epoch in range(1, 6)]
+    assert dynamo_utils.counters["stats"]["unique_graphs"] == 2  # two members, then one, whatever the epoch
+    assert len(set(alphas)) == 5  # the epoch did reach the loss: alpha moved every epoch

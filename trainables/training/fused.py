@@ -417,8 +417,10 @@ class FusedRun(FusedEpochs):
         first = self.members[active[0]].loss_fn
         features = first.needs_features
         losses = [self.members[k].loss_fn for k in active]
-        # One loss computation for every member where the loss class has one (a trial has one loss class).
-        if type(first).vectorised_members and len(active) > 1:
+        # One loss computation for every member where the loss class has one (a trial has one loss
+        # class), down to the last member: its own forward would read the epoch, which a compiled
+        # step would guard on and recompile for every epoch (the columns are tensors).
+        if type(first).vectorised_members:
             logits, feats = self.students.stacked(xb, features=features)
             shared.student_logits, shared.student_features = logits.float(), feats
             stats = type(first).forward_members(losses, shared)
@@ -480,7 +482,7 @@ class FusedRun(FusedEpochs):
             # student_logits / student_features are filled in by forward_losses.
             shared = LossInputs(student_logits=None, targets=yb, teacher_logits=t_logits, teacher_features=t_feats,
                                 indices=idx, epoch=epoch, num_epochs=epochs, progress=epoch / epochs)
-            if type(first).vectorised_members and len(active) > 1:
+            if type(first).vectorised_members:
                 shared.member_columns = type(first).epoch_columns([self.members[k].loss_fn for k in active], epoch,
                                                                   epochs, self.device)
         if self.one_at_a_time(xb):
