@@ -141,6 +141,31 @@ def test_distill_headline_draws_the_means_and_intervals_of_the_frame():
     assert alone.title.startswith("distillation: teacher and best student")  # and says there is no control
 
 
+def test_a_fused_trials_best_member_is_the_headlines_student_not_its_last_member():
+    """The members of a fused trial (vectorize: K) share its Tune trial id; each is its own row
+    (``probe``). The best configuration is a member, and the headline must draw that member,
+    not whichever member of its trial came last."""
+    from orchestrator.reports.headline import build_headline, headline_records
+    from orchestrator.reports.publish import report_data
+    from orchestrator.reports.rows import vocabulary_of
+    from orchestrator.reports.summary import summarize
+    from orchestrator.reports.table import rows_to_frame
+
+    spec = _spec("distill")
+    rows = [TrialRow(trial_id="t0", probe=k, status="completed", params={"lr": lr},
+                     metrics={"val_acc": acc, "test_acc": acc - 0.01, "teacher_test_acc": 1.0, "epoch": 4},
+                     config={"lr": lr}, history=[])
+            for k, (lr, acc) in enumerate(((0.05, 0.99), (0.04, 0.98), (0.17, 0.82)))]
+    rows.append(TrialRow(trial_id="t1", status="completed", params={"lr": 0.07}, config={"lr": 0.07}, history=[],
+                         metrics={"val_acc": 0.97, "test_acc": 0.96, "teacher_test_acc": 1.0, "epoch": 4}))
+    entries = summarize(rows, ["lr"], "val_acc", "max", vocabulary_of(spec))
+    assert entries[0].trial_ids == ["t0/p0"]
+    data = report_data(spec, rows_to_frame(rows, ["lr"], "val_acc"), rows, entries, None)
+    assert [r.label for r in data.best_group] == ["t0/p0"]
+    student = next(r for r in headline_records(build_headline(data, vocabulary_of(spec))) if r["role"] == "student")
+    assert student["mean"] == pytest.approx(0.98) and student["n"] == 1
+
+
 def test_headline_renders_png_html_and_table():
     from orchestrator.reports.headline import headline_html, headline_png, headline_table
     from orchestrator.reports.plots import png_bytes

@@ -37,7 +37,7 @@ def best_space(spec: SweepSpec, best_config: dict[str, Any], best: TrialRow, swe
     raw = spec.model_dump(mode="json", exclude_none=True)
     out: dict[str, Any] = {
         "name": f"{spec.name}-best",
-        "description": f"best trial {best.trial_id} of sweep {sweep}: {spec.metric} = {best.metrics.get(spec.metric)}",
+        "description": f"best trial {best.label} of sweep {sweep}: {spec.metric} = {best.metrics.get(spec.metric)}",
         "trainable": spec.trainable,
         "experiment": spec.experiment_name,
         "params": params,
@@ -68,6 +68,6 @@ def best_space(spec: SweepSpec, best_config: dict[str, Any], best: TrialRow, swe
 
 def best_space_yaml(spec: SweepSpec, best_config: dict[str, Any], best: TrialRow, sweep: str,
                     path: str = BEST_SPACE_FILE) -> str:
-    header = (f"# Re-runs the best trial ({best.trial_id}) of sweep {sweep} exactly:\n"
+    header = (f"# Re-runs the best trial ({best.label}) of sweep {sweep} exactly:\n"
               f"#   python run_sweep.py {path}\n")
     return header + yaml.safe_dump(best_space(spec, best_config, best, sweep), sort_keys=False)

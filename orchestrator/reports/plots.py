@@ -87,7 +87,7 @@ def _curve_label(row: TrialRow, keys: list[str]) -> str:
     for key in [k for k in keys if short_name(k) not in NOT_HYPERPARAMETERS][:3]:
         v = row.params.get(key)
         parts.append(f"{short_name(key)}={v:.3g}" if isinstance(v, float) else f"{short_name(key)}={v}")
-    return f"{row.trial_id}: " + ", ".join(parts) if parts else row.trial_id
+    return f"{row.label}: " + ", ".join(parts) if parts else row.label
 
 
 def learning_curves(rows: list[TrialRow], metric: str, mode: str, keys: list[str], curves: tuple[str, ...] = (),

@@ -63,7 +63,7 @@ def report_data(spec: SweepSpec, frame, rows: list[TrialRow], entries: list[Meth
     of each summary group over its seeds (best group first) and the reference runs by seed."""
     vocab = vocabulary_of(spec)
     sign = 1 if spec.mode == "max" else -1
-    by_id = {r.trial_id: r for r in rows}
+    by_id = {r.label: r for r in rows}  # label: a fused trial's members share its trial_id
     ranked = sorted(entries, key=lambda e: -sign * e.metric_mean)
     groups = {"/".join(e.group.values()): [by_id[t] for t in e.trial_ids if t in by_id] for e in ranked}
     reference = {}

@@ -132,7 +132,7 @@ def summarize(rows: list[TrialRow], keys: list[str], metric: str, mode: str,
             metric_values=[float(m.metrics[metric]) for m in members],
             top1_values=[float(m.metrics[top1]) for m in members if _finite(m.metrics.get(top1))],
             hyperparams={k: members[0].params.get(k) for k in tuned},
-            trial_ids=[m.trial_id for m in members], configs_tried=len(configs),
+            trial_ids=[m.label for m in members], configs_tried=len(configs),
             extra={k: [float(m.metrics[k]) for m in members if _finite(m.metrics.get(k))]
                    for k in vocab.summary_metrics if any(_finite(m.metrics.get(k)) for m in rows)}))
     entries.sort(key=lambda e: (tuple(e.group.values()), -sign * e.metric_mean))
