@@ -292,6 +292,31 @@ def test_compare_rebuilds_from_mlflow_runs(tmp_path, capsys):
     assert (tmp_path / "storage" / "comparisons" / "sa__sb" / "comparison.png").read_bytes().startswith(PNG)
 
 
+def test_a_fused_trials_members_rebuilt_from_mlflow_are_rows_of_their_own(tmp_path):
+    """Each member of a fused trial has a child run tagged with the trial and its index
+    (``w2s.probe``); rebuilt from MLflow, each is its own row (``<trial>/p<k>``), as from Tune."""
+    import yaml
+
+    from orchestrator.reports.publish import load_sweep
+    from orchestrator.space.spec import parse_spec
+    from orchestrator.store.tracking import PARENT_TAG, TAG_PROBE, Tracker
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    spec = parse_spec(COMPARE_SPACE, "compare.yaml")
+    tracker = Tracker(uri, spec.experiment_name)
+    tracker.ensure_experiment()
+    parent, _ = tracker.parent_run("sf", spec.resolved_dict(), yaml.safe_dump(spec.resolved_dict()))
+    for k, acc in enumerate((0.9, 0.7)):
+        run = tracker.client.create_run(tracker.experiment_id, run_name=f"sf/t0/p{k}", tags={
+            PARENT_TAG: parent, "w2s.sweep": "sf", "w2s.role": "trial", "w2s.trial_id": "sf_0", TAG_PROBE: str(k),
+            "w2s.outcome": "completed"})
+        tracker.log_params(run.info.run_id, {"loss": "kd", "seed": k, "lr": 0.05})
+        tracker.log_metrics(run.info.run_id, {"val_acc": acc, "epoch": 1}, step=1)
+    stored = load_sweep("sf", str(tmp_path / "nothing-here"), uri)
+    assert [(r.label, r.metrics["val_acc"]) for r in stored.rows] == [("sf_0/p0", 0.9), ("sf_0/p1", 0.7)]
+    assert pick_best(stored.rows, "val_acc", "max").label == "sf_0/p0"
+
+
 def test_cli_dispatches_report_and_compare(tmp_path, capsys):
     from orchestrator.cli import build_parser, main
 

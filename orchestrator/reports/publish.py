@@ -27,7 +27,7 @@ from orchestrator.space.spec import SweepSpec, get_dotted, parse_spec, set_dotte
 from orchestrator.store.layout import BEST_SPACE_FILE, PLOTS_DIR, read_saved_spec, reference_dir
 from orchestrator.store.secrets import mask_uri, redact, redact_artifact, redact_columns
 from orchestrator.store.storage import join, write_bytes
-from orchestrator.store.tracking import STATIC_PREFIX, TAG_OUTCOME, TAG_ROLE, TAG_SWEEP, TAG_TRIAL, Tracker
+from orchestrator.store.tracking import STATIC_PREFIX, TAG_OUTCOME, TAG_PROBE, TAG_ROLE, TAG_SWEEP, TAG_TRIAL, Tracker
 from trainables.runtime.vocabulary import ReportData
 
 # Tune statuses of trials a sweep had not finished when its state was last saved.
@@ -291,11 +291,13 @@ def rows_from_mlflow(tracker: Tracker, sweep: str, spec: SweepSpec) -> list[Tria
             metrics["epoch"] = int(metrics["epoch"])
         status = run.data.tags.get(TAG_OUTCOME) or (
             "unfinished" if run.info.status == "RUNNING" else trial_status(config, metrics, run.info.status == "FAILED", vocab.budget))
+        probe = run.data.tags.get(TAG_PROBE)  # a member of a fused trial: its own row
         rows.append(TrialRow(trial_id=run.data.tags.get(TAG_TRIAL, run.info.run_id), status=status,
+                             probe=int(probe) if probe is not None and probe.isdigit() else None,
                              params={k: get_dotted(config, k) for k in keys}, metrics=metrics, config=config,
                              duration_s=metrics.get("trial_time_s"),
                              history=[history[s] for s in sorted(history)]))
-    rows.sort(key=lambda r: r.trial_id)
+    rows.sort(key=lambda r: (r.trial_id, r.probe or 0))
     return rows
 
 

@@ -30,6 +30,7 @@ log = logging.getLogger(__name__)
 TAG_SWEEP = "w2s.sweep"
 TAG_ROLE = "w2s.role"  # parent | trial | reproduce | control
 TAG_TRIAL = "w2s.trial_id"
+TAG_PROBE = "w2s.probe"  # a fused / vectorised trial's member index, on its own child run
 TAG_OUTCOME = "w2s.outcome"
 TAG_DIVERGENCE = "w2s.divergence"
 TAG_CHECKPOINT_NOTE = "w2s.checkpoint_note"  # a trial resumed from an older checkpoint than its latest (corrupt)

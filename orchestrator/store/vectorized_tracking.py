@@ -6,12 +6,11 @@ from __future__ import annotations
 import logging
 import time
 
-from orchestrator.store.tracking import (NOT_METRICS, PARENT_TAG, STEP_METRIC, TAG_OUTCOME, TAG_ROLE, TAG_SWEEP, TAG_TRIAL,
-                                         MLflowTrialCallback, child_run_name, numeric_metrics, trial_index)
+from orchestrator.store.tracking import (NOT_METRICS, PARENT_TAG, STEP_METRIC, TAG_OUTCOME, TAG_PROBE, TAG_ROLE, TAG_SWEEP,
+                                         TAG_TRIAL, MLflowTrialCallback, child_run_name, numeric_metrics, trial_index)
 from trainables.runtime.runner import unpack_config
 from trainables.runtime.vectorize import RESULTS_KEY, expand_configs, is_vectorized, single_config
 
-TAG_PROBE = "w2s.probe"
 log = logging.getLogger(__name__)
 
 
