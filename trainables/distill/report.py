@@ -37,5 +37,6 @@ def distill_headline(data: ReportData) -> Headline | None:
     if not any(b.role == "student" for b in bars):
         return None
     title = (f"distillation: teacher, best student and {data.control} on {metric}" if control else
-             f"distillation: teacher and best student on {metric} (no reference runs, so no {data.control})")
+             f"distillation: teacher and best student on {metric} (no reference runs, so no bar "
+             f"for the {data.control.removeprefix('its ').removeprefix('the ')})")
     return Headline(title=title, bars=tuple(bars))
