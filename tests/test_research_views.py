@@ -138,8 +138,8 @@ def test_distill_headline_draws_the_means_and_intervals_of_the_frame():
     sweep_student = next(r for r in headline_records(alone) if r["role"] == "student")
     assert sweep_student["mean"] == pytest.approx(best["test_acc"].mean()) and sweep_student["n"] == 3
     assert not any(r["role"] == "control" for r in headline_records(alone))
-    assert alone.title == "distillation: teacher and best student on test_acc (no reference runs, so no bar "
-                           "for the no-teacher control)"
+    assert alone.title == ("distillation: teacher and best student on test_acc (no reference runs, so no bar "
+                           "for the no-teacher control)")
 
 
 def test_a_fused_trials_best_member_is_the_headlines_student_not_its_last_member():
