@@ -19,7 +19,6 @@ in a worktree of that revision, in a subprocess, and prints both.
 from __future__ import annotations
 
 import argparse
-import collections
 import json
 import os
 import subprocess
@@ -27,45 +26,14 @@ import sys
 import tempfile
 
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode, _disable_current_modes
 
 from common import ROOT, code_version, pick_device, record  # noqa: E402  (sets sys.path)
 import sweep_gpu  # noqa: E402
+from trainables.runtime.op_count import OpCount, uncounted  # noqa: E402
 from trainables.runtime.session import LocalSession  # noqa: E402
 from trainables.training.classifier_loop import ClassifierRun  # noqa: E402
 from trainables.training.fused import FusedRun  # noqa: E402
 from trainables.training.views import PlainViews  # noqa: E402
-
-# Operations that return a view (no kernel on any device).
-VIEWS = {"view", "_unsafe_view", "expand", "select", "slice", "as_strided", "t", "transpose", "permute", "unsqueeze",
-         "squeeze", "reshape", "alias", "detach", "unbind", "split", "_reshape_alias", "view_as", "unfold",
-         "diagonal", "lift_fresh", "movedim", "split_with_sizes"}
-
-
-class Ops(TorchDispatchMode):
-    """Counts the aten operations that reach a kernel, by name."""
-
-    def __init__(self):
-        super().__init__()
-        self.counts: collections.Counter = collections.Counter()
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        name = func.__name__.split(".")[0]
-        if name not in VIEWS:
-            self.counts[name] += 1
-        return func(*args, **(kwargs or {}))
-
-
-def uncounted(optimizer: torch.optim.Optimizer) -> None:
-    """The optimiser's step runs outside the count (it is counted as its parameter groups)."""
-    step = optimizer.step
-
-    def quiet(*a, **k):
-        with _disable_current_modes():
-            return step(*a, **k)
-
-    optimizer.step = quiet
-
 
 def count(args) -> dict[str, int]:
     device = pick_device(args.device)
@@ -77,18 +45,18 @@ def count(args) -> dict[str, int]:
     single = ClassifierRun(m.model, data, m.loss_fn, m.optim, LocalSession(device), 0, teacher, PlainViews(), {})
     single.model.train()
     single.step(0, [idx[0]])  # the first step allocates optimiser state
-    uncounted(single.optimizer)
-    with Ops() as one:
+    single.optimizer.step = uncounted(single.optimizer.step)  # counted as its groups
+    with OpCount() as one:
         single.step(0, [idx[1]])
     members = [sweep_gpu.member(size, c, data, s) for s, c in enumerate(sweep_gpu.configurations(args.members))]
     fused = FusedRun(members, data, LocalSession(device), 0, teacher, None, {}, mode="vmap")
     fused.students.train()
     fused.step(0, idx[0], fused.prepare(idx[0]))
-    uncounted(fused.optimizer)
-    with Ops() as many:
+    fused.optimizer.step = uncounted(fused.optimizer.step)
+    with OpCount() as many:
         fused.step(0, idx[1], fused.prepare(idx[1]))
-    return {"single_ops": sum(one.counts.values()), "single_groups": len(single.optimizer.param_groups),
-            "fused_ops": sum(many.counts.values()), "fused_groups": len(fused.optimizer.param_groups),
+    return {"single_ops": one.total, "single_groups": len(single.optimizer.param_groups),
+            "fused_ops": many.total, "fused_groups": len(fused.optimizer.param_groups),
             "fused_top": dict(many.counts.most_common(12))}
 
 
@@ -98,9 +66,9 @@ def counted_at(rev: str, argv: list[str]) -> dict[str, int]:
         tree = os.path.join(tmp, "tree")
         subprocess.run(["git", "worktree", "add", "--detach", "-q", tree, rev], cwd=ROOT, check=True)
         try:
-            os.makedirs(os.path.join(tree, "bench"), exist_ok=True)
-            for name in ("fused_ops.py", "common.py"):
-                with open(os.path.join(ROOT, "bench", name)) as src, open(os.path.join(tree, "bench", name), "w") as dst:
+            # This script and what it counts with, as they are now (an older revision may lack them).
+            for name in ("bench/fused_ops.py", "bench/common.py", "trainables/runtime/op_count.py"):
+                with open(os.path.join(ROOT, name)) as src, open(os.path.join(tree, name), "w") as dst:
                     dst.write(src.read())
             out = subprocess.run([sys.executable, os.path.join(tree, "bench", "fused_ops.py"), *argv, "--json"],
                                  cwd=tree, check=True, capture_output=True, text=True).stdout

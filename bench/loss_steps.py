@@ -30,12 +30,12 @@ import statistics
 import time
 
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
 
 from common import median_of, pick_device, record, synthetic_images  # noqa: E402  (sets sys.path)
 from trainables.losses import LossInputs, create_loss, loss_names  # noqa: E402
 from trainables.models import create_model  # noqa: E402
 from trainables.runtime.engine import autocast, build_optimizer, predict  # noqa: E402
+from trainables.runtime.op_count import OpCount  # noqa: E402
 
 
 def loss_step(name: str, student0, teacher, x, y, t_logits, t_feats, args, device):
@@ -76,24 +76,12 @@ def loss_step(name: str, student0, teacher, x, y, t_logits, t_feats, args, devic
     return run
 
 
-class _OpCount(TorchDispatchMode):
-    """Counts the operators a step dispatches, views left out (they launch no kernel)."""
-
-    def __init__(self):
-        super().__init__()
-        self.count = 0
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        self.count += not func.is_view
-        return func(*args, **(kwargs or {}))
-
-
 def ops_per_step(run, steps: int) -> float:
     """Operators (kernels, roughly) per training step: a device-independent measure of the host
     work that bounds a small step on a GPU, where each one costs launch and dispatch time."""
-    with _OpCount() as counter:
+    with OpCount() as counter:
         run()
-    return counter.count / steps
+    return counter.total / steps
 
 
 def host_seconds(variants, device: torch.device, rounds: int) -> dict[str, float]:

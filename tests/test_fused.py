@@ -344,35 +344,13 @@ def test_a_vmap_fused_step_runs_as_many_operations_for_any_number_of_members():
     """A launch-bound GPU step pays per kernel: the vmap step's forward and backward (resnet8: batch
     norm after every convolution; KD) run the same operations for K = 2 and K = 5 members, and
     not many more than one unfused trial's step (bench/fused_ops.py counts the GPU sizes)."""
-    from torch.utils._python_dispatch import TorchDispatchMode, _disable_current_modes
-
     from trainables.data import load_dataset
     from trainables.losses import create_loss
     from trainables.models import create_model
+    from trainables.runtime.op_count import OpCount, uncounted
     from trainables.training.classifier_loop import CachedTeacher, ClassifierRun, OptimConfig
     from trainables.training.fused import FusedRun, Member
     from trainables.training.views import PlainViews
-
-    class Ops(TorchDispatchMode):
-        views = {"view", "_unsafe_view", "expand", "select", "slice", "as_strided", "t", "transpose", "permute",
-                 "unsqueeze", "squeeze", "reshape", "alias", "detach", "unbind", "split", "_reshape_alias",
-                 "view_as", "movedim", "lift_fresh"}
-
-        def __init__(self):
-            super().__init__()
-            self.n = 0
-
-        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            self.n += func.__name__.split(".")[0] not in self.views
-            return func(*args, **(kwargs or {}))
-
-    def uncounted_step(optimizer):  # the optimiser: one fused kernel per group on CUDA, counted apart
-        step = optimizer.step
-
-        def quiet(*a, **k):
-            with _disable_current_modes():
-                return step(*a, **k)
-        optimizer.step = quiet
 
     data = load_dataset("digits", seed=0)
     teacher = CachedTeacher(torch.randn(len(data.train_y), data.num_classes))
@@ -387,16 +365,16 @@ def test_a_vmap_fused_step_runs_as_many_operations_for_any_number_of_members():
     m = member(0)
     single = ClassifierRun(m.model, data, m.loss_fn, m.optim, LocalSession(CPU), 0, teacher, PlainViews(), {})
     single.step(0, [idx[0]])
-    uncounted_step(single.optimizer)
-    with Ops() as one:
+    single.optimizer.step = uncounted(single.optimizer.step)  # one fused kernel per group on CUDA
+    with OpCount() as one:
         single.step(0, [idx[1]])
     fused_ops = {}
     for k in (2, 5):
         run = FusedRun([member(j) for j in range(k)], data, LocalSession(CPU), 0, teacher, None, {}, mode="vmap")
         run.step(0, idx[0], run.prepare(idx[0]))
-        uncounted_step(run.optimizer)
-        with Ops() as ops:
+        run.optimizer.step = uncounted(run.optimizer.step)
+        with OpCount() as ops:
             run.step(0, idx[1], run.prepare(idx[1]))
-        fused_ops[k] = ops.n
+        fused_ops[k] = ops.total
     assert fused_ops[2] == fused_ops[5], fused_ops
-    assert fused_ops[5] <= 1.5 * one.n, (fused_ops, one.n)
+    assert fused_ops[5] <= 1.5 * one.total, (fused_ops, one.total)

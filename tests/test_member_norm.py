@@ -1,15 +1,14 @@
 """The fused members' batch norm folded over K x C channels (trainables/training/member_norm.py):
 inside the members' vmap it equals torch's own batching rule (outputs, gradients, running
 statistics), runs batch norm's own kernels without a separate affine, and outside it is torch's."""
-import collections
 import copy
 
 import pytest
 import torch
 from torch import nn
 from torch.func import functional_call, vmap
-from torch.utils._python_dispatch import TorchDispatchMode
 
+from trainables.runtime.op_count import OpCount
 from trainables.training.member_norm import (MemberBatchNorm1d, MemberBatchNorm2d, fold_member_batch_norm,
                                              members_vmapped)
 
@@ -96,22 +95,10 @@ def test_channels_last_members_fold_without_copying_the_activations():
         torch.testing.assert_close(got[1][name], want[1][name], rtol=1e-4, atol=5e-5, msg=name)
     copies = {}
     for folded, ms in ((False, torchs), (True, ours)):
-        with Ops() as ops:
+        with OpCount() as ops:
             stacked_run(ms, x, folded=folded)
         copies[folded] = sum(ops.counts[op] for op in ("clone", "copy_", "contiguous", "_to_copy"))
     assert copies[True] <= copies[False]  # folding views the activations; it copies none
-
-
-class Ops(TorchDispatchMode):
-    """Counts the aten operations that run (what reaches the kernels)."""
-
-    def __init__(self):
-        super().__init__()
-        self.counts = collections.Counter()
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        self.counts[func.__name__.split(".")[0]] += 1
-        return func(*args, **(kwargs or {}))
 
 
 def test_folded_batch_norm_runs_batch_norms_own_kernels_and_no_separate_affine():
@@ -128,7 +115,7 @@ def test_folded_batch_norm_runs_batch_norms_own_kernels_and_no_separate_affine()
         if folded:
             for m in ms:
                 fold_member_batch_norm(m)
-        with Ops() as ops:
+        with OpCount() as ops:
             stacked_run(ms, x, folded=folded)
         counts[folded] = ops.counts
     assert counts[True]["native_batch_norm"] == counts[True]["native_batch_norm_backward"] == 1
