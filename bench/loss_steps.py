@@ -14,7 +14,9 @@ CIFAR-100-shaped synthetic data (32 x 32, 100 classes); bf16 autocast and channe
 On the CPU the times are this process's CPU time; on a GPU, wall time (see ``bench/common.py``).
 
 Also prints each loss's operators per step (views left out), counted on one untimed run: the host
-work that bounds a small step on a GPU, the same on every device. On a GPU two more columns say
+work that bounds a small step on a GPU, the same on every device. The optimiser step counts as its
+parameter groups, one fused kernel each as on CUDA (bench/fused_ops.py counts the same way), so
+the CPU's per-parameter update loop does not inflate the count. On a GPU two more columns say
 where a loss's extra time goes: ``host ms`` (wall time to issue the steps, the GPU not waited for;
 the median over the rounds) and ``kernel ms`` (the GPU's kernel time per step, summed from one
 profiled run). A step whose host time is near its wall time is launch-bound; one whose kernel
@@ -35,7 +37,7 @@ from common import median_of, pick_device, record, synthetic_images  # noqa: E40
 from trainables.losses import LossInputs, create_loss, loss_names  # noqa: E402
 from trainables.models import create_model  # noqa: E402
 from trainables.runtime.engine import autocast, build_optimizer, predict  # noqa: E402
-from trainables.runtime.op_count import OpCount  # noqa: E402
+from trainables.runtime.op_count import OpCount, uncounted  # noqa: E402
 
 
 def loss_step(name: str, student0, teacher, x, y, t_logits, t_feats, args, device):
@@ -55,6 +57,7 @@ def loss_step(name: str, student0, teacher, x, y, t_logits, t_feats, args, devic
     batches = [torch.arange(s, s + args.batch, device=device) for s in range(0, len(y) - args.batch + 1, args.batch)]
     xs = [x[idx].contiguous(memory_format=torch.channels_last) if channels_last else x[idx] for idx in batches]
     state = {"i": 0}
+    step_optimizer = uncounted(opt.step)  # counted as its groups (ops_per_step)
 
     def run() -> None:
         for _ in range(args.steps):
@@ -71,8 +74,9 @@ def loss_step(name: str, student0, teacher, x, y, t_logits, t_feats, args, devic
                                          epoch=1, num_epochs=4, progress=0.25))
             opt.zero_grad(set_to_none=True)
             out["loss"].backward()
-            opt.step()
+            step_optimizer()
 
+    run.optimizer_groups = len(opt.param_groups)
     return run
 
 
@@ -81,7 +85,7 @@ def ops_per_step(run, steps: int) -> float:
     work that bounds a small step on a GPU, where each one costs launch and dispatch time."""
     with OpCount() as counter:
         run()
-    return counter.total / steps
+    return counter.total / steps + run.optimizer_groups
 
 
 def host_seconds(variants, device: torch.device, rounds: int) -> dict[str, float]:
