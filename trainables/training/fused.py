@@ -100,7 +100,7 @@ class FusedStudents(nn.Module):
         self.active: list[int] = list(range(len(members)))
         self._names = [n for n, _ in members[0].named_parameters()]
         self._params_stacked: dict[str, torch.Tensor] = {}
-        self._rows: list[tuple[torch.Tensor, list[nn.Parameter]]] = []  # (stack, active members' parameters)
+        self._rows: list[list[nn.Parameter]] = []  # per stacked parameter, in its order: the active members' own
         self._buffers_stacked: dict[str, torch.Tensor] = {}
         if mode == "vmap":
             for m in members:
@@ -123,7 +123,7 @@ class FusedStudents(nn.Module):
                 # references and per-parameter state (momentum, Adam moments) stay valid.
                 p.data = stack.detach()[row]
             params[name] = stack
-            self._rows.append((stack, rows))
+            self._rows.append(rows)
         buffers = {}
         for name, _ in self.members[0].named_buffers():
             rows = [self.members[k].get_buffer(name) for k in self.active]
@@ -142,7 +142,7 @@ class FusedStudents(nn.Module):
         backward starts from none, as the members' do after ``zero_grad``."""
         if len(self.active) < 2:
             return
-        for stack, params in self._rows:  # (host time per step: no name lookups, one unbind per stack)
+        for stack, params in zip(self._params_stacked.values(), self._rows):  # one unbind per stack, no lookups
             grad, stack.grad = stack.grad, None
             if grad is not None:
                 for p, g in zip(params, grad.unbind(0)):
