@@ -73,12 +73,12 @@ def test_loss_parameters_and_memory_stay_in_step_under_ddp(tmp_path):
 
     mp.spawn(run_rank, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
     r0, r1 = (torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1))
-    assert r0.keys() == r1.keys() and {"memory_s", "z_s", "student_projector.0.weight"} <= set(r0)
+    assert r0.keys() == r1.keys() and {"memory", "z", "student_projector.0.weight"} <= set(r0)
     for key in r0:
         torch.testing.assert_close(r0[key], r1[key], rtol=1e-6, atol=1e-7, equal_nan=True, msg=key)
     # Each rank trained on its own shard, so equal weights mean the gradients were averaged;
     # the banks saw every rank's batch (each rank's own indices alone would leave half untouched).
-    norms = r0["memory_s"].norm(dim=1)  # an updated slot is unit-norm; an untouched one is not
+    norms = r0["memory"].norm(dim=-1)  # an updated slot of either bank is unit-norm; an untouched one is not
     assert torch.allclose(norms, torch.ones_like(norms), atol=1e-5)
 
 

@@ -242,6 +242,19 @@ def test_crd_state_dict_round_trip_keeps_memory_and_normaliser():
     assert "train_labels" not in original.state_dict()  # derived from the dataset, not checkpointed
 
 
+def test_crd_loads_a_checkpoint_written_before_its_sides_were_stacked():
+    original = crd_loss(seed=0)
+    original(inputs()[0])  # fill Z and move the memory
+    state = original.state_dict()
+    memory, z = state.pop("memory"), state.pop("z")  # the old layout: one buffer per bank and side
+    state.update(memory_t=memory[0], memory_s=memory[1], z_s=z[0], z_t=z[1])
+    other = crd_loss(seed=1)
+    other.load_state_dict(state)
+    assert torch.equal(other.memory_s, original.memory_s) and torch.equal(other.memory_t, original.memory_t)
+    assert other.z_s.item() == original.z_s.item() and other.z_t.item() == original.z_t.item()
+    assert not torch.equal(original.memory_s, original.memory_t)  # the two banks are told apart
+
+
 def test_crd_needs_two_classes():
     with pytest.raises(ValueError, match="two classes"):
         build("crd", num_samples=3, train_labels=torch.tensor([1, 1, 1]))
@@ -331,3 +344,22 @@ def test_uniformity_from_the_gram_matrix_has_pdists_value_and_gradient(n):
         assert value.item() == pytest.approx(uniformity_np(u0.numpy(), 1.5), rel=1e-5, abs=1e-6)
         assert value.item() == pytest.approx(expected.item(), rel=1e-5, abs=1e-6)
         torch.testing.assert_close(u.grad, ref.grad, rtol=1e-4, atol=1e-6)
+
+
+def test_uniformity_of_stacked_embeddings_is_each_ones():
+    """The loss scores the student's and the teacher's embeddings as one (2, N, D) stack: each
+    row's value and gradient are what it gets alone."""
+    from trainables.losses.align_uniform import uniformity
+
+    g = torch.Generator().manual_seed(3)
+    stack = torch.nn.functional.normalize(torch.randn(2, 5, 8, generator=g), dim=-1).requires_grad_()
+    alone = [row.detach().clone().requires_grad_() for row in stack]
+    values = uniformity(stack, 2.0)
+    assert values.shape == (2,)
+    (values * torch.tensor([1.0, 3.0])).sum().backward()
+    for i, row in enumerate(alone):
+        value = uniformity(row, 2.0)
+        (value * (1.0, 3.0)[i]).backward()
+        assert values[i].item() == pytest.approx(value.item(), rel=1e-6)
+        assert values[i].item() == pytest.approx(uniformity_np(row.detach().double().numpy(), 2.0), rel=1e-5)
+        torch.testing.assert_close(stack.grad[i], row.grad, rtol=1e-6, atol=1e-8)

@@ -13,6 +13,7 @@ mean over the pairs of the (per-rank) batch, so unlike the other terms it depend
 """
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -38,21 +39,39 @@ def alignment(u_s: torch.Tensor, u_t: torch.Tensor, alpha: float) -> torch.Tenso
 
 
 def uniformity(u: torch.Tensor, t: float) -> torch.Tensor:
-    """log mean_{i<j} exp(-t ||u_i - u_j||^2), from the Gram matrix rather than ``torch.pdist``:
-    pdist's backward is one slow kernel on CUDA (the reason this loss ran 2.4x KD's step on an H100,
-    bench/results/loss_steps.jsonl), while ||u_i||^2 + ||u_j||^2 - 2<u_i, u_j> is one matmul whose
-    backward is matmuls too. Every ordered pair i != j counts each unordered pair twice, which
-    leaves the mean unchanged; the diagonal is -inf, so it drops out of the logsumexp (and gets no
-    gradient). In fp32 even under autocast: exp(-t d^2) would amplify a bf16 Gram's rounding."""
-    n = len(u)
+    """log mean_{i<j} exp(-t ||u_i - u_j||^2) over the rows of u (..., N, D), one value per leading
+    index (the student's and the teacher's embeddings at once).
+
+    From the Gram matrix rather than ``torch.pdist``: pdist's backward is one slow kernel on CUDA
+    (the reason this loss ran 2.4x KD's step on an H100, bench/results/loss_steps.jsonl), while
+    -t ||u_i - u_j||^2 = -t (||u_i||^2 + ||u_j||^2) + 2t <u_i, u_j> is one batched matmul with
+    its addition (``baddbmm``), whose backward is matmuls too. Every ordered pair i != j counts
+    each unordered pair twice, which leaves the mean unchanged; the diagonal is -inf, so it drops
+    out of the logsumexp (and gets no gradient). In fp32 even under autocast: exp(-t d^2) would
+    amplify a bf16 Gram's rounding."""
+    n, d = u.shape[-2:]
     if n < 2:  # a trailing one-sample batch has no pairs: no uniformity signal, not NaN
-        return u.sum() * 0.0
+        return u.sum((-2, -1)) * 0.0
     with torch.autocast(u.device.type, enabled=False):
-        u = u.float()
-        sq = (u * u).sum(1)
-        d2 = (sq[:, None] + sq[None, :] - 2.0 * (u @ u.T)).clamp_min(0.0)
-        off_diagonal = torch.full((n,), float("-inf"), device=u.device).diag()
-        return torch.logsumexp((d2 * -t + off_diagonal).flatten(), 0) - math.log(n * (n - 1))
+        u3 = u.float().reshape(-1, n, d)
+        sq = (u3 * u3).sum(-1)
+        base = (sq.unsqueeze(-1) + sq.unsqueeze(-2)) * -t + off_diagonal(n, u.device)
+        # clamped at 0, i.e. d^2 >= 0: rounding can leave a near-duplicate pair's d^2 just below
+        scores = torch.baddbmm(base, u3, u3.transpose(1, 2), alpha=2.0 * t).clamp_max(0.0)
+        return (torch.logsumexp(scores.flatten(1), 1) - math.log(n * (n - 1))).reshape(u.shape[:-2])
+
+
+def off_diagonal(n: int, device: torch.device) -> torch.Tensor:
+    """(n, n): -inf on the diagonal, 0 elsewhere; made once per size and device in eager mode
+    (two kernels a step otherwise)."""
+    if torch.compiler.is_compiling():
+        return torch.full((n,), float("-inf"), device=device).diag()
+    return _cached_off_diagonal(n, device)
+
+
+@functools.lru_cache(maxsize=16)
+def _cached_off_diagonal(n: int, device: torch.device) -> torch.Tensor:
+    return torch.full((n,), float("-inf"), device=device).diag()
 
 
 @register_loss("align_uniform", params=AlignUniformParams)
@@ -69,5 +88,5 @@ class AlignUniform(DaptLoss):
         f_s, f_t = feature_pair(inputs)
         u_s, u_t = self.student_projector(f_s).float(), self.teacher_projector(f_t).float()
         align = alignment(u_s, u_t, p.align_alpha)
-        unif = (uniformity(u_s, p.unif_t) + uniformity(u_t, p.unif_t)) / 2
+        unif = uniformity(torch.stack([u_s, u_t]), p.unif_t).mean()  # (unif(u_s) + unif(u_t)) / 2
         return p.embed_weight * (p.align_weight * align + p.unif_weight * unif), {"align": align, "unif": unif}

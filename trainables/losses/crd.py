@@ -39,16 +39,26 @@ class CRDParams(DaptParams):
 
 
 def nce_loss(scores: torch.Tensor, num_samples: int) -> torch.Tensor:
-    """CRD's NCE loss on normalised scores (B, 1 + K), positive first: a per-anchor sum, batch mean."""
-    k = scores.shape[1] - 1
+    """CRD's NCE loss on normalised scores (..., B, 1 + K), positive first: a per-anchor sum, batch
+    mean; one value per leading index (the student's and the teacher's sides at once).
+
+    log(P0 / (P0 + c)) + sum_k log(c' / (Pk + c)), c = K/n + eps and c' = K/n, summed over the
+    anchors, is sum log P0 - sum over all 1 + K columns of log(P + c) + B K log c': the same value
+    in two logs over the scores rather than two ratios and two logs per column."""
+    b, k = scores.shape[-2], scores.shape[-1] - 1
     noise = k / num_samples
-    log_pos = torch.log(scores[:, 0] / (scores[:, 0] + noise + NCE_EPS))
-    log_neg = torch.log(noise / (scores[:, 1:] + noise + NCE_EPS))
-    return -(log_pos.sum() + log_neg.sum()) / scores.shape[0]
+    total = (torch.log(scores[..., 0]).sum(-1) - torch.log(scores + (noise + NCE_EPS)).sum((-2, -1))
+             + b * k * math.log(noise))
+    return -total / b
 
 
 @register_loss("crd", params=CRDParams)
 class CRD(DaptLoss):
+    """The two sides are stacked, side 0 the student's (its anchors u_s scored against the
+    teacher's bank M_t) and side 1 the teacher's (u_t against M_s): banks, normalisers, scores
+    and the NCE run once over both (one operation where the two sides took two; a small step
+    on a GPU is launch-bound, bench/loss_steps.py)."""
+
     def __init__(self, params: CRDParams, **context):
         super().__init__(params, **context)
         n = int(self.require(context, "num_samples"))
@@ -64,26 +74,40 @@ class CRD(DaptLoss):
         self.teacher_projector = make_projector(params.projector, self.require(context, "teacher_dim"),
                                                 params.embed_dim)
         stdv = 1.0 / math.sqrt(params.embed_dim / 3.0)
-        self.register_buffer("memory_s", torch.rand(n, params.embed_dim) * 2 * stdv - stdv)
-        self.register_buffer("memory_t", torch.rand(n, params.embed_dim) * 2 * stdv - stdv)
-        self.register_buffer("z_s", torch.tensor(float("nan")))  # set on the first batch
-        self.register_buffer("z_t", torch.tensor(float("nan")))
-        # Sample positions grouped by class: negatives of class c are every position outside c's run.
+        # memory[side]: the bank that side's anchors are scored against, (M_t, M_s)
+        self.register_buffer("memory", torch.rand(2, n, params.embed_dim) * 2 * stdv - stdv)
+        self.register_buffer("z", torch.full((2,), float("nan")))  # (Z_s, Z_t), set on the first batch
+        # Sample positions grouped by class: negatives of class c are every position outside c's run
+        # of the class order; per class, (start of its run, its size, samples outside it, that - 1).
         self.register_buffer("train_labels", labels, persistent=False)
         self.register_buffer("class_order", torch.argsort(labels, stable=True), persistent=False)
-        self.register_buffer("class_count", counts, persistent=False)
-        self.register_buffer("class_start", torch.cumsum(counts, 0) - counts, persistent=False)
+        start = torch.cumsum(counts, 0) - counts
+        self.register_buffer("class_runs", torch.stack([start, counts, n - counts, n - counts - 1], 1),
+                             persistent=False)
         # Whether Z is set, known on the host so the step does not sync to ask; unknown after a load.
         self._z_set: bool | None = False
         self.register_load_state_dict_post_hook(lambda module, _: setattr(module, "_z_set", None))
 
+    # the banks and normalisers by name (views of the stacked buffers)
+    memory_t = property(lambda self: self.memory[0])
+    memory_s = property(lambda self: self.memory[1])
+    z_s = property(lambda self: self.z[0])
+    z_t = property(lambda self: self.z[1])
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        """Checkpoints written before the sides were stacked hold memory_s, memory_t, z_s, z_t."""
+        if prefix + "memory_s" in state_dict:
+            pop = lambda name: state_dict.pop(prefix + name)  # noqa: E731
+            state_dict[prefix + "memory"] = torch.stack([pop("memory_t"), pop("memory_s")])
+            state_dict[prefix + "z"] = torch.stack([pop("z_s"), pop("z_t")])
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
     def sample_negatives(self, anchor_labels: torch.Tensor, k: int) -> torch.Tensor:
         """(B, k) training-set indices, uniform with replacement over samples of other classes."""
-        count = self.class_count[anchor_labels][:, None]
-        start = self.class_start[anchor_labels][:, None]
-        n_other = self.num_samples - count
-        r = (torch.rand(len(anchor_labels), k, device=count.device) * n_other).long()
-        r = torch.minimum(r, n_other - 1)  # float rounding of rand * n can reach n
+        runs = self.class_runs[anchor_labels]
+        start, count, n_other, last = (runs[:, i:i + 1] for i in range(4))
+        r = (torch.rand(len(anchor_labels), k, device=runs.device) * n_other).long()
+        r = torch.minimum(r, last)  # float rounding of rand * n can reach n
         r = r + (r >= start).long() * count
         return self.class_order[r]
 
@@ -100,23 +124,26 @@ class CRD(DaptLoss):
         d, k = self.params.embed_dim, self.params.nce_k
         return self.num_samples * (3 * d + 3 * batch) < 3 * batch * (1 + k) * d
 
-    def contrast_scores(self, u_s: torch.Tensor, u_t: torch.Tensor, contrast_idx: torch.Tensor):
-        """Unnormalised exp-scores (B, 1 + K) for the student and the teacher anchors."""
-        tau = self.params.nce_t
+    def side_scores(self, anchors: torch.Tensor, contrast_idx: torch.Tensor) -> torch.Tensor:
+        """Unnormalised exp-scores (2, B, 1 + K) of the anchors (2, B, D), (u_s, u_t), against
+        their sides' banks."""
         if self.dense_scores(len(contrast_idx)):
-            dots_t = (u_t @ self.memory_s.clone().T).gather(1, contrast_idx)
-            dots_s = (u_s @ self.memory_t.clone().T).gather(1, contrast_idx)
+            dots = torch.bmm(anchors, self.memory.clone().transpose(1, 2)).gather(2, contrast_idx.expand(2, -1, -1))
         else:
-            dots_t = torch.bmm(self.memory_s[contrast_idx], u_t[:, :, None]).squeeze(-1)
-            dots_s = torch.bmm(self.memory_t[contrast_idx], u_s[:, :, None]).squeeze(-1)
-        return torch.exp(dots_s / tau), torch.exp(dots_t / tau)
+            dots = (self.memory[:, contrast_idx] @ anchors.unsqueeze(-1)).squeeze(-1)
+        return torch.exp(dots / self.params.nce_t)
+
+    def contrast_scores(self, u_s: torch.Tensor, u_t: torch.Tensor, contrast_idx: torch.Tensor):
+        """(scores_s, scores_t), each (B, 1 + K): :meth:`side_scores` by side."""
+        return self.side_scores(torch.stack([u_s, u_t]), contrast_idx).unbind(0)
 
     @torch.no_grad()
     def update_memory(self, idx: torch.Tensor, u_s: torch.Tensor, u_t: torch.Tensor) -> None:
-        idx, u_s, u_t = all_gather_cat(idx), all_gather_cat(u_s), all_gather_cat(u_t)
+        """Each bank moves towards its own network's embeddings (M_t to u_t, M_s to u_s), over
+        every rank's batch."""
+        idx, u = all_gather_cat(idx), all_gather_cat(torch.stack([u_t, u_s], dim=1)).transpose(0, 1)
         m = self.params.nce_m
-        for bank, u in ((self.memory_s, u_s), (self.memory_t, u_t)):
-            bank.index_copy_(0, idx, torch.nn.functional.normalize(m * bank[idx] + (1 - m) * u, dim=1))
+        self.memory.index_copy_(1, idx, torch.nn.functional.normalize(m * self.memory[:, idx] + (1 - m) * u, dim=-1))
 
     def extra_terms(self, inputs: LossInputs):
         if inputs.indices is None:
@@ -128,15 +155,14 @@ class CRD(DaptLoss):
             u_t = self.teacher_projector(f_t).float()
             contrast_idx = torch.cat([idx[:, None], self.sample_negatives(self.train_labels[idx],
                                                                           self.params.nce_k)], dim=1)
-            scores_s, scores_t = self.contrast_scores(u_s, u_t, contrast_idx)
+            scores = self.side_scores(torch.stack([u_s, u_t]), contrast_idx)
             if self._z_set is None:
-                self._z_set = not bool(torch.isnan(self.z_s))
+                self._z_set = not bool(torch.isnan(self.z).any())
             if not self._z_set:
-                self.z_s.copy_(all_reduce_mean(scores_s.detach().mean()) * self.num_samples)
-                self.z_t.copy_(all_reduce_mean(scores_t.detach().mean()) * self.num_samples)
+                self.z.copy_(all_reduce_mean(scores.detach().mean((1, 2))) * self.num_samples)
                 self._z_set = True
-            nce_s = nce_loss(scores_s / self.z_s, self.num_samples)
-            nce_t = nce_loss(scores_t / self.z_t, self.num_samples)
+            nce = nce_loss(scores / self.z.view(2, 1, 1), self.num_samples)
             self.update_memory(idx, u_s.detach(), u_t.detach())
-        crd = nce_s + nce_t
+        crd = nce.sum()
+        nce_s, nce_t = nce.detach().unbind(0)
         return self.params.embed_weight * crd, {"crd": crd, "nce_s": nce_s, "nce_t": nce_t}
