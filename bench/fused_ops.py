@@ -4,7 +4,7 @@ At small batches a GPU step is bound by launching kernels, not by computing them
 resnet8x4 at 17.6k images/s at batch 64 against 41k at batch 512). There, what a fused trial of
 K members saves over K sequential trials is at most the ratio of their kernel launches. This
 counts the aten operations that reach a kernel (views excluded) in one forward and backward of a
-single KD trial and of a fused trial with the vmap forward, and prints
+single trial (KD, or ``--loss``) and of a fused trial with the vmap forward, and prints
 ``K x single / fused``: the launch-bound ceiling of fused over sequential. The optimiser step is
 counted apart, as its parameter groups: on CUDA each group is one fused kernel (``fused=True``),
 on the CPU it runs per parameter, which would swamp the count with what a GPU does not launch.
@@ -15,6 +15,7 @@ in a worktree of that revision, in a subprocess, and prints both.
 
     .venv/bin/python bench/fused_ops.py                                # resnet8x4, K = 16
     .venv/bin/python bench/fused_ops.py --student cnn_small --members 4 --image-size 8
+    .venv/bin/python bench/fused_ops.py --loss crd                     # another loss (KD by default)
 """
 from __future__ import annotations
 
@@ -38,7 +39,7 @@ from trainables.training.views import PlainViews  # noqa: E402
 def count(args) -> dict[str, int]:
     device = pick_device(args.device)
     size = argparse.Namespace(batch=args.batch, warmup=1, steps=2, image_size=args.image_size, classes=args.classes,
-                              student=args.student, fused_compile=False)
+                              student=args.student, fused_compile=False, loss=args.loss)
     data, teacher = sweep_gpu.data_for(size, device)
     idx = sweep_gpu.batches(size, device)
     m = sweep_gpu.member(size, sweep_gpu.configurations(1)[0], data, 0)
@@ -81,6 +82,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="cpu", help="cpu (default), cuda, auto")
     ap.add_argument("--student", default="resnet8x4")
+    ap.add_argument("--loss", default="kd", help="the members' classifier loss (bench/sweep_gpu.py --loss)")
     ap.add_argument("--members", type=int, default=16, help="K, the fused trial's members")
     ap.add_argument("--batch", type=int, default=8, help="per member (the count does not depend on it)")
     ap.add_argument("--image-size", type=int, default=32)

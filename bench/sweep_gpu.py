@@ -10,6 +10,8 @@
 
 Each configuration is a student (resnet8x4 at the GPU size) distilled (KD, cached teacher logits) with its own lr,
 weight decay, momentum and temperature, on CIFAR-100-shaped synthetic data already on the device.
+``--loss NAME`` distils with another classifier loss instead (its defaults, each configuration's
+temperature; feature losses get cached synthetic teacher features of ``TEACHER_DIM``).
 Images/s counts member images: configurations x steps x batch over the wall time of the trained
 steps (each trial's first ``--warmup`` steps, where kernels are picked and memory is allocated, are
 not timed).
@@ -42,7 +44,7 @@ import torch.multiprocessing as mp
 
 from common import device_name, pick_device, record, sync, synthetic_images  # noqa: E402  (sets sys.path)
 from trainables.data import DatasetSplits  # noqa: E402
-from trainables.losses import create_loss  # noqa: E402
+from trainables.losses import create_loss, loss_class, loss_names  # noqa: E402
 from trainables.models import create_model  # noqa: E402
 from trainables.runtime.session import LocalSession  # noqa: E402
 from trainables.training.classifier_loop import COMPILE_MODES, CachedTeacher, ClassifierRun, OptimConfig  # noqa: E402
@@ -58,21 +60,34 @@ def configurations(n: int, seed: int = 0) -> list[dict[str, float]]:
              "temperature": [1.0, 2.0, 4.0, 8.0][int(d * 4)]} for a, b, c, d in u]
 
 
+TEACHER_DIM = 256  # resnet32x4's pooled features, what the CIFAR pair's feature losses see
+
+
 def data_for(args, device) -> tuple[DatasetSplits, CachedTeacher]:
     n = args.batch * (args.warmup + args.steps)
     x, y = synthetic_images(n, args.image_size, args.classes, device)
     few = slice(0, 8)  # evaluation is not measured
     shape = (3, args.image_size, args.image_size)
     data = DatasetSplits("synthetic", x, y, x[few], y[few], x[few], y[few], args.classes, (0.0,) * 3, (1.0,) * 3)
-    logits = torch.randn(n, args.classes, generator=torch.Generator().manual_seed(1)).to(device)
+    gen = torch.Generator().manual_seed(1)
+    logits = torch.randn(n, args.classes, generator=gen).to(device)
+    features = torch.randn(n, TEACHER_DIM, generator=gen).to(device) if sweep_loss(args).needs_features else None
     assert data.input_shape == shape
-    return data, CachedTeacher(logits)
+    return data, CachedTeacher(logits, features)
+
+
+def sweep_loss(args):
+    return loss_class(getattr(args, "loss", "kd"))
 
 
 def member(args, config: dict[str, float], data: DatasetSplits, seed: int, compile: bool | str = False) -> Member:
     torch.manual_seed(seed)
     model = create_model(args.student, num_classes=args.classes, input_shape=data.input_shape)
-    loss = create_loss("kd", {"temperature": config["temperature"]}, num_classes=args.classes)
+    torch.manual_seed(10_000 + seed)  # the loss's own parameters (projectors), after the student's
+    head = torch.nn.Linear(TEACHER_DIM, args.classes).to(data.train_x.device)  # SRRL's frozen teacher classifier
+    loss = create_loss(getattr(args, "loss", "kd"), {"temperature": config["temperature"]}, num_classes=args.classes,
+                       student_dim=model.num_features, teacher_dim=TEACHER_DIM, num_samples=len(data.train_y),
+                       train_labels=data.train_y, teacher_head=head).to(data.train_x.device)
     optim = OptimConfig(epochs=1, batch_size=args.batch, lr=config["lr"], weight_decay=config["weight_decay"],
                         momentum=config["momentum"], compile=compile)
     return Member(model, loss, optim)
@@ -209,6 +224,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=6, help="timed steps per trial")
     ap.add_argument("--warmup", type=int, default=2, help="untimed steps per trial first")
     ap.add_argument("--student", default="cnn_small")
+    ap.add_argument("--loss", default="kd", choices=loss_names("classifier"), help="the sweep's classifier loss")
     ap.add_argument("--image-size", type=int, default=16)
     ap.add_argument("--classes", type=int, default=100)
     ap.add_argument("--fused-forward", default="auto", choices=("auto", "vmap", "loop"))

@@ -37,8 +37,8 @@ def fused_and_alone(ctx, mode: str, student: str = "mlp_tiny", members=MEMBERS, 
     return fused.history, alone
 
 
-# The superalignment losses' own values per member (their vectorised forms, trainables/losses/).
-SUPERALIGNMENT = {
+# The losses' own values per member (their vectorised forms, trainables/losses/).
+LOSS_MEMBERS = {
     "augconf": [{"lr": 0.05, "loss_params": {"threshold": 0.5, "rate": 0.3}},
                 {"lr": 0.1, "loss_params": {"threshold": 0.9, "rate": 0.0, "temperature": 2.0}},
                 {"lr": 0.02, "loss_params": {"threshold": 0.2, "rate": 1.0}}],
@@ -52,15 +52,22 @@ SUPERALIGNMENT = {
     "auxconf": [{"lr": 0.05, "loss_params": {"warmup_frac": 0.5}},
                 {"lr": 0.1, "loss_params": {"aux_coef": 0.9, "warmup_frac": 0.0}},
                 {"lr": 0.02, "loss_params": {"aux_coef": 0.2}}],
+    # DAPT's feature losses: each member's own projectors (or connector), stacked in the fused step
+    "align_uniform": [{"lr": 0.05, "loss_params": {"embed_dim": 16}},
+                      {"lr": 0.1, "loss_params": {"embed_dim": 16, "unif_t": 0.5, "align_alpha": 1.5}},
+                      {"lr": 0.02, "loss_params": {"embed_dim": 16, "embed_weight": 0.5, "temperature": 2.0}}],
+    "srrl": [{"lr": 0.05}, {"lr": 0.1, "loss_params": {"feat_weight": 0.3}},
+             {"lr": 0.02, "loss_params": {"srrl_weight": 2.0, "kd_weight": 0.5}}],
 }
 
 
 @pytest.mark.parametrize("mode,student,loss", [("loop", "mlp_tiny", "kd"), ("vmap", "mlp_tiny", "kd"),
                                                ("vmap", "cnn_small", "kd"), ("loop", "mlp_tiny", "augconf"),
                                                ("vmap", "mlp_tiny", "adaptconf"), ("vmap", "mlp_tiny", "dkd"),
-                                               ("loop", "mlp_tiny", "auxconf")])
+                                               ("loop", "mlp_tiny", "auxconf"), ("vmap", "mlp_tiny", "align_uniform"),
+                                               ("loop", "mlp_tiny", "srrl")])
 def test_each_member_equals_its_unfused_trial(ctx, mode, student, loss):
-    fused, alone = fused_and_alone(ctx, mode, student, members=SUPERALIGNMENT.get(loss, MEMBERS), loss=loss)
+    fused, alone = fused_and_alone(ctx, mode, student, members=LOSS_MEMBERS.get(loss, MEMBERS), loss=loss)
     assert len(fused) == 3
     for epoch, report in enumerate(fused):
         members = report[RESULTS_KEY]
@@ -298,8 +305,8 @@ def test_the_vmap_forward_steps_the_members_stacked_parameters_in_place():
                               OptimConfig(epochs=2, batch_size=32, lr=lr, momentum=0.0, weight_decay=0.0)))
     teacher = CachedTeacher(torch.randn(len(data.train_y), data.num_classes))
     run = FusedRun(members, data, LocalSession(CPU), 0, teacher, None, {}, mode="vmap")
-    name = "head.weight" if "head.weight" in run.students._params_stacked else next(iter(run.students._params_stacked))
-    stack = run.students._params_stacked[name]
+    name = "head.weight" if "head.weight" in run.students.stack.params else next(iter(run.students.stack.params))
+    stack = run.students.stack.params[name]
     rows = [m.model.get_parameter(name) for m in members]
     assert all(r.untyped_storage().data_ptr() == stack.untyped_storage().data_ptr() for r in rows)
     before = [r.detach().clone() for r in rows]
@@ -313,8 +320,8 @@ def test_the_vmap_forward_steps_the_members_stacked_parameters_in_place():
         assert torch.allclose(rows[k].detach(), before[k] - m.optim.lr * grads[k], atol=1e-6)
         assert torch.equal(stack[k].detach(), rows[k].detach())
     run.drop({1})
-    assert rows[1].untyped_storage().data_ptr() != run.students._params_stacked[name].untyped_storage().data_ptr()
-    assert torch.equal(run.students._params_stacked[name][1].detach(), rows[2].detach())
+    assert rows[1].untyped_storage().data_ptr() != run.students.stack.params[name].untyped_storage().data_ptr()
+    assert torch.equal(run.students.stack.params[name][1].detach(), rows[2].detach())
     kept = rows[1].detach().clone()
     run.step(0, idx, run.prepare(idx))
     assert torch.equal(rows[1].detach(), kept)  # the member that left no longer moves
@@ -378,3 +385,43 @@ def test_a_vmap_fused_step_runs_as_many_operations_for_any_number_of_members():
         fused_ops[k] = ops.total
     assert fused_ops[2] == fused_ops[5], fused_ops
     assert fused_ops[5] <= 1.5 * one.total, (fused_ops, one.total)
+
+
+def test_a_fused_crd_trial_trains_each_members_own_banks_and_members_can_leave(ctx):
+    """CRD's members in one fused trial: their banks and normalisers stacked, each member's moved
+    by its own embeddings (its banks differ from the others' and from where they started), and a
+    member that leaves keeps its banks while the others go on."""
+    from trainables.distill.loop import load_data, student_and_loss
+    from trainables.training.classifier_loop import CachedTeacher, OptimConfig
+    from trainables.training.fused import FusedRun, Member
+
+    p = DistillParams(teacher=TEACHER, student="mlp_tiny", loss="crd", loss_params={"nce_k": 32, "embed_dim": 8})
+    data = load_data(p, ctx)
+    teacher = CachedTeacher(torch.randn(len(data.train_y), data.num_classes), torch.randn(len(data.train_y), 12))
+    members = []
+    for seed, nce_m in enumerate((0.5, 0.9, 0.1)):
+        q = p.model_copy(update={"seed": seed, "loss_params": {**p.loss_params, "nce_m": nce_m}})
+        student, loss = student_and_loss(q, data, None, {"teacher_dim": 12})
+        members.append(Member(student, loss, OptimConfig(epochs=2, batch_size=64, lr=0.05)))
+    start = [m.loss_fn.memory.clone() for m in members]
+    run = FusedRun(members, data, LocalSession(CPU), 0, teacher, None, {}, mode="vmap")
+    assert run.loss_stack is not None and run.loss_stack.buffers["memory"].shape[:2] == (3, 2)
+    run.train_epoch(0)
+    moved = [m.loss_fn.memory.clone() for m in members]
+    for k in range(3):
+        assert not torch.equal(moved[k], start[k])
+        assert torch.isfinite(members[k].loss_fn.z).all()
+    assert not torch.allclose(moved[0], moved[1])
+    run.drop({1})
+    run.train_epoch(1)
+    assert torch.equal(members[1].loss_fn.memory, moved[1])  # the member that left is frozen
+    assert not torch.equal(members[0].loss_fn.memory, moved[0]) and not torch.equal(members[2].loss_fn.memory, moved[2])
+
+
+def test_fused_members_must_share_what_shapes_their_loss_modules():
+    probes = [{"loss_params": {"embed_dim": 16}}, {"loss_params": {"embed_dim": 32}}]
+    with pytest.raises(ValueError, match=r"loss_params.embed_dim: the members of a fused trial share it \(it sets the "
+                                         r"shape of align_uniform's own parameters\); got 16, 32"):
+        DistillParams(loss="align_uniform", vectorize=2, probes=probes)
+    same = [{"lr": 0.1, "loss_params": {"embed_dim": 16}}, {"lr": 0.2, "loss_params": {"embed_dim": 16}}]
+    assert DistillParams(loss="align_uniform", vectorize=2, probes=same).is_fused

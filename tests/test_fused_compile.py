@@ -145,9 +145,9 @@ def test_a_schedule_that_changes_every_epoch_compiles_once(ctx):
     """AugConf's alpha ramps every epoch (rate 1: alpha = theta * e / E). The fused step passes
     this epoch's alphas to the compiled function as a tensor (``epoch_columns``), so the graph
     does not depend on the epoch: one graph for the whole trial, members as in eager."""
-    from tests.test_fused import SUPERALIGNMENT
+    from tests.test_fused import LOSS_MEMBERS
 
-    members = [{**m, "loss_params": {**m["loss_params"], "rate": 1.0}} for m in SUPERALIGNMENT["augconf"]]
+    members = [{**m, "loss_params": {**m["loss_params"], "rate": 1.0}} for m in LOSS_MEMBERS["augconf"]]
 
     def run(compile_mode):
         session = LocalSession(CPU)

@@ -13,7 +13,7 @@ from trainables.distill.fewshot import FewShotConfig, check_fewshot
 from trainables.data.generated import SyntheticSet
 from trainables.distill.teacher import Optimizer, Schedule, TeacherRecipe
 from trainables.init import WeightSelectionConfig, check_student_init
-from trainables.losses import LossName, check_loss_params, loss_class
+from trainables.losses import LossName, check_loss_params, loss_class, validate_loss_params
 from trainables.models import ModelName, check_model_kwargs, predicts_with_untrained_head, supports_layer_decay
 from trainables.training.classifier_loop import COMPILE_MODES
 from trainables.training.dataset_params import DatasetParams
@@ -144,3 +144,13 @@ class DistillParams(DatasetParams, RecipeParams):
                                               "probe_grid": None, "vectorize": None})
             except ValidationError as exc:
                 raise ValueError(f"member {i} ({member}): {first_problem(exc)}") from None
+        # The members' loss modules are stacked: what sets their shapes is the trial's, not a member's.
+        shaped = loss_class(self.loss).member_shape_params
+        if shaped:
+            values = [validate_loss_params(self.loss, m.loss_params) for m in self.member_params()]
+            for key in shaped:
+                seen = sorted({str(getattr(v, key)) for v in values})
+                if len(seen) > 1:
+                    raise ValueError(f"loss_params.{key}: the members of a fused trial share it (it sets the shape of "
+                                     f"{self.loss}'s own parameters); got {', '.join(seen)}. Search it across trials, "
+                                     f"not within vectorize")

@@ -83,7 +83,7 @@ class AdaptConf(DistillLoss):
                                             for loss in losses), device)}
 
     @classmethod
-    def forward_members(cls, losses, inputs):
+    def forward_members(cls, losses, inputs, stacked=None):
         """K members at once: logits (K, N, C); T, weights, smoothing, θ and this epoch's ramp as
         (K,) columns; members may differ in ``confidence`` (a per-member choice between the two
         b's, computed only where some member uses it)."""

@@ -20,7 +20,7 @@ import torch
 from pydantic import Field
 
 from trainables.losses import register_loss
-from trainables.losses.base import LossInputs
+from trainables.losses.base import LossInputs, members_call
 from trainables.losses.dapt import DaptLoss, DaptParams, ProjectorKind, feature_pair, make_projector
 
 
@@ -34,13 +34,18 @@ class AlignUniformParams(DaptParams):
     embed_dim: int = Field(128, ge=1)
 
 
-def alignment(u_s: torch.Tensor, u_t: torch.Tensor, alpha: float) -> torch.Tensor:
-    return (u_s - u_t).norm(p=2, dim=1).pow(alpha).mean()
+def alignment(u_s: torch.Tensor, u_t: torch.Tensor, alpha: float | torch.Tensor) -> torch.Tensor:
+    """mean_i ||u_s,i - u_t,i||^alpha over the rows of (..., N, D); alpha a number or one per
+    leading index."""
+    if isinstance(alpha, torch.Tensor):
+        alpha = alpha.unsqueeze(-1)
+    return (u_s - u_t).norm(p=2, dim=-1).pow(alpha).mean(-1)
 
 
-def uniformity(u: torch.Tensor, t: float) -> torch.Tensor:
+def uniformity(u: torch.Tensor, t: float | torch.Tensor) -> torch.Tensor:
     """log mean_{i<j} exp(-t ||u_i - u_j||^2) over the rows of u (..., N, D), one value per leading
-    index (the student's and the teacher's embeddings at once).
+    index (the student's and the teacher's embeddings at once); t a number or one per leading
+    index (fused members' own).
 
     From the Gram matrix rather than ``torch.pdist``: pdist's backward is one slow kernel on CUDA
     (the reason this loss ran 2.4x KD's step on an H100, bench/results/loss_steps.jsonl), while
@@ -55,9 +60,14 @@ def uniformity(u: torch.Tensor, t: float) -> torch.Tensor:
     with torch.autocast(u.device.type, enabled=False):
         u3 = u.float().reshape(-1, n, d)
         sq = (u3 * u3).sum(-1)
+        if isinstance(t, torch.Tensor):  # one t per matrix: in the matmul's left factor, not its alpha
+            t = t.float().reshape(-1, 1, 1)
+            left, alpha = u3 * (2.0 * t), 1.0
+        else:
+            left, alpha = u3, 2.0 * t
         base = (sq.unsqueeze(-1) + sq.unsqueeze(-2)) * -t + off_diagonal(n, u.device)
         # clamped at 0, i.e. d^2 >= 0: rounding can leave a near-duplicate pair's d^2 just below
-        scores = torch.baddbmm(base, u3, u3.transpose(1, 2), alpha=2.0 * t).clamp_max(0.0)
+        scores = torch.baddbmm(base, left, u3.transpose(1, 2), alpha=alpha).clamp_max(0.0)
         return (torch.logsumexp(scores.flatten(1), 1) - math.log(n * (n - 1))).reshape(u.shape[:-2])
 
 
@@ -76,6 +86,7 @@ def _cached_off_diagonal(n: int, device: torch.device) -> torch.Tensor:
 
 @register_loss("align_uniform", params=AlignUniformParams)
 class AlignUniform(DaptLoss):
+    member_shape_params = ("projector", "embed_dim")
     def __init__(self, params: AlignUniformParams, **context):
         super().__init__(params, **context)
         self.student_projector = make_projector(params.projector, self.require(context, "student_dim"),
@@ -90,3 +101,17 @@ class AlignUniform(DaptLoss):
         align = alignment(u_s, u_t, p.align_alpha)
         unif = uniformity(torch.stack([u_s, u_t]), p.unif_t).mean()  # (unif(u_s) + unif(u_t)) / 2
         return p.embed_weight * (p.align_weight * align + p.unif_weight * unif), {"align": align, "unif": unif}
+
+    @classmethod
+    def extra_members(cls, losses, inputs, stacked, columns):
+        """The members' projectors as one vmapped call each side; alignment and uniformity with
+        each member's alpha and t."""
+        f_s, f_t = feature_pair(inputs)
+        first = losses[0]
+        u_s = members_call(first.student_projector, stacked, "student_projector", f_s).float()
+        u_t = members_call(first.teacher_projector, stacked, "teacher_projector", f_t, batched=False).float()
+        align = alignment(u_s, u_t, columns("align_alpha"))
+        t = columns("unif_t")
+        unif = uniformity(torch.stack([u_s, u_t], dim=1), t[:, None].expand(-1, 2)).mean(-1)
+        embed = columns("embed_weight") * (columns("align_weight") * align + columns("unif_weight") * unif)
+        return embed, {"align": align, "unif": unif}

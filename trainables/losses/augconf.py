@@ -61,7 +61,7 @@ class AugConf(DistillLoss):
                                              for loss in losses), device)}
 
     @classmethod
-    def forward_members(cls, losses, inputs):
+    def forward_members(cls, losses, inputs, stacked=None):
         """K members at once: logits (K, N, C); T, weights, smoothing and this epoch's alpha (each
         member's theta and rate) as (K,) columns."""
         device = inputs.student_logits.device

@@ -77,7 +77,7 @@ class AuxConf(DistillLoss):
                                    for loss in losses), device)
 
     @classmethod
-    def forward_members(cls, losses, inputs):
+    def forward_members(cls, losses, inputs, stacked=None):
         """K members at once: logits (K, N, C) against the one weak teacher's soft labels, each
         member's coefficient a (K,) column (from ``inputs.progress`` when no columns are passed)."""
         coef = (inputs.member_columns["coef"] if inputs.member_columns is not None

@@ -58,6 +58,9 @@ class DistillLoss(nn.Module):
     soft_targets: ClassVar[bool] = True
     # Implements ``forward_members``: a fused trial computes all its members' losses at once.
     vectorised_members: ClassVar[bool] = False
+    # Parameters that set the shapes of the loss's own parameters or state (a projector's width):
+    # the members of one fused trial must share them, since their modules are stacked.
+    member_shape_params: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, params: LossParams, **context: Any):
         super().__init__()
@@ -73,13 +76,20 @@ class DistillLoss(nn.Module):
         raise NotImplementedError
 
     @classmethod
-    def forward_members(cls, losses: list["DistillLoss"], inputs: LossInputs) -> list[dict[str, torch.Tensor]]:
+    def forward_members(cls, losses: list["DistillLoss"], inputs: LossInputs,
+                        stacked: "StackedState | None" = None) -> list[dict[str, torch.Tensor]]:
         """The losses of the K members of a fused trial in one computation, for classes that set
         ``vectorised_members`` (the others' members each run ``forward``). ``losses`` are instances
         of this class, each with its own params; ``inputs.student_logits`` (and
         ``student_features``) are stacked (K, N, ...), one row per loss; the rest is shared. Returns
         what each member's ``forward`` would, in order. Worth having because a fused step at a
-        small batch is launch-bound on a GPU: K separate loss computations are K times the kernels."""
+        small batch is launch-bound on a GPU: K separate loss computations are K times the kernels.
+
+        ``stacked``: for losses with parameters or state (projectors, memory banks), the members'
+        parameters and state buffers stacked (K, ...) by name, each member's own tensor a view of
+        its row, as the fused trial holds them (``MemberStack`` in trainables/training/fused.py):
+        the computation reads them with ``torch.func.functional_call`` under ``vmap``, backward
+        fills the stacks' gradients, and in-place updates of a stacked buffer reach every member."""
         raise NotImplementedError(f"loss {cls.registry_name!r} has no vectorised form for fused members")
 
     @classmethod
@@ -90,6 +100,25 @@ class DistillLoss(nn.Module):
         graph sees tensors, not the epoch (which dynamo would guard on, recompiling every epoch
         until its limit, then running eager). None for losses without schedules."""
         return {}
+
+
+# The members' parameters and buffers of a fused trial's loss modules, stacked (K, ...) by name.
+StackedState = tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]
+
+
+def members_call(module: nn.Module, stacked: StackedState, prefix: str, x: torch.Tensor,
+                 batched: bool = True) -> torch.Tensor:
+    """Each member's copy of ``module`` (the submodule at ``prefix`` of a loss, e.g. a projector)
+    applied to its input, as one vmapped call over the stacked parameters: x is (K, N, ...) when
+    ``batched``, one (N, ...) shared by the members otherwise; returns (K, N, ...)."""
+    from torch.func import functional_call, vmap
+
+    params, buffers = stacked
+    start = len(prefix) + 1
+    own = ({n[start:]: t for n, t in params.items() if n.startswith(prefix + ".")},
+           {n[start:]: t for n, t in buffers.items() if n.startswith(prefix + ".")})
+    return vmap(lambda p, b, v: functional_call(module, (p, b), (v,)), in_dims=(0, 0, 0 if batched else None),
+                randomness="different")(*own, x)
 
 
 def member_rows(**columns: torch.Tensor) -> list[dict[str, torch.Tensor]]:

@@ -23,7 +23,7 @@ class CrossEntropy(DistillLoss):
         return {"loss": loss, "ce": loss.detach()}
 
     @classmethod
-    def forward_members(cls, losses, inputs):
+    def forward_members(cls, losses, inputs, stacked=None):
         """K members' cross-entropies at once: logits (K, N, C), label smoothing a (K,) column."""
         log_p = torch.log_softmax(inputs.student_logits.float(), dim=-1)
         ce = stacked_ce(log_p, inputs.targets, MemberColumns(losses, log_p.device)("label_smoothing"))

@@ -23,7 +23,7 @@ import torch
 from pydantic import Field
 
 from trainables.losses import register_loss
-from trainables.losses.base import LossInputs, all_gather_cat, all_reduce_mean
+from trainables.losses.base import LossInputs, all_gather_cat, all_reduce_mean, members_call
 from trainables.losses.dapt import DaptLoss, DaptParams, ProjectorKind, feature_pair, make_projector
 
 NCE_EPS = 1e-7
@@ -58,6 +58,8 @@ class CRD(DaptLoss):
     teacher's bank M_t) and side 1 the teacher's (u_t against M_s): banks, normalisers, scores
     and the NCE run once over both (one operation where the two sides took two; a small step
     on a GPU is launch-bound, bench/loss_steps.py)."""
+
+    member_shape_params = ("projector", "embed_dim", "nce_k")
 
     def __init__(self, params: CRDParams, **context):
         super().__init__(params, **context)
@@ -166,3 +168,45 @@ class CRD(DaptLoss):
         crd = nce.sum()
         nce_s, nce_t = nce.detach().unbind(0)
         return self.params.embed_weight * crd, {"crd": crd, "nce_s": nce_s, "nce_t": nce_t}
+
+    @classmethod
+    def extra_members(cls, losses, inputs, stacked, columns):
+        """K members at once: banks (K, 2, n, D) and normalisers (K, 2) stacked, each member's own
+        negatives, temperature and memory momentum; scored, normalised and updated as one."""
+        if inputs.indices is None:
+            raise ValueError("crd needs the batch's training-set indices")
+        first, (_, buffers) = losses[0], stacked
+        memory, z = buffers["memory"], buffers["z"]
+        f_s, f_t = feature_pair(inputs)
+        idx = inputs.indices.long()
+        k, b, n = len(losses), len(idx), first.num_samples
+        with torch.autocast(idx.device.type, enabled=False):
+            u_s = members_call(first.student_projector, stacked, "student_projector", f_s).float()
+            u_t = members_call(first.teacher_projector, stacked, "teacher_projector", f_t, batched=False).float()
+            negatives = first.sample_negatives(first.train_labels[idx].repeat(k), first.params.nce_k).view(k, b, -1)
+            contrast = torch.cat([idx.view(1, b, 1).expand(k, b, 1), negatives], dim=2)  # (K, B, 1 + nce_k)
+            anchors = torch.stack([u_s, u_t], dim=1)  # (K, 2, B, D)
+            if first.dense_scores(b):
+                dots = torch.matmul(anchors, memory.clone().transpose(-1, -2))
+                dots = dots.gather(3, contrast.unsqueeze(1).expand(k, 2, b, -1))
+            else:
+                rows = memory[torch.arange(k, device=idx.device).view(k, 1, 1, 1),
+                              torch.arange(2, device=idx.device).view(1, 2, 1, 1), contrast.unsqueeze(1)]
+                dots = (rows @ anchors.unsqueeze(-1)).squeeze(-1)
+            scores = torch.exp(dots / columns("nce_t").view(k, 1, 1, 1))
+            if not all(loss._z_set for loss in losses):
+                # members' normalisers not yet set (the first batch, or unknown after a load) are
+                # set from this batch; a set one stays, and the host never reads which
+                fresh = all_reduce_mean(scores.detach().mean((2, 3))) * n
+                z.copy_(torch.where(torch.isnan(z), fresh, z))
+                for loss in losses:
+                    loss._z_set = True
+            nce = nce_loss(scores / z.view(k, 2, 1, 1), n)  # (K, 2)
+            with torch.no_grad():  # each bank towards its own network's embeddings, over every rank's batch
+                idx_all = all_gather_cat(idx)
+                u = all_gather_cat(torch.stack([u_t, u_s], dim=2).detach().transpose(0, 1)).permute(1, 2, 0, 3)
+                m = columns("nce_m").view(k, 1, 1, 1)
+                memory.index_copy_(2, idx_all, torch.nn.functional.normalize(m * memory[:, :, idx_all] + (1 - m) * u,
+                                                                              dim=-1))
+        crd = nce.sum(-1)
+        return columns("embed_weight") * crd, {"crd": crd, "nce_s": nce[:, 0], "nce_t": nce[:, 1]}

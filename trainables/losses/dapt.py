@@ -18,8 +18,9 @@ import torch
 from pydantic import Field
 from torch import nn
 
-from trainables.losses.base import DistillLoss, LossInputs, LossParams, soft_cross_entropy
-from trainables.losses.kd import kd_kl_per_sample
+from trainables.losses.base import (DistillLoss, LossInputs, LossParams, StackedState, member_rows,
+                                    soft_cross_entropy)
+from trainables.losses.kd import MemberColumns, kd_kl_per_sample, stacked_ce, stacked_kd_per_sample
 
 ProjectorKind = Literal["mocov2", "linear", "simclr", "simclrv2"]
 
@@ -56,12 +57,34 @@ def make_projector(kind: str, in_dim: int, out_dim: int = 128) -> nn.Sequential:
 
 
 class DaptLoss(DistillLoss):
-    """CE + KD, plus whatever feature term the subclass adds through :meth:`extra_terms`."""
+    """CE + KD, plus whatever feature term the subclass adds through :meth:`extra_terms` (and,
+    for the K members of a fused trial at once, :meth:`extra_members`)."""
 
     needs_features = True
+    vectorised_members = True
 
     def extra_terms(self, inputs: LossInputs) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         raise NotImplementedError  # pragma: no cover - abstract
+
+    @classmethod
+    def extra_members(cls, losses: list["DaptLoss"], inputs: LossInputs, stacked: StackedState,
+                      columns: MemberColumns) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """:meth:`extra_terms` of K members: the weighted term (K,) and its parts as (K,) columns,
+        from features (K, N, D_s), the shared teacher's, and the members' stacked parameters."""
+        raise NotImplementedError  # pragma: no cover - abstract
+
+    @classmethod
+    def forward_members(cls, losses, inputs, stacked=None):
+        """K members at once: CE and KD as the logit losses stack them, plus :meth:`extra_members`."""
+        if stacked is None:
+            raise ValueError(f"loss {cls.registry_name!r}: a fused step passes the members' stacked parameters")
+        columns = MemberColumns(losses, inputs.student_logits.device)
+        ce = stacked_ce(torch.log_softmax(inputs.student_logits.float(), dim=-1), inputs.targets,
+                        columns("label_smoothing"))
+        kd = stacked_kd_per_sample(inputs.student_logits, inputs.teacher_logits, columns("temperature")).mean(dim=-1)
+        extra, parts = cls.extra_members(losses, inputs, stacked, columns)
+        loss = columns("label_weight") * ce + columns("kd_weight") * kd + extra
+        return member_rows(loss=loss, ce=ce.detach(), kd=kd.detach(), **{k: v.detach() for k, v in parts.items()})
 
     def forward(self, inputs: LossInputs):
         p = self.params

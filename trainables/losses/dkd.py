@@ -100,7 +100,7 @@ class DKD(DistillLoss):
                                         device)}
 
     @classmethod
-    def forward_members(cls, losses, inputs):
+    def forward_members(cls, losses, inputs, stacked=None):
         """K members at once: logits (K, N, C); T, alpha, beta, weights, smoothing and this epoch's
         warm-up weight as (K,) columns; the teacher's logits scaled by each member's T."""
         device = inputs.student_logits.device

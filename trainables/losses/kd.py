@@ -41,7 +41,7 @@ class KD(DistillLoss):
         return {"loss": loss, "ce": ce.detach(), "kd": kd.detach()}
 
     @classmethod
-    def forward_members(cls, losses, inputs):
+    def forward_members(cls, losses, inputs, stacked=None):
         """The K members' KD losses at once: logits (K, N, C), each member's T, weights and label
         smoothing as (K,) columns."""
         columns = MemberColumns(losses, inputs.student_logits.device)

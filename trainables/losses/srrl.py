@@ -20,7 +20,7 @@ from pydantic import Field
 from torch import nn
 
 from trainables.losses import register_loss
-from trainables.losses.base import LossInputs
+from trainables.losses.base import LossInputs, members_call
 from trainables.losses.dapt import DaptLoss, DaptParams, feature_pair
 
 
@@ -40,6 +40,7 @@ def make_connector(kind: str, student_dim: int, teacher_dim: int) -> nn.Sequenti
 
 @register_loss("srrl", params=SRRLParams)
 class SRRL(DaptLoss):
+    member_shape_params = ("connector",)
     needs_teacher_head = True
 
     def __init__(self, params: SRRLParams, **context):
@@ -60,3 +61,14 @@ class SRRL(DaptLoss):
         feat = nn.functional.mse_loss(mapped.float(), f_t)
         srrl = nn.functional.mse_loss(self.teacher_head(mapped).float(), inputs.teacher_logits.detach().float())
         return p.feat_weight * feat + p.srrl_weight * srrl, {"feat_mse": feat, "srrl": srrl}
+
+    @classmethod
+    def extra_members(cls, losses, inputs, stacked, columns):
+        """The members' connectors as one vmapped call; the frozen teacher head, the same for all,
+        applied once to every member's mapped features."""
+        f_s, f_t = feature_pair(inputs)
+        mapped = members_call(losses[0].connector, stacked, "connector", f_s)
+        feat = (mapped.float() - f_t).square().mean((-2, -1))
+        logits = losses[0].teacher_head(mapped.flatten(0, 1)).unflatten(0, mapped.shape[:2])
+        srrl = (logits.float() - inputs.teacher_logits.detach().float()).square().mean((-2, -1))
+        return columns("feat_weight") * feat + columns("srrl_weight") * srrl, {"feat_mse": feat, "srrl": srrl}

@@ -26,7 +26,9 @@ passes run as one batched computation, and one backward and one optimiser step u
   weights) scores member k's logits, the K losses are summed (members share no parameter, so the
   gradient of the sum is each member's own gradient), and one torch optimiser holds every member's
   parameter groups with that member's lr, weight decay and momentum; the schedule multiplies each
-  group by the factor of its member's lr. A member equals its unfused trial with the same seed and
+  group by the factor of its member's lr. A loss with a vectorised form scores all members in one
+  computation; one with parameters or state of its own (DAPT's projectors, CRD's memory banks)
+  has its members' modules held stacked as the students' are (:func:`loss_member_stack`). A member equals its unfused trial with the same seed and
   batch order (tests/test_fused.py).
 * **Stopping members.** ``stops(epoch)`` (after every report but the last) names members a
   scheduler stopped, once it has decided on that epoch's report; they
@@ -90,32 +92,30 @@ def forward_mode(mode: str, device: torch.device, batch_size: int) -> str:
     return mode
 
 
-class FusedStudents(nn.Module):
-    """K members of one architecture; ``forward`` runs the active ones on one shared batch."""
+class MemberStack:
+    """The members' copies of one module (a student, or a loss with parameters), held stacked: one
+    tensor (K, ...) per parameter and per stacked buffer over the active members, each member's own
+    tensor a view of its row.
 
-    def __init__(self, members: list[nn.Module], mode: str):
-        super().__init__()
-        self.members = nn.ModuleList(members)
-        self.mode = mode
-        self.active: list[int] = list(range(len(members)))
-        self._names = [n for n, _ in members[0].named_parameters()]
-        self._params_stacked: dict[str, torch.Tensor] = {}
+    A stacked parameter is a leaf of its own: a vmapped forward reads it, backward fills its
+    ``.grad``, :meth:`share_grads` hands each member its row, and the member's optimiser group
+    updating its parameter in place updates the row. An in-place buffer update inside vmap (BN's
+    statistics, CRD's memory banks) lands in each member's buffer at once. ``buffers``: which
+    buffers to stack, by name (default all; a loss stacks only its state, not constants such as
+    the training labels, which every member shares)."""
+
+    def __init__(self, modules: list[nn.Module], buffers: Callable[[str], bool] = lambda name: True):
+        self.modules = modules
+        self.names = [n for n, _ in modules[0].named_parameters()]
+        self.buffer_names = [n for n, _ in modules[0].named_buffers() if buffers(n)]
+        self.params: dict[str, torch.Tensor] = {}
+        self.buffers: dict[str, torch.Tensor] = {}
         self._rows: list[list[nn.Parameter]] = []  # per stacked parameter, in its order: the active members' own
-        self._buffers_stacked: dict[str, torch.Tensor] = {}
-        if mode == "vmap":
-            for m in members:
-                fold_member_batch_norm(m)
-            self._stack()
 
-    def _stack(self) -> None:
-        """One stacked tensor per parameter and per buffer over the active members, each member's
-        tensor a view of its row. A stacked parameter is a leaf of its own: the vmap forward reads
-        it, backward fills its ``.grad``, :meth:`share_grads` hands each member its row, and the
-        member's optimiser group updating its parameter in place updates the row. BN updates a
-        stacked buffer in place inside vmap; the member sees it at once."""
+    def build(self, active: list[int]) -> None:
         params, self._rows = {}, []
-        for name in self._names:
-            rows = [self.members[k].get_parameter(name) for k in self.active]
+        for name in self.names:
+            rows = [self.modules[k].get_parameter(name) for k in active]
             # torch.stack keeps the rows' layout: a channels_last weight stays channels_last in its row.
             stack = torch.stack([r.detach() for r in rows]).requires_grad_(rows[0].requires_grad)
             for row, p in enumerate(rows):
@@ -125,28 +125,68 @@ class FusedStudents(nn.Module):
             params[name] = stack
             self._rows.append(rows)
         buffers = {}
-        for name, _ in self.members[0].named_buffers():
-            rows = [self.members[k].get_buffer(name) for k in self.active]
+        for name in self.buffer_names:
+            rows = [self.modules[k].get_buffer(name) for k in active]
             if any(r is None for r in rows):
                 continue
             buffers[name] = torch.stack([r.detach() for r in rows])
-            for row, k in enumerate(self.active):
+            for row, k in enumerate(active):
                 owner, _, leaf = name.rpartition(".")
-                module = self.members[k].get_submodule(owner) if owner else self.members[k]
+                module = self.modules[k].get_submodule(owner) if owner else self.modules[k]
                 module._buffers[leaf] = buffers[name][row]
-        self._params_stacked, self._buffers_stacked = params, buffers
+        self.params, self.buffers = params, buffers
 
     def share_grads(self) -> None:
         """After backward: each active member's gradient is its row of the stacked parameter's
         gradient (a view, no copy); the stacks' own gradients are cleared so that the next
         backward starts from none, as the members' do after ``zero_grad``."""
-        if len(self.active) < 2:
-            return
-        for stack, params in zip(self._params_stacked.values(), self._rows):  # one unbind per stack, no lookups
+        for stack, params in zip(self.params.values(), self._rows):  # one unbind per stack, no lookups
             grad, stack.grad = stack.grad, None
             if grad is not None:
                 for p, g in zip(params, grad.unbind(0)):
                     p.grad = g
+
+    def release(self, members: list[int]) -> None:
+        """Members that left keep their values in tensors of their own, so the old stacks are freed."""
+        for k in members:
+            for t in (*self.modules[k].parameters(), *self.modules[k].buffers()):
+                t.data = t.data.clone()
+
+    def tensors(self) -> list[torch.Tensor]:
+        return [*self.params.values(), *self.buffers.values()]
+
+
+def loss_member_stack(losses: list[DistillLoss]) -> MemberStack | None:
+    """The members' loss modules stacked, for a vectorised loss with parameters or state (DAPT's
+    projectors, CRD's memory banks): its ``forward_members`` reads them as one. Only what a loss
+    checkpoints is stacked (parameters and persistent buffers); constants it derives from the
+    dataset (CRD's training labels) stay each member's own. None for the others."""
+    first = losses[0]
+    state = set(first.state_dict())
+    if not type(first).vectorised_members or not state:
+        return None
+    stack = MemberStack(list(losses), buffers=state.__contains__)
+    stack.build(list(range(len(losses))))
+    return stack
+
+
+class FusedStudents(nn.Module):
+    """K members of one architecture; ``forward`` runs the active ones on one shared batch."""
+
+    def __init__(self, members: list[nn.Module], mode: str):
+        super().__init__()
+        self.members = nn.ModuleList(members)
+        self.mode = mode
+        self.active: list[int] = list(range(len(members)))
+        self.stack = MemberStack(list(members))
+        if mode == "vmap":
+            for m in members:
+                fold_member_batch_norm(m)
+            self.stack.build(self.active)
+
+    def share_grads(self) -> None:
+        if len(self.active) > 1:
+            self.stack.share_grads()
 
     def drop(self, members: set[int]) -> None:
         """Members ``members`` leave the step (their modules keep their last state)."""
@@ -155,12 +195,9 @@ class FusedStudents(nn.Module):
         left = [k for k in self.active if k in members]
         self.active = [k for k in self.active if k not in members]
         if self.mode == "vmap":
-            # A member that left keeps its values in tensors of its own, so the old stacks are freed.
-            for k in left:
-                for t in (*self.members[k].parameters(), *self.members[k].buffers()):
-                    t.data = t.data.clone()
+            self.stack.release(left)
             if self.active:
-                self._stack()
+                self.stack.build(self.active)
 
     def stacked(self, x: torch.Tensor, features: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Logits (K, N, C) of the active members, in ``active`` order, and features (K, N, D) or None."""
@@ -188,7 +225,6 @@ class FusedStudents(nn.Module):
         from torch.func import functional_call, vmap
 
         base = self.members[self.active[0]]
-        params = self._params_stacked
 
         def one(p, b, inputs):
             kwargs = {"return_features": True} if features else {}
@@ -197,7 +233,7 @@ class FusedStudents(nn.Module):
         # Dropout and other random ops draw independently per member, as separate trials would.
         try:
             with members_vmapped():
-                out = vmap(one, in_dims=(0, 0, None), randomness="different")(params, self._buffers_stacked, x)
+                out = vmap(one, in_dims=(0, 0, None), randomness="different")(self.stack.params, self.stack.buffers, x)
         except RuntimeError as exc:
             if "vmap" not in str(exc) and "Batched" not in str(exc):
                 raise
@@ -324,6 +360,7 @@ class FusedRun(FusedEpochs):
             m.loss_fn = m.loss_fn.to(device)
             models.append(model)
         self.students = FusedStudents(models, forward_mode(mode, device, optim.batch_size))
+        self.loss_stack = loss_member_stack([m.loss_fn for m in members])
         self._one_at_a_time: bool | None = None
         # The (compiled) forward and losses, and the active set it was built for (see losses_fn).
         self._losses_fn: Callable = self.forward_losses
@@ -367,7 +404,7 @@ class FusedRun(FusedEpochs):
         for m, prog in zip(self.members, self.progress["members"]):
             m.progress = prog
         self.students.active = list(range(len(self.members)))
-        self.students.drop(set(range(len(self.members))) - set(self.progress["active"]))
+        self.drop(set(range(len(self.members))) - set(self.progress["active"]))
 
     # -- training ---------------------------------------------------------------------------------
 
@@ -400,7 +437,7 @@ class FusedRun(FusedEpochs):
         if self.cuda_graphs:
             # The vmap forward's stacked batch-norm statistics are updated in place inside the graph:
             # a CUDA graph may mutate only inputs at fixed addresses (parameters and buffers are).
-            for t in (*self.students._params_stacked.values(), *self.students._buffers_stacked.values()):
+            for t in (*self.students.stack.tensors(), *(self.loss_stack.tensors() if self.loss_stack else ())):
                 torch._dynamo.mark_static_address(t)
         self._built_for = active
         return self._losses_fn
@@ -423,7 +460,8 @@ class FusedRun(FusedEpochs):
         if type(first).vectorised_members:
             logits, feats = self.students.stacked(xb, features=features)
             shared.student_logits, shared.student_features = logits.float(), feats
-            stats = type(first).forward_members(losses, shared)
+            stacked = (self.loss_stack.params, self.loss_stack.buffers) if self.loss_stack else None
+            stats = type(first).forward_members(losses, shared, stacked)
         else:
             stats = []
             for loss, (z, f) in zip(losses, self.students(xb, features=features)):
@@ -496,6 +534,8 @@ class FusedRun(FusedEpochs):
                 total, stats = losses_fn(xb, shared)
             total.backward()
             self.students.share_grads()
+            if self.loss_stack:
+                self.loss_stack.share_grads()
         if self.ranks.active:
             self.ranks.average_gradients([p for k in active for p in (*self.members[k].model.parameters(),
                                                                      *self.members[k].loss_fn.parameters())
@@ -560,7 +600,12 @@ class FusedRun(FusedEpochs):
         return self.students.active
 
     def drop(self, members: set[int]) -> None:
+        left = [k for k in self.students.active if k in members]
         self.students.drop(members)
+        if self.loss_stack and left:
+            self.loss_stack.release(left)
+            if self.students.active:
+                self.loss_stack.build(self.students.active)
         self.progress["active"] = list(self.students.active)
 
     def sum_over_ranks(self, tensor: torch.Tensor) -> torch.Tensor:
