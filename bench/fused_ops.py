@@ -67,8 +67,9 @@ def counted_at(rev: str, argv: list[str]) -> dict[str, int]:
         tree = os.path.join(tmp, "tree")
         subprocess.run(["git", "worktree", "add", "--detach", "-q", tree, rev], cwd=ROOT, check=True)
         try:
-            # This script and what it counts with, as they are now (an older revision may lack them).
-            for name in ("bench/fused_ops.py", "bench/common.py", "trainables/runtime/op_count.py"):
+            # This script and what it counts with (the members it builds included), as they are now
+            # (an older revision may lack them, or build KD members whatever --loss says).
+            for name in ("bench/fused_ops.py", "bench/common.py", "bench/sweep_gpu.py", "trainables/runtime/op_count.py"):
                 with open(os.path.join(ROOT, name)) as src, open(os.path.join(tree, name), "w") as dst:
                     dst.write(src.read())
             out = subprocess.run([sys.executable, os.path.join(tree, "bench", "fused_ops.py"), *argv, "--json"],

@@ -347,10 +347,12 @@ def test_a_model_that_cannot_run_under_vmap_names_the_loop_forward():
     assert len(FusedStudents([ReadsAValue(), ReadsAValue()], "loop")(torch.randn(5, 4))) == 2
 
 
-def test_a_vmap_fused_step_runs_as_many_operations_for_any_number_of_members():
+@pytest.mark.parametrize("loss", ["kd", "crd", "align_uniform", "srrl"])
+def test_a_vmap_fused_step_runs_as_many_operations_for_any_number_of_members(loss):
     """A launch-bound GPU step pays per kernel: the vmap step's forward and backward (resnet8: batch
-    norm after every convolution; KD) run the same operations for K = 2 and K = 5 members, and
-    not many more than one unfused trial's step (bench/fused_ops.py counts the GPU sizes)."""
+    norm after every convolution; KD, and DAPT's feature losses with their members' projectors,
+    connectors and banks stacked) run the same operations for K = 2 and K = 5 members, and not many
+    more than one unfused trial's step (bench/fused_ops.py counts the GPU sizes)."""
     from trainables.data import load_dataset
     from trainables.losses import create_loss
     from trainables.models import create_model
@@ -360,12 +362,15 @@ def test_a_vmap_fused_step_runs_as_many_operations_for_any_number_of_members():
     from trainables.training.views import PlainViews
 
     data = load_dataset("digits", seed=0)
-    teacher = CachedTeacher(torch.randn(len(data.train_y), data.num_classes))
+    teacher = CachedTeacher(torch.randn(len(data.train_y), data.num_classes), torch.randn(len(data.train_y), 12))
 
     def member(k):
         torch.manual_seed(k)
-        return Member(create_model("resnet8", num_classes=data.num_classes, input_shape=data.input_shape),
-                      create_loss("kd", {"temperature": 2.0 + k}, num_classes=data.num_classes),
+        model = create_model("resnet8", num_classes=data.num_classes, input_shape=data.input_shape)
+        loss_params = {"temperature": 2.0 + k, **({"nce_k": 64} if loss == "crd" else {})}
+        return Member(model, create_loss(loss, loss_params, num_classes=data.num_classes, student_dim=model.num_features,
+                                         teacher_dim=12, num_samples=len(data.train_y), train_labels=data.train_y,
+                                         teacher_head=torch.nn.Linear(12, data.num_classes)),
                       OptimConfig(epochs=1, batch_size=16, lr=0.01 * (k + 1)))
 
     idx = [torch.arange(16), torch.arange(16, 32)]
