@@ -430,3 +430,35 @@ def test_fused_members_must_share_what_shapes_their_loss_modules():
         DistillParams(loss="align_uniform", vectorize=2, probes=probes)
     same = [{"lr": 0.1, "loss_params": {"embed_dim": 16}}, {"lr": 0.2, "loss_params": {"embed_dim": 16}}]
     assert DistillParams(loss="align_uniform", vectorize=2, probes=same).is_fused
+
+
+def test_crd_state_bytes_by_hand():
+    """Two fp32 banks of n x D, plus a step's temporaries: dense (CIFAR: the banks' copy and the
+    (2, B, n) scores with their gradient) or gathered (ImageNet at batch 64: the contrast rows)."""
+    from trainables.losses import validate_loss_params
+    from trainables.losses.crd import CRD
+
+    params = validate_loss_params("crd", {})  # D 128, K 4096
+    assert CRD.state_bytes(params, 50_000, 64) == 4 * (2 * 50_000 * 128 + 2 * 50_000 * 128 + 4 * 64 * 50_000)
+    assert CRD.state_bytes(params, 1_281_167, 64) == 4 * (2 * 1_281_167 * 128 + 4 * 64 * 4097 * 128)
+
+
+def test_the_parse_time_memory_check_counts_each_members_loss_state(monkeypatch):
+    import trainables.distill.prepare as prepare
+    from trainables.losses import validate_loss_params
+    from trainables.losses.crd import CRD
+    from trainables.models import create_model
+    from trainables.training.fused import member_bytes
+
+    student = member_bytes(create_model("cnn_small", num_classes=10, input_shape=(1, 8, 8)), (1, 8, 8), 64)
+    n_train = prepare._shape_of("digits", "{}", 0)[2]
+    banks = CRD.state_bytes(validate_loss_params("crd", {}), n_train, 64)
+    assert banks > 0
+    budget = int(8 * (student + banks / 2) / 0.9)  # room for 8 students, not for 8 students with their banks
+    monkeypatch.setattr(prepare, "device_memory_bytes", lambda: (budget, "a small device"))
+    kd = DistillParams(student="cnn_small", batch_size=64, vectorize=8, probes=[{"lr": 0.1}] * 8)
+    assert prepare.check_distill_inputs(kd) == []
+    (issue,) = prepare.check_distill_inputs(kd.model_copy(update={"loss": "crd"}))
+    fits = int(0.9 * budget // (student + banks))
+    assert 0 < fits < 8
+    assert issue[0] == "vectorize" and f"at most {fits} fit" in issue[1] and "loss state" in issue[1]

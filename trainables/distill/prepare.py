@@ -10,6 +10,7 @@ from trainables.data import dataset_issues, load_dataset
 from trainables.distill.loop import load_teacher
 from trainables.data.generated import GenerationRecipe, PipelineMissing, resolve_pipeline
 from trainables.distill.params import MEMBER_FIELDS, DistillParams
+from trainables.losses import loss_class, validate_loss_params
 from trainables.models import create_model
 from trainables.runtime.vectorize import expand_configs
 from trainables.training.fused import device_memory_bytes, fusion_problem, member_bytes
@@ -73,15 +74,18 @@ def check_distill_inputs(p: DistillParams) -> list[tuple[str, str]]:
 
 
 @functools.lru_cache(maxsize=16)
-def _shape_of(dataset: str, kwargs: str, split_seed: int) -> tuple[tuple[int, ...], int]:
+def _shape_of(dataset: str, kwargs: str, split_seed: int) -> tuple[tuple[int, ...], int, int]:
     data = load_dataset(dataset, seed=split_seed, **json.loads(kwargs))
-    return tuple(data.input_shape), data.num_classes
+    return tuple(data.input_shape), data.num_classes, len(data.train_y)
 
 
 def fused_memory_problem(p: DistillParams) -> str | None:
-    """A fused trial whose members cannot all fit the device (an estimate, before Ray starts)."""
-    shape, classes = _shape_of(p.dataset, json.dumps(p.dataset_kwargs, sort_keys=True), p.split_seed)
+    """A fused trial whose members cannot all fit the device (an estimate, before Ray starts):
+    each member's student and its loss's own state (CRD's memory banks)."""
+    shape, classes, n_train = _shape_of(p.dataset, json.dumps(p.dataset_kwargs, sort_keys=True), p.split_seed)
     model = create_model(p.student, num_classes=classes, input_shape=shape, **p.student_kwargs)
     members = len(expand_configs(p.model_dump(), MEMBER_FIELDS))
     budget, where = device_memory_bytes()
-    return fusion_problem(members, member_bytes(model, shape, p.batch_size, p.optimizer), budget, where, p.batch_size)
+    loss_state = loss_class(p.loss).state_bytes(validate_loss_params(p.loss, p.loss_params), n_train, p.batch_size)
+    per_member = member_bytes(model, shape, p.batch_size, p.optimizer) + loss_state
+    return fusion_problem(members, per_member, budget, where, p.batch_size)

@@ -93,6 +93,13 @@ class DistillLoss(nn.Module):
         raise NotImplementedError(f"loss {cls.registry_name!r} has no vectorised form for fused members")
 
     @classmethod
+    def state_bytes(cls, params: LossParams, num_samples: int, batch_size: int) -> int:
+        """Memory one trial's loss holds or allocates per step beyond its parameters (which are
+        small, and counted with the student's): per-sample state such as CRD's memory banks. A
+        fused trial's parse-time memory check adds it per member. 0 by default."""
+        return 0
+
+    @classmethod
     def epoch_columns(cls, losses: list["DistillLoss"], epoch: int, num_epochs: int,
                       device: torch.device) -> dict[str, torch.Tensor]:
         """What ``forward_members`` needs from the epoch, as (K,) columns: a compiled fused step

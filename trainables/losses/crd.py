@@ -52,6 +52,11 @@ def nce_loss(scores: torch.Tensor, num_samples: int) -> torch.Tensor:
     return -total / b
 
 
+def dense_is_smaller(n: int, batch: int, d: int, k: int) -> bool:
+    """:meth:`CRD.dense_scores`'s rule: ~3 n D + 3 B n floats moved against ~3 B (1 + K) D."""
+    return n * (3 * d + 3 * batch) < 3 * batch * (1 + k) * d
+
+
 @register_loss("crd", params=CRDParams)
 class CRD(DaptLoss):
     """The two sides are stacked, side 0 the student's (its anchors u_s scored against the
@@ -123,8 +128,15 @@ class CRD(DaptLoss):
         and reads a (B, n) score matrix (~3 B n). With DAPT's CIFAR setting (B 64..512, K 4096, D 128,
         n 50,000) the dense path moves 10-40x less; with ImageNet's n (1.28 M) at a small batch,
         gathering does. Both compute the same dot products in fp32."""
-        d, k = self.params.embed_dim, self.params.nce_k
-        return self.num_samples * (3 * d + 3 * batch) < 3 * batch * (1 + k) * d
+        return dense_is_smaller(self.num_samples, batch, self.params.embed_dim, self.params.nce_k)
+
+    @classmethod
+    def state_bytes(cls, params: CRDParams, num_samples: int, batch_size: int) -> int:
+        """The two fp32 banks, and a step's largest temporaries: the banks' copy and the (2, B, n)
+        scores with their gradient (dense), or the (2, B, 1 + K, D) contrast rows twice (gathered)."""
+        d, k, n, b = params.embed_dim, params.nce_k, num_samples, batch_size
+        step = 2 * n * d + 4 * b * n if dense_is_smaller(n, b, d, k) else 4 * b * (1 + k) * d
+        return 4 * (2 * n * d + step)
 
     def side_scores(self, anchors: torch.Tensor, contrast_idx: torch.Tensor) -> torch.Tensor:
         """Unnormalised exp-scores (2, B, 1 + K) of the anchors (2, B, D), (u_s, u_t), against

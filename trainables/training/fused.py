@@ -678,5 +678,5 @@ def fusion_problem(k: int, per_member: int, budget: int, where: str, batch_size:
         return None
     fits = int(0.9 * budget // max(per_member, 1))
     return (f"{k} members need about {k * per_member / 2**30:.1f} GiB ({per_member / 2**20:.0f} MiB each at "
-            f"batch_size {batch_size}: weights, gradients, optimiser state, activations) but {where} has "
+            f"batch_size {batch_size}: weights, gradients, optimiser state, activations, loss state) but {where} has "
             f"{budget / 2**30:.1f} GiB; at most {fits} fit: lower vectorize or batch_size")
