@@ -28,8 +28,8 @@ passes run as one batched computation, and one backward and one optimiser step u
   parameter groups with that member's lr, weight decay and momentum; the schedule multiplies each
   group by the factor of its member's lr. A loss with a vectorised form scores all members in one
   computation; one with parameters or state of its own (DAPT's projectors, CRD's memory banks)
-  has its members' modules held stacked as the students' are (:func:`loss_member_stack`). A member equals its unfused trial with the same seed and
-  batch order (tests/test_fused.py).
+  has its members' modules held stacked as the students' are (:func:`loss_member_stack`). A
+  member equals its unfused trial with the same seed and batch order (tests/test_fused.py).
 * **Stopping members.** ``stops(epoch)`` (after every report but the last) names members a
   scheduler stopped, once it has decided on that epoch's report; they
   leave the step, which shrinks. A member whose loss became non-finite leaves it too, reported as
