@@ -462,3 +462,35 @@ def test_the_parse_time_memory_check_counts_each_members_loss_state(monkeypatch)
     fits = int(0.9 * budget // (student + banks))
     assert 0 < fits < 8
     assert issue[0] == "vectorize" and f"at most {fits} fit" in issue[1] and "loss state" in issue[1]
+
+
+FUSED_DAPT_SPACE = """
+name: t
+trainable: distill
+params: {{dataset: digits, student: mlp_tiny, epochs: 2, vectorize: 3{loss}}}
+search:
+{search}
+"""
+
+
+@pytest.mark.parametrize("loss, search, bad", [
+    (", loss: crd", "  loss_params.embed_dim: {choice: [64, 128]}", "search.loss_params.embed_dim"),
+    (", loss: srrl", "  loss_params.connector: {choice: [mlp, mlp2]}", "search.loss_params.connector"),
+    # a searched loss brings each candidate's keys
+    ("", "  loss: {grid: [kd, crd]}\n  loss_params.nce_k: {choice: [64, 128]}", "search.loss_params.nce_k"),
+    (", loss: crd", "  loss_params.nce_m: {uniform: [0.3, 0.9]}\n  lr: {loguniform: [0.01, 0.1]}", None),
+])
+def test_a_vectorised_sweep_cannot_search_what_shapes_the_members_loss_modules(loss, search, bad):
+    """Refused when the space is read (exit 2, before Ray): the values are sampled per member, and
+    a fused trial stacks its members' loss modules, so what sets their shapes is one per trial."""
+    from orchestrator.errors import SpecError
+    from orchestrator.space.spec import parse_spec
+
+    text = FUSED_DAPT_SPACE.format(loss=loss, search=search)
+    if bad is None:
+        assert parse_spec(text, "space.yaml").vectorized_keys
+        return
+    with pytest.raises(SpecError) as info:
+        parse_spec(text, "space.yaml")
+    assert f"{bad}: the configurations of one vectorised trial share it (it sets the shape of " in str(info.value)
+    assert "drop params.vectorize to search it across trials" in str(info.value)

@@ -69,12 +69,27 @@ def check_spec(spec: SweepSpec, fields: tuple[str, ...]) -> VectorizedCheck:
     if spec.search_alg.type == "optuna":
         issues.append(SpecIssue("search_alg.type", "vectorised trials (params.vectorize) sample their "
                                 "configurations with random search; Optuna proposes one per trial", "optuna"))
+    issues += shared_key_issues(spec, keys)
     for i, point in enumerate(spec.points_to_evaluate):
         for key in point:
             if key in keys and spec.domains[key].kind == "grid":
                 issues.append(SpecIssue(f"points_to_evaluate[{i}].{key}", "is a grid key of a vectorised trial: "
                                         "every trial trains all its values; drop it from the point"))
     return VectorizedCheck(keys, issues)
+
+
+def shared_key_issues(spec: SweepSpec, keys: list[str]) -> list[SpecIssue]:
+    """Per-configuration keys searched although the trainable needs one value per trial for them
+    (``TrainableDef.shared_member_keys``)."""
+    from trainables.runtime.trainable import get_trainable
+
+    shared = get_trainable(spec.trainable).shared_member_keys
+    if shared is None or not keys:
+        return []
+    reasons = shared(spec.fixed_config(), {key: d.candidates() for key, d in spec.domains.items()})
+    return [SpecIssue(f"search.{key}", f"the configurations of one vectorised trial share it ({reasons[key]}); "
+                      f"fix it under params, or drop params.vectorize to search it across trials")
+            for key in keys if key in reasons]
 
 
 def configs_per_trial(spec: SweepSpec) -> int:

@@ -27,6 +27,22 @@ from trainables.training.recipe import RecipeParams
 MEMBER_FIELDS = ("lr", "weight_decay", "momentum", "loss_params", "seed")
 
 
+def shared_member_keys(fixed: dict[str, Any], candidates: dict[str, list[Any]]) -> dict[str, str]:
+    """The ``loss_params`` keys that set the shape of a loss's own parameters or state (its
+    ``member_shape_params``), for every loss the sweep can pick: a fused trial stacks its members'
+    loss modules, so they share them (``TrainableDef.shared_member_keys``)."""
+    losses = candidates.get("loss") or [fixed.get("loss", DistillParams.model_fields["loss"].default)]
+    reasons: dict[str, str] = {}
+    for name in losses:
+        try:
+            shaped = loss_class(name).member_shape_params
+        except (KeyError, ValueError):  # an unknown loss: refused by its own check
+            continue
+        for key in shaped:
+            reasons.setdefault(f"loss_params.{key}", f"it sets the shape of {name}'s own parameters")
+    return reasons
+
+
 class DistillParams(DatasetParams, RecipeParams):
     teacher: TeacherRecipe = Field(default_factory=TeacherRecipe)
     synthetic: SyntheticSet = Field(default_factory=SyntheticSet, description="generated training images "

@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from trainables.distill.loop import run_distill
-from trainables.distill.params import MEMBER_FIELDS, DistillParams
+from trainables.distill.params import MEMBER_FIELDS, DistillParams, shared_member_keys
 from trainables.distill.prepare import check_distill_inputs, prepare_distill
 from trainables.distill.report import distill_headline
 from trainables.runtime.trainable import register_trainable
@@ -40,6 +40,7 @@ register_trainable(
     check_available=check_distill_inputs,
     # vectorize: K fuses K students per trial (trainables/distill/fused.py); ASHA judges each member.
     vectorized_keys=MEMBER_FIELDS,
+    shared_member_keys=shared_member_keys,
     stops_members=True,
     metrics_doc={
         "val_acc": "student top-1 on the validation split (last epoch)",

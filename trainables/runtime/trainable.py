@@ -72,6 +72,12 @@ class TrainableDef:
     # and the trial reads the stops from trainables/runtime/member_stops.py. False: ASHA judges the
     # trial by the best of its configurations.
     stops_members: bool = False
+    # Per-configuration keys the configurations of one vectorised trial must share after all
+    # (what sets the shape of what the trial stacks, say a loss's projector width), each with the
+    # reason, given the fixed parameters and each searched key's candidate values (a searched
+    # ``loss`` can bring several losses' keys). Searching one of them per configuration is refused
+    # at parse time (orchestrator/space/vectorized.py).
+    shared_member_keys: Callable[[dict[str, Any], dict[str, list[Any]]], dict[str, str]] | None = None
     # Runs in the driver before Ray starts, once per distinct candidate trial: what the trial needs
     # that is missing or unreadable (dataset files, a checkpoint to start from), as
     # (parameter key, problem and what to do) pairs. See orchestrator/run/preflight.py.
