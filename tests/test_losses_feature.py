@@ -216,7 +216,7 @@ def test_crd_dense_and_gathered_scores_agree_in_value_and_gradient():
     results = {}
     for dense in (True, False):
         loss.dense_scores = lambda batch, dense=dense: dense
-        scores_s, scores_t = loss.contrast_scores(u_s, u_t, contrast)
+        scores_s, scores_t = loss.side_scores(torch.stack([u_s, u_t]), contrast).unbind(0)
         grads = torch.autograd.grad((scores_s.log() * 0.3 + scores_t.log()).sum(), (u_s, u_t))
         results[dense] = (scores_s.detach(), scores_t.detach(), *grads)
     for dense_value, gathered_value in zip(results[True], results[False]):

@@ -147,10 +147,6 @@ class CRD(DaptLoss):
             dots = (self.memory[:, contrast_idx] @ anchors.unsqueeze(-1)).squeeze(-1)
         return torch.exp(dots / self.params.nce_t)
 
-    def contrast_scores(self, u_s: torch.Tensor, u_t: torch.Tensor, contrast_idx: torch.Tensor):
-        """(scores_s, scores_t), each (B, 1 + K): :meth:`side_scores` by side."""
-        return self.side_scores(torch.stack([u_s, u_t]), contrast_idx).unbind(0)
-
     @torch.no_grad()
     def update_memory(self, idx: torch.Tensor, u_s: torch.Tensor, u_t: torch.Tensor) -> None:
         """Each bank moves towards its own network's embeddings (M_t to u_t, M_s to u_s), over
