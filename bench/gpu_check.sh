@@ -39,7 +39,11 @@ run() {  # run LIMIT CMD...: at most LIMIT seconds, and never past the deadline
   collect
 }
 run 200 python -m pytest -q -p no:randomly -rs tests/test_no_host_sync.py tests/test_compile_modes.py \
-  tests/test_fused_compile.py tests/test_member_norm.py -k "cuda or gpu"
+  tests/test_fused_compile.py tests/test_member_norm.py tests/test_member_graphs.py -k "cuda or gpu"
+# fused_forward streams (each member's step a CUDA graph, the members' graphs on streams of their
+# own; never run on a GPU before) against sequential eager trials, batch 64 (the 3x goal) and 512.
+run 120 python bench/sweep_gpu.py --device cuda --configs 16 --batch-sizes 64,512 --steps 30 --warmup 5 \
+  --student resnet8x4 --image-size 32 --classes 100 --rounds 1 --ways sequential,fused --fused-forward streams
 # The fused step as CUDA graphs (compile: reduce-overhead) against sequential eager trials, batch 64:
 # the issue's 3x goal. First, then every loss's step against KD, then the eager fused sweep (the
 # rows after those were measured before, README, and are the ones the deadline cuts).

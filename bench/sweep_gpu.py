@@ -4,7 +4,8 @@
 (b) ``packed``: K concurrent processes sharing the device, each training its share of the
     configurations one after another (what fractional-GPU packing, ``gpus_per_worker: 1/K``, does);
 (c) ``fused``: the configurations as the members of fused trials of K (``params.vectorize: K``,
-    trainables/training/fused.py), in the forward mode ``--fused-forward`` picks, eager or, with
+    trainables/training/fused.py), in the forward mode ``--fused-forward`` picks (``streams``: each
+    member's step a CUDA graph replayed on a stream of its own), eager or, with
     ``--fused-compile MODE``, with the members' forward and losses compiled in that ``compile`` mode
     (``reduce-overhead``: replayed as CUDA graphs on a GPU). The sequential trials stay eager.
 
@@ -48,7 +49,8 @@ from trainables.losses import create_loss, loss_class, loss_names  # noqa: E402
 from trainables.models import create_model  # noqa: E402
 from trainables.runtime.session import LocalSession  # noqa: E402
 from trainables.training.classifier_loop import COMPILE_MODES, CachedTeacher, ClassifierRun, OptimConfig  # noqa: E402
-from trainables.training.fused import VMAP_MAX_BATCH, FusedRun, Member, member_bytes as fused_member_bytes  # noqa: E402
+from trainables.training.fused import (FORWARD_MODES, VMAP_MAX_BATCH, FusedRun, Member,  # noqa: E402
+                                       member_bytes as fused_member_bytes)
 from trainables.training.views import PlainViews  # noqa: E402
 
 
@@ -227,7 +229,7 @@ def main() -> None:
     ap.add_argument("--loss", default="kd", choices=loss_names("classifier"), help="the sweep's classifier loss")
     ap.add_argument("--image-size", type=int, default=16)
     ap.add_argument("--classes", type=int, default=100)
-    ap.add_argument("--fused-forward", default="auto", choices=("auto", "vmap", "loop"))
+    ap.add_argument("--fused-forward", default="auto", choices=FORWARD_MODES)
     ap.add_argument("--fused-channels-last", default="auto", choices=("auto", "on", "off"),
                     help="the fused way's memory layout (auto: channels_last on CUDA, as the trainable does)")
     ap.add_argument("--fused-compile", default="false", choices=("false", "true", *COMPILE_MODES),

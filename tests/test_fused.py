@@ -65,7 +65,8 @@ LOSS_MEMBERS = {
                                                ("vmap", "cnn_small", "kd"), ("loop", "mlp_tiny", "augconf"),
                                                ("vmap", "mlp_tiny", "adaptconf"), ("vmap", "mlp_tiny", "dkd"),
                                                ("loop", "mlp_tiny", "auxconf"), ("vmap", "mlp_tiny", "align_uniform"),
-                                               ("loop", "mlp_tiny", "srrl")])
+                                               ("loop", "mlp_tiny", "srrl"), ("streams", "cnn_small", "kd"),
+                                               ("streams", "mlp_tiny", "align_uniform")])
 def test_each_member_equals_its_unfused_trial(ctx, mode, student, loss):
     fused, alone = fused_and_alone(ctx, mode, student, members=LOSS_MEMBERS.get(loss, MEMBERS), loss=loss)
     assert len(fused) == 3
@@ -97,7 +98,7 @@ def test_batch_norm_members_under_vmap_equal_their_unfused_trials(ctx):
     assert len({round(a[-1]["train_loss"], 6) for a in alone}) == 3
 
 
-@pytest.mark.parametrize("mode", ["auto", "vmap"])
+@pytest.mark.parametrize("mode", ["auto", "vmap", "streams"])
 def test_stopped_members_leave_the_step_and_keep_their_last_report(ctx, mode):
     stops: set[int] = set()
     session = LocalSession(CPU)
@@ -130,7 +131,7 @@ def test_stopped_members_leave_the_step_and_keep_their_last_report(ctx, mode):
 
 # compiled: the step recompiles in the resumed process (three compiles on the CPU); vmap: the
 # checkpoint holds members whose parameters are rows of shared stacks
-@pytest.mark.parametrize("compiled,mode", [(False, "auto"), (False, "vmap"),
+@pytest.mark.parametrize("compiled,mode", [(False, "auto"), (False, "vmap"), (False, "streams"),
                                            pytest.param(True, "auto", marks=pytest.mark.slow)])
 def test_a_fused_trial_resumes_from_its_checkpoint(ctx, tmp_path, compiled, mode):
     p = DistillParams(teacher=TEACHER, student="mlp_tiny", epochs=4, loss="kd", vectorize=3, probes=MEMBERS,

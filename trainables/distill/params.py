@@ -77,9 +77,10 @@ class DistillParams(DatasetParams, RecipeParams):
                                           description="noise on the training labels of teacher and student")
     vectorize: int | None = Field(None, ge=1, le=256, description="fused trial: students trained together in one "
                                   "step, each with its own sampled lr / weight_decay / momentum / loss_params / seed")
-    fused_forward: Literal["auto", "vmap", "loop"] = Field(
+    fused_forward: Literal["auto", "vmap", "loop", "streams"] = Field(
         "auto", description="a fused trial's forward: vmap (one batched computation), loop (one member after "
-        "another, sharing the batch work), auto (vmap on CUDA, loop on CPU, where grouped convolutions are slower)")
+        "another, sharing the batch work), streams (each member's step a CUDA graph on a stream of its own; "
+        "eager member by member on a CPU), auto (vmap on CUDA at batches up to 256, loop otherwise)")
     probes: list[dict[str, Any]] | None = Field(None, description="set by the sweep: the members' sampled values")
     probe_grid: dict[str, list[Any]] | None = Field(None, description="set by the sweep: the members' grid values")
 
@@ -148,8 +149,15 @@ class DistillParams(DatasetParams, RecipeParams):
 
     def _fused_fits(self) -> None:
         """What a fused trial cannot do, refused before it starts."""
+        streams = self.fused_forward == "streams"
         refused = [("fewshot", self.fewshot is not None, "the few-shot stages train one student; drop vectorize"),
-                   ("accum_steps", self.accum_steps != 1, "a fused trial takes one micro-batch per step; use 1")]
+                   ("accum_steps", self.accum_steps != 1, "a fused trial takes one micro-batch per step; use 1"),
+                   ("fused_forward", streams and self.workers > 1, "streams captures each member's step as a CUDA "
+                    f"graph, which cannot average gradients over {self.workers} DDP workers; use vmap or loop, or "
+                    "resources.workers: 1"),
+                   ("compile", streams and self.compile is not False, f"fused_forward streams captures each "
+                    f"member's step as a CUDA graph itself; compile {self.compile!r} is not taken with it, set "
+                    "compile: false")]
         for key, bad, why in refused:
             if bad:
                 raise ValueError(f"{key}: {why} (vectorize: {self.vectorize})")

@@ -192,10 +192,12 @@ def steps_per_epoch(n: int, batch_size: int, world_size: int, drop_last: bool = 
     return per_rank // batch_size if drop_last else math.ceil(per_rank / batch_size)
 
 
-def autocast(device: torch.device, enabled: bool = True):
-    """bf16 autocast on CUDA; a no-op on CPU, where bf16 matmuls are slower than fp32 on most hosts."""
+def autocast(device: torch.device, enabled: bool = True, cache: bool = True):
+    """bf16 autocast on CUDA; a no-op on CPU, where bf16 matmuls are slower than fp32 on most hosts.
+    ``cache``: autocast's cache of weights cast within the context (off where a step is captured
+    as a CUDA graph: a cast cached at capture would not be redone in a replay)."""
     if enabled and device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
+        return torch.autocast("cuda", dtype=torch.bfloat16, cache_enabled=cache)
     return contextlib.nullcontext()
 
 

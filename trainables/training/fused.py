@@ -16,7 +16,9 @@ passes run as one batched computation, and one backward and one optimiser step u
   an unfused trial does, minus the shared batch work): on a CPU grouped convolutions are slower
   than K plain ones; when the members' activations together are large it runs each member's
   forward, loss and backward in turn (:meth:`FusedRun.member_by_member`). ``auto``: vmap on CUDA
-  at small batches, loop elsewhere.
+  at small batches, loop elsewhere. ``streams``: each member's whole step (its optimiser update
+  included) a CUDA graph of its own, the members' graphs replayed on streams of their own
+  (:mod:`trainables.training.member_graphs`); eager member by member on a CPU.
 * **Batch-norm statistics** stay per member the same way: under vmap the running statistics are
   one stacked tensor per buffer and each member's buffer is a view of its row, so BN's in-place
   update inside the vmapped forward lands in every member's module without a copy. The members'
@@ -61,10 +63,11 @@ from trainables.runtime.prefetch import prefetched
 from trainables.runtime.session import Session
 from trainables.training.batch_augment import BatchAugment
 from trainables.training.classifier_loop import OptimConfig, TeacherSignal, compiled_forward
+from trainables.training.member_graphs import MemberGraphs
 from trainables.training.member_norm import fold_member_batch_norm, members_vmapped
 from trainables.training.views import BatchViews, PlainViews
 
-FORWARD_MODES = ("auto", "vmap", "loop")
+FORWARD_MODES = ("auto", "vmap", "loop", "streams")
 
 
 # Per-member batch up to which ``auto`` picks vmap on CUDA. Measured on an H100 (resnet8x4, K = 16,
@@ -84,7 +87,9 @@ ALL_AT_ONCE_BYTES = 32 * 2**20
 def forward_mode(mode: str, device: torch.device, batch_size: int) -> str:
     """The forward a fused trial runs: ``auto`` is vmap on CUDA at small per-member batches (where
     one trial leaves the GPU launch-bound and fusing fills it) and loop otherwise (large batches,
-    where vmap's grouped convolutions are slower than K plain ones, and the CPU, where they always are)."""
+    where vmap's grouped convolutions are slower than K plain ones, and the CPU, where they always are).
+    ``streams`` (each member's step a CUDA graph on a stream of its own,
+    :mod:`trainables.training.member_graphs`) is only ever asked for: it is not measured on a GPU yet."""
     if mode not in FORWARD_MODES:
         raise ValueError(f"fused forward {mode!r}; accepted: {', '.join(FORWARD_MODES)}")
     if mode == "auto":
@@ -210,7 +215,7 @@ class FusedStudents(nn.Module):
 
     def forward(self, x: torch.Tensor, features: bool = False) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
         """(logits, features or None) of each active member, in ``active`` order."""
-        if self.mode == "loop" or len(self.active) == 1:
+        if self.mode != "vmap" or len(self.active) == 1:
             outs = [self.members[k](x, return_features=True) if features else (self.members[k](x), None)
                     for k in self.active]
             return outs
@@ -360,7 +365,15 @@ class FusedRun(FusedEpochs):
             m.loss_fn = m.loss_fn.to(device)
             models.append(model)
         self.students = FusedStudents(models, forward_mode(mode, device, optim.batch_size))
-        self.loss_stack = loss_member_stack([m.loss_fn for m in members])
+        streams = self.students.mode == "streams"
+        if streams and session.distributed:
+            raise ValueError("fused_forward streams: a fused trial with DDP workers would average gradients inside "
+                             "each member's CUDA graph; use vmap or loop, or one worker")
+        if streams and optim.compile is not False:
+            raise ValueError(f"fused_forward streams captures each member's step as a CUDA graph itself; "
+                             f"compile: {optim.compile!r} is not taken with it (set compile: false)")
+        # With streams each member's loss runs on its own (stacking its state would buy nothing).
+        self.loss_stack = None if streams else loss_member_stack([m.loss_fn for m in members])
         self._one_at_a_time: bool | None = None
         # The (compiled) forward and losses, and the active set it was built for (see losses_fn).
         self._losses_fn: Callable = self.forward_losses
@@ -371,6 +384,9 @@ class FusedRun(FusedEpochs):
         self.ranks.broadcast([t for m in members for t in (*m.model.state_dict().values(),
                                                            *m.loss_fn.state_dict().values())])
         self.optimizer = fused_optimizer(members, device)
+        # fused_forward streams: each member's whole step, through a view of this optimiser.
+        self.member_graphs = MemberGraphs(models, [m.loss_fn for m in members], self.optimizer, device,
+                                          optim.batch_size) if streams else None
         self.n_train = len(data.train_y)
         per_epoch = steps_per_epoch(self.n_train, optim.batch_size, session.world_size, self.drop_last)
         factors = []
@@ -508,7 +524,9 @@ class FusedRun(FusedEpochs):
         active = self.students.active
         first = self.members[active[0]].loss_fn
         losses_fn = self.losses_fn()
-        self.optimizer.zero_grad(set_to_none=True)
+        graphs = self.member_graphs
+        if graphs is None:  # (with streams each member's step clears its own)
+            self.optimizer.zero_grad(set_to_none=True)
         # DDP's default: every rank starts the step from rank 0's batch-norm statistics.
         if self.ranks.active:  # (the lists walk every member's modules: host time a single process skips)
             self.ranks.broadcast_flat([b for k in active for b in self.members[k].model.buffers()])
@@ -520,10 +538,14 @@ class FusedRun(FusedEpochs):
             # student_logits / student_features are filled in by forward_losses.
             shared = LossInputs(student_logits=None, targets=yb, teacher_logits=t_logits, teacher_features=t_feats,
                                 indices=idx, epoch=epoch, num_epochs=epochs, progress=epoch / epochs)
-            if type(first).vectorised_members:
+            if type(first).vectorised_members and graphs is None:
                 shared.member_columns = type(first).epoch_columns([self.members[k].loss_fn for k in active], epoch,
                                                                   epochs, self.device)
-        if self.one_at_a_time(xb):
+        if graphs is not None:
+            stats = graphs.step(epoch, xb, shared, active)
+            # The members' views stepped every group: what the lr scheduler's order check looks for.
+            self.optimizer._opt_called = True
+        elif self.one_at_a_time(xb):
             stats = self.member_by_member(xb, shared)
         else:
             with autocast(self.device):
@@ -540,7 +562,8 @@ class FusedRun(FusedEpochs):
             self.ranks.average_gradients([p for k in active for p in (*self.members[k].model.parameters(),
                                                                      *self.members[k].loss_fn.parameters())
                                           if p.requires_grad])
-        self.optimizer.step()
+        if graphs is None:
+            self.optimizer.step()
         self.scheduler.step()
         for k in active:
             if self.members[k].ema is not None:
@@ -584,7 +607,7 @@ class FusedRun(FusedEpochs):
         if m.ema is not None:
             extra["ema_val_acc"] = evaluate(m.ema.module, data.val_x, data.val_y, session)["acc"]
             extra["ema_test_acc"] = evaluate(m.ema.module, data.test_x, data.test_y, session)["acc"]
-        lr = next(g["lr"] for g in self.optimizer.param_groups if g["member"] == k)
+        lr = float(next(g["lr"] for g in self.optimizer.param_groups if g["member"] == k))  # a tensor with streams
         return {"epoch": epoch + 1, **train_stats, **extra, "val_acc": val["acc"], "val_loss": val["loss"],
                 "test_acc": test["acc"], "test_loss": test["loss"], "best_val_acc": progress["best_val_acc"],
                 "test_acc_at_best_val": progress["test_acc_at_best_val"], "lr": lr, **self.static_metrics}
@@ -602,6 +625,8 @@ class FusedRun(FusedEpochs):
     def drop(self, members: set[int]) -> None:
         left = [k for k in self.students.active if k in members]
         self.students.drop(members)
+        if self.member_graphs is not None:
+            self.member_graphs.release(left)
         if self.loss_stack and left:
             self.loss_stack.release(left)
             if self.students.active:

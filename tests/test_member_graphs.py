@@ -1,0 +1,163 @@
+"""``fused_forward: streams`` (trainables/training/member_graphs.py): each member's step through a
+view of the trial's one optimiser, and the capture bookkeeping (static inputs and outputs, warm-up,
+a capture per member and epoch, the eager last batch, members leaving), run on a CPU with a
+stand-in for the CUDA graph that behaves as one does: it reruns the captured step function on the
+same static inputs and hands back the same output tensors, overwritten."""
+import pytest
+import torch
+from torch import nn
+
+from tests.test_fused import CPU, COMPARED, MEMBERS, TEACHER
+from trainables.distill.loop import run_distill
+from trainables.distill.params import DistillParams
+from trainables.losses import LossInputs
+from trainables.runtime.session import LocalSession
+from trainables.runtime.vectorize import RESULTS_KEY
+from trainables.training import member_graphs
+from trainables.training.member_graphs import MemberGraphs, StaticBatch, member_optimizers
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+def test_a_members_view_steps_its_own_groups_with_the_shared_state():
+    """Two members' weights in one SGD (lr 0.1 and 0.5, momentum 0.9): member 1's view moves only
+    member 1's weight, by hand: buf = g, w -= lr * buf; then buf = 0.9 buf + g."""
+    w0, w1 = nn.Parameter(torch.tensor([1.0])), nn.Parameter(torch.tensor([2.0]))
+    opt = torch.optim.SGD([{"params": [w0], "lr": 0.1, "member": 0}, {"params": [w1], "lr": 0.5, "member": 1}],
+                          lr=0.1, momentum=0.9)
+    views = member_optimizers(opt, 2)
+    assert [len(v.param_groups) for v in views] == [1, 1]
+    for _ in range(2):
+        w0.grad, w1.grad = torch.tensor([1.0]), torch.tensor([2.0])
+        views[1].step()
+    assert w0.item() == 1.0  # untouched
+    assert w1.item() == pytest.approx(2.0 - 0.5 * 2.0 - 0.5 * (0.9 * 2.0 + 2.0))
+    assert opt.state[w1]["momentum_buffer"].item() == pytest.approx(3.8)  # the optimiser's own state
+    # The view's groups are the optimiser's dicts: a schedule's lr reaches the view.
+    opt.param_groups[1]["lr"] = 0.25
+    assert views[1].param_groups[0]["lr"] == 0.25
+
+
+def test_static_batch_keeps_its_tensors_and_says_when_it_reallocates():
+    statics = StaticBatch()
+    shared = LossInputs(student_logits=None, targets=torch.tensor([1, 2]), teacher_logits=torch.ones(2, 3))
+    x, s = statics.load(torch.zeros(2, 4), shared)
+    version = statics.version
+    x2, s2 = statics.load(torch.ones(2, 4), LossInputs(student_logits=None, targets=torch.tensor([0, 0]),
+                                                       teacher_logits=torch.zeros(2, 3)))
+    assert x2 is x and s2.targets is s.targets and s2.teacher_logits is s.teacher_logits
+    assert x.sum().item() == 8 and s.targets.tolist() == [0, 0] and statics.version == version
+    statics.load(torch.ones(3, 4), shared)  # another shape: a new tensor, and the captures are stale
+    assert statics.version > version
+
+
+class StandInGraph:
+    """What a member's CUDA graph does, on a CPU: a capture runs nothing but keeps the step
+    function; each replay reruns the captured function (on whatever the static inputs hold) and
+    writes its outputs into the tensors it returned the first time."""
+
+    made: list["StandInGraph"] = []
+
+    def __init__(self):
+        self.fn, self.out, self.captures, self.replays = None, None, 0, 0
+        StandInGraph.made.append(self)
+
+    def replay(self, fn):
+        if self.fn is None:
+            self.fn, self.captures = fn, self.captures + 1
+        out = {k: v.detach() for k, v in self.fn().items()}
+        if self.out is None:
+            self.out = {k: v.clone() for k, v in out.items()}
+        else:
+            for k, v in out.items():
+                self.out[k].copy_(v)
+        self.replays += 1
+        return self.out
+
+    def reset(self):
+        self.fn, self.out = None, None
+
+
+@pytest.fixture
+def stand_in_graphs(monkeypatch):
+    StandInGraph.made = []
+    init = MemberGraphs.__init__
+    monkeypatch.setattr(MemberGraphs, "__init__", lambda self, *a, **kw: init(self, *a, **{**kw, "graph": StandInGraph}))
+    return StandInGraph.made
+
+
+def test_replayed_members_equal_their_unfused_trials(ctx, stand_in_graphs):
+    """Three epochs of 3 members: warm-up steps eager, then one capture per member and epoch, each
+    replayed on the static batch; the last partial batch eager. Every member's reports equal its
+    own trial's: a replay that read a stale input, or statistics read after the next replay
+    overwrote them, would not."""
+    base = dict(teacher=TEACHER, student="mlp_tiny", epochs=3, batch_size=64, loss="kd")
+    fused = LocalSession(CPU)
+    run_distill(DistillParams(**base, vectorize=3, probes=MEMBERS, fused_forward="streams"), fused, ctx)
+    for k, member in enumerate(MEMBERS):
+        alone = LocalSession(CPU)
+        run_distill(DistillParams(**{**base, **member}), alone, ctx)
+        for epoch, report in enumerate(fused.history):
+            for key in COMPARED:
+                assert report[RESULTS_KEY][k][key] == pytest.approx(alone.history[epoch][key], abs=1e-4), (k, epoch, key)
+    # One graph per member, captured again every epoch; replayed every full batch after the
+    # first epoch's warm-up.
+    assert len(stand_in_graphs) == 3 and [g.captures for g in stand_in_graphs] == [3, 3, 3]
+    replays = {g.replays for g in stand_in_graphs}
+    assert len(replays) == 1 and replays.pop() > 3 * member_graphs.WARMUP
+
+
+def test_a_member_that_leaves_is_no_longer_replayed(ctx, stand_in_graphs):
+    from trainables.distill import fused as fused_distill
+
+    original = fused_distill.stops_reader
+    fused_distill.stops_reader = lambda sweep: (lambda epoch=None: {1} if epoch == 1 else set())
+    try:
+        from trainables.runtime.trainable import TrialContext
+
+        session = LocalSession(CPU)
+        run_distill(DistillParams(teacher=TEACHER, student="mlp_tiny", epochs=3, loss="kd", vectorize=3,
+                                  probes=MEMBERS, fused_forward="streams"), session,
+                    TrialContext(artifacts=ctx.artifacts, checkpoint_every=0, sweep_name="t"))
+    finally:
+        fused_distill.stops_reader = original
+    assert [m["epoch"] for m in session.history[-1][RESULTS_KEY]] == [3, 1, 3]
+    # Member 1 was captured in epoch 1 only, and its graph freed when it left.
+    assert [g.captures for g in stand_in_graphs] == [3, 1, 3] and stand_in_graphs[1].fn is None
+
+
+@pytest.mark.parametrize("over, message", [({"workers": 2}, "DDP workers"), ({"compile": True}, "compile: false")])
+def test_streams_refuses_what_a_captured_member_step_cannot_take(over, message):
+    with pytest.raises(ValueError, match=message):
+        DistillParams(teacher=TEACHER, student="mlp_tiny", vectorize=2, probes=MEMBERS[:2], fused_forward="streams",
+                      **over)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
+def test_on_a_gpu_replayed_members_equal_their_eager_steps():
+    """On CUDA: two resnet8x4 members' steps replayed as graphs on their streams equal the same
+    steps taken eagerly (fp32 weights, bf16 autocast), over a few full batches."""
+    from trainables.models import create_model
+
+    device = torch.device("cuda")
+    torch.manual_seed(0)
+    x = [torch.randn(64, 3, 32, 32, device=device).contiguous(memory_format=torch.channels_last) for _ in range(5)]
+    y = torch.randint(0, 100, (5, 64), device=device)
+
+    def run(graphs: bool) -> list[torch.Tensor]:
+        from trainables.losses import create_loss
+
+        torch.manual_seed(1)
+        models = [create_model("resnet8x4", num_classes=100, input_shape=(3, 32, 32)).to(device).to(memory_format=torch.channels_last)
+                  for _ in range(2)]
+        losses = [create_loss("ce", {}, num_classes=100).to(device) for _ in range(2)]
+        groups = [{"params": list(m.parameters()), "lr": 0.1 * (k + 1), "member": k} for k, m in enumerate(models)]
+        opt = torch.optim.SGD(groups, lr=0.1, momentum=0.9, fused=True)
+        steps = MemberGraphs(models, losses, opt, device, 64, warmup=2 if graphs else 10)
+        for i in range(5):
+            steps.step(0, x[i], LossInputs(student_logits=None, targets=y[i]), [0, 1])
+        torch.cuda.synchronize()
+        return [p.detach().float().clone() for m in models for p in m.parameters()]
+
+    for a, b in zip(run(True), run(False)):
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-3)
