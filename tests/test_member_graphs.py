@@ -74,6 +74,9 @@ class StandInGraph:
         self.replays += 1
         return self.out
 
+    def stale(self):
+        self.fn = None  # the next replay captures anew (and keeps its output tensors)
+
     def reset(self):
         self.fn, self.out = None, None
 
@@ -136,7 +139,8 @@ def test_streams_refuses_what_a_captured_member_step_cannot_take(over, message):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
 def test_on_a_gpu_replayed_members_equal_their_eager_steps():
     """On CUDA: two resnet8x4 members' steps replayed as graphs on their streams equal the same
-    steps taken eagerly (fp32 weights, bf16 autocast), over a few full batches."""
+    steps taken eagerly (fp32 weights, bf16 autocast), over a few full batches, and the replays
+    did train (the weights moved from the warm-up steps' values)."""
     from trainables.models import create_model
 
     device = torch.device("cuda")
@@ -144,7 +148,7 @@ def test_on_a_gpu_replayed_members_equal_their_eager_steps():
     x = [torch.randn(64, 3, 32, 32, device=device).contiguous(memory_format=torch.channels_last) for _ in range(5)]
     y = torch.randint(0, 100, (5, 64), device=device)
 
-    def run(graphs: bool) -> list[torch.Tensor]:
+    def run(graphs: bool) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         from trainables.losses import create_loss
 
         torch.manual_seed(1)
@@ -154,10 +158,17 @@ def test_on_a_gpu_replayed_members_equal_their_eager_steps():
         groups = [{"params": list(m.parameters()), "lr": 0.1 * (k + 1), "member": k} for k, m in enumerate(models)]
         opt = torch.optim.SGD(groups, lr=0.1, momentum=0.9, fused=True)
         steps = MemberGraphs(models, losses, opt, device, 64, warmup=2 if graphs else 10)
+        weights = []
         for i in range(5):
             steps.step(0, x[i], LossInputs(student_logits=None, targets=y[i]), [0, 1])
+            if i == 1:
+                weights.append([p.detach().float().clone() for m in models for p in m.parameters()])
         torch.cuda.synchronize()
-        return [p.detach().float().clone() for m in models for p in m.parameters()]
+        if graphs:
+            assert [g.captures for g in steps.graphs.values()] == [1, 1]
+        return weights[0], [p.detach().float().clone() for m in models for p in m.parameters()]
 
-    for a, b in zip(run(True), run(False)):
-        torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-3)
+    (warm, replayed), (_, eager) = run(True), run(False)
+    for a, b in zip(replayed, eager):
+        torch.testing.assert_close(a, b, atol=2e-3, rtol=1e-2)  # bf16 kernels; a stale replay is far off
+    assert any(not torch.equal(a, b) for a, b in zip(warm, replayed))

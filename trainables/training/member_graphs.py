@@ -117,29 +117,34 @@ class StaticBatch:
 
 
 class MemberGraph:
-    """One member's step as a CUDA graph: captured by :meth:`replay` when it holds none (on the
-    current stream, in the member's own memory pool), then replayed; each replay returns the same
-    output tensors, holding that step's values. :meth:`reset` drops the graph and keeps the pool,
-    which the next capture reuses (one pool per member for the whole trial, not one per epoch)."""
+    """One member's step as a CUDA graph: captured by :meth:`replay` when it holds none or was
+    made :meth:`stale` (on the current stream, in the member's own memory pool), then replayed;
+    each replay returns the same output tensors, holding that step's values. A stale graph's
+    successor is captured into the same pool while the old graph still holds it, then the old one
+    is freed: one pool per member for the whole trial, not one per epoch."""
 
     def __init__(self):
         self.graph: torch.cuda.CUDAGraph | None = None
-        self.pool = None
+        self.is_stale = False
         self.out: dict[str, torch.Tensor] = {}
         self.captures = 0
 
     def replay(self, fn: Callable[[], dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
-        if self.graph is None:
+        if self.graph is None or self.is_stale:
             self._capture(fn)
         self.graph.replay()
         return self.out
+
+    def stale(self) -> None:
+        self.is_stale = True
 
     def _capture(self, fn: Callable[[], dict[str, torch.Tensor]]) -> None:
         # capture_begin / capture_end rather than torch.cuda.graph(), which also synchronises the
         # device and runs the garbage collector: K times an epoch here, while other members' graphs
         # replay. thread_local: the batch-prefetch thread may synchronise its own stream meanwhile.
+        old = self.graph
         graph = torch.cuda.CUDAGraph()
-        graph.capture_begin(pool=self.pool, capture_error_mode="thread_local")
+        graph.capture_begin(pool=old.pool() if old is not None else None, capture_error_mode="thread_local")
         try:
             out = fn()
         except RuntimeError as exc:
@@ -150,7 +155,9 @@ class MemberGraph:
             raise RuntimeError(f"fused_forward streams: a member's step cannot be captured as a CUDA graph "
                                f"({str(exc).splitlines()[0]}); set fused_forward: vmap or loop") from exc
         graph.capture_end()
-        self.graph, self.pool, self.out = graph, graph.pool(), out
+        self.graph, self.out, self.is_stale = graph, out, False
+        if old is not None:
+            old.reset()
         self.captures += 1
 
     def reset(self) -> None:
@@ -206,8 +213,8 @@ class MemberGraphs:
             self.warm += 1
             return self.on_streams(active, lambda k: eager(k, x, shared))
         if self.captured_for != (epoch, self.statics.version):
-            for graph in self.graphs.values():  # captured again on this step (the pools are kept)
-                graph.reset()
+            for graph in self.graphs.values():  # captured again on this step, into the same pools
+                graph.stale()
             self.captured_for = (epoch, self.statics.version)
 
         def replay(k: int) -> dict[str, torch.Tensor]:
