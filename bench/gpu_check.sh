@@ -56,6 +56,9 @@ run 90 python bench/sweep_gpu.py --device cuda --configs 16 --batch-sizes 64 --s
   --student resnet8x4 --image-size 32 --classes 100 --rounds 1 --ways sequential,fused --fused-forward vmap
 # Every loss against KD (the 1.1x goal; align_uniform's uniformity and DKD changed since the last run).
 run 90 python bench/loss_steps.py --device cuda --batch 512 --steps 20 --rounds 3
+# The same with each step a CUDA graph (a one-member fused trial with fused_forward streams): the
+# losses' kernels against KD's, with no launch cost.
+run 90 python bench/loss_steps.py --device cuda --batch 512 --steps 20 --rounds 3 --graphs
 # A fused CRD sweep (its members' projectors and banks stacked: 2238 -> 286 operations per step).
 run 90 python bench/sweep_gpu.py --device cuda --configs 16 --batch-sizes 64 --steps 20 --warmup 3 \
   --student resnet8x4 --image-size 32 --classes 100 --rounds 1 --ways sequential,fused --fused-forward vmap --loss crd

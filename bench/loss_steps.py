@@ -22,6 +22,13 @@ the median over the rounds) and ``kernel ms`` (the GPU's kernel time per step, s
 profiled run). A step whose host time is near its wall time is launch-bound; one whose kernel
 time grew spends the extra time on the device.
 
+``--graphs`` takes each step whole (forward, loss, backward, update) as a CUDA graph, the way a
+one-member fused trial with ``fused_forward: streams`` does (trainables/training/member_graphs.py):
+no per-operator launch or dispatch cost is left, so on a GPU the ratios are the kernels' own (and
+``ops / step`` counts what a replayed step still dispatches: the copies into the graph's inputs). On
+a CPU there is nothing to capture: the steps run eagerly, and their count includes the CPU
+optimiser's per-parameter update.
+
 Appends a JSON line to bench/results/loss_steps.jsonl.
 """
 from __future__ import annotations
@@ -38,6 +45,7 @@ from trainables.losses import LossInputs, create_loss, loss_names  # noqa: E402
 from trainables.models import create_model  # noqa: E402
 from trainables.runtime.engine import autocast, build_optimizer, predict  # noqa: E402
 from trainables.runtime.op_count import OpCount, uncounted  # noqa: E402
+from trainables.training.member_graphs import WARMUP, MemberGraphs  # noqa: E402
 
 
 def loss_step(name: str, student0, teacher, x, y, t_logits, t_feats, args, device):
@@ -58,6 +66,22 @@ def loss_step(name: str, student0, teacher, x, y, t_logits, t_feats, args, devic
     xs = [x[idx].contiguous(memory_format=torch.channels_last) if channels_last else x[idx] for idx in batches]
     state = {"i": 0}
     step_optimizer = uncounted(opt.step)  # counted as its groups (ops_per_step)
+    if args.graphs:
+        opt.param_groups[0]["member"] = 0
+        graphs = MemberGraphs([student], [loss_fn], opt, device, args.batch)
+
+        def run() -> None:
+            for _ in range(args.steps):
+                i = state["i"] % len(batches)
+                state["i"] += 1
+                idx = batches[i]
+                with autocast(device):
+                    shared = LossInputs(student_logits=None, targets=y[idx], teacher_logits=t_logits[idx],
+                                        teacher_features=t_feats[idx], indices=idx, epoch=1, num_epochs=4, progress=0.25)
+                graphs.step(1, xs[i], shared, [0])
+
+        run.optimizer_groups = 0  # the update is inside the step (and the graph)
+        return run
 
     def run() -> None:
         for _ in range(args.steps):
@@ -127,6 +151,7 @@ def main() -> None:
     ap.add_argument("--train-size", type=int, default=50_000,
                     help="training-set size per-sample loss state is sized for (CRD's memory banks)")
     ap.add_argument("--losses", default=None, help="comma-separated subset (kd is always measured)")
+    ap.add_argument("--graphs", action="store_true", help="each step whole as a CUDA graph (eager on a CPU)")
     args = ap.parse_args()
     device = pick_device(args.device)
     names = loss_names("classifier") if args.losses is None else sorted(set(args.losses.split(",")) | {"kd"})
@@ -143,7 +168,10 @@ def main() -> None:
 
     runs = {name: loss_step(name, student0, teacher, x, y, t_logits, t_feats, args, device) for name in names}
     for run in runs.values():
-        run()  # warm-up: allocator, cuDNN autotuning, CRD's first-batch normaliser, first-call costs
+        # warm-up: allocator, cuDNN autotuning, CRD's first-batch normaliser, first-call costs; with
+        # --graphs, the eager warm-up steps and the capture too
+        for _ in range(1 + (WARMUP // args.steps + 1 if args.graphs else 0)):
+            run()
     ops = {name: ops_per_step(run, args.steps) for name, run in runs.items()}
     seconds = median_of(runs, device, args.rounds)
     per_step = {name: s / args.steps for name, s in seconds.items()}
@@ -155,8 +183,9 @@ def main() -> None:
         except Exception as exc:  # noqa: BLE001
             print(f"  (host / kernel time not measured: {type(exc).__name__}: {exc})")
     kd = per_step["kd"]
+    how = (", each step a CUDA graph" if device.type == "cuda" else ", eager (no graphs on a CPU)") if args.graphs else ""
     print(f"loss_steps on {device}: student {args.student}, teacher {args.teacher}, {shape}, "
-          f"{args.classes} classes, batch {args.batch}")
+          f"{args.classes} classes, batch {args.batch}{how}")
     extra = f"{'host ms':>10}{'kernel ms':>11}" if host and kernel else ""
     print(f"  {'loss':<14}{'ms / step':>10}{'vs kd':>8}{'ops / step':>12}{extra}")
     for name in names:
