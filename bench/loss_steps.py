@@ -37,6 +37,7 @@ import argparse
 import copy
 import statistics
 import time
+from dataclasses import replace
 
 import torch
 
@@ -66,36 +67,35 @@ def loss_step(name: str, student0, teacher, x, y, t_logits, t_feats, args, devic
     xs = [x[idx].contiguous(memory_format=torch.channels_last) if channels_last else x[idx] for idx in batches]
     state = {"i": 0}
     step_optimizer = uncounted(opt.step)  # counted as its groups (ops_per_step)
+
+    def batch() -> tuple[torch.Tensor, LossInputs]:
+        """The next batch of the pool and its loss inputs (the student's outputs still to come)."""
+        i = state["i"] % len(batches)
+        state["i"] += 1
+        idx = batches[i]
+        return xs[i], LossInputs(student_logits=None, targets=y[idx], teacher_logits=t_logits[idx],
+                                 teacher_features=t_feats[idx], indices=idx, epoch=1, num_epochs=4, progress=0.25)
+
     if args.graphs:
         opt.param_groups[0]["member"] = 0
         graphs = MemberGraphs([student], [loss_fn], opt, device, args.batch)
 
         def run() -> None:
             for _ in range(args.steps):
-                i = state["i"] % len(batches)
-                state["i"] += 1
-                idx = batches[i]
-                with autocast(device):
-                    shared = LossInputs(student_logits=None, targets=y[idx], teacher_logits=t_logits[idx],
-                                        teacher_features=t_feats[idx], indices=idx, epoch=1, num_epochs=4, progress=0.25)
-                graphs.step(1, xs[i], shared, [0])
+                graphs.step(1, *batch(), [0])
 
         run.optimizer_groups = 0  # the update is inside the step (and the graph)
         return run
 
     def run() -> None:
         for _ in range(args.steps):
-            i = state["i"] % len(batches)
-            state["i"] += 1
-            idx = batches[i]
+            xb, shared = batch()
             with autocast(device):
                 if loss_fn.needs_features:
-                    logits, feats = student(xs[i], return_features=True)
+                    logits, feats = student(xb, return_features=True)
                 else:
-                    logits, feats = student(xs[i]), None
-                out = loss_fn(LossInputs(student_logits=logits.float(), targets=y[idx], teacher_logits=t_logits[idx],
-                                         student_features=feats, teacher_features=t_feats[idx], indices=idx,
-                                         epoch=1, num_epochs=4, progress=0.25))
+                    logits, feats = student(xb), None
+                out = loss_fn(replace(shared, student_logits=logits.float(), student_features=feats))
             opt.zero_grad(set_to_none=True)
             out["loss"].backward()
             step_optimizer()
