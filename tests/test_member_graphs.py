@@ -129,7 +129,8 @@ def test_a_member_that_leaves_is_no_longer_replayed(ctx, stand_in_graphs):
     assert [g.captures for g in stand_in_graphs] == [3, 1, 3] and stand_in_graphs[1].fn is None
 
 
-@pytest.mark.parametrize("over, message", [({"workers": 2}, "DDP workers"), ({"compile": True}, "compile: false")])
+@pytest.mark.parametrize("over, message", [({"workers": 2}, "workers: 2 DDP workers"),
+                                           ({"compile": True}, "compile: fused_forward streams")])
 def test_streams_refuses_what_a_captured_member_step_cannot_take(over, message):
     with pytest.raises(ValueError, match=message):
         DistillParams(teacher=TEACHER, student="mlp_tiny", vectorize=2, probes=MEMBERS[:2], fused_forward="streams",
@@ -172,3 +173,19 @@ def test_on_a_gpu_replayed_members_equal_their_eager_steps():
     for a, b in zip(replayed, eager):
         torch.testing.assert_close(a, b, atol=2e-3, rtol=1e-2)  # bf16 kernels; a stale replay is far off
     assert any(not torch.equal(a, b) for a, b in zip(warm, replayed))
+
+
+def test_the_quickstart_with_streams_is_refused_where_its_ddp_point_sets_workers():
+    """The quickstart's first point trains on 2 DDP workers: with ``fused_forward: streams`` the
+    space is refused when it is read (exit 2, before Ray), naming that point's key."""
+    from orchestrator.errors import SpecError
+    from orchestrator.space.spec import parse_spec
+
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[1] / "search_spaces" / "quickstart.yaml").read_text()
+    with pytest.raises(SpecError) as info:
+        parse_spec(text, "quickstart.yaml", overrides=["params.vectorize=4", "params.fused_forward=streams"])
+    assert "points_to_evaluate[0].workers: 2 DDP workers would average gradients inside each member's CUDA graph" \
+        in str(info.value)
+    assert parse_spec(text, "quickstart.yaml", overrides=["params.vectorize=4", "params.fused_forward=loop"])

@@ -152,9 +152,11 @@ class DistillParams(DatasetParams, RecipeParams):
         streams = self.fused_forward == "streams"
         refused = [("fewshot", self.fewshot is not None, "the few-shot stages train one student; drop vectorize"),
                    ("accum_steps", self.accum_steps != 1, "a fused trial takes one micro-batch per step; use 1"),
-                   ("fused_forward", streams and self.workers > 1, "streams captures each member's step as a CUDA "
-                    f"graph, which cannot average gradients over {self.workers} DDP workers; use vmap or loop, or "
-                    "resources.workers: 1"),
+                   # Named by workers: that is the key a sweep sets per trial (resources.workers, or a
+                   # point's workers), where the parse-time check reports it.
+                   ("workers", streams and self.workers > 1, f"{self.workers} DDP workers would average gradients "
+                    "inside each member's CUDA graph under fused_forward streams; use 1 worker, or fused_forward "
+                    "vmap or loop"),
                    ("compile", streams and self.compile is not False, f"fused_forward streams captures each "
                     f"member's step as a CUDA graph itself; compile {self.compile!r} is not taken with it, set "
                     "compile: false")]
