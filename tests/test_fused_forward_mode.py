@@ -19,5 +19,6 @@ def test_auto_is_vmap_on_cuda_at_small_batches_and_loop_at_large_ones_and_on_the
 def test_an_explicit_forward_is_kept_and_an_unknown_one_refused():
     assert forward_mode("vmap", CPU, 512) == "vmap"
     assert forward_mode("loop", CUDA, 8) == "loop"
-    with pytest.raises(ValueError, match="accepted: auto, vmap, loop"):
+    assert forward_mode("streams", CUDA, 64) == forward_mode("streams", CPU, 64) == "streams"  # never picked by auto
+    with pytest.raises(ValueError, match="accepted: auto, vmap, loop, streams"):
         forward_mode("grouped", CUDA, 64)
