@@ -44,6 +44,10 @@ run 200 python -m pytest -q -p no:randomly -rs tests/test_no_host_sync.py tests/
 # own; never run on a GPU before) against sequential eager trials, batch 64 (the 3x goal) and 512.
 run 120 python bench/sweep_gpu.py --device cuda --configs 16 --batch-sizes 64,512 --steps 30 --warmup 5 \
   --student resnet8x4 --image-size 32 --classes 100 --rounds 1 --ways sequential,fused --fused-forward streams
+# The same at batch 64 with 32 hardware work queues instead of CUDA's default 8 (16 streams share 8
+# queues by default, and kernels of two members on one queue wait for each other).
+run 60 env CUDA_DEVICE_MAX_CONNECTIONS=32 python bench/sweep_gpu.py --device cuda --configs 16 --batch-sizes 64 \
+  --steps 30 --warmup 5 --student resnet8x4 --image-size 32 --classes 100 --rounds 1 --ways fused --fused-forward streams
 # The fused step as CUDA graphs (compile: reduce-overhead) against sequential eager trials, batch 64:
 # the 3x goal. First, then every loss's step against KD, then the eager fused sweep (the
 # rows after those were measured before, README, and are the ones the deadline cuts).
