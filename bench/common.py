@@ -73,6 +73,11 @@ def code_version() -> str:
     return head + ("+changes" if changed else "")
 
 
+# Environment variables recorded with a result when set: CUDA's number of hardware work queues
+# (concurrent streams share them; bench/gpu_check.sh runs the streams forward with 8 and 32).
+RECORDED_ENV = ("CUDA_DEVICE_MAX_CONNECTIONS",)
+
+
 def record(name: str, device: torch.device, args: dict[str, Any], figures: dict[str, Any],
            ratios: dict[str, float]) -> dict[str, Any]:
     """Print the figures and ratios and append them as one JSON line to bench/results/<name>.jsonl."""
@@ -80,6 +85,9 @@ def record(name: str, device: torch.device, args: dict[str, Any], figures: dict[
             "torch": torch.__version__, "code": code_version(), "host_cpus": os.cpu_count(), "args": args,
             "figures": figures,
             "ratios": ratios}
+    env = {k: os.environ[k] for k in RECORDED_ENV if k in os.environ}
+    if env:  # settings that change what a GPU runs, outside the arguments
+        line["env"] = env
     for key, value in figures.items():
         print(f"  {key}: {value:.4g}" if isinstance(value, float) else f"  {key}: {value}")
     for key, value in ratios.items():
