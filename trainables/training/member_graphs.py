@@ -31,6 +31,12 @@ What a capture needs, and where it is handled:
   redone in a replay after the weights changed); the eager steps run the same way, so a member's
   eager and replayed steps compute alike.
 * **Private memory pools**: graphs replayed at once must not share their intermediate buffers.
+* **Random draws** inside a step (CRD's negatives, dropout) come from the CUDA generator every
+  member's graph registers at capture. Each replay sets that generator's offset on its own stream,
+  so members replayed at once may read the same offset and draw alike in a step: each draw is
+  still random, the members' are not independent. A generator state per member
+  (``Generator.graphsafe_set_state`` around each capture) would part them; not done blind, without
+  a GPU to check it on.
 
 On a CPU there is nothing to capture: each member's step runs eagerly in turn (the function the
 graphs capture), and a member equals its unfused trial (tests/test_fused.py). Members that leave
