@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Issue 18's GPU figures in one call on a lent GPU machine (no Ray, no network there; see the
 # device notes): the CUDA-only tests, KD against a bare step for both students, every loss's step
-# time against KD, the fused-sweep bench at the issue's size (eager, and at batch 64 with the fused
-# step compiled as CUDA graphs), compile modes inside a trial, and the vectorised probe sweep on the
-# GPU. Each step has its own time limit, and all of them together
+# time against KD (eager, and each step a CUDA graph), the fused-sweep bench at the issue's size
+# (fused_forward streams first; vmap eager, and at batch 64 with the fused step compiled as CUDA
+# graphs), compile modes inside a trial, and the vectorised probe sweep on the GPU. Each step has its own time limit, and all of them together
 # stay under DEADLINE seconds, so what finished comes back even when a step hangs. Results go to
 # $OUT (or bench/results when OUT is unset), each line naming the device.
 #
