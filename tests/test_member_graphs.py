@@ -58,7 +58,8 @@ class StandInGraph:
 
     made: list["StandInGraph"] = []
 
-    def __init__(self):
+    def __init__(self, member: int):
+        self.member = member
         self.fn, self.out, self.captures, self.replays = None, None, 0, 0
         StandInGraph.made.append(self)
 
@@ -105,7 +106,7 @@ def test_replayed_members_equal_their_unfused_trials(ctx, stand_in_graphs):
                 assert report[RESULTS_KEY][k][key] == pytest.approx(alone.history[epoch][key], abs=1e-4), (k, epoch, key)
     # One graph per member, captured again every epoch; replayed every full batch after the
     # first epoch's warm-up.
-    assert len(stand_in_graphs) == 3 and [g.captures for g in stand_in_graphs] == [3, 3, 3]
+    assert [g.member for g in stand_in_graphs] == [0, 1, 2] and [g.captures for g in stand_in_graphs] == [3, 3, 3]
     replays = {g.replays for g in stand_in_graphs}
     assert len(replays) == 1 and replays.pop() > 3 * member_graphs.WARMUP
 
@@ -173,6 +174,46 @@ def test_on_a_gpu_replayed_members_equal_their_eager_steps():
     for a, b in zip(replayed, eager):
         torch.testing.assert_close(a, b, atol=2e-3, rtol=1e-2)  # bf16 kernels; a stale replay is far off
     assert any(not torch.equal(a, b) for a, b in zip(warm, replayed))
+
+
+class DrawingLoss(nn.Module):
+    """A loss whose step draws from the CUDA generator (as CRD's negatives and dropout do) and
+    returns what it drew."""
+
+    needs_features = False
+
+    def forward(self, inputs: LossInputs) -> dict[str, torch.Tensor]:
+        draw = torch.rand(8, device=inputs.targets.device)
+        return {"loss": nn.functional.cross_entropy(inputs.student_logits, inputs.targets), "draw": draw}
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
+def test_on_a_gpu_each_members_replays_draw_from_its_own_random_state():
+    """Two members replayed at once on their streams: member k's replays draw, in order, what a
+    fresh generator seeded as member k's state (member_rng) draws. So the members' draws are apart and
+    each trial seed gives the same ones; graphs sharing the generator's one state would draw the
+    trial generator's numbers instead, and members replayed at once could read the same offset."""
+    device = torch.device("cuda")
+    x = torch.randn(64, 1, 8, 8, device=device)
+    y = torch.randint(0, 10, (64,), device=device)
+    torch.manual_seed(5)
+    models = [nn.Sequential(nn.Flatten(), nn.Linear(64, 10)).to(device) for _ in range(2)]
+    opt = torch.optim.SGD([{"params": list(m.parameters()), "lr": 0.1, "member": k} for k, m in enumerate(models)],
+                          lr=0.1, fused=True)
+    steps = MemberGraphs(models, [DrawingLoss(), DrawingLoss()], opt, device, 64, warmup=1)
+    steps.step(0, x, LossInputs(student_logits=None, targets=y), [0, 1])  # the eager warm-up
+    draws = []
+    for _ in range(4):
+        draws.append([out["draw"].clone() for out in steps.step(0, x, LossInputs(student_logits=None, targets=y),
+                                                                  [0, 1])])
+    torch.cuda.synchronize()
+    assert [g.captures for g in steps.graphs.values()] == [1, 1]
+    for k in range(2):
+        own = torch.Generator(device).manual_seed(member_graphs.member_rng(device, k).initial_seed())
+        expected = [torch.rand(8, device=device, generator=own) for _ in draws]
+        for step, want in zip(draws, expected):
+            torch.testing.assert_close(step[k], want, atol=0, rtol=0)
+    assert not torch.equal(draws[0][0], draws[0][1])
 
 
 def test_the_quickstart_with_streams_is_refused_where_its_ddp_point_sets_workers():

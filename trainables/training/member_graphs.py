@@ -31,12 +31,14 @@ What a capture needs, and where it is handled:
   redone in a replay after the weights changed); the eager steps run the same way, so a member's
   eager and replayed steps compute alike.
 * **Private memory pools**: graphs replayed at once must not share their intermediate buffers.
-* **Random draws** inside a step (CRD's negatives, dropout) come from the CUDA generator every
-  member's graph registers at capture. Each replay sets that generator's offset on its own stream,
-  so members replayed at once may read the same offset and draw alike in a step: each draw is
-  still random, the members' are not independent. A generator state per member
-  (``Generator.graphsafe_set_state`` around each capture) would part them; not done blind, without
-  a GPU to check it on.
+* **Random draws** inside a step (CRD's negatives, dropout) come from a random state of the
+  member's own (:func:`member_rng`), which the CUDA generator points at while that member's graph
+  is captured (``graphsafe_set_state``), so the graph registers it. A replay first writes its
+  state's seed and offset to the device, on its own stream, then advances that offset. Graphs that
+  shared the generator's one state would share those two device numbers too: members replayed at
+  once could read the same offset and draw alike. Each state is seeded from the trial's seed and
+  the member's index. The members' draws are then independent of each other, as they are under
+  vmap and loop, and the same in every run of the trial.
 
 On a CPU there is nothing to capture: each member's step runs eagerly in turn (the function the
 graphs capture), and a member equals its unfused trial (tests/test_fused.py). Members that leave
@@ -46,6 +48,7 @@ parse time: the gradient average would have to run inside every member's graph.
 from __future__ import annotations
 
 import copy
+from contextlib import contextmanager
 from dataclasses import replace
 from typing import Callable
 
@@ -84,6 +87,34 @@ def lr_on_device(optimizer: torch.optim.Optimizer, device: torch.device) -> None
             g["lr"] = torch.tensor(float(lr), dtype=torch.float32, device=device)
         if "capturable" in g:
             g["capturable"] = True
+
+
+def member_rng(device: torch.device, member: int) -> torch.Generator:
+    """Member ``member``'s own CUDA random state: a copy of ``device``'s default generator state,
+    seeded from that generator's seed (the trial's) and the member's index."""
+    default = default_cuda_generator(device)
+    return default.clone_state().manual_seed((default.initial_seed() * 1_000_003 + 7_919 * (member + 1)) % 2**63)
+
+
+def default_cuda_generator(device: torch.device) -> torch.Generator:
+    return torch.cuda.default_generators[device.index if device.index is not None else torch.cuda.current_device()]
+
+
+@contextmanager
+def drawing_from(rng: torch.Generator | None):
+    """Inside the block the default CUDA generator of ``rng``'s device draws from ``rng``'s state
+    (torch's graph-safe swap, which a capture registers); outside it, from its own again. Nothing
+    changes for ``None``."""
+    if rng is None:
+        yield
+        return
+    default = default_cuda_generator(rng.device)
+    outer = default.graphsafe_get_state()
+    default.graphsafe_set_state(rng)
+    try:
+        yield
+    finally:
+        default.graphsafe_set_state(outer)
 
 
 def member_step(model: nn.Module, loss_fn: DistillLoss, optimizer: torch.optim.Optimizer, x: torch.Tensor,
@@ -129,7 +160,8 @@ class MemberGraph:
     successor is captured into the same pool while the old graph still holds it, then the old one
     is freed: one pool per member for the whole trial, not one per epoch."""
 
-    def __init__(self):
+    def __init__(self, rng: torch.Generator | None = None):
+        self.rng = rng  # the member's random state (member_rng), which its captures draw from
         self.graph: torch.cuda.CUDAGraph | None = None
         self.is_stale = False
         self.out: dict[str, torch.Tensor] = {}
@@ -150,17 +182,19 @@ class MemberGraph:
         # replay. thread_local: the batch-prefetch thread may synchronise its own stream meanwhile.
         old = self.graph
         graph = torch.cuda.CUDAGraph()
-        graph.capture_begin(pool=old.pool() if old is not None else None, capture_error_mode="thread_local")
-        try:
-            out = fn()
-        except RuntimeError as exc:
+        # capture_begin registers the state the default generator points at: the member's own.
+        with drawing_from(self.rng):
+            graph.capture_begin(pool=old.pool() if old is not None else None, capture_error_mode="thread_local")
             try:
-                graph.capture_end()
-            except RuntimeError:
-                pass
-            raise RuntimeError(f"fused_forward streams: a member's step cannot be captured as a CUDA graph "
-                               f"({str(exc).splitlines()[0]}); set fused_forward: vmap or loop") from exc
-        graph.capture_end()
+                out = fn()
+            except RuntimeError as exc:
+                try:
+                    graph.capture_end()
+                except RuntimeError:
+                    pass
+                raise RuntimeError(f"fused_forward streams: a member's step cannot be captured as a CUDA graph "
+                                   f"({str(exc).splitlines()[0]}); set fused_forward: vmap or loop") from exc
+            graph.capture_end()
         self.graph, self.out, self.is_stale = graph, out, False
         if old is not None:
             old.reset()
@@ -175,16 +209,16 @@ class MemberGraph:
 class MemberGraphs:
     """The steps of a fused trial's members with ``fused_forward: streams``: eager in turn on a
     CPU, graphs replayed on streams on CUDA (the module docstring says how). ``graph`` makes a
-    member's graph (:class:`MemberGraph` on CUDA; tests pass a stand-in to run the capture
-    bookkeeping on a CPU)."""
+    member's graph from its index (:class:`MemberGraph` with the member's random state on CUDA;
+    tests pass a stand-in to run the capture bookkeeping on a CPU)."""
 
     def __init__(self, models: list[nn.Module], losses: list[DistillLoss], optimizer: torch.optim.Optimizer,
                  device: torch.device, batch_size: int, warmup: int = WARMUP,
-                 graph: Callable[[], MemberGraph] | None = None):
+                 graph: Callable[[int], MemberGraph] | None = None):
         self.models, self.losses, self.optimizer = models, losses, optimizer
         self.device, self.batch_size, self.warmup = device, batch_size, warmup
         self.cuda = device.type == "cuda"
-        self.make_graph = graph or (MemberGraph if self.cuda else None)
+        self.make_graph = graph or ((lambda k: MemberGraph(member_rng(device, k))) if self.cuda else None)
         self.streams = [torch.cuda.Stream(device) for _ in models] if self.cuda else []
         self.statics = StaticBatch()
         self.graphs: dict[int, MemberGraph] = {}
@@ -225,7 +259,7 @@ class MemberGraphs:
 
         def replay(k: int) -> dict[str, torch.Tensor]:
             if k not in self.graphs:
-                self.graphs[k] = self.make_graph()
+                self.graphs[k] = self.make_graph(k)
             model, loss_fn, view, device = self.models[k], self.losses[k], views[k], self.device
             return self.graphs[k].replay(lambda: member_step(model, loss_fn, view, x, shared, device))
 
