@@ -58,12 +58,11 @@ class StandInGraph:
 
     made: list["StandInGraph"] = []
 
-    def __init__(self, member: int):
-        self.member = member
+    def __init__(self):
         self.fn, self.out, self.captures, self.replays = None, None, 0, 0
         StandInGraph.made.append(self)
 
-    def replay(self, fn):
+    def replay(self, fn, rng=None):  # (no random state to swap on a CPU)
         if self.fn is None:
             self.fn, self.captures = fn, self.captures + 1
         out = {k: v.detach() for k, v in self.fn().items()}
@@ -106,7 +105,7 @@ def test_replayed_members_equal_their_unfused_trials(ctx, stand_in_graphs):
                 assert report[RESULTS_KEY][k][key] == pytest.approx(alone.history[epoch][key], abs=1e-4), (k, epoch, key)
     # One graph per member, captured again every epoch; replayed every full batch after the
     # first epoch's warm-up.
-    assert [g.member for g in stand_in_graphs] == [0, 1, 2] and [g.captures for g in stand_in_graphs] == [3, 3, 3]
+    assert len(stand_in_graphs) == 3 and [g.captures for g in stand_in_graphs] == [3, 3, 3]
     replays = {g.replays for g in stand_in_graphs}
     assert len(replays) == 1 and replays.pop() > 3 * member_graphs.WARMUP
 
@@ -189,10 +188,11 @@ class DrawingLoss(nn.Module):
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
 def test_on_a_gpu_each_members_replays_draw_from_its_own_random_state():
-    """Two members replayed at once on their streams: member k's replays draw, in order, what a
-    fresh generator seeded as member k's state (member_rng) draws. So the members' draws are apart and
-    each trial seed gives the same ones; graphs sharing the generator's one state would draw the
-    trial generator's numbers instead, and members replayed at once could read the same offset."""
+    """Two members replayed at once on their streams, over two epochs: in each epoch, member k's
+    replays draw, in order, what a fresh generator seeded as member k's state for that epoch
+    (member_rng) draws. So the members' draws are apart, and a trial seed, resumed or not, gives
+    the same ones; graphs sharing the generator's one state would draw the trial generator's
+    numbers instead, and members replayed at once could read the same offset."""
     device = torch.device("cuda")
     x = torch.randn(64, 1, 8, 8, device=device)
     y = torch.randint(0, 10, (64,), device=device)
@@ -201,19 +201,18 @@ def test_on_a_gpu_each_members_replays_draw_from_its_own_random_state():
     opt = torch.optim.SGD([{"params": list(m.parameters()), "lr": 0.1, "member": k} for k, m in enumerate(models)],
                           lr=0.1, fused=True)
     steps = MemberGraphs(models, [DrawingLoss(), DrawingLoss()], opt, device, 64, warmup=1)
-    steps.step(0, x, LossInputs(student_logits=None, targets=y), [0, 1])  # the eager warm-up
-    draws = []
-    for _ in range(4):
-        draws.append([out["draw"].clone() for out in steps.step(0, x, LossInputs(student_logits=None, targets=y),
-                                                                  [0, 1])])
+    shared = LossInputs(student_logits=None, targets=y)
+    steps.step(0, x, shared, [0, 1])  # the eager warm-up
+    draws = {epoch: [[out["draw"].clone() for out in steps.step(epoch, x, shared, [0, 1])] for _ in range(3)]
+             for epoch in (0, 1)}
     torch.cuda.synchronize()
-    assert [g.captures for g in steps.graphs.values()] == [1, 1]
-    for k in range(2):
-        own = torch.Generator(device).manual_seed(member_graphs.member_rng(device, k).initial_seed())
-        expected = [torch.rand(8, device=device, generator=own) for _ in draws]
-        for step, want in zip(draws, expected):
-            torch.testing.assert_close(step[k], want, atol=0, rtol=0)
-    assert not torch.equal(draws[0][0], draws[0][1])
+    assert [g.captures for g in steps.graphs.values()] == [2, 2]  # once per epoch
+    for epoch, steps_drawn in draws.items():
+        for k in range(2):
+            own = torch.Generator(device).manual_seed(member_graphs.member_rng(device, k, epoch).initial_seed())
+            for step in steps_drawn:
+                torch.testing.assert_close(step[k], torch.rand(8, device=device, generator=own), atol=0, rtol=0)
+    assert not torch.equal(draws[0][0][0], draws[0][0][1]) and not torch.equal(draws[0][0][0], draws[1][0][0])
 
 
 def test_the_quickstart_with_streams_is_refused_where_its_ddp_point_sets_workers():

@@ -36,9 +36,10 @@ What a capture needs, and where it is handled:
   is captured (``graphsafe_set_state``), so the graph registers it. A replay first writes its
   state's seed and offset to the device, on its own stream, then advances that offset. Graphs that
   shared the generator's one state would share those two device numbers too: members replayed at
-  once could read the same offset and draw alike. Each state is seeded from the trial's seed and
-  the member's index. The members' draws are then independent of each other, as they are under
-  vmap and loop, and the same in every run of the trial.
+  once could read the same offset and draw alike. Each epoch's capture takes a new state, seeded
+  from the trial's seed, the member's index and the epoch. The members' draws are then independent
+  of each other, as they are under vmap and loop, and the same in every run of the trial, resumed
+  ones included (a resumed epoch's capture takes that epoch's state).
 
 On a CPU there is nothing to capture: each member's step runs eagerly in turn (the function the
 graphs capture), and a member equals its unfused trial (tests/test_fused.py). Members that leave
@@ -89,11 +90,13 @@ def lr_on_device(optimizer: torch.optim.Optimizer, device: torch.device) -> None
             g["capturable"] = True
 
 
-def member_rng(device: torch.device, member: int) -> torch.Generator:
-    """Member ``member``'s own CUDA random state: a copy of ``device``'s default generator state,
-    seeded from that generator's seed (the trial's) and the member's index."""
+def member_rng(device: torch.device, member: int, epoch: int) -> torch.Generator:
+    """Member ``member``'s own CUDA random state for ``epoch``: a copy of ``device``'s default
+    generator state, seeded from that generator's seed (the trial's), the member's index and the
+    epoch (no two (member, epoch) pairs of a trial share a seed)."""
     default = default_cuda_generator(device)
-    return default.clone_state().manual_seed((default.initial_seed() * 1_000_003 + 7_919 * (member + 1)) % 2**63)
+    seed = default.initial_seed() * 1_000_003 + 7_919 * (member + 1) + 104_729 * epoch
+    return default.clone_state().manual_seed(seed % 2**63)
 
 
 def default_cuda_generator(device: torch.device) -> torch.Generator:
@@ -160,30 +163,32 @@ class MemberGraph:
     successor is captured into the same pool while the old graph still holds it, then the old one
     is freed: one pool per member for the whole trial, not one per epoch."""
 
-    def __init__(self, rng: torch.Generator | None = None):
-        self.rng = rng  # the member's random state (member_rng), which its captures draw from
+    def __init__(self):
+        self.rng: torch.Generator | None = None  # the random state the graph draws from (member_rng)
         self.graph: torch.cuda.CUDAGraph | None = None
         self.is_stale = False
         self.out: dict[str, torch.Tensor] = {}
         self.captures = 0
 
-    def replay(self, fn: Callable[[], dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    def replay(self, fn: Callable[[], dict[str, torch.Tensor]],
+               rng: Callable[[], torch.Generator] | None = None) -> dict[str, torch.Tensor]:
+        """``rng`` gives the random state a capture draws from (called only when capturing)."""
         if self.graph is None or self.is_stale:
-            self._capture(fn)
+            self._capture(fn, rng() if rng is not None else None)
         self.graph.replay()
         return self.out
 
     def stale(self) -> None:
         self.is_stale = True
 
-    def _capture(self, fn: Callable[[], dict[str, torch.Tensor]]) -> None:
+    def _capture(self, fn: Callable[[], dict[str, torch.Tensor]], rng: torch.Generator | None) -> None:
         # capture_begin / capture_end rather than torch.cuda.graph(), which also synchronises the
         # device and runs the garbage collector: K times an epoch here, while other members' graphs
         # replay. thread_local: the batch-prefetch thread may synchronise its own stream meanwhile.
         old = self.graph
         graph = torch.cuda.CUDAGraph()
         # capture_begin registers the state the default generator points at: the member's own.
-        with drawing_from(self.rng):
+        with drawing_from(rng):
             graph.capture_begin(pool=old.pool() if old is not None else None, capture_error_mode="thread_local")
             try:
                 out = fn()
@@ -195,7 +200,7 @@ class MemberGraph:
                 raise RuntimeError(f"fused_forward streams: a member's step cannot be captured as a CUDA graph "
                                    f"({str(exc).splitlines()[0]}); set fused_forward: vmap or loop") from exc
             graph.capture_end()
-        self.graph, self.out, self.is_stale = graph, out, False
+        self.graph, self.out, self.is_stale, self.rng = graph, out, False, rng
         if old is not None:
             old.reset()
         self.captures += 1
@@ -209,16 +214,16 @@ class MemberGraph:
 class MemberGraphs:
     """The steps of a fused trial's members with ``fused_forward: streams``: eager in turn on a
     CPU, graphs replayed on streams on CUDA (the module docstring says how). ``graph`` makes a
-    member's graph from its index (:class:`MemberGraph` with the member's random state on CUDA;
-    tests pass a stand-in to run the capture bookkeeping on a CPU)."""
+    member's graph (:class:`MemberGraph` on CUDA; tests pass a stand-in to run the capture
+    bookkeeping on a CPU)."""
 
     def __init__(self, models: list[nn.Module], losses: list[DistillLoss], optimizer: torch.optim.Optimizer,
                  device: torch.device, batch_size: int, warmup: int = WARMUP,
-                 graph: Callable[[int], MemberGraph] | None = None):
+                 graph: Callable[[], MemberGraph] | None = None):
         self.models, self.losses, self.optimizer = models, losses, optimizer
         self.device, self.batch_size, self.warmup = device, batch_size, warmup
         self.cuda = device.type == "cuda"
-        self.make_graph = graph or ((lambda k: MemberGraph(member_rng(device, k))) if self.cuda else None)
+        self.make_graph = graph or (MemberGraph if self.cuda else None)
         self.streams = [torch.cuda.Stream(device) for _ in models] if self.cuda else []
         self.statics = StaticBatch()
         self.graphs: dict[int, MemberGraph] = {}
@@ -259,9 +264,10 @@ class MemberGraphs:
 
         def replay(k: int) -> dict[str, torch.Tensor]:
             if k not in self.graphs:
-                self.graphs[k] = self.make_graph(k)
+                self.graphs[k] = self.make_graph()
             model, loss_fn, view, device = self.models[k], self.losses[k], views[k], self.device
-            return self.graphs[k].replay(lambda: member_step(model, loss_fn, view, x, shared, device))
+            return self.graphs[k].replay(lambda: member_step(model, loss_fn, view, x, shared, device),
+                                         rng=lambda: member_rng(device, k, epoch))
 
         return self.on_streams(active, replay)
 
