@@ -187,12 +187,13 @@ class DrawingLoss(nn.Module):
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
-def test_on_a_gpu_each_members_replays_draw_from_its_own_random_state():
-    """Two members replayed at once on their streams, over two epochs: in each epoch, member k's
-    replays draw, in order, what a fresh generator seeded as member k's state for that epoch
-    (member_rng) draws. So the members' draws are apart, and a trial seed, resumed or not, gives
-    the same ones; graphs sharing the generator's one state would draw the trial generator's
-    numbers instead, and members replayed at once could read the same offset."""
+def test_on_a_gpu_each_members_steps_draw_from_its_own_random_state():
+    """Two members on their streams over two epochs of 4 full batches and a partial one (the first
+    epoch's first step an eager warm-up): in each epoch member k's steps, eager or replayed at once
+    with the other member's, draw in order what a fresh generator seeded as member k's state for
+    that epoch (member_rng) draws. So the members' draws are apart, and a trial seed, resumed or
+    not, gives the same ones. Graphs sharing the generator's one state would draw the trial
+    generator's numbers instead, and members replayed at once could read the same offset."""
     device = torch.device("cuda")
     x = torch.randn(64, 1, 8, 8, device=device)
     y = torch.randint(0, 10, (64,), device=device)
@@ -201,10 +202,11 @@ def test_on_a_gpu_each_members_replays_draw_from_its_own_random_state():
     opt = torch.optim.SGD([{"params": list(m.parameters()), "lr": 0.1, "member": k} for k, m in enumerate(models)],
                           lr=0.1, fused=True)
     steps = MemberGraphs(models, [DrawingLoss(), DrawingLoss()], opt, device, 64, warmup=1)
-    shared = LossInputs(student_logits=None, targets=y)
-    steps.step(0, x, shared, [0, 1])  # the eager warm-up
-    draws = {epoch: [[out["draw"].clone() for out in steps.step(epoch, x, shared, [0, 1])] for _ in range(3)]
-             for epoch in (0, 1)}
+    draws = {}
+    for epoch in (0, 1):
+        batches = [(x, y)] * 4 + [(x[:16], y[:16])]
+        draws[epoch] = [[out["draw"].clone() for out in steps.step(epoch, xb, LossInputs(student_logits=None, targets=yb),
+                                                                     [0, 1])] for xb, yb in batches]
     torch.cuda.synchronize()
     assert [g.captures for g in steps.graphs.values()] == [2, 2]  # once per epoch
     for epoch, steps_drawn in draws.items():

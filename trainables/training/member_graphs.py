@@ -36,10 +36,11 @@ What a capture needs, and where it is handled:
   is captured (``graphsafe_set_state``), so the graph registers it. A replay first writes its
   state's seed and offset to the device, on its own stream, then advances that offset. Graphs that
   shared the generator's one state would share those two device numbers too: members replayed at
-  once could read the same offset and draw alike. Each epoch's capture takes a new state, seeded
-  from the trial's seed, the member's index and the epoch. The members' draws are then independent
-  of each other, as they are under vmap and loop, and the same in every run of the trial, resumed
-  ones included (a resumed epoch's capture takes that epoch's state).
+  once could read the same offset and draw alike. A member's state is new each epoch, seeded from
+  the trial's seed, the member's index and the epoch, and its eager steps (warm-up, the last
+  partial batch) draw from it too, advancing it as a replay would. So the members' draws are
+  independent of each other, as under vmap and loop, and a member's i-th step of an epoch draws
+  the same numbers whether it ran eagerly or replayed, in every run of the trial, resumed or not.
 
 On a CPU there is nothing to capture: each member's step runs eagerly in turn (the function the
 graphs capture), and a member equals its unfused trial (tests/test_fused.py). Members that leave
@@ -171,10 +172,10 @@ class MemberGraph:
         self.captures = 0
 
     def replay(self, fn: Callable[[], dict[str, torch.Tensor]],
-               rng: Callable[[], torch.Generator] | None = None) -> dict[str, torch.Tensor]:
-        """``rng`` gives the random state a capture draws from (called only when capturing)."""
+               rng: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+        """``rng``: the random state a capture registers and draws from (the generator's own if none)."""
         if self.graph is None or self.is_stale:
-            self._capture(fn, rng() if rng is not None else None)
+            self._capture(fn, rng)
         self.graph.replay()
         return self.out
 
@@ -227,6 +228,7 @@ class MemberGraphs:
         self.streams = [torch.cuda.Stream(device) for _ in models] if self.cuda else []
         self.statics = StaticBatch()
         self.graphs: dict[int, MemberGraph] = {}
+        self.rngs: dict[int, tuple[int, torch.Generator]] = {}  # member -> (epoch, its random state)
         self.warm = 0  # eager full steps taken so far
         self.captured_for: tuple[int, int] | None = None  # (epoch, statics version) of the graphs
         self._views: list[torch.optim.Optimizer] = []
@@ -248,7 +250,8 @@ class MemberGraphs:
         views = self.views()
 
         def eager(k: int, x: torch.Tensor, shared: LossInputs) -> dict[str, torch.Tensor]:
-            return member_step(self.models[k], self.losses[k], views[k], x, shared, self.device)
+            with drawing_from(self.rng(k, epoch)):
+                return member_step(self.models[k], self.losses[k], views[k], x, shared, self.device)
 
         if self.make_graph is None or x.shape[0] != self.batch_size:
             # The CPU, or the last partial batch of an epoch: eagerly, one member after another.
@@ -267,9 +270,20 @@ class MemberGraphs:
                 self.graphs[k] = self.make_graph()
             model, loss_fn, view, device = self.models[k], self.losses[k], views[k], self.device
             return self.graphs[k].replay(lambda: member_step(model, loss_fn, view, x, shared, device),
-                                         rng=lambda: member_rng(device, k, epoch))
+                                         rng=self.rng(k, epoch))
 
         return self.on_streams(active, replay)
+
+    def rng(self, k: int, epoch: int) -> torch.Generator | None:
+        """Member k's random state for ``epoch`` (:func:`member_rng`; none on a CPU), which all its
+        steps of the epoch draw from, eager or replayed: an eager step advances it by what a replay
+        of the same step does, so a member's i-th step of an epoch draws the same numbers either way."""
+        if not self.cuda:
+            return None
+        held = self.rngs.get(k)
+        if held is None or held[0] != epoch:
+            held = self.rngs[k] = (epoch, member_rng(self.device, k, epoch))
+        return held[1]
 
     def on_streams(self, active: list[int], fn: Callable[[int], dict[str, torch.Tensor]]) -> list[dict[str, torch.Tensor]]:
         """``fn(k)`` for each active member, on CUDA issued on member k's stream after everything
