@@ -165,7 +165,6 @@ class MemberGraph:
     is freed: one pool per member for the whole trial, not one per epoch."""
 
     def __init__(self):
-        self.rng: torch.Generator | None = None  # the random state the graph draws from (member_rng)
         self.graph: torch.cuda.CUDAGraph | None = None
         self.is_stale = False
         self.out: dict[str, torch.Tensor] = {}
@@ -201,7 +200,7 @@ class MemberGraph:
                 raise RuntimeError(f"fused_forward streams: a member's step cannot be captured as a CUDA graph "
                                    f"({str(exc).splitlines()[0]}); set fused_forward: vmap or loop") from exc
             graph.capture_end()
-        self.graph, self.out, self.is_stale, self.rng = graph, out, False, rng
+        self.graph, self.out, self.is_stale = graph, out, False
         if old is not None:
             old.reset()
         self.captures += 1
