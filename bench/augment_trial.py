@@ -20,7 +20,7 @@ import tempfile
 
 from common import add_size_args, pick_device, record, timed_session  # noqa: E402  (sets sys.path)
 from orchestrator.store.cache import ArtifactCache  # noqa: E402
-from trainables.distill.loop import run_distill  # noqa: E402
+from trainables.distill.trainable import run_distill  # noqa: E402
 from trainables.distill.params import DistillParams  # noqa: E402
 from trainables.runtime.trainable import TrialContext  # noqa: E402
 

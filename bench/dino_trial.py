@@ -17,7 +17,7 @@ from __future__ import annotations
 import argparse
 
 from common import pick_device, record, timed_session  # noqa: E402  (sets sys.path)
-from trainables.dino.loop import run_dino  # noqa: E402
+from trainables.dino.trainable import run_dino  # noqa: E402
 from trainables.dino.params import DinoParams  # noqa: E402
 from trainables.runtime.trainable import TrialContext  # noqa: E402
 

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 from orchestrator.store.cache import ArtifactCache
 from trainables.data.augment import Augment, epoch_generator
-from trainables.distill.loop import run_distill
+from trainables.distill.trainable import run_distill
 from trainables.distill.params import DistillParams
 from trainables.losses import LossInputs, create_loss
 from trainables.models import create_model

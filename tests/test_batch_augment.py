@@ -10,7 +10,7 @@ import torch
 
 from orchestrator.store.cache import MANIFEST, ArtifactCache
 from trainables.data.policy import AUTO_AUGMENTS, Photometric
-from trainables.distill.loop import run_distill
+from trainables.distill.trainable import run_distill
 from trainables.distill.params import DistillParams
 from trainables.distill.teacher import TeacherRecipe
 from trainables.losses import LossInputs, create_loss, loss_names

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from trainables.distill.loop import run_distill
+from trainables.distill.trainable import run_distill
 from trainables.distill.params import DistillParams
 from trainables.runtime.session import LocalSession
 from trainables.training.classifier_loop import COMPILE_MODES, compiled_forward

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from trainables.data import load_dataset
-from trainables.dino.loop import run_dino
+from trainables.dino.trainable import run_dino
 from trainables.dino.params import MEMBER_FIELDS, DinoParams
 from tests.test_epochs import Crash, CrashAfter
 from trainables.runtime.session import LocalSession

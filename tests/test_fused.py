@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from trainables.distill.loop import run_distill
+from trainables.distill.trainable import run_distill
 from trainables.distill.params import DistillParams
 from tests.test_epochs import Crash, CrashAfter
 from trainables.runtime.session import LocalSession

@@ -9,7 +9,7 @@ import torch._dynamo.utils as dynamo_utils
 from tests.test_compile_modes import trial
 from tests.test_fused import MEMBERS, TEACHER
 from trainables.distill import fused as fused_distill
-from trainables.distill.loop import run_distill
+from trainables.distill.trainable import run_distill
 from trainables.distill.params import DistillParams
 from trainables.runtime.session import LocalSession
 from trainables.runtime.trainable import TrialContext

@@ -11,7 +11,8 @@ from pydantic import ValidationError
 from orchestrator.store.cache import ArtifactCache
 from tests.tiny_diffusion import build_tiny_pipeline
 from trainables.data.generated import GenerationError, GenerationRecipe, SyntheticSet, load_generated
-from trainables.distill.loop import load_data, run_distill, teacher_recipe
+from trainables.distill.loop import load_data, teacher_recipe
+from trainables.distill.trainable import run_distill
 from trainables.distill.params import DistillParams
 from trainables.distill.synthetic import generated_set
 from trainables.runtime.session import LocalSession

@@ -150,7 +150,7 @@ def test_distill_trial_trains_on_noisy_labels_and_evaluates_on_clean_ones(tmp_pa
                            label_noise={"kind": "symmetric", "rate": 0.3, "seed": 5})
     session = LocalSession(torch.device("cpu"))
     ctx = TrialContext(artifacts=ArtifactCache(str(tmp_path / "cache")))
-    loop.run_distill(params, session, ctx)
+    loop.run_student(params, session, ctx)
 
     clean = load_dataset("digits", seed=params.split_seed)
     teacher_data, student_data = seen

@@ -8,7 +8,7 @@ import torch
 import torch.multiprocessing as mp
 
 from orchestrator.store.cache import ArtifactCache
-from trainables.distill.loop import run_distill
+from trainables.distill.trainable import run_distill
 from trainables.distill.params import DistillParams
 from trainables.losses import loss_names
 from trainables.runtime.session import LocalSession

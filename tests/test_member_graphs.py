@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from tests.test_fused import CPU, COMPARED, MEMBERS, TEACHER
-from trainables.distill.loop import run_distill
+from trainables.distill.trainable import run_distill
 from trainables.distill.params import DistillParams
 from trainables.losses import LossInputs
 from trainables.runtime.session import LocalSession

@@ -42,7 +42,7 @@ def test_the_plugin_loss_is_its_formula(my_lab):
 def test_the_space_parses_and_a_trial_trains(my_lab, tmp_path):
     from orchestrator.space.candidates import candidates
     from orchestrator.space.parse import load_spec
-    from trainables.distill.loop import run_distill
+    from trainables.distill.trainable import run_distill
     from trainables.distill.params import DistillParams
     from trainables.runtime.session import LocalSession
     from trainables.runtime.trainable import TrialContext

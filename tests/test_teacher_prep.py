@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from orchestrator.store.cache import ArtifactCache
-from trainables.distill.loop import load_data, load_teacher, run_distill, teacher_recipe
+from trainables.distill.loop import load_data, load_teacher, teacher_recipe
+from trainables.distill.trainable import run_distill
 from trainables.distill.params import DistillParams
 from trainables.distill.teacher import INIT_DEFAULTS, TeacherRecipe, load_teacher_model
 from trainables.runtime.engine import head_lr_groups, predict

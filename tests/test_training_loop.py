@@ -2,7 +2,7 @@
 import torch
 
 from orchestrator.store.cache import ArtifactCache
-from trainables.distill.loop import run_distill
+from trainables.distill.trainable import run_distill
 from trainables.distill.params import DistillParams
 from trainables.runtime.session import LocalSession
 from trainables.runtime.trainable import TrialContext

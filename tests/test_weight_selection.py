@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from orchestrator.store.cache import ArtifactCache
-from trainables.distill.loop import build_student, load_data, load_teacher, run_distill
+from trainables.distill.loop import build_student, load_data, load_teacher
+from trainables.distill.trainable import run_distill
 from trainables.distill.params import DistillParams
 from trainables.init import select_weights, uniform_indices
 from trainables.init.weight_selection import IndexSets, select_tensor

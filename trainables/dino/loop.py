@@ -15,7 +15,7 @@ from typing import Any, Iterator
 import torch
 from torch import nn
 
-from trainables.data import DatasetSplits, load_dataset
+from trainables.data import DatasetSplits
 from trainables.data.base import stratified_subset
 from trainables.dino.crops import forward_crops, multicrop
 from trainables.dino.init import init_student_teacher
@@ -28,7 +28,6 @@ from trainables.runtime.engine import (autocast, build_optimizer, build_schedule
                                        steps_per_epoch, unwrap)
 from trainables.runtime.epochs import Checkpointed, EpochMeans, run_epochs
 from trainables.runtime.session import Session
-from trainables.runtime.trainable import TrialContext
 
 
 # ----------------------------------------------------------------------------------- teacher updates
@@ -382,12 +381,3 @@ def training_subset(data: DatasetSplits, n_samples: int, seed: int):
     if n_samples > n_train:
         raise ValueError(f"n_samples ({n_samples}) exceeds the training split of {data.name} ({n_train} images)")
     return stratified_subset(data.train_y.cpu().numpy(), n_samples, seed)
-
-
-def run_dino(p: DinoParams, session: Session, ctx: TrialContext) -> dict[str, Any]:
-    data = load_dataset(p.dataset, seed=p.split_seed, **p.dataset_kwargs).to(session.device)
-    if p.is_fused:
-        from trainables.dino.fused import train_dino_fused
-
-        return train_dino_fused(p, data, session, ctx)
-    return train_dino(p, data, session, checkpoint_every=ctx.checkpoint_every)

@@ -13,18 +13,32 @@ improved on them.
 The family's folder: its parameters (:mod:`trainables.dino.params`), the networks
 (:mod:`trainables.dino.model`), the multi-crop views (:mod:`trainables.dino.crops`), the kNN and
 linear probes (:mod:`trainables.dino.probes`), the training loop (:mod:`trainables.dino.loop`), the
-driver-side preparation (:mod:`trainables.dino.prepare`), and here its registration: metrics and
-report vocabulary.
+driver-side preparation (:mod:`trainables.dino.prepare`), and here its entry (one pair, or K fused:
+:mod:`trainables.dino.fused`) and registration: metrics and report vocabulary.
 """
 from __future__ import annotations
 
-from trainables.dino.loop import run_dino
+from typing import Any
+
+from trainables.data import load_dataset
+from trainables.dino.fused import train_dino_fused
+from trainables.dino.loop import train_dino
 from trainables.dino.params import MEMBER_FIELDS, DinoParams
 from trainables.dino.prepare import check_dino_inputs, prepare_dino
 from trainables.dino.report import PLOTS as DINO_PLOTS, dino_headline
-from trainables.runtime.trainable import register_trainable
+from trainables.runtime.session import Session
+from trainables.runtime.trainable import TrialContext, register_trainable
 from trainables.training.dataset_params import dataset_digest
 from trainables.runtime.vocabulary import Vocabulary
+
+
+def run_dino(p: DinoParams, session: Session, ctx: TrialContext) -> dict[str, Any]:
+    """A dino trial on its dataset: K (student, teacher) pairs fused when ``vectorize`` is set
+    (:mod:`trainables.dino.fused`), one pair otherwise (:mod:`trainables.dino.loop`)."""
+    data = load_dataset(p.dataset, seed=p.split_seed, **p.dataset_kwargs).to(session.device)
+    if p.is_fused:
+        return train_dino_fused(p, data, session, ctx)
+    return train_dino(p, data, session, checkpoint_every=ctx.checkpoint_every)
 
 
 register_trainable(

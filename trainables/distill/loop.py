@@ -180,11 +180,9 @@ def student_and_loss(p: DistillParams, data: DatasetSplits, entry, teacher_conte
     return student, loss_fn
 
 
-def run_distill(p: DistillParams, session: Session, ctx: TrialContext) -> dict[str, Any]:
-    if p.is_fused:
-        from trainables.distill.fused import run_distill_fused
-
-        return run_distill_fused(p, session, ctx)
+def run_student(p: DistillParams, session: Session, ctx: TrialContext) -> dict[str, Any]:
+    """One student's distill trial (a fused one is :func:`trainables.distill.fused.run_distill_fused`;
+    the trainable's entry, :func:`trainables.distill.trainable.run_distill`, picks)."""
     device = session.device
     entry = load_teacher(p, ctx)
     data = load_data(p, ctx).to(device)

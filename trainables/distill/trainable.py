@@ -2,8 +2,8 @@
 
 The family's folder: its parameters (:mod:`trainables.distill.params`), the trial loop with the
 teacher's cached signal (:mod:`trainables.distill.loop`), the driver-side preparation that trains
-the teacher once (:mod:`trainables.distill.prepare`), and here its registration: metrics, control
-and report vocabulary. How the teacher gets its weights (scratch, linear probe, fine-tune,
+the teacher once (:mod:`trainables.distill.prepare`), and here its entry (one student, or K fused:
+:mod:`trainables.distill.fused`) and registration: metrics, control and report vocabulary. How the teacher gets its weights (scratch, linear probe, fine-tune,
 pretrained) is in :mod:`trainables.distill.teacher`; how the student starts (``student_init``) in
 :mod:`trainables.init`.
 """
@@ -11,13 +11,21 @@ from __future__ import annotations
 
 from typing import Any
 
-from trainables.distill.loop import run_distill
+from trainables.distill.fused import run_distill_fused
+from trainables.distill.loop import run_student
 from trainables.distill.params import MEMBER_FIELDS, DistillParams, shared_member_keys
 from trainables.distill.prepare import check_distill_inputs, prepare_distill
 from trainables.distill.report import distill_headline
-from trainables.runtime.trainable import register_trainable
+from trainables.runtime.session import Session
+from trainables.runtime.trainable import TrialContext, register_trainable
 from trainables.training.dataset_params import dataset_digest
 from trainables.runtime.vocabulary import Vocabulary
+
+
+def run_distill(p: DistillParams, session: Session, ctx: TrialContext) -> dict[str, Any]:
+    """A distill trial: K students fused when ``vectorize`` is set (:mod:`trainables.distill.fused`),
+    one student otherwise (:mod:`trainables.distill.loop`)."""
+    return (run_distill_fused if p.is_fused else run_student)(p, session, ctx)
 
 
 def distill_control(config: dict[str, Any]) -> dict[str, Any]:
