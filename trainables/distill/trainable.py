@@ -3,9 +3,9 @@
 The family's folder: its parameters (:mod:`trainables.distill.params`), the trial loop with the
 teacher's cached signal (:mod:`trainables.distill.loop`), the driver-side preparation that trains
 the teacher once (:mod:`trainables.distill.prepare`), and here its entry (one student, or K fused:
-:mod:`trainables.distill.fused`) and registration: metrics, control and report vocabulary. How the teacher gets its weights (scratch, linear probe, fine-tune,
-pretrained) is in :mod:`trainables.distill.teacher`; how the student starts (``student_init``) in
-:mod:`trainables.init`.
+:mod:`trainables.distill.fused`) and registration: metrics, control and report vocabulary. How the
+teacher gets its weights (scratch, linear probe, fine-tune, pretrained) is in
+:mod:`trainables.distill.teacher`; how the student starts (``student_init``) in :mod:`trainables.init`.
 """
 from __future__ import annotations
 
