@@ -351,6 +351,21 @@ def test_child_runs_of_trials_lost_in_a_crash_are_archived(tmp_path):
     assert {r.data.tags["w2s.trial_id"] for r in tracker.find_runs(**{"w2s.role": "trial"})} == {"t_kept", "t_done"}
 
 
+def test_a_trials_checkpoint_notes_add_up_on_its_run(tmp_path):
+    """The resume check's note (a corrupt state set aside) stays on the run when the trial's own
+    note (where it went on from) comes after it; the same note twice is kept once."""
+    from orchestrator.store.tracking import TAG_CHECKPOINT_NOTE, Tracker
+
+    tracker = Tracker(f"sqlite:///{tmp_path}/mlflow.db", "e")
+    tracker.ensure_experiment()
+    run = tracker.client.create_run(tracker.experiment_id, tags={"w2s.sweep": "s", "w2s.trial_id": "t"})
+    tracker.note_checkpoint_repair("s", "t", "checkpoint_000003/state.pt is corrupt")
+    tracker.add_checkpoint_note(run.info.run_id, "resumed from checkpoint_000002")
+    tracker.add_checkpoint_note(run.info.run_id, "resumed from checkpoint_000002")
+    assert tracker.client.get_run(run.info.run_id).data.tags[TAG_CHECKPOINT_NOTE] == \
+        "checkpoint_000003/state.pt is corrupt; then resumed from checkpoint_000002"
+
+
 def test_sigint_watch_reads_tunes_handler_swap(monkeypatch):
     """Tune installs its own SIGINT handler for a run and puts the one it found back when Ctrl-C
     comes (ray.tune.tune._setup_signal_catching): the watch reads that, and afterwards puts the

@@ -328,7 +328,17 @@ class Tracker:
     def note_checkpoint_repair(self, sweep: str, trial_id: str, note: str) -> None:
         """Tag the trial's child run (when it has one) with what the resume did to its checkpoint."""
         for run in self.find_runs(**{TAG_SWEEP: sweep, TAG_TRIAL: trial_id}):
-            self.client.set_tag(run.info.run_id, TAG_CHECKPOINT_NOTE, note[:5000])
+            self.add_checkpoint_note(run.info.run_id, note)
+
+    def add_checkpoint_note(self, run_id: str, note: str) -> None:
+        """Add ``note`` to what the run's checkpoint tag already says. A resumed trial's run can get
+        two notes: the resume check setting a corrupt state aside, then the trial saying which
+        checkpoint it went on from (another one when Tune's saved state had not recorded the
+        trial's checkpoints yet). The second must not hide the first."""
+        before = self.client.get_run(run_id).data.tags.get(TAG_CHECKPOINT_NOTE, "")
+        if note in before:
+            return
+        self.client.set_tag(run_id, TAG_CHECKPOINT_NOTE, (f"{before}; then {note}" if before else note)[:5000])
 
     def log_params(self, run_id: str, params: dict[str, Any]) -> None:
         from mlflow.entities import Param
@@ -464,7 +474,7 @@ class MLflowTrialCallback(_tune_callback_base()):
         self._last[trial.trial_id] = result
         step = int(result.get("epoch", result.get("training_iteration", 0)))
         if result.get("checkpoint_note"):
-            self.tracker.client.set_tag(run_id, TAG_CHECKPOINT_NOTE, str(result["checkpoint_note"])[:5000])
+            self.tracker.add_checkpoint_note(run_id, str(result["checkpoint_note"]))
         if result.get(DIVERGED):
             # The sweep metric on this report is a rank-last sentinel for the searcher, not a measurement.
             self.tracker.log_metrics(run_id, {DIVERGED: 1.0}, step)
