@@ -259,22 +259,28 @@ def test_the_resume_check_sets_corrupt_states_aside_and_names_what_each_trial_re
     from orchestrator.run.preflight import repair_sweep_checkpoints
 
     sweep = tmp_path / "s"
-    for trial, epochs in (("trial_a", (1, 2)), ("trial_b", (1,)), ("trial_c", (1,))):
+    # Trial folders as the sweep names them (trial_<id>), and one named otherwise
+    for trial, epochs in (("trial_a1", (1, 2)), ("trial_b2", (1,)), ("trial_c3", (1,)), ("other", (1,))):
         for e in epochs:
             (sweep / trial / f"checkpoint_00000{e}").mkdir(parents=True)
             save_state(str(sweep / trial / f"checkpoint_00000{e}"), {"progress": {"epoch": e}})
-    (sweep / "trial_a" / "checkpoint_000002" / CHECKPOINT_FILE).write_bytes(b"")
-    (sweep / "trial_b" / "checkpoint_000001" / CHECKPOINT_FILE).write_bytes(b"PK\x03\x04 garbage")
-    (sweep / "trial_a" / "result.json").write_text('{"trial_id": "a1", "epoch": 1}\n{"trial_id": "a1", "epoch": 2}\n')
+    (sweep / "trial_a1" / "checkpoint_000002" / CHECKPOINT_FILE).write_bytes(b"")
+    # trial_b2 has no result.json (a driver killed before writing it): its id is its folder's
+    (sweep / "trial_b2" / "checkpoint_000001" / CHECKPOINT_FILE).write_bytes(b"PK\x03\x04 garbage")
+    (sweep / "trial_a1" / "result.json").write_text('{"trial_id": "a1", "epoch": 1}\n{"trial_id": "a1", "epoch": 2}\n')
+    (sweep / "other" / "checkpoint_000001" / CHECKPOINT_FILE).write_bytes(b"")
+    (sweep / "other" / "result.json").write_text('{"trial_id": "d4", "epoch": 1}\n')
     notes = repair_sweep_checkpoints(str(sweep))
     assert notes == [
-        ("a1", "checkpoint trial_a/checkpoint_000002/state.pt is empty: kept as state.pt.corrupt; its trial goes on "
+        ("d4", "checkpoint other/checkpoint_000001/state.pt is empty: kept as state.pt.corrupt; its trial has no "
+               "older checkpoint and starts over"),
+        ("a1", "checkpoint trial_a1/checkpoint_000002/state.pt is empty: kept as state.pt.corrupt; its trial goes on "
                "from checkpoint_000001"),
-        (None, "checkpoint trial_b/checkpoint_000001/state.pt is not a readable torch checkpoint (File is not a zip "
+        ("b2", "checkpoint trial_b2/checkpoint_000001/state.pt is not a readable torch checkpoint (File is not a zip "
                "file): kept as state.pt.corrupt; its trial has no older checkpoint and starts over")]
-    assert (sweep / "trial_a" / "checkpoint_000002" / "state.pt.corrupt").exists()
-    assert (sweep / "trial_a" / "checkpoint_000002").is_dir()  # Tune's recorded checkpoint folder stays
-    assert (sweep / "trial_c" / "checkpoint_000001" / CHECKPOINT_FILE).exists()
+    assert (sweep / "trial_a1" / "checkpoint_000002" / "state.pt.corrupt").exists()
+    assert (sweep / "trial_a1" / "checkpoint_000002").is_dir()  # Tune's recorded checkpoint folder stays
+    assert (sweep / "trial_c3" / "checkpoint_000001" / CHECKPOINT_FILE).exists()
     assert repair_sweep_checkpoints(str(sweep)) == []  # nothing left to repair
     # the first epoch after a fallback reports the note once, for the MLflow tag
     from trainables.runtime.epochs import Checkpointed, run_epochs

@@ -19,6 +19,7 @@ from pydantic import ValidationError
 
 from orchestrator.errors import SpecError, SpecIssue, UserError
 from orchestrator.space.spec import SweepSpec, candidates
+from orchestrator.store.layout import trial_id_of_dir
 from trainables.core.config import first_problem
 
 MIN_TIME_BUDGET_S = 10.0  # starting Ray's trial actors alone takes seconds
@@ -153,9 +154,15 @@ def check_inputs_available(spec: SweepSpec) -> None:
 
 
 def trial_id_of(trial_dir: str) -> str | None:
-    """The Tune trial id of a trial folder (from the last line of its ``result.json``), if known."""
+    """The Tune trial id of a trial folder: from its name (``trial_<id>``, how the sweep names them),
+    else from the last line of its ``result.json``. Not from that file first: the driver writes it,
+    and a driver killed before flushing it leaves no line, so a corrupt checkpoint's repair note
+    would miss the trial's MLflow run."""
     import json
 
+    named = trial_id_of_dir(os.path.basename(trial_dir.rstrip("/")))
+    if named:
+        return named
     try:
         with open(os.path.join(trial_dir, "result.json")) as f:
             lines = [line for line in f if line.strip()]

@@ -7,7 +7,7 @@ from typing import Any
 
 from orchestrator.run.resources import ResourcePlan, trial_resources
 from orchestrator.space.spec import SweepSpec
-from orchestrator.store.layout import train_runs_dir
+from orchestrator.store.layout import train_runs_dir, trial_dir_name
 from trainables.core.config import get_dotted, set_dotted
 from trainables.runtime.runner import ExecutionConfig, checkpoint_retention, tune_entry, unpack_config
 from trainables.runtime.trainable import TrialContext, get_trainable
@@ -150,7 +150,7 @@ def trainable(spec: SweepSpec, ctx: TrialContext, execution: ExecutionConfig, dr
 
 
 def _dirname(trial) -> str:
-    return f"trial_{trial.trial_id}"
+    return trial_dir_name(trial.trial_id)
 
 
 def build_tuner(spec: SweepSpec, *, name: str, storage_path: str, ctx: TrialContext, plan: ResourcePlan,

@@ -12,6 +12,7 @@ the one reader of a sweep's saved search space (used by ``--resume``, by a secon
         w2s_local_ray.json                the driver's local Ray: its temp dir and processes
         best_config.json, best_config.yaml, results.*, summary.*, plots/
         train_runs/                       Ray Train runs of multi-worker trials
+        trial_<trial id>/                 a trial's folder: result.json, checkpoint_*/state.pt
     <storage>/<name>-reference/           the best config's reference and control runs
 """
 from __future__ import annotations
@@ -34,6 +35,7 @@ TRAIN_RUNS_DIR = "train_runs"
 CACHE_DIR = "cache"
 REFERENCE_SUFFIX = "-reference"
 REFERENCE_CASES_FILE = "w2s_reference_cases.json"
+TRIAL_DIR_PREFIX = "trial_"
 
 
 def sweep_dir(storage_path: str, name: str) -> str:
@@ -58,6 +60,18 @@ def cache_dir(storage_path: str) -> str:
 
 def train_runs_dir(storage_path: str, name: str) -> str:
     return join(storage_path, name, TRAIN_RUNS_DIR)
+
+
+def trial_dir_name(trial_id: str) -> str:
+    """A trial's folder in the sweep's (Tune's ``trial_dirname_creator``)."""
+    return f"{TRIAL_DIR_PREFIX}{trial_id}"
+
+
+def trial_id_of_dir(name: str) -> str | None:
+    """The trial id a folder named by :func:`trial_dir_name` carries; None for any other name."""
+    if not name.startswith(TRIAL_DIR_PREFIX):
+        return None
+    return name[len(TRIAL_DIR_PREFIX):] or None
 
 
 def save_spec(out_dir: str, text: str, overrides: list[str], num_samples: int | None) -> None:
