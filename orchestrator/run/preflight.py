@@ -155,9 +155,9 @@ def check_inputs_available(spec: SweepSpec) -> None:
 
 def trial_id_of(trial_dir: str) -> str | None:
     """The Tune trial id of a trial folder: from its name (``trial_<id>``, how the sweep names them),
-    else from the last line of its ``result.json``. Not from that file first: the driver writes it,
-    and a driver killed before flushing it leaves no line, so a corrupt checkpoint's repair note
-    would miss the trial's MLflow run."""
+    else from the last line of its ``result.json``. Not from that file first: the driver syncs it
+    into the sweep folder only now and then, a driver killed in between leaves none there, and a
+    corrupt checkpoint's repair note would then miss the trial's MLflow run."""
     import json
 
     named = trial_id_of_dir(os.path.basename(trial_dir.rstrip("/")))
