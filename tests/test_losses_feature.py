@@ -82,13 +82,14 @@ def uniformity_np(u, t):
 
 @pytest.mark.parametrize("projector", ["mocov2", "linear"])
 @pytest.mark.parametrize("rows", [slice(None), slice(0, 3)])
-def test_align_uniform_matches_formula(projector, rows):
-    params = {"projector": projector, "embed_dim": 4, "align_alpha": 3.0, "unif_t": 1.5, "align_weight": 0.7,
+@pytest.mark.parametrize("alpha", [3.0, 2.0])  # 2 (DAPT's) sums squared distances directly
+def test_align_uniform_matches_formula(projector, rows, alpha):
+    params = {"projector": projector, "embed_dim": 4, "align_alpha": alpha, "unif_t": 1.5, "align_weight": 0.7,
               "unif_weight": 0.4, "embed_weight": 2.0, "kd_weight": 0.5, "temperature": 3.0}
     loss = build("align_uniform", params)
     out = loss(inputs(rows=rows)[0])
     u_s, u_t = projector_np(loss.student_projector, F_S[rows]), projector_np(loss.teacher_projector, F_T[rows])
-    align = np.mean(np.linalg.norm(u_s - u_t, axis=-1) ** 3.0)
+    align = np.mean(np.linalg.norm(u_s - u_t, axis=-1) ** alpha)
     unif = (uniformity_np(u_s, 1.5) + uniformity_np(u_t, 1.5)) / 2
     assert out["align"].item() == pytest.approx(align, rel=1e-5)
     assert out["unif"].item() == pytest.approx(unif, rel=1e-5)
@@ -119,6 +120,21 @@ def test_gradients_reach_student_and_both_projectors_not_teacher(name):
     for pname, p in loss.named_parameters():
         assert p.grad is not None and torch.count_nonzero(p.grad) > 0, pname
     assert all(not b.requires_grad for b in loss.buffers())  # CRD's memory banks are not learned
+
+
+def test_alignment_at_alpha_2_has_the_norm_squared_gradient():
+    """The squared distance summed directly (alpha 2) against the norm raised to 2: the same
+    gradient, by hand: d/du_s mean_i ||u_s,i - u_t,i||^2 = 2 (u_s - u_t) / N."""
+    from trainables.losses.align_uniform import alignment
+
+    g = torch.Generator().manual_seed(0)
+    u_s = torch.randn(5, 3, generator=g, dtype=torch.float64, requires_grad=True)
+    u_t = torch.randn(5, 3, generator=g, dtype=torch.float64)
+    u_t[2] = u_s[2].detach()  # a zero distance: gradient 0 there, not NaN
+    (grad,) = torch.autograd.grad(alignment(u_s, u_t, 2.0), u_s)
+    torch.testing.assert_close(grad, 2 * (u_s - u_t).detach() / 5)
+    (generic,) = torch.autograd.grad(alignment(u_s, u_t, torch.tensor(2.0, dtype=torch.float64)), u_s)
+    torch.testing.assert_close(generic, grad)
 
 
 def test_align_uniform_batch_size_invariance_of_mean_terms():

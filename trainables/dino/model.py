@@ -12,6 +12,7 @@ from torch import nn
 from trainables.data import DatasetSplits
 from trainables.dino.params import DinoParams, HeadConfig
 from trainables.models import create_model
+from trainables.models.layers import l2_normalize
 
 
 class NormalizedLinear(nn.Module):
@@ -25,7 +26,7 @@ class NormalizedLinear(nn.Module):
         nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(x, F.normalize(self.weight, dim=1))
+        return F.linear(x, l2_normalize(self.weight))
 
 
 class IdentityHead(nn.Module):
@@ -68,7 +69,7 @@ class DINOHead(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.mlp(x)
         if self.bottleneck is not None:
-            x = F.normalize(self.bottleneck(x), dim=-1)
+            x = l2_normalize(self.bottleneck(x))
         return self.last_layer(x)
 
 

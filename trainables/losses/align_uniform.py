@@ -36,10 +36,17 @@ class AlignUniformParams(DaptParams):
 
 def alignment(u_s: torch.Tensor, u_t: torch.Tensor, alpha: float | torch.Tensor) -> torch.Tensor:
     """mean_i ||u_s,i - u_t,i||^alpha over the rows of (..., N, D); alpha a number or one per
-    leading index."""
+    leading index.
+
+    DAPT's alpha 2 is the squared distance summed directly: the same value and gradient as the
+    norm raised to 2, with 4 operators fewer forward and 6 backward (the norm's backward guards
+    a zero distance; the square's needs no guard)."""
+    diff = u_s - u_t
+    if not isinstance(alpha, torch.Tensor) and alpha == 2.0:
+        return diff.square().sum(-1).mean(-1)
     if isinstance(alpha, torch.Tensor):
         alpha = alpha.unsqueeze(-1)
-    return (u_s - u_t).norm(p=2, dim=-1).pow(alpha).mean(-1)
+    return diff.norm(p=2, dim=-1).pow(alpha).mean(-1)
 
 
 def uniformity(u: torch.Tensor, t: float | torch.Tensor) -> torch.Tensor:

@@ -21,6 +21,7 @@ from torch import nn
 from trainables.losses.base import (DistillLoss, LossInputs, LossParams, StackedState, member_rows,
                                     soft_cross_entropy)
 from trainables.losses.kd import MemberColumns, kd_kl_per_sample, stacked_ce, stacked_kd_per_sample
+from trainables.models.layers import L2Normalize
 
 ProjectorKind = Literal["mocov2", "linear", "simclr", "simclrv2"]
 
@@ -30,11 +31,6 @@ class DaptParams(LossParams):
     kd_weight: float = Field(1.0, ge=0.0, description="λ3")
     temperature: float = Field(4.0, gt=0.0, description="KD temperature (DAPT's kd_T)")
     label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)
-
-
-class L2Normalize(nn.Module):
-    def forward(self, x):
-        return nn.functional.normalize(x, dim=-1)
 
 
 def make_projector(kind: str, in_dim: int, out_dim: int = 128) -> nn.Sequential:
