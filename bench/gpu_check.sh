@@ -63,6 +63,10 @@ run 90 python bench/loss_steps.py --device cuda --batch 512 --steps 20 --rounds 
 # The same with each step a CUDA graph (a one-member fused trial with fused_forward streams): the
 # losses' kernels against KD's, with no launch cost.
 run 90 python bench/loss_steps.py --device cuda --batch 512 --steps 20 --rounds 3 --graphs
+# As a trial with compile: reduce-overhead runs them: the student and (new) the loss each compiled
+# as CUDA graphs; the losses with the most operators.
+run 150 python bench/loss_steps.py --device cuda --batch 512 --steps 20 --rounds 3 --compile reduce-overhead \
+  --losses align_uniform,crd,dkd
 # A fused CRD sweep (its members' projectors and banks stacked: 2238 -> 286 operations per step).
 run 90 python bench/sweep_gpu.py --device cuda --configs 16 --batch-sizes 64 --steps 20 --warmup 3 \
   --student resnet8x4 --image-size 32 --classes 100 --rounds 1 --ways sequential,fused --fused-forward vmap --loss crd

@@ -22,6 +22,10 @@ the median over the rounds) and ``kernel ms`` (the GPU's kernel time per step, s
 profiled run). A step whose host time is near its wall time is launch-bound; one whose kernel
 time grew spends the extra time on the device.
 
+``--compile MODE`` compiles the student's forward and the loss, each on its own, as a distill trial
+with ``compile: MODE`` runs them (``reduce-overhead``: CUDA graphs on a GPU). Operators are not
+counted then (compiled kernels dispatch none).
+
 ``--graphs`` takes each step whole (forward, loss, backward, update) as a CUDA graph, the way a
 one-member fused trial with ``fused_forward: streams`` does (trainables/training/member_graphs.py):
 no per-operator launch or dispatch cost is left, so on a GPU the ratios are the kernels' own (and
@@ -46,6 +50,7 @@ from trainables.losses import LossInputs, create_loss, loss_names  # noqa: E402
 from trainables.models import create_model  # noqa: E402
 from trainables.runtime.engine import autocast, build_optimizer, predict  # noqa: E402
 from trainables.runtime.op_count import OpCount, uncounted  # noqa: E402
+from trainables.training.classifier_loop import COMPILE_MODES, compiled_forward  # noqa: E402
 from trainables.training.member_graphs import WARMUP, MemberGraphs  # noqa: E402
 
 
@@ -87,15 +92,30 @@ def loss_step(name: str, student0, teacher, x, y, t_logits, t_feats, args, devic
         run.optimizer_groups = 0  # the update is inside the step (and the graph)
         return run
 
+    # --compile: the student and the loss each compiled, as a distill trial with ``compile`` runs
+    # them (trainables/training/classifier_loop.py), the schedule's values passed as tensors
+    forward, call_loss, columns = student, loss_fn, None
+    cuda_graphs = False
+    if args.compile:
+        forward, cuda_graphs = compiled_forward(student, args.compile, device)
+        call_loss, loss_graphs = compiled_forward(loss_fn, args.compile, device)
+        if loss_graphs:
+            for buffer in loss_fn.buffers():
+                torch._dynamo.mark_static_address(buffer)
+        columns = type(loss_fn).epoch_columns([loss_fn], 1, 4, device)
+
     def run() -> None:
         for _ in range(args.steps):
             xb, shared = batch()
+            if cuda_graphs:
+                torch.compiler.cudagraph_mark_step_begin()
             with autocast(device):
                 if loss_fn.needs_features:
-                    logits, feats = student(xb, return_features=True)
+                    logits, feats = forward(xb, return_features=True)
                 else:
-                    logits, feats = student(xb), None
-                out = loss_fn(replace(shared, student_logits=logits.float(), student_features=feats))
+                    logits, feats = forward(xb), None
+                out = call_loss(replace(shared, student_logits=logits.float(), student_features=feats,
+                                        member_columns=columns))
             opt.zero_grad(set_to_none=True)
             out["loss"].backward()
             step_optimizer()
@@ -152,7 +172,11 @@ def main() -> None:
                     help="training-set size per-sample loss state is sized for (CRD's memory banks)")
     ap.add_argument("--losses", default=None, help="comma-separated subset (kd is always measured)")
     ap.add_argument("--graphs", action="store_true", help="each step whole as a CUDA graph (eager on a CPU)")
+    ap.add_argument("--compile", default=None, choices=COMPILE_MODES,
+                    help="the student and the loss compiled in this mode, as a trial with compile runs them")
     args = ap.parse_args()
+    if args.graphs and args.compile:
+        ap.error("--graphs and --compile are two ways to take the step's launches away: pick one")
     device = pick_device(args.device)
     names = loss_names("classifier") if args.losses is None else sorted(set(args.losses.split(",")) | {"kd"})
 
@@ -170,9 +194,10 @@ def main() -> None:
     for run in runs.values():
         # warm-up: allocator, cuDNN autotuning, CRD's first-batch normaliser, first-call costs; with
         # --graphs, the eager warm-up steps and the capture too
-        for _ in range(1 + (WARMUP // args.steps + 1 if args.graphs else 0)):
+        for _ in range(1 + (WARMUP // args.steps + 1 if args.graphs else 0) + (2 if args.compile else 0)):
             run()
-    ops = {name: ops_per_step(run, args.steps) for name, run in runs.items()}
+    # a dispatch mode around a compiled call would be traced into it (a recompile): not counted then
+    ops = {} if args.compile else {name: ops_per_step(run, args.steps) for name, run in runs.items()}
     seconds = median_of(runs, device, args.rounds)
     per_step = {name: s / args.steps for name, s in seconds.items()}
     host, kernel = {}, {}
@@ -184,15 +209,17 @@ def main() -> None:
             print(f"  (host / kernel time not measured: {type(exc).__name__}: {exc})")
     kd = per_step["kd"]
     how = (", each step a CUDA graph" if device.type == "cuda" else ", eager (no graphs on a CPU)") if args.graphs else ""
+    how += f", student and loss compiled ({args.compile})" if args.compile else ""
     print(f"loss_steps on {device}: student {args.student}, teacher {args.teacher}, {shape}, "
           f"{args.classes} classes, batch {args.batch}{how}")
     extra = f"{'host ms':>10}{'kernel ms':>11}" if host and kernel else ""
     print(f"  {'loss':<14}{'ms / step':>10}{'vs kd':>8}{'ops / step':>12}{extra}")
     for name in names:
         cols = f"{host[name] * 1e3:>10.2f}{kernel[name] * 1e3:>11.2f}" if extra else ""
-        print(f"  {name:<14}{per_step[name] * 1e3:>10.2f}{per_step[name] / kd:>8.2f}{ops[name]:>12.0f}{cols}")
+        count = f"{ops[name]:>12.0f}" if name in ops else f"{'-':>12}"
+        print(f"  {name:<14}{per_step[name] * 1e3:>10.2f}{per_step[name] / kd:>8.2f}{count}{cols}")
     record("loss_steps", device, vars(args), {**{f"{name}_ms_per_step": per_step[name] * 1e3 for name in names},
-                                              **{f"{name}_ops_per_step": ops[name] for name in names},
+                                              **{f"{name}_ops_per_step": ops[name] for name in ops},
                                               **{f"{name}_host_ms_per_step": host[name] * 1e3 for name in host},
                                               **{f"{name}_kernel_ms_per_step": kernel[name] * 1e3 for name in kernel}},
            {f"{name}_over_kd": per_step[name] / kd for name in names if name != "kd"})

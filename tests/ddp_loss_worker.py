@@ -22,8 +22,9 @@ class GlooSession(LocalSession):
         return DistributedDataParallel(model)
 
 
-def run_rank(rank: int, world: int, port: int, out_dir: str) -> None:
-    """Train a student with CRD for one epoch on this rank's shard; save the loss's state."""
+def run_rank(rank: int, world: int, port: int, out_dir: str, compile_mode: bool | str = False) -> None:
+    """Train a student with CRD for one epoch on this rank's shard (``compile_mode``: the student
+    and the loss compiled, the loss's collectives inside); save the loss's state."""
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
     dist.init_process_group("gloo", rank=rank, world_size=world)
@@ -35,7 +36,7 @@ def run_rank(rank: int, world: int, port: int, out_dir: str) -> None:
     loss = create_loss("crd", {"projector": "mocov2", "embed_dim": 8, "nce_k": 16}, student_dim=32, teacher_dim=12,
                        num_samples=256, train_labels=data.train_y)
     train_classifier(model=student, data=data, loss_fn=loss, session=GlooSession(rank, world), seed=0,
-                     teacher=teacher, optim=OptimConfig(epochs=1, batch_size=32, lr=0.1))
+                     teacher=teacher, optim=OptimConfig(epochs=1, batch_size=32, lr=0.1, compile=compile_mode))
     torch.save({k: v.clone() for k, v in loss.state_dict().items()}, os.path.join(out_dir, f"rank{rank}.pt"))
     # Both ranks leave together: a rank still tearing its gloo group down after rank 0 (which hosts
     # the store) has gone aborted once ("terminate called without an active exception").

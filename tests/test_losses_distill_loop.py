@@ -67,11 +67,12 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.mark.slow  # two spawned ranks: ~10 s of CPU, mostly importing torch
-def test_loss_parameters_and_memory_stay_in_step_under_ddp(tmp_path):
+@pytest.mark.slow  # two spawned ranks: ~10 s of CPU, mostly importing torch (compiled: ~40 s)
+@pytest.mark.parametrize("compile_mode", [False, True], ids=["eager", "compiled"])
+def test_loss_parameters_and_memory_stay_in_step_under_ddp(tmp_path, compile_mode):
     from ddp_loss_worker import run_rank
 
-    mp.spawn(run_rank, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+    mp.spawn(run_rank, args=(2, _free_port(), str(tmp_path), compile_mode), nprocs=2, join=True)
     r0, r1 = (torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1))
     assert r0.keys() == r1.keys() and {"memory", "z", "student_projector.0.weight"} <= set(r0)
     for key in r0:

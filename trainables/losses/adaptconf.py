@@ -68,7 +68,8 @@ class AdaptConf(DistillLoss):
     def forward(self, inputs: LossInputs):
         p = self.params
         alpha = adaptconf_alpha(inputs.student_logits, inputs.teacher_logits, p.threshold, p.confidence)
-        alpha = alpha * superalignment_ramp(inputs.epoch, inputs.num_epochs, p.rate)
+        ramp = self.epoch_value(inputs, "ramp", lambda: superalignment_ramp(inputs.epoch, inputs.num_epochs, p.rate))
+        alpha = alpha * ramp
         kd = kd_kl_per_sample(inputs.student_logits, inputs.teacher_logits, p.temperature)
         self_ce = self_training_ce_per_sample(inputs.student_logits)
         ce = soft_cross_entropy(inputs.student_logits, inputs.targets, p.label_smoothing)

@@ -45,7 +45,8 @@ class AugConf(DistillLoss):
 
     def forward(self, inputs: LossInputs):
         p = self.params
-        alpha = p.threshold * superalignment_ramp(inputs.epoch, inputs.num_epochs, p.rate)
+        alpha = self.epoch_value(inputs, "alpha",
+                                 lambda: p.threshold * superalignment_ramp(inputs.epoch, inputs.num_epochs, p.rate))
         kd = kd_kl_per_sample(inputs.student_logits, inputs.teacher_logits, p.temperature).mean()
         self_ce = self_training_ce_per_sample(inputs.student_logits).mean()
         ce = soft_cross_entropy(inputs.student_logits, inputs.targets, p.label_smoothing)

@@ -58,7 +58,7 @@ class AuxConf(DistillLoss):
     def forward(self, inputs: LossInputs):
         p = self.params
         q = torch.softmax(inputs.teacher_logits.detach().float(), dim=-1)
-        coef = auxconf_coef(inputs.progress, p.aux_coef, p.warmup_frac)
+        coef = self.epoch_value(inputs, "coef", lambda: auxconf_coef(inputs.progress, p.aux_coef, p.warmup_frac))
         target = auxconf_target(q, inputs.student_logits, coef)
         loss = soft_cross_entropy(inputs.student_logits, target)
         # a fill, not torch.tensor(float(coef), device=...): no host-to-device copy, and a tensor coef

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, Callable, ClassVar
 
 import torch
 import torch.distributed as dist
@@ -24,8 +24,9 @@ class LossInputs:
     ``student_features`` / ``teacher_features`` are penultimate (pooled) features, filled in only
     for losses with ``needs_features``. ``indices`` are the samples' positions in the training set.
     ``progress`` is the fraction of training done, in [0, 1], for losses with schedules.
-    ``member_columns``: a fused step's :meth:`DistillLoss.epoch_columns`, computed outside its
-    compiled part (None: ``forward_members`` computes them from ``epoch``).
+    ``member_columns``: :meth:`DistillLoss.epoch_columns`, computed outside a compiled step (a
+    fused trial's, or a single trial's with ``compile``; for a single loss, columns of one). None:
+    the loss computes them from ``epoch`` / ``progress`` (see :meth:`DistillLoss.epoch_value`).
     """
 
     student_logits: torch.Tensor
@@ -102,11 +103,22 @@ class DistillLoss(nn.Module):
     @classmethod
     def epoch_columns(cls, losses: list["DistillLoss"], epoch: int, num_epochs: int,
                       device: torch.device) -> dict[str, torch.Tensor]:
-        """What ``forward_members`` needs from the epoch, as (K,) columns: a compiled fused step
-        computes them outside its graph and passes them in ``LossInputs.member_columns``, so the
-        graph sees tensors, not the epoch (which dynamo would guard on, recompiling every epoch
-        until its limit, then running eager). None for losses without schedules."""
+        """What the loss needs from the epoch, as (K,) columns: a compiled step (fused, or a single
+        trial's with ``compile``) computes them outside its graph and passes them in
+        ``LossInputs.member_columns``, so the graph sees tensors, not the epoch (which dynamo would
+        guard on, recompiling every epoch until its limit, then running eager). Empty for losses
+        without schedules."""
         return {}
+
+    @staticmethod
+    def epoch_value(inputs: LossInputs, key: str, eager: Callable[[], float]) -> float | torch.Tensor:
+        """A single loss's ``epoch_columns`` value ``key`` for this step: its 0-d entry when the
+        step passes the columns (a compiled single trial), else ``eager()``, the Python number
+        from ``inputs.epoch`` / ``progress``. Only the branch taken reads the epoch, so a compiled
+        forward never guards on it."""
+        if inputs.member_columns is not None:
+            return inputs.member_columns[key][0]
+        return eager()
 
 
 # The members' parameters and buffers of a fused trial's loss modules, stacked (K, ...) by name.
@@ -169,9 +181,12 @@ def _cached_column(values: tuple[float, ...], device: torch.device) -> torch.Ten
     return torch.tensor(values, dtype=torch.float32).to(device)
 
 
-def scalar_like(reference: torch.Tensor, value: float) -> torch.Tensor:
-    """A 0-d tensor on ``reference``'s device for logging a Python number. A fill kernel, not a
-    host-to-device copy (which from pageable memory would wait for the GPU stream every step)."""
+def scalar_like(reference: torch.Tensor, value: float | torch.Tensor) -> torch.Tensor:
+    """A 0-d tensor on ``reference``'s device for logging a Python number (or a 0-d tensor, such
+    as an :meth:`DistillLoss.epoch_value`, detached). A fill kernel, not a host-to-device copy
+    (which from pageable memory would wait for the GPU stream every step)."""
+    if isinstance(value, torch.Tensor):
+        return value.detach()
     return torch.full((), value, device=reference.device)
 
 

@@ -57,6 +57,19 @@ def dense_is_smaller(n: int, batch: int, d: int, k: int) -> bool:
     return n * (3 * d + 3 * batch) < 3 * batch * (1 + k) * d
 
 
+@torch.compiler.disable
+def bank_snapshot(memory: torch.Tensor, rows: tuple | None = None) -> torch.Tensor:
+    """The banks as the scores read them, kept for backward: a copy of ``memory`` (rows None), or
+    the contrast rows gathered, ``memory[rows]`` (advanced indexing: a copy too); the memory
+    update then overwrites ``memory`` in place.
+
+    Always made eagerly, outside any compiled graph, which then takes it as an input: inside one,
+    torch's min-cut partitioner may recompute the copy in backward from the banks themselves,
+    after the update wrote them (silently wrong gradients: pytorch/pytorch#197039, open; seen in
+    torch 2.14 with ``compile`` on a CRD trial, tests/test_compile_modes.py)."""
+    return memory.clone() if rows is None else memory[rows]
+
+
 @register_loss("crd", params=CRDParams)
 class CRD(DaptLoss):
     """The two sides are stacked, side 0 the student's (its anchors u_s scored against the
@@ -141,10 +154,12 @@ class CRD(DaptLoss):
     def side_scores(self, anchors: torch.Tensor, contrast_idx: torch.Tensor) -> torch.Tensor:
         """Unnormalised exp-scores (2, B, 1 + K) of the anchors (2, B, D), (u_s, u_t), against
         their sides' banks."""
-        if self.dense_scores(len(contrast_idx)):
-            dots = torch.bmm(anchors, self.memory.clone().transpose(1, 2)).gather(2, contrast_idx.expand(2, -1, -1))
+        dense = self.dense_scores(len(contrast_idx))
+        bank = bank_snapshot(self.memory, None if dense else (slice(None), contrast_idx))
+        if dense:
+            dots = torch.bmm(anchors, bank.transpose(1, 2)).gather(2, contrast_idx.expand(2, -1, -1))
         else:
-            dots = (self.memory[:, contrast_idx] @ anchors.unsqueeze(-1)).squeeze(-1)
+            dots = (bank @ anchors.unsqueeze(-1)).squeeze(-1)
         return torch.exp(dots / self.params.nce_t)
 
     @torch.no_grad()
@@ -195,11 +210,11 @@ class CRD(DaptLoss):
             contrast = torch.cat([idx.view(1, b, 1).expand(k, b, 1), negatives], dim=2)  # (K, B, 1 + nce_k)
             anchors = torch.stack([u_s, u_t], dim=1)  # (K, 2, B, D)
             if first.dense_scores(b):
-                dots = torch.matmul(anchors, memory.clone().transpose(-1, -2))
+                dots = torch.matmul(anchors, bank_snapshot(memory).transpose(-1, -2))
                 dots = dots.gather(3, contrast.unsqueeze(1).expand(k, 2, b, -1))
             else:
-                rows = memory[torch.arange(k, device=idx.device).view(k, 1, 1, 1),
-                              torch.arange(2, device=idx.device).view(1, 2, 1, 1), contrast.unsqueeze(1)]
+                member, side = torch.arange(k, device=idx.device), torch.arange(2, device=idx.device)
+                rows = bank_snapshot(memory, (member.view(k, 1, 1, 1), side.view(1, 2, 1, 1), contrast.unsqueeze(1)))
                 dots = (rows @ anchors.unsqueeze(-1)).squeeze(-1)
             scores = torch.exp(dots / columns("nce_t").view(k, 1, 1, 1))
             if not all(loss._z_set for loss in losses):

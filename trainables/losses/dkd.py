@@ -87,7 +87,7 @@ class DKD(DistillLoss):
                                p.temperature)
         t2 = p.temperature ** 2
         tckd, nckd = t2 * tckd.mean(), t2 * nckd.mean()
-        warm = dkd_warmup(inputs.epoch, p.warmup_epochs)
+        warm = self.epoch_value(inputs, "warmup", lambda: dkd_warmup(inputs.epoch, p.warmup_epochs))
         ce = soft_cross_entropy(inputs.student_logits, inputs.targets, p.label_smoothing)
         loss = p.label_weight * ce + warm * (p.alpha * tckd + p.beta * nckd)
         return {"loss": loss, "ce": ce.detach(), "tckd": tckd.detach(), "nckd": nckd.detach(),

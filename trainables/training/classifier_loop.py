@@ -194,6 +194,16 @@ class ClassifierRun:
         self.model = session.prepare_model(model)
         self.step_model, self.cuda_graphs = compiled_forward(self.model, optim.compile, device)
         self.loss_fn = loss_fn.to(device)
+        # With compile the loss runs compiled too, a graph of its own (the student's forward is the
+        # other): its dozens of small operators are what keeps a feature loss's eager step far above
+        # KD's on a launch-bound GPU (bench/loss_steps.py --compile). It gets this epoch's schedule
+        # values as tensors (loss_inputs), so a new epoch is no new graph.
+        self.step_loss, loss_graphs = compiled_forward(self.loss_fn, optim.compile, device)
+        if loss_graphs:
+            # Buffers the loss updates in place (CRD's memory banks): a CUDA graph may mutate only
+            # inputs at fixed addresses.
+            for buffer in self.loss_fn.buffers():
+                torch._dynamo.mark_static_address(buffer)
         self.loss_sync = LossModuleSync(self.loss_fn, session)
         params = head_lr_groups(self.model, optim.lr, optim.head_lr_mult, extra=self.loss_fn,
                                 weight_decay=optim.weight_decay, wd_exclude_1d=optim.wd_exclude_1d,
@@ -275,7 +285,7 @@ class ClassifierRun:
         """The loss on one (micro-)batch."""
         xb, yb, view_ids = prepared if prepared is not None else self.prepare(idx)
         with autocast(self.device):
-            return self.loss_fn(self.loss_inputs(epoch, idx, xb, yb, view_ids))
+            return self.step_loss(self.loss_inputs(epoch, idx, xb, yb, view_ids))
 
     def loss_inputs(self, epoch: int, idx: torch.Tensor, xb: torch.Tensor, yb: torch.Tensor,
                     view_ids: torch.Tensor | None) -> LossInputs:
@@ -293,9 +303,12 @@ class ClassifierRun:
         if self.teacher is not None and loss_fn.needs_teacher:
             t_logits, t_feats = self.teacher.outputs(idx, xb, features=loss_fn.needs_features, views=view_ids)
         epochs = self.optim.epochs
+        columns = None
+        if self.step_loss is not self.loss_fn:  # compiled: the schedule's values as tensors, made eagerly
+            columns = type(loss_fn).epoch_columns([loss_fn], epoch, epochs, self.device)
         return LossInputs(student_logits=s_logits.float(), targets=yb, teacher_logits=t_logits,
                           student_features=s_feats, teacher_features=t_feats, indices=idx,
-                          epoch=epoch, num_epochs=epochs, progress=epoch / epochs)
+                          epoch=epoch, num_epochs=epochs, progress=epoch / epochs, member_columns=columns)
 
     def epoch_metrics(self, epoch: int, train_stats: dict[str, float]) -> dict[str, Any]:
         data, progress = self.data, self.progress
