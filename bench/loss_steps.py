@@ -98,10 +98,7 @@ def loss_step(name: str, student0, teacher, x, y, t_logits, t_feats, args, devic
     cuda_graphs = False
     if args.compile:
         forward, cuda_graphs = compiled_forward(student, args.compile, device)
-        call_loss, loss_graphs = compiled_forward(loss_fn, args.compile, device)
-        if loss_graphs:
-            for buffer in loss_fn.buffers():
-                torch._dynamo.mark_static_address(buffer)
+        call_loss, _ = compiled_forward(loss_fn, args.compile, device, mutated=loss_fn.buffers())
         columns = type(loss_fn).epoch_columns([loss_fn], 1, 4, device)
 
     def run() -> None:

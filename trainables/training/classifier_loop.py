@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib
 import math
 from dataclasses import dataclass
-from typing import Any, Callable, Protocol
+from typing import Any, Callable, Iterable, Protocol
 
 import torch
 from torch import nn
@@ -103,7 +103,8 @@ class LossModuleSync:
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune-no-cudagraphs")
 
 
-def compiled_forward(model: Callable, mode: bool | str, device: torch.device) -> tuple[Callable, bool]:
+def compiled_forward(model: Callable, mode: bool | str, device: torch.device,
+                     mutated: Iterable[torch.Tensor] = ()) -> tuple[Callable, bool]:
     """The module (or function) a training step calls, and whether it replays CUDA graphs.
 
     ``mode``: False (eager), True or "default" (torch.compile's default: fused kernels),
@@ -115,14 +116,22 @@ def compiled_forward(model: Callable, mode: bool | str, device: torch.device) ->
     parameters are shared), so other batch sizes there compile nothing. A single trial passes its
     student; a fused trial passes its members' forward and losses as one function
     (trainables/training/fused.py). When CUDA graphs replay, the caller calls
-    ``torch.compiler.cudagraph_mark_step_begin()`` before each step."""
+    ``torch.compiler.cudagraph_mark_step_begin()`` before each step.
+
+    ``mutated``: tensors the function updates in place (stacked batch-norm statistics, CRD's
+    memory banks), marked as static addresses when CUDA graphs replay: a graph may mutate only
+    inputs at fixed addresses."""
     if mode is False:
         return model, False
     name = "default" if mode is True else mode
     if name not in COMPILE_MODES:
         raise ValueError(f"compile: {mode!r} is not a compile mode (accepted: false, true, {', '.join(COMPILE_MODES)})")
     fn = torch.compile(model, mode=None if name == "default" else name, dynamic=False)
-    return fn, name == "reduce-overhead" and device.type == "cuda"
+    graphs = name == "reduce-overhead" and device.type == "cuda"
+    if graphs:
+        for tensor in mutated:
+            torch._dynamo.mark_static_address(tensor)
+    return fn, graphs
 
 
 @dataclass
@@ -198,12 +207,7 @@ class ClassifierRun:
         # other): its dozens of small operators are what keeps a feature loss's eager step far above
         # KD's on a launch-bound GPU (bench/loss_steps.py --compile). It gets this epoch's schedule
         # values as tensors (loss_inputs), so a new epoch is no new graph.
-        self.step_loss, loss_graphs = compiled_forward(self.loss_fn, optim.compile, device)
-        if loss_graphs:
-            # Buffers the loss updates in place (CRD's memory banks): a CUDA graph may mutate only
-            # inputs at fixed addresses.
-            for buffer in self.loss_fn.buffers():
-                torch._dynamo.mark_static_address(buffer)
+        self.step_loss, _ = compiled_forward(self.loss_fn, optim.compile, device, mutated=self.loss_fn.buffers())
         self.loss_sync = LossModuleSync(self.loss_fn, session)
         params = head_lr_groups(self.model, optim.lr, optim.head_lr_mult, extra=self.loss_fn,
                                 weight_decay=optim.weight_decay, wd_exclude_1d=optim.wd_exclude_1d,

@@ -449,12 +449,10 @@ class FusedRun(FusedEpochs):
 
         # Entries compiled for another active set (or another FusedRun) can never match again.
         remove_from_cache(FusedRun.forward_losses)
-        self._losses_fn, self.cuda_graphs = compiled_forward(self.forward_losses, self.optim.compile, self.device)
-        if self.cuda_graphs:
-            # The vmap forward's stacked batch-norm statistics are updated in place inside the graph:
-            # a CUDA graph may mutate only inputs at fixed addresses (parameters and buffers are).
-            for t in (*self.students.stack.tensors(), *(self.loss_stack.tensors() if self.loss_stack else ())):
-                torch._dynamo.mark_static_address(t)
+        # The vmap forward updates the stacked batch-norm statistics in place, CRD its stacked banks.
+        stacks = (*self.students.stack.tensors(), *(self.loss_stack.tensors() if self.loss_stack else ()))
+        self._losses_fn, self.cuda_graphs = compiled_forward(self.forward_losses, self.optim.compile, self.device,
+                                                             mutated=stacks)
         self._built_for = active
         return self._losses_fn
 
