@@ -208,6 +208,7 @@ class ClassifierRun:
         # KD's on a launch-bound GPU (bench/loss_steps.py --compile). It gets this epoch's schedule
         # values as tensors (loss_inputs), so a new epoch is no new graph.
         self.step_loss, _ = compiled_forward(self.loss_fn, optim.compile, device, mutated=self.loss_fn.buffers())
+        self._columns: tuple[int | None, dict[str, torch.Tensor] | None] = (None, None)
         self.loss_sync = LossModuleSync(self.loss_fn, session)
         params = head_lr_groups(self.model, optim.lr, optim.head_lr_mult, extra=self.loss_fn,
                                 weight_decay=optim.weight_decay, wd_exclude_1d=optim.wd_exclude_1d,
@@ -239,6 +240,7 @@ class ClassifierRun:
 
     def train_epoch(self, epoch: int) -> dict[str, torch.Tensor]:
         self.model.train()
+        self.loss_columns(epoch)  # made here, before the steps: a step copies nothing to the device
         means = EpochMeans()
         self.views.start_epoch(epoch)
         batches = list(epoch_batches(self.n_train, self.optim.batch_size, epoch, self.seed, self.session,
@@ -307,12 +309,20 @@ class ClassifierRun:
         if self.teacher is not None and loss_fn.needs_teacher:
             t_logits, t_feats = self.teacher.outputs(idx, xb, features=loss_fn.needs_features, views=view_ids)
         epochs = self.optim.epochs
-        columns = None
-        if self.step_loss is not self.loss_fn:  # compiled: the schedule's values as tensors, made eagerly
-            columns = type(loss_fn).epoch_columns([loss_fn], epoch, epochs, self.device)
         return LossInputs(student_logits=s_logits.float(), targets=yb, teacher_logits=t_logits,
                           student_features=s_feats, teacher_features=t_feats, indices=idx,
-                          epoch=epoch, num_epochs=epochs, progress=epoch / epochs, member_columns=columns)
+                          epoch=epoch, num_epochs=epochs, progress=epoch / epochs,
+                          member_columns=self.loss_columns(epoch))
+
+    def loss_columns(self, epoch: int) -> dict[str, torch.Tensor] | None:
+        """The compiled loss's schedule values for ``epoch`` as tensors (``epoch_columns`` of one),
+        made once per epoch outside the graph; None for an eager loss, which reads the epoch."""
+        if self.step_loss is self.loss_fn:
+            return None
+        if self._columns[0] != epoch:
+            self._columns = (epoch, type(self.loss_fn).epoch_columns([self.loss_fn], epoch, self.optim.epochs,
+                                                                     self.device))
+        return self._columns[1]
 
     def epoch_metrics(self, epoch: int, train_stats: dict[str, float]) -> dict[str, Any]:
         data, progress = self.data, self.progress
