@@ -3,15 +3,15 @@
 supervised comparison, optimisation, probes)."""
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
-from trainables.core.config import StrictModel, first_problem
+from trainables.core.config import StrictModel
 from trainables.core.registry import kwargs_validator
 from trainables.losses import check_loss_params
 from trainables.models import ModelName, check_model_kwargs
-from trainables.runtime.vectorize import GRID_KEY, PROBES_KEY, expand_configs, is_vectorized, single_config
+from trainables.runtime.vectorize import GRID_KEY, PROBES_KEY, FusedMembers
 from trainables.training.dataset_params import DatasetParams
 
 # What the members of a fused trial (``vectorize: K``, trainables/dino/fused.py) may differ in: the
@@ -107,7 +107,8 @@ class CropConfig(StrictModel):
         return v
 
 
-class DinoParams(DatasetParams):
+class DinoParams(FusedMembers, DatasetParams):
+    member_fields: ClassVar[tuple[str, ...]] = MEMBER_FIELDS
     encoder: ModelName = "cnn"
     encoder_kwargs: dict[str, Any] = Field(default_factory=dict)
     head: HeadConfig = Field(default_factory=HeadConfig)
@@ -231,25 +232,6 @@ class DinoParams(DatasetParams):
             self._fused_fits()
         return self
 
-    @property
-    def is_fused(self) -> bool:
-        """``vectorize`` set: the trial runs fused, even with one member (no per-member key searched)."""
-        return self.vectorize is not None or is_vectorized(self.model_dump(include={"probes", "probe_grid"}))
-
-    def member_params(self) -> list["DinoParams"]:
-        """The stand-alone parameters of each member of a fused trial, in member order."""
-        return [DinoParams.model_validate(self._member_config(k)) for k in range(self.members)]
-
-    @property
-    def members(self) -> int:
-        return len(expand_configs(self.model_dump(include={*MEMBER_FIELDS, PROBES_KEY, GRID_KEY}), MEMBER_FIELDS))
-
-    def _member_config(self, k: int) -> dict[str, Any]:
-        """Member ``k``'s stand-alone config, from the keys this trial set (nested ones too), as its
-        unfused trial would set them: checks that read which keys were set (betas with sgd, a head
-        of kind identity, ...) judge both alike."""
-        return single_config(self.model_dump(exclude_unset=True), MEMBER_FIELDS, k)
-
     def _fused_fits(self) -> None:
         """What a fused trial cannot do, refused before it starts."""
         accepted = ", ".join(MEMBER_FIELDS)
@@ -266,12 +248,7 @@ class DinoParams(DatasetParams):
         for key, bad, why in refused:
             if bad:
                 raise ValueError(f"{key}: {why} (vectorize: {self.vectorize})")
-        config = self.model_dump(exclude_unset=True)
-        for i, member in enumerate(expand_configs(config, MEMBER_FIELDS)):
-            try:
-                DinoParams.model_validate(self._member_config(i))
-            except ValidationError as exc:
-                raise ValueError(f"member {i} ({member}): {first_problem(exc)}") from None
+        self.member_params()
 
     def _check_supervised(self) -> None:
         """The supervised targets' keys: each applies to one kind of target (dinopl refuses the same mixes)."""

@@ -3,11 +3,10 @@ student (``teacher_mode``, augmentation and fixed views), the student and its in
 the optimisation."""
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
-from trainables.core.config import first_problem
 from trainables.core.registry import kwargs_validator
 from trainables.distill.fewshot import FewShotConfig, check_fewshot
 from trainables.data.generated import SyntheticSet
@@ -18,7 +17,7 @@ from trainables.models import ModelName, check_model_kwargs, predicts_with_untra
 from trainables.training.classifier_loop import COMPILE_MODES
 from trainables.training.dataset_params import DatasetParams
 from trainables.training.noise_params import LabelNoiseConfig, check_label_noise
-from trainables.runtime.vectorize import expand_configs, is_vectorized, single_config
+from trainables.runtime.vectorize import FusedMembers
 from trainables.training.recipe import RecipeParams
 
 # What the members of a fused trial (``vectorize: K``) may differ in: values that leave the
@@ -43,7 +42,8 @@ def shared_member_keys(fixed: dict[str, Any], candidates: dict[str, list[Any]]) 
     return reasons
 
 
-class DistillParams(DatasetParams, RecipeParams):
+class DistillParams(FusedMembers, DatasetParams, RecipeParams):
+    member_fields: ClassVar[tuple[str, ...]] = MEMBER_FIELDS
     teacher: TeacherRecipe = Field(default_factory=TeacherRecipe)
     synthetic: SyntheticSet = Field(default_factory=SyntheticSet, description="generated training images "
                                     "(DAPT's synthetic-data distillation)")
@@ -136,17 +136,6 @@ class DistillParams(DatasetParams, RecipeParams):
             self._fused_fits()
         return self
 
-    @property
-    def is_fused(self) -> bool:
-        """``vectorize`` set: the trial runs fused, even with one member (no per-member key searched)."""
-        return self.vectorize is not None or is_vectorized(self.model_dump(include={"probes", "probe_grid"}))
-
-    def member_params(self) -> list["DistillParams"]:
-        """The stand-alone parameters of each member of a fused trial, in member order."""
-        config = self.model_dump()
-        return [DistillParams.model_validate(single_config(config, MEMBER_FIELDS, k))
-                for k in range(len(expand_configs(config, MEMBER_FIELDS)))]
-
     def _fused_fits(self) -> None:
         """What a fused trial cannot do, refused before it starts."""
         streams = self.fused_forward == "streams"
@@ -163,17 +152,11 @@ class DistillParams(DatasetParams, RecipeParams):
         for key, bad, why in refused:
             if bad:
                 raise ValueError(f"{key}: {why} (vectorize: {self.vectorize})")
-        config = self.model_dump()
-        for i, member in enumerate(expand_configs(config, MEMBER_FIELDS)):
-            try:
-                DistillParams.model_validate({**single_config(config, MEMBER_FIELDS, i), "probes": None,
-                                              "probe_grid": None, "vectorize": None})
-            except ValidationError as exc:
-                raise ValueError(f"member {i} ({member}): {first_problem(exc)}") from None
+        members = self.member_params()
         # The members' loss modules are stacked: what sets their shapes is the trial's, not a member's.
         shaped = loss_class(self.loss).member_shape_params
         if shaped:
-            values = [validate_loss_params(self.loss, m.loss_params) for m in self.member_params()]
+            values = [validate_loss_params(self.loss, m.loss_params) for m in members]
             for key in shaped:
                 seen = sorted({str(getattr(v, key)) for v in values})
                 if len(seen) > 1:

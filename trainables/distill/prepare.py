@@ -9,10 +9,9 @@ from typing import Any
 from trainables.data import dataset_issues, load_dataset
 from trainables.distill.loop import load_teacher
 from trainables.data.generated import GenerationRecipe, PipelineMissing, resolve_pipeline
-from trainables.distill.params import MEMBER_FIELDS, DistillParams
+from trainables.distill.params import DistillParams
 from trainables.losses import loss_class, validate_loss_params
 from trainables.models import create_model
-from trainables.runtime.vectorize import expand_configs
 from trainables.training.fused import device_memory_bytes, fusion_problem, member_bytes
 from trainables.distill.synthetic import generated_set
 from trainables.runtime.trainable import TrialContext
@@ -84,8 +83,7 @@ def fused_memory_problem(p: DistillParams) -> str | None:
     each member's student and its loss's own state (CRD's memory banks)."""
     shape, classes, n_train = _shape_of(p.dataset, json.dumps(p.dataset_kwargs, sort_keys=True), p.split_seed)
     model = create_model(p.student, num_classes=classes, input_shape=shape, **p.student_kwargs)
-    members = len(expand_configs(p.model_dump(), MEMBER_FIELDS))
     budget, where = device_memory_bytes()
     loss_state = loss_class(p.loss).state_bytes(validate_loss_params(p.loss, p.loss_params), n_train, p.batch_size)
     per_member = member_bytes(model, shape, p.batch_size, p.optimizer) + loss_state
-    return fusion_problem(members, per_member, budget, where, p.batch_size)
+    return fusion_problem(p.members, per_member, budget, where, p.batch_size)

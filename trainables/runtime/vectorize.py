@@ -18,9 +18,11 @@ from __future__ import annotations
 import copy
 import itertools
 import math
-from typing import Any, Iterable
+from typing import Any, ClassVar, Iterable
 
-from trainables.core.config import set_dotted
+from pydantic import ValidationError
+
+from trainables.core.config import first_problem, set_dotted
 
 VECTORIZE_KEY = "vectorize"
 PROBES_KEY = "probes"
@@ -67,6 +69,38 @@ def single_config(config: dict[str, Any], fields: Iterable[str], index: int) -> 
     chosen = expand_configs(config, fields)[index]
     out = {k: v for k, v in copy.deepcopy(config).items() if k not in (PROBES_KEY, GRID_KEY, VECTORIZE_KEY)}
     return deep_merge(out, chosen)
+
+
+class FusedMembers:
+    """Mixed into a trainable's parameters model whose trials can run fused (``vectorize: K``, or
+    ``probes`` / ``probe_grid``): its members, each as the stand-alone parameters its unfused trial
+    would have. The model names what its members may differ in, ``member_fields``."""
+    member_fields: ClassVar[tuple[str, ...]] = ()
+
+    @property
+    def is_fused(self) -> bool:
+        """``vectorize`` set: the trial runs fused, even with one member (no per-member key searched)."""
+        return self.vectorize is not None or is_vectorized(self.model_dump(include={PROBES_KEY, GRID_KEY}))
+
+    @property
+    def members(self) -> int:
+        fields = self.member_fields
+        return len(expand_configs(self.model_dump(include={*fields, PROBES_KEY, GRID_KEY}), fields))
+
+    def member_params(self) -> list:
+        """The stand-alone parameters of each member, in member order, built from the keys this
+        trial set (nested ones too) as its unfused trial would set them: checks that read which keys
+        were set (betas with sgd, a head of kind identity, ...) judge both alike. The first member
+        that is not valid on its own is named with its problem (a ValueError, for the trial's own
+        validator)."""
+        config, fields = self.model_dump(exclude_unset=True), self.member_fields
+        out = []
+        for k, member in enumerate(expand_configs(config, fields)):
+            try:
+                out.append(type(self).model_validate(single_config(config, fields, k)))
+            except ValidationError as exc:
+                raise ValueError(f"member {k} ({member}): {first_problem(exc)}") from None
+        return out
 
 
 def best_over(values: list[float], name: str) -> float:
