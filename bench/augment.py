@@ -1,5 +1,6 @@
 """Is the training-recipe augmentation the bottleneck? For each recipe (flip_crop, rrc_flip,
-randaugment, autoaugment, trivialaugment, mixup/cutmix, erasing, and seed 002's full recipe),
+kornia's randaugment, autoaugment and trivialaugment, timm's rand-m9-mstd0.5-inc1 and
+original-mstd0.5 drawn per image, mixup/cutmix, erasing, and seed 002's full recipe),
 images/s of the augmentation alone, and (loader + step) / step: the model's train step on
 pre-made batches against the same step fed by the on-device loader with that recipe, measured in
 the same run. Goals on a GPU: >= 0.95 for the CIFAR recipes (flip_crop, rrc_flip, autoaugment,
@@ -27,6 +28,7 @@ import argparse
 import torch
 
 from common import add_size_args, median_of, record, sgd_train_step, sized_inputs  # noqa: E402  (sets sys.path)
+from trainables.data.timm_policy import is_timm_config  # noqa: E402
 from trainables.runtime.engine import epoch_batches  # noqa: E402
 from trainables.runtime.prefetch import prefetched  # noqa: E402
 from trainables.runtime.session import LocalSession  # noqa: E402
@@ -40,10 +42,14 @@ RECIPES = {
     "randaugment": {"augment": "rrc_flip", "auto_augment": "randaugment"},
     "autoaugment": {"augment": "flip_crop", "auto_augment": "autoaugment_cifar10"},
     "trivialaugment": {"augment": "flip_crop", "auto_augment": "trivialaugment"},
+    # timm's policies from the authors' strings, drawn per image on the device (trainables/data/timm_policy.py)
+    "timm_randaugment": {"augment": "rrc_flip", "auto_augment": "rand-m9-mstd0.5-inc1"},
+    "timm_autoaugment": {"augment": "flip_crop", "auto_augment": "original-mstd0.5"},
     "mixup_cutmix": {"augment": "rrc_flip", "mixup_alpha": 0.8, "cutmix_alpha": 1.0},
     "erasing": {"augment": "rrc_flip", "random_erasing": 0.25},
-    # seed 002 (weight selection): RandAugment m9, mixup 0.8 / cutmix 1.0, erasing 0.25
-    "seed002": {"augment": "rrc_flip", "auto_augment": "randaugment", "mixup_alpha": 0.8, "cutmix_alpha": 1.0,
+    # seed 002 (weight selection), as its spaces run it: timm's rand-m9-mstd0.5-inc1, mixup 0.8 /
+    # cutmix 1.0, erasing 0.25
+    "seed002": {"augment": "rrc_flip", "auto_augment": "rand-m9-mstd0.5-inc1", "mixup_alpha": 0.8, "cutmix_alpha": 1.0,
                 "random_erasing": 0.25},
 }
 MEAN, STD = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
@@ -69,7 +75,8 @@ def main() -> None:
 
     step_only()  # warm-up (cuDNN autotuning, allocator)
     for name in args.recipes:
-        recipe = AugmentParams(policy_groups=args.policy_groups, **RECIPES[name])
+        kornia = not is_timm_config(RECIPES[name].get("auto_augment", "none"))  # groups: kornia's policies only
+        recipe = AugmentParams(**RECIPES[name], **({"policy_groups": args.policy_groups} if kornia else {}))
         views = RandomViews(geometric_of(recipe), seed=0, device=device)
         per_step = batch_augment_of(recipe, MEAN, STD, args.classes)
 

@@ -200,6 +200,7 @@ def test_a_dry_run_prints_the_recipe_and_a_space_without_a_table_prints_none(tmp
 
     out = dry(os.path.join(SPACES, "superalignment_cifar100_v1.yaml"))
     recipe = out.split("# recipe (", 1)[1]
-    assert "auto_augment: autoaugment_imagenet  != authors original-mstd0.5" in recipe
+    assert "\n  auto_augment: original-mstd0.5\n" in recipe
+    assert "loss_params.rate [AdaptConf]: 0.0  != authors 0.3: passed on the command line" in recipe
     assert "\n  mixup_alpha: 0.1\n" in recipe
     assert "# recipe (" not in dry(os.path.join(SPACES, "quickstart.yaml"))

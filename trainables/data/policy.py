@@ -1,12 +1,13 @@
-"""Photometric training augmentation run batched on the device, with kornia's ops: RandAugment,
-AutoAugment (CIFAR-10 and ImageNet policies), TrivialAugment, colour jitter, and random erasing.
+"""Photometric training augmentation run batched on the device: timm's RandAugment and AutoAugment
+from their config strings, drawn per image (trainables/data/timm_policy.py); kornia's RandAugment,
+AutoAugment (CIFAR-10 and ImageNet policies) and TrivialAugment; colour jitter; random erasing.
 
 The data the loops hold is normalised with the dataset's (mean, std), while the policies are
 defined on [0, 1] images: :class:`Photometric` un-normalises a batch, applies the policy, and
 normalises it again. Random erasing then works on the normalised batch, like timm's (which runs
 after ``Normalize``), filling its box with per-pixel N(0, 1) noise (timm's ``remode='pixel'``).
 
-Per-sample randomness: kornia draws one op sequence per call (each op's sign, probability and
+Per-sample randomness of kornia's policies: kornia draws one op sequence per call (each op's sign, probability and
 parameters per image). ``groups`` splits the batch into that many slices, each drawing its own ops,
 so a batch mixes op choices as a per-image policy does; slice sizes come from the batch's shape,
 so no host sync. Colour jitter and erasing are drawn per image by kornia itself.
@@ -17,15 +18,20 @@ from dataclasses import dataclass
 
 import torch
 
+from trainables.data.timm_policy import TimmPolicy, is_timm_config
+
 AUTO_AUGMENTS = ("none", "randaugment", "autoaugment_cifar10", "autoaugment_imagenet", "trivialaugment")
 # kornia's RandAugment magnitude runs over (0, 30) where timm's runs over [0, 10]: m9 is 0.9 of the range.
 KORNIA_M_PER_TIMM_M = 3.0
 
 
-def build_policy(name: str, n: int = 2, m: float = 9.0):
-    """The kornia module of a named policy (None for ``none``)."""
+def build_policy(name: str, n: int = 2, m: float = 9.0, mean: tuple[float, ...] = (0.5, 0.5, 0.5)):
+    """The module of a named policy: a timm config string's :class:`TimmPolicy` (``mean`` is the
+    dataset's, its fill colour), else kornia's; None for ``none``."""
     if name == "none":
         return None
+    if is_timm_config(name):
+        return TimmPolicy(name, mean)
     from kornia.augmentation.auto import AutoAugment, RandAugment, TrivialAugment
 
     if name == "randaugment":
@@ -56,7 +62,7 @@ class Photometric:
     def __post_init__(self):
         import kornia.augmentation as K
 
-        policy = build_policy(self.auto_augment, self.randaugment_n, self.randaugment_m)
+        policy = build_policy(self.auto_augment, self.randaugment_n, self.randaugment_m, self.mean)
         # timm drops colour jitter when a policy is set (its auto-augment policies already vary colour).
         jitter = (K.ColorJitter(self.color_jitter, self.color_jitter, self.color_jitter, 0.0, p=1.0)
                   if policy is None and self.color_jitter > 0 else None)
@@ -73,12 +79,12 @@ class Photometric:
         return self._policy is not None or self._jitter is not None or self._erase is not None
 
     def apply(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        """The augmented batch. ``generator`` (on ``x``'s device) draws the erasing noise; kornia
-        draws its own parameters from torch's global generator."""
+        """The augmented batch. ``generator`` (on ``x``'s device) draws the erasing noise and a timm
+        policy's ops; kornia draws its own parameters from torch's global generator."""
         if not self.active:
             return x
         if self._policy is not None or self._jitter is not None:
-            x = self._normalize(self._on_unit_images(self._denormalize(x)))
+            x = self._normalize(self._on_unit_images(self._denormalize(x), generator))
         if self._erase is not None:
             x = self._erase_with_noise(x, generator)
         return x
@@ -102,13 +108,15 @@ class Photometric:
         mean, std = self._stats(x)
         return (x - mean) / std
 
-    def _on_unit_images(self, x: torch.Tensor) -> torch.Tensor:
+    def _on_unit_images(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         grey = x.shape[1] == 1
         if grey:  # the colour ops expect RGB; a grey image stays grey through them
             x = x.expand(-1, 3, -1, -1)
         if self._jitter is not None:
             x = self._jitter(x)
-        if self._policy is not None:
+        if isinstance(self._policy, TimmPolicy):
+            x = self._policy(x, generator)
+        elif self._policy is not None:
             slices = torch.tensor_split(x, min(self.groups, x.shape[0]))
             x = torch.cat([self._policy(s) for s in slices])
         return x.mean(1, keepdim=True) if grey else x

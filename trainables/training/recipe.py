@@ -9,11 +9,12 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from trainables.core.config import StrictModel
 from trainables.data.augment import AugmentName
 from trainables.data.policy import AUTO_AUGMENTS
+from trainables.data.timm_policy import TimmPolicy, is_timm_config
 from trainables.training.diffaugment import DAPT_STRATEGY, parse_strategy
 
 RECIPE_KEYS = ("nesterov", "betas", "wd_exclude_1d", "layer_decay", "warmup_lr", "min_lr", "decay_epochs",
@@ -36,14 +37,15 @@ class AugmentParams(StrictModel):
     rrc_ratio: tuple[float, float] = Field((3 / 4, 4 / 3), description="rrc_flip: crop aspect-ratio range (w/h)")
     hflip: float = Field(0.5, ge=0, le=1, description="flip_crop / rrc_flip: probability of the horizontal flip "
                          "(timm's hflip; 0 where mirror images change the class, as digits)")
-    auto_augment: Literal[AUTO_AUGMENTS] = Field(  # type: ignore[valid-type]
-        "none", description="photometric policy (kornia): none | randaugment | autoaugment_cifar10 | "
-        "autoaugment_imagenet | trivialaugment")
-    randaugment_n: int = Field(2, ge=1, le=14, description="randaugment: ops applied per image")
-    randaugment_m: float = Field(9.0, gt=0, lt=10, description="randaugment: magnitude on timm's 0-10 scale "
-                                 "(rand-m9 = 9)")
-    policy_groups: int = Field(8, ge=1, le=512, description="the batch is split into this many groups, each "
-                               "drawing its own policy ops (kornia draws ops per call)")
+    auto_augment: str = Field(
+        "none", description="photometric policy: a timm config string, drawn per image as timm does "
+        "(rand-m9-mstd0.5-inc1, original-mstd0.5, v0, ...; trainables/data/timm_policy.py), or kornia's "
+        "none | randaugment | autoaugment_cifar10 | autoaugment_imagenet | trivialaugment")
+    randaugment_n: int = Field(2, ge=1, le=14, description="kornia randaugment: ops applied per image")
+    randaugment_m: float = Field(9.0, gt=0, lt=10, description="kornia randaugment: magnitude on timm's 0-10 "
+                                 "scale (rand-m9 = 9)")
+    policy_groups: int = Field(8, ge=1, le=512, description="kornia policies: the batch is split into this many "
+                               "groups, each drawing its own policy ops (kornia draws ops per call)")
     color_jitter: float = Field(0.0, ge=0, le=1, description="brightness / contrast / saturation jitter "
                                 "strength (timm's color_jitter); ignored when auto_augment is set, as in timm")
     random_erasing: float = Field(0.0, ge=0, le=1, description="probability of erasing one box per image, "
@@ -56,6 +58,26 @@ class AugmentParams(StrictModel):
     cutmix_alpha: float = Field(0.0, ge=0, le=10, description="cutmix Beta(alpha, alpha); 0 = off")
     mixup_prob: float = Field(1.0, ge=0, le=1, description="probability a batch is mixed")
     mixup_switch_prob: float = Field(0.5, ge=0, le=1, description="with both on: probability of cutmix over mixup")
+
+    @field_validator("auto_augment")
+    @classmethod
+    def _policy_known(cls, v: str) -> str:
+        if v in AUTO_AUGMENTS:
+            return v
+        if is_timm_config(v):
+            TimmPolicy(v)  # timm parses the string; its ops must be ones run here
+            return v
+        raise ValueError(f"unknown policy; accepted: a timm config string (rand-m9-mstd0.5-inc1, "
+                         f"original-mstd0.5, v0, ...) or {', '.join(AUTO_AUGMENTS)}")
+
+    @model_validator(mode="after")
+    def _kornia_keys_with_kornia(self):
+        if is_timm_config(self.auto_augment):
+            for key in ("randaugment_n", "randaugment_m", "policy_groups"):
+                if key in self.model_fields_set:
+                    raise ValueError(f"{key}: applies to kornia's policies; the timm string "
+                                     f"{self.auto_augment!r} sets its own ops and draws them per image")
+        return self
 
     @field_validator("diffaugment_strategy")
     @classmethod
