@@ -7,9 +7,11 @@ magnitude noise and its sign. This module keeps exactly that, batched: the polic
 ops, their probabilities, magnitudes, magnitude noise and bounds) is read from the transform
 timm builds from the string, so the config grammar and the policy tables are timm's; what is
 written here is the batched form of the ops on 0-255 images and of the level-to-argument maps
-(each equal to timm's on every magnitude, ``tests/test_timm_policy.py``). Each stage computes every
-op of its table for the whole batch and keeps, per image, the one that image drew (``torch.where``,
-no host sync); the geometric ops of a stage share one resampling, with a per-image affine matrix.
+(each equal to timm's on every magnitude, ``tests/test_timm_policy.py``). Each stage computes the
+ops of its table for the whole batch and keeps, per image, the one that image drew (``torch.where``,
+no host sync): the ops that are lookup tables build one table per image and read the batch through
+it once, the affine ops share one resampling with a per-image matrix, Color and Sharpness take a
+pass each.
 
 Images stay on timm's 0-255 integer grid from op to op, as PIL's uint8 images do. One difference
 from timm: the affine ops resample bilinearly, where timm picks bilinear or bicubic at random per
@@ -90,7 +92,7 @@ class TimmPolicy:
         if unknown:
             raise ValueError(f"timm ops {', '.join(unknown)} are not run on the device here; supported: "
                              f"{', '.join(SUPPORTED_OPS)}")
-        self._consts: dict = {}  # per (stage, device): the table's values as tensors
+        self._consts: dict = {}  # per (stage, device): the table's values as tensors, made once
 
     # -- drawing ----------------------------------------------------------------------------------
 
@@ -113,7 +115,10 @@ class TimmPolicy:
         numpy's sequential weighted choice does)."""
         if self.weights is None:
             return [torch.randint(k, (n,), device=device, generator=generator) for _ in range(self.layers)]
-        logw = torch.tensor(self.weights, dtype=torch.float32).log().to(device)
+        key = ("weights", device)
+        if key not in self._consts:  # once per device, as _const
+            self._consts[key] = torch.tensor(self.weights, dtype=torch.float32).log().to(device)
+        logw = self._consts[key]
         u = torch.rand(n, k, device=device, generator=generator).clamp_(1e-12, 1.0)
         order = (logw - (-u.log()).log()).topk(self.layers, dim=1).indices
         return list(order.unbind(1))
