@@ -49,7 +49,8 @@ RECIPES = {
     "erasing": {"augment": "rrc_flip", "random_erasing": 0.25},
     # seed 002 (weight selection), as its spaces run it: timm's rand-m9-mstd0.5-inc1, mixup 0.8 /
     # cutmix 1.0, erasing 0.25
-    "seed002": {"augment": "rrc_flip", "auto_augment": "rand-m9-mstd0.5-inc1", "mixup_alpha": 0.8, "cutmix_alpha": 1.0,
+    "seed002": {"augment": "rrc_flip", "auto_augment": "rand-m9-mstd0.5-inc1", "policy_interpolation": "bicubic",
+                "mixup_alpha": 0.8, "cutmix_alpha": 1.0,
                 "random_erasing": 0.25},
 }
 MEAN, STD = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)

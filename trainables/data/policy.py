@@ -25,13 +25,14 @@ AUTO_AUGMENTS = ("none", "randaugment", "autoaugment_cifar10", "autoaugment_imag
 KORNIA_M_PER_TIMM_M = 3.0
 
 
-def build_policy(name: str, n: int = 2, m: float = 9.0, mean: tuple[float, ...] = (0.5, 0.5, 0.5)):
+def build_policy(name: str, n: int = 2, m: float = 9.0, mean: tuple[float, ...] = (0.5, 0.5, 0.5),
+                 interpolation: str = "bilinear"):
     """The module of a named policy: a timm config string's :class:`TimmPolicy` (``mean`` is the
-    dataset's, its fill colour), else kornia's; None for ``none``."""
+    dataset's, its fill colour; ``interpolation`` its affine ops'), else kornia's; None for ``none``."""
     if name == "none":
         return None
     if is_timm_config(name):
-        return TimmPolicy(name, mean)
+        return TimmPolicy(name, mean, interpolation)
     from kornia.augmentation.auto import AutoAugment, RandAugment, TrivialAugment
 
     if name == "randaugment":
@@ -58,11 +59,13 @@ class Photometric:
     groups: int = 8
     color_jitter: float = 0.0
     random_erasing: float = 0.0
+    interpolation: str = "bilinear"
 
     def __post_init__(self):
         import kornia.augmentation as K
 
-        policy = build_policy(self.auto_augment, self.randaugment_n, self.randaugment_m, self.mean)
+        policy = build_policy(self.auto_augment, self.randaugment_n, self.randaugment_m, self.mean,
+                              self.interpolation)
         # timm drops colour jitter when a policy is set (its auto-augment policies already vary colour).
         jitter = (K.ColorJitter(self.color_jitter, self.color_jitter, self.color_jitter, 0.0, p=1.0)
                   if policy is None and self.color_jitter > 0 else None)

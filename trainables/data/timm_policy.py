@@ -13,9 +13,9 @@ no host sync): the ops that are lookup tables build one table per image and read
 it once, the affine ops share one resampling with a per-image matrix, Color and Sharpness take a
 pass each.
 
-Images stay on timm's 0-255 integer grid from op to op, as PIL's uint8 images do. One difference
-from timm: the affine ops resample bilinearly, where timm picks bilinear or bicubic at random per
-op unless its ``interpolation`` hparam is set.
+Images stay on timm's 0-255 integer grid from op to op, as PIL's uint8 images do. The affine ops
+resample as PIL's bilinear or bicubic transforms (the interpolation the recipe names, or either at
+random per image and op as timm picks when none is named).
 """
 from __future__ import annotations
 
@@ -35,6 +35,7 @@ _PHOTOMETRIC = ("AutoContrast", "Equalize", "Invert", "Posterize", "PosterizeInc
                 "ContrastIncreasing", "Brightness", "BrightnessIncreasing", "Sharpness", "SharpnessIncreasing")
 SUPPORTED_OPS = _GEOMETRIC + _PHOTOMETRIC
 TIMM_AA_POLICIES = ("v0", "v0r", "original", "originalr")
+INTERPOLATIONS = ("bilinear", "bicubic", "random")  # the affine ops' resampling (timm's train interpolation)
 
 
 def is_timm_config(name: str) -> bool:
@@ -65,12 +66,16 @@ class TimmPolicy:
 
     ``mean`` is the dataset's normalisation mean: timm fills the area an affine op uncovers with it
     (``img_mean``), and sets the absolute translation to 45 % of the image's shorter side
-    (``translate_const``), as its ``create_transform`` does."""
+    (``translate_const``), as its ``create_transform`` does. ``interpolation`` is the affine ops'
+    resampling, as ``create_transform(interpolation=...)`` sets it: ``bilinear``, ``bicubic``, or
+    ``random`` (either, drawn per image and op: timm's choice when none is set)."""
 
-    def __init__(self, config: str, mean: tuple[float, ...] = (0.5, 0.5, 0.5)):
+    def __init__(self, config: str, mean: tuple[float, ...] = (0.5, 0.5, 0.5), interpolation: str = "bilinear"):
         from timm.data.auto_augment import auto_augment_transform, rand_augment_transform
 
-        self.config = config
+        if interpolation not in INTERPOLATIONS:
+            raise ValueError(f"interpolation {interpolation!r}; accepted: {', '.join(INTERPOLATIONS)}")
+        self.config, self.interpolation = config, interpolation
         self.fill = tuple(min(255, round(255 * m)) for m in (tuple(mean) * 3)[:3])
         try:
             if config.split("-")[0] == "rand":
@@ -168,10 +173,17 @@ class TimmPolicy:
                 pixel_ops.append((mine, name, arg))
         out = apply_lut(v, lut) if any(is_lut_op(name) for name in names) else v
         if any(name in _GEOMETRIC for name in names):
-            out = torch.where(geometric.view(n, 1, 1, 1), warp(v, affine, const["fill"]), out)
+            out = torch.where(geometric.view(n, 1, 1, 1), self._warp(v, affine, const["fill"], generator), out)
         for mine, name, arg in pixel_ops:
             out = torch.where(mine.view(n, 1, 1, 1), photometric(name, v, arg), out)
         return out
+
+
+    def _warp(self, v: torch.Tensor, affine: torch.Tensor, fill: torch.Tensor, generator) -> torch.Tensor:
+        if self.interpolation != "random":
+            return warp(v, affine, fill, self.interpolation)
+        cubic = torch.rand(v.shape[0], device=v.device, generator=generator) < 0.5
+        return torch.where(cubic.view(-1, 1, 1, 1), warp(v, affine, fill, "bicubic"), warp(v, affine, fill, "bilinear"))
 
 
 # -- timm's level-to-argument maps, per image ------------------------------------------------------
@@ -346,18 +358,48 @@ def affine_of(name: str, arg: torch.Tensor, shape: torch.Size) -> torch.Tensor:
     return torch.stack([*rows, zero, zero, one], 1).view(n, 3, 3)
 
 
-def warp(v: torch.Tensor, matrix: torch.Tensor, fill: torch.Tensor) -> torch.Tensor:
-    """Each image resampled at its matrix's points as PIL's bilinear affine transform does: a point
-    inside the image interpolates its neighbours (the edge pixels repeated past the last centre),
-    a point outside takes ``fill`` (0-255 per channel); rounded to integer levels."""
+def warp(v: torch.Tensor, matrix: torch.Tensor, fill: torch.Tensor, mode: str = "bilinear") -> torch.Tensor:
+    """Each image resampled at its matrix's points as PIL's affine transform does: a point inside
+    the image interpolates its neighbours (the edge pixels repeated past the last centre), a point
+    outside takes ``fill`` (0-255 per channel); truncated to integer levels as PIL's uint8 result.
+    ``mode``: ``bilinear``, or PIL's ``bicubic`` (its transforms' cubic is the a = -1 one)."""
     n, c, h, w = v.shape
     ys, xs = torch.meshgrid(torch.arange(h, device=v.device, dtype=v.dtype) + 0.5,
                             torch.arange(w, device=v.device, dtype=v.dtype) + 0.5, indexing="ij")
     points = torch.stack([xs, ys, torch.ones_like(xs)], -1).view(1, h * w, 3)
     src = (points @ matrix.transpose(1, 2).to(v.dtype)).view(n, h, w, 3)  # pixels from the corner
     sx, sy = src[..., 0], src[..., 1]
-    grid = torch.stack([sx * (2.0 / w) - 1.0, sy * (2.0 / h) - 1.0], -1)
-    sampled = F.grid_sample(v, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    if mode == "bicubic":
+        sampled = _bicubic(v, sx, sy)
+    else:  # torch's bilinear with clamped edges is PIL's, to float rounding
+        grid = torch.stack([sx * (2.0 / w) - 1.0, sy * (2.0 / h) - 1.0], -1)
+        sampled = F.grid_sample(v, grid, mode="bilinear", padding_mode="border", align_corners=False)
     inside = ((sx >= 0) & (sx < w) & (sy >= 0) & (sy < h)).unsqueeze(1)
     colour = fill[:c].view(1, c, 1, 1) if c <= fill.numel() else fill[:1].view(1, 1, 1, 1)
+    # a small lift before truncating: float error must not drop an exact level by one
     return torch.where(inside, torch.floor(sampled + 1e-3).clamp(0.0, 255.0), colour)
+
+
+def _cubic_weights(d: torch.Tensor) -> list[torch.Tensor]:
+    """PIL's transform cubic through 4 taps at offsets -1, 0, 1, 2 (value p1 + d (p2 + d (p3 + d p4))
+    with p1 = v2, p2 = v3 - v1, p3 = 2 (v1 - v2) + v3 - v4, p4 = v2 - v1 + v4 - v3), as weights."""
+    d2, d3 = d * d, d * d * d
+    return [-d + 2 * d2 - d3, 1 - 2 * d2 + d3, d + d2 - d3, d3 - d2]
+
+
+def _bicubic(v: torch.Tensor, sx: torch.Tensor, sy: torch.Tensor) -> torch.Tensor:
+    """``v`` read at the points (sx, sy) (pixels from the corner) with PIL's bicubic: 4 x 4 taps
+    around each point, indices clamped to the image as PIL clamps them; tap by tap, so no
+    (..., 16) temporary."""
+    n, c, h, w = v.shape
+    x, y = sx - 0.5, sy - 0.5
+    x0, y0 = torch.floor(x), torch.floor(y)
+    wx, wy = _cubic_weights((x - x0).unsqueeze(1)), _cubic_weights((y - y0).unsqueeze(1))
+    flat = v.reshape(n, c, h * w)
+    cols = [(x0 + (j - 1)).clamp(0, w - 1).long() for j in range(4)]
+    out = torch.zeros_like(v)
+    for i in range(4):
+        row = (y0 + (i - 1)).clamp(0, h - 1).long() * w
+        taps = [flat.gather(2, (row + col).view(n, 1, -1).expand(n, c, -1)).view(n, c, h, w) for col in cols]
+        out = out + wy[i] * sum(wx[j] * taps[j] for j in range(4))
+    return out

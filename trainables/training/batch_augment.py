@@ -64,7 +64,7 @@ class BatchAugment:
 def batch_augment_of(p: AugmentParams, mean, std, num_classes: int, seed: int = 0) -> BatchAugment:
     """The per-step augmentation of recipe ``p`` for data normalised with (``mean``, ``std``)."""
     photometric = Photometric(tuple(mean), tuple(std), p.auto_augment, p.randaugment_n, p.randaugment_m,
-                              p.policy_groups, p.color_jitter, p.random_erasing)
+                              p.policy_groups, p.color_jitter, p.random_erasing, p.policy_interpolation)
     mixup = None
     if p.mixes:
         from timm.data import Mixup

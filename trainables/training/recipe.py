@@ -14,7 +14,7 @@ from pydantic import Field, field_validator, model_validator
 from trainables.core.config import StrictModel
 from trainables.data.augment import AugmentName
 from trainables.data.policy import AUTO_AUGMENTS
-from trainables.data.timm_policy import TimmPolicy, is_timm_config
+from trainables.data.timm_policy import INTERPOLATIONS, TimmPolicy, is_timm_config
 from trainables.training.diffaugment import DAPT_STRATEGY, parse_strategy
 
 RECIPE_KEYS = ("nesterov", "betas", "wd_exclude_1d", "layer_decay", "warmup_lr", "min_lr", "decay_epochs",
@@ -46,6 +46,9 @@ class AugmentParams(StrictModel):
                                  "scale (rand-m9 = 9)")
     policy_groups: int = Field(8, ge=1, le=512, description="kornia policies: the batch is split into this many "
                                "groups, each drawing its own policy ops (kornia draws ops per call)")
+    policy_interpolation: Literal[INTERPOLATIONS] = Field(  # type: ignore[valid-type]
+        "bilinear", description="a timm policy's affine ops: bilinear | bicubic | random (either per image and "
+        "op), timm's create_transform(interpolation=...)")
     color_jitter: float = Field(0.0, ge=0, le=1, description="brightness / contrast / saturation jitter "
                                 "strength (timm's color_jitter); ignored when auto_augment is set, as in timm")
     random_erasing: float = Field(0.0, ge=0, le=1, description="probability of erasing one box per image, "
@@ -72,11 +75,19 @@ class AugmentParams(StrictModel):
 
     @model_validator(mode="after")
     def _kornia_keys_with_kornia(self):
+        # Judged by value, not by which keys were given: recipes travel as full dumps (a teacher's),
+        # where every key looks set.
+        def changed(key: str) -> bool:
+            return getattr(self, key) != type(self).model_fields[key].default
+
         if is_timm_config(self.auto_augment):
             for key in ("randaugment_n", "randaugment_m", "policy_groups"):
-                if key in self.model_fields_set:
+                if changed(key):
                     raise ValueError(f"{key}: applies to kornia's policies; the timm string "
                                      f"{self.auto_augment!r} sets its own ops and draws them per image")
+        elif changed("policy_interpolation"):
+            raise ValueError(f"policy_interpolation: applies to timm's policy strings (rand-m9-mstd0.5-inc1, "
+                             f"original-mstd0.5, ...); auto_augment is {self.auto_augment!r}")
         return self
 
     @field_validator("diffaugment_strategy")
