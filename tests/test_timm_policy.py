@@ -202,3 +202,14 @@ def test_recipe_accepts_timm_strings_and_keeps_kornias_keys_to_kornias_policies(
     for policy in ("original-mstd0.5", "trivialaugment"):
         dumped = AugmentParams(auto_augment=policy).model_dump()
         assert AugmentParams.model_validate(dumped).auto_augment == policy
+
+
+def test_teacher_cache_keys_of_recipes_without_a_timm_policy_keep_their_keys():
+    # policy_interpolation came later and only a timm policy reads it: teachers cached before it
+    # (no policy, or kornia's) keep their keys.
+    from trainables.distill.teacher import TeacherRecipe, recipe_fields
+
+    assert "policy_interpolation" not in recipe_fields(TeacherRecipe())
+    assert "policy_interpolation" not in recipe_fields(TeacherRecipe(auto_augment="randaugment"))
+    timm = recipe_fields(TeacherRecipe(auto_augment="original-mstd0.5", policy_interpolation="random"))
+    assert timm["policy_interpolation"] == "random" and timm["auto_augment"] == "original-mstd0.5"

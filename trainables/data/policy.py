@@ -7,10 +7,10 @@ defined on [0, 1] images: :class:`Photometric` un-normalises a batch, applies th
 normalises it again. Random erasing then works on the normalised batch, like timm's (which runs
 after ``Normalize``), filling its box with per-pixel N(0, 1) noise (timm's ``remode='pixel'``).
 
-Per-sample randomness of kornia's policies: kornia draws one op sequence per call (each op's sign, probability and
-parameters per image). ``groups`` splits the batch into that many slices, each drawing its own ops,
-so a batch mixes op choices as a per-image policy does; slice sizes come from the batch's shape,
-so no host sync. Colour jitter and erasing are drawn per image by kornia itself.
+Per-sample randomness of kornia's policies: kornia draws one op sequence per call (each op's sign,
+probability and parameters per image). ``groups`` splits the batch into that many slices, each
+drawing its own ops, so a batch mixes op choices as a per-image policy does; slice sizes come from
+the batch's shape, so no host sync. Colour jitter and erasing are drawn per image by kornia itself.
 """
 from __future__ import annotations
 

@@ -26,6 +26,7 @@ from pydantic import Field, field_validator, model_validator
 from trainables.core.digest import file_digest
 from trainables.core.registry import kwargs_validator
 from trainables.data import DatasetSplits, load_dataset
+from trainables.data.timm_policy import is_timm_config
 from trainables.losses import create_loss
 from trainables.models import (Classifier, ModelName, check_model_kwargs, create_model, supports_layer_decay,
                                supports_pretrained)
@@ -121,6 +122,8 @@ def recipe_fields(t: TeacherRecipe) -> dict[str, Any]:
     fields = t.model_dump()
     if t.diffaugment == "none":  # added later: off, it leaves the keys of teachers cached before it as they were
         fields.pop("diffaugment"), fields.pop("diffaugment_strategy")
+    if not is_timm_config(t.auto_augment):  # added later, and only a timm policy reads it: likewise
+        fields.pop("policy_interpolation")
     if t.checkpoint:
         fields["checkpoint_sha256"] = file_digest(t.checkpoint)
     return fields
