@@ -3,7 +3,7 @@
 # device notes): the CUDA-only tests, KD against a bare step for both students, every loss's step
 # time against KD (eager, and each step a CUDA graph), the fused-sweep bench at the issue's size
 # (fused_forward streams first; vmap eager, and at batch 64 with the fused step compiled as CUDA
-# graphs), compile modes inside a trial, and the vectorised probe sweep on the GPU. Each step has its own time limit, and all of them together
+# graphs), compile modes inside a trial, the vectorised probe sweep on the GPU, and the timm policies' cost. Each step has its own time limit, and all of them together
 # stay under DEADLINE seconds, so what finished comes back even when a step hangs. Results go to
 # $OUT (or bench/results when OUT is unset), each line naming the device.
 #
@@ -24,7 +24,7 @@ log="$out/gpu_check.log"
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader | tee "$out/device.txt"
 collect() {
   [ "$out" = bench/results ] && return
-  for f in sweep_gpu loss_steps probe_sweep kd_step compile_trial; do
+  for f in sweep_gpu loss_steps probe_sweep kd_step compile_trial augment; do
     [ -f "bench/results/$f.jsonl" ] && cp "bench/results/$f.jsonl" "$out/"
   done
 }
@@ -81,6 +81,9 @@ for pair in "resnet8x4 resnet32x4" "resnet18 resnet56"; do
 done
 run 40 python bench/sweep_gpu.py --device cuda --dry-run --batch-sizes 64,512 --student resnet8x4 --image-size 32 --classes 100
 run 40 python bench/probe_sweep.py --device cuda --k 8 --epochs 3
+# The seed spaces' timm policies drawn per image, against kornia's in groups (not yet measured on a GPU).
+run 60 python bench/augment.py --model resnet8x4 --image-size 32 --train-size 16384 --batch-size 512 \
+  --classes 100 --rounds 2 --recipes randaugment timm_randaugment autoaugment timm_autoaugment
 # Measured before (README): last, where the deadline cuts first.
 run 220 python bench/compile_trial.py --student resnet8x4 --teacher resnet8x4 --image-size 32 --classes 100 \
   --train-size 20000 --batch-sizes 64,512 --epochs 3 --modes eager,reduce-overhead --device cuda
