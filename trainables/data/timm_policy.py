@@ -148,9 +148,8 @@ class TimmPolicy:
         applied = torch.rand(n, device=dev, generator=generator) <= c["prob"]
         noise = torch.randn(n, device=dev, generator=generator)
         uniform = torch.rand(n, device=dev, generator=generator)
-        std = c["magnitude_std"]
-        m = torch.where(torch.isinf(std), uniform * c["magnitude"], c["magnitude"] + torch.where(
-            std > 0, std, torch.zeros_like(std)) * noise)
+        std = c["magnitude_std"]  # inf: timm's uniform draw over [0, magnitude] instead of a Gaussian
+        m = torch.where(torch.isinf(std), uniform * c["magnitude"], c["magnitude"] + std.nan_to_num(posinf=0.0) * noise)
         m = torch.minimum(m.clamp(min=0.0), c["magnitude_max"])
         sign = torch.where(torch.rand(n, device=dev, generator=generator) > 0.5, -1.0, 1.0)
         # Every image's op, from one of three passes over the batch: a lookup table (the identity for
@@ -178,8 +177,9 @@ class TimmPolicy:
             out = torch.where(mine.view(n, 1, 1, 1), photometric(name, v, arg), out)
         return out
 
-
     def _warp(self, v: torch.Tensor, affine: torch.Tensor, fill: torch.Tensor, generator) -> torch.Tensor:
+        """The affine ops' resampling; ``random`` resamples the batch both ways and keeps each
+        image's draw (two passes, no host sync)."""
         if self.interpolation != "random":
             return warp(v, affine, fill, self.interpolation)
         cubic = torch.rand(v.shape[0], device=v.device, generator=generator) < 0.5
