@@ -11,6 +11,7 @@ per image instead (see :mod:`trainables.training.views` for the exact definition
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 from typing import Any
 
 import torch
@@ -23,8 +24,11 @@ from trainables.distill.teacher import build_teacher, load_teacher_model, recipe
 from trainables.init import init_student
 from trainables.losses import create_loss, loss_class
 from trainables.models import Classifier
+from trainables.models import create_model
+from trainables.models.base import head_state_keys
 from trainables.runtime.engine import predict, seed_everything
-from trainables.runtime.session import Session
+from trainables.runtime.session import Session, default_device
+from trainables.selcl.stage import run_stage
 from trainables.runtime.trainable import TrialContext
 from trainables.training.classifier_loop import (CachedTeacher, OnlineTeacher, OptimConfig, TeacherSignal,
                                                  train_classifier)
@@ -78,6 +82,37 @@ def cached_teacher_features(p: DistillParams, ctx: TrialContext, entry, data, de
 
     features = ctx.artifacts.get_or_create("teacher_features", recipe, build)
     return torch.load(features.file("train_features.pt"), map_location=device)
+
+
+def selcl_recipe(p: DistillParams) -> dict[str, Any]:
+    """The cache key of the student architecture's own Sel-CL stage (``student_init: selcl``)."""
+    data_kwargs = {k: v for k, v in p.dataset_kwargs.items() if k != "download"}
+    noise = {"label_noise": p.label_noise.recipe()} if p.label_noise.active else {}
+    return {"dataset": p.dataset, "split_seed": p.split_seed, "dataset_kwargs": data_kwargs, **noise,
+            "model": p.student, "model_kwargs": p.student_kwargs, "selcl": p.selcl.model_dump()}
+
+
+def load_student_selcl(p: DistillParams, ctx: TrialContext):
+    """The student's Sel-CL stage from the artifact cache, run once per recipe and shared by every
+    trial and control that names it (the authors run it once per network, noise and seed)."""
+    def build(out_dir: str) -> dict[str, Any]:
+        device = default_device()
+        clean = load_dataset(p.dataset, seed=p.split_seed, **p.dataset_kwargs)
+        data = with_label_noise(clean, p.label_noise, p.dataset, p.dataset_kwargs)[0].to(device)
+        seed_everything(p.selcl.seed)
+        model = create_model(p.student, num_classes=data.num_classes, input_shape=data.input_shape,
+                             **p.student_kwargs).to(device)
+        return run_stage(model, data, p.selcl, out_dir, clean.train_y if p.label_noise.active else None)
+
+    return ctx.artifacts.get_or_create("selcl", selcl_recipe(p), build)
+
+
+def selected_subset(data: DatasetSplits, selected: torch.Tensor) -> DatasetSplits:
+    """The training split cut to the examples Sel-CL selected (the authors' ``clean_idx``); val and
+    test stay whole."""
+    idx = selected.nonzero().squeeze(1).to(data.train_y.device)
+    meta = {**data.meta, "selcl_selected": int(idx.numel())}
+    return replace(data, train_x=data.train_x[idx], train_y=data.train_y[idx], meta=meta)
 
 
 def uses_fixed_views(p: DistillParams) -> bool:
@@ -147,11 +182,17 @@ def teacher_signal(p: DistillParams, ctx: TrialContext, entry, data, loss_cls,
     return CachedTeacher(logits, features), context
 
 
-def build_student(p: DistillParams, data: DatasetSplits, entry) -> Classifier:
-    """The student per ``student_init``, reading inputs normalised as ``data`` is."""
-    student = init_student(p.student, p.student_kwargs, p.student_init, p.weight_selection,
+def build_student(p: DistillParams, data: DatasetSplits, entry, selcl_entry=None) -> Classifier:
+    """The student per ``student_init``, reading inputs normalised as ``data`` is. ``selcl``: the
+    student's Sel-CL stage weights with a fresh head (the authors' ``ReInitializeClassif``)."""
+    init = "random" if p.student_init == "selcl" else p.student_init
+    student = init_student(p.student, p.student_kwargs, init, p.weight_selection,
                            num_classes=data.num_classes, input_shape=data.input_shape,
                            teacher=lambda: load_teacher_model(p.teacher, entry, data, torch.device("cpu")))
+    if selcl_entry is not None:
+        state = torch.load(selcl_entry.file("model.pt"), map_location="cpu")
+        head = head_state_keys(student)
+        student.load_state_dict({k: v for k, v in state.items() if k not in head}, strict=False)
     student.adapt_input(data.mean, data.std)
     return student
 
@@ -159,20 +200,25 @@ def build_student(p: DistillParams, data: DatasetSplits, entry) -> Classifier:
 def optim_config(p: DistillParams) -> OptimConfig:
     return OptimConfig(epochs=p.epochs, batch_size=p.batch_size, lr=p.lr, optimizer=p.optimizer,
                        weight_decay=p.weight_decay, momentum=p.momentum, schedule=p.schedule,
-                       warmup_epochs=p.warmup_epochs, compile=p.compile, ema_decay=p.ema_decay, **p.recipe_fields())
+                       warmup_epochs=p.warmup_epochs, compile=p.compile, ema_decay=p.ema_decay,
+                       bootstrap_beta=p.bootstrap_beta, bootstrap_start=p.bootstrap_start, **p.recipe_fields())
 
 
-def static_metrics(p: DistillParams, entry, data: DatasetSplits) -> dict[str, Any]:
+def static_metrics(p: DistillParams, entry, data: DatasetSplits, selcl_entry=None) -> dict[str, Any]:
+    selcl = {f"selcl_{k}": selcl_entry.meta[k] for k in ("selected", "selected_precision", "clean_recall")
+             if selcl_entry is not None and k in selcl_entry.meta}
     return {"teacher_test_acc": entry.meta["test_acc"], "teacher_val_acc": entry.meta["val_acc"],
-            **({"label_noise_rate": data.meta["label_noise"]["realised_rate"]} if p.label_noise.active else {})}
+            **({"label_noise_rate": data.meta["label_noise"]["realised_rate"]} if p.label_noise.active else {}),
+            **selcl}
 
 
-def student_and_loss(p: DistillParams, data: DatasetSplits, entry, teacher_context: dict[str, Any]):
+def student_and_loss(p: DistillParams, data: DatasetSplits, entry, teacher_context: dict[str, Any],
+                     selcl_entry=None):
     """The student and its loss, from ``p.seed`` alone: seeded here, so the init is the same
     whatever ran before (an online teacher's construction draws from the global generator), for
     every loss, the no-teacher control, and each member of a fused trial."""
     seed_everything(p.seed)
-    student = build_student(p, data, entry)
+    student = build_student(p, data, entry, selcl_entry)
     # Built after the student, so a loss's own random init (projectors, memory banks) leaves the
     # student's init the same for every loss, the no-teacher control included.
     loss_fn = create_loss(p.loss, p.loss_params, num_classes=data.num_classes, student_dim=student.num_features,
@@ -185,15 +231,23 @@ def run_student(p: DistillParams, session: Session, ctx: TrialContext) -> dict[s
     the trainable's entry, :func:`trainables.distill.trainable.run_distill`, picks)."""
     device = session.device
     entry = load_teacher(p, ctx)
+    selcl_entry = load_student_selcl(p, ctx) if p.student_init == "selcl" else None
     data = load_data(p, ctx).to(device)
     seed_everything(p.seed)
     teacher, teacher_context = teacher_signal(p, ctx, entry, data, loss_class(p.loss), device)
-    student, loss_fn = student_and_loss(p, data, entry, teacher_context)
+    if selcl_entry is not None:
+        selected = torch.load(selcl_entry.file("selected.pt"), map_location=device)
+        data = selected_subset(data, selected)
+        if isinstance(teacher, CachedTeacher):  # cached on the whole training set: the same cut
+            idx = selected.nonzero().squeeze(1)
+            feats = teacher.train_features
+            teacher = CachedTeacher(teacher.train_logits[idx], None if feats is None else feats[idx])
+    student, loss_fn = student_and_loss(p, data, entry, teacher_context, selcl_entry)
     return train_classifier(
         model=student, data=data, loss_fn=loss_fn, session=session, seed=p.seed, teacher=teacher,
         checkpoint_every=ctx.checkpoint_every, views=student_views(p, data, device),
         batch_augment=batch_augment_of(p, data.mean, data.std, data.num_classes, p.seed),
-        static_metrics=static_metrics(p, entry, data),
+        static_metrics=static_metrics(p, entry, data, selcl_entry),
         epoch_hook=p.fewshot and fewshot_hook(p.fewshot, data, p.epochs, p.loss, p.loss_params, device, seed=p.seed,
                                               teacher=lambda: load_teacher_model(p.teacher, entry, data, device)),
         optim=optim_config(p))

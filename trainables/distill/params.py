@@ -18,6 +18,7 @@ from trainables.training.classifier_loop import COMPILE_MODES
 from trainables.training.dataset_params import DatasetParams
 from trainables.training.noise_params import LabelNoiseConfig, check_label_noise
 from trainables.runtime.vectorize import FusedMembers
+from trainables.selcl.config import SelCLConfig
 from trainables.training.recipe import RecipeParams
 
 # What the members of a fused trial (``vectorize: K``) may differ in: values that leave the
@@ -57,7 +58,10 @@ class DistillParams(FusedMembers, DatasetParams, RecipeParams):
                                 "(= default) | default | reduce-overhead (CUDA graphs) | max-autotune-no-cudagraphs")
     student: ModelName = "mlp"
     student_kwargs: dict[str, Any] = Field(default_factory=dict)
-    student_init: str = Field("random", description="random | pretrained | weight_selection | a checkpoint file")
+    student_init: str = Field("random", description="random | pretrained | weight_selection | selcl | a checkpoint "
+                              "file")
+    selcl: SelCLConfig = Field(default_factory=SelCLConfig, description="Sel-CL's stage-1 recipe for student_init "
+                               "selcl (default: the authors'); also teacher.selcl's default")
     weight_selection: WeightSelectionConfig = Field(default_factory=WeightSelectionConfig)
     loss: LossName = "kd"
     loss_params: dict[str, Any] = Field(default_factory=dict)
@@ -71,6 +75,11 @@ class DistillParams(FusedMembers, DatasetParams, RecipeParams):
     warmup_epochs: int = Field(0, ge=0)
     ema_decay: float | None = Field(None, gt=0, lt=1, description="model EMA of the student (timm ModelEmaV3), "
                                     "updated after every optimiser step; reports ema_val_acc / ema_test_acc")
+    bootstrap_beta: float = Field(0.0, ge=0, lt=1, description="Sel-CL+'s bootstrapped labels: from epoch "
+                                  "bootstrap_start the label target is (1 - beta) * the (mixed) labels + beta * the "
+                                  "(mixed) one-hot of the student's own prediction on the un-augmented image; 0 = off")
+    bootstrap_start: int = Field(0, ge=0, description="bootstrap_beta: the first epoch (0-based) with the bootstrapped "
+                                 "labels; the authors' 30 (their epochs 31..70)")
     fewshot: FewShotConfig | None = Field(None, description="N-way K-shot evaluation on the dataset's novel "
                                           "classes, and the optional Meta-Baseline stage (trainables/distill/fewshot.py)")
     label_noise: LabelNoiseConfig = Field(default_factory=LabelNoiseConfig,
@@ -103,6 +112,44 @@ class DistillParams(FusedMembers, DatasetParams, RecipeParams):
             raise ValueError(f"layer_decay: student {self.student!r} has no layer groups; layer-wise lr decay "
                              f"needs a timm model (timm:NAME or a timm alias)")
 
+    def _bootstrap_fits(self) -> None:
+        """The bootstrapped labels need an epoch to start in and a loss that takes soft targets."""
+        if self.bootstrap_beta <= 0:
+            return
+        if self.bootstrap_start >= self.epochs:
+            raise ValueError(f"bootstrap_start: {self.bootstrap_start} is not an epoch of the trial; with "
+                             f"bootstrap_beta {self.bootstrap_beta} it must be below epochs ({self.epochs}), 0-based")
+        if not loss_class(self.loss).soft_targets:
+            raise ValueError(f"bootstrap_beta: loss {self.loss!r} takes class labels only, and the bootstrapped labels "
+                             f"are soft targets; use a loss that takes them, or bootstrap_beta 0")
+
+    def _selcl_fits(self) -> None:
+        """The student's Sel-CL stage trains on the whole (noisy) training set and the student then on
+        its selected examples only; what reads the training set by index elsewhere cannot follow."""
+        if self.student_init != "selcl":
+            if self.selcl != SelCLConfig() and self.teacher.init != "selcl":
+                raise ValueError("selcl: only student_init selcl (or teacher.init selcl, as its default) reads it; "
+                                 f"student_init is {self.student_init!r}")
+            return
+        if self.synthetic.uses(teacher=False):
+            raise ValueError("student_init: selcl selects among the real training images; generated ones "
+                             "(synthetic.synset_size) are not supported with it")
+        if self.augment != "none" and self.teacher_mode != "online" and loss_class(self.loss).needs_teacher:
+            raise ValueError(f"teacher_mode: {self.teacher_mode!r} caches the teacher's outputs on fixed views of the "
+                             f"whole training set, which student_init selcl cuts to its selected examples; use "
+                             f"teacher_mode online (or no augment)")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _teacher_selcl_default(cls, data: Any) -> Any:
+        """A Sel-CL teacher without a recipe of its own takes the student's ``selcl``: the authors run
+        both networks' stage 1 with the same arguments."""
+        if isinstance(data, dict) and isinstance(data.get("teacher"), dict) and "selcl" in data:
+            teacher = data["teacher"]
+            if teacher.get("init") == "selcl" and teacher.get("selcl") is None:
+                data = {**data, "teacher": {**teacher, "selcl": data["selcl"]}}
+        return data
+
     @field_validator("compile", mode="before")
     @classmethod
     def _compile_mode(cls, value: Any) -> bool | str:
@@ -129,6 +176,8 @@ class DistillParams(FusedMembers, DatasetParams, RecipeParams):
         if self.warmup_epochs >= self.epochs:
             raise ValueError(f"warmup_epochs ({self.warmup_epochs}) must be below epochs ({self.epochs})")
         self._per_step_ops_fit()
+        self._bootstrap_fits()
+        self._selcl_fits()
         if self.fewshot is not None:
             check_fewshot(self.fewshot, self.dataset, self.dataset_kwargs, self.loss, self.loss_params)
         self.check_recipe(self.lr, self.epochs, self.schedule, batch_size=self.batch_size)
@@ -146,6 +195,11 @@ class DistillParams(FusedMembers, DatasetParams, RecipeParams):
                    ("workers", streams and self.workers > 1, f"{self.workers} DDP workers would average gradients "
                     "inside each member's CUDA graph under fused_forward streams; use 1 worker, or fused_forward "
                     "vmap or loop"),
+                   ("student_init", self.student_init == "selcl", "a fused trial's members share one training "
+                    "set, and selcl cuts each student's to its own stage's selection; drop vectorize"),
+                   ("bootstrap_beta", self.bootstrap_beta > 0, f"fused trials do not support bootstrap_beta "
+                    f"{self.bootstrap_beta} (the bootstrapped labels take a second forward of each member on the clean "
+                    "images); drop vectorize or set bootstrap_beta 0"),
                    ("compile", streams and self.compile is not False, f"fused_forward streams captures each "
                     f"member's step as a CUDA graph itself; compile {self.compile!r} is not taken with it, set "
                     "compile: false")]

@@ -10,6 +10,9 @@
   the body's lr (DAPT: AdamW, body 1e-4, head 1e-3).
 * ``pt``: the pretrained backbone with a new, *untrained* head (DAPT's ``pt``; its logits are
   random, so pair it with a feature loss or ``head: pretrained``).
+* ``selcl``: Sel-CL's first stage on the (noisy) training labels, from scratch, with the recipe
+  in ``teacher.selcl`` (:mod:`trainables.selcl`); the teacher is that stage's classifier, as in the
+  noisy-label experiment of "Vision Superalignment". The other optimisation keys are not read.
 
 Optimiser settings left unset take the mode's defaults (:data:`INIT_DEFAULTS`) before the recipe is
 hashed, so spelling a default out explicitly names the same cached teacher.
@@ -33,6 +36,8 @@ from trainables.models import (Classifier, ModelName, check_model_kwargs, create
 from trainables.models.checkpoint import check_checkpoint_path
 from trainables.runtime.engine import evaluate, predict, seed_everything, unwrap
 from trainables.runtime.session import LocalSession, default_device
+from trainables.selcl.config import SelCLConfig
+from trainables.selcl.stage import run_stage
 from trainables.training.classifier_loop import OptimConfig, train_classifier
 from trainables.training.batch_augment import batch_augment_of, geometric_of
 from trainables.training.noise_params import with_label_noise
@@ -41,7 +46,7 @@ from trainables.training.views import BatchViews, PlainViews, RandomViews
 
 Optimizer = Literal["sgd", "adam", "adamw"]
 Schedule = Literal["cosine", "constant", "step", "multistep"]
-TeacherInit = Literal["fr", "lp", "ft", "pt"]
+TeacherInit = Literal["fr", "lp", "ft", "pt", "selcl"]
 
 INIT_DEFAULTS: dict[str, dict[str, Any]] = {
     # fr keeps this project's long-standing defaults; DAPT's own FR is adamw / 1e-3 / 0.01 / constant.
@@ -51,6 +56,7 @@ INIT_DEFAULTS: dict[str, dict[str, Any]] = {
     "pt": {"optimizer": "adamw", "lr": 1e-3, "weight_decay": 0.01, "schedule": "constant", "head_lr_mult": 1.0},
 }
 WEIGHT_KWARGS = ("pretrained", "checkpoint")
+SELCL_OWN_KEYS = ("model", "model_kwargs", "init", "selcl")
 
 
 class TeacherRecipe(RecipeParams):
@@ -70,6 +76,7 @@ class TeacherRecipe(RecipeParams):
     head_lr_mult: float | None = Field(None, gt=0)
     warmup_epochs: int = Field(0, ge=0)
     seed: int = Field(0, ge=0)
+    selcl: SelCLConfig | None = Field(None, description="init selcl: Sel-CL's stage-1 recipe (default: the authors')")
 
     @field_validator("checkpoint")
     @classmethod
@@ -81,6 +88,8 @@ class TeacherRecipe(RecipeParams):
         clash = [k for k in WEIGHT_KWARGS if k in self.model_kwargs]
         if clash:
             raise ValueError(f"teacher.model_kwargs.{clash[0]}: set teacher.{clash[0]} (with teacher.init) instead")
+        if self.init == "selcl" or self.selcl is not None:
+            return self._selcl_fits()
         if self.init == "fr":
             if self.pretrained or self.checkpoint:
                 raise ValueError("teacher.init fr trains from scratch; a pretrained or checkpoint backbone needs "
@@ -108,6 +117,24 @@ class TeacherRecipe(RecipeParams):
         self.check_recipe(self.lr, self.epochs, self.schedule, prefix="teacher.", batch_size=self.batch_size)
         return self
 
+    def _selcl_fits(self):
+        """Sel-CL trains with its own recipe: the keys of the other modes' recipe would be silently
+        unread, so any set away from its default is refused (judged by value, as recipes travel
+        as full dumps)."""
+        if self.init != "selcl":
+            raise ValueError(f"selcl: only init selcl reads it (init is {self.init!r})")
+        if self.selcl is None:
+            self.selcl = SelCLConfig()
+        for name, info in type(self).model_fields.items():
+            if name in SELCL_OWN_KEYS:
+                continue
+            default = info.get_default(call_default_factory=True)
+            if getattr(self, name) != default:
+                # Named relative to the teacher, as its other checks: the sweep reports it as teacher.<key>.
+                raise ValueError(f"{name}: init selcl trains with Sel-CL's recipe (selcl.*) and does not read "
+                                 f"{name}; leave it at {default!r}")
+        return self
+
     # After _init_mode_fits, which says where pretrained / checkpoint belong instead.
     _model_kwargs_fit = kwargs_validator("model", "model_kwargs", check_model_kwargs)
 
@@ -120,6 +147,8 @@ class TeacherRecipe(RecipeParams):
 def recipe_fields(t: TeacherRecipe) -> dict[str, Any]:
     """The recipe as cache-key fields. A checkpoint enters by content, not only by path."""
     fields = t.model_dump()
+    if t.selcl is None:  # added later: without Sel-CL the keys of teachers cached before it stay as they were
+        fields.pop("selcl")
     if t.diffaugment == "none":  # added later: off, it leaves the keys of teachers cached before it as they were
         fields.pop("diffaugment"), fields.pop("diffaugment_strategy")
     if not is_timm_config(t.auto_augment):  # added later, and only a timm policy reads it: likewise
@@ -174,19 +203,26 @@ def build_teacher(recipe: dict[str, Any], out_dir: str, device: torch.device | N
     when the training split is not the dataset's own (generated images added)."""
     device = device or default_device()
     t = TeacherRecipe.model_validate({k: v for k, v in recipe.items() if k in TeacherRecipe.model_fields})
+    clean_y = None
     if data is None:
         data = load_dataset(recipe["dataset"], seed=recipe["split_seed"], **recipe.get("dataset_kwargs", {}),
                             **({"download": True} if download else {}))
+        clean_y = data.train_y
         # The teacher learns from the same noisy training labels as the student; val / test stay clean.
         data, noise_rate = with_label_noise(data, recipe.get("label_noise"), recipe["dataset"],
                                             recipe.get("dataset_kwargs"))
     else:  # the caller's splits (generated images added) carry the noise it applied to the real labels
         noise_rate = data.meta.get("label_noise", {}).get("realised_rate", 0.0)
     data = data.to(device)
-    seed_everything(t.seed)
+    seed_everything(t.selcl.seed if t.init == "selcl" else t.seed)
     model = create_teacher(t, data).to(device)
     session = LocalSession(device)
-    if t.init in ("fr", "ft"):
+    selcl_stats = {}
+    if t.init == "selcl":
+        last = run_stage(model, data, t.selcl, out_dir, clean_y if noise_rate else None)
+        final = {"val_acc": last.get("val_acc"), "test_acc": last.get("test_acc"), "train_loss": last["train_loss"]}
+        selcl_stats = {"selcl_" + k: last[k] for k in ("selected", "selected_precision", "pair_threshold") if k in last}
+    elif t.init in ("fr", "ft"):
         final = train_classifier(model=model, data=data, loss_fn=create_loss("ce"), session=session, seed=t.seed,
                                  optim=t.optim(), views=teacher_views(t, device),
                                  batch_augment=batch_augment_of(t, data.mean, data.std, data.num_classes, t.seed))
@@ -202,7 +238,7 @@ def build_teacher(recipe: dict[str, Any], out_dir: str, device: torch.device | N
             "model": t.model, "init": t.init, "num_classes": data.num_classes, "logit_dim": int(logits.shape[1]),
             "input_shape": list(data.input_shape),
             "input_norm": [list(v) for v in model.input_norm] if model.input_norm else None,
-            **({"label_noise_rate": noise_rate} if recipe.get("label_noise") else {})}
+            **({"label_noise_rate": noise_rate} if recipe.get("label_noise") else {}), **selcl_stats}
     with open(os.path.join(out_dir, "teacher.json"), "w") as f:
         json.dump(meta, f, indent=1)
     return meta

@@ -70,13 +70,19 @@ register_trainable(
         "meta_train_loss": "mean episode loss of the last meta epoch (with fewshot.meta_epochs)",
         "meta_temperature": "Meta-Baseline's learnt temperature (with fewshot.meta_epochs)",
         "label_noise_rate": "fraction of training labels that label_noise changed (val / test labels stay clean)",
+        "selcl_selected": "training examples the student's Sel-CL stage selected, which it trains on (student_init selcl)",
+        "selcl_selected_precision": "share of those whose noisy label is the true one (student_init selcl with "
+                                    "label_noise)",
+        "selcl_clean_recall": "share of the correctly labelled training examples the stage selected (student_init "
+                              "selcl with label_noise)",
     },
     # classifier_loop's static_metrics, as loop.py passes them.
     data_digest=dataset_digest,
-    static_metrics=("teacher_test_acc", "teacher_val_acc", "label_noise_rate"),
+    static_metrics=("teacher_test_acc", "teacher_val_acc", "label_noise_rate", "selcl_selected",
+                    "selcl_selected_precision", "selcl_clean_recall"),
     vocabulary=Vocabulary(
         headline="test_acc",
-        table_metrics=("test_acc", "teacher_test_acc", "label_noise_rate"),
+        table_metrics=("test_acc", "teacher_test_acc", "label_noise_rate", "selcl_selected_precision"),
         reference_metric="test_acc",
         control="its no-teacher control",
         identity={"teacher": ("teacher.model", "teacher"), "student": ("student.model", "student"),

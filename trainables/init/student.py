@@ -5,6 +5,9 @@
 * ``weight_selection``: weights selected from a larger model of the same family
   (:mod:`trainables.init.weight_selection`); the source is the trained teacher (``source:
   teacher``) or any model name with its kwargs (``pretrained: true`` or ``checkpoint: …``).
+* ``selcl``: the student architecture's own Sel-CL stage on the noisy training labels, with a
+  fresh head, trained on the examples that stage selected (the ``distill`` trainable runs the stage,
+  with its ``selcl`` recipe, and builds the student from it: :mod:`trainables.distill.loop`).
 * a path to a ``.pt``/``.pth``/``.safetensors`` file: those weights (head kept fresh when its
   shape differs).
 
@@ -24,7 +27,7 @@ from trainables.init.weight_selection import SelectionMethod, apply_weight_selec
 from trainables.models import Classifier, check_model_kwargs, check_model_name, create_model, supports_pretrained
 from trainables.models.checkpoint import check_checkpoint_path, load_checkpoint
 
-STUDENT_INIT_KEYWORDS = ("random", "pretrained", "weight_selection")
+STUDENT_INIT_KEYWORDS = ("random", "pretrained", "weight_selection", "selcl")
 
 
 def _check_source(source: str, kwargs: dict[str, Any]) -> None:
@@ -72,6 +75,9 @@ def init_student(name: str, kwargs: dict[str, Any], init: str, selection: Weight
                  num_classes: int, input_shape: tuple[int, ...],
                  teacher: Callable[[], Classifier] | None = None) -> Classifier:
     """Build the student. ``teacher`` returns the trained teacher (for ``source: teacher``)."""
+    if init == "selcl":
+        raise ValueError("student_init selcl: its weights come from the distill trainable's Sel-CL stage; "
+                         "build the student with init random and load them")
     if init == "pretrained":
         return create_model(name, num_classes=num_classes, input_shape=input_shape, pretrained=True, **kwargs)
     student = create_model(name, num_classes=num_classes, input_shape=input_shape, **kwargs)

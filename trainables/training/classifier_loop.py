@@ -162,6 +162,31 @@ class OptimConfig:
     # batch_size * accum_steps samples per worker, batch_size * accum_steps * workers in all.
     accum_steps: int = 1
     ema_decay: float | None = None  # model EMA (timm ModelEmaV3) updated after every optimiser step
+    # Sel-CL+'s bootstrapped labels (bootstrap_targets): from epoch bootstrap_start (0-based) the
+    # label target is (1 - beta) * the labels + beta * the student's own clean-view predictions.
+    bootstrap_beta: float = 0.0
+    bootstrap_start: int = 0
+
+
+def bootstrap_targets(targets: torch.Tensor, own: torch.Tensor, lam: float, beta: float,
+                      num_classes: int) -> torch.Tensor:
+    """The bootstrapped soft targets (N, C) of Sel-CL+ (``criterionMixBoot``, Vision Superalignment):
+    ``(1 - beta) * mix(onehot(y)) + beta * mix(onehot(z))`` with ``mix(t) = lam * t + (1 - lam) *
+    t.flip(0)``. ``targets``: labels (N,), or already mixed soft targets (N, C) (timm's batch
+    mixup, which pairs image i with image n-1-i); ``own``: the student's predicted classes z (N,)
+    on the un-augmented images; ``lam``: the batch's mixing weight (1.0 unmixed). Cross-entropy is
+    linear in its target, so the loss against this equals the authors' four terms
+    ``lam(1-B) CE(y_a) + lam B CE(z_a) + (1-lam)(1-B) CE(y_b) + (1-lam) B CE(z_b)``.
+
+    One-hots are scattered, not ``F.one_hot``: that checks the labels' range on the host (a sync)."""
+    def onehot(labels: torch.Tensor) -> torch.Tensor:
+        return torch.zeros(len(labels), num_classes, device=labels.device).scatter_(1, labels[:, None], 1.0)
+
+    plain = targets.float() if targets.dim() == 2 else onehot(targets)
+    boot = onehot(own)
+    if lam != 1.0:
+        boot = lam * boot + (1.0 - lam) * boot.flip(0)
+    return (1.0 - beta) * plain + beta * boot
 
 
 def train_classifier(*, model: nn.Module, data: DatasetSplits, loss_fn: DistillLoss, optim: OptimConfig,
@@ -278,20 +303,36 @@ class ClassifierRun:
             self.ema.update(unwrap(self.model))
         return outs
 
-    def prepare(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    def prepare(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, float]:
         """The batch a step consumes: the samples' views, the per-step augmentation (soft targets
-        when mixing), the step's memory layout; and the view indices (fixed views) or None."""
+        when mixing), the step's memory layout; the view indices (fixed views) or None; and the
+        batch's mixing weight lam (1.0 unmixed), which travels with the batch since batches are
+        prepared ahead on a side thread."""
         xb, view_ids = self.views.batch(self.data.train_x, idx)
-        xb, yb = self.batch_augment(xb, self.data.train_y[idx])
+        xb, yb, lam = self.batch_augment.mixed(xb, self.data.train_y[idx])
         if self.channels_last:
             xb = xb.contiguous(memory_format=torch.channels_last)
-        return xb, yb, view_ids
+        return xb, yb, view_ids, lam
 
     def forward(self, epoch: int, idx: torch.Tensor, prepared: tuple | None = None) -> dict[str, torch.Tensor]:
         """The loss on one (micro-)batch."""
-        xb, yb, view_ids = prepared if prepared is not None else self.prepare(idx)
+        xb, yb, view_ids, lam = prepared if prepared is not None else self.prepare(idx)
         with autocast(self.device):
+            if self.optim.bootstrap_beta > 0 and epoch >= self.optim.bootstrap_start:
+                yb = bootstrap_targets(yb, self.own_predictions(idx), lam, self.optim.bootstrap_beta,
+                                       self.data.num_classes)
             return self.step_loss(self.loss_inputs(epoch, idx, xb, yb, view_ids))
+
+    @torch.no_grad()
+    def own_predictions(self, idx: torch.Tensor) -> torch.Tensor:
+        """The student's classes for the un-augmented images of the batch, from a forward in train
+        mode as the authors run it (batch-norm uses and updates the batch statistics). Eager: a
+        no-grad call of the compiled forward would be another graph, and with CUDA graphs its
+        outputs would live in the pool the step's graph overwrites."""
+        x = self.data.train_x[idx]
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return self.model(x).argmax(1)
 
     def loss_inputs(self, epoch: int, idx: torch.Tensor, xb: torch.Tensor, yb: torch.Tensor,
                     view_ids: torch.Tensor | None) -> LossInputs:
