@@ -276,3 +276,69 @@ def test_stage_on_noisy_digits_selects_a_cleaner_subset_than_its_labels():
     assert label_acc == pytest.approx(1 - rate)
     assert last["selected_precision"] > label_acc + 0.15
     assert -1.0 <= last["pair_threshold"] <= 1.0 and 0.0 <= last["val_acc"] <= 1.0
+
+
+def test_a_selective_step_with_the_memory_makes_no_host_sync():
+    """The contrastive step (selected pairs, the pair memory, the draw of selected examples, the
+    similarity term's clipped gradient, the EMA) runs without a device-to-host sync."""
+    from trainables.runtime.sync_check import SyncCheck
+    from trainables.selcl.stage import SelCLRun
+
+    data = load_dataset("digits", seed=0)
+    cfg = SelCLConfig(epochs=3, batch_size=32, milestones=[], warmup_epochs=1, uns_queue=64, queue_per_class=8,
+                      k_val=5, sup_queue_begin=0, low_dim=8, augment="simple", seed=1)
+    seed_everything(1)
+    run = SelCLRun(create_model("cnn_small", num_classes=10, input_shape=data.input_shape), data, cfg)
+    run.select()
+    batches = run.batches(2)
+    run.step(batches[0], epoch=2)  # fills the memory, so the next step contrasts with it
+    with SyncCheck() as check:
+        loss = run.step(batches[1], epoch=2)
+    assert not check.syncs, check.report()
+    assert math.isfinite(loss.item()) and run.memory.ptr == 4 * cfg.batch_size
+
+
+@pytest.mark.parametrize("kind", ["simple", "complex"])
+def test_the_two_views_are_drawn_on_the_device_without_a_sync_and_simple_pads_black(kind):
+    from trainables.runtime.sync_check import SyncCheck
+    from trainables.selcl.views import TwoViewAugment
+
+    mean, std = (0.5, 0.4, 0.3), (0.2, 0.25, 0.3)
+    x = (torch.rand(16, 3, 8, 8) - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
+    views = TwoViewAugment(kind, mean, std, (3, 8, 8), seed=0, device=CPU)
+    views(x)  # the first call imports kornia's colour ops, whose module constants are no step's work
+    with SyncCheck() as check:
+        a, b = views(x), views(x)
+    assert not check.syncs, check.report()
+    assert a.shape == x.shape and not torch.equal(a, b)
+    if kind == "simple":  # every view is a shifted window: its pixels are the image's or black
+        black = (-torch.tensor(mean) / torch.tensor(std)).view(1, 3, 1, 1)
+        is_black = torch.isclose(a, black.expand_as(a), atol=1e-5).all(1)
+        assert is_black.any()  # 16 images with offsets up to 4 px: some border shows
+        values = set(torch.round(x * 1e4).flatten().tolist()) | set(torch.round(black * 1e4).flatten().tolist())
+        assert set(torch.round(a * 1e4).flatten().tolist()) <= values
+
+
+def test_colour_jitter_is_torchvisions_per_image_in_the_drawn_order():
+    import torchvision.transforms.functional as TF
+
+    from trainables.selcl.views import colour_jitter, random_grayscale
+
+    n = 6
+    x = torch.rand(n, 3, 5, 5, generator=torch.Generator().manual_seed(0))
+    got = colour_jitter(x, (0.4, 0.4, 0.4, 0.1), 1.0, torch.Generator().manual_seed(3))
+    # The same draws, in colour_jitter's order: four factors per image, then the permutation.
+    gen = torch.Generator().manual_seed(3)
+    b, c, s = (0.6 + 0.8 * torch.rand(n, generator=gen) for _ in range(3))
+    h = -0.1 + 0.2 * torch.rand(n, generator=gen)
+    order = torch.rand(n, 4, generator=gen).argsort(1)
+    ops = (TF.adjust_brightness, TF.adjust_contrast, TF.adjust_saturation, TF.adjust_hue)
+    for i in range(n):
+        img = x[i]
+        for op in order[i].tolist():
+            img = ops[op](img, [b, c, s, h][op][i].item())
+        assert (got[i] - img).abs().max() < 1e-3, (i, (got[i] - img).abs().max())  # HSV round trips differ in float rounding
+    grey = random_grayscale(x, 1.0, torch.Generator().manual_seed(0))
+    assert torch.allclose(grey, TF.rgb_to_grayscale(x, num_output_channels=3), atol=1e-6)
+    assert torch.equal(random_grayscale(x, 0.0, torch.Generator()), x)
+    assert torch.equal(colour_jitter(x, (0.4, 0.4, 0.4, 0.1), 0.0, torch.Generator()), x)

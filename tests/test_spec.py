@@ -64,7 +64,7 @@ MALFORMED = [
     (["search.loss_params.temperature={choice: [1, -2]}"],
      "space.yaml: search.loss_params.temperature.choice[1]: input should be greater than 0 for loss 'kd' (got -2)"),
     (["search.lr={uniform: [-1, 0.1]}"], "space.yaml: search.lr.uniform[low]: input should be greater than 0 (got -1)"),
-    (["params.foo=1"], "space.yaml: params.foo: unknown parameter (known: accum_steps, augment, auto_augment, batch_size, betas, color_jitter, compile,"),
+    (["params.foo=1"], "space.yaml: params.foo: unknown parameter (known: accum_steps, augment, auto_augment, batch_size, betas, bootstrap_beta, bootstrap_start, color_jitter, compile,"),
     (["params.loss_params={tempreature: 2}"],
      "space.yaml: params.loss_params.tempreature: loss 'kd' has no parameter(s) tempreature; accepted: kd_weight, "
      "label_smoothing, label_weight, temperature (did you mean 'temperature'?) (got 2)"),

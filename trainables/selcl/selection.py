@@ -130,6 +130,9 @@ class PairRule:
         """(len(rows), len(cols)) float mask for the example indices ``rows`` x ``cols``."""
         same = self.labels[rows][:, None] == self.labels[cols][None, :]
         both = self.selected[rows][:, None] & self.selected[cols][None, :]
-        close = (self.features[rows] @ self.features[cols].T) >= self.threshold
+        # float32 as the threshold was computed: under a step's bf16 autocast, similarities near 1
+        # would round to steps of 1/256, enough to move pairs across the threshold.
+        with torch.autocast(self.features.device.type, enabled=False):
+            close = (self.features[rows] @ self.features[cols].T) >= self.threshold
         return (same & (both | close)).float()
 

@@ -46,6 +46,7 @@ from trainables.selcl.config import SelCLConfig
 from trainables.selcl.losses import mixed_cross_entropy, moco_nce, similarity_bce, sup_contrastive
 from trainables.selcl.memory import NegativesQueue, PairMemory
 from trainables.selcl.selection import PairRule, Selection, pair_threshold, select_examples
+from trainables.selcl.views import TwoViewAugment
 
 
 class SelCLNet(nn.Module):
@@ -60,32 +61,6 @@ class SelCLNet(nn.Module):
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         logits, feats = self.backbone(x, return_features=True)
         return logits, F.normalize(self.proj(feats), dim=1)
-
-
-class TwoViewAugment:
-    """Sel-CL's training transform on normalised images, per image, with kornia on the device: the
-    ops run on [0, 1] images (grey ones as three equal channels) and the result is normalised again."""
-
-    def __init__(self, kind: str, mean, std, image_shape: tuple[int, ...]):
-        import kornia.augmentation as K
-
-        size = tuple(image_shape[1:])
-        if kind == "complex":  # RandomResizedCrop, flip, ColorJitter(0.4, 0.4, 0.4, 0.1) p 0.8, grayscale p 0.2
-            ops = [K.RandomResizedCrop(size, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3)), K.RandomHorizontalFlip(),
-                   K.ColorJitter(0.4, 0.4, 0.4, 0.1, p=0.8), K.RandomGrayscale(p=0.2)]
-        else:  # RandomCrop(size, padding=4) with a black border, flip
-            ops = [K.RandomCrop(size, padding=4), K.RandomHorizontalFlip()]
-        self.ops = nn.Sequential(*ops)
-        self.mean = torch.tensor(mean).view(1, -1, 1, 1)
-        self.std = torch.tensor(std).view(1, -1, 1, 1)
-
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        mean, std = self.mean.to(x.device), self.std.to(x.device)
-        unit = (x.float() * std + mean).clamp(0, 1)
-        grey = unit.shape[1] == 1
-        out = self.ops(unit.expand(-1, 3, -1, -1) if grey else unit)
-        out = out.mean(1, keepdim=True) if grey else out
-        return ((out - mean) / std).to(x.dtype)
 
 
 def mixer(alpha: float) -> Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor, float]]:
@@ -166,7 +141,7 @@ class SelCLRun:
             self.optimizer, lambda t: lr_factor(t, self.steps_per_epoch, cfg))
         self.negatives = NegativesQueue(cfg.low_dim, cfg.uns_queue, device)
         self.memory = PairMemory(cfg.queue_per_class * data.num_classes * 2, cfg.low_dim, data.num_classes, device)
-        self.views = TwoViewAugment(cfg.augment, data.mean, data.std, data.input_shape)
+        self.views = TwoViewAugment(cfg.augment, data.mean, data.std, data.input_shape, cfg.seed, device)
         self.mix = mixer(cfg.mixup_alpha)
         self.rule: PairRule | None = None
 
@@ -175,25 +150,39 @@ class SelCLRun:
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
 
     def step(self, idx: torch.Tensor, epoch: int) -> torch.Tensor:
+        """One update on the batch ``idx`` (see the module docstring). The networks run under bf16
+        autocast; the similarities, the losses and the pair rule in float32 (apex O1, the authors'
+        mixed precision, keeps them at least in fp16, whose 11 bits separate the pair threshold's
+        neighbourhood of 1 eight times finer than bf16's)."""
         cfg, b = self.cfg, idx.shape[0]
-        x, y = self.data.train_x[idx], self.data.train_y[idx]
+        x = self.data.train_x[idx]
         x1, x2 = self._view(x), self._view(x)
+        selective = epoch > cfg.uns_epochs
         with autocast(self.device):
             _, q = self.net(x1)
             with torch.no_grad():
                 _, k = self.ema(x2)
-            # A copy: the push below overwrites the keys the backward needs (the authors clone too).
-            uns = moco_nce(q.float(), k.float(), self.negatives.keys.clone(), cfg.uns_t)
-            self.negatives.push(k.float())
             (xa, perm_a, lam_a), (xb, perm_b, lam_b) = self.mix(x1), self.mix(x2)
-            selective = epoch > cfg.uns_epochs
             if selective:  # the uns warm-up needs only the momentum encoder's outputs of the mixed views
                 logits_a, emb_a = self.net(xa)
                 logits_b, emb_b = self.net(xb)
             with torch.no_grad():
                 ema_la, ema_ea = self.ema(xa)
                 ema_lb, ema_eb = self.ema(xb)
-            self.memory.push(torch.cat([ema_ea, ema_eb]), torch.cat([ema_la, ema_lb]).float().softmax(1),
+            if selective:
+                # Classification on examples drawn from the selected ones (a weighted draw: no sync).
+                cidx = torch.multinomial(self.rule.selected.float(), b, replacement=True)
+                cx, cy = self.data.train_x[cidx], self.data.train_y[cidx]
+                classified = []
+                for view in (self._view(cx), self._view(cx)):
+                    mixed, perm, lam = self.mix(view)
+                    classified.append((self.net(mixed)[0], perm, lam))
+        with torch.autocast(self.device.type, enabled=False):
+            # A copy: the push overwrites the keys the backward needs (the authors clone too).
+            negatives = self.negatives.keys.clone()
+            self.negatives.push(k.float())
+            uns = moco_nce(q.float(), k.float(), negatives, cfg.uns_t)
+            self.memory.push(torch.cat([ema_ea, ema_eb]).float(), torch.cat([ema_la, ema_lb]).float().softmax(1),
                              torch.cat([idx, idx]))
             if not selective:
                 loss = uns.mean()
@@ -215,16 +204,8 @@ class SelCLRun:
                 few = positives + mem[0][:b].sum(1) < 2
             else:
                 few = positives < 1
-            # Classification on examples drawn from the selected ones (a weighted draw: no sync).
-            cidx = torch.multinomial(self.rule.selected.float(), b, replacement=True)
-            cy = self.data.train_y[cidx]
-            cx = self.data.train_x[cidx]
-            classif = 0.0
-            for view in (self._view(cx), self._view(cx)):
-                mixed, perm, lam = self.mix(view)
-                logits, _ = self.net(mixed)
-                classif = classif + mixed_cross_entropy(logits.float(), cy, cy[perm], torch.full_like(
-                    cy, lam, dtype=torch.float32)) / 2
+            classif = sum(mixed_cross_entropy(logits.float(), cy, cy[perm], torch.full_like(cy, lam, dtype=torch.float32))
+                          for logits, perm, lam in classified) / len(classified)
             loss = (few * uns).mean() + sup + cfg.lambda_c * classif
         if cfg.lambda_s > 0:
             simi_grads = torch.autograd.grad(cfg.lambda_s * simi, self.params, retain_graph=True, allow_unused=True)
@@ -323,10 +304,9 @@ def run_stage(model: Classifier, data: DatasetSplits, cfg: SelCLConfig, out_dir:
     import os
 
     result = train_selcl(model, data, cfg, clean_train_y=clean_train_y)
-    torch.save(result.backbone.cpu().state_dict(), os.path.join(out_dir, "model.pt"))
+    torch.save({k: v.cpu() for k, v in result.backbone.state_dict().items()}, os.path.join(out_dir, "model.pt"))
     torch.save(result.selection.selected.cpu(), os.path.join(out_dir, "selected.pt"))
     last = result.history[-1]
     with open(os.path.join(out_dir, "selcl.json"), "w") as f:
         json.dump({"final": last, "history": result.history}, f, indent=1)
-    result.backbone.to(data.train_x.device)
     return last
