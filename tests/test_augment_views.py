@@ -182,3 +182,27 @@ def test_bad_mode_combinations_are_rejected_up_front():
         DistillParams(augment="flip_crop", loss="crd")
     with pytest.raises(ValueError, match="rrc_scale"):
         DistillParams(augment="rrc_flip", rrc_scale=(0.5, 0.2))
+
+
+def test_black_padding_is_torchvisions_random_crop_border_in_the_normalised_data():
+    import torchvision.transforms.functional as TF
+
+    from trainables.training.batch_augment import geometric_of
+    from trainables.training.recipe import AugmentParams
+
+    mean, std = (0.49, 0.48, 0.45), (0.25, 0.24, 0.26)
+    unit = torch.rand(5, 3, 6, 6, generator=torch.Generator().manual_seed(0))
+    norm = TF.normalize(unit, mean, std)
+    aug = geometric_of(AugmentParams(augment="flip_crop", crop_pad=2, pad_mode="black", hflip=0.0), mean, std)
+    # The data's statistics stay out of the key (the data is in it already).
+    assert aug.recipe() == {"kind": "flip_crop", "pad": 2, "pad_mode": "black", "hflip": 0.0}
+    params = aug.sample(5, (3, 6, 6), torch.Generator().manual_seed(1))
+    got = aug.apply(norm, params)
+    for i in range(5):  # torchvision: pad the image with 0, cut the window, then normalise
+        padded = TF.pad(unit[i], [2, 2, 2, 2], fill=0)
+        dy, dx = int(params["dy"][i]), int(params["dx"][i])
+        want = TF.normalize(padded[:, dy:dy + 6, dx:dx + 6], mean, std)
+        assert torch.allclose(got[i], want, atol=1e-6)
+    assert (params["dy"] != 2).any()  # some window shows the border
+    with pytest.raises(ValueError, match="pad_mode black needs the border value"):
+        geometric_of(AugmentParams(augment="flip_crop", pad_mode="black")).apply(norm, params)

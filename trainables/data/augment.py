@@ -9,9 +9,11 @@ the seed that regenerates their parameters, never the images (see :mod:`trainabl
 Kinds (the ``augment`` parameter of ``distill``):
 
 - ``none``: the images as they are.
-- ``flip_crop``: pad by ``pad`` pixels (``reflect``, or ``zeros`` = the value 0 of the normalised
-  data, i.e. the dataset's mean colour), take a random HxW window, flip horizontally with p=0.5
-  (the CIFAR recipe; airbench uses reflect padding). ``hflip`` sets the flip's probability.
+- ``flip_crop``: pad by ``pad`` pixels (``reflect``; ``zeros`` = the value 0 of the normalised
+  data, i.e. the dataset's mean colour; or ``black``, pixel value 0 before normalisation, which is
+  torchvision's ``RandomCrop(size, padding)`` on an image and so the CIFAR code bases'), take a
+  random HxW window, flip horizontally with p=0.5 (airbench uses reflect padding). ``hflip`` sets
+  the flip's probability.
 - ``rrc_flip``: RandomResizedCrop (area ``scale``, aspect ``ratio``, bilinear resize back to HxW)
   then the flip, as the superalignment vision recipe trains its probes' backbones.
 
@@ -41,10 +43,18 @@ def flip(x: torch.Tensor, flips: torch.Tensor) -> torch.Tensor:
     return torch.where(flips.view(-1, 1, 1, 1), x.flip(3), x)
 
 
-def pad_crop(x: torch.Tensor, dy: torch.Tensor, dx: torch.Tensor, pad: int, mode: str) -> torch.Tensor:
-    """Per-image ``H x W`` windows at offsets (dy, dx) of the batch padded by ``pad``."""
+def pad_crop(x: torch.Tensor, dy: torch.Tensor, dx: torch.Tensor, pad: int, mode: str,
+             fill: tuple[float, ...] = ()) -> torch.Tensor:
+    """Per-image ``H x W`` windows at offsets (dy, dx) of the batch padded by ``pad``; ``fill``: the
+    per-channel border value of ``mode`` black (black in the data's normalisation)."""
     n, c, h, w = x.shape
-    padded = F.pad(x, (pad,) * 4, mode="reflect" if mode == "reflect" else "constant")
+    if mode == "black":
+        if len(fill) != c:
+            raise ValueError(f"pad_mode black needs the border value of each of the {c} channels, got {fill!r}")
+        shift = torch.tensor(fill, dtype=x.dtype, device=x.device).view(1, c, 1, 1)
+        padded = F.pad(x - shift, (pad,) * 4) + shift
+    else:
+        padded = F.pad(x, (pad,) * 4, mode="reflect" if mode == "reflect" else "constant")
     rows = (dy.view(-1, 1) + torch.arange(h, device=x.device)).view(n, 1, h, 1)
     cols = (dx.view(-1, 1) + torch.arange(w, device=x.device)).view(n, 1, 1, w)
     batch = torch.arange(n, device=x.device).view(n, 1, 1, 1)
@@ -70,7 +80,9 @@ def resized_crop(x: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
 class Augment:
     kind: str = "none"
     pad: int = 4
-    pad_mode: Literal["reflect", "zeros"] = "reflect"
+    pad_mode: Literal["reflect", "zeros", "black"] = "reflect"
+    # pad_mode black: the border per channel, -mean / std of the data (not in the recipe: the data is)
+    fill: tuple[float, ...] = ()
     scale: tuple[float, float] = (0.08, 1.0)
     ratio: tuple[float, float] = (3 / 4, 4 / 3)
     hflip: float = 0.5  # probability of the horizontal flip (timm's hflip; 0 for digits and text)
@@ -122,7 +134,7 @@ class Augment:
             return x
         params = {k: v.to(x.device, non_blocking=True) for k, v in params.items()}
         if self.kind == "flip_crop":
-            x = pad_crop(x, params["dy"], params["dx"], self.pad, self.pad_mode)
+            x = pad_crop(x, params["dy"], params["dx"], self.pad, self.pad_mode, self.fill)
         else:
             x = resized_crop(x, params["box"])
         return flip(x, params["flip"])

@@ -122,7 +122,7 @@ def uses_fixed_views(p: DistillParams) -> bool:
 def student_views(p: DistillParams, data: DatasetSplits, device: torch.device) -> BatchViews:
     """What the student sees each epoch. The no-teacher control (same ``teacher_mode``) sees the
     same views as the distilled student."""
-    aug = geometric_of(p)
+    aug = geometric_of(p, data.mean, data.std)
     if not aug.active:
         return PlainViews()
     if p.teacher_mode == "online":
@@ -142,7 +142,7 @@ def cached_view_logits(p: DistillParams, ctx: TrialContext, entry, data, device:
     """The teacher's logits for the K fixed views of every training image, (K, N, classes),
     computed once per (teacher, augmentation, K, view_seed) and shared by every trial."""
     def build(out_dir: str) -> dict[str, Any]:
-        aug = geometric_of(p)
+        aug = geometric_of(p, data.mean, data.std)
         params = view_params(aug, len(data.train_y), data.input_shape, p.teacher_views, p.view_seed)
         model = load_teacher_model(p.teacher, entry, data, data.train_x.device)
         logits = teacher_view_logits(model, data.train_x, aug, params)

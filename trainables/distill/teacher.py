@@ -190,9 +190,9 @@ def linear_probe(model: Classifier, data: DatasetSplits, t: TeacherRecipe, sessi
                             optim=t.optim())
 
 
-def teacher_views(t: TeacherRecipe, device: torch.device) -> BatchViews:
+def teacher_views(t: TeacherRecipe, data: DatasetSplits, device: torch.device) -> BatchViews:
     """The teacher trains on a fresh geometric view per image per step (its recipe's ``augment``)."""
-    geometric = geometric_of(t)
+    geometric = geometric_of(t, data.mean, data.std)
     return RandomViews(geometric, t.seed, device) if geometric.active else PlainViews()
 
 
@@ -224,7 +224,7 @@ def build_teacher(recipe: dict[str, Any], out_dir: str, device: torch.device | N
         selcl_stats = {"selcl_" + k: last[k] for k in ("selected", "selected_precision", "pair_threshold") if k in last}
     elif t.init in ("fr", "ft"):
         final = train_classifier(model=model, data=data, loss_fn=create_loss("ce"), session=session, seed=t.seed,
-                                 optim=t.optim(), views=teacher_views(t, device),
+                                 optim=t.optim(), views=teacher_views(t, data, device),
                                  batch_augment=batch_augment_of(t, data.mean, data.std, data.num_classes, t.seed))
     elif t.init == "lp":
         final = linear_probe(model, data, t, session)

@@ -23,10 +23,12 @@ from trainables.training.diffaugment import DiffAugment
 from trainables.training.recipe import AugmentParams
 
 
-def geometric_of(p: AugmentParams) -> Augment:
-    """The geometric view (``augment``) of a recipe."""
-    return Augment(p.augment, pad=p.crop_pad, pad_mode=p.pad_mode, scale=tuple(p.rrc_scale), ratio=tuple(p.rrc_ratio),
-                   hflip=p.hflip)
+def geometric_of(p: AugmentParams, mean=None, std=None) -> Augment:
+    """The geometric view (``augment``) of a recipe, for data normalised with (``mean``, ``std``):
+    ``pad_mode: black`` pads with their black; without them the view serves its cache key only."""
+    fill = tuple(-m / s for m, s in zip(mean, std)) if p.pad_mode == "black" and mean is not None else ()
+    return Augment(p.augment, pad=p.crop_pad, pad_mode=p.pad_mode, fill=fill, scale=tuple(p.rrc_scale),
+                   ratio=tuple(p.rrc_ratio), hflip=p.hflip)
 
 
 @dataclass

@@ -32,7 +32,9 @@ class AugmentParams(StrictModel):
     augment: AugmentName = Field("none", description="geometric view: none | flip_crop (pad, random crop, flip) "
                                  "| rrc_flip (RandomResizedCrop, flip)")
     crop_pad: int = Field(4, ge=0, le=64, description="flip_crop: pixels of padding before the crop")
-    pad_mode: Literal["reflect", "zeros"] = "reflect"
+    pad_mode: Literal["reflect", "zeros", "black"] = Field(
+        "reflect", description="flip_crop's border: reflect | zeros (0 in the normalised data: the mean colour) | "
+        "black (pixel value 0: torchvision's RandomCrop(size, padding))")
     rrc_scale: tuple[float, float] = Field((0.08, 1.0), description="rrc_flip: crop area range (fractions)")
     rrc_ratio: tuple[float, float] = Field((3 / 4, 4 / 3), description="rrc_flip: crop aspect-ratio range (w/h)")
     hflip: float = Field(0.5, ge=0, le=1, description="flip_crop / rrc_flip: probability of the horizontal flip "
