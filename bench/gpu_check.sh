@@ -84,6 +84,9 @@ run 40 python bench/probe_sweep.py --device cuda --k 8 --epochs 3
 # The seed spaces' timm policies drawn per image, against kornia's in groups (not yet measured on a GPU).
 run 60 python bench/augment.py --model resnet8x4 --image-size 32 --train-size 16384 --batch-size 512 \
   --classes 100 --rounds 2 --recipes randaugment timm_randaugment autoaugment timm_autoaugment
+# Sel-CL's stage at CIFAR-10's size against a plain CE step of PreAct-ResNet18 (never measured on a GPU).
+run 120 python bench/selcl_step.py --device cuda --model preact_resnet18 --image-size 32 --classes 10 \
+  --train-size 50000 --batch-size 128 --k 250 --queue-per-class 1000 --steps 10 --rounds 2
 # Measured before (README): last, where the deadline cuts first.
 run 220 python bench/compile_trial.py --student resnet8x4 --teacher resnet8x4 --image-size 32 --classes 100 \
   --train-size 20000 --batch-sizes 64,512 --epochs 3 --modes eager,reduce-overhead --device cuda
