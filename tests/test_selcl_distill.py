@@ -121,3 +121,19 @@ def test_distill_runs_both_stages_once_and_trains_the_student_on_its_selection(t
     # Another trial and a control of the same recipe reuse both stages.
     run_distill(params(seed=1, loss="ce"), LocalSession(CPU), ctx)
     assert len(entries(cache / "teacher")) == 1 and len(entries(cache / "selcl")) == 1
+
+
+def test_the_driver_prepares_the_teacher_with_the_students_selcl(tmp_path):
+    """prepare_distill trains a Sel-CL teacher up front with the recipe the trials give it (the
+    student's selcl when it names none), and leaves it to the trials when that recipe is searched."""
+    from trainables.distill.loop import teacher_recipe
+    from trainables.distill.prepare import prepare_distill
+
+    fixed = {"dataset": "digits", "teacher": {"model": "cnn_small", "init": "selcl"}, "student": "cnn",
+             "student_init": "selcl", "selcl": TINY, "teacher_mode": "online",
+             "label_noise": {"kind": "symmetric", "rate": 0.2, "seed": 3}}
+    ctx = TrialContext(artifacts=ArtifactCache(str(tmp_path / "cache")))
+    out = prepare_distill(fixed, {"seed"}, ctx)
+    trial_entry = ctx.artifacts.get_or_create("teacher", teacher_recipe(DistillParams(**fixed)), None)
+    assert out["teacher_cache_id"] == trial_entry.key and trial_entry.meta["init"] == "selcl"
+    assert prepare_distill(fixed, {"seed", "selcl.k_val"}, ctx) is None

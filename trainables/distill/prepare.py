@@ -24,14 +24,16 @@ def prepare_distill(fixed: dict[str, Any], searched: set[str], ctx: TrialContext
     prepare_fixed_dataset(DistillParams, fixed, searched)
     info = prepare_generated(fixed, searched, ctx)
     # label_noise changes the teacher's training labels, so it is part of its recipe too.
+    # A Sel-CL teacher without a recipe of its own takes the student's selcl: searched, it varies too.
     teacher_keys = {"dataset", "split_seed", "label_noise"} | {
-        k for k in searched if k == "teacher" or k.startswith(("teacher.", "dataset_kwargs", "label_noise."))
-        or k == "synthetic" or k.startswith(TEACHER_SET_KEYS)}
+        k for k in searched if k == "teacher" or k.startswith(("teacher.", "dataset_kwargs", "label_noise.", "selcl."))
+        or k in ("synthetic", "selcl") or k.startswith(TEACHER_SET_KEYS)}
     if teacher_keys & searched:
         return info or None
-    defaults = DistillParams.model_validate({k: v for k, v in fixed.items()
-                                             if k in ("dataset", "dataset_kwargs", "split_seed", "teacher", "label_noise",
-                                                      "synthetic")})
+    keys = ("dataset", "dataset_kwargs", "split_seed", "teacher", "label_noise", "synthetic")
+    if (fixed.get("teacher") or {}).get("init") == "selcl":
+        keys += ("selcl",)  # the teacher's recipe when it names none
+    defaults = DistillParams.model_validate({k: v for k, v in fixed.items() if k in keys})
     entry = load_teacher(defaults, ctx)
     return {**info, "teacher_cache_id": entry.key, "teacher_cache_hit": entry.hit, **{f"teacher_{k}": v
             for k, v in entry.meta.items() if k in ("val_acc", "test_acc")}}

@@ -132,7 +132,7 @@ class SelCLRun:
         if self.channels_last:
             self.net = self.net.to(memory_format=torch.channels_last)
             self.ema = self.ema.to(memory_format=torch.channels_last)
-        self.params = [p for p in self.net.parameters()]
+        self.params = list(self.net.parameters())
         self.optimizer = torch.optim.SGD(self.params, lr=cfg.lr, momentum=cfg.momentum,
                                          weight_decay=cfg.weight_decay)
         self.n = len(data.train_y)
