@@ -137,3 +137,33 @@ def test_the_driver_prepares_the_teacher_with_the_students_selcl(tmp_path):
     trial_entry = ctx.artifacts.get_or_create("teacher", teacher_recipe(DistillParams(**fixed)), None)
     assert out["teacher_cache_id"] == trial_entry.key and trial_entry.meta["init"] == "selcl"
     assert prepare_distill(fixed, {"seed", "selcl.k_val"}, ctx) is None
+
+
+def test_an_online_teacher_in_train_mode_normalises_with_the_batch_and_updates_its_statistics():
+    from trainables.training.classifier_loop import OnlineTeacher
+
+    seed_everything(0)
+    model = create_model("cnn_small", num_classes=10, input_shape=(1, 8, 8))
+    x = torch.randn(16, 1, 8, 8) * 3 + 1
+    bn = next(m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    reference = __import__("copy").deepcopy(model)
+    with torch.no_grad():
+        want_train = reference.train()(x)
+    before = bn.running_mean.clone()
+    got, _ = OnlineTeacher(model, train_bn=True).outputs(None, x)
+    assert torch.allclose(got, want_train, atol=1e-5) and not torch.equal(bn.running_mean, before)
+    assert all(not p.requires_grad for p in model.parameters())
+    frozen = __import__("copy").deepcopy(reference)
+    stats = [m.running_mean.clone() for m in frozen.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    got_eval, _ = OnlineTeacher(frozen).outputs(None, x)
+    after = [m.running_mean for m in frozen.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert all(torch.equal(a, b) for a, b in zip(stats, after))
+    assert not torch.allclose(got_eval, want_train, atol=1e-3)
+
+
+def test_teacher_bn_train_needs_an_online_teacher_of_a_single_trial():
+    with pytest.raises(ValueError, match="teacher_bn: train runs the teacher's batch norms"):
+        params(teacher_bn="train", teacher_mode="cached")
+    with pytest.raises(ValueError, match="teacher_bn"):
+        params(teacher_bn="train", student_init="random", selcl={}, teacher={"model": "cnn_small"}, vectorize=2)
+    assert params(teacher_bn="train").teacher_bn == "train"

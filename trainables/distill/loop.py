@@ -167,7 +167,7 @@ def teacher_signal(p: DistillParams, ctx: TrialContext, entry, data, loss_cls,
     if p.teacher_mode == "online":
         if wants_features:
             context["teacher_dim"] = t_model.num_features
-        return OnlineTeacher(t_model.to(device)), context
+        return OnlineTeacher(t_model.to(device), train_bn=p.teacher_bn == "train"), context
     if uses_fixed_views(p):
         return CachedTeacher(cached_view_logits(p, ctx, entry, data, device)), context
     features = cached_teacher_features(p, ctx, entry, data, device) if wants_features else None

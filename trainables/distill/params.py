@@ -51,6 +51,9 @@ class DistillParams(FusedMembers, DatasetParams, RecipeParams):
     teacher_mode: Literal["cached", "online", "sampled_views"] = Field(
         "cached", description="cached | sampled_views: teacher logits computed once (per view) and looked up; "
         "online: teacher forward every step")
+    teacher_bn: Literal["eval", "train"] = Field(
+        "eval", description="online teacher's batch norms: eval (running statistics) | train (each batch's "
+        "statistics, running ones updated, as a teacher left in train mode: the noisy-label authors')")
     teacher_views: int = Field(8, ge=1, le=256, description="cached / sampled_views with augment: fixed "
                                "augmented views per image whose teacher logits are cached")
     view_seed: int = Field(0, ge=0, description="seed that regenerates the fixed views (shared by all trials)")
@@ -163,6 +166,9 @@ class DistillParams(FusedMembers, DatasetParams, RecipeParams):
         if self.teacher_mode == "sampled_views" and self.augment == "none":
             raise ValueError("teacher_mode sampled_views draws among augmented views; set augment "
                              "(flip_crop or rrc_flip) or use teacher_mode cached")
+        if self.teacher_bn == "train" and self.teacher_mode != "online":
+            raise ValueError(f"teacher_bn: train runs the teacher's batch norms on each batch, which only an online "
+                             f"teacher sees; use teacher_mode online (got {self.teacher_mode!r})")
         if self.augment != "none" and self.teacher_mode != "online" and loss_class(self.loss).needs_features:
             raise ValueError(f"loss {self.loss!r} needs teacher features, which are cached for un-augmented "
                              f"images only; with augment {self.augment!r} use teacher_mode online")
@@ -195,6 +201,8 @@ class DistillParams(FusedMembers, DatasetParams, RecipeParams):
                    ("workers", streams and self.workers > 1, f"{self.workers} DDP workers would average gradients "
                     "inside each member's CUDA graph under fused_forward streams; use 1 worker, or fused_forward "
                     "vmap or loop"),
+                   ("teacher_bn", self.teacher_bn == "train", "the members share one teacher forward, whose "
+                    "batch-norm updates a fused step would replay or duplicate; use teacher_bn eval"),
                    ("student_init", self.student_init == "selcl", "a fused trial's members share one training "
                     "set, and selcl cuts each student's to its own stage's selection; drop vectorize"),
                    ("bootstrap_beta", self.bootstrap_beta > 0, f"fused trials do not support bootstrap_beta "

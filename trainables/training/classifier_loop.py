@@ -55,10 +55,12 @@ class CachedTeacher:
 
 
 class OnlineTeacher:
-    """Teacher forward on every batch (needed when inputs are augmented per step)."""
+    """Teacher forward on every batch (needed when inputs are augmented per step). ``train_bn``: its
+    batch norms normalise with each batch's statistics and update their running ones (the model in
+    train mode, still without gradients), as a teacher never switched to eval mode does."""
 
-    def __init__(self, model: nn.Module):
-        self.model = model.eval().requires_grad_(False)
+    def __init__(self, model: nn.Module, train_bn: bool = False):
+        self.model = model.train(train_bn).requires_grad_(False)
 
     def logits(self, indices, x):
         return self.outputs(indices, x)[0]
