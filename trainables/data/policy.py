@@ -10,7 +10,8 @@ after ``Normalize``), filling its box with per-pixel N(0, 1) noise (timm's ``rem
 Per-sample randomness of kornia's policies: kornia draws one op sequence per call (each op's sign,
 probability and parameters per image). ``groups`` splits the batch into that many slices, each
 drawing its own ops, so a batch mixes op choices as a per-image policy does; slice sizes come from
-the batch's shape, so no host sync. Colour jitter and erasing are drawn per image by kornia itself.
+the batch's shape, so no host sync. Colour jitter is torchvision's, per image, without a host sync
+(:mod:`trainables.data.colour`); erasing is drawn per image by kornia.
 """
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from dataclasses import dataclass
 
 import torch
 
+from trainables.data.colour import colour_jitter
 from trainables.data.timm_policy import TimmPolicy, is_timm_config
 
 AUTO_AUGMENTS = ("none", "randaugment", "autoaugment_cifar10", "autoaugment_imagenet", "trivialaugment")
@@ -67,8 +69,8 @@ class Photometric:
         policy = build_policy(self.auto_augment, self.randaugment_n, self.randaugment_m, self.mean,
                               self.interpolation)
         # timm drops colour jitter when a policy is set (its auto-augment policies already vary colour).
-        jitter = (K.ColorJitter(self.color_jitter, self.color_jitter, self.color_jitter, 0.0, p=1.0)
-                  if policy is None and self.color_jitter > 0 else None)
+        # Its jitter is torchvision's ColorJitter(v, v, v) per image (trainables/data/colour.py).
+        jitter = ((self.color_jitter,) * 3 + (0.0,) if policy is None and self.color_jitter > 0 else None)
         # timm's RandomErasing defaults: area 2-33 %, aspect 0.3-3.3, one box.
         erase = K.RandomErasing(scale=(0.02, 1 / 3), ratio=(0.3, 1 / 0.3), value=0.0, p=self.random_erasing) \
             if self.random_erasing > 0 else None
@@ -116,7 +118,7 @@ class Photometric:
         if grey:  # the colour ops expect RGB; a grey image stays grey through them
             x = x.expand(-1, 3, -1, -1)
         if self._jitter is not None:
-            x = self._jitter(x)
+            x = colour_jitter(x, self._jitter, 1.0, generator)
         if isinstance(self._policy, TimmPolicy):
             x = self._policy(x, generator)
         elif self._policy is not None:

@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from trainables.data.colour import colour_jitter, random_grayscale
 from trainables.dino.params import CropConfig
 
 
@@ -92,21 +93,22 @@ def dino_photometric(x: torch.Tensor, blur_p: torch.Tensor, solarize_p: torch.Te
     """DINO's photometric set on [0, 1] images (N, C, H, W), with per-image blur and solarise
     probabilities (N,); ``blur`` False skips the blur (dinopl on images under 64 px)."""
     import kornia.augmentation as K
-    from kornia.enhance import solarize
 
     grey = x.shape[1] == 1
     if grey:  # the colour ops expect RGB; a grey image stays grey through them
         x = x.expand(-1, 3, -1, -1)
     x = random_hflip(x)
-    x = K.ColorJitter(0.4, 0.4, 0.2, 0.1, p=0.8)(x)
-    x = K.RandomGrayscale(p=0.2)(x)
+    # torchvision's per-image jitter and grayscale, as dinopl applies them (kornia's jitter syncs)
+    x = random_grayscale(colour_jitter(x, (0.4, 0.4, 0.2, 0.1), 0.8), 0.2)
     n = x.shape[0]
     if blur:
         on = (torch.rand(n, device=x.device) < blur_p).view(-1, 1, 1, 1)
         k = min(9, 2 * min(x.shape[-2:]) - 1)  # reflect padding needs a kernel under twice the crop size
         x = torch.where(on, K.RandomGaussianBlur((k, k), (0.1, 2.0), p=1.0)(x), x)
     on = (torch.rand(n, device=x.device) < solarize_p).view(-1, 1, 1, 1)
-    x = torch.where(on, solarize(x, SOLARIZE_THRESHOLD), x)
+    # torchvision's solarize: values at or above the threshold inverted (kornia's builds its threshold
+    # tensor from a Python number on every call, a host-to-device copy)
+    x = torch.where(on & (x >= SOLARIZE_THRESHOLD), 1.0 - x, x)
     return x.mean(1, keepdim=True) if grey else x
 
 

@@ -1,9 +1,9 @@
 """Sel-CL's two training views, drawn per image on the device without a host sync.
 
-The crops are this project's (:class:`~trainables.data.augment.Augment`); the colour ops are written
-here because kornia's ``ColorJitter`` draws the order of its ops on the host (``.tolist()`` and a
-read per op), a sync on every call, and its crops find the distinct crop sizes with ``unique``.
-Each follows torchvision on [0, 1] images, the authors' transforms:
+The crops are this project's (:class:`~trainables.data.augment.Augment`), the colour ops
+:mod:`trainables.data.colour` (kornia's crops find the distinct crop sizes with ``unique`` and its
+``ColorJitter`` draws its order of ops on the host: both sync). Each follows torchvision on [0, 1]
+images, the authors' transforms:
 
 * ``RandomResizedCrop(32)``: a box of 8-100 % of the area, aspect 3/4-4/3 (sides clamped to the
   image where torchvision would redraw), bilinear back to the image size; ``RandomCrop(32,
@@ -17,47 +17,10 @@ Each follows torchvision on [0, 1] images, the authors' transforms:
 """
 from __future__ import annotations
 
-import math
-
 import torch
 
 from trainables.data.augment import Augment
-
-def grey(x: torch.Tensor) -> torch.Tensor:
-    """torchvision's ``rgb_to_grayscale`` (weights as Python numbers: no tensor to copy to the device)."""
-    return 0.2989 * x[:, 0:1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3]
-
-
-def colour_jitter(x: torch.Tensor, strength: tuple[float, float, float, float], p: float,
-                  generator: torch.Generator) -> torch.Tensor:
-    """torchvision's ``RandomApply([ColorJitter(b, c, s, h)], p)`` per image of RGB ``x`` in [0, 1]."""
-    from kornia.enhance import adjust_hue
-
-    n, dev = x.shape[0], x.device
-
-    def uniform(lo: float, hi: float) -> torch.Tensor:
-        return (lo + (hi - lo) * torch.rand(n, device=dev, generator=generator)).view(n, 1, 1, 1)
-
-    b, c, s, h = strength
-    factors = (uniform(1 - b, 1 + b), uniform(1 - c, 1 + c), uniform(1 - s, 1 + s), uniform(-h, h))
-    ops = (
-        lambda img, f: (img * f).clamp(0, 1),
-        lambda img, f: (f * img + (1 - f) * grey(img).mean((2, 3), keepdim=True)).clamp(0, 1),
-        lambda img, f: (f * img + (1 - f) * grey(img)).clamp(0, 1),
-        lambda img, f: adjust_hue(img, f.view(-1) * 2 * math.pi),
-    )
-    order = torch.rand(n, 4, device=dev, generator=generator).argsort(1)  # a random permutation per image
-    out = x
-    for position in range(4):
-        which = order[:, position].view(n, 1, 1, 1)
-        out = sum(torch.where(which == i, op(out, f), 0.0) for i, (op, f) in enumerate(zip(ops, factors)))
-    applied = (torch.rand(n, device=dev, generator=generator) < p).view(n, 1, 1, 1)
-    return torch.where(applied, out, x)
-
-
-def random_grayscale(x: torch.Tensor, p: float, generator: torch.Generator) -> torch.Tensor:
-    on = (torch.rand(x.shape[0], device=x.device, generator=generator) < p).view(-1, 1, 1, 1)
-    return torch.where(on, grey(x).expand_as(x), x)
+from trainables.data.colour import colour_jitter, random_grayscale
 
 
 class TwoViewAugment:
