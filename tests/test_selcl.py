@@ -254,7 +254,6 @@ def test_config_refuses_what_the_stage_cannot_run():
 # --- the stage -------------------------------------------------------------------------------
 
 def test_stage_on_noisy_digits_selects_a_cleaner_subset_than_its_labels():
-    torch.set_num_threads(2)
     data = load_dataset("digits", seed=0)
     clean = data.train_y.clone()
     data, rate = with_label_noise(data, {"kind": "symmetric", "rate": 0.4, "seed": 42}, "digits")

@@ -90,7 +90,6 @@ def test_selected_subset_cuts_only_the_training_split():
 
 
 def test_distill_runs_both_stages_once_and_trains_the_student_on_its_selection(tmp_path):
-    torch.set_num_threads(2)
     cache = tmp_path / "cache"
     ctx = TrialContext(artifacts=ArtifactCache(str(cache)), checkpoint_every=0)
     p = params()
