@@ -82,16 +82,10 @@ def test_solarise_only_on_the_second_global_crop_at_its_rate():
 
 
 def test_blur_probability_per_crop_position(monkeypatch):
-    import kornia.augmentation as K
+    import trainables.data.blur as blur
 
-    class MarkBlur(torch.nn.Module):  # stands in for the blur: a blurred image comes out all zero
-        def __init__(self, *args, **kwargs):
-            super().__init__()
-
-        def forward(self, x):
-            return torch.zeros_like(x)
-
-    monkeypatch.setattr(K, "RandomGaussianBlur", MarkBlur)
+    # stands in for the blur: a blurred image comes out all zero
+    monkeypatch.setattr(blur, "gaussian_blur", lambda x, sigma, size: torch.zeros_like(x))
     torch.manual_seed(0)
     n = 4000
     x = torch.full((n, 3, 8, 8), 0.8)
@@ -173,3 +167,39 @@ def test_training_runs_with_dinopl_augmentations(one_torch_thread):
     assert metrics["epoch"] == 1
     losses = [float(v) for k, v in metrics.items() if "loss" in k]
     assert losses and all(torch.isfinite(torch.tensor(losses)))
+
+
+def test_augmented_multicrop_makes_no_host_sync():
+    from trainables.runtime.sync_check import SyncCheck
+
+    cfg = CropConfig(global_crops=2, local_crops=3, local_size=8, augs=["padcrop"], per_crop_augs=["dino"])
+    x = _normalised(_images(6))
+    multicrop(x, cfg, MEAN, STD)  # the first call imports kornia's hue op and copies the data's statistics
+    with SyncCheck() as check:
+        g, loc = multicrop(x, cfg, MEAN, STD)
+    assert not check.syncs, check.report()
+    assert [c.shape[-1] for c in g + loc] == [16, 16, 8, 8, 8]
+
+
+def test_a_dino_step_with_dinopls_augmentations_makes_no_host_sync(one_torch_thread):
+    """The whole step: crops, the photometric set with its blur, forwards, loss, backward, update."""
+    from trainables.data import load_dataset
+    from trainables.dino.loop import DinoRun
+    from trainables.dino.params import DinoParams
+    from trainables.runtime.session import LocalSession
+    from trainables.runtime.sync_check import SyncCheck
+
+    p = DinoParams.model_validate({
+        "dataset": "digits", "encoder": "mlp_tiny", "head": {"hidden_dims": [32], "bottleneck_dim": 16, "out_dim": 64},
+        "crops": {"global_crops": 2, "global_scale": [0.5, 1.0], "local_crops": 2, "local_scale": [0.2, 0.5],
+                  "augs": ["padcrop"], "per_crop_augs": ["dino"], "blur_min_size": 4},  # blur on 8 px digits
+        "epochs": 3, "warmup_epochs": 1, "batch_size": 64,
+        "optimizer": "sgd"})  # torch's CPU Adam reads its step count on the host; its CUDA version does not
+    run = DinoRun(p, load_dataset("digits", seed=0), LocalSession(torch.device("cpu")))
+    group = next(run.update_groups(0))
+    run.step(1, group)  # first calls import modules and copy the data's statistics once
+    before = next(run.student.parameters()).detach().clone()
+    with SyncCheck() as check:
+        stats = run.step(1, group)
+    assert check.syncs == [], check.report()
+    assert torch.isfinite(stats["loss"]) and not torch.equal(before, next(run.student.parameters()))

@@ -16,12 +16,14 @@ channels.
 """
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from trainables.data.blur import random_gaussian_blur
 from trainables.data.colour import colour_jitter, random_grayscale
 from trainables.dino.params import CropConfig
 
@@ -79,21 +81,24 @@ def random_padcrop(x: torch.Tensor, padding: int) -> torch.Tensor:
 
 def dino_settings(n: int, position: int | None, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-image (blur probability, solarise probability): the setting at ``position`` (0, 1: the
-    global crops, 2: local), or with ``position`` None one drawn per image with ``DINO_CHOICE_P``."""
-    blur, sol = torch.tensor(DINO_BLUR_P, device=device), torch.tensor(DINO_SOLARIZE_P, device=device)
-    if position is None:
-        which = torch.multinomial(torch.tensor(DINO_CHOICE_P, device=device), n, replacement=True)
-    else:
-        which = torch.full((n,), position, device=device, dtype=torch.long)
-    return blur[which], sol[which]
+    global crops, 2: local), or with ``position`` None one drawn per image with ``DINO_CHOICE_P``.
+    Built from Python numbers with ``full`` and ``where``: no host-to-device copy of a table."""
+    if position is not None:
+        return (torch.full((n,), DINO_BLUR_P[position], device=device),
+                torch.full((n,), DINO_SOLARIZE_P[position], device=device))
+    u = torch.rand(n, device=device)  # setting i where u falls in [sum p_<i, sum p_<=i)
+    first, second = u < DINO_CHOICE_P[0], u < DINO_CHOICE_P[0] + DINO_CHOICE_P[1]
+
+    def pick(values: tuple[float, float, float]) -> torch.Tensor:
+        return torch.where(first, values[0], torch.where(second, values[1], values[2]))
+
+    return pick(DINO_BLUR_P), pick(DINO_SOLARIZE_P)
 
 
 def dino_photometric(x: torch.Tensor, blur_p: torch.Tensor, solarize_p: torch.Tensor,
                      blur: bool = True) -> torch.Tensor:
     """DINO's photometric set on [0, 1] images (N, C, H, W), with per-image blur and solarise
     probabilities (N,); ``blur`` False skips the blur (dinopl on images under 64 px)."""
-    import kornia.augmentation as K
-
     grey = x.shape[1] == 1
     if grey:  # the colour ops expect RGB; a grey image stays grey through them
         x = x.expand(-1, 3, -1, -1)
@@ -101,10 +106,9 @@ def dino_photometric(x: torch.Tensor, blur_p: torch.Tensor, solarize_p: torch.Te
     # torchvision's per-image jitter and grayscale, as dinopl applies them (kornia's jitter syncs)
     x = random_grayscale(colour_jitter(x, (0.4, 0.4, 0.2, 0.1), 0.8), 0.2)
     n = x.shape[0]
-    if blur:
-        on = (torch.rand(n, device=x.device) < blur_p).view(-1, 1, 1, 1)
+    if blur:  # torchvision's GaussianBlur(9, (0.1, 2.0)), as dinopl (kornia's checks its sigmas on the host)
         k = min(9, 2 * min(x.shape[-2:]) - 1)  # reflect padding needs a kernel under twice the crop size
-        x = torch.where(on, K.RandomGaussianBlur((k, k), (0.1, 2.0), p=1.0)(x), x)
+        x = random_gaussian_blur(x, blur_p, k, (0.1, 2.0))
     on = (torch.rand(n, device=x.device) < solarize_p).view(-1, 1, 1, 1)
     # torchvision's solarize: values at or above the threshold inverted (kornia's builds its threshold
     # tensor from a Python number on every call, a host-to-device copy)
@@ -142,11 +146,18 @@ def multicrop(x: torch.Tensor, cfg: CropConfig, mean: tuple[float, ...] | None =
     return globals_, locals_
 
 
+@functools.lru_cache(maxsize=8)
+def _stats(mean: tuple[float, ...], std: tuple[float, ...], dtype: torch.dtype,
+           device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """The data's mean and std as (1, C, 1, 1) tensors on the device, copied there once per trial
+    rather than every step (a copy from pageable host memory waits for the GPU stream)."""
+    return tuple(torch.tensor(v, dtype=dtype).view(1, -1, 1, 1).to(device) for v in (mean, std))
+
+
 def _augmented_multicrop(x, cfg, mean, std):
     if mean is None or std is None:
         raise ValueError("crops.augs / per_crop_augs need the data's mean and std")
-    m = torch.tensor(mean, dtype=x.dtype).view(1, -1, 1, 1).to(x.device)
-    s = torch.tensor(std, dtype=x.dtype).view(1, -1, 1, 1).to(x.device)
+    m, s = _stats(tuple(mean), tuple(std), x.dtype, x.device)
     image = x.shape[-1]
     blur = image >= cfg.blur_min_size
     unit = apply_augs((x * s + m).clamp(0.0, 1.0), cfg.augs, cfg, None, blur)
