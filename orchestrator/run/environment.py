@@ -111,7 +111,8 @@ VARIABLES: tuple[EnvVar, ...] = (
     EnvVar("W2S_OFFLINE", "the offline switch: on, no downloads at all (weights, datasets); fail fast instead", _switch),
     EnvVar("HF_HUB_OFFLINE", "Hugging Face's offline switch, which the sweep treats as W2S_OFFLINE", _switch),
     EnvVar("HF_ENDPOINT", "the Hugging Face Hub mirror to download weights from", _http_url),
-    EnvVar("W2S_PROGRESS_INTERVAL_S", "the seconds between the driver's progress lines (default 30)", _positive_seconds),
+    EnvVar("W2S_PROGRESS_INTERVAL_S", "the seconds between progress lines: the driver's, and those of a cached stage "
+           "in training, such as a teacher (default 30)", _positive_seconds),
     EnvVar("RAY_ADDRESS", "the Ray cluster to run on when --address is not given (set by `ray job submit`)", _ray_address),
     EnvVar("W2S_MLFLOW_URI", "the MLflow tracking URI with --address, when --mlflow-uri is not given", _tracking_uri),
     EnvVar("W2S_STORAGE_PATH", "the storage path with --address, when --storage-path is not given", _storage),

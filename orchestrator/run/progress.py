@@ -10,28 +10,17 @@ later ones as often.
 from __future__ import annotations
 
 import math
-import os
 import sys
 import time
 from typing import Any
 
 from ray.tune import Callback
 
-INTERVAL_ENV = "W2S_PROGRESS_INTERVAL_S"
-DEFAULT_INTERVAL_S = 30.0
+from trainables.core.durations import DEFAULT_INTERVAL_S, format_duration, progress_interval_s
 
 
 def _short(value: Any) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
-
-
-def format_duration(seconds: float) -> str:
-    seconds = max(0.0, seconds)
-    if seconds < 90:
-        return f"{seconds:.0f}s"
-    if seconds < 5400:
-        return f"{seconds / 60:.1f}min"
-    return f"{seconds / 3600:.1f}h"
 
 
 def estimate_eta(durations: list[float], running_elapsed: list[float], pending: int) -> float | None:
@@ -49,8 +38,7 @@ class ProgressPrinter(Callback):
                  keys: list[str] | None = None, interval_s: float | None = None):
         self.metric, self.mode, self.total, self.budget_key = metric, mode, total, budget_key
         self.keys = list(keys or [])
-        self.interval_s = interval_s if interval_s is not None else float(
-            os.environ.get(INTERVAL_ENV, DEFAULT_INTERVAL_S))
+        self.interval_s = interval_s if interval_s is not None else progress_interval_s()
         self.started = time.time()
         self.outcomes: dict[str, int] = {}
         self.durations: list[float] = []

@@ -36,6 +36,7 @@ from orchestrator.store.storage import join, write_text
 from orchestrator.store.tracking import (GIT_COMMIT_TAG, TAG_DATASET_DIGEST, Tracker, check_tracking_uri,
                                          git_commit)
 from orchestrator.store.vectorized_tracking import VectorizedMLflowCallback
+from trainables.core.durations import INTERVAL_ENV
 from trainables.core.paths import REPO_ROOT
 from trainables.core.plugins import PLUGINS_ENV
 from trainables.runtime.runner import unpack_config
@@ -95,6 +96,8 @@ def start_ray(address: str | None) -> ClusterResources:
            "PYTHONWARNINGS": "ignore::DeprecationWarning"}
     if os.environ.get(PLUGINS_ENV):
         env[PLUGINS_ENV] = os.environ[PLUGINS_ENV]  # workers must register the same plugin entries
+    if os.environ.get(INTERVAL_ENV):
+        env[INTERVAL_ENV] = os.environ[INTERVAL_ENV]  # a stage trained in a worker prints at the same pace
     quiet = ray.LoggingConfig(log_level="ERROR")
     if ray.is_initialized():
         return ClusterResources.from_ray(address or "local") if address else ClusterResources.local()

@@ -15,6 +15,10 @@ Guarantees:
   moved aside and is rebuilt.
 * **One builder.** Builders of the same key serialise on a lock (``fcntl`` on local disks, a Ray
   named actor across nodes), and the losers of the race read the winner's entry.
+* **Resumable builds.** Beside the scratch directory a build gets a work folder,
+  ``<kind>/.work-<key>/`` on the building machine, that outlives a failed or interrupted build and
+  is removed once the entry is published. A stage trained in the build (a teacher, a Sel-CL stage)
+  checkpoints there (``trainables/runtime/stages.py``), so the next build of that key resumes it.
 """
 from __future__ import annotations
 
@@ -35,11 +39,13 @@ import pyarrow.fs as pafs
 
 from orchestrator.store.secrets import blank
 from trainables.core.digest import sha256_file
+from trainables.core.stage_work import stage_work
 
 log = logging.getLogger(__name__)
 
 CACHE_FORMAT_VERSION = 1
 MANIFEST = "MANIFEST.json"
+WORK_PREFIX = ".work-"  # a build's work folder, kept until its entry is published
 
 
 class CacheCorrupt(RuntimeError):
@@ -195,8 +201,12 @@ class ArtifactCache:
         scratch_parent = f"{self.root}/{kind}" if self.is_local else os.path.join(self.local_mirror, kind)
         os.makedirs(scratch_parent, exist_ok=True)
         scratch = tempfile.mkdtemp(prefix=f".build-{key}-", dir=scratch_parent)
+        # Kept when the build fails: a stage trained in it (a teacher) resumes from its checkpoint there.
+        # Made by the first stage that checkpoints into it; a build without one leaves nothing behind.
+        work = os.path.join(scratch_parent, f"{WORK_PREFIX}{key}")
         try:
-            meta = build(scratch) or {}
+            with stage_work(work):
+                meta = build(scratch) or {}
             files = {}
             for name in sorted(os.listdir(scratch)):
                 path = os.path.join(scratch, name)
@@ -223,6 +233,7 @@ class ArtifactCache:
                 local = os.path.join(self.local_mirror, kind, key)
                 shutil.rmtree(local, ignore_errors=True)
                 os.replace(scratch, local)
+            shutil.rmtree(work, ignore_errors=True)  # published: nothing left to resume
             return CacheEntry(kind, key, local, meta, hit=False)
         finally:
             shutil.rmtree(scratch, ignore_errors=True)

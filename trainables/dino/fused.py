@@ -22,7 +22,8 @@ from typing import Any, Callable
 import torch
 
 from trainables.data import DatasetSplits
-from trainables.dino.loop import DinoRun, RngState, seed_data_stream
+from trainables.dino.loop import DinoRun, seed_data_stream
+from trainables.runtime.rng import RngState
 from trainables.dino.params import DinoParams
 from trainables.runtime.epochs import Checkpointed, EpochMeans, FusedEpochs
 from trainables.runtime.member_stops import stops_reader

@@ -27,6 +27,7 @@ from trainables.losses import create_loss
 from trainables.runtime.engine import (autocast, build_optimizer, build_scheduler, epoch_batches, seed_everything,
                                        steps_per_epoch, unwrap)
 from trainables.runtime.epochs import Checkpointed, EpochMeans, run_epochs
+from trainables.runtime.rng import RngState
 from trainables.runtime.session import Session
 
 
@@ -100,22 +101,6 @@ DATA_STREAM = 7
 def seed_data_stream(seed: int) -> None:
     """Start the crops' random stream of a trial with data seed ``seed``."""
     torch.manual_seed(seed * 1_000_003 + DATA_STREAM)
-
-
-class RngState:
-    """The global generators' state as a checkpoint entry, so a resumed trial draws the crops an
-    uninterrupted one would."""
-
-    def state_dict(self) -> dict[str, Any]:
-        state = {"cpu": torch.get_rng_state()}
-        if torch.cuda.is_available() and torch.cuda.is_initialized():
-            state["cuda"] = torch.cuda.get_rng_state_all()
-        return state
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        torch.set_rng_state(state["cpu"])
-        if "cuda" in state and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(state["cuda"])
 
 
 # ------------------------------------------------------------------------------------------- the loop

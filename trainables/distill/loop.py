@@ -102,7 +102,8 @@ def load_student_selcl(p: DistillParams, ctx: TrialContext):
         seed_everything(p.selcl.seed)
         model = create_model(p.student, num_classes=data.num_classes, input_shape=data.input_shape,
                              **p.student_kwargs).to(device)
-        return run_stage(model, data, p.selcl, out_dir, clean.train_y if p.label_noise.active else None)
+        return run_stage(model, data, p.selcl, out_dir, clean.train_y if p.label_noise.active else None,
+                         label=f"student {p.student} (Sel-CL stage, {p.dataset})")
 
     return ctx.artifacts.get_or_create("selcl", selcl_recipe(p), build)
 

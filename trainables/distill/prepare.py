@@ -71,7 +71,24 @@ def check_distill_inputs(p: DistillParams) -> list[tuple[str, str]]:
         problem = fused_memory_problem(p)
         if problem:
             issues.append(("vectorize", problem))
+    if not issues:
+        issues += selcl_memory_issues(p)
     return issues
+
+
+def selcl_memory_issues(p: DistillParams) -> list[tuple[str, str]]:
+    """A Sel-CL stage whose pair memory (``queue_per_class`` x classes x 2 entries) cannot hold one
+    step's push (two mixed views of a batch) would fail at its first step, after the data loaded."""
+    stages = [("selcl", p.selcl)] if p.student_init == "selcl" else []
+    if p.teacher.init == "selcl":
+        stages.append(("teacher.selcl", p.teacher.selcl))
+    if not stages:
+        return []
+    classes = _shape_of(p.dataset, json.dumps(p.dataset_kwargs, sort_keys=True), p.split_seed)[1]
+    return [(f"{key}.queue_per_class", f"{cfg.queue_per_class} per class x {classes} classes x 2 = "
+             f"{2 * cfg.queue_per_class * classes} memory entries cannot hold one step's {2 * cfg.batch_size} "
+             f"(two views of batch_size {cfg.batch_size}); accepted: at least {-(-cfg.batch_size // classes)}")
+            for key, cfg in stages if cfg.queue_per_class * classes < cfg.batch_size]
 
 
 @functools.lru_cache(maxsize=16)

@@ -28,6 +28,7 @@ from pydantic import Field, field_validator, model_validator
 
 from trainables.core.digest import file_digest
 from trainables.core.registry import kwargs_validator
+from trainables.core.stage_work import stage_dir
 from trainables.data import DatasetSplits, load_dataset
 from trainables.data.timm_policy import is_timm_config
 from trainables.losses import create_loss
@@ -36,6 +37,7 @@ from trainables.models import (Classifier, ModelName, check_model_kwargs, create
 from trainables.models.checkpoint import check_checkpoint_path
 from trainables.runtime.engine import evaluate, predict, seed_everything, unwrap
 from trainables.runtime.session import LocalSession, default_device
+from trainables.runtime.stages import StageSession
 from trainables.selcl.config import SelCLConfig
 from trainables.selcl.stage import run_stage
 from trainables.training.classifier_loop import OptimConfig, train_classifier
@@ -219,13 +221,19 @@ def build_teacher(recipe: dict[str, Any], out_dir: str, device: torch.device | N
     session = LocalSession(device)
     selcl_stats = {}
     if t.init == "selcl":
-        last = run_stage(model, data, t.selcl, out_dir, clean_y if noise_rate else None)
+        last = run_stage(model, data, t.selcl, out_dir, clean_y if noise_rate else None,
+                         label=f"teacher {t.model} (Sel-CL stage, {recipe['dataset']})")
         final = {"val_acc": last.get("val_acc"), "test_acc": last.get("test_acc"), "train_loss": last["train_loss"]}
         selcl_stats = {"selcl_" + k: last[k] for k in ("selected", "selected_precision", "pair_threshold") if k in last}
     elif t.init in ("fr", "ft"):
-        final = train_classifier(model=model, data=data, loss_fn=create_loss("ce"), session=session, seed=t.seed,
-                                 optim=t.optim(), views=teacher_views(t, data, device),
+        optim = t.optim()
+        # Progress lines, and a checkpoint in the cache entry's work folder: an interrupted build resumes
+        stage = StageSession(f"teacher {t.model} ({t.init}, {recipe['dataset']})", optim.epochs, device,
+                             stage_dir("teacher"))
+        final = train_classifier(model=model, data=data, loss_fn=create_loss("ce"), session=stage, seed=t.seed,
+                                 optim=optim, views=teacher_views(t, data, device), checkpoint_every=1,
                                  batch_augment=batch_augment_of(t, data.mean, data.std, data.num_classes, t.seed))
+        final = final or stage.last  # resumed after its last epoch: nothing left to train
     elif t.init == "lp":
         final = linear_probe(model, data, t, session)
     else:

@@ -16,6 +16,13 @@ class NegativesQueue:
         self.keys = torch.rand(size, dim, device=device).mul_(2 * bound).sub_(bound)
         self.position = 0
 
+    def state_dict(self) -> dict:
+        return {"keys": self.keys, "position": self.position}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.keys.copy_(state["keys"])
+        self.position = int(state["position"])
+
     def push(self, keys: torch.Tensor) -> None:
         n, size = keys.shape[0], self.keys.shape[0]
         slots = (torch.arange(n, device=keys.device) + self.position) % size
@@ -38,6 +45,14 @@ class PairMemory:
     @property
     def size(self) -> int:
         return self.index.shape[0]
+
+    def state_dict(self) -> dict:
+        return {"feats": self.feats, "probs": self.probs, "index": self.index, "ptr": self.ptr, "full": self.full}
+
+    def load_state_dict(self, state: dict) -> None:
+        for name in ("feats", "probs", "index"):
+            getattr(self, name).copy_(state[name])
+        self.ptr, self.full = int(state["ptr"]), bool(state["full"])
 
     def push(self, feats: torch.Tensor, probs: torch.Tensor, index: torch.Tensor) -> None:
         n = index.shape[0]

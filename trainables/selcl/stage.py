@@ -40,8 +40,12 @@ from torch import nn
 
 from trainables.data import DatasetSplits
 from trainables.models import Classifier
+from trainables.core.stage_work import stage_dir
 from trainables.runtime.engine import autocast, evaluate
+from trainables.runtime.epochs import Checkpointed, run_epochs
+from trainables.runtime.rng import GeneratorState, RngState
 from trainables.runtime.session import LocalSession
+from trainables.runtime.stages import StageSession
 from trainables.selcl.config import SelCLConfig
 from trainables.selcl.losses import mixed_cross_entropy, moco_nce, similarity_bce, sup_contrastive
 from trainables.selcl.memory import NegativesQueue, PairMemory
@@ -260,50 +264,68 @@ class SelCLRun:
 
 
 def train_selcl(backbone: Classifier, data: DatasetSplits, cfg: SelCLConfig, clean_train_y: torch.Tensor | None = None,
-                report: Callable[[dict[str, Any]], None] | None = None) -> SelCLResult:
+                session: LocalSession | None = None) -> SelCLResult:
     """Run the stage on ``data`` (on its device; ``train_y`` the noisy labels). ``backbone`` comes
     initialised (the caller seeds); the projection, mixing and augmentation draw from the global
     generators from there. ``clean_train_y``: the true labels, for the selection's precision and
-    recall in the history only."""
+    recall in the history only. ``session`` receives each epoch's metrics; one with a checkpoint
+    folder (:class:`~trainables.runtime.stages.StageSession`) resumes the stage from it, the
+    generators included, and the resumed stage ends as an uninterrupted one would."""
     run = SelCLRun(backbone, data, cfg)
-    session = LocalSession(run.device)
-    history: list[dict[str, Any]] = []
-    selection = threshold = None
-    for epoch in range(1, cfg.epochs + 1):
+    session = session or LocalSession(run.device)
+    clean = None if clean_train_y is None else data.train_y == clean_train_y.to(run.device)
+    chosen: dict[str, Any] = {}  # the latest selection and threshold, and the epoch they were made after
+
+    def train_epoch(epoch: int) -> dict[str, torch.Tensor]:
+        if run.rule is None and epoch >= cfg.uns_epochs:  # resumed: redo the selection made after the restored epoch
+            chosen["selection"], chosen["threshold"] = run.select()
         run.net.train()
         run.ema.train()
         total = torch.zeros((), device=run.device)
-        for idx in run.batches(epoch):
-            total += run.step(idx, epoch)
-        metrics: dict[str, Any] = {"epoch": epoch, "train_loss": total.item() / run.steps_per_epoch,
+        for idx in run.batches(epoch + 1):
+            total += run.step(idx, epoch + 1)
+        return {"train_loss": total / run.steps_per_epoch}
+
+    def epoch_metrics(epoch: int, stats: dict[str, float]) -> dict[str, Any]:
+        metrics: dict[str, Any] = {"epoch": epoch + 1, "train_loss": stats["train_loss"],
                                    "lr": run.optimizer.param_groups[0]["lr"]}
-        if epoch >= cfg.uns_epochs:
-            selection, threshold = run.select()
+        if epoch + 1 >= cfg.uns_epochs:
+            selection, threshold = chosen["selection"], chosen["threshold"] = run.select()
             metrics.update(selected=int(selection.selected.sum()), per_class=selection.per_class,
                            pair_threshold=threshold)
-            if clean_train_y is not None:
-                clean = selection.selected & (data.train_y == clean_train_y.to(run.device))
-                metrics.update(selected_precision=int(clean.sum()) / max(metrics["selected"], 1),
-                               clean_recall=int(clean.sum()) / max(int((data.train_y == clean_train_y.to(
-                                   run.device)).sum()), 1))
+            if clean is not None:
+                right = int((selection.selected & clean).sum())
+                metrics.update(selected_precision=right / max(metrics["selected"], 1),
+                               clean_recall=right / max(int(clean.sum()), 1))
         for split in ("val", "test"):
             metrics[f"{split}_acc"] = evaluate(run.net.backbone, *data.split(split), session)["acc"]
-        history.append(metrics)
-        if report is not None:
-            report(metrics)
-    return SelCLResult(run.net.backbone, selection, threshold, history)
+        return metrics
+
+    stateful = {"net": run.net, "ema": run.ema, "optimizer": run.optimizer, "scheduler": run.scheduler,
+                "negatives": run.negatives, "memory": run.memory, "views": GeneratorState(run.views.generator),
+                "rng": RngState(numpy=True)}  # mixing draws from numpy's and torch's global generators
+    progress = {"epoch": 0}
+    run_epochs(session, Checkpointed(stateful, progress), cfg.epochs, train_epoch, epoch_metrics, checkpoint_every=1)
+    if "selection" not in chosen and progress["epoch"] >= cfg.uns_epochs:
+        # resumed after the last epoch: the pair rule and selection follow from the restored network
+        chosen["selection"], chosen["threshold"] = run.select()
+    return SelCLResult(run.net.backbone, chosen.get("selection"), chosen.get("threshold"), list(session.history))
 
 
 def run_stage(model: Classifier, data: DatasetSplits, cfg: SelCLConfig, out_dir: str,
-              clean_train_y: torch.Tensor | None = None) -> dict[str, Any]:
+              clean_train_y: torch.Tensor | None = None, label: str = "Sel-CL stage") -> dict[str, Any]:
     """:func:`train_selcl`, then its products in ``out_dir`` (an artifact-cache entry being built):
     ``model.pt`` (the classifier's state dict: backbone and head, the projection left out, as the
     fine-tuning stage loads it), ``selected.pt`` (bool, per training example) and ``selcl.json``
-    (the last epoch's metrics and the per-epoch history). Returns the last epoch's metrics."""
+    (the last epoch's metrics and the per-epoch history). Returns the last epoch's metrics. Within
+    an artifact-cache build the stage checkpoints into the entry's work folder and prints progress
+    lines headed ``label``."""
     import json
     import os
 
-    result = train_selcl(model, data, cfg, clean_train_y=clean_train_y)
+    session = StageSession(label, cfg.epochs, data.train_x.device, stage_dir("selcl"),
+                           keys=("train_loss", "selected", "selected_precision", "val_acc"))
+    result = train_selcl(model, data, cfg, clean_train_y=clean_train_y, session=session)
     torch.save({k: v.cpu() for k, v in result.backbone.state_dict().items()}, os.path.join(out_dir, "model.pt"))
     torch.save(result.selection.selected.cpu(), os.path.join(out_dir, "selected.pt"))
     last = result.history[-1]

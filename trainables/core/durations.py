@@ -1,0 +1,23 @@
+"""How long things take, said the same way everywhere: the driver's progress lines and the lines a
+cached stage (a teacher's training, a Sel-CL stage) prints while it runs."""
+from __future__ import annotations
+
+import os
+
+# The seconds between progress lines (the driver's and a stage's); checked before Ray starts
+# (orchestrator/run/environment.py) and handed on to the workers.
+INTERVAL_ENV = "W2S_PROGRESS_INTERVAL_S"
+DEFAULT_INTERVAL_S = 30.0
+
+
+def progress_interval_s() -> float:
+    return float(os.environ.get(INTERVAL_ENV, DEFAULT_INTERVAL_S))
+
+
+def format_duration(seconds: float) -> str:
+    seconds = max(0.0, seconds)
+    if seconds < 90:
+        return f"{seconds:.0f}s"
+    if seconds < 5400:
+        return f"{seconds / 60:.1f}min"
+    return f"{seconds / 3600:.1f}h"
