@@ -6,7 +6,7 @@ import functools
 import json
 from typing import Any
 
-from trainables.data import dataset_issues, load_dataset
+from trainables.data import dataset_issues, dataset_problem, load_dataset
 from trainables.distill.loop import load_teacher
 from trainables.data.generated import GenerationRecipe, PipelineMissing, resolve_pipeline
 from trainables.distill.params import DistillParams
@@ -77,18 +77,19 @@ def check_distill_inputs(p: DistillParams) -> list[tuple[str, str]]:
 
 
 def selcl_memory_issues(p: DistillParams) -> list[tuple[str, str]]:
-    """A Sel-CL stage whose pair memory (``queue_per_class`` x classes x 2 entries) cannot hold one
-    step's push (two mixed views of a batch) would fail at its first step, after the data loaded."""
+    """A Sel-CL stage whose pair memory cannot hold one step's push would fail at its first step.
+    Judged when the data is on disk (its class count); otherwise the stage says so when it starts."""
     stages = [("selcl", p.selcl)] if p.student_init == "selcl" else []
     if p.teacher.init == "selcl":
         stages.append(("teacher.selcl", p.teacher.selcl))
     if not stages:
         return []
+    if dataset_problem(p.dataset, **{**p.dataset_kwargs, **({"download": False} if "download" in p.dataset_kwargs
+                                                         else {})}):
+        return []  # not on disk yet: downloaded when the sweep prepares
     classes = _shape_of(p.dataset, json.dumps(p.dataset_kwargs, sort_keys=True), p.split_seed)[1]
-    return [(f"{key}.queue_per_class", f"{cfg.queue_per_class} per class x {classes} classes x 2 = "
-             f"{2 * cfg.queue_per_class * classes} memory entries cannot hold one step's {2 * cfg.batch_size} "
-             f"(two views of batch_size {cfg.batch_size}); accepted: at least {-(-cfg.batch_size // classes)}")
-            for key, cfg in stages if cfg.queue_per_class * classes < cfg.batch_size]
+    return [(f"{key}.queue_per_class", problem) for key, cfg in stages
+            if (problem := cfg.memory_problem(classes))]
 
 
 @functools.lru_cache(maxsize=16)

@@ -54,3 +54,12 @@ class SelCLConfig(StrictModel):
         if bad or sorted(self.milestones) != self.milestones:
             raise ValueError(f"selcl.milestones: {self.milestones} must be increasing epochs in 1..{self.epochs - 1}")
         return self
+
+    def memory_problem(self, num_classes: int) -> str | None:
+        """Why the pair memory (``queue_per_class`` x classes x 2 entries) cannot hold one step's push
+        (two mixed views of a batch) for a dataset of ``num_classes``, or None."""
+        if self.queue_per_class * num_classes >= self.batch_size:
+            return None
+        return (f"{self.queue_per_class} per class x {num_classes} classes x 2 = {2 * self.queue_per_class * num_classes} "
+                f"memory entries cannot hold one step's {2 * self.batch_size} (two views of batch_size "
+                f"{self.batch_size}); accepted: at least {-(-self.batch_size // num_classes)}")

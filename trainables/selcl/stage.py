@@ -143,6 +143,9 @@ class SelCLRun:
         self.steps_per_epoch = math.ceil(self.n / cfg.batch_size)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda t: lr_factor(t, self.steps_per_epoch, cfg))
+        problem = cfg.memory_problem(data.num_classes)
+        if problem:
+            raise ValueError(f"selcl.queue_per_class: {problem}")
         self.negatives = NegativesQueue(cfg.low_dim, cfg.uns_queue, device)
         self.memory = PairMemory(cfg.queue_per_class * data.num_classes * 2, cfg.low_dim, data.num_classes, device)
         self.views = TwoViewAugment(cfg.augment, data.mean, data.std, data.input_shape, cfg.seed, device)

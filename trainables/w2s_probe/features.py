@@ -27,12 +27,13 @@ from pydantic import Field, model_validator
 from trainables.core.config import StrictModel
 from trainables.core.digest import file_digest
 from trainables.core.registry import kwargs_validator
+from trainables.core.stage_work import stage_dir
 from trainables.data import DatasetSplits, load_dataset, split_indices
 from trainables.data.streamed import folder_dataset, is_folder_dataset, open_folder_dataset
 from trainables.losses import create_loss
 from trainables.models import ModelName, check_model_kwargs, create_model
 from trainables.runtime.engine import autocast, seed_everything
-from trainables.runtime.session import LocalSession
+from trainables.runtime.stages import StageSession
 from trainables.training.classifier_loop import OptimConfig, train_classifier
 
 COUNTS = {"feature_passes": 0, "model_trainings": 0}
@@ -252,14 +253,18 @@ def _new_model(source: ModelSource, data: ImageData) -> torch.nn.Module:
 
 
 def train_here(source: ModelSource, indices: np.ndarray, data: ImageData, out_dir: str,
-               device: torch.device) -> dict[str, Any]:
+               device: torch.device, role: str = "weak") -> dict[str, Any]:
     t = source.train
     seed_everything(t.seed)
     model = _new_model(source, data)
     subset = data.subset(indices).to(device)
-    final = train_classifier(model=model, data=subset, loss_fn=create_loss("ce"), session=LocalSession(device),
+    # progress lines, and a checkpoint in the cache entry's work folder that an interrupted build resumes
+    stage = StageSession(f"{role} model {source.model} ({len(indices)} images)", t.epochs, device,
+                         stage_dir(f"{role}_model"))
+    final = train_classifier(model=model, data=subset, loss_fn=create_loss("ce"), session=stage, checkpoint_every=1,
                              seed=t.seed, optim=OptimConfig(epochs=t.epochs, batch_size=t.batch_size, lr=t.lr,
                                                             optimizer=t.optimizer, weight_decay=t.weight_decay))
+    final = final or stage.last  # resumed after its last epoch
     torch.save(model.cpu().state_dict(), os.path.join(out_dir, "model.pt"))
     COUNTS["model_trainings"] += 1
     return {"train_acc": final["test_acc"], "train_samples": len(indices)}
@@ -276,7 +281,7 @@ def build_model(source: ModelSource, role: str, p: FeatureParams, data: ImageDat
     if len(indices) == 0:
         raise ValueError(f"{role}.train is set but pretrain_split.{role} is 0: there is no slice to train on")
     recipe = model_recipe(source, role, p, data.identity)
-    entry = cache.get_or_create("w2s_model", recipe, lambda d: train_here(source, indices, data, d, device))
+    entry = cache.get_or_create("w2s_model", recipe, lambda d: train_here(source, indices, data, d, device, role))
     model = _new_model(source, data)
     model.load_state_dict(torch.load(entry.file("model.pt"), map_location="cpu"))
     return model
