@@ -77,6 +77,15 @@ def test_checkpoints_every_interval_and_after_the_last_epoch_with_the_history(tm
     assert lines == [f"s: resuming after epoch 5/5 from its checkpoint in {tmp_path}"]
 
 
+def test_an_unreadable_checkpoint_starts_the_stage_over(tmp_path):
+    (tmp_path / CHECKPOINT_FILE).write_bytes(b"not a checkpoint")
+    lines = []
+    session = StageSession("teacher cnn (fr, digits)", 5, CPU, str(tmp_path), say=lines.append)
+    assert session.restore() is None and session.history == [] and session.resumed_at == 0
+    assert len(lines) == 1 and lines[0].startswith("teacher cnn (fr, digits): checkpoint ")
+    assert lines[0].endswith("; starting the stage over") and "unreadable or corrupt" in lines[0]
+
+
 def fast_teacher(epochs: int = 6) -> dict:
     p = DistillParams(dataset="digits", teacher={"model": "cnn_small", "epochs": epochs, "lr": 0.05, "batch_size": 128,
                                                  "augment": "flip_crop", "crop_pad": 1, "hflip": 0.0})

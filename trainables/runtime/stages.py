@@ -53,7 +53,11 @@ class StageSession(LocalSession):
         return len(self.history)
 
     def restore(self) -> dict[str, Any] | None:
-        state = super().restore()
+        try:
+            state = super().restore()
+        except RuntimeError as exc:  # unreadable (bit rot): the stage starts over rather than failing every build
+            self.say(f"{self.label}: {exc}; starting the stage over")
+            return None
         if state is None:
             return None
         self.history = list(state.pop(HISTORY_KEY, []))
