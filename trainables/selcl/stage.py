@@ -277,7 +277,7 @@ def train_selcl(backbone: Classifier, data: DatasetSplits, cfg: SelCLConfig, cle
     run = SelCLRun(backbone, data, cfg)
     session = session or LocalSession(run.device)
     clean = None if clean_train_y is None else data.train_y == clean_train_y.to(run.device)
-    chosen: dict[str, Any] = {}  # the latest selection and threshold, and the epoch they were made after
+    chosen: dict[str, Any] = {}  # the latest selection and its pair threshold
 
     def train_epoch(epoch: int) -> dict[str, torch.Tensor]:
         if run.rule is None and epoch >= cfg.uns_epochs:  # resumed: redo the selection made after the restored epoch
