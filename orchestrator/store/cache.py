@@ -201,8 +201,8 @@ class ArtifactCache:
         scratch_parent = f"{self.root}/{kind}" if self.is_local else os.path.join(self.local_mirror, kind)
         os.makedirs(scratch_parent, exist_ok=True)
         scratch = tempfile.mkdtemp(prefix=f".build-{key}-", dir=scratch_parent)
-        # Kept when the build fails: a stage trained in it (a teacher) resumes from its checkpoint there.
-        # Made by the first stage that checkpoints into it; a build without one leaves nothing behind.
+        # Kept when the build fails, so a stage trained in it (a teacher) resumes from its checkpoint
+        # there; made by the first stage that checkpoints, so a build without one leaves nothing behind.
         work = os.path.join(scratch_parent, f"{WORK_PREFIX}{key}")
         try:
             with stage_work(work):
