@@ -22,11 +22,13 @@ out="${OUT:-bench/results}"
 mkdir -p "$out"
 log="$out/gpu_check.log"
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader | tee "$out/device.txt"
-collect() {
+collect() {  # the JSON lines as one tar: the device call brings back at most 8 files
   [ "$out" = bench/results ] && return
-  for f in sweep_gpu loss_steps probe_sweep kd_step compile_trial augment; do
-    [ -f "bench/results/$f.jsonl" ] && cp "bench/results/$f.jsonl" "$out/"
+  local names=()
+  for f in sweep_gpu loss_steps probe_sweep kd_step compile_trial augment selcl_step; do
+    [ -f "bench/results/$f.jsonl" ] && names+=("$f.jsonl")
   done
+  [ "${#names[@]}" -gt 0 ] && tar -C bench/results -cf "$out/results.tar" "${names[@]}"
 }
 run() {  # run LIMIT CMD...: at most LIMIT seconds, and never past the deadline
   local limit=$1; shift
@@ -38,22 +40,12 @@ run() {  # run LIMIT CMD...: at most LIMIT seconds, and never past the deadline
   echo "== rc=${PIPESTATUS[0]} at ${SECONDS}s" | tee -a "$log"
   collect
 }
-run 200 python -m pytest -q -p no:randomly -rs tests/test_no_host_sync.py tests/test_compile_modes.py \
-  tests/test_fused_compile.py tests/test_member_norm.py tests/test_member_graphs.py -k "cuda or gpu"
+# Ordered by what the issue's goals need first (fused K = 16 at batch 64, every loss against KD),
+# so the deadline cuts the figures measured before.
 # fused_forward streams (each member's step a CUDA graph, the members' graphs on streams of their
 # own; never run on a GPU before) against sequential eager trials, batch 64 (the 3x goal) and 512.
 run 120 python bench/sweep_gpu.py --device cuda --configs 16 --batch-sizes 64,512 --steps 30 --warmup 5 \
   --student resnet8x4 --image-size 32 --classes 100 --rounds 1 --ways sequential,fused --fused-forward streams
-# The same at batch 64 with 32 hardware work queues instead of CUDA's default 8 (16 streams share 8
-# queues by default, and kernels of two members on one queue wait for each other).
-run 60 env CUDA_DEVICE_MAX_CONNECTIONS=32 python bench/sweep_gpu.py --device cuda --configs 16 --batch-sizes 64 \
-  --steps 30 --warmup 5 --student resnet8x4 --image-size 32 --classes 100 --rounds 1 --ways fused --fused-forward streams
-# The fused step as CUDA graphs (compile: reduce-overhead) against sequential eager trials, batch 64:
-# the issue's 3x goal. First, then every loss's step against KD, then the eager fused sweep (the
-# rows after those were measured before, README, and are the ones the deadline cuts).
-run 180 python bench/sweep_gpu.py --device cuda --configs 16 --batch-sizes 64 --steps 30 --warmup 5 \
-  --student resnet8x4 --image-size 32 --classes 100 --rounds 1 --ways sequential,fused --fused-forward vmap \
-  --fused-compile reduce-overhead
 # The eager vmap fused step against sequential trials at batch 64: it changed since the last GPU run
 # (parameters stacked once, batch norm folded over the members: 322 -> 150 operations per step).
 run 90 python bench/sweep_gpu.py --device cuda --configs 16 --batch-sizes 64 --steps 30 --warmup 5 \
@@ -63,6 +55,17 @@ run 90 python bench/loss_steps.py --device cuda --batch 512 --steps 20 --rounds 
 # The same with each step a CUDA graph (a one-member fused trial with fused_forward streams): the
 # losses' kernels against KD's, with no launch cost.
 run 90 python bench/loss_steps.py --device cuda --batch 512 --steps 20 --rounds 3 --graphs
+# The fused step as CUDA graphs (compile: reduce-overhead) against sequential eager trials, batch 64.
+run 180 python bench/sweep_gpu.py --device cuda --configs 16 --batch-sizes 64 --steps 30 --warmup 5 \
+  --student resnet8x4 --image-size 32 --classes 100 --rounds 1 --ways sequential,fused --fused-forward vmap \
+  --fused-compile reduce-overhead
+# The CUDA-only tests (the graphs and compile paths' correctness on a GPU).
+run 150 python -m pytest -q -p no:randomly -rs tests/test_no_host_sync.py tests/test_compile_modes.py \
+  tests/test_fused_compile.py tests/test_member_norm.py tests/test_member_graphs.py -k "cuda or gpu"
+# The same at batch 64 with 32 hardware work queues instead of CUDA's default 8 (16 streams share 8
+# queues by default, and kernels of two members on one queue wait for each other).
+run 60 env CUDA_DEVICE_MAX_CONNECTIONS=32 python bench/sweep_gpu.py --device cuda --configs 16 --batch-sizes 64 \
+  --steps 30 --warmup 5 --student resnet8x4 --image-size 32 --classes 100 --rounds 1 --ways fused --fused-forward streams
 # As a trial with compile: reduce-overhead runs them: the student and (new) the loss each compiled
 # as CUDA graphs; the losses with the most operators.
 run 150 python bench/loss_steps.py --device cuda --batch 512 --steps 20 --rounds 3 --compile reduce-overhead \
@@ -70,10 +73,12 @@ run 150 python bench/loss_steps.py --device cuda --batch 512 --steps 20 --rounds
 # A fused CRD sweep (its members' projectors and banks stacked: 2238 -> 286 operations per step).
 run 90 python bench/sweep_gpu.py --device cuda --configs 16 --batch-sizes 64 --steps 20 --warmup 3 \
   --student resnet8x4 --image-size 32 --classes 100 --rounds 1 --ways sequential,fused --fused-forward vmap --loss crd
-run 150 python bench/sweep_gpu.py --device cuda --configs 16 --batch-sizes 64,128,256,512 --steps 30 --warmup 5 \
-  --student resnet8x4 --image-size 32 --classes 100 --procs 4 --rounds 1
-run 60 python bench/sweep_gpu.py --device cuda --configs 16 --batch-sizes 64,512 --steps 30 --warmup 5 \
-  --student resnet8x4 --image-size 32 --classes 100 --rounds 1 --ways fused --fused-forward loop
+# The seed spaces' timm policies drawn per image, against kornia's in groups (not yet measured on a GPU).
+run 60 python bench/augment.py --model resnet8x4 --image-size 32 --train-size 16384 --batch-size 512 \
+  --classes 100 --rounds 2 --recipes randaugment timm_randaugment autoaugment timm_autoaugment
+# Sel-CL's stage at CIFAR-10's size against a plain CE step of PreAct-ResNet18 (never measured on a GPU).
+run 120 python bench/selcl_step.py --device cuda --model preact_resnet18 --image-size 32 --classes 10 \
+  --train-size 50000 --batch-size 128 --k 250 --queue-per-class 1000 --steps 10 --rounds 2
 for pair in "resnet8x4 resnet32x4" "resnet18 resnet56"; do
   set -- $pair
   run 100 python bench/kd_step.py --student "$1" --teacher "$2" --image-size 32 --classes 100 \
@@ -81,12 +86,10 @@ for pair in "resnet8x4 resnet32x4" "resnet18 resnet56"; do
 done
 run 40 python bench/sweep_gpu.py --device cuda --dry-run --batch-sizes 64,512 --student resnet8x4 --image-size 32 --classes 100
 run 40 python bench/probe_sweep.py --device cuda --k 8 --epochs 3
-# The seed spaces' timm policies drawn per image, against kornia's in groups (not yet measured on a GPU).
-run 60 python bench/augment.py --model resnet8x4 --image-size 32 --train-size 16384 --batch-size 512 \
-  --classes 100 --rounds 2 --recipes randaugment timm_randaugment autoaugment timm_autoaugment
-# Sel-CL's stage at CIFAR-10's size against a plain CE step of PreAct-ResNet18 (never measured on a GPU).
-run 120 python bench/selcl_step.py --device cuda --model preact_resnet18 --image-size 32 --classes 10 \
-  --train-size 50000 --batch-size 128 --k 250 --queue-per-class 1000 --steps 10 --rounds 2
+run 150 python bench/sweep_gpu.py --device cuda --configs 16 --batch-sizes 64,128,256,512 --steps 30 --warmup 5 \
+  --student resnet8x4 --image-size 32 --classes 100 --procs 4 --rounds 1
+run 60 python bench/sweep_gpu.py --device cuda --configs 16 --batch-sizes 64,512 --steps 30 --warmup 5 \
+  --student resnet8x4 --image-size 32 --classes 100 --rounds 1 --ways fused --fused-forward loop
 # Measured before (README): last, where the deadline cuts first.
 run 220 python bench/compile_trial.py --student resnet8x4 --teacher resnet8x4 --image-size 32 --classes 100 \
   --train-size 20000 --batch-sizes 64,512 --epochs 3 --modes eager,reduce-overhead --device cuda
