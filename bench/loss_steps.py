@@ -20,7 +20,8 @@ the CPU's per-parameter update loop does not inflate the count. On a GPU two mor
 where a loss's extra time goes: ``host ms`` (wall time to issue the steps, the GPU not waited for;
 the median over the rounds) and ``kernel ms`` (the GPU's kernel time per step, summed from one
 profiled run). A step whose host time is near its wall time is launch-bound; one whose kernel
-time grew spends the extra time on the device.
+time grew spends the extra time on the device: ``--kernels N`` then lists, per loss, the N kernels
+that add the most device time per step over KD's.
 
 ``--compile MODE`` compiles the student's forward and the loss, each on its own, as a distill trial
 with ``compile: MODE`` runs them (``reduce-overhead``: CUDA graphs on a GPU). Operators are not
@@ -143,15 +144,22 @@ def host_seconds(variants, device: torch.device, rounds: int) -> dict[str, float
     return {name: statistics.median(t) for name, t in times.items()}
 
 
-def kernel_seconds(run, device: torch.device) -> float:
-    """GPU kernel time of one run, summed over the kernels a profiler saw."""
+def kernel_times(run, device: torch.device) -> dict[str, float]:
+    """GPU seconds of one run per kernel name, from a profiler."""
     from torch.profiler import ProfilerActivity, profile
 
     torch.cuda.synchronize(device)
     with profile(activities=[ProfilerActivity.CUDA]) as prof:
         run()
         torch.cuda.synchronize(device)
-    return sum(event.self_device_time_total for event in prof.key_averages()) / 1e6
+    return {event.key: event.self_device_time_total / 1e6 for event in prof.key_averages()
+            if event.self_device_time_total > 0}
+
+
+def extra_kernels(times: dict[str, float], kd: dict[str, float], steps: int, top: int) -> list[tuple[float, str]]:
+    """The ``top`` kernels that add the most device time per step over KD's step (ms, name)."""
+    extra = {name: (t - kd.get(name, 0.0)) / steps * 1e3 for name, t in times.items()}
+    return sorted(((ms, name) for name, ms in extra.items() if ms > 0), reverse=True)[:top]
 
 
 def main() -> None:
@@ -171,6 +179,8 @@ def main() -> None:
     ap.add_argument("--graphs", action="store_true", help="each step whole as a CUDA graph (eager on a CPU)")
     ap.add_argument("--compile", default=None, choices=COMPILE_MODES,
                     help="the student and the loss compiled in this mode, as a trial with compile runs them")
+    ap.add_argument("--kernels", type=int, default=0, metavar="N",
+                    help="on a GPU, also print each loss's N kernels that add most device time over KD's step")
     args = ap.parse_args()
     if args.graphs and args.compile:
         ap.error("--graphs and --compile are two ways to take the step's launches away: pick one")
@@ -197,11 +207,12 @@ def main() -> None:
     ops = {} if args.compile else {name: ops_per_step(run, args.steps) for name, run in runs.items()}
     seconds = median_of(runs, device, args.rounds)
     per_step = {name: s / args.steps for name, s in seconds.items()}
-    host, kernel = {}, {}
+    host, kernel, kernels = {}, {}, {}
     if device.type == "cuda":
         try:  # diagnostics: a failure here must not lose the timings above
             host = {name: s / args.steps for name, s in host_seconds(runs, device, args.rounds).items()}
-            kernel = {name: kernel_seconds(run, device) / args.steps for name, run in runs.items()}
+            kernels = {name: kernel_times(run, device) for name, run in runs.items()}
+            kernel = {name: sum(times.values()) / args.steps for name, times in kernels.items()}
         except Exception as exc:  # noqa: BLE001
             print(f"  (host / kernel time not measured: {type(exc).__name__}: {exc})")
     kd = per_step["kd"]
@@ -215,6 +226,12 @@ def main() -> None:
         cols = f"{host[name] * 1e3:>10.2f}{kernel[name] * 1e3:>11.2f}" if extra else ""
         count = f"{ops[name]:>12.0f}" if name in ops else f"{'-':>12}"
         print(f"  {name:<14}{per_step[name] * 1e3:>10.2f}{per_step[name] / kd:>8.2f}{count}{cols}")
+    if kernel and args.kernels:
+        for name in names:
+            if name != "kd":
+                print(f"  {name}: the kernels adding most device time over kd's step (ms per step)")
+                for ms, kname in extra_kernels(kernels[name], kernels["kd"], args.steps, args.kernels):
+                    print(f"    {ms:7.3f}  {kname[:110]}")
     record("loss_steps", device, vars(args), {**{f"{name}_ms_per_step": per_step[name] * 1e3 for name in names},
                                               **{f"{name}_ops_per_step": ops[name] for name in ops},
                                               **{f"{name}_host_ms_per_step": host[name] * 1e3 for name in host},

@@ -49,7 +49,7 @@ from trainables.losses import create_loss, loss_class, loss_names  # noqa: E402
 from trainables.models import create_model  # noqa: E402
 from trainables.runtime.session import LocalSession  # noqa: E402
 from trainables.training.classifier_loop import COMPILE_MODES, CachedTeacher, ClassifierRun, OptimConfig  # noqa: E402
-from trainables.training.fused import (FORWARD_MODES, VMAP_MAX_BATCH, FusedRun, Member,  # noqa: E402
+from trainables.training.fused import (FORWARD_MODES, FusedRun, Member,  # noqa: E402
                                        member_bytes as fused_member_bytes)
 from trainables.training.views import PlainViews  # noqa: E402
 
@@ -204,13 +204,11 @@ def recommend(args, device) -> None:
     print(f"one member at batch {args.batch}: {per / 2**20:.1f} MiB; {free / 2**30:.1f} GiB free on {device_name(device)}: "
           f"{fits} members fit at once")
     width = min(fits, args.configs)
-    if device.type == "cuda" and args.batch <= VMAP_MAX_BATCH:
-        print(f"recommendation: params.vectorize: {max(width, 1)} (fused, vmap forward: on an H100, resnet8x4 at "
-              "batch 64, 1.9-2.3x sequential trials; 1.49x at 128; 1.05x at 256), or separate trials with compile: reduce-overhead (2.06x "
-              "there); packing processes on one GPU measured 0.37x, so is never recommended")
-    elif device.type == "cuda":
-        print("recommendation: separate trials with compile: reduce-overhead (on an H100, resnet8x4 at batch 512: "
-              "1.91x eager); fused trials measured 0.41-0.61x (vmap) and 1.02x (loop) there, packing processes 0.39x")
+    if device.type == "cuda":
+        print(f"recommendation: params.vectorize: {max(width, 1)} (fused_forward auto runs streams there: on an "
+              "H200, resnet8x4, K = 16, 10.2x sequential trials at batch 64 and 1.87x at 512; with DDP workers or "
+              "compile, vmap: 3.24x eager and 6.48x with compile: reduce-overhead at batch 64); packing processes "
+              "on one GPU measured 0.37x on an H100, so is never recommended")
     else:
         print(f"recommendation: params.vectorize: {max(width, 1)} with fused_forward: loop (on a CPU grouped "
               "convolutions are slower than K plain ones; the shared batch work still saves), one trial per core")

@@ -15,10 +15,11 @@ passes run as one batched computation, and one backward and one optimiser step u
   one grouped convolution, matmuls one batched matmul. ``loop``: each member's forward in turn (what
   an unfused trial does, minus the shared batch work): on a CPU grouped convolutions are slower
   than K plain ones; when the members' activations together are large it runs each member's
-  forward, loss and backward in turn (:meth:`FusedRun.member_by_member`). ``auto``: vmap on CUDA
-  at small batches, loop elsewhere. ``streams``: each member's whole step (its optimiser update
-  included) a CUDA graph of its own, the members' graphs replayed on streams of their own
-  (:mod:`trainables.training.member_graphs`); eager member by member on a CPU.
+  forward, loss and backward in turn (:meth:`FusedRun.member_by_member`). ``streams``: each
+  member's whole step (its optimiser update included) a CUDA graph of its own, the members' graphs
+  replayed on streams of their own (:mod:`trainables.training.member_graphs`); eager member by
+  member on a CPU. ``auto``: streams on CUDA, vmap or loop there by batch size when the trial has
+  DDP workers or ``compile`` (:func:`forward_mode`), loop on a CPU.
 * **Batch-norm statistics** stay per member the same way: under vmap the running statistics are
   one stacked tensor per buffer and each member's buffer is a view of its row, so BN's in-place
   update inside the vmapped forward lands in every member's module without a copy. The members'
@@ -70,9 +71,12 @@ from trainables.training.views import BatchViews, PlainViews
 FORWARD_MODES = ("auto", "vmap", "loop", "streams")
 
 
-# Per-member batch up to which ``auto`` picks vmap on CUDA. Measured on an H100 (resnet8x4, K = 16,
-# bf16; bench/results/sweep_gpu.jsonl), vmap against sequential trials: 1.9-2.3x at batch 64, 1.49x
-# at 128, 1.05x at 256, 0.41-0.61x at 512, where loop ran 1.02x.
+# Per-member batch up to which ``auto`` picks vmap on CUDA where streams cannot run (DDP workers,
+# or ``compile`` set). Measured on an H100 (resnet8x4, K = 16, bf16; bench/results/sweep_gpu.jsonl),
+# vmap against sequential trials: 1.9-2.3x at batch 64, 1.49x at 128, 1.05x at 256, 0.41-0.61x at
+# 512, where loop ran 1.02x. On an H200 (same file, 2026-11-28) eager vmap ran 3.24x at batch 64 and
+# vmap compiled with reduce-overhead 6.48x; streams ran 10.2x at 64 and 1.87x at 512, so ``auto``
+# takes streams wherever it can run.
 VMAP_MAX_BATCH = 256
 
 # Forward activations of all members together up to which the eager loop forward keeps them all
@@ -84,17 +88,25 @@ VMAP_MAX_BATCH = 256
 ALL_AT_ONCE_BYTES = 32 * 2**20
 
 
-def forward_mode(mode: str, device: torch.device, batch_size: int) -> str:
-    """The forward a fused trial runs: ``auto`` is vmap on CUDA at small per-member batches (where
-    one trial leaves the GPU launch-bound and fusing fills it) and loop otherwise (large batches,
-    where vmap's grouped convolutions are slower than K plain ones, and the CPU, where they always are).
-    ``streams`` (each member's step a CUDA graph on a stream of its own,
-    :mod:`trainables.training.member_graphs`) is only ever asked for: it is not measured on a GPU yet."""
+def forward_mode(mode: str, device: torch.device, batch_size: int, *, distributed: bool = False,
+                 compiled: bool = False) -> str:
+    """The forward a fused trial runs. ``auto`` on CUDA is ``streams`` (each member's step a CUDA
+    graph on a stream of its own, :mod:`trainables.training.member_graphs`: 10.2x sequential trials
+    at batch 64 and 1.87x at 512 on an H200, against vmap's 3.24x and loop's 1.02x) unless the trial
+    has DDP workers (``distributed``: the gradient average would have to run inside every member's
+    graph) or is ``compiled`` (which captures the step itself); then vmap at small per-member batches
+    (where one trial leaves the GPU launch-bound and fusing fills it) and loop at large ones, where
+    vmap's grouped convolutions are slower than K plain ones. On a CPU ``auto`` is loop: grouped
+    convolutions are slower there at every size, and there is nothing to capture."""
     if mode not in FORWARD_MODES:
         raise ValueError(f"fused forward {mode!r}; accepted: {', '.join(FORWARD_MODES)}")
-    if mode == "auto":
-        return "vmap" if device.type == "cuda" and batch_size <= VMAP_MAX_BATCH else "loop"
-    return mode
+    if mode != "auto":
+        return mode
+    if device.type != "cuda":
+        return "loop"
+    if not distributed and not compiled:
+        return "streams"
+    return "vmap" if batch_size <= VMAP_MAX_BATCH else "loop"
 
 
 class MemberStack:
@@ -364,7 +376,9 @@ class FusedRun(FusedEpochs):
             m.model = model
             m.loss_fn = m.loss_fn.to(device)
             models.append(model)
-        self.students = FusedStudents(models, forward_mode(mode, device, optim.batch_size))
+        self.students = FusedStudents(models, forward_mode(mode, device, optim.batch_size,
+                                                           distributed=session.distributed,
+                                                           compiled=optim.compile is not False))
         streams = self.students.mode == "streams"
         if streams and session.distributed:
             raise ValueError("fused_forward streams: a fused trial with DDP workers would average gradients inside "

@@ -1,0 +1,129 @@
+"""CRD's contrast scores, forward and backward, computed several ways: where a CRD step's extra
+device time goes, and what each way costs in accuracy.
+
+A CRD step scores each anchor (B per side, two sides) against 1 + K rows of a memory bank of n
+rows (trainables/losses/crd.py). ``dense`` (what the loss runs for CIFAR's n): one fp32 matmul of
+the anchors against the whole bank, then the contrast columns gathered; backward scatters their
+gradients into a (2, B, n) matrix and multiplies it by the bank. ``gathered``: the contrast rows
+gathered, (2, B, 1 + K, D), and one batched dot product. ``dense_tf32``: ``dense`` with TF32
+tensor cores (fp32 inputs rounded to a 10-bit mantissa). ``dense_bf16x3``: ``dense`` as three
+bf16 tensor-core matmuls with fp32 outputs (a = a_hi + a_lo, each half bf16; a.b ~ a_hi.b_hi +
+a_hi.b_lo + a_lo.b_hi): about 16 bits of each operand, the product's error near fp32's.
+
+For each way: ms per forward + backward (median of rounds, the GPU drained around each), and the
+largest error of exp(dot / tau), relative, against the same scores in float64. ``--kernels N``
+lists the N kernels that take most device time in ``dense``.
+
+    .venv/bin/python bench/crd_scores.py --device cuda            # CIFAR's sizes: n 50,000, B 512
+    .venv/bin/python bench/crd_scores.py --device cpu --n 5000    # a CPU check of the code
+
+Appends a JSON line to bench/results/crd_scores.jsonl.
+"""
+from __future__ import annotations
+
+import argparse
+
+import torch
+
+from common import median_of, pick_device, record  # noqa: E402  (sets sys.path)
+
+
+def split_bf16(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    hi = t.to(torch.bfloat16)
+    return hi, (t - hi.float()).to(torch.bfloat16)
+
+
+def dense_dots(anchors, bank, contrast, way: str):
+    if way == "dense_bf16x3":
+        a_hi, a_lo = split_bf16(anchors)
+        b_hi, b_lo = (part.transpose(1, 2) for part in split_bf16(bank))
+        full = (torch.bmm(a_hi, b_hi, out_dtype=torch.float32) + torch.bmm(a_hi, b_lo, out_dtype=torch.float32)
+                + torch.bmm(a_lo, b_hi, out_dtype=torch.float32))
+    else:
+        full = torch.bmm(anchors, bank.transpose(1, 2))
+    return full.gather(2, contrast.expand(2, -1, -1))
+
+
+def scores(anchors, bank, contrast, way: str, tau: float) -> torch.Tensor:
+    if way == "gathered":
+        dots = (bank[:, contrast] @ anchors.unsqueeze(-1)).squeeze(-1)
+    else:
+        dots = dense_dots(anchors, bank, contrast, way)
+    return torch.exp(dots / tau)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--n", type=int, default=50_000, help="memory-bank rows (the training set)")
+    ap.add_argument("--batch", type=int, default=512)
+    ap.add_argument("--k", type=int, default=4096, help="negatives per anchor")
+    ap.add_argument("--dim", type=int, default=128)
+    ap.add_argument("--tau", type=float, default=0.07)
+    ap.add_argument("--rounds", type=int, default=7)
+    ap.add_argument("--reps", type=int, default=5, help="forward + backward passes per timed run")
+    ap.add_argument("--kernels", type=int, default=10, metavar="N")
+    ap.add_argument("--ways", default="dense,dense_tf32,dense_bf16x3,gathered")
+    args = ap.parse_args()
+    device = pick_device(args.device)
+    g = torch.Generator(device=device).manual_seed(0)
+    unit = lambda *shape: torch.nn.functional.normalize(torch.randn(*shape, device=device, generator=g), dim=-1)  # noqa: E731
+    anchors0, bank = unit(2, args.batch, args.dim), unit(2, args.n, args.dim)
+    contrast = torch.randint(0, args.n, (args.batch, 1 + args.k), device=device, generator=g)
+    weights = torch.rand(2, args.batch, 1 + args.k, device=device, generator=g)
+    want = scores(anchors0.double(), bank.double(), contrast, "dense", args.tau)
+
+    ways = args.ways.split(",")
+    if device.type != "cuda":
+        ways = [w for w in ways if w not in ("dense_tf32", "dense_bf16x3")]  # tensor-core ways: CUDA only
+
+    def make(way: str):
+        def run() -> None:
+            torch.backends.cuda.matmul.allow_tf32 = way == "dense_tf32"  # read when each matmul launches
+            try:
+                for _ in range(args.reps):
+                    anchors = anchors0.detach().requires_grad_()
+                    (scores(anchors, bank, contrast, way, args.tau) * weights).sum().backward()
+            finally:
+                torch.backends.cuda.matmul.allow_tf32 = False
+        return run
+
+    runs, errors = {}, {}
+    for way in ways:
+        try:
+            runs[way] = make(way)
+            runs[way]()  # warm-up, and a way the device cannot run is left out here
+            torch.backends.cuda.matmul.allow_tf32 = way == "dense_tf32"
+            with torch.no_grad():
+                got = scores(anchors0, bank, contrast, way, args.tau).double()
+            torch.backends.cuda.matmul.allow_tf32 = False
+            errors[way] = float(((got - want).abs() / want).max())
+        except (RuntimeError, NotImplementedError) as exc:
+            print(f"  {way}: not run ({type(exc).__name__}: {str(exc).splitlines()[0][:120]})")
+            runs.pop(way, None)
+    seconds = median_of(runs, device, args.rounds)
+    base = seconds.get("dense")
+    print(f"crd_scores on {device}: n {args.n}, batch {args.batch}, K {args.k}, D {args.dim}, two sides, "
+          f"forward + backward")
+    print(f"  {'way':<14}{'ms':>8}{'vs dense':>10}{'max rel. error':>16}")
+    for way, s in seconds.items():
+        ratio = f"{s / base:>10.2f}" if base else f"{'-':>10}"
+        print(f"  {way:<14}{s / args.reps * 1e3:>8.3f}{ratio}{errors[way]:>16.2e}")
+    if device.type == "cuda" and args.kernels and "dense" in runs:
+        from torch.profiler import ProfilerActivity, profile
+
+        torch.cuda.synchronize(device)
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            runs["dense"]()
+            torch.cuda.synchronize(device)
+        events = sorted(((e.self_device_time_total, e.key) for e in prof.key_averages()), reverse=True)
+        print(f"  dense: top kernels (ms per forward + backward)")
+        for us, name in events[:args.kernels]:
+            print(f"    {us / args.reps / 1e3:7.3f}  {name[:110]}")
+    record("crd_scores", device, vars(args), {f"{w}_ms": s / args.reps * 1e3 for w, s in seconds.items()}
+           | {f"{w}_max_rel_error": e for w, e in errors.items() if w in seconds},
+           {f"{w}_over_dense": s / base for w, s in seconds.items() if base and w != "dense"})
+
+
+if __name__ == "__main__":
+    main()
