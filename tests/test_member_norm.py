@@ -31,7 +31,7 @@ def stacked_run(members, x, folded: bool, train: bool = True):
             out = call(params, buffers, x)
     else:
         out = call(params, buffers, x)
-    (out.sin() * torch.arange(out.numel()).view_as(out).float().cos()).sum().backward()
+    (out.sin() * torch.arange(out.numel(), device=out.device).view_as(out).float().cos()).sum().backward()
     return out.detach(), {n: p.grad for n, p in params.items()}, x.grad, buffers
 
 
