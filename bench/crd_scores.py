@@ -2,20 +2,21 @@
 device time goes, and what each way costs in accuracy.
 
 A CRD step scores each anchor (B per side, two sides) against 1 + K rows of a memory bank of n
-rows (trainables/losses/crd.py). ``dense`` (what the loss runs for CIFAR's n): one fp32 matmul of
-the anchors against the whole bank, then the contrast columns gathered; backward scatters their
-gradients into a (2, B, n) matrix and multiplies it by the bank. ``gathered``: the contrast rows
-gathered, (2, B, 1 + K, D), and one batched dot product. ``dense_tf32``: ``dense`` with TF32
-tensor cores (fp32 inputs rounded to a 10-bit mantissa). ``dense_bf16x3``: ``dense`` as three
-bf16 tensor-core matmuls with fp32 outputs (a = a_hi + a_lo, each half bf16; a.b ~ a_hi.b_hi +
-a_hi.b_lo + a_lo.b_hi): about 16 bits of each operand, the product's error near fp32's.
+rows (trainables/losses/crd.py). ``dense``: one fp32 matmul of the anchors against the whole bank,
+then the contrast columns gathered, with autograd's backward (the gradients scattered into a
+(2, B, n) matrix that multiplies the bank: on an H200 cuBLAS ran that matmul on few blocks, 1.8 ms
+of the step). ``dense_parts``: what the loss runs (``ContrastDots``): the same forward, and a
+backward that reduces over the bank in parts, one batched matmul. ``dense_tf32``: ``dense`` with
+TF32 tensor cores (fp32 inputs rounded to a 10-bit mantissa; the loss does not use it).
+``gathered``: the contrast rows gathered, (2, B, 1 + K, D), and one batched dot product (what the
+loss runs where that moves fewer bytes, ImageNet's n at small batches).
 
 For each way: ms per forward + backward (median of rounds, the GPU drained around each), and the
 largest error of exp(dot / tau), relative, against the same scores in float64. ``--kernels N``
-lists the N kernels that take most device time in ``dense``.
+lists the N kernels that take most device time in ``dense`` and ``dense_parts``.
 
     .venv/bin/python bench/crd_scores.py --device cuda            # CIFAR's sizes: n 50,000, B 512
-    .venv/bin/python bench/crd_scores.py --device cpu --n 5000    # a CPU check of the code
+    .venv/bin/python bench/crd_scores.py --device cpu --rounds 3  # the same sizes on the CPU
 
 Appends a JSON line to bench/results/crd_scores.jsonl.
 """
@@ -26,29 +27,16 @@ import argparse
 import torch
 
 from common import median_of, pick_device, record  # noqa: E402  (sets sys.path)
-
-
-def split_bf16(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    hi = t.to(torch.bfloat16)
-    return hi, (t - hi.float()).to(torch.bfloat16)
-
-
-def dense_dots(anchors, bank, contrast, way: str):
-    if way == "dense_bf16x3":
-        a_hi, a_lo = split_bf16(anchors)
-        b_hi, b_lo = (part.transpose(1, 2) for part in split_bf16(bank))
-        full = (torch.bmm(a_hi, b_hi, out_dtype=torch.float32) + torch.bmm(a_hi, b_lo, out_dtype=torch.float32)
-                + torch.bmm(a_lo, b_hi, out_dtype=torch.float32))
-    else:
-        full = torch.bmm(anchors, bank.transpose(1, 2))
-    return full.gather(2, contrast.expand(2, -1, -1))
+from trainables.losses.crd import ContrastDots  # noqa: E402
 
 
 def scores(anchors, bank, contrast, way: str, tau: float) -> torch.Tensor:
     if way == "gathered":
         dots = (bank[:, contrast] @ anchors.unsqueeze(-1)).squeeze(-1)
+    elif way == "dense_parts":
+        dots = ContrastDots.apply(anchors, bank, contrast.expand(2, -1, -1))
     else:
-        dots = dense_dots(anchors, bank, contrast, way)
+        dots = torch.bmm(anchors, bank.transpose(1, 2)).gather(2, contrast.expand(2, -1, -1))
     return torch.exp(dots / tau)
 
 
@@ -63,7 +51,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=7)
     ap.add_argument("--reps", type=int, default=5, help="forward + backward passes per timed run")
     ap.add_argument("--kernels", type=int, default=10, metavar="N")
-    ap.add_argument("--ways", default="dense,dense_tf32,dense_bf16x3,gathered")
+    ap.add_argument("--ways", default="dense,dense_parts,dense_tf32,gathered")
     args = ap.parse_args()
     device = pick_device(args.device)
     g = torch.Generator(device=device).manual_seed(0)
@@ -75,7 +63,7 @@ def main() -> None:
 
     ways = args.ways.split(",")
     if device.type != "cuda":
-        ways = [w for w in ways if w not in ("dense_tf32", "dense_bf16x3")]  # tensor-core ways: CUDA only
+        ways = [w for w in ways if w != "dense_tf32"]  # tensor cores: CUDA only
 
     def make(way: str):
         def run() -> None:
@@ -109,17 +97,20 @@ def main() -> None:
     for way, s in seconds.items():
         ratio = f"{s / base:>10.2f}" if base else f"{'-':>10}"
         print(f"  {way:<14}{s / args.reps * 1e3:>8.3f}{ratio}{errors[way]:>16.2e}")
-    if device.type == "cuda" and args.kernels and "dense" in runs:
+    if device.type == "cuda" and args.kernels:
         from torch.profiler import ProfilerActivity, profile
 
-        torch.cuda.synchronize(device)
-        with profile(activities=[ProfilerActivity.CUDA]) as prof:
-            runs["dense"]()
+        for way in ("dense", "dense_parts"):
+            if way not in runs:
+                continue
             torch.cuda.synchronize(device)
-        events = sorted(((e.self_device_time_total, e.key) for e in prof.key_averages()), reverse=True)
-        print(f"  dense: top kernels (ms per forward + backward)")
-        for us, name in events[:args.kernels]:
-            print(f"    {us / args.reps / 1e3:7.3f}  {name[:110]}")
+            with profile(activities=[ProfilerActivity.CUDA]) as prof:
+                runs[way]()
+                torch.cuda.synchronize(device)
+            events = sorted(((e.self_device_time_total, e.key) for e in prof.key_averages()), reverse=True)
+            print(f"  {way}: top kernels (ms per forward + backward)")
+            for us, name in events[:args.kernels]:
+                print(f"    {us / args.reps / 1e3:7.3f}  {name[:110]}")
     record("crd_scores", device, vars(args), {f"{w}_ms": s / args.reps * 1e3 for w, s in seconds.items()}
            | {f"{w}_max_rel_error": e for w, e in errors.items() if w in seconds},
            {f"{w}_over_dense": s / base for w, s in seconds.items() if base and w != "dense"})

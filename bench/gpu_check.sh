@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Issue 18's GPU figures in one call on a lent GPU machine (no Ray, no network there; see the
-# device notes): the CUDA-only tests, KD against a bare step for both students, every loss's step
-# time against KD (eager, and each step a CUDA graph), the fused-sweep bench at the issue's size
-# (fused_forward streams first; vmap eager, and at batch 64 with the fused step compiled as CUDA
-# graphs), compile modes inside a trial, the vectorised probe sweep on the GPU, and the timm policies' cost. Each step has its own time limit, and all of them together
+# device notes): CRD's contrast scores, every loss's step time against KD (eager, and each step a
+# CUDA graph), the fused-sweep bench at the issue's size (fused_forward auto, which is streams on
+# CUDA; vmap eager, and with the fused step compiled as CUDA graphs), the CUDA-only tests, KD
+# against a bare step for both students, compile modes inside a trial, the vectorised probe sweep
+# on the GPU, the timm policies' cost and Sel-CL's step. Each step has its own time limit, and all of them together
 # stay under DEADLINE seconds, so what finished comes back even when a step hangs. Results go to
 # $OUT (or bench/results when OUT is unset), each line naming the device.
 #
@@ -25,7 +26,7 @@ nvidia-smi --query-gpu=name,memory.total --format=csv,noheader | tee "$out/devic
 collect() {  # the JSON lines as one tar: the device call brings back at most 8 files
   [ "$out" = bench/results ] && return
   local names=()
-  for f in sweep_gpu loss_steps probe_sweep kd_step compile_trial augment selcl_step; do
+  for f in crd_scores sweep_gpu loss_steps probe_sweep kd_step compile_trial augment selcl_step; do
     [ -f "bench/results/$f.jsonl" ] && names+=("$f.jsonl")
   done
   [ "${#names[@]}" -gt 0 ] && tar -C bench/results -cf "$out/results.tar" "${names[@]}"
@@ -40,21 +41,23 @@ run() {  # run LIMIT CMD...: at most LIMIT seconds, and never past the deadline
   echo "== rc=${PIPESTATUS[0]} at ${SECONDS}s" | tee -a "$log"
   collect
 }
-# Ordered by what the issue's goals need first (fused K = 16 at batch 64, every loss against KD),
-# so the deadline cuts the figures measured before.
-# fused_forward streams (each member's step a CUDA graph, the members' graphs on streams of their
-# own; never run on a GPU before) against sequential eager trials, batch 64 (the 3x goal) and 512.
-run 120 python bench/sweep_gpu.py --device cuda --configs 16 --batch-sizes 64,512 --steps 30 --warmup 5 \
-  --student resnet8x4 --image-size 32 --classes 100 --rounds 1 --ways sequential,fused --fused-forward streams
-# The eager vmap fused step against sequential trials at batch 64: it changed since the last GPU run
-# (parameters stacked once, batch norm folded over the members: 322 -> 150 operations per step).
+# Ordered by what the issue's goals need first (every loss against KD: CRD's step is the one left
+# over 1.1x; fused K = 16 at batch 64 on an H100, measured on an H200 so far), so the deadline cuts
+# the figures measured before.
+# CRD's contrast scores: the backward reduced in parts (what the loss runs now) against autograd's
+# plain one, whose matmul took 1.8 ms of CRD's 2.9 ms over KD's on an H200.
+run 60 python bench/crd_scores.py --device cuda --rounds 5 --reps 5 --kernels 8
+# Every loss against KD, eager and with each step a CUDA graph (a one-member fused trial with
+# fused_forward streams: the losses' kernels against KD's, with no launch cost).
+run 90 python bench/loss_steps.py --device cuda --batch 512 --steps 20 --rounds 3 --kernels 6
+run 90 python bench/loss_steps.py --device cuda --batch 512 --steps 20 --rounds 3 --graphs
+# fused_forward auto (streams on CUDA: each member's step a CUDA graph on a stream of its own)
+# against sequential eager trials, batch 64 (the 3x goal) to 512.
+run 120 python bench/sweep_gpu.py --device cuda --configs 16 --batch-sizes 64,128,256,512 --steps 30 --warmup 5 \
+  --student resnet8x4 --image-size 32 --classes 100 --rounds 1 --ways sequential,fused
+# The eager vmap fused step (what auto runs with DDP workers or compile) against sequential trials.
 run 90 python bench/sweep_gpu.py --device cuda --configs 16 --batch-sizes 64 --steps 30 --warmup 5 \
   --student resnet8x4 --image-size 32 --classes 100 --rounds 1 --ways sequential,fused --fused-forward vmap
-# Every loss against KD (the 1.1x goal; align_uniform's uniformity and DKD changed since the last run).
-run 90 python bench/loss_steps.py --device cuda --batch 512 --steps 20 --rounds 3
-# The same with each step a CUDA graph (a one-member fused trial with fused_forward streams): the
-# losses' kernels against KD's, with no launch cost.
-run 90 python bench/loss_steps.py --device cuda --batch 512 --steps 20 --rounds 3 --graphs
 # The fused step as CUDA graphs (compile: reduce-overhead) against sequential eager trials, batch 64.
 run 180 python bench/sweep_gpu.py --device cuda --configs 16 --batch-sizes 64 --steps 30 --warmup 5 \
   --student resnet8x4 --image-size 32 --classes 100 --rounds 1 --ways sequential,fused --fused-forward vmap \

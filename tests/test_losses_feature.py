@@ -10,6 +10,7 @@ from torch import nn
 
 import loss_formulas as F
 from trainables.losses import LossInputs, create_loss, loss_params_model
+from trainables.losses import crd as crd_module
 from trainables.losses.crd import NCE_EPS, nce_loss
 
 RNG = np.random.default_rng(0)
@@ -379,3 +380,36 @@ def test_uniformity_of_stacked_embeddings_is_each_ones():
         assert values[i].item() == pytest.approx(value.item(), rel=1e-6)
         assert values[i].item() == pytest.approx(uniformity_np(row.detach().double().numpy(), 2.0), rel=1e-5)
         torch.testing.assert_close(stack.grad[i], row.grad, rtol=1e-6, atol=1e-8)
+
+
+@pytest.mark.parametrize("lead, n, parts", [((2,), 10, 2), ((2,), 10, 3), ((3, 2), 23, 4), ((2,), 10, 1)])
+def test_crd_dense_dots_backward_in_parts_is_the_plain_gradient(monkeypatch, lead, n, parts):
+    """ContrastDots's backward reduces over the bank in parts (as on CUDA; 10 rows in 2 parts of 5,
+    in 3 of 4 with the bank padded to 12; 23 in 4 of 6): the anchors' gradient equals autograd's
+    through the plain matmul and gather, repeated contrast indices (which accumulate) included."""
+    monkeypatch.setattr(crd_module, "reduction_parts", lambda rows, device: parts)
+    g = torch.Generator().manual_seed(3)
+    b, c, d = 5, 7, 6
+    anchors = torch.randn(*lead, b, d, dtype=torch.float64, generator=g)
+    bank = torch.randn(*lead, n, d, dtype=torch.float64, generator=g)
+    contrast = torch.randint(0, n, (*lead, b, c), generator=g)
+    contrast[..., 1] = contrast[..., 0]  # a repeated index in every row
+    weights = torch.randn(*lead, b, c, dtype=torch.float64, generator=g)
+    got_in, want_in = anchors.clone().requires_grad_(), anchors.clone().requires_grad_()
+    got = crd_module.ContrastDots.apply(got_in, bank, contrast)
+    want = torch.matmul(want_in, bank.transpose(-1, -2)).gather(-1, contrast)
+    torch.testing.assert_close(got, want, rtol=0, atol=0)
+    (got * weights).sum().backward()
+    (want * weights).sum().backward()
+    torch.testing.assert_close(got_in.grad, want_in.grad, rtol=1e-12, atol=1e-12)
+    # and against the formula: sum_j w[b, j] bank[contrast[b, j]]
+    rows = torch.take_along_dim(bank.unsqueeze(-3), contrast.unsqueeze(-1), dim=-2)  # (..., B, C, D)
+    torch.testing.assert_close(got_in.grad, (weights.unsqueeze(-1) * rows).sum(-2), rtol=1e-12, atol=1e-12)
+
+
+def test_crd_reduction_parts_are_about_split_rows_each_on_cuda_and_one_on_a_cpu():
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    assert crd_module.reduction_parts(50_000, cuda) == 50_000 // crd_module.SPLIT_ROWS == 12
+    assert crd_module.reduction_parts(1_281_167, cuda) == crd_module.MAX_SPLITS
+    assert crd_module.reduction_parts(1_000, cuda) == 1
+    assert crd_module.reduction_parts(50_000, cpu) == 1
