@@ -13,7 +13,8 @@ loss runs where that moves fewer bytes, ImageNet's n at small batches).
 
 For each way: ms per forward + backward (median of rounds, the GPU drained around each), and the
 largest error of exp(dot / tau), relative, against the same scores in float64. ``--kernels N``
-lists the N kernels that take most device time in ``dense`` and ``dense_parts``.
+lists the N kernels that take most device time in ``dense`` and ``dense_parts``; ``--parts P``
+sets the number of parts (the loss's rule by default: one on a CPU).
 
     .venv/bin/python bench/crd_scores.py --device cuda            # CIFAR's sizes: n 50,000, B 512
     .venv/bin/python bench/crd_scores.py --device cpu --rounds 3  # the same sizes on the CPU
@@ -27,6 +28,7 @@ import argparse
 import torch
 
 from common import median_of, pick_device, record  # noqa: E402  (sets sys.path)
+from trainables.losses import crd  # noqa: E402
 from trainables.losses.crd import ContrastDots  # noqa: E402
 
 
@@ -52,7 +54,11 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=5, help="forward + backward passes per timed run")
     ap.add_argument("--kernels", type=int, default=10, metavar="N")
     ap.add_argument("--ways", default="dense,dense_parts,dense_tf32,gathered")
+    ap.add_argument("--parts", type=int, default=None,
+                    help="dense_parts' number of parts (default: the loss's rule, reduction_parts: one on a CPU)")
     args = ap.parse_args()
+    if args.parts is not None:
+        crd.reduction_parts = lambda n, device: args.parts
     device = pick_device(args.device)
     g = torch.Generator(device=device).manual_seed(0)
     unit = lambda *shape: torch.nn.functional.normalize(torch.randn(*shape, device=device, generator=g), dim=-1)  # noqa: E731

@@ -92,7 +92,8 @@ class DistillParams(FusedMembers, DatasetParams, RecipeParams):
     fused_forward: Literal["auto", "vmap", "loop", "streams"] = Field(
         "auto", description="a fused trial's forward: vmap (one batched computation), loop (one member after "
         "another, sharing the batch work), streams (each member's step a CUDA graph on a stream of its own; "
-        "eager member by member on a CPU), auto (vmap on CUDA at batches up to 256, loop otherwise)")
+        "eager member by member on a CPU), auto (streams on CUDA; with DDP workers or compile, vmap at batches "
+        "up to 256 and loop above; loop on a CPU)")
     probes: list[dict[str, Any]] | None = Field(None, description="set by the sweep: the members' sampled values")
     probe_grid: dict[str, list[Any]] | None = Field(None, description="set by the sweep: the members' grid values")
 

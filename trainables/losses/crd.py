@@ -79,7 +79,8 @@ def reduction_parts(n: int, device: torch.device) -> int:
     """Parts of :class:`ContrastDots`'s backward reduction over n bank rows: on CUDA about
     SPLIT_ROWS rows each, at most MAX_SPLITS; one on a CPU, whose matmul keeps its cores busy over a
     long reduction, and where the parts' index arithmetic made the backward slower
-    (bench/crd_scores.py on the 2-core CPU, n 50,000, B 512: 1.37-1.40x the plain one)."""
+    (bench/crd_scores.py --device cpu --parts 12 on the 2-core CPU, n 50,000, B 512: 1.43x the
+    plain one)."""
     return max(1, min(n // SPLIT_ROWS, MAX_SPLITS)) if device.type == "cuda" else 1
 
 
