@@ -61,7 +61,10 @@ def main() -> None:
         crd.reduction_parts = lambda n, device: args.parts
     device = pick_device(args.device)
     g = torch.Generator(device=device).manual_seed(0)
-    unit = lambda *shape: torch.nn.functional.normalize(torch.randn(*shape, device=device, generator=g), dim=-1)  # noqa: E731
+
+    def unit(*shape: int) -> torch.Tensor:
+        return torch.nn.functional.normalize(torch.randn(*shape, device=device, generator=g), dim=-1)
+
     anchors0, bank = unit(2, args.batch, args.dim), unit(2, args.n, args.dim)
     contrast = torch.randint(0, args.n, (args.batch, 1 + args.k), device=device, generator=g)
     weights = torch.rand(2, args.batch, 1 + args.k, device=device, generator=g)

@@ -231,3 +231,34 @@ def test_the_quickstart_with_streams_is_refused_where_its_ddp_point_sets_workers
     assert "points_to_evaluate[0].workers: 2 DDP workers would average gradients inside each member's CUDA graph" \
         in str(info.value)
     assert parse_spec(text, "quickstart.yaml", overrides=["params.vectorize=4", "params.fused_forward=loop"])
+
+
+@pytest.mark.parametrize("loss", ["kd", "crd"])
+def test_a_fused_trial_on_auto_trains_its_members_end_to_end(ctx, monkeypatch, loss):
+    """A fused trial through run_distill with ``fused_forward: auto``: on CUDA that is streams
+    (warm-up steps eager, then each member's graph captured each epoch and replayed, the partial
+    batch eager), on a CPU the loop forward. Every member reports every epoch and learns."""
+    from trainables.training import fused
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    chosen = []
+    real = fused.forward_mode
+    monkeypatch.setattr(fused, "forward_mode", lambda *a, **kw: chosen.append(real(*a, **kw)) or chosen[-1])
+    # 250 images at batch 64: three full batches and a partial one of 58 every epoch.
+    data = {"channels": 3, "image_size": 8, "num_classes": 5, "train_size": 250}
+    session = LocalSession(device)
+    run_distill(DistillParams(dataset="synthetic", dataset_kwargs=data,
+                              teacher={"model": "cnn_small", "epochs": 2, "lr": 0.05}, student="cnn_small",
+                              epochs=3, batch_size=64, loss=loss, vectorize=2,
+                              probes=[{"lr": 0.05, "seed": 0}, {"lr": 0.1, "seed": 1}]), session, ctx)
+    assert chosen == ["streams" if device.type == "cuda" else "loop"]
+    assert len(session.history) == 3
+    first, last = session.history[0][RESULTS_KEY], session.history[-1][RESULTS_KEY]
+    assert [m["epoch"] for m in last] == [3, 3]
+    for k in range(2):
+        assert 0.0 <= last[k]["val_acc"] <= 1.0
+        # the cross-entropy part and the validation loss fall (CRD's contrast term grows at first
+        # while its memory banks fill with the members' embeddings)
+        assert last[k]["train_ce"] < first[k]["train_ce"], (k, first[k], last[k])
+        assert last[k]["val_loss"] < first[k]["val_loss"], (k, first[k], last[k])
+    assert last[0]["train_loss"] != last[1]["train_loss"]  # each member trained with its own lr and seed
