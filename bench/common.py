@@ -173,3 +173,15 @@ def sgd_train_step(model_name: str, num_classes: int, shape, device: torch.devic
         opt.step()
 
     return step
+
+
+def kernel_times(run: Callable[[], Any], device: torch.device) -> dict[str, float]:
+    """GPU seconds of one ``run()`` per kernel name, from torch's profiler (CUDA only)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    torch.cuda.synchronize(device)
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        run()
+        torch.cuda.synchronize(device)
+    return {event.key: event.self_device_time_total / 1e6 for event in prof.key_averages()
+            if event.self_device_time_total > 0}

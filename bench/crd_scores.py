@@ -27,7 +27,7 @@ import argparse
 
 import torch
 
-from common import median_of, pick_device, record  # noqa: E402  (sets sys.path)
+from common import kernel_times, median_of, pick_device, record  # noqa: E402  (sets sys.path)
 from trainables.losses import crd  # noqa: E402
 from trainables.losses.crd import ContrastDots  # noqa: E402
 
@@ -107,19 +107,12 @@ def main() -> None:
         ratio = f"{s / base:>10.2f}" if base else f"{'-':>10}"
         print(f"  {way:<14}{s / args.reps * 1e3:>8.3f}{ratio}{errors[way]:>16.2e}")
     if device.type == "cuda" and args.kernels:
-        from torch.profiler import ProfilerActivity, profile
-
         for way in ("dense", "dense_parts"):
-            if way not in runs:
-                continue
-            torch.cuda.synchronize(device)
-            with profile(activities=[ProfilerActivity.CUDA]) as prof:
-                runs[way]()
-                torch.cuda.synchronize(device)
-            events = sorted(((e.self_device_time_total, e.key) for e in prof.key_averages()), reverse=True)
-            print(f"  {way}: top kernels (ms per forward + backward)")
-            for us, name in events[:args.kernels]:
-                print(f"    {us / args.reps / 1e3:7.3f}  {name[:110]}")
+            if way in runs:
+                top = sorted(((t, name) for name, t in kernel_times(runs[way], device).items()), reverse=True)
+                print(f"  {way}: top kernels (ms per forward + backward)")
+                for seconds_, name in top[:args.kernels]:
+                    print(f"    {seconds_ / args.reps * 1e3:7.3f}  {name[:110]}")
     record("crd_scores", device, vars(args), {f"{w}_ms": s / args.reps * 1e3 for w, s in seconds.items()}
            | {f"{w}_max_rel_error": e for w, e in errors.items() if w in seconds},
            {f"{w}_over_dense": s / base for w, s in seconds.items() if base and w != "dense"})

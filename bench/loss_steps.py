@@ -46,7 +46,7 @@ from dataclasses import replace
 
 import torch
 
-from common import median_of, pick_device, record, synthetic_images  # noqa: E402  (sets sys.path)
+from common import kernel_times, median_of, pick_device, record, synthetic_images  # noqa: E402  (sets sys.path)
 from trainables.losses import LossInputs, create_loss, loss_names  # noqa: E402
 from trainables.models import create_model  # noqa: E402
 from trainables.runtime.engine import autocast, build_optimizer, predict  # noqa: E402
@@ -142,18 +142,6 @@ def host_seconds(variants, device: torch.device, rounds: int) -> dict[str, float
             times[name].append(time.perf_counter() - start)
             torch.cuda.synchronize(device)
     return {name: statistics.median(t) for name, t in times.items()}
-
-
-def kernel_times(run, device: torch.device) -> dict[str, float]:
-    """GPU seconds of one run per kernel name, from a profiler."""
-    from torch.profiler import ProfilerActivity, profile
-
-    torch.cuda.synchronize(device)
-    with profile(activities=[ProfilerActivity.CUDA]) as prof:
-        run()
-        torch.cuda.synchronize(device)
-    return {event.key: event.self_device_time_total / 1e6 for event in prof.key_averages()
-            if event.self_device_time_total > 0}
 
 
 def extra_kernels(times: dict[str, float], kd: dict[str, float], steps: int, top: int) -> list[tuple[float, str]]:

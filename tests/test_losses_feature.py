@@ -12,6 +12,7 @@ import loss_formulas as F
 from trainables.losses import LossInputs, create_loss, loss_params_model
 from trainables.losses import crd as crd_module
 from trainables.losses.crd import NCE_EPS, nce_loss
+from trainables.runtime.sync_check import SyncCheck
 
 RNG = np.random.default_rng(0)
 N, C, DS, DT = 4, 3, 5, 6
@@ -396,10 +397,12 @@ def test_crd_dense_dots_backward_in_parts_is_the_plain_gradient(monkeypatch, lea
     contrast[..., 1] = contrast[..., 0]  # a repeated index in every row
     weights = torch.randn(*lead, b, c, dtype=torch.float64, generator=g)
     got_in, want_in = anchors.clone().requires_grad_(), anchors.clone().requires_grad_()
-    got = crd_module.ContrastDots.apply(got_in, bank, contrast)
+    with SyncCheck() as check:  # the parts' index arithmetic stays on the device
+        got = crd_module.ContrastDots.apply(got_in, bank, contrast)
+        (got * weights).sum().backward()
+    assert not check.syncs, check.report()
     want = torch.matmul(want_in, bank.transpose(-1, -2)).gather(-1, contrast)
     torch.testing.assert_close(got, want, rtol=0, atol=0)
-    (got * weights).sum().backward()
     (want * weights).sum().backward()
     torch.testing.assert_close(got_in.grad, want_in.grad, rtol=1e-12, atol=1e-12)
     # and against the formula: sum_j w[b, j] bank[contrast[b, j]]
