@@ -91,9 +91,11 @@ def main() -> None:
             runs[way] = make(way)
             runs[way]()  # warm-up, and a way the device cannot run is left out here
             torch.backends.cuda.matmul.allow_tf32 = way == "dense_tf32"
-            with torch.no_grad():
-                got = scores(anchors0, bank, contrast, way, args.tau).double()
-            torch.backends.cuda.matmul.allow_tf32 = False
+            try:
+                with torch.no_grad():
+                    got = scores(anchors0, bank, contrast, way, args.tau).double()
+            finally:  # a failed way must not leave TF32 on for the ways after it
+                torch.backends.cuda.matmul.allow_tf32 = False
             errors[way] = float(((got - want).abs() / want).max())
         except (RuntimeError, NotImplementedError) as exc:
             print(f"  {way}: not run ({type(exc).__name__}: {str(exc).splitlines()[0][:120]})")
