@@ -1,7 +1,10 @@
 """``compile`` inside a real distill trial: images/s of a steady epoch (the last one, evaluation
 included) for each compile mode against eager, at each batch size, in one run; and the first
 epoch's time, which holds the compilation (and, for ``reduce-overhead``, the CUDA-graph recording
-of both the full and the last partial batch's shape).
+of both the full and the last partial batch's shape). ``graphs`` is the trial as it runs by
+default on a GPU (``cuda_graphs: auto``: each full step captured by hand once an epoch and
+replayed, nothing compiled); ``eager`` sets ``cuda_graphs: false``. On a CPU ``graphs`` runs the
+same steps eagerly, through the capture's code path.
 
     .venv/bin/python bench/compile_trial.py                                        # CPU size
     .venv/bin/python bench/compile_trial.py --student resnet8x4 --image-size 32 --classes 100 \\
@@ -23,7 +26,7 @@ from trainables.distill.params import DistillParams  # noqa: E402
 from trainables.runtime.trainable import TrialContext  # noqa: E402
 from trainables.training.classifier_loop import COMPILE_MODES  # noqa: E402
 
-MODES = ("eager",) + COMPILE_MODES
+MODES = ("eager", "graphs") + COMPILE_MODES
 
 
 def main() -> None:
@@ -31,7 +34,7 @@ def main() -> None:
     add_size_args(ap, image_size=16, train_size=1000, batch_size=None, student="cnn_small", teacher="cnn_small")
     ap.add_argument("--batch-sizes", default="64")
     ap.add_argument("--epochs", type=int, default=3, help="the last one is the steady epoch (>= 2)")
-    ap.add_argument("--modes", default="eager,default,reduce-overhead",
+    ap.add_argument("--modes", default="eager,graphs,default,reduce-overhead",
                     help=f"comma-separated, from {', '.join(MODES)}")
     args = ap.parse_args()
     modes = args.modes.split(",")
@@ -50,7 +53,8 @@ def main() -> None:
             for mode in modes:
                 params = DistillParams(**data, teacher=teacher, student=args.student, epochs=args.epochs,
                                        batch_size=batch, lr=0.05, loss="kd",
-                                       compile=False if mode == "eager" else mode)
+                                       compile=False if mode in ("eager", "graphs") else mode,
+                                       cuda_graphs=mode == "graphs")
                 session = timed_session(device)
                 final = run_distill(params, session, ctx)
                 steady = session.times[-1] - session.times[-2]

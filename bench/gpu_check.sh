@@ -45,7 +45,14 @@ run() {  # run LIMIT CMD...: at most LIMIT seconds, and never past the deadline
 }
 # Ordered by what the issue's goals need first (every loss against KD: CRD's step is the one left
 # over 1.1x; fused K = 16 at batch 64 on an H100, measured on an H200 so far), so the deadline cuts
-# the figures measured before.
+# the figures measured before. First of all: single trials replay their steps as CUDA graphs by
+# default on CUDA since 2026-11-28 (cuda_graphs: auto), written without a GPU: its tests, then its
+# speed inside a trial against eager, and KD's cached step with it against a bare eager step.
+run 120 python -m pytest -q -p no:randomly -rs tests/test_trial_graphs.py tests/test_no_host_sync.py -k "gpu or replayed"
+run 90 python bench/compile_trial.py --student resnet8x4 --teacher resnet8x4 --image-size 32 --classes 100 \
+  --train-size 20000 --batch-sizes 64,512 --epochs 3 --modes eager,graphs --device cuda
+run 100 python bench/kd_step.py --student resnet8x4 --teacher resnet32x4 --image-size 32 --classes 100 \
+  --train-size 50000 --batch-size 512 --epochs 2 --rounds 3 --device cuda
 # CRD's contrast scores: the backward reduced in parts (what the loss runs now) against autograd's
 # plain one, whose matmul took 1.8 ms of CRD's 2.9 ms over KD's on an H200.
 run 60 python bench/crd_scores.py --device cuda --rounds 5 --reps 5 --kernels 8
@@ -54,9 +61,12 @@ run 60 python bench/crd_scores.py --device cuda --rounds 5 --reps 5 --kernels 8
 run 90 python bench/loss_steps.py --device cuda --batch 512 --steps 20 --rounds 3 --kernels 6
 run 90 python bench/loss_steps.py --device cuda --batch 512 --steps 20 --rounds 3 --graphs
 # fused_forward auto (streams on CUDA: each member's step a CUDA graph on a stream of its own)
-# against sequential eager trials, batch 64 (the 3x goal) to 512.
+# against sequential trials as they run by default (each step a CUDA graph too), batch 64 (the 3x
+# goal) to 512; then at batch 64 against sequential eager trials, as measured before.
 run 120 python bench/sweep_gpu.py --device cuda --configs 16 --batch-sizes 64,128,256,512 --steps 30 --warmup 5 \
   --student resnet8x4 --image-size 32 --classes 100 --rounds 1 --ways sequential,fused
+run 60 python bench/sweep_gpu.py --device cuda --configs 16 --batch-sizes 64 --steps 30 --warmup 5 \
+  --student resnet8x4 --image-size 32 --classes 100 --rounds 1 --ways sequential --sequential-graphs false
 # The eager vmap fused step (what auto runs with DDP workers or compile) against sequential trials.
 run 90 python bench/sweep_gpu.py --device cuda --configs 16 --batch-sizes 64 --steps 30 --warmup 5 \
   --student resnet8x4 --image-size 32 --classes 100 --rounds 1 --ways sequential,fused --fused-forward vmap
@@ -85,11 +95,8 @@ run 60 python bench/augment.py --model resnet8x4 --image-size 32 --train-size 16
 # Sel-CL's stage at CIFAR-10's size against a plain CE step of PreAct-ResNet18 (never measured on a GPU).
 run 120 python bench/selcl_step.py --device cuda --model preact_resnet18 --image-size 32 --classes 10 \
   --train-size 50000 --batch-size 128 --k 250 --queue-per-class 1000 --steps 10 --rounds 2
-for pair in "resnet8x4 resnet32x4" "resnet18 resnet56"; do
-  set -- $pair
-  run 100 python bench/kd_step.py --student "$1" --teacher "$2" --image-size 32 --classes 100 \
-    --train-size 50000 --batch-size 512 --epochs 2 --rounds 3 --device cuda
-done
+run 100 python bench/kd_step.py --student resnet18 --teacher resnet56 --image-size 32 --classes 100 \
+  --train-size 50000 --batch-size 512 --epochs 2 --rounds 3 --device cuda
 run 40 python bench/sweep_gpu.py --device cuda --dry-run --batch-sizes 64,512 --student resnet8x4 --image-size 32 --classes 100
 run 40 python bench/probe_sweep.py --device cuda --k 8 --epochs 3
 run 150 python bench/sweep_gpu.py --device cuda --configs 16 --batch-sizes 64,128,256,512 --steps 30 --warmup 5 \

@@ -7,7 +7,10 @@
     trainables/training/fused.py), in the forward mode ``--fused-forward`` picks (``streams``: each
     member's step a CUDA graph replayed on a stream of its own), eager or, with
     ``--fused-compile MODE``, with the members' forward and losses compiled in that ``compile`` mode
-    (``reduce-overhead``: replayed as CUDA graphs on a GPU). The sequential trials stay eager.
+    (``reduce-overhead``: replayed as CUDA graphs on a GPU). The sequential and packed trials run
+    as a trial does by default (``cuda_graphs: auto``: on a GPU each full step replayed as a CUDA
+    graph after a few eager ones); ``--sequential-graphs false`` makes them eager, as every figure
+    recorded before 2026-11-28 11:00 UTC had them.
 
 Each configuration is a student (resnet8x4 at the GPU size) distilled (KD, cached teacher logits) with its own lr,
 weight decay, momentum and temperature, on CIFAR-100-shaped synthetic data already on the device.
@@ -82,7 +85,8 @@ def sweep_loss(args):
     return loss_class(getattr(args, "loss", "kd"))
 
 
-def member(args, config: dict[str, float], data: DatasetSplits, seed: int, compile: bool | str = False) -> Member:
+def member(args, config: dict[str, float], data: DatasetSplits, seed: int, compile: bool | str = False,
+           graphs: bool | str = "auto") -> Member:
     torch.manual_seed(seed)
     model = create_model(args.student, num_classes=args.classes, input_shape=data.input_shape)
     torch.manual_seed(10_000 + seed)  # the loss's own parameters (projectors), after the student's
@@ -91,7 +95,7 @@ def member(args, config: dict[str, float], data: DatasetSplits, seed: int, compi
                        student_dim=model.num_features, teacher_dim=TEACHER_DIM, num_samples=len(data.train_y),
                        train_labels=data.train_y, teacher_head=head).to(data.train_x.device)
     optim = OptimConfig(epochs=1, batch_size=args.batch, lr=config["lr"], weight_decay=config["weight_decay"],
-                        momentum=config["momentum"], compile=compile)
+                        momentum=config["momentum"], compile=compile, cuda_graphs=graphs)
     return Member(model, loss, optim)
 
 
@@ -119,7 +123,7 @@ def timed_steps(step, idx: list[torch.Tensor], warmup: int, device) -> float:
 
 
 def one_trial(args, config, data, teacher, device, seed) -> float:
-    m = member(args, config, data, seed)
+    m = member(args, config, data, seed, graphs=False if args.sequential_graphs == "false" else "auto")
     run = ClassifierRun(m.model, data, m.loss_fn, m.optim, LocalSession(device), seed, teacher, PlainViews(), {})
     run.model.train()
     return timed_steps(lambda i: run.step(0, [i]), batches(args, device), args.warmup, device)
@@ -232,6 +236,8 @@ def main() -> None:
                     help="the fused way's memory layout (auto: channels_last on CUDA, as the trainable does)")
     ap.add_argument("--fused-compile", default="false", choices=("false", "true", *COMPILE_MODES),
                     help="the fused way's compile mode, as params.compile takes it (false: eager)")
+    ap.add_argument("--sequential-graphs", default="auto", choices=("auto", "false"),
+                    help="the sequential and packed trials' cuda_graphs (auto: CUDA graphs on a GPU, as trials run)")
     ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds of every way; the median counts")
     ap.add_argument("--ways", default="sequential,packed,fused", help="which ways to run, comma-separated")
     ap.add_argument("--dry-run", action="store_true", help="measure one member's memory and recommend; train nothing")

@@ -129,6 +129,20 @@ def test_stopped_members_leave_the_step_and_keep_their_last_report(ctx, mode):
     assert last[2]["val_loss"] == pytest.approx(alone.history[-1]["val_loss"], abs=1e-4)
 
 
+def whole_and_resumed(p: DistillParams, ctx, tmp_path) -> tuple[LocalSession, LocalSession]:
+    """A 4-epoch trial run whole, and run again killed after epoch 2's report and checkpoint and
+    resumed in a new session: (whole, resumed), the resumed one holding epochs 3 and 4."""
+    whole = LocalSession(CPU)
+    run_distill(p, whole, TrialContext(artifacts=ctx.artifacts, checkpoint_every=2))
+    ckpt = str(tmp_path / "ckpt")
+    with pytest.raises(Crash):  # the process dies after epoch 2's report and checkpoint
+        run_distill(p, CrashAfter(ckpt, reports=2), TrialContext(artifacts=ctx.artifacts, checkpoint_every=2))
+    resumed = LocalSession(CPU, checkpoint_dir=ckpt)
+    run_distill(p, resumed, TrialContext(artifacts=ctx.artifacts, checkpoint_every=2))
+    assert [r["epoch"] for r in resumed.history] == [3, 4]
+    return whole, resumed
+
+
 # compiled: the step recompiles in the resumed process (three compiles on the CPU); vmap: the
 # checkpoint holds members whose parameters are rows of shared stacks
 @pytest.mark.parametrize("compiled,mode", [(False, "auto"), (False, "vmap"), (False, "streams"),
@@ -136,15 +150,7 @@ def test_stopped_members_leave_the_step_and_keep_their_last_report(ctx, mode):
 def test_a_fused_trial_resumes_from_its_checkpoint(ctx, tmp_path, compiled, mode):
     p = DistillParams(teacher=TEACHER, student="mlp_tiny", epochs=4, loss="kd", vectorize=3, probes=MEMBERS,
                       compile=compiled, fused_forward=mode)
-    whole = LocalSession(CPU)
-    run_distill(p, whole, TrialContext(artifacts=ctx.artifacts, checkpoint_every=2))
-
-    ckpt = str(tmp_path / "ckpt")
-    with pytest.raises(Crash):  # the process dies after epoch 2's report and checkpoint
-        run_distill(p, CrashAfter(ckpt, reports=2), TrialContext(artifacts=ctx.artifacts, checkpoint_every=2))
-    resumed = LocalSession(CPU, checkpoint_dir=ckpt)
-    run_distill(p, resumed, TrialContext(artifacts=ctx.artifacts, checkpoint_every=2))
-    assert [r["epoch"] for r in resumed.history] == [3, 4]
+    whole, resumed = whole_and_resumed(p, ctx, tmp_path)
     for k in range(3):
         for key in COMPARED:
             assert resumed.history[-1][RESULTS_KEY][k][key] == pytest.approx(whole.history[-1][RESULTS_KEY][k][key],

@@ -216,18 +216,42 @@ def test_every_loss_step_runs_under_cuda_sync_error_mode(name):
     under_cuda_sync_error(cuda_loss_step(name, cuda))
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="no GPU")
-@pytest.mark.parametrize("loss", loss_names("classifier"))
-def test_a_classifier_loop_step_runs_under_cuda_sync_error_mode(loss, setup):
-    cuda = torch.device("cuda")
+def cuda_classifier_run(loss: str, setup, cuda: torch.device, **optim) -> ClassifierRun:
+    """A ClassifierRun of ``loss`` on the GPU over the setup's data and cached teacher outputs."""
     data = setup["data"]
     data = DatasetSplits("toy", data.train_x.to(cuda), data.train_y.to(cuda), data.val_x, data.val_y, data.test_x,
                          data.test_y, C, data.mean, data.std)
     teacher = CachedTeacher(setup["logits"].to(cuda), setup["features"].to(cuda))
     fn = create_loss(loss, {}, **loss_context(tiny_model().num_features, setup["teacher"].num_features,
                                               setup["teacher"].head, setup["data"].train_y))
-    run = ClassifierRun(tiny_model(), data, fn, OptimConfig(epochs=2, batch_size=N, lr=0.1), LocalSession(cuda), 0,
-                        teacher, PlainViews(), {})
+    return ClassifierRun(tiny_model(), data, fn, OptimConfig(epochs=2, batch_size=N, lr=0.1, **optim),
+                         LocalSession(cuda), 0, teacher, PlainViews(), {})
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no GPU")
+@pytest.mark.parametrize("loss", loss_names("classifier"))
+def test_a_classifier_loop_step_runs_under_cuda_sync_error_mode(loss, setup):
+    cuda = torch.device("cuda")
+    run = cuda_classifier_run(loss, setup, cuda, cuda_graphs=False)
     idx = torch.arange(N, device=cuda)
     run.step(0, [idx])  # warm-up: cuDNN, cuBLAS and the optimiser's first step
     under_cuda_sync_error(lambda: run.step(0, [idx]))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no GPU")
+@pytest.mark.parametrize("loss", ["kd", "crd", "align_uniform"])
+def test_a_replayed_classifier_loop_step_runs_under_cuda_sync_error_mode(loss, setup):
+    """``cuda_graphs: auto`` (the default on CUDA): the warm-up steps and the capture first, then a
+    replayed step under the check: the teacher lookup, the static inputs' copies, the replay, the
+    schedule's in-place lr and the statistics make no host sync."""
+    from trainables.training.member_graphs import WARMUP
+
+    cuda = torch.device("cuda")
+    run = cuda_classifier_run(loss, setup, cuda)
+    assert run.step_graphs is not None
+    idx = torch.arange(N, device=cuda)
+    for _ in range(WARMUP + 1):  # eager warm-up steps, then the capture and its first replay
+        run.step(0, [idx])
+    assert run.step_graphs.graphs[0].captures == 1
+    under_cuda_sync_error(lambda: run.step(0, [idx]))
+    assert run.step_graphs.graphs[0].captures == 1  # replayed, not captured again

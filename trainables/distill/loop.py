@@ -201,8 +201,9 @@ def build_student(p: DistillParams, data: DatasetSplits, entry, selcl_entry=None
 def optim_config(p: DistillParams) -> OptimConfig:
     return OptimConfig(epochs=p.epochs, batch_size=p.batch_size, lr=p.lr, optimizer=p.optimizer,
                        weight_decay=p.weight_decay, momentum=p.momentum, schedule=p.schedule,
-                       warmup_epochs=p.warmup_epochs, compile=p.compile, ema_decay=p.ema_decay,
-                       bootstrap_beta=p.bootstrap_beta, bootstrap_start=p.bootstrap_start, **p.recipe_fields())
+                       warmup_epochs=p.warmup_epochs, compile=p.compile, cuda_graphs=p.cuda_graphs,
+                       ema_decay=p.ema_decay, bootstrap_beta=p.bootstrap_beta, bootstrap_start=p.bootstrap_start,
+                       **p.recipe_fields())
 
 
 def static_metrics(p: DistillParams, entry, data: DatasetSplits, selcl_entry=None) -> dict[str, Any]:

@@ -14,7 +14,7 @@ from trainables.distill.teacher import Optimizer, Schedule, TeacherRecipe
 from trainables.init import WeightSelectionConfig, check_student_init
 from trainables.losses import LossName, check_loss_params, loss_class, validate_loss_params
 from trainables.models import ModelName, check_model_kwargs, predicts_with_untrained_head, supports_layer_decay
-from trainables.training.classifier_loop import COMPILE_MODES
+from trainables.training.classifier_loop import COMPILE_MODES, graph_blockers
 from trainables.training.dataset_params import DatasetParams
 from trainables.training.noise_params import LabelNoiseConfig, check_label_noise
 from trainables.runtime.vectorize import FusedMembers
@@ -59,6 +59,11 @@ class DistillParams(FusedMembers, DatasetParams, RecipeParams):
     view_seed: int = Field(0, ge=0, description="seed that regenerates the fixed views (shared by all trials)")
     compile: bool | str = Field(False, description="torch.compile the student's training forward: false | true "
                                 "(= default) | default | reduce-overhead (CUDA graphs) | max-autotune-no-cudagraphs")
+    cuda_graphs: bool | Literal["auto"] = Field(
+        "auto", description="each full training step (student forward, loss, backward, update) captured as a CUDA "
+        "graph once per epoch and replayed: auto (on CUDA, unless compile, accum_steps > 1, bootstrap_beta or DDP "
+        "workers keep it off) | true (the same; an error where one of those is set) | false (eager steps). A fused "
+        "trial's counterpart is fused_forward streams")
     student: ModelName = "mlp"
     student_kwargs: dict[str, Any] = Field(default_factory=dict)
     student_init: str = Field("random", description="random | pretrained | weight_selection | selcl | a checkpoint "
@@ -115,6 +120,20 @@ class DistillParams(FusedMembers, DatasetParams, RecipeParams):
         if self.layer_decay is not None and not supports_layer_decay(self.student):
             raise ValueError(f"layer_decay: student {self.student!r} has no layer groups; layer-wise lr decay "
                              f"needs a timm model (timm:NAME or a timm alias)")
+
+    def _graphs_fit(self) -> None:
+        """``cuda_graphs: true`` with what a captured step cannot take, refused before it starts
+        (``auto`` leaves the step eager then)."""
+        if self.cuda_graphs is not True:
+            return
+        if self.is_fused:
+            raise ValueError(f"cuda_graphs: true is a single trial's; a fused trial (vectorize: {self.vectorize}) "
+                             f"captures its members' steps with fused_forward streams")
+        blockers = graph_blockers(compile=self.compile, accum_steps=self.accum_steps,
+                                  bootstrap_beta=self.bootstrap_beta, distributed=self.workers > 1)
+        if blockers:
+            key, why = blockers[0]
+            raise ValueError(f"{key}: cuda_graphs: true captures each step whole; {why}")
 
     def _bootstrap_fits(self) -> None:
         """The bootstrapped labels need an epoch to start in and a loss that takes soft targets."""
@@ -183,6 +202,7 @@ class DistillParams(FusedMembers, DatasetParams, RecipeParams):
         if self.warmup_epochs >= self.epochs:
             raise ValueError(f"warmup_epochs ({self.warmup_epochs}) must be below epochs ({self.epochs})")
         self._per_step_ops_fit()
+        self._graphs_fit()
         self._bootstrap_fits()
         self._selcl_fits()
         if self.fewshot is not None:

@@ -22,6 +22,7 @@ from trainables.runtime.epochs import Checkpointed, EpochMeans, run_epochs
 from trainables.runtime.prefetch import prefetched
 from trainables.runtime.session import Session
 from trainables.training.batch_augment import BatchAugment
+from trainables.training.member_graphs import CaptureError, MemberGraphs
 from trainables.training.views import BatchViews, PlainViews
 
 
@@ -168,6 +169,49 @@ class OptimConfig:
     # label target is (1 - beta) * the labels + beta * the student's own clean-view predictions.
     bootstrap_beta: float = 0.0
     bootstrap_start: int = 0
+    # Each full training step (forward, loss, backward, update) captured as a CUDA graph once per
+    # epoch and replayed (uses_graphs): "auto" on CUDA wherever nothing blocks a capture, True (an
+    # error where something does; eager on a CPU), False.
+    cuda_graphs: bool | str = "auto"
+
+
+def graph_blockers(*, compile: bool | str, accum_steps: int, bootstrap_beta: float,
+                   distributed: bool) -> list[tuple[str, str]]:
+    """What keeps a trial's step from being captured whole as one CUDA graph: (key, why) pairs
+    (the trial's values, so that a trainable's parameters are checked before anything runs)."""
+    checks = (
+        ("compile", compile is not False,
+         f"compile {compile!r} compiles the step itself (reduce-overhead: its own CUDA graphs); set compile: false"),
+        ("accum_steps", accum_steps != 1,
+         f"a captured step is one whole update, not {accum_steps} micro-batches summed; use 1"),
+        ("bootstrap_beta", bootstrap_beta > 0,
+         "the bootstrapped labels take another forward of the student in each step; use 0"),
+        ("workers", distributed, "DDP workers average their gradients between backward and update; use 1 worker"),
+    )
+    return [(key, why) for key, bad, why in checks if bad]
+
+
+def uses_graphs(optim: OptimConfig, device: torch.device, distributed: bool) -> bool:
+    """Whether a trial's steps replay as CUDA graphs (``cuda_graphs``). ``auto``: on CUDA, unless
+    something blocks a capture (:func:`graph_blockers`). An eager step of a small model is
+    launch-bound there: the host takes longer to issue its hundreds of kernels than the GPU to run
+    them (resnet8x4, batch 512, H200: 6.8 ms of host time against 4.6 ms of kernels for KD), and
+    every extra operation of a loss adds host time (align_uniform ran 1.58x KD's eager step, 1.06x
+    as a graph: bench/loss_steps.py --graphs). ``true``: the same on CUDA, a ValueError naming the
+    blocking key instead of falling back; on a CPU the step runs eagerly (nothing to capture)."""
+    mode = optim.cuda_graphs
+    if not (isinstance(mode, bool) or mode == "auto"):
+        raise ValueError(f"cuda_graphs: {mode!r}; accepted: auto, true, false")
+    if mode is False:
+        return False
+    blockers = graph_blockers(compile=optim.compile, accum_steps=optim.accum_steps,
+                              bootstrap_beta=optim.bootstrap_beta, distributed=distributed)
+    if mode is True:
+        if blockers:
+            key, why = blockers[0]
+            raise ValueError(f"cuda_graphs: true cannot take {key}: {why}")
+        return True
+    return device.type == "cuda" and not blockers
 
 
 def bootstrap_targets(targets: torch.Tensor, own: torch.Tensor, lam: float, beta: float,
@@ -206,8 +250,12 @@ def train_classifier(*, model: nn.Module, data: DatasetSplits, loss_fn: DistillL
     run = ClassifierRun(model, data, loss_fn, optim, session, seed, teacher, views or PlainViews(),
                         static_metrics or {}, batch_augment or BatchAugment())
     run.epoch_hook = epoch_hook
-    return run_epochs(session, run.checkpointed(), optim.epochs, run.train_epoch, run.epoch_metrics,
-                      checkpoint_every)
+    try:
+        return run_epochs(session, run.checkpointed(), optim.epochs, run.train_epoch, run.epoch_metrics,
+                          checkpoint_every)
+    finally:
+        if run.step_graphs is not None:  # the graph's memory pool, before whatever trains next here
+            run.step_graphs.release([0])
 
 
 class ClassifierRun:
@@ -255,6 +303,15 @@ class ClassifierRun:
             from timm.utils import ModelEmaV3
 
             self.ema = ModelEmaV3(unwrap(self.model), decay=optim.ema_decay)
+        # cuda_graphs: the whole step captured and replayed, the way a fused trial's member runs
+        # with fused_forward streams (this trial its one member; member_graphs.py says what a
+        # capture needs). Built after the scheduler, which records each group's lr as a number.
+        self.step_graphs: MemberGraphs | None = None
+        if uses_graphs(optim, device, session.distributed):
+            for g in self.optimizer.param_groups:
+                g["member"] = 0  # every group is the one member's
+            self.step_graphs = MemberGraphs([self.model], [self.loss_fn], self.optimizer, device, optim.batch_size,
+                                       advice="set cuda_graphs: false")
         self.epoch_hook: Callable[[nn.Module, int], dict[str, Any]] | None = None
         self.progress = {"epoch": 0, "best_val_acc": -1.0, "test_acc_at_best_val": 0.0, "best_epoch": 0}
 
@@ -287,6 +344,14 @@ class ClassifierRun:
         micro-batch's loss weighted by its share of the group's samples (sizes are shapes, known on
         the host: no sync), so a group equals one batch of them all for per-sample mean losses.
         Returns each micro-batch's loss statistics."""
+        if self.step_graphs is not None:  # (one micro-batch a step: accum_steps keeps graphs off)
+            idx = group[0]
+            out = self.graph_step(epoch, idx, prepared[0] if prepared is not None else self.prepare(idx))
+            if out is not None:
+                self.scheduler.step()
+                if self.ema is not None:
+                    self.ema.update(unwrap(self.model))
+                return [out]
         self.optimizer.zero_grad(set_to_none=True)
         total = sum(len(idx) for idx in group)
         no_sync = getattr(self.model, "no_sync", None)  # DDP: all-reduce on the last backward only
@@ -325,6 +390,40 @@ class ClassifierRun:
                                        self.data.num_classes)
             return self.step_loss(self.loss_inputs(epoch, idx, xb, yb, view_ids))
 
+    def graph_step(self, epoch: int, idx: torch.Tensor, prepared: tuple) -> dict[str, torch.Tensor] | None:
+        """The step through :class:`MemberGraphs`: the teacher's outputs looked up (or computed)
+        eagerly here, the student's forward, the loss, backward and the update replayed (eager
+        before the first capture and for an epoch's partial last batch). Its loss statistics, or
+        None when a capture failed under ``cuda_graphs: auto``: the trial then goes on eagerly
+        from this step, with a warning."""
+        xb, yb, view_ids, _ = prepared
+        t_logits, t_feats = self.teacher_outputs(idx, xb, view_ids)
+        epochs = self.optim.epochs
+        shared = LossInputs(student_logits=None, targets=yb, teacher_logits=t_logits, teacher_features=t_feats,
+                            indices=idx, epoch=epoch, num_epochs=epochs, progress=epoch / epochs)
+        try:
+            out = self.step_graphs.step(epoch, xb, shared, [0])[0]
+        except CaptureError as exc:
+            if self.optim.cuda_graphs is True:
+                raise
+            import warnings
+
+            warnings.warn(f"cuda_graphs auto: training eagerly from epoch {epoch + 1} on: {exc}", stacklevel=2)
+            self.step_graphs.release([0])
+            self.step_graphs = None
+            for g in self.optimizer.param_groups:
+                g["lr"] = float(g["lr"])  # the eager optimiser takes the lr as a number again
+            return None
+        self.optimizer._opt_called = True  # stepped through the member's view: the scheduler's order check
+        return out
+
+    def teacher_outputs(self, idx: torch.Tensor, xb: torch.Tensor,
+                        view_ids: torch.Tensor | None) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """The teacher's logits (and features, for a loss that reads them) for the batch, or Nones."""
+        if self.teacher is None or not self.loss_fn.needs_teacher:
+            return None, None
+        return self.teacher.outputs(idx, xb, features=self.loss_fn.needs_features, views=view_ids)
+
     @torch.no_grad()
     def own_predictions(self, idx: torch.Tensor) -> torch.Tensor:
         """The student's classes for the un-augmented images of the batch, from a forward in train
@@ -348,9 +447,7 @@ class ClassifierRun:
             s_logits, s_feats = self.step_model(xb, return_features=True)
         else:
             s_logits, s_feats = self.step_model(xb), None
-        t_logits = t_feats = None
-        if self.teacher is not None and loss_fn.needs_teacher:
-            t_logits, t_feats = self.teacher.outputs(idx, xb, features=loss_fn.needs_features, views=view_ids)
+        t_logits, t_feats = self.teacher_outputs(idx, xb, view_ids)
         epochs = self.optim.epochs
         return LossInputs(student_logits=s_logits.float(), targets=yb, teacher_logits=t_logits,
                           student_features=s_feats, teacher_features=t_feats, indices=idx,
@@ -383,6 +480,6 @@ class ClassifierRun:
             "epoch": epoch + 1, **train_stats, **extra,
             "val_acc": val["acc"], "val_loss": val["loss"], "test_acc": test["acc"], "test_loss": test["loss"],
             "best_val_acc": progress["best_val_acc"], "test_acc_at_best_val": progress["test_acc_at_best_val"],
-            "lr": self.optimizer.param_groups[0]["lr"],
+            "lr": float(self.optimizer.param_groups[0]["lr"]),  # a device tensor with cuda_graphs
             **self.static_metrics,
         }

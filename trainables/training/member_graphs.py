@@ -76,7 +76,8 @@ def member_optimizers(optimizer: torch.optim.Optimizer, members: int) -> list[to
     views = []
     for k in range(members):
         view = copy.copy(optimizer)
-        view.param_groups = [g for g in optimizer.param_groups if g["member"] == k]
+        # (a single trial's groups restored from a checkpoint written eagerly carry no tag: its one member's)
+        view.param_groups = [g for g in optimizer.param_groups if g.get("member", 0) == k]
         views.append(view)
     return views
 
@@ -136,6 +137,11 @@ def member_step(model: nn.Module, loss_fn: DistillLoss, optimizer: torch.optim.O
     return out
 
 
+class CaptureError(RuntimeError):
+    """A step could not be captured as a CUDA graph (it synchronises with the host, or runs an
+    operation a capture does not take); the message says which key turns the capture off."""
+
+
 class StaticBatch:
     """The tensors a captured step reads, at fixed addresses: each step's values are copied in.
     ``version`` changes when one is reallocated (a new shape), which makes the captures stale."""
@@ -166,7 +172,8 @@ class MemberGraph:
     successor is captured into the same pool while the old graph still holds it, then the old one
     is freed: one pool per member for the whole trial, not one per epoch."""
 
-    def __init__(self):
+    def __init__(self, advice: str = "set fused_forward: vmap or loop"):
+        self.advice = advice  # what the error of a failed capture tells the user to set
         self.graph: torch.cuda.CUDAGraph | None = None
         self.is_stale = False
         self.out: dict[str, torch.Tensor] = {}
@@ -199,8 +206,8 @@ class MemberGraph:
                     graph.capture_end()
                 except RuntimeError:
                     pass
-                raise RuntimeError(f"fused_forward streams: a member's step cannot be captured as a CUDA graph "
-                                   f"({str(exc).splitlines()[0]}); set fused_forward: vmap or loop") from exc
+                raise CaptureError(f"a training step cannot be captured as a CUDA graph ({str(exc).splitlines()[0]}); "
+                                   f"{self.advice}") from exc
             graph.capture_end()
         self.graph, self.out, self.is_stale = graph, out, False
         if old is not None:
@@ -214,18 +221,19 @@ class MemberGraph:
 
 
 class MemberGraphs:
-    """The steps of a fused trial's members with ``fused_forward: streams``: eager in turn on a
+    """The steps of a fused trial's members with ``fused_forward: streams``, or of a single trial
+    with ``cuda_graphs`` (one member: trainables/training/classifier_loop.py): eager in turn on a
     CPU, graphs replayed on streams on CUDA (the module docstring says how). ``graph`` makes a
     member's graph (:class:`MemberGraph` on CUDA; tests pass a stand-in to run the capture
-    bookkeeping on a CPU)."""
+    bookkeeping on a CPU); ``advice``: what a failed capture's error tells the user to set."""
 
     def __init__(self, models: list[nn.Module], losses: list[DistillLoss], optimizer: torch.optim.Optimizer,
                  device: torch.device, batch_size: int, warmup: int = WARMUP,
-                 graph: Callable[[], MemberGraph] | None = None):
+                 graph: Callable[[], MemberGraph] | None = None, advice: str = "set fused_forward: vmap or loop"):
         self.models, self.losses, self.optimizer = models, losses, optimizer
         self.device, self.batch_size, self.warmup = device, batch_size, warmup
         self.cuda = device.type == "cuda"
-        self.make_graph = graph or (MemberGraph if self.cuda else None)
+        self.make_graph = graph or ((lambda: MemberGraph(advice)) if self.cuda else None)
         self.streams = [torch.cuda.Stream(device) for _ in models] if self.cuda else []
         self.statics = StaticBatch()
         self.graphs: dict[int, MemberGraph] = {}
