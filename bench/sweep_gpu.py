@@ -210,7 +210,8 @@ def recommend(args, device) -> None:
     width = min(fits, args.configs)
     if device.type == "cuda":
         print(f"recommendation: params.vectorize: {max(width, 1)} (fused_forward auto runs streams there: on an "
-              "H200, resnet8x4, K = 16, 10.2x sequential trials at batch 64 and 1.87x at 512; with DDP workers or "
+              "H200, resnet8x4, K = 16, 10.2x sequential eager trials at batch 64 and 1.87x at 512, not yet measured "
+              "against sequential trials replaying their steps as CUDA graphs, their default now; with DDP workers or "
               "compile, vmap: 3.24x eager and 6.48x with compile: reduce-overhead at batch 64); packing processes "
               "on one GPU measured 0.37x on an H100, so is never recommended")
     else:
