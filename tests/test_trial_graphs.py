@@ -12,6 +12,7 @@ from tests.test_fused import CPU, TEACHER
 from tests.test_member_graphs import StandInGraph, stand_in_graphs  # noqa: F401  (a fixture)
 from trainables.distill.params import DistillParams
 from trainables.distill.trainable import run_distill
+from trainables.losses import loss_names
 from trainables.runtime.session import LocalSession
 from trainables.training import classifier_loop, member_graphs
 from trainables.training.classifier_loop import OptimConfig, graph_blockers, uses_graphs
@@ -71,20 +72,24 @@ def trial(ctx, **kw) -> list[dict]:
     return session.history
 
 
-@pytest.mark.parametrize("kw", [{"loss": "kd"}, {"loss": "crd"}, {"loss": "kd", "ema_decay": 0.9}])
+@pytest.mark.parametrize("kw", [{"loss": name} for name in loss_names("classifier")] + [{"loss": "kd", "ema_decay": 0.9}],
+                         ids=lambda kw: "-".join(str(v) for v in kw.values()))
 def test_a_trial_replaying_its_step_equals_its_eager_trial(ctx, stand_in_graphs, kw):
     """Three epochs with warm-up steps eager, one capture an epoch replayed on the static batch, the
-    last partial batch eager: every report equals the eager trial's (fp32, CPU). A replay reading a
-    stale input, statistics read after the next replay overwrote them, the schedule or the EMA
-    missing a step would not. CRD draws its negatives and updates its memory banks in the step."""
+    last partial batch eager: every report equals the eager trial's (fp32, CPU), for every loss a
+    classifier trial takes (the step hands each its inputs through the static batch, not the eager
+    path's ``loss_inputs``). A replay reading a stale input, statistics read after the next replay
+    overwrote them, the schedule or the EMA missing a step would not. CRD draws its negatives and
+    updates its memory banks in the step."""
     replayed = trial(ctx, cuda_graphs=True, **kw)
     assert len(stand_in_graphs) == 1
     graph = stand_in_graphs[0]
     assert graph.captures == 3 and graph.replays > member_graphs.WARMUP
     eager = trial(ctx, cuda_graphs=False, **kw)
     assert len(replayed) == len(eager) == 3
-    keys = REPORTED + (("ema_val_acc", "ema_test_acc") if "ema_decay" in kw else ()) + (
-        ("train_crd",) if kw["loss"] == "crd" else ())
+    assert replayed[0].keys() == eager[0].keys()
+    keys = [k for k in eager[0] if k.startswith("train_")]  # the loss's terms, as each loss names them
+    keys += [k for k in REPORTED if not k.startswith("train_")] + (["ema_val_acc", "ema_test_acc"] if "ema_decay" in kw else [])
     for epoch, (a, b) in enumerate(zip(replayed, eager)):
         for key in keys:
             assert a[key] == pytest.approx(b[key], abs=1e-5), (epoch, key)
