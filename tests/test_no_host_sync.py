@@ -239,7 +239,7 @@ def test_a_classifier_loop_step_runs_under_cuda_sync_error_mode(loss, setup):
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no GPU")
-@pytest.mark.parametrize("loss", ["kd", "crd", "align_uniform"])
+@pytest.mark.parametrize("loss", loss_names("classifier"))
 def test_a_replayed_classifier_loop_step_runs_under_cuda_sync_error_mode(loss, setup):
     """``cuda_graphs: auto`` (the default on CUDA): the warm-up steps and the capture first, then a
     replayed step under the check: the teacher lookup, the static inputs' copies, the replay, the
