@@ -5,7 +5,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from orchestrator.cli import main  # noqa: E402
+from orchestrator.cli import leave, main  # noqa: E402
 
 if __name__ == "__main__":
-    sys.exit(main())
+    leave(main())

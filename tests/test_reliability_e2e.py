@@ -28,6 +28,24 @@ SECRET = "tok-3141592653"
 ENV_SECRET = "env-2718281828"
 
 
+def ray_processes(ray_tmp: str) -> list[int]:
+    """Live processes of the local Ray whose temp dir is ``ray_tmp`` (they inherited it as
+    ``RAY_TMPDIR``, or name it on their command line)."""
+    needle = f"RAY_TMPDIR={ray_tmp}".encode() + b"\0"
+    pids = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/environ", "rb") as f:
+                env = b"\0" + f.read() + b"\0"
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                cmd = f.read()
+        except OSError:
+            continue
+        if b"\0" + needle in env or ray_tmp.encode() + b"/" in cmd:
+            pids.append(int(pid))
+    return pids
+
+
 class Sweep:
     """``run_sweep.py`` in its own session, with its own Ray temp dir."""
 
@@ -40,9 +58,13 @@ class Sweep:
         self.proc = subprocess.Popen([sys.executable, os.path.join(REPO, "run_sweep.py"), *args], cwd=cwd,
                                      env=self.env, stdout=self.out, stderr=subprocess.STDOUT, start_new_session=True)
 
-    def wait(self, timeout=900) -> tuple[int, str]:
+    def wait(self, timeout=900, check_ray=False) -> tuple[int, str]:
+        """The driver's status and output; with ``check_ray``, ``ray_left_running`` says which
+        processes of its local Ray outlived a driver that exited by itself (before the clean-up)."""
         try:
             rc = self.proc.wait(timeout=timeout)
+            if check_ray:
+                self.ray_left_running = self._ray_left_running() if rc >= 0 else None
         finally:
             self.kill_leftovers()
         self.out.seek(0)
@@ -57,6 +79,15 @@ class Sweep:
         os.kill(self.proc.pid, signal.SIGKILL)
         self.proc.wait()
         self.kill_leftovers()
+
+    def _ray_left_running(self, grace_s: float = 15.0) -> list[int]:
+        """Processes of this sweep's local Ray still running ``grace_s`` after its driver exited by
+        itself (Ray's dashboard modules take a second or two to notice their parent has gone)."""
+        ray_tmp = self.ray_tmp()
+        deadline = time.monotonic() + grace_s
+        while ray_tmp and (left := ray_processes(ray_tmp)) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        return ray_processes(ray_tmp) if ray_tmp else []
 
     def ray_tmp(self) -> str | None:
         match = re.search(r"local Ray: temp dir (\S+) ", self.output())

@@ -26,8 +26,11 @@ control: {enabled: true, seeds: 2, workers: 1}
 """
 
 
-def interrupted(tmp_path, name, out, rc):
+def interrupted(tmp_path, name, out, rc, sweep):
     assert rc == 130, out[-3000:]
+    # an interrupted driver stopped its local Ray and kept the temp dir, for Ray's logs
+    assert sweep.ray_tmp() and os.path.isdir(os.path.join(sweep.ray_tmp(), "ray")), out[-3000:]
+    assert sweep.ray_left_running == []
     assert f"interrupted; the sweep's state is saved: resume it with --resume {name}" in out, out[-3000:]
     assert "results:" not in out, "an interrupted sweep writes no final report"
     status = json.loads((tmp_path / "ray_results" / name / "w2s_status.json").read_text())
@@ -37,9 +40,14 @@ def interrupted(tmp_path, name, out, rc):
 def finished_once(tmp_path, name):
     """The same command finishes it: every trial once in the results and in MLflow, the parent's
     verdict from reference runs of the best config written to best_config.json."""
-    rc, out = Sweep(tmp_path, "space.yaml", "--name", name).wait()
+    resumed = Sweep(tmp_path, "space.yaml", "--name", name)
+    rc, out = resumed.wait(check_ray=True)
     assert rc == 0, out[-3000:]
     assert "resuming it" in out and "best trial" in out and "reference: " in out
+    # the interrupted driver's temp dir went with the resume; this clean exit removed its own
+    assert re.search(r"the sweep's previous driver \(pid \d+\) is gone: removed its Ray temp dir", out), out[-3000:]
+    assert resumed.ray_tmp() and not os.path.exists(resumed.ray_tmp())
+    assert resumed.ray_left_running == []
     out_dir = tmp_path / "ray_results" / name
     with open(out_dir / "results.csv") as f:
         assert sorted(r["param.seed"] for r in csv.DictReader(f)) == ["0", "1", "2"]
@@ -68,8 +76,8 @@ def test_sigterm_during_the_trials(tmp_path):
     first = Sweep(tmp_path, "space.yaml", "--name", "term")
     wait_for(lambda: re.search(r"\[\s*1/3\] \S+ completed", first.output()), 600, first, "the first trial to end")
     os.kill(first.proc.pid, signal.SIGTERM)
-    rc, out = first.wait()
-    interrupted(tmp_path, "term", out, rc)
+    rc, out = first.wait(check_ray=True)
+    interrupted(tmp_path, "term", out, rc, first)
     assert "reference runs:" not in out
     finished_once(tmp_path, "term")
 
@@ -80,8 +88,8 @@ def test_ctrl_c_during_the_reference_runs(tmp_path):
     first = Sweep(tmp_path, "space.yaml", "--name", "ref")
     wait_for(lambda: re.search(r"\[\s*1/4\] \S+ completed", first.output()), 600, first, "the first reference run")
     os.kill(first.proc.pid, signal.SIGINT)
-    rc, out = first.wait()
-    interrupted(tmp_path, "ref", out, rc)
+    rc, out = first.wait(check_ray=True)
+    interrupted(tmp_path, "ref", out, rc, first)
     assert "reference: " not in out
     finished_once(tmp_path, "ref")
 
@@ -95,8 +103,8 @@ def test_ctrl_c_during_the_report(tmp_path, monkeypatch):
     first = Sweep(tmp_path, "space.yaml", "--name", "rep")
     wait_for(lambda: "full config: " in first.output(), 600, first, "the report")
     os.kill(first.proc.pid, signal.SIGINT)
-    rc, out = first.wait()
-    interrupted(tmp_path, "rep", out, rc)
+    rc, out = first.wait(check_ray=True)
+    interrupted(tmp_path, "rep", out, rc, first)
     monkeypatch.setenv(REPORT_SLEEP_ENV, "0")
     out = finished_once(tmp_path, "rep")
     assert "faulty summary: 3 trials" in out

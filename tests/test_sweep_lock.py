@@ -4,6 +4,7 @@ SIGKILLed driver's local Ray (on stand-in processes). The end-to-end cases (two 
 killed driver's Ray) are in tests/test_reliability_e2e.py."""
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -139,6 +140,28 @@ def test_a_dead_drivers_local_ray_is_stopped_and_its_temp_dir_removed(tmp_path):
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
+
+
+def test_a_dead_drivers_exited_but_unreaped_processes_are_not_reported_as_stopped(tmp_path):
+    """Right after a driver's exit its Ray's last processes can be zombies for a moment (exited,
+    not yet reaped): already gone, so the resume only removes the temp dir."""
+    ray_tmp = tempfile.mkdtemp(prefix="w2s-ray-", dir="/tmp")
+    zombie = subprocess.Popen([sys.executable, "-c", "pass", f"--temp-dir={ray_tmp}/ray"])
+    try:
+        deadline = time.monotonic() + 30
+        while open(f"/proc/{zombie.pid}/stat").read().rsplit(")", 1)[1].split()[0] != "Z":
+            assert time.monotonic() < deadline, "the child did not exit"
+            time.sleep(0.05)
+        pid, start = _dead_pid()
+        record = {"driver": {**holder_info(), "pid": pid, "pid_start": start}, "temp_dir": ray_tmp,
+                  "processes": [{"pid": zombie.pid, "start": proc_start_time(zombie.pid), "cmd": "raylet"}]}
+        (tmp_path / LOCAL_RAY_FILE).write_text(json.dumps(record))
+        line = clean_up_dead_driver(str(tmp_path), grace_s=2)
+        assert line == f"  the sweep's previous driver (pid {pid}) is gone: removed its Ray temp dir {ray_tmp}"
+        assert not os.path.exists(ray_tmp)
+    finally:
+        zombie.wait()
+        shutil.rmtree(ray_tmp, ignore_errors=True)
 
 
 def test_a_live_drivers_local_ray_is_left_alone(tmp_path):

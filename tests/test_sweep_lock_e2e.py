@@ -16,7 +16,7 @@ import time
 
 import pytest
 
-from tests.test_reliability_e2e import Sweep, mlflow_runs, wait_for
+from tests.test_reliability_e2e import Sweep, mlflow_runs, ray_processes, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -70,22 +70,6 @@ def test_two_drivers_started_together_on_one_name_one_runs_the_other_exits_2(tmp
     assert sorted(r.data.tags["w2s.role"] for r in runs) == ["parent", "trial", "trial"]
 
 
-def _processes_of(ray_tmp: str) -> list[int]:
-    needle = f"RAY_TMPDIR={ray_tmp}".encode() + b"\0"
-    pids = []
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            with open(f"/proc/{pid}/environ", "rb") as f:
-                env = b"\0" + f.read() + b"\0"
-            with open(f"/proc/{pid}/cmdline", "rb") as f:
-                cmd = f.read()
-        except OSError:
-            continue
-        if b"\0" + needle in env or ray_tmp.encode() + b"/" in cmd:
-            pids.append(int(pid))
-    return pids
-
-
 def _in_group(pgid: int) -> list[int]:
     """Live processes of process group ``pgid`` (the killed driver's Ray processes inherit it)."""
     pids = []
@@ -113,7 +97,7 @@ def test_a_sigkilled_drivers_local_ray_is_cleaned_up_by_the_resume(tmp_path):
         os.kill(first.proc.pid, signal.SIGKILL)  # the driver only: its Ray stays behind, as after `kill -9 PID`
         first.proc.wait()
         time.sleep(1)
-        assert _processes_of(ray_tmp), "the killed driver left no Ray process: nothing to test"
+        assert ray_processes(ray_tmp), "the killed driver left no Ray process: nothing to test"
         assert _in_group(first.proc.pid)
 
         resumed = Sweep(tmp_path, "--resume", "killed")
@@ -122,7 +106,7 @@ def test_a_sigkilled_drivers_local_ray_is_cleaned_up_by_the_resume(tmp_path):
         assert "took over the lock of sweep killed from driver pid" in out
         assert re.search(rf"the sweep's previous driver \(pid {first.proc.pid}\) is gone: stopped \d+ leftover local "
                          rf"Ray process\(es\) and removed its Ray temp dir {re.escape(ray_tmp)}", out), out[-3000:]
-        assert not _processes_of(ray_tmp) and not os.path.exists(ray_tmp)
+        assert not ray_processes(ray_tmp) and not os.path.exists(ray_tmp)
         assert not _in_group(first.proc.pid), "a process of the killed driver's group survived"  # independent check
     finally:
         first.kill_leftovers()

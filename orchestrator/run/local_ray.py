@@ -58,6 +58,24 @@ def publish_address(own_dir: str | None) -> None:
     print(f"  local Ray: temp dir {own_dir} (logs in {own_dir}/ray/session_latest/logs)", flush=True)
 
 
+def stop_local_ray(keep_dir: bool) -> None:
+    """At the driver's exit: shut down the local Ray this process started (what Ray's own ``atexit``
+    handler would do next), then remove its private temp dir, unless ``keep_dir``.
+
+    The dir holds nothing the sweep needs after a clean exit (Ray's sockets, session logs, runtime
+    env files: about 3.5 MB for the quickstart), and /tmp is often memory; a driver that exits
+    through an error or an interrupt keeps it for its Ray logs (the next run of the same sweep
+    removes it, :func:`clean_up_dead_driver`). Nothing is removed for a Ray this process did not
+    start: a cluster, or a ``RAY_TMPDIR`` the user set (which is how to keep the logs)."""
+    if _own_dir is None:
+        return
+    import ray
+
+    ray.shutdown()
+    if not keep_dir:
+        shutil.rmtree(_own_dir, ignore_errors=True)
+
+
 def _ray_processes_of(own_dir: str) -> list[tuple[int, int | None, str]]:
     """(pid, start time, command) of this user's processes of the local Ray whose temp dir is
     ``own_dir``: they inherited ``RAY_TMPDIR=own_dir`` (workers too) or name the dir on their
@@ -139,7 +157,9 @@ def clean_up_dead_driver(out_dir: str, grace_s: float = 3.0) -> str | None:
         # processes); only those started after the driver, so a recycled group id is left alone
         targets |= set(_group_members(group, driver.get("pid_start")))
     targets.discard(os.getpid())
-    stopped = _stop(targets, grace_s)
+    # a zombie is gone already, only not yet reaped (seen for a second or two after a driver's
+    # exit, its parent gone too): nothing to stop, and not a leftover to report
+    stopped = _stop({pid for pid in targets if _exists(pid)}, grace_s)
     removed = False
     if temp_dir and os.path.isdir(temp_dir):
         shutil.rmtree(temp_dir, ignore_errors=True)
