@@ -44,6 +44,49 @@ def test_grid_multiplies_samples():
     assert spec.expected_trials() == 6
 
 
+WITH_POINT = BASE + """points_to_evaluate:
+  - {workers: 2, lr: 0.05, loss_params.temperature: 4.0}
+"""
+
+
+def test_set_params_fixes_a_key_the_file_searches_for_every_trial():
+    spec = parse_spec(WITH_POINT, F, ["params.lr=0.1"])
+    assert spec.params["lr"] == 0.1 and "lr" not in spec.domains
+    # the file's point keeps what it set besides lr; lr is 0.1 there too
+    assert spec.points_to_evaluate == [{"workers": 2, "loss_params.temperature": 4.0}]
+    assert list(spec.domains) == ["loss_params.temperature"]
+
+
+def test_set_params_mapping_fixes_the_searched_keys_under_it_and_no_others():
+    spec = parse_spec(WITH_POINT, F, ["params.loss_params={temperature: 2.0}"])
+    assert spec.params["loss_params"] == {"temperature": 2.0}
+    assert list(spec.domains) == ["lr"] and spec.points_to_evaluate == [{"workers": 2, "lr": 0.05}]
+
+
+def test_set_search_searches_a_key_the_file_fixes():
+    spec = parse_spec(BASE, F, ["search.epochs={choice: [2, 4]}", "scheduler.max_t=4"])
+    assert "epochs" not in spec.params and spec.domains["epochs"].args == [2, 4]
+    # a key fixed inside a mapping: only that key leaves params
+    nested = BASE.replace("  epochs: 4\n", "  epochs: 4\n  loss_params: {kd_weight: 0.5, label_smoothing: 0.1}\n")
+    spec = parse_spec(nested, F, ["search.loss_params.kd_weight={choice: [0.1, 0.9]}"])
+    assert spec.params["loss_params"] == {"label_smoothing": 0.1}
+    assert spec.domains["loss_params.kd_weight"].args == [0.1, 0.9]
+
+
+def test_set_search_null_stops_searching_a_key_and_points_stop_setting_it():
+    spec = parse_spec(WITH_POINT, F, ["search.lr=null"])
+    assert "lr" not in spec.domains and "lr" not in spec.params
+    assert spec.points_to_evaluate == [{"workers": 2, "loss_params.temperature": 4.0}]
+    # the last --set wins: searched again with a new range
+    spec = parse_spec(WITH_POINT, F, ["search.lr=null", "search.lr={choice: [0.2]}"])
+    assert spec.domains["lr"].args == [0.2]
+
+
+def test_a_file_that_fixes_and_searches_one_key_is_still_an_error():
+    both = BASE.replace("  epochs: 4\n", "  epochs: 4\n  lr: 0.1\n")
+    assert error_of(both) == "space.yaml: search.lr: is also fixed under params; keep one of the two"
+
+
 MALFORMED = [
     (["nmu_samples=3"], "space.yaml: nmu_samples: unknown key"),
     (["params.student=resnet9000"],
@@ -72,7 +115,6 @@ MALFORMED = [
     (["params.teacher.epochs=0"],
      "space.yaml: params.teacher.epochs: input should be greater than or equal to 1 (got 0)"),
     (["params.optimizer=lion"], "space.yaml: params.optimizer: input should be 'sgd', 'adam' or 'adamw' (got 'lion')"),
-    (["params.lr=0.1"], "space.yaml: search.lr: is also fixed under params; keep one of the two"),
     (["resources.workers=0"], "space.yaml: resources.workers: input should be greater than or equal to 1 (got 0)"),
     (["resources.gpus_per_worker=1.5"],
      "space.yaml: resources.gpus_per_worker: more than one GPU per worker must be a whole number (got 1.5)"),

@@ -9,7 +9,7 @@ from typing import Any
 import yaml
 
 from orchestrator.errors import SpecError
-from trainables.core.config import set_dotted
+from trainables.core.config import get_dotted, set_dotted
 
 DOTTED_KEY = re.compile(r"[A-Za-z0-9_]+(\.[A-Za-z0-9_]+)*")  # params.epochs, loss_params.temperature
 
@@ -75,7 +75,14 @@ def parse_mapping(text: str, file: str | None = None) -> dict[str, Any]:
 
 
 def apply_overrides(raw: dict[str, Any], overrides: list[str], file: str | None) -> dict[str, Any]:
-    """``--set key=value`` on the raw YAML mapping; ``value`` is parsed as YAML."""
+    """``--set key=value`` on the raw YAML mapping; ``value`` is parsed as YAML.
+
+    A key is either searched or fixed, and the command line is the user's latest word, so a ``--set``
+    moves a key between the two rather than failing on the file: ``--set params.lr=0.1`` fixes a
+    ``lr`` the file searches (its ``search`` entry, and any ``points_to_evaluate`` value for it, go),
+    ``--set search.lr={...}`` searches a ``lr`` the file fixes, and ``--set search.lr=null`` stops
+    searching it (and points stop setting it: the trainable's default applies). A file that both fixes
+    and searches a key is still an error: that is the file's own contradiction."""
     raw = copy.deepcopy(raw)
     for item in overrides:
         if "=" not in item:
@@ -87,9 +94,51 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str], file: str | None)
         value = parse_yaml(text, file) if text.strip() else None
         if key.startswith("search."):
             # A searched key holds one dotted parameter name; do not split it into nested dicts.
-            raw.setdefault("search", {})
-            raw["search"][key[len("search."):]] = value
+            name = key[len("search."):]
+            if not isinstance(raw.get("search"), dict):
+                raw["search"] = {}
+            if value is None:
+                # no longer varied: no point may set it either (validate refuses a point's key
+                # that is neither searched nor fixed)
+                for holder in [raw["search"], *_points(raw)]:
+                    holder.pop(name, None)
+            else:
+                raw["search"][name] = value
+                _unfix(raw, name)
         else:
             set_dotted(raw, key, value)
+            if key.startswith("params."):
+                _unsearch(raw, key[len("params."):])
     return raw
 
+
+def _unsearch(raw: dict[str, Any], name: str) -> None:
+    """After ``--set params.<name>``: the parameters it now fixes (``name`` or keys under it, as
+    ``loss_params={temperature: 2}`` fixes ``loss_params.temperature``) leave ``search`` and the
+    explicit points, so that every trial runs with the value given."""
+    params = raw.get("params")
+
+    def fixed_here(k: object) -> bool:
+        return (k == name or str(k).startswith(name + ".")) and get_dotted(params, str(k)) is not None
+
+    if isinstance(params, dict):
+        for holder in [raw.get("search"), *_points(raw)]:
+            if isinstance(holder, dict):
+                for k in [k for k in holder if fixed_here(k)]:
+                    del holder[k]
+
+
+def _points(raw: dict[str, Any]) -> list[dict[str, Any]]:
+    """The explicit points that are mappings (a malformed list is the schema's to report)."""
+    points = raw.get("points_to_evaluate")
+    return [p for p in points if isinstance(p, dict)] if isinstance(points, list) else []
+
+
+def _unfix(raw: dict[str, Any], name: str) -> None:
+    """After ``--set search.<name>``: a value the file fixed for it under ``params`` goes."""
+    *parents, leaf = name.split(".")
+    node = raw.get("params")
+    for part in parents:
+        node = node.get(part) if isinstance(node, dict) else None
+    if isinstance(node, dict):
+        node.pop(leaf, None)
