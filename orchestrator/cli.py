@@ -127,6 +127,9 @@ def _run_report(command: str, argv: list[str]) -> int:
         return 0
     if len(args.names) < 2:
         raise UserError("compare needs at least two sweep names")
+    twice = sorted({n for n in args.names if args.names.count(n) > 1})
+    if twice:  # its rows would repeat side by side, which reads as agreement
+        raise UserError(f"compare: sweep {', '.join(map(repr, twice))} is named twice; name each sweep once")
     from orchestrator.reports.compare import compare_sweeps
 
     compare_sweeps(args.names, _storage(args.storage_path), uri)

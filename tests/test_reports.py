@@ -329,6 +329,8 @@ def test_cli_dispatches_report_and_compare(tmp_path, capsys):
     assert not (tmp_path / "m.db").exists()  # a report never creates a tracking store
     assert main(["compare", "only-one", "--storage-path", str(tmp_path)]) == 2
     assert "at least two" in capsys.readouterr().err
+    assert main(["compare", "a", "b", "a", "--storage-path", str(tmp_path)]) == 2
+    assert "compare: sweep 'a' is named twice; name each sweep once" in capsys.readouterr().err
 
 
 def test_terminal_table_fits_sorts_and_folds_constants():
