@@ -5,6 +5,7 @@ dry run prints it, so the recipe a sweep will run is visible before it starts.""
 from __future__ import annotations
 
 import json
+import math
 import os
 from typing import Any
 
@@ -25,6 +26,19 @@ def _value(v: Any) -> str:
     return json.dumps(v)
 
 
+def values_differ(ours: Any, authors: Any) -> bool:
+    """Whether a row's two values differ, as a recipe value: NaN equals NaN (dinopl's ``nan``
+    centre momentum, which means "no centring", is the same setting on both sides, while Python's
+    ``nan != nan``); lists and mappings item by item."""
+    if isinstance(ours, (list, tuple)) and isinstance(authors, (list, tuple)):
+        return len(ours) != len(authors) or any(values_differ(o, a) for o, a in zip(ours, authors))
+    if isinstance(ours, dict) and isinstance(authors, dict):
+        return ours.keys() != authors.keys() or any(values_differ(ours[k], authors[k]) for k in ours)
+    if isinstance(ours, float) and isinstance(authors, float) and math.isnan(ours) and math.isnan(authors):
+        return False
+    return bool(ours != authors)
+
+
 def recipe_lines(space_file: str | None) -> list[str]:
     """The dry run's recipe section (empty when the space has no table)."""
     path = recipe_table_path(space_file)
@@ -39,7 +53,7 @@ def recipe_lines(space_file: str | None) -> list[str]:
         column = f" [{row['column']}]" if row.get("column") else ""
         searched = "searched " if row.get("searched") else ""
         line = f"  {row['key']}{column}: {searched}{_value(row['ours'])}"
-        if row["ours"] != row["authors"]:
+        if values_differ(row["ours"], row["authors"]):
             line += f"  != authors {_value(row['authors'])}: {' '.join(str(row.get('note', '')).split())}"
         lines.append(line)
     return lines
