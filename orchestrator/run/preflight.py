@@ -141,7 +141,8 @@ def missing_inputs(spec: SweepSpec) -> list[SpecIssue]:
             if (key, problem) in seen:
                 continue
             seen.add((key, problem))
-            spec_key = f"search.{key}" if key in spec.domains else f"params.{key}"
+            searched = next((d for d in spec.domains if key == d or key.startswith(d + ".")), None)
+            spec_key = f"search.{searched}" if searched else f"params.{key}"
             issues.append(SpecIssue(spec_key, problem))
     return issues
 

@@ -46,23 +46,39 @@ def open_folder_dataset(name: str, data_root: str, split: str = "val"):
     from torchvision import datasets
 
     spec = DATASETS.get(name).stream
-    root = os.path.abspath(os.path.expanduser(data_root))
-    folder = os.path.join(root, split)
     transform = eval_transform(spec.transform)
-    if os.path.isdir(folder) and any(e.is_dir() for e in os.scandir(folder)):
+    root, folder, layout = _layout(name, data_root, split)
+    if layout == "folder":
         data = datasets.ImageFolder(folder, transform=transform)
-    elif os.path.exists(os.path.join(root, "ILSVRC2012_devkit_t12.tar.gz")):
-        data = datasets.ImageNet(root, split=split, transform=transform)
     else:
-        raise DatasetUnavailable(
-            f"{name}: no images under {folder}/<class>/ and no ILSVRC2012_devkit_t12.tar.gz in {root}. Put the "
-            f"{split} images there (one folder per class), or the official archives in {root}; nothing is "
-            "downloaded")
+        data = datasets.ImageNet(root, split=split, transform=transform)
     if len(data.classes) != spec.num_classes:
         raise DatasetUnavailable(f"{name}: {folder} has {len(data.classes)} class folders, expected {spec.num_classes}")
     return data
 
 
+def _layout(name: str, data_root: str, split: str) -> tuple[str, str, str]:
+    """(root, split folder, ``folder`` or ``archives``): how the data is on disk, or
+    :class:`DatasetUnavailable` saying where it was looked for."""
+    root = os.path.abspath(os.path.expanduser(data_root))
+    folder = os.path.join(root, split)
+    if os.path.isdir(folder) and any(e.is_dir() for e in os.scandir(folder)):
+        return root, folder, "folder"
+    if os.path.exists(os.path.join(root, "ILSVRC2012_devkit_t12.tar.gz")):
+        return root, folder, "archives"
+    raise DatasetUnavailable(
+        f"{name}: no images under {folder}/<class>/ and no ILSVRC2012_devkit_t12.tar.gz in {root}. Put the "
+        f"{split} images there (one folder per class), or the official archives in {root}; nothing is "
+        "downloaded")
+
+
+def folder_available(name: str, data_root: str, split: str = "val") -> None:
+    """The pre-flight's check (``check_dataset``): the layout :func:`open_folder_dataset` reads is there.
+    Lists no files: a class count mismatch is found when the pass opens it."""
+    _layout(name, data_root, split)
+
+
 IMAGENET = FolderDataset(num_classes=1000, input_shape=(3, 224, 224), transform="resize256-crop224-imagenet-norm",
                          splits=("val", "train"))
-register_dataset("imagenet", stream=IMAGENET)(functools.partial(open_folder_dataset, "imagenet"))
+register_dataset("imagenet", stream=IMAGENET, available=functools.partial(folder_available, "imagenet"))(
+    functools.partial(open_folder_dataset, "imagenet"))

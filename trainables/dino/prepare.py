@@ -10,6 +10,7 @@ import torch
 
 from trainables.data import DatasetSplits, dataset_issues, load_dataset
 from trainables.dino.params import DinoParams
+from trainables.models import weights_issues
 from trainables.runtime.trainable import TrialContext
 from trainables.training.dataset_params import prepare_fixed_dataset
 from trainables.training.fused import device_memory_bytes, forward_bytes, fusion_problem
@@ -21,7 +22,9 @@ def prepare_dino(fixed: dict[str, Any], searched: set[str], ctx: TrialContext) -
 
 
 def check_dino_inputs(p: DinoParams) -> list[tuple[str, str]]:
+    """Before Ray starts: the dataset, and the encoder's pretrained weights or checkpoint."""
     issues = dataset_issues("dataset", p.dataset, **p.dataset_kwargs)
+    issues += weights_issues([("encoder_kwargs", p.encoder, p.encoder_kwargs)])
     if p.is_fused and not issues:
         problem = fused_memory_problem(p)
         if problem:

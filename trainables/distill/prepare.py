@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import functools
 import json
-from typing import Any
+from typing import Any, Iterator
 
 from trainables.data import dataset_issues, dataset_problem, load_dataset
 from trainables.distill.loop import load_teacher
 from trainables.data.generated import GenerationRecipe, PipelineMissing, resolve_pipeline
 from trainables.distill.params import DistillParams
 from trainables.losses import loss_class, validate_loss_params
-from trainables.models import create_model
+from trainables.models import create_model, weights_issues
 from trainables.training.fused import device_memory_bytes, fusion_problem, member_bytes
 from trainables.distill.synthetic import generated_set
 from trainables.runtime.trainable import TrialContext
@@ -58,9 +58,11 @@ def prepare_generated(fixed: dict[str, Any], searched: set[str], ctx: TrialConte
 
 
 def check_distill_inputs(p: DistillParams) -> list[tuple[str, str]]:
-    """Before Ray starts: the dataset must be on disk (or downloadable), and the generation
-    pipeline's weights too when a model trains on generated images."""
+    """Before Ray starts: the dataset must be on disk (or downloadable), the pretrained weights
+    and checkpoints the teacher and student are built from cached (or downloadable), and the
+    generation pipeline's weights too when a model trains on generated images."""
     issues = dataset_issues("dataset", p.dataset, **p.dataset_kwargs)
+    issues += weights_issues(_weight_sources(p))
     s = p.synthetic
     if s.generation is not None and (s.uses(teacher=False) or s.uses(teacher=True)):
         try:
@@ -74,6 +76,20 @@ def check_distill_inputs(p: DistillParams) -> list[tuple[str, str]]:
     if not issues:
         issues += selcl_memory_issues(p)
     return issues
+
+
+def _weight_sources(p: DistillParams) -> Iterator[tuple[str, str, dict[str, Any]]]:
+    """(key, model, kwargs) of every model a trial builds from weights made elsewhere. The teacher
+    is always built (prepare_distill trains or loads it up front, whatever the loss)."""
+    t = p.teacher
+    yield "teacher.pretrained", t.model, {**t.model_kwargs, "pretrained": t.pretrained}
+    if p.student_init == "pretrained":
+        yield "student_init", p.student, {**p.student_kwargs, "pretrained": True}
+    else:
+        yield "student_kwargs", p.student, p.student_kwargs
+    ws = p.weight_selection
+    if p.student_init == "weight_selection" and ws.source != "teacher":
+        yield "weight_selection.source_kwargs", ws.source, ws.source_kwargs
 
 
 def selcl_memory_issues(p: DistillParams) -> list[tuple[str, str]]:

@@ -10,8 +10,9 @@ aliases such as ``vit_tiny``) or ``timm:<name>`` / ``tv:<name>`` for any timm or
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, Mapping
+from dataclasses import dataclass, replace
+from functools import partial
+from typing import Any, Callable, Iterable, Mapping
 
 from trainables.core.registry import Entry, Registry, scan
 from trainables.models.base import Classifier, Norm
@@ -25,6 +26,13 @@ class ModelEntry(Entry):
     pretrained: bool = False
     # timm's layer groups (``group_matcher``) are there: layer-wise lr decay applies.
     layer_groups: bool = False
+    # The pre-flight of ``pretrained: true`` (:func:`weights_problem`): called like ``obj`` with the
+    # user's keyword arguments, it raises when the weights are neither cached nor downloadable here.
+    weights: Callable[..., Any] | None = None
+
+    def resolve(self, name: str) -> "ModelEntry":
+        entry = super().resolve(name)  # a provider's obj takes the rest of the name first; so does its check
+        return replace(entry, weights=partial(self.weights, name[len(self.name):]) if self.weights else None)
 
 
 MODELS: Registry[ModelEntry] = Registry("model", scan("trainables.models"), record=ModelEntry,
@@ -106,6 +114,42 @@ def predicts_with_untrained_head(pretrained: bool, kwargs: dict[str, Any]) -> st
             "opt in to an untrained one")
 
 
+def weights_problem(name: str, kwargs: Mapping[str, Any]) -> str | None:
+    """Why the library weights ``create_model(name, **kwargs)`` would load (``pretrained: true``)
+    cannot be had on this machine: neither in its cache nor downloadable (offline, or the host
+    unreachable). ``None`` when they can, or none are needed. Builds nothing, downloads nothing:
+    the pre-flight's check (``check_available``), so that a sweep does not fail in its trials."""
+    if not kwargs.get("pretrained") or name not in MODELS:
+        return None
+    entry = MODELS.get(name)
+    if entry.weights is None:
+        return None
+    try:
+        entry.weights(**kwargs)
+    except (RuntimeError, ValueError) as exc:  # PretrainedUnavailable (hub.py), an unknown weights name
+        return str(exc)
+    return None
+
+
+def weights_issues(sources: Iterable[tuple[str, str, Mapping[str, Any]]]) -> list[tuple[str, str]]:
+    """For a trainable's ``check_available``: (key, problem) for each (key, model name, model
+    kwargs) a trial would build whose weights are missing here: library weights
+    (:func:`weights_problem`) or a ``checkpoint`` file."""
+    from trainables.models.checkpoint import check_checkpoint_path
+
+    issues = []
+    for key, name, kwargs in sources:
+        problem = weights_problem(name, kwargs)
+        if problem is None and isinstance(kwargs.get("checkpoint"), str):
+            try:
+                check_checkpoint_path(kwargs["checkpoint"])
+            except ValueError as exc:
+                problem = str(exc)
+        if problem is not None:
+            issues.append((key, problem))
+    return issues
+
+
 def create_model(name: str, *, num_classes: int, input_shape: tuple[int, ...], checkpoint: str | None = None,
                  input_norm: Any = "auto", **kwargs) -> Classifier:
     """Build a model by name.
@@ -130,4 +174,4 @@ def create_model(name: str, *, num_classes: int, input_shape: tuple[int, ...], c
 
 __all__ = ["MODELS", "Classifier", "ModelEntry", "ModelName", "check_model_kwargs", "check_model_name", "create_model",
            "is_known_model", "model_names", "predicts_with_untrained_head", "register_model", "supports_layer_decay",
-           "supports_pretrained"]
+           "supports_pretrained", "weights_issues", "weights_problem"]

@@ -192,6 +192,31 @@ def _timm_weights_location(arch: str) -> tuple[str, bool, str, str]:
     return url, os.path.exists(path), path, urlparse(url).hostname or url
 
 
+def check_timm_weights(arch: str, display: str | None = None, /, **_: Any) -> tuple[str, str]:
+    """Raise :class:`PretrainedUnavailable` unless timm's weights for ``arch`` are cached here or can
+    be downloaded; else (where they come from, where the cache is). The model's ``weights`` check
+    (the pre-flight) and its build share it. Takes the factory's arguments, and ignores the rest."""
+    display = display or TIMM_PREFIX + arch
+    source, cached, looked_in, host = _timm_weights_location(arch)
+    ensure_weights_reachable(display, source, cached, looked_in, host)
+    return source, looked_in
+
+
+def check_tv_weights(arch: str, display: str | None = None, pretrained_url: str | None = None, /, *,
+                     weights: str | None = None, **_: Any) -> str:
+    """:func:`check_timm_weights` for a torchvision model (or a backbone-only ``pretrained_url``);
+    returns the weights' URL."""
+    display = display or TV_PREFIX + arch
+    if pretrained_url is None:
+        tv_weights = _tv_weights(arch, weights)
+        if tv_weights is None:
+            raise PretrainedUnavailable(f"torchvision model {display!r} has no pretrained weights")
+    url = pretrained_url or tv_weights.url
+    path = _torch_hub_file(url)
+    ensure_weights_reachable(display, url, os.path.exists(path), path, urlparse(url).hostname or url)
+    return url
+
+
 # --------------------------------------------------------------------------- wrappers
 
 
@@ -257,7 +282,8 @@ def _check_head(head: str) -> None:
         raise ValueError(f"head must be one of {', '.join(HEAD_CHOICES)}, got {head!r}")
 
 
-@register_model(TIMM_PREFIX, names=timm_name_problem, pretrained=True, layer_groups=True, forwarded=check_timm_kwargs)
+@register_model(TIMM_PREFIX, names=timm_name_problem, pretrained=True, weights=check_timm_weights, layer_groups=True,
+                forwarded=check_timm_kwargs)
 def create_timm(arch: str, display: str | None = None, defaults: dict[str, Any] | None = None, /, *,
                 num_classes: int, input_shape: tuple[int, ...], pretrained: bool = False, head: str = "new",
                 **kwargs) -> TimmClassifier:
@@ -285,8 +311,7 @@ def create_timm(arch: str, display: str | None = None, defaults: dict[str, Any] 
         return timm.create_model(arch, pretrained=pretrained, **kwargs)
 
     if pretrained:
-        source, cached, looked_in, host = _timm_weights_location(arch)
-        ensure_weights_reachable(display, source, cached, looked_in, host)
+        source, looked_in = check_timm_weights(arch, display)
         model = TimmClassifier(_download_guard(display, source, looked_in, build))
         model.input_norm = (tuple(cfg["mean"]), tuple(cfg["std"]))
     else:
@@ -318,7 +343,7 @@ def _tv_norm(weights) -> tuple[tuple[float, ...], tuple[float, ...]] | None:
     return tuple(transform.mean), tuple(transform.std)
 
 
-@register_model(TV_PREFIX, names=tv_name_problem, pretrained=True, forwarded=check_tv_kwargs)
+@register_model(TV_PREFIX, names=tv_name_problem, pretrained=True, weights=check_tv_weights, forwarded=check_tv_kwargs)
 def create_torchvision(arch: str, display: str | None = None, pretrained_url: str | None = None, /, *,
                        num_classes: int, input_shape: tuple[int, ...], pretrained: bool = False,
                        head: str = "new", weights: str | None = None, **kwargs) -> TorchvisionClassifier:
@@ -335,12 +360,7 @@ def create_torchvision(arch: str, display: str | None = None, pretrained_url: st
     tv_weights = None if pretrained_url else _tv_weights(arch, weights)
     if head == "pretrained" and (pretrained_url or tv_weights is None):
         raise ValueError(f"model {display!r} has no pretrained classifier; use head: new")
-    if pretrained and pretrained_url is None and tv_weights is None:
-        raise PretrainedUnavailable(f"torchvision model {display!r} has no pretrained weights")
-    url = pretrained_url or (tv_weights.url if tv_weights is not None else "")
-    if pretrained:
-        path = _torch_hub_file(url)
-        ensure_weights_reachable(display, url, os.path.exists(path), path, urlparse(url).hostname or url)
+    url = check_tv_weights(arch, display, pretrained_url, weights=weights) if pretrained else ""
     if pretrained and pretrained_url is None:
         net = _download_guard(display, url, _torch_hub_file(url), lambda: tvm.get_model(arch, weights=tv_weights, **kwargs))
     else:
@@ -367,13 +387,17 @@ def create_torchvision(arch: str, display: str | None = None, pretrained_url: st
 for _alias, _target in ALIASES.items():
     _prefix, _arch = _target.split(":", 1)
     if _prefix + ":" == TIMM_PREFIX:
-        register_model(_alias, pretrained=True, layer_groups=True, forwarded=functools.partial(check_timm_kwargs, _arch))(
+        register_model(_alias, pretrained=True, weights=functools.partial(check_timm_weights, _arch, _alias),
+                       layer_groups=True, forwarded=functools.partial(check_timm_kwargs, _arch))(
             functools.partial(create_timm, _arch, _alias, ALIAS_DEFAULTS.get(_alias)))
     else:
-        register_model(_alias, pretrained=True, forwarded=functools.partial(check_tv_kwargs, _arch))(
+        register_model(_alias, pretrained=True, weights=functools.partial(check_tv_weights, _arch, _alias),
+                       forwarded=functools.partial(check_tv_kwargs, _arch))(
             functools.partial(create_torchvision, _arch, _alias))
 
 # torchvision's ResNet-50 with DINO's self-supervised weights (facebookresearch/dino), the same
 # checkpoint ``torch.hub.load('facebookresearch/dino:main', 'dino_resnet50')`` fetches.
-register_model("dino_resnet50", pretrained=True, forwarded=functools.partial(check_tv_kwargs, "resnet50"))(
+register_model("dino_resnet50", pretrained=True,
+               weights=functools.partial(check_tv_weights, "resnet50", "dino_resnet50", DINO_RESNET50_URL),
+               forwarded=functools.partial(check_tv_kwargs, "resnet50"))(
     functools.partial(create_torchvision, "resnet50", "dino_resnet50", DINO_RESNET50_URL))

@@ -28,7 +28,7 @@ from trainables.training.dataset_params import dataset_digest
 from trainables.runtime.vocabulary import Vocabulary
 from trainables.w2s_probe.loop import STATIC_METRICS, run_w2s_probe
 from trainables.w2s_probe.params import PROBE_FIELDS, W2SProbeParams
-from trainables.w2s_probe.prepare import prepare_w2s
+from trainables.w2s_probe.prepare import check_w2s_inputs, prepare_w2s
 from trainables.w2s_probe.report import PLOTS as W2S_PLOTS, W2S_COLUMNS, pgr_summary, w2s_headline
 
 
@@ -62,6 +62,7 @@ register_trainable(
     mode="max",
     description="Weak-to-strong linear probes on cached embeddings: weak, W2S and strong accuracy and PGR.",
     prepare=prepare_w2s,
+    check_available=check_w2s_inputs,
     sharded_prepare="weak logits / strong embeddings feature pass",
     vectorized_keys=PROBE_FIELDS,
     metrics_doc=_metric_docs(),
