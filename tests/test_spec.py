@@ -216,3 +216,26 @@ def test_gpus_on_a_cpu_machine_fail(run_cli, tmp_path):
     assert proc.returncode == 2
     assert "resources.gpus_per_worker: GPUs requested but the local machine has none; set it to 0 to train on CPU" \
         in proc.stderr
+
+
+def test_an_unknown_searched_key_is_one_line_for_the_key_not_one_per_value():
+    message = error_of(BASE, ["search.nope={choice: [1, 2, 3]}"])
+    assert message.count("\n") == 0 and message.startswith("--set search.nope={choice: [1, 2, 3]}: search.nope: "
+                                                            "unknown parameter (known: ")
+    message = error_of(BASE, ["search.loss_params.tempr={uniform: [1, 2]}"])
+    assert message == ("--set search.loss_params.tempr={uniform: [1, 2]}: search.loss_params.tempr: loss 'kd' has "
+                       "no parameter(s) tempr; accepted: kd_weight, label_smoothing, label_weight, temperature "
+                       "(did you mean 'temperature'?)")
+    # a bad value is still named with its place and value
+    assert error_of(BASE, ["search.lr={choice: [0.1, -1]}"]).endswith(
+        "search.lr.choice[1]: input should be greater than 0 (got -1)")
+
+
+def test_whole_number_epochs_written_as_floats_set_ashas_max_t():
+    assert parse_spec(BASE, F, ["params.epochs=1e3"]).scheduler.max_t == 1000
+    assert parse_spec(BASE, F, ["params.epochs=6.0"]).scheduler.max_t == 6
+
+
+def test_a_resources_string_other_than_auto_names_the_value_once():
+    assert error_of(BASE, ["resources=gpu"]) == ("--set resources=gpu: resources: must be a mapping (workers, "
+                                                 "cpus_per_worker, gpus_per_worker, ...) or 'auto' (got 'gpu')")

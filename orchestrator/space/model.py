@@ -111,7 +111,7 @@ class SweepSpec(StrictModel):
         if v == "auto":
             return {"auto": True}
         if isinstance(v, str):
-            raise ValueError(f"must be a mapping (workers, cpus_per_worker, gpus_per_worker, ...) or 'auto' (got {v!r})")
+            raise ValueError("must be a mapping (workers, cpus_per_worker, gpus_per_worker, ...) or 'auto'")
         return v
     stop: StopSpec = Field(default_factory=StopSpec)
     time_budget_s: float | None = Field(None, gt=0)

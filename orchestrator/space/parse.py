@@ -159,7 +159,9 @@ def finish(spec: SweepSpec, defn: TrainableDef, valid: bool) -> list[SpecIssue]:
     if spec.scheduler.type == "asha" and valid:
         budget = defn.vocabulary.budget
         epochs = spec.params.get(budget)
-        max_t = spec.scheduler.max_t or (epochs if isinstance(epochs, int) else None)
+        if isinstance(epochs, float) and epochs.is_integer():
+            epochs = int(epochs)  # 1e3 in YAML is a float; the parameter model took it as a whole number
+        max_t = spec.scheduler.max_t or (epochs if isinstance(epochs, int) and not isinstance(epochs, bool) else None)
         if max_t is None:
             issues.append(SpecIssue("scheduler.max_t", f"is required for asha when params.{budget} is not fixed"))
         elif spec.scheduler.grace_period > max_t:

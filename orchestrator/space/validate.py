@@ -11,12 +11,16 @@ from pydantic import BaseModel, ValidationError
 
 from orchestrator.errors import SpecIssue
 from orchestrator.space.candidates import Candidate, candidates
+from orchestrator.space.domains import DOMAIN_KINDS
 from orchestrator.space.model import SweepSpec
 from trainables.core.config import did_you_mean, fields_at, MISSING, Problem, get_dotted, problems
+from trainables.core.registry import UNKNOWN_KEYWORDS
 
 if TYPE_CHECKING:
     from trainables.runtime.trainable import TrainableDef
 
+# ``search.<key>.<kind>[i]``: where one searched value of ``search.<key>`` is reported.
+_SEARCHED_VALUE = re.compile(rf"^(search\..+?)\.(?:{'|'.join(DOMAIN_KINDS)})(?:\[\w+\])?$")
 # A model-level check (no location) names the offending key itself: "loss_params.x: ...".
 _NAMED = re.compile(r"^([A-Za-z0-9_.]+): (.*)$", re.S)
 
@@ -44,7 +48,10 @@ def param_issues(params_model: type[BaseModel], config: dict[str, Any],
                 here = fields_at(params_model, param_key)  # the fields of the model the key is in
                 known = ", ".join(sorted(here))
                 hint = did_you_mean(param_key.rsplit(".", 1)[-1], here)
-                issues.append(SpecIssue(where, f"unknown parameter{hint} (known: {known})"))
+                # unknown whatever its value: one line for the searched key, not one per value
+                issues.append(SpecIssue(_SEARCHED_VALUE.sub(r"\1", where), f"unknown parameter{hint} (known: {known})"))
+            elif UNKNOWN_KEYWORDS in message and _SEARCHED_VALUE.match(where):  # a loss's or model's: the same
+                issues.append(SpecIssue(_SEARCHED_VALUE.sub(r"\1", where), message))
             else:
                 issues.append(SpecIssue(where, message, value))
         return issues
@@ -108,7 +115,7 @@ def trial_issues(spec: SweepSpec, defn: TrainableDef) -> list[SpecIssue]:
         found = param_issues(defn.params_model, c.config, _describer(c, spec))
         if c.kind == "value":
             for issue in found:
-                if issue.value is MISSING:
+                if issue.value is MISSING and issue.key == c.where:  # not one about the key whatever its value
                     issue.value = c.value
         issues += found
         if c.point is not None:

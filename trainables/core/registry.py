@@ -71,6 +71,9 @@ def scan(package: str, module: str | None = None) -> Callable[[], None]:
 # ---------------------------------------------------------------------------------- keyword checks
 
 
+UNKNOWN_KEYWORDS = "has no parameter(s)"  # the phrase of every UnknownKeywords message (validate.py finds it there)
+
+
 class UnknownKeywords(ValueError):
     """Keywords an entry does not take: ``<what> has no parameter(s) a, b; accepted: c, d``."""
 
@@ -79,7 +82,7 @@ class UnknownKeywords(ValueError):
         self.accepted = sorted(accepted)
         listed = ", ".join(self.accepted) or "none"
         hint = did_you_mean(self.unknown[0], self.accepted) if len(self.unknown) == 1 else ""
-        super().__init__(f"{what} has no parameter(s) {', '.join(self.unknown)}; accepted: {listed}"
+        super().__init__(f"{what} {UNKNOWN_KEYWORDS} {', '.join(self.unknown)}; accepted: {listed}"
                          + (f", {more}" if more else "") + hint)
 
 
