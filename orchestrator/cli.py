@@ -11,8 +11,13 @@ from typing import NoReturn
 
 from orchestrator.errors import MISSING, SpecError, SpecIssue, UserError
 from orchestrator.store.secrets import REDACTED, is_secret_key, mask_uris_in_text
+from trainables.core.durations import NEVER_DEDUP_REGEX
 from trainables.core.paths import REPO_ROOT
 from trainables.core.plugins import PluginError
+
+# Before anything imports ray, which reads it then: trials' stage lines are never merged or held back
+# (see trainables/core/durations.py). A value the user set wins.
+os.environ.setdefault("RAY_DEDUP_LOGS_ALLOW_REGEX", NEVER_DEDUP_REGEX)
 
 DEFAULT_SPACE = os.path.join("search_spaces", "quickstart.yaml")
 

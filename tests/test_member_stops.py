@@ -13,7 +13,7 @@ from trainables.runtime import member_stops
 @pytest.fixture
 def mailbox(local_ray, monkeypatch):
     sweep = f"mailbox-{time.monotonic_ns()}"
-    monkeypatch.setattr(member_stops, "_trial_id", lambda: "t0")
+    monkeypatch.setattr(member_stops, "current_trial_id", lambda: "t0")
     member_stops.register_trial(sweep, "t0")
     yield sweep
     member_stops._HANDLES.pop(sweep, None)
@@ -44,7 +44,7 @@ def test_a_decision_that_never_comes_costs_the_bound_once(mailbox):
 
 
 def test_an_unregistered_trial_does_not_wait(mailbox, monkeypatch):
-    monkeypatch.setattr(member_stops, "_trial_id", lambda: "not-scheduled")
+    monkeypatch.setattr(member_stops, "current_trial_id", lambda: "not-scheduled")
     start = time.monotonic()
     assert member_stops.stops_reader(mailbox)(7) == set()
     assert time.monotonic() - start < member_stops.WAIT_S / 2

@@ -60,6 +60,19 @@ def test_progress_lines_first_then_every_interval_and_the_last():
     assert lines[-1].endswith("| 12s/epoch")  # nothing left
 
 
+def test_in_a_trial_a_stages_lines_start_with_the_trial_id(monkeypatch):
+    """Two trials' stages print the same label side by side (a searched noise rate): the id tells them apart."""
+    from trainables.runtime import stages
+
+    monkeypatch.setattr(stages, "current_trial_id", lambda: "e019d_00001")
+    clock, lines = Clock(), []
+    session = StageSession("student cnn (Sel-CL stage, digits)", 2, CPU, clock=clock, say=lines.append)
+    clock.now = 1.0
+    session.report({"epoch": 1, "train_loss": 0.5, "val_acc": 0.25})
+    assert lines == ["e019d_00001 student cnn (Sel-CL stage, digits): epoch 1/2 | train_loss 0.5 | val_acc 0.25 | "
+                     "1s/epoch, about 1s left"]
+
+
 def test_checkpoints_every_interval_and_after_the_last_epoch_with_the_history(tmp_path):
     clock, saved = Clock(), []
     session = StageSession("s", 5, CPU, str(tmp_path), checkpoint_interval_s=25, clock=clock, say=lambda line: None)

@@ -20,6 +20,8 @@ from __future__ import annotations
 
 from typing import Callable
 
+from trainables.runtime.session import current_trial_id
+
 ACTOR_PREFIX = "w2s-member-stops-"
 # Trials (and their Train workers) run in namespaces of their own: the mailbox is named in a fixed one.
 NAMESPACE = "w2s-sweep"
@@ -112,7 +114,7 @@ def stops_reader(sweep: str, wait_s: float = WAIT_S) -> Callable[..., set[int]]:
 
             if not ray.is_initialized():
                 return set()
-            trial_id = _trial_id()
+            trial_id = current_trial_id()
             actor = ray.get_actor(actor_name(sweep), namespace=NAMESPACE)
         except (ValueError, RuntimeError, AttributeError):
             return set()  # no mailbox yet: nothing stopped
@@ -123,18 +125,3 @@ def stops_reader(sweep: str, wait_s: float = WAIT_S) -> Callable[..., set[int]]:
     return read
 
 
-def _trial_id() -> str | None:
-    """The Tune trial this process serves: a Tune function trainable's own, or, on a rank of the
-    trial's Ray Train worker group, the id in the Train run's name (``train-<trial id>``, see
-    trainables/runtime/runner.py)."""
-    try:
-        import ray.train
-
-        name = ray.train.get_context().get_experiment_name()
-        if name and name.startswith("train-"):
-            return name.removeprefix("train-")
-    except Exception:  # noqa: BLE001 - not inside a Train worker
-        pass
-    from ray import tune
-
-    return tune.get_context().get_trial_id()

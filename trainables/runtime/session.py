@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 import tempfile
+import warnings
 from typing import Any
 
 import torch
@@ -30,6 +32,31 @@ class TrialDiverged(RuntimeError):
     def __init__(self, message: str, epoch: int | None = None):
         super().__init__(message)
         self.epoch = epoch
+
+
+def current_trial_id() -> str | None:
+    """The Tune trial this process serves: a Tune function trainable's own, or, on a rank of the
+    trial's Ray Train worker group, the id in the Train run's name (``train-<trial id>``, see
+    trainables/runtime/runner.py). None outside a trial (the driver, a test without Ray)."""
+    if "ray" not in sys.modules:
+        return None
+    # Outside a trial Ray answers None with a UserWarning, which the driver's terminal would show.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            import ray.train
+
+            name = ray.train.get_context().get_experiment_name()
+            if name and name.startswith("train-"):
+                return name.removeprefix("train-")
+        except Exception:  # noqa: BLE001 - not inside a Train worker
+            pass
+        try:
+            from ray import tune
+
+            return tune.get_context().get_trial_id()
+        except Exception:  # noqa: BLE001 - not inside a Tune trial
+            return None
 
 
 # Result key set to 1.0 on a trial's last report when its loss diverged.

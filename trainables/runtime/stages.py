@@ -16,8 +16,8 @@ from typing import Any, Callable
 
 import torch
 
-from trainables.core.durations import format_duration, progress_interval_s
-from trainables.runtime.session import LocalSession
+from trainables.core.durations import STAGE_PREFIX, format_duration, progress_interval_s
+from trainables.runtime.session import LocalSession, current_trial_id
 
 # A stage checkpoints at most this often (and after its last epoch): a checkpoint of a large
 # model every epoch would cost more than the epochs it saves.
@@ -38,12 +38,15 @@ class StageSession(LocalSession):
                  interval_s: float | None = None, checkpoint_interval_s: float | None = None,
                  clock: Callable[[], float] = time.monotonic, say: Callable[[str], None] | None = None):
         super().__init__(device, checkpoint_dir)
-        self.label, self.epochs, self.keys = label, epochs, keys
+        # In a trial, its id first, as the driver's lines name trials: two trials' stages (one per
+        # searched noise rate, say) run side by side and print the same label.
+        trial = current_trial_id()
+        self.label = f"{trial} {label}" if trial else label
+        self.epochs, self.keys = epochs, keys
         self.interval_s = progress_interval_s() if interval_s is None else interval_s
         self.checkpoint_interval_s = CHECKPOINT_INTERVAL_S if checkpoint_interval_s is None else checkpoint_interval_s
         self.clock = clock
-        # indented and labelled as the driver's progress lines ("  start    ...", "  status   ...")
-        self.say = say or (lambda line: print(f"  stage    {line}", flush=True))
+        self.say = say or (lambda line: print(f"{STAGE_PREFIX}{line}", flush=True))
         self.resumed_at = 0
         self._started = self._last_save = clock()
         self._last_line = -math.inf
